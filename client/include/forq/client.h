@@ -1,0 +1,147 @@
+// libforq: the C++ client of a forqd server. Submit tasks and get futures,
+// wait, cancel, list, and inspect the worker pool. Errors are absl::Status
+// with the same codes the server sent (gRPC codes map 1:1).
+//
+//   auto client = forq::Client::Connect({.address = "127.0.0.1:50051"});
+//   auto fut = (*client)->Submit("primes", "1000000");
+//   absl::StatusOr<std::string> result = fut->Get();
+#ifndef FORQ_CLIENT_CLIENT_H_
+#define FORQ_CLIENT_CLIENT_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+#include "forq/v1/pool.pb.h"
+#include "forq/v1/task.pb.h"
+
+namespace grpc {
+class Channel;
+class Status;
+}  // namespace grpc
+
+namespace forq {
+
+namespace v1 = ::forq::v1;
+
+struct ClientOptions {
+  // host:port of forqd's gRPC endpoint.
+  std::string address = "127.0.0.1:50051";
+  // Deadline of unary calls (Wait adds its own timeout on top).
+  absl::Duration rpc_timeout = absl::Seconds(30);
+  // How long Connect waits for the channel to become ready; 0 = do not wait.
+  absl::Duration connect_timeout = absl::Seconds(5);
+};
+
+// Per-task options of Submit; zero values take the server defaults.
+struct SubmitOptions {
+  std::string queue;
+  int priority = 0;
+  int max_attempts = 0;
+  absl::Duration timeout = absl::ZeroDuration();
+  absl::Duration delay = absl::ZeroDuration();
+  std::string idempotency_key;
+  std::map<std::string, std::string> labels;
+};
+
+// True for SUCCEEDED, FAILED, DEAD and CANCELLED.
+bool IsTerminal(v1::TaskState state);
+// "QUEUED", "SUCCEEDED", ...
+absl::string_view StateName(v1::TaskState state);
+// Parses a state name, case-insensitive ("dead", "DEAD").
+absl::StatusOr<v1::TaskState> ParseState(absl::string_view name);
+// Converts a terminal task into its outcome: the result for SUCCEEDED, an
+// error carrying the task's error code and message otherwise.
+absl::StatusOr<std::string> TaskResult(const v1::Task& task);
+// Maps a gRPC status to absl::Status (same code and message).
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+class Client;
+
+// Handle of one submitted task (like multiprocessing's AsyncResult).
+// Thread-safe; cheap to copy.
+class TaskFuture {
+ public:
+  TaskFuture(Client* client, v1::Task task, bool existing)
+      : client_(client), task_(std::move(task)), existing_(existing) {}
+
+  const std::string& id() const { return task_.id(); }
+  // The task as returned by Submit.
+  const v1::Task& submitted() const { return task_; }
+  // True when the idempotency key matched an earlier task.
+  bool existing() const { return existing_; }
+
+  // Blocks until the task is terminal; returns the final task.
+  absl::StatusOr<v1::Task> Wait() const;
+  // Blocks at most `timeout`; DeadlineExceeded if still unfinished.
+  absl::StatusOr<v1::Task> WaitFor(absl::Duration timeout) const;
+  // Waits, then returns the result or the task's error (AsyncResult.get()).
+  absl::StatusOr<std::string> Get() const;
+  absl::StatusOr<std::string> Get(absl::Duration timeout) const;
+  // True when terminal now (one Get RPC).
+  absl::StatusOr<bool> Ready() const;
+  absl::StatusOr<v1::Task> Cancel() const;
+
+ private:
+  Client* client_;
+  v1::Task task_;
+  bool existing_;
+};
+
+// A connection to one forqd. Thread-safe; share one per process.
+class Client {
+ public:
+  // Connects (and, with connect_timeout > 0, waits until the channel is
+  // ready: Unavailable if forqd does not answer in time).
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(ClientOptions options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Stores a task; the returned future waits for it.
+  absl::StatusOr<TaskFuture> Submit(absl::string_view kind,
+                                    absl::string_view payload,
+                                    const SubmitOptions& options = {});
+  absl::StatusOr<TaskFuture> Submit(const v1::TaskSpec& spec);
+  // Stores all tasks or none.
+  absl::StatusOr<std::vector<TaskFuture>> SubmitBatch(
+      const std::vector<v1::TaskSpec>& specs);
+
+  absl::StatusOr<v1::Task> Get(absl::string_view id);
+  // Long poll: returns when the task is terminal (done = true) or after
+  // `timeout` (done = false). Waits longer than the server's cap are split
+  // into several calls.
+  absl::StatusOr<v1::WaitTaskResponse> Wait(absl::string_view id,
+                                            absl::Duration timeout);
+  absl::StatusOr<v1::Task> Cancel(absl::string_view id);
+  absl::StatusOr<v1::Task> Retry(absl::string_view id);
+  absl::StatusOr<v1::ListTasksResponse> List(
+      const v1::ListTasksRequest& request);
+
+  absl::StatusOr<v1::PoolStatus> GetPool();
+  // Stops dispatch and waits up to `timeout` for running tasks.
+  absl::StatusOr<v1::DrainResponse> Drain(absl::Duration timeout);
+  absl::StatusOr<v1::PoolStatus> Resume();
+
+  const ClientOptions& options() const { return options_; }
+  // The underlying channel, for other services (Manager, health).
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+
+ private:
+  struct Stubs;
+  Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<Stubs> stubs_;
+};
+
+}  // namespace forq
+
+#endif  // FORQ_CLIENT_CLIENT_H_

@@ -1,0 +1,301 @@
+#include "forq/client.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
+
+#include "forq/v1/pool.grpc.pb.h"
+#include "forq/v1/task.grpc.pb.h"
+
+namespace forq {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+// The server caps one Wait at this; longer waits loop.
+constexpr absl::Duration kMaxWaitPerCall = absl::Seconds(60);
+
+google::protobuf::Duration ToProto(absl::Duration d) {
+  return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
+}
+
+void SetDeadline(grpc::ClientContext& ctx, absl::Duration d) {
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + d));
+}
+
+}  // namespace
+
+bool IsTerminal(v1::TaskState state) {
+  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::DEAD ||
+         state == v1::CANCELLED;
+}
+
+absl::string_view StateName(v1::TaskState state) {
+  switch (state) {
+    case v1::QUEUED:
+      return "QUEUED";
+    case v1::RUNNING:
+      return "RUNNING";
+    case v1::SUCCEEDED:
+      return "SUCCEEDED";
+    case v1::FAILED:
+      return "FAILED";
+    case v1::DEAD:
+      return "DEAD";
+    case v1::CANCELLED:
+      return "CANCELLED";
+    default:
+      return "UNSPECIFIED";
+  }
+}
+
+absl::StatusOr<v1::TaskState> ParseState(absl::string_view name) {
+  v1::TaskState state;
+  if (!v1::TaskState_Parse(absl::AsciiStrToUpper(name), &state) ||
+      state == v1::TASK_STATE_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown task state '", name,
+        "' (want queued, running, succeeded, failed, dead or cancelled)"));
+  }
+  return state;
+}
+
+absl::StatusOr<std::string> TaskResult(const v1::Task& task) {
+  if (task.state() == v1::SUCCEEDED) return task.result();
+  if (!IsTerminal(task.state())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("task ", task.id(), " is ", StateName(task.state())));
+  }
+  auto code = static_cast<absl::StatusCode>(task.error().code());
+  if (code == absl::StatusCode::kOk) code = absl::StatusCode::kUnknown;
+  if (task.state() == v1::CANCELLED) code = absl::StatusCode::kCancelled;
+  std::string msg = task.error().message();
+  if (msg.empty()) msg = absl::StrCat("task ", StateName(task.state()));
+  return absl::Status(code, absl::StrCat(StateName(task.state()), ": ", msg));
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+// ---- TaskFuture ----
+
+absl::StatusOr<v1::Task> TaskFuture::Wait() const {
+  while (true) {
+    absl::StatusOr<v1::WaitTaskResponse> r =
+        client_->Wait(id(), kMaxWaitPerCall);
+    if (!r.ok()) return r.status();
+    if (r->done()) return r->task();
+  }
+}
+
+absl::StatusOr<v1::Task> TaskFuture::WaitFor(absl::Duration timeout) const {
+  absl::StatusOr<v1::WaitTaskResponse> r = client_->Wait(id(), timeout);
+  if (!r.ok()) return r.status();
+  if (!r->done()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("task ", id(), " still ", StateName(r->task().state()),
+                     " after ", absl::FormatDuration(timeout)));
+  }
+  return r->task();
+}
+
+absl::StatusOr<std::string> TaskFuture::Get() const {
+  absl::StatusOr<v1::Task> t = Wait();
+  if (!t.ok()) return t.status();
+  return TaskResult(*t);
+}
+
+absl::StatusOr<std::string> TaskFuture::Get(absl::Duration timeout) const {
+  absl::StatusOr<v1::Task> t = WaitFor(timeout);
+  if (!t.ok()) return t.status();
+  return TaskResult(*t);
+}
+
+absl::StatusOr<bool> TaskFuture::Ready() const {
+  absl::StatusOr<v1::Task> t = client_->Get(id());
+  if (!t.ok()) return t.status();
+  return IsTerminal(t->state());
+}
+
+absl::StatusOr<v1::Task> TaskFuture::Cancel() const {
+  return client_->Cancel(id());
+}
+
+// ---- Client ----
+
+struct Client::Stubs {
+  std::unique_ptr<v1::TaskService::Stub> tasks;
+  std::unique_ptr<v1::PoolService::Stub> pool;
+};
+
+Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      stubs_(std::make_unique<Stubs>()) {
+  stubs_->tasks = v1::TaskService::NewStub(channel_);
+  stubs_->pool = v1::PoolService::NewStub(channel_);
+}
+
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(
+      options.address, grpc::InsecureChannelCredentials(), args);
+  if (options.connect_timeout > absl::ZeroDuration() &&
+      !channel->WaitForConnected(
+          absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to forqd at ", options.address, " within ",
+                     absl::FormatDuration(options.connect_timeout)));
+  }
+  return std::unique_ptr<Client>(new Client(std::move(options), channel));
+}
+
+absl::StatusOr<TaskFuture> Client::Submit(absl::string_view kind,
+                                          absl::string_view payload,
+                                          const SubmitOptions& o) {
+  v1::TaskSpec spec;
+  spec.set_kind(std::string(kind));
+  spec.set_payload(std::string(payload));
+  spec.set_queue(o.queue);
+  spec.set_priority(o.priority);
+  spec.set_max_attempts(o.max_attempts);
+  if (o.timeout > absl::ZeroDuration()) {
+    *spec.mutable_timeout() = ToProto(o.timeout);
+  }
+  if (o.delay > absl::ZeroDuration()) *spec.mutable_delay() = ToProto(o.delay);
+  spec.set_idempotency_key(o.idempotency_key);
+  for (const auto& [k, v] : o.labels) (*spec.mutable_labels())[k] = v;
+  return Submit(spec);
+}
+
+absl::StatusOr<TaskFuture> Client::Submit(const v1::TaskSpec& spec) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::SubmitRequest req;
+  *req.mutable_task() = spec;
+  v1::SubmitResponse resp;
+  grpc::Status s = stubs_->tasks->Submit(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return TaskFuture(this, resp.task(), resp.existing());
+}
+
+absl::StatusOr<std::vector<TaskFuture>> Client::SubmitBatch(
+    const std::vector<v1::TaskSpec>& specs) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::SubmitBatchRequest req;
+  for (const auto& spec : specs) *req.add_tasks() = spec;
+  v1::SubmitBatchResponse resp;
+  grpc::Status s = stubs_->tasks->SubmitBatch(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  std::vector<TaskFuture> futures;
+  futures.reserve(resp.tasks_size());
+  for (int i = 0; i < resp.tasks_size(); ++i) {
+    futures.emplace_back(this, resp.tasks(i),
+                         i < resp.existing_size() && resp.existing(i));
+  }
+  return futures;
+}
+
+absl::StatusOr<v1::Task> Client::Get(absl::string_view id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::GetTaskRequest req;
+  req.set_id(std::string(id));
+  v1::Task task;
+  grpc::Status s = stubs_->tasks->Get(&ctx, req, &task);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return task;
+}
+
+absl::StatusOr<v1::WaitTaskResponse> Client::Wait(absl::string_view id,
+                                                  absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    absl::Duration left =
+        std::max(deadline - absl::Now(), absl::ZeroDuration());
+    absl::Duration slice = std::min(left, kMaxWaitPerCall);
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, slice + options_.rpc_timeout);
+    v1::WaitTaskRequest req;
+    req.set_id(std::string(id));
+    // A zero timeout asks the server for its current view without waiting.
+    *req.mutable_timeout() = ToProto(std::max(slice, absl::Nanoseconds(1)));
+    v1::WaitTaskResponse resp;
+    grpc::Status s = stubs_->tasks->Wait(&ctx, req, &resp);
+    if (!s.ok()) return FromGrpcStatus(s);
+    if (resp.done() || absl::Now() >= deadline) return resp;
+  }
+}
+
+absl::StatusOr<v1::Task> Client::Cancel(absl::string_view id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::CancelTaskRequest req;
+  req.set_id(std::string(id));
+  v1::Task task;
+  grpc::Status s = stubs_->tasks->Cancel(&ctx, req, &task);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return task;
+}
+
+absl::StatusOr<v1::Task> Client::Retry(absl::string_view id) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::RetryTaskRequest req;
+  req.set_id(std::string(id));
+  v1::Task task;
+  grpc::Status s = stubs_->tasks->Retry(&ctx, req, &task);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return task;
+}
+
+absl::StatusOr<v1::ListTasksResponse> Client::List(
+    const v1::ListTasksRequest& request) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::ListTasksResponse resp;
+  grpc::Status s = stubs_->tasks->List(&ctx, request, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+absl::StatusOr<v1::PoolStatus> Client::GetPool() {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::PoolStatus resp;
+  grpc::Status s = stubs_->pool->GetPool(&ctx, v1::GetPoolRequest(), &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+absl::StatusOr<v1::DrainResponse> Client::Drain(absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout + options_.rpc_timeout);
+  v1::DrainRequest req;
+  *req.mutable_timeout() = ToProto(timeout);
+  v1::DrainResponse resp;
+  grpc::Status s = stubs_->pool->Drain(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+absl::StatusOr<v1::PoolStatus> Client::Resume() {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options_.rpc_timeout);
+  v1::PoolStatus resp;
+  grpc::Status s = stubs_->pool->Resume(&ctx, v1::ResumeRequest(), &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  return resp;
+}
+
+}  // namespace forq

@@ -1,0 +1,103 @@
+// forqd's Prometheus metrics: one registry, the metric families of
+// docs/metrics.md, and typed helpers so label sets stay bounded (never a
+// task id as a label).
+#ifndef FORQ_SERVER_METRICS_METRICS_H_
+#define FORQ_SERVER_METRICS_METRICS_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+#include "common/mutex.h"
+
+namespace forq::server {
+
+// Thread-safe.
+class Metrics {
+ public:
+  Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // Runs the refresh hooks (gauges computed on demand), then serializes the
+  // registry in the Prometheus text format.
+  std::string Scrape();
+  // Registers `hook` to run at every Scrape() before serialization.
+  void AddRefreshHook(std::function<void()> hook);
+  std::shared_ptr<prometheus::Registry> registry() { return registry_; }
+
+  // Tasks.
+  void TaskSubmitted(absl::string_view queue, int n = 1);
+  // `state` is the lower-case terminal state: succeeded, failed, dead,
+  // cancelled.
+  void TaskFinished(absl::string_view queue, absl::string_view state);
+  void TaskRetried(absl::string_view queue);
+  // `outcome`: succeeded, error, timeout, signaled, oom, lost, cancelled.
+  void TaskAttempt(absl::string_view queue, absl::string_view kind,
+                   absl::string_view outcome, double seconds);
+  void TaskQueueWait(absl::string_view queue, double seconds);
+  void StaleCompletion();
+  void SetQueueDepth(absl::string_view queue, absl::string_view state,
+                     double value);
+  void SetQueueOldestAge(absl::string_view queue, double seconds);
+
+  // Workers.
+  void WorkerRestart(absl::string_view reason);
+  void SetWorkers(absl::string_view state, double value);
+  void SetWorkerRssBytes(double total);
+
+  // Manager.
+  void ManagerOp(absl::string_view type, absl::string_view op);
+  void SetManagerWaiters(double value);
+  void SetManagerSessions(double value);
+  void SetManagerObjects(double value);
+
+  // Front ends. `method` is the RPC or route name, `code` the gRPC code name
+  // or HTTP status.
+  void GrpcHandled(absl::string_view method, absl::string_view code,
+                   double seconds);
+  void HttpHandled(absl::string_view route, absl::string_view code,
+                   double seconds);
+
+  // Buckets for durations from 1 ms to 2 h.
+  static std::vector<double> DurationBuckets();
+  // Buckets for request latency from 50 us to 60 s.
+  static std::vector<double> LatencyBuckets();
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& submitted_;
+  prometheus::Family<prometheus::Counter>& finished_;
+  prometheus::Family<prometheus::Counter>& retries_;
+  prometheus::Family<prometheus::Counter>& stale_;
+  prometheus::Family<prometheus::Histogram>& duration_;
+  prometheus::Family<prometheus::Histogram>& queue_wait_;
+  prometheus::Family<prometheus::Gauge>& queue_depth_;
+  prometheus::Family<prometheus::Gauge>& oldest_age_;
+  prometheus::Family<prometheus::Counter>& worker_restarts_;
+  prometheus::Family<prometheus::Gauge>& workers_;
+  prometheus::Family<prometheus::Gauge>& worker_rss_;
+  prometheus::Family<prometheus::Counter>& manager_ops_;
+  prometheus::Family<prometheus::Gauge>& manager_waiters_;
+  prometheus::Family<prometheus::Gauge>& manager_sessions_;
+  prometheus::Family<prometheus::Gauge>& manager_objects_;
+  prometheus::Family<prometheus::Counter>& grpc_handled_;
+  prometheus::Family<prometheus::Histogram>& grpc_latency_;
+  prometheus::Family<prometheus::Counter>& http_handled_;
+  prometheus::Family<prometheus::Histogram>& http_latency_;
+
+  Mutex hooks_mu_;
+  std::vector<std::function<void()>> hooks_ ABSL_GUARDED_BY(hooks_mu_);
+};
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_METRICS_METRICS_H_

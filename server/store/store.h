@@ -1,0 +1,107 @@
+// Durable task storage. The scheduler keeps unfinished tasks in memory and
+// writes every state change here; a restart reloads unfinished tasks.
+#ifndef FORQ_SERVER_STORE_STORE_H_
+#define FORQ_SERVER_STORE_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+#include "forq/v1/task.pb.h"
+
+namespace forq::server {
+
+enum class Durability {
+  // An acknowledged write is on disk (fsync), commits grouped.
+  kSync,
+  // Commits every few milliseconds; acknowledgements wait for the commit.
+  kBatch,
+  // No fsync: the last moments may be lost on power loss (not on kill -9).
+  kNone,
+};
+
+// Parses "sync", "batch" or "none".
+absl::StatusOr<Durability> ParseDurability(absl::string_view text);
+
+struct StoreOptions {
+  // "sqlite" (default, file in data_dir) or "memory" (nothing survives).
+  std::string kind = "sqlite";
+  std::string data_dir = "./forq-data";
+  Durability durability = Durability::kSync;
+  // kBatch: longest time between commits.
+  absl::Duration batch_interval = absl::Milliseconds(5);
+};
+
+struct InsertResult {
+  v1::Task task;
+  // True when the idempotency key matched a stored task (returned in task).
+  bool existing = false;
+};
+
+struct ListQuery {
+  std::string queue;                                 // "" = any
+  v1::TaskState state = v1::TASK_STATE_UNSPECIFIED;  // unspecified = any
+  std::string kind;                                  // "" = any
+  int page_size = 100;
+  // Opaque, from a previous ListPage; "" = first page. Results are ordered
+  // by task id (creation order).
+  std::string page_token;
+};
+
+struct ListPage {
+  std::vector<v1::Task> tasks;
+  std::string next_page_token;
+};
+
+// Thread-safe. Writes are asynchronous: `done` callbacks run on the store's
+// writer thread once the write is durable per the durability mode; they must
+// not block. Writes submitted from one thread are applied in order.
+class Store {
+ public:
+  using InsertDone =
+      std::function<void(absl::StatusOr<std::vector<InsertResult>>)>;
+  using WriteDone = std::function<void(absl::Status)>;
+
+  virtual ~Store() = default;
+
+  // Stores new tasks, all or none. A task whose non-empty idempotency_key is
+  // already stored (or appears earlier in the same call) is not inserted:
+  // its result carries the stored task with existing = true.
+  virtual void Insert(std::vector<v1::Task> tasks, InsertDone done) = 0;
+  // Replaces stored tasks (by id) with these versions.
+  virtual void Update(std::vector<v1::Task> tasks, WriteDone done) = 0;
+  // NotFound for an unknown (or purged) id.
+  virtual absl::StatusOr<v1::Task> Get(absl::string_view id) = 0;
+  virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;
+  // Every QUEUED and RUNNING task, for recovery at start-up.
+  virtual absl::StatusOr<std::vector<v1::Task>> LoadUnfinished() = 0;
+  // Deletes terminal tasks with finished_at + result_ttl <= now; returns how
+  // many were deleted.
+  virtual absl::StatusOr<int64_t> PurgeExpired(absl::Time now) = 0;
+
+  // Manager objects, stored as opaque blobs by name.
+  virtual void PutObject(std::string name, std::string blob,
+                         WriteDone done) = 0;
+  virtual void DeleteObject(std::string name, WriteDone done) = 0;
+  virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+  LoadObjects() = 0;
+
+  // Flushes pending writes and stops the writer thread; later writes fail
+  // with Unavailable. Idempotent.
+  virtual void Close() = 0;
+};
+
+// Opens the store described by `options` (creating data_dir if needed).
+absl::StatusOr<std::unique_ptr<Store>> OpenStore(const StoreOptions& options);
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_STORE_STORE_H_

@@ -1,0 +1,52 @@
+// The forkserver-based WorkerPool: a supervisor process, forked before any
+// thread exists, forks N single-threaded workers fed through shared-memory
+// rings and wake-up fds, and respawns them when they die.
+#ifndef FORQ_WORKER_FORK_POOL_H_
+#define FORQ_WORKER_FORK_POOL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include "worker/pool.h"
+
+namespace forq::worker {
+
+struct ForkPoolOptions {
+  // Worker processes; 0 = online cores (respecting the cgroup CPU quota).
+  int workers = 0;
+  // Plugin .so files, dlopen'ed in the supervisor before forking.
+  std::vector<std::string> plugins;
+  // Recycle a worker after this many tasks; 0 = never.
+  int max_tasks_per_child = 0;
+  // Recycle (between tasks) or kill (mid-task) a worker whose RSS passes
+  // this; 0 = no limit.
+  uint64_t max_worker_rss_bytes = 0;
+  // After a cancel / soft timeout, how long the handler has to notice
+  // ctx.cancelled() before its worker is killed.
+  absl::Duration cancel_grace = absl::Seconds(5);
+  // Absolute paths of programs the `exec` kind may run; empty = exec off.
+  std::vector<std::string> exec_allow;
+  // Bytes per shared-memory ring (each worker has two).
+  size_t ring_bytes = 1 << 20;
+};
+
+// Registers the built-in handlers and plugins, then forks the supervisor.
+// Must be called while the process is still single-threaded (before gRPC,
+// spdlog async sinks or any std::thread). Returns InvalidArgument for bad
+// options or a plugin that fails to load, Internal if fork fails.
+absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
+    ForkPoolOptions options);
+
+// Number of CPUs this process may use: sched_getaffinity, capped by the
+// cgroup v2 cpu.max quota when one is set. At least 1.
+int DefaultWorkerCount();
+
+}  // namespace forq::worker
+
+#endif  // FORQ_WORKER_FORK_POOL_H_

@@ -1,0 +1,125 @@
+// The worker pool as forqd sees it: dispatch an assignment to an idle worker,
+// get its outcome back. worker/ knows nothing of gRPC or protobuf; payloads
+// and results are bytes.
+#ifndef FORQ_WORKER_POOL_H_
+#define FORQ_WORKER_POOL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace forq::worker {
+
+// One attempt of one task, sent to one worker.
+struct Assignment {
+  std::string task_id;
+  int attempt = 1;
+  std::string kind;
+  std::string payload;
+  // Hard timeout: the worker is killed when it passes. InfiniteDuration = none.
+  absl::Duration timeout = absl::InfiniteDuration();
+};
+
+// How an attempt ended.
+enum class OutcomeKind {
+  kSucceeded,
+  kHandlerError,       // status holds the handler's error
+  kTimeout,            // hard timeout; worker killed
+  kSignaled,           // worker died from `signal`
+  kOutOfMemory,        // worker passed its memory limit
+  kWorkerLost,         // worker exited/vanished for another reason
+  kCancelled,          // cancelled while running
+  kProtocolViolation,  // worker wrote garbage to its ring/pipe; killed
+  kUnknownKind,        // no handler registered for the kind
+};
+
+absl::string_view OutcomeKindName(OutcomeKind kind);
+
+struct Outcome {
+  std::string task_id;
+  int attempt = 0;
+  int worker_pid = 0;
+  OutcomeKind kind = OutcomeKind::kWorkerLost;
+  // OK for kSucceeded; the error (code + message) otherwise.
+  absl::Status status;
+  std::string result;
+  int signal = 0;
+  // Wall time the attempt ran in the worker.
+  absl::Duration runtime;
+};
+
+enum class WorkerState { kStarting, kIdle, kBusy, kRespawning };
+
+struct WorkerInfo {
+  int slot = 0;
+  int pid = 0;
+  int parent_pid = 0;
+  WorkerState state = WorkerState::kStarting;
+  std::string current_task_id;
+  uint64_t tasks_done = 0;
+  uint64_t rss_bytes = 0;
+  uint32_t restarts = 0;
+  absl::Time started_at;
+};
+
+// A worker exited (and is being replaced). `reason` is a short stable label
+// for metrics: "crash", "killed", "timeout", "memory", "recycle",
+// "protocol", "exit".
+struct WorkerExit {
+  int slot = 0;
+  int pid = 0;
+  std::string reason;
+};
+
+// Callbacks from the pool; all run on the pool's own event thread and must
+// not block (hand work to another thread if needed).
+struct PoolCallbacks {
+  std::function<void(Outcome)> on_outcome;
+  std::function<void(absl::string_view task_id, int attempt, double fraction,
+                     absl::string_view message)>
+      on_progress;
+  // A worker became idle: the scheduler may dispatch.
+  std::function<void()> on_worker_idle;
+  std::function<void(const WorkerExit&)> on_worker_exit;
+  // A task called TaskContext::Call. `reply` must be called exactly once,
+  // from any thread, possibly later (blocking Manager operations).
+  std::function<void(absl::string_view task_id, std::string request,
+                     std::function<void(absl::StatusOr<std::string>)> reply)>
+      on_call;
+};
+
+// Interface of the pool, so the scheduler can be tested with a fake.
+// Thread-safe.
+class WorkerPool {
+ public:
+  virtual ~WorkerPool() = default;
+
+  // Starts delivering callbacks. Call once, before Dispatch.
+  virtual absl::Status Start(PoolCallbacks callbacks) = 0;
+  // Sends `a` to an idle worker. ResourceExhausted when none is idle,
+  // Unavailable after Shutdown.
+  virtual absl::Status Dispatch(Assignment a) = 0;
+  // Workers ready for an assignment right now.
+  virtual int IdleCount() = 0;
+  // Asks the worker running (task_id, attempt) to stop: ctx.cancelled()
+  // turns true, and the worker is killed after the grace period. No-op if
+  // that attempt is not running.
+  virtual void Cancel(absl::string_view task_id, int attempt) = 0;
+  virtual std::vector<WorkerInfo> Workers() = 0;
+  virtual int size() const = 0;
+  virtual int supervisor_pid() const = 0;
+  // Kills every worker and the supervisor; running attempts are abandoned
+  // without callbacks. Idempotent.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace forq::worker
+
+#endif  // FORQ_WORKER_POOL_H_
