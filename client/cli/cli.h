@@ -1,0 +1,59 @@
+// Shared plumbing of the `forq` command-line client: global options, the
+// lazily connected client, output helpers and exit codes. Each command group
+// lives in its own cmd_*.cc and registers its subcommands on the app.
+#ifndef FORQ_CLIENT_CLI_CLI_H_
+#define FORQ_CLIENT_CLI_CLI_H_
+
+#include <memory>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/message.h"
+
+#include "forq/client.h"
+
+namespace forq::cli {
+
+// Exit codes (documented in docs/cli.md).
+inline constexpr int kExitOk = 0;
+// The task ended FAILED, DEAD or CANCELLED (or a lock/queue op said no).
+inline constexpr int kExitTaskFailed = 1;
+// Timeout, bad usage, connection or server error.
+inline constexpr int kExitError = 2;
+
+struct CliContext {
+  std::string addr = "127.0.0.1:50051";
+  bool json = false;
+  int exit_code = kExitOk;
+
+  // Connects on first use; later calls return the same client.
+  absl::StatusOr<Client*> client();
+
+ private:
+  std::unique_ptr<Client> client_;
+};
+
+// Prints "forq: <message>" to stderr and returns kExitError.
+int Fail(const absl::Status& status);
+int Fail(absl::string_view message);
+// Returns the payload named by a PAYLOAD argument: "-" reads all of stdin,
+// anything else is taken literally.
+std::string ReadPayload(const std::string& arg);
+// Prints `msg` as one line of JSON (protobuf JSON mapping) to stdout.
+void PrintJson(const google::protobuf::Message& msg);
+// True when stdout is a terminal (progress lines only then).
+bool StdoutIsTty();
+// Adds --json to a subcommand, bound to ctx.json.
+void AddJsonFlag(CLI::App* cmd, CliContext& ctx);
+
+// Command groups.
+void AddTaskCommands(CLI::App& app, CliContext& ctx);
+void AddPoolCommands(CLI::App& app, CliContext& ctx);
+void AddManagerCommands(CLI::App& app, CliContext& ctx);
+
+}  // namespace forq::cli
+
+#endif  // FORQ_CLIENT_CLI_CLI_H_

@@ -1,0 +1,77 @@
+// forq: command-line client of forqd. See `forq --help` and docs/cli.md.
+#include <unistd.h>
+
+#include <iostream>
+#include <iterator>
+
+#include "google/protobuf/util/json_util.h"
+
+#include "client/cli/cli.h"
+
+namespace forq::cli {
+
+absl::StatusOr<Client*> CliContext::client() {
+  if (client_ == nullptr) {
+    ClientOptions options;
+    options.address = addr;
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(options);
+    if (!c.ok()) return c.status();
+    client_ = std::move(*c);
+  }
+  return client_.get();
+}
+
+int Fail(const absl::Status& status) {
+  std::cerr << "forq: " << absl::StatusCodeToString(status.code()) << ": "
+            << status.message() << std::endl;
+  return kExitError;
+}
+
+int Fail(absl::string_view message) {
+  std::cerr << "forq: " << message << std::endl;
+  return kExitError;
+}
+
+std::string ReadPayload(const std::string& arg) {
+  if (arg != "-") return arg;
+  return std::string(std::istreambuf_iterator<char>(std::cin),
+                     std::istreambuf_iterator<char>());
+}
+
+void PrintJson(const google::protobuf::Message& msg) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(msg, &out, opts);
+  std::cout << out << "\n";
+}
+
+bool StdoutIsTty() { return isatty(STDOUT_FILENO) == 1; }
+
+void AddJsonFlag(CLI::App* cmd, CliContext& ctx) {
+  cmd->add_flag("--json", ctx.json, "Print JSON (protobuf JSON mapping)");
+}
+
+}  // namespace forq::cli
+
+int main(int argc, char** argv) {
+  forq::cli::CliContext ctx;
+  CLI::App app{
+      "forq: submit and manage tasks on a forqd server.\n"
+      "Exit codes: 0 ok, 1 task failed/dead/cancelled, 2 timeout or error."};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every command");
+  app.add_option("--addr", ctx.addr, "forqd gRPC address (host:port)")
+      ->envname("FORQ_ADDR")
+      ->capture_default_str();
+  forq::cli::AddTaskCommands(app, ctx);
+  forq::cli::AddPoolCommands(app, ctx);
+  forq::cli::AddManagerCommands(app, ctx);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : forq::cli::kExitError;
+  }
+  return ctx.exit_code;
+}
