@@ -114,6 +114,10 @@ class WorkerPool {
   virtual void Cancel(absl::string_view task_id, int attempt) = 0;
   virtual std::vector<WorkerInfo> Workers() = 0;
   virtual int size() const = 0;
+  // Task kinds the workers can run (built-ins and plugins), sorted. Empty
+  // means unknown: the scheduler then accepts any kind and the worker reports
+  // kUnknownKind.
+  virtual std::vector<std::string> Kinds() const { return {}; }
   virtual int supervisor_pid() const = 0;
   // Kills every worker and the supervisor; running attempts are abandoned
   // without callbacks. Idempotent.
