@@ -1,0 +1,85 @@
+#include "server/rpc/pool_service.h"
+
+#include <unistd.h>
+
+#include "google/protobuf/util/time_util.h"
+
+namespace forq::server {
+namespace {
+
+v1::WorkerState ToProto(worker::WorkerState s) {
+  switch (s) {
+    case worker::WorkerState::kStarting:
+      return v1::STARTING;
+    case worker::WorkerState::kIdle:
+      return v1::IDLE;
+    case worker::WorkerState::kBusy:
+      return v1::BUSY;
+    case worker::WorkerState::kRespawning:
+      return v1::RESPAWNING;
+  }
+  return v1::WORKER_STATE_UNSPECIFIED;
+}
+
+}  // namespace
+
+void PoolServiceImpl::FillStatus(v1::PoolStatus* status) {
+  status->set_size(pool_.size());
+  status->set_draining(scheduler_.draining());
+  status->set_supervisor_pid(pool_.supervisor_pid());
+  status->set_server_pid(getpid());
+  for (const worker::WorkerInfo& w : pool_.Workers()) {
+    v1::Worker* out = status->add_workers();
+    out->set_slot(w.slot);
+    out->set_pid(w.pid);
+    out->set_parent_pid(w.parent_pid);
+    out->set_state(ToProto(w.state));
+    out->set_current_task_id(w.current_task_id);
+    out->set_tasks_done(w.tasks_done);
+    out->set_rss_bytes(w.rss_bytes);
+    out->set_restarts(w.restarts);
+    if (w.started_at != absl::Time()) {
+      *out->mutable_started_at() =
+          google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+              absl::ToUnixNanos(w.started_at));
+    }
+  }
+}
+
+grpc::ServerUnaryReactor* PoolServiceImpl::GetPool(
+    grpc::CallbackServerContext* ctx, const v1::GetPoolRequest*,
+    v1::PoolStatus* resp) {
+  auto* reactor = ctx->DefaultReactor();
+  FillStatus(resp);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PoolServiceImpl::Drain(
+    grpc::CallbackServerContext* ctx, const v1::DrainRequest* req,
+    v1::DrainResponse* resp) {
+  auto* reactor = ctx->DefaultReactor();
+  scheduler_.SetDraining(true);
+  absl::Duration timeout = absl::Nanoseconds(
+      google::protobuf::util::TimeUtil::DurationToNanoseconds(req->timeout()));
+  absl::Duration left = absl::FromChrono(ctx->deadline()) - absl::Now();
+  timeout = std::min(timeout, left - absl::Milliseconds(50));
+  scheduler_.WhenIdle(timeout, [this, reactor, resp](bool drained) {
+    resp->set_drained(drained);
+    resp->set_running(scheduler_.running());
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PoolServiceImpl::Resume(
+    grpc::CallbackServerContext* ctx, const v1::ResumeRequest*,
+    v1::PoolStatus* resp) {
+  auto* reactor = ctx->DefaultReactor();
+  scheduler_.SetDraining(false);
+  FillStatus(resp);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace forq::server

@@ -1,0 +1,36 @@
+// gRPC edge of forq.v1.PoolService: pool status, drain and resume.
+#ifndef FORQ_SERVER_RPC_POOL_SERVICE_H_
+#define FORQ_SERVER_RPC_POOL_SERVICE_H_
+
+#include "forq/v1/pool.grpc.pb.h"
+#include "server/scheduler/scheduler.h"
+#include "worker/pool.h"
+
+namespace forq::server {
+
+// Thread-safe; borrows the scheduler and pool, which outlive the server.
+class PoolServiceImpl final : public v1::PoolService::CallbackService {
+ public:
+  PoolServiceImpl(Scheduler& scheduler, worker::WorkerPool& pool)
+      : scheduler_(scheduler), pool_(pool) {}
+
+  grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx,
+                                    const v1::GetPoolRequest* req,
+                                    v1::PoolStatus* resp) override;
+  grpc::ServerUnaryReactor* Drain(grpc::CallbackServerContext* ctx,
+                                  const v1::DrainRequest* req,
+                                  v1::DrainResponse* resp) override;
+  grpc::ServerUnaryReactor* Resume(grpc::CallbackServerContext* ctx,
+                                   const v1::ResumeRequest* req,
+                                   v1::PoolStatus* resp) override;
+
+ private:
+  void FillStatus(v1::PoolStatus* status);
+
+  Scheduler& scheduler_;
+  worker::WorkerPool& pool_;
+};
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_RPC_POOL_SERVICE_H_

@@ -1,0 +1,1086 @@
+#include "server/scheduler/scheduler.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <random>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
+#include "google/protobuf/util/time_util.h"
+#include "spdlog/spdlog.h"
+
+namespace forq::server {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+absl::Time FromProto(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(t));
+}
+
+google::protobuf::Duration ToProto(absl::Duration d) {
+  return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
+}
+
+absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return absl::Nanoseconds(TimeUtil::DurationToNanoseconds(d));
+}
+
+bool IsTerminal(v1::TaskState s) {
+  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::DEAD ||
+         s == v1::CANCELLED;
+}
+
+std::string StateLabel(v1::TaskState s) {
+  std::string name = v1::TaskState_Name(s);
+  for (char& c : name) c = static_cast<char>(std::tolower(c));
+  return name;
+}
+
+bool ValidName(absl::string_view s, size_t max_len) {
+  if (s.empty() || s.size() > max_len) return false;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' ||
+          c == ':' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Handler errors with these codes describe the input, so retrying cannot
+// help: the task ends FAILED at once.
+bool IsPermanent(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kAlreadyExists:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void SetError(v1::Task& t, absl::StatusCode code, absl::string_view message,
+              v1::FailureReason reason, int signal = 0) {
+  v1::TaskError* e = t.mutable_error();
+  e->set_code(static_cast<int>(code));
+  e->set_message(std::string(message));
+  e->set_reason(reason);
+  e->set_signal(signal);
+}
+
+std::string OutcomeLabel(worker::OutcomeKind k) {
+  switch (k) {
+    case worker::OutcomeKind::kSucceeded:
+      return "succeeded";
+    case worker::OutcomeKind::kHandlerError:
+    case worker::OutcomeKind::kUnknownKind:
+      return "error";
+    case worker::OutcomeKind::kTimeout:
+      return "timeout";
+    case worker::OutcomeKind::kSignaled:
+      return "signaled";
+    case worker::OutcomeKind::kOutOfMemory:
+      return "oom";
+    case worker::OutcomeKind::kCancelled:
+      return "cancelled";
+    default:
+      return "lost";
+  }
+}
+
+}  // namespace
+
+std::string NewTaskId() {
+  static std::atomic<uint32_t> seq{0};
+  static const uint32_t salt = std::random_device{}();
+  const uint64_t ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
+  const uint32_t n = seq.fetch_add(1, std::memory_order_relaxed);
+  return absl::StrFormat("%012x%08x%04x", ms & 0xffffffffffffULL, n,
+                         (salt ^ (n * 2654435761u)) & 0xffff);
+}
+
+Scheduler::Scheduler(SchedulerOptions options, Store& store,
+                     worker::WorkerPool& pool, Metrics& metrics)
+    : options_(std::move(options)),
+      store_(store),
+      pool_(pool),
+      metrics_(metrics) {}
+
+Scheduler::~Scheduler() { Shutdown(absl::ZeroDuration()); }
+
+void Scheduler::SetCallHandler(
+    std::function<void(absl::string_view, std::string,
+                       std::function<void(absl::StatusOr<std::string>)>)>
+        handler) {
+  call_handler_ = std::move(handler);
+}
+
+absl::Status Scheduler::Start() {
+  for (const std::string& k : pool_.Kinds()) kinds_.insert(k);
+
+  // Recovery: RUNNING tasks lost their worker when the previous forqd died.
+  absl::StatusOr<std::vector<v1::Task>> unfinished = store_.LoadUnfinished();
+  if (!unfinished.ok()) return unfinished.status();
+  const absl::Time now = absl::Now();
+  std::vector<v1::Task> updates;
+  int requeued = 0, dead = 0;
+  {
+    MutexLock lock(&mu_);
+    std::sort(
+        unfinished->begin(), unfinished->end(),
+        [](const v1::Task& a, const v1::Task& b) { return a.id() < b.id(); });
+    for (v1::Task& t : *unfinished) {
+      if (t.state() == v1::RUNNING) {
+        SetError(t, absl::StatusCode::kUnavailable,
+                 "forqd stopped while the attempt was running",
+                 v1::WORKER_LOST);
+        if (t.attempt() - t.attempt_base() >= t.max_attempts()) {
+          t.set_state(v1::DEAD);
+          *t.mutable_finished_at() = ToProto(now);
+          updates.push_back(t);
+          ++dead;
+          continue;
+        }
+        t.set_state(v1::QUEUED);
+        *t.mutable_not_before() = ToProto(now);
+        updates.push_back(t);
+        ++requeued;
+      }
+      Entry& e = tasks_[t.id()];
+      e.task = std::move(t);
+      EnqueueLocked(e, now);
+    }
+  }
+  if (!updates.empty()) {
+    absl::Notification persisted;
+    absl::Status status;
+    store_.Update(updates, [&](absl::Status s) {
+      status = s;
+      persisted.Notify();
+    });
+    persisted.WaitForNotification();
+    if (!status.ok()) return status;
+  }
+  spdlog::info(
+      "recovered {} unfinished tasks ({} lost attempts re-queued, {} dead)",
+      unfinished->size(), requeued, dead);
+
+  worker::PoolCallbacks cb;
+  cb.on_outcome = [this](worker::Outcome o) { OnOutcome(std::move(o)); };
+  cb.on_progress = [this](absl::string_view id, int attempt, double f,
+                          absl::string_view msg) {
+    OnProgress(id, attempt, f, msg);
+  };
+  cb.on_worker_idle = [this] {
+    MutexLock lock(&mu_);
+    WakeLocked();
+  };
+  cb.on_worker_exit = [this](const worker::WorkerExit& exit) {
+    metrics_.WorkerRestart(exit.reason);
+  };
+  cb.on_call = [this](absl::string_view task_id, std::string request,
+                      std::function<void(absl::StatusOr<std::string>)> reply) {
+    if (!call_handler_) {
+      reply(absl::UnimplementedError("no service answers task calls"));
+      return;
+    }
+    call_handler_(task_id, std::move(request), std::move(reply));
+  };
+  absl::Status s = pool_.Start(std::move(cb));
+  if (!s.ok()) return s;
+  metrics_.AddRefreshHook([this] { RefreshMetrics(); });
+  started_ = true;
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void Scheduler::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  StopIntake();
+  SetDraining(true);
+  if (started_) {
+    absl::Notification idle;
+    bool drained = false;
+    WhenIdle(grace, [&](bool d) {
+      drained = d;
+      idle.Notify();
+    });
+    idle.WaitForNotification();
+    if (!drained) spdlog::warn("drain period over with tasks still running");
+  }
+  {
+    MutexLock lock(&mu_);
+    stop_ = true;
+    WakeLocked();
+  }
+  if (thread_.joinable()) thread_.join();
+  pool_.Shutdown();
+
+  // Interrupted by us, not by the task: back to QUEUED, no attempt used.
+  std::vector<v1::Task> requeue;
+  std::vector<std::pair<WaitDone, absl::Status>> to_fail;
+  {
+    MutexLock lock(&mu_);
+    for (auto& [id, e] : tasks_) {
+      if (e.task.state() == v1::RUNNING && !e.finishing) {
+        e.task.set_state(v1::QUEUED);
+        e.task.set_attempt(e.task.attempt() - 1);
+        requeue.push_back(e.task);
+      }
+    }
+    for (auto& [h, w] : waits_) {
+      to_fail.emplace_back(std::move(w.done),
+                           absl::UnavailableError("forqd is shutting down"));
+    }
+    waits_.clear();
+    wait_deadlines_.clear();
+  }
+  if (!requeue.empty()) {
+    absl::Notification persisted;
+    store_.Update(requeue, [&](absl::Status s) {
+      if (!s.ok())
+        spdlog::error("re-queue at shutdown failed: {}", s.ToString());
+      persisted.Notify();
+    });
+    persisted.WaitForNotification();
+    spdlog::info("{} running tasks re-queued for the next start",
+                 requeue.size());
+  }
+  for (auto& [done, status] : to_fail) {
+    if (done) done(status, false);
+  }
+}
+
+absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
+                                              absl::Time now) {
+  if (!ValidName(spec.kind(), 128)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task kind '", spec.kind().substr(0, 128),
+                     "' is invalid: want 1-128 characters of [A-Za-z0-9_.:-]"));
+  }
+  if (!kinds_.empty() && kinds_.count(spec.kind()) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown task kind '", spec.kind(),
+                     "'; known kinds: ", absl::StrJoin(kinds_, ", ")));
+  }
+  if (spec.queue().empty()) spec.set_queue("default");
+  if (!ValidName(spec.queue(), 64)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue name '", spec.queue().substr(0, 64),
+                     "' is invalid: want 1-64 characters of [A-Za-z0-9_.:-]"));
+  }
+  if (spec.priority() < -1000 || spec.priority() > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "priority ", spec.priority(), " is out of range [-1000, 1000]"));
+  }
+  if (!spec.payload_text().empty()) {
+    if (!spec.payload().empty()) {
+      return absl::InvalidArgumentError(
+          "set either payload or payload_text, not both");
+    }
+    spec.set_payload(std::move(*spec.mutable_payload_text()));
+  }
+  if (spec.payload().size() > options_.max_payload_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "payload is ", spec.payload().size(), " bytes; the limit is ",
+        options_.max_payload_bytes, " bytes (--max_payload_bytes)"));
+  }
+  int max_attempts = spec.max_attempts();
+  if (max_attempts == 0) max_attempts = options_.default_max_attempts;
+  if (max_attempts < 0 || max_attempts > options_.max_max_attempts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_attempts ", spec.max_attempts(),
+                     " is out of range [1, ", options_.max_max_attempts, "]"));
+  }
+  absl::Duration timeout = FromProto(spec.timeout());
+  if (timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("timeout must not be negative");
+  }
+  if (timeout == absl::ZeroDuration()) timeout = options_.default_timeout;
+  absl::Duration delay = FromProto(spec.delay());
+  if (delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("delay must not be negative");
+  }
+  absl::Duration ttl = FromProto(spec.result_ttl());
+  if (ttl < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("result_ttl must not be negative");
+  }
+  if (ttl == absl::ZeroDuration()) ttl = options_.default_result_ttl;
+  if (spec.idempotency_key().size() > 256) {
+    return absl::InvalidArgumentError(
+        "idempotency_key is longer than 256 bytes");
+  }
+  if (spec.labels_size() > 32) {
+    return absl::InvalidArgumentError("more than 32 labels");
+  }
+  for (const auto& [k, v] : spec.labels()) {
+    if (k.empty() || k.size() > 64 || v.size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "label '", k.substr(0, 64),
+          "' is invalid: keys 1-64 bytes, values up to 256 bytes"));
+    }
+  }
+
+  v1::Task t;
+  t.set_id(NewTaskId());
+  t.set_queue(spec.queue());
+  t.set_kind(spec.kind());
+  t.set_payload(std::move(*spec.mutable_payload()));
+  t.set_priority(spec.priority());
+  t.set_max_attempts(max_attempts);
+  *t.mutable_timeout() = ToProto(timeout);
+  t.set_state(v1::QUEUED);
+  *t.mutable_created_at() = ToProto(now);
+  if (spec.has_not_before()) {
+    *t.mutable_not_before() = spec.not_before();
+  } else if (delay > absl::ZeroDuration()) {
+    *t.mutable_not_before() = ToProto(now + delay);
+  }
+  t.set_idempotency_key(spec.idempotency_key());
+  *t.mutable_result_ttl() = ToProto(ttl);
+  *t.mutable_labels() = spec.labels();
+  return t;
+}
+
+void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
+  if (specs.empty()) {
+    done(absl::InvalidArgumentError("no tasks given"));
+    return;
+  }
+  if (specs.size() > options_.max_batch) {
+    done(absl::InvalidArgumentError(absl::StrCat("batch of ", specs.size(),
+                                                 " tasks; the limit is ",
+                                                 options_.max_batch)));
+    return;
+  }
+  const absl::Time now = absl::Now();
+  std::vector<v1::Task> tasks;
+  tasks.reserve(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    absl::StatusOr<v1::Task> t = BuildTask(std::move(specs[i]), now);
+    if (!t.ok()) {
+      std::string msg(t.status().message());
+      if (specs.size() > 1) msg = absl::StrCat("task ", i, ": ", msg);
+      done(absl::Status(t.status().code(), msg));
+      return;
+    }
+    tasks.push_back(std::move(*t));
+  }
+  {
+    MutexLock lock(&mu_);
+    if (!accepting_) {
+      done(absl::UnavailableError(
+          "forqd is shutting down; not accepting tasks"));
+      return;
+    }
+    std::map<std::string, int64_t> adding;
+    for (const v1::Task& t : tasks) ++adding[t.queue()];
+    for (const auto& [queue, n] : adding) {
+      int64_t have = queued_by_queue_[queue];
+      if (have + n > options_.max_queued) {
+        done(absl::ResourceExhaustedError(absl::StrCat(
+            "queue '", queue, "' is full (", have, " queued, limit ",
+            options_.max_queued, "); retry later")));
+        return;
+      }
+    }
+  }
+  store_.Insert(std::move(tasks),
+                [this, done = std::move(done)](
+                    absl::StatusOr<std::vector<InsertResult>> results) {
+                  if (!results.ok()) {
+                    done(results.status());
+                    return;
+                  }
+                  Deferred d;
+                  {
+                    MutexLock lock(&mu_);
+                    const absl::Time now = absl::Now();
+                    for (const InsertResult& r : *results) {
+                      if (r.existing) continue;
+                      Entry& e = tasks_[r.task.id()];
+                      e.task = r.task;
+                      EnqueueLocked(e, now);
+                      metrics_.TaskSubmitted(r.task.queue());
+                      EmitLocked(e.task, v1::TaskEvent::STATE, d);
+                    }
+                    WakeLocked();
+                  }
+                  d.Run();
+                  done(std::move(results));
+                });
+}
+
+void Scheduler::EnqueueLocked(Entry& e, absl::Time now) {
+  ++queued_by_queue_[e.task.queue()];
+  absl::Time not_before = e.task.has_not_before()
+                              ? FromProto(e.task.not_before())
+                              : absl::InfinitePast();
+  if (not_before > now) {
+    delayed_.emplace(not_before, e.task.id());
+    return;
+  }
+  e.ready_at = now;
+  e.ready_seq = next_seq_++;
+  ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, e.task.id()});
+}
+
+void Scheduler::RemoveQueuedLocked(Entry& e) {
+  --queued_by_queue_[e.task.queue()];
+  if (e.ready_seq != 0) {
+    ready_.erase(ReadyKey{-e.task.priority(), e.ready_seq, e.task.id()});
+    e.ready_seq = 0;
+  }
+  for (auto it = delayed_.begin(); it != delayed_.end(); ++it) {
+    if (it->second == e.task.id()) {
+      delayed_.erase(it);
+      break;
+    }
+  }
+}
+
+void Scheduler::WakeLocked() {
+  wake_ = true;
+  cv_.Signal();
+}
+
+void Scheduler::PersistAsync(const v1::Task& task) {
+  store_.Update({task}, [id = task.id()](absl::Status s) {
+    if (!s.ok()) {
+      spdlog::error("store update of task {} failed: {}", id, s.ToString());
+    }
+  });
+}
+
+void Scheduler::EmitLocked(const v1::Task& task, v1::TaskEvent::Type type,
+                           Deferred& d) {
+  if (watchers_.empty()) return;
+  auto event = std::make_shared<v1::TaskEvent>();
+  event->set_type(type);
+  *event->mutable_task() = task;
+  *event->mutable_time() = ToProto(absl::Now());
+  for (const auto& [h, w] : watchers_) {
+    if (w.task_id == task.id() ||
+        (w.task_id.empty() && (w.queue == "*" || w.queue == task.queue()))) {
+      d.Add([fn = w.fn, event] { fn(*event); });
+    }
+  }
+}
+
+void Scheduler::FinishLocked(Entry& e, Deferred& d) {
+  e.finishing = true;
+  *e.task.mutable_finished_at() = ToProto(absl::Now());
+  metrics_.TaskFinished(e.task.queue(), StateLabel(e.task.state()));
+  d.Add([this, task = e.task] {
+    store_.Update({task}, [this, id = task.id()](absl::Status s) {
+      OnFinishPersisted(id, s);
+    });
+  });
+}
+
+void Scheduler::OnFinishPersisted(const std::string& id, absl::Status status) {
+  if (!status.ok()) {
+    spdlog::error("store write of finished task {} failed: {}", id,
+                  status.ToString());
+  }
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) return;
+    Entry& e = it->second;
+    for (uint64_t h : e.waits) {
+      auto w = waits_.find(h);
+      if (w == waits_.end()) continue;
+      d.Add([done = std::move(w->second.done), task = e.task] {
+        done(task, true);
+      });
+      waits_.erase(w);
+    }
+    EmitLocked(e.task, v1::TaskEvent::STATE, d);
+    tasks_.erase(it);
+    WakeLocked();  // idle waiters may be satisfied now
+  }
+  d.Run();
+}
+
+absl::Duration Scheduler::Backoff(int attempt) {
+  thread_local absl::BitGen gen;
+  double base = absl::ToDoubleSeconds(options_.backoff_base) *
+                std::pow(2.0, std::max(0, attempt - 1));
+  base = std::min(base, absl::ToDoubleSeconds(options_.backoff_max));
+  return absl::Seconds(base * absl::Uniform(gen, 0.75, 1.25));
+}
+
+void Scheduler::OnOutcome(worker::Outcome o) {
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(o.task_id);
+    if (it == tasks_.end() || it->second.finishing ||
+        it->second.task.state() != v1::RUNNING ||
+        it->second.task.attempt() != o.attempt) {
+      // Fenced: this attempt is no longer the current one.
+      metrics_.StaleCompletion();
+      spdlog::warn("stale completion for task {} attempt {} refused", o.task_id,
+                   o.attempt);
+      return;
+    }
+    Entry& e = it->second;
+    v1::Task& t = e.task;
+    --running_;
+    WakeLocked();
+    if (o.worker_pid != 0) t.set_worker_pid(o.worker_pid);
+    metrics_.TaskAttempt(t.queue(), t.kind(), OutcomeLabel(o.kind),
+                         absl::ToDoubleSeconds(o.runtime));
+
+    using worker::OutcomeKind;
+    bool retryable = false;
+    switch (o.kind) {
+      case OutcomeKind::kSucceeded:
+        t.set_state(v1::SUCCEEDED);
+        t.set_result(std::move(o.result));
+        t.clear_error();
+        t.set_progress(1.0);
+        break;
+      case OutcomeKind::kHandlerError:
+        SetError(t, o.status.code(), o.status.message(), v1::HANDLER_ERROR);
+        if (o.status.code() == absl::StatusCode::kCancelled &&
+            t.cancel_requested()) {
+          t.set_state(v1::CANCELLED);
+        } else if (IsPermanent(o.status.code())) {
+          t.set_state(v1::FAILED);
+        } else {
+          retryable = true;
+        }
+        break;
+      case OutcomeKind::kUnknownKind:
+        SetError(t, absl::StatusCode::kInvalidArgument,
+                 absl::StrCat("no handler for kind '", t.kind(), "'"),
+                 v1::UNKNOWN_KIND);
+        t.set_state(v1::FAILED);
+        break;
+      case OutcomeKind::kCancelled:
+        SetError(t, absl::StatusCode::kCancelled, "cancelled while running",
+                 v1::CANCELLED_WHILE_RUNNING);
+        t.set_state(v1::CANCELLED);
+        break;
+      case OutcomeKind::kTimeout:
+        SetError(t, absl::StatusCode::kDeadlineExceeded,
+                 absl::StrCat("attempt ran past its timeout of ",
+                              absl::FormatDuration(FromProto(t.timeout()))),
+                 v1::TIMEOUT);
+        retryable = true;
+        break;
+      case OutcomeKind::kSignaled:
+        SetError(t, absl::StatusCode::kAborted,
+                 absl::StrCat("worker ", o.worker_pid, " died from signal ",
+                              o.signal, " (", strsignal(o.signal), ")"),
+                 v1::SIGNALED, o.signal);
+        retryable = true;
+        break;
+      case OutcomeKind::kOutOfMemory:
+        SetError(t, absl::StatusCode::kResourceExhausted,
+                 "worker exceeded its memory limit", v1::OUT_OF_MEMORY);
+        retryable = true;
+        break;
+      case OutcomeKind::kProtocolViolation:
+        SetError(t, absl::StatusCode::kInternal,
+                 absl::StrCat("worker broke the pool protocol: ",
+                              o.status.message()),
+                 v1::PROTOCOL_VIOLATION);
+        retryable = true;
+        break;
+      case OutcomeKind::kWorkerLost:
+        SetError(t, absl::StatusCode::kUnavailable,
+                 absl::StrCat("worker lost: ", o.status.message()),
+                 v1::WORKER_LOST);
+        retryable = true;
+        break;
+    }
+    if (retryable && t.cancel_requested()) {
+      t.set_state(v1::CANCELLED);
+      retryable = false;
+    }
+    if (retryable) {
+      if (t.attempt() - t.attempt_base() < t.max_attempts()) {
+        const absl::Time now = absl::Now();
+        t.set_state(v1::QUEUED);
+        *t.mutable_not_before() = ToProto(now + Backoff(t.attempt()));
+        metrics_.TaskRetried(t.queue());
+        EnqueueLocked(e, now);
+        EmitLocked(t, v1::TaskEvent::STATE, d);
+        d.Add([this, task = t] { PersistAsync(task); });
+      } else {
+        t.set_state(v1::DEAD);
+        FinishLocked(e, d);
+      }
+    } else {
+      FinishLocked(e, d);
+    }
+  }
+  d.Run();
+}
+
+void Scheduler::OnProgress(absl::string_view id, int attempt, double fraction,
+                           absl::string_view message) {
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(std::string(id));
+    if (it == tasks_.end() || it->second.task.attempt() != attempt ||
+        it->second.task.state() != v1::RUNNING) {
+      return;
+    }
+    v1::Task& t = it->second.task;
+    t.set_progress(std::clamp(fraction, 0.0, 1.0));
+    t.set_progress_message(std::string(message.substr(0, 256)));
+    EmitLocked(t, v1::TaskEvent::PROGRESS, d);
+  }
+  d.Run();
+}
+
+void Scheduler::Loop() {
+  absl::Time next_purge = absl::Now() + options_.purge_interval;
+  while (true) {
+    const int idle = pool_.IdleCount();
+    Deferred d;
+    std::vector<worker::Assignment> to_dispatch;
+    bool purge = false;
+    {
+      MutexLock lock(&mu_);
+      if (stop_) break;
+      const absl::Time now = absl::Now();
+      // Delayed tasks whose time came.
+      while (!delayed_.empty() && delayed_.begin()->first <= now) {
+        std::string id = std::move(delayed_.begin()->second);
+        delayed_.erase(delayed_.begin());
+        auto it = tasks_.find(id);
+        if (it == tasks_.end()) continue;
+        Entry& e = it->second;
+        e.ready_at = now;
+        e.ready_seq = next_seq_++;
+        ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
+      }
+      // Waits that timed out.
+      while (!wait_deadlines_.empty() &&
+             wait_deadlines_.begin()->first <= now) {
+        uint64_t h = wait_deadlines_.begin()->second;
+        wait_deadlines_.erase(wait_deadlines_.begin());
+        auto w = waits_.find(h);
+        if (w == waits_.end()) continue;
+        auto it = tasks_.find(w->second.id);
+        v1::Task task;
+        if (it != tasks_.end()) {
+          task = it->second.task;
+          auto& v = it->second.waits;
+          v.erase(std::remove(v.begin(), v.end(), h), v.end());
+        }
+        d.Add([done = std::move(w->second.done), task = std::move(task)] {
+          done(task, false);
+        });
+        waits_.erase(w);
+      }
+      // Drain / WhenIdle waiters.
+      for (auto it = idle_waiters_.begin(); it != idle_waiters_.end();) {
+        if (running_ == 0 || it->deadline <= now) {
+          d.Add([done = std::move(it->done), drained = running_ == 0] {
+            done(drained);
+          });
+          it = idle_waiters_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      // Dispatch to idle workers only: no prefetch that strands tasks.
+      int slots = draining_ ? 0 : idle;
+      while (slots > 0 && !ready_.empty()) {
+        ReadyKey key = *ready_.begin();
+        ready_.erase(ready_.begin());
+        auto it = tasks_.find(key.id);
+        if (it == tasks_.end()) continue;
+        Entry& e = it->second;
+        e.ready_seq = 0;
+        --queued_by_queue_[e.task.queue()];
+        v1::Task& t = e.task;
+        t.set_state(v1::RUNNING);
+        t.set_attempt(t.attempt() + 1);
+        t.set_cancel_requested(false);
+        t.set_progress(0);
+        t.clear_progress_message();
+        *t.mutable_started_at() = ToProto(now);
+        ++running_;
+        metrics_.TaskQueueWait(t.queue(),
+                               absl::ToDoubleSeconds(now - e.ready_at));
+        worker::Assignment a;
+        a.task_id = t.id();
+        a.attempt = t.attempt();
+        a.kind = t.kind();
+        a.payload = t.payload();
+        absl::Duration timeout = FromProto(t.timeout());
+        a.timeout =
+            timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
+        to_dispatch.push_back(std::move(a));
+        EmitLocked(t, v1::TaskEvent::STATE, d);
+        --slots;
+      }
+      if (now >= next_purge) {
+        purge = true;
+        next_purge = now + options_.purge_interval;
+      }
+    }
+    d.Run();
+
+    for (worker::Assignment& a : to_dispatch) {
+      std::string id = a.task_id;
+      int attempt = a.attempt;
+      absl::Status s = pool_.Dispatch(std::move(a));
+      std::optional<v1::Task> running_copy;
+      {
+        MutexLock lock(&mu_);
+        auto it = tasks_.find(id);
+        if (it == tasks_.end()) continue;
+        Entry& e = it->second;
+        if (s.ok()) {
+          running_copy = e.task;
+        } else if (e.task.state() == v1::RUNNING &&
+                   e.task.attempt() == attempt) {
+          // The worker went away between IdleCount and Dispatch: undo.
+          e.task.set_state(v1::QUEUED);
+          e.task.set_attempt(attempt - 1);
+          --running_;
+          ++queued_by_queue_[e.task.queue()];
+          e.ready_seq = next_seq_++;
+          ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
+          WakeLocked();
+        }
+      }
+      if (running_copy) PersistAsync(*running_copy);
+    }
+
+    if (purge) {
+      absl::StatusOr<int64_t> n = store_.PurgeExpired(absl::Now());
+      if (!n.ok()) {
+        spdlog::error("purge of expired tasks failed: {}",
+                      n.status().ToString());
+      } else if (*n > 0) {
+        spdlog::info("purged {} expired tasks", *n);
+      }
+    }
+
+    MutexLock lock(&mu_);
+    if (stop_) break;
+    if (!wake_) {
+      absl::Time next = absl::Now() + absl::Seconds(1);
+      next = std::min(next, next_purge);
+      if (!delayed_.empty()) next = std::min(next, delayed_.begin()->first);
+      if (!wait_deadlines_.empty()) {
+        next = std::min(next, wait_deadlines_.begin()->first);
+      }
+      for (const IdleWaiter& w : idle_waiters_)
+        next = std::min(next, w.deadline);
+      absl::Duration left = next - absl::Now();
+      if (left > absl::ZeroDuration()) cv_.WaitWithTimeout(&mu_, left);
+    }
+    wake_ = false;
+  }
+}
+
+absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(std::string(id));
+    if (it != tasks_.end()) return it->second.task;
+  }
+  return store_.Get(id);
+}
+
+uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
+                         WaitDone done) {
+  timeout = std::min(timeout, options_.max_wait);
+  std::optional<v1::Task> current;
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(std::string(id));
+    if (it != tasks_.end() && timeout <= absl::ZeroDuration()) {
+      current = it->second.task;
+    } else if (it != tasks_.end()) {
+      uint64_t h = next_handle_++;
+      absl::Time deadline = absl::Now() + timeout;
+      waits_[h] = PendingWait{std::string(id), std::move(done), deadline};
+      wait_deadlines_.emplace(deadline, h);
+      it->second.waits.push_back(h);
+      WakeLocked();
+      return h;
+    }
+  }
+  if (current) {
+    done(std::move(*current), false);
+    return 0;
+  }
+  // Not in memory: finished (or unknown). Terminal states are final.
+  absl::StatusOr<v1::Task> t = store_.Get(id);
+  if (!t.ok()) {
+    done(t.status(), false);
+  } else {
+    bool terminal = IsTerminal(t->state());
+    done(std::move(t), terminal);
+  }
+  return 0;
+}
+
+bool Scheduler::CancelWait(uint64_t handle) {
+  MutexLock lock(&mu_);
+  auto w = waits_.find(handle);
+  if (w == waits_.end()) return false;
+  auto it = tasks_.find(w->second.id);
+  if (it != tasks_.end()) {
+    auto& v = it->second.waits;
+    v.erase(std::remove(v.begin(), v.end(), handle), v.end());
+  }
+  auto range = wait_deadlines_.equal_range(w->second.deadline);
+  for (auto d = range.first; d != range.second; ++d) {
+    if (d->second == handle) {
+      wait_deadlines_.erase(d);
+      break;
+    }
+  }
+  waits_.erase(w);
+  return true;
+}
+
+void Scheduler::Cancel(absl::string_view id, TaskDone done) {
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(std::string(id));
+    if (it != tasks_.end()) {
+      Entry& e = it->second;
+      v1::Task& t = e.task;
+      if (e.finishing) {
+        d.Add([done, state = t.state(), id = t.id()] {
+          done(absl::FailedPreconditionError(absl::StrCat(
+              "task ", id, " is already ", v1::TaskState_Name(state))));
+        });
+      } else if (t.state() == v1::QUEUED) {
+        RemoveQueuedLocked(e);
+        t.set_state(v1::CANCELLED);
+        SetError(t, absl::StatusCode::kCancelled, "cancelled before it ran",
+                 v1::FAILURE_REASON_UNSPECIFIED);
+        // Answer once the cancellation is durable, like a waiter.
+        uint64_t h = next_handle_++;
+        waits_[h] = PendingWait{
+            std::string(id),
+            [done](absl::StatusOr<v1::Task> task, bool) { done(task); },
+            absl::InfiniteFuture()};
+        e.waits.push_back(h);
+        FinishLocked(e, d);
+      } else {
+        t.set_cancel_requested(true);
+        d.Add([this, task = t] {
+          pool_.Cancel(task.id(), task.attempt());
+          PersistAsync(task);
+        });
+        d.Add([done, task = t] { done(task); });
+      }
+    }
+  }
+  if (!d.calls.empty()) {
+    d.Run();
+    return;
+  }
+  absl::StatusOr<v1::Task> t = store_.Get(id);
+  if (!t.ok()) {
+    done(t.status());
+    return;
+  }
+  done(absl::FailedPreconditionError(absl::StrCat(
+      "task ", id, " is already ", v1::TaskState_Name(t->state()))));
+}
+
+void Scheduler::Retry(absl::string_view id, TaskDone done) {
+  std::optional<v1::TaskState> in_memory;
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(std::string(id));
+    if (it != tasks_.end()) in_memory = it->second.task.state();
+  }
+  if (in_memory) {
+    done(absl::FailedPreconditionError(
+        absl::StrCat("task ", id, " is ", v1::TaskState_Name(*in_memory),
+                     "; only DEAD, FAILED or CANCELLED tasks can be retried")));
+    return;
+  }
+  absl::StatusOr<v1::Task> t = store_.Get(id);
+  if (!t.ok()) {
+    done(t.status());
+    return;
+  }
+  if (!IsTerminal(t->state()) || t->state() == v1::SUCCEEDED) {
+    done(absl::FailedPreconditionError(
+        absl::StrCat("task ", id, " is ", v1::TaskState_Name(t->state()),
+                     "; only DEAD, FAILED or CANCELLED tasks can be retried")));
+    return;
+  }
+  v1::Task task = std::move(*t);
+  task.set_state(v1::QUEUED);
+  task.set_attempt_base(task.attempt());
+  task.clear_finished_at();
+  task.clear_not_before();
+  task.clear_result();
+  task.set_cancel_requested(false);
+  store_.Update({task}, [this, task, done](absl::Status s) {
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+    {
+      MutexLock lock(&mu_);
+      Entry& e = tasks_[task.id()];
+      e.task = task;
+      EnqueueLocked(e, absl::Now());
+      WakeLocked();
+    }
+    done(task);
+  });
+}
+
+absl::StatusOr<ListPage> Scheduler::List(ListQuery query) {
+  absl::StatusOr<ListPage> page = store_.List(query);
+  if (!page.ok()) return page;
+  // Unfinished tasks: the in-memory copy is newer (progress, in-flight writes).
+  MutexLock lock(&mu_);
+  for (v1::Task& t : page->tasks) {
+    auto it = tasks_.find(t.id());
+    if (it != tasks_.end()) t = it->second.task;
+  }
+  return page;
+}
+
+uint64_t Scheduler::Subscribe(std::string task_id, std::string queue,
+                              EventFn fn) {
+  MutexLock lock(&mu_);
+  uint64_t h = next_handle_++;
+  watchers_[h] = Watcher{std::move(task_id), std::move(queue), std::move(fn)};
+  return h;
+}
+
+void Scheduler::Unsubscribe(uint64_t handle) {
+  MutexLock lock(&mu_);
+  watchers_.erase(handle);
+}
+
+void Scheduler::SetDraining(bool draining) {
+  MutexLock lock(&mu_);
+  draining_ = draining;
+  WakeLocked();
+}
+
+bool Scheduler::draining() {
+  MutexLock lock(&mu_);
+  return draining_;
+}
+
+int Scheduler::running() {
+  MutexLock lock(&mu_);
+  return running_;
+}
+
+void Scheduler::WhenIdle(absl::Duration timeout,
+                         std::function<void(bool)> done) {
+  {
+    MutexLock lock(&mu_);
+    if (running_ > 0 && timeout > absl::ZeroDuration() && started_ && !stop_) {
+      idle_waiters_.push_back(
+          IdleWaiter{absl::Now() + timeout, std::move(done)});
+      WakeLocked();
+      return;
+    }
+  }
+  done(running() == 0);
+}
+
+void Scheduler::StopIntake() {
+  MutexLock lock(&mu_);
+  accepting_ = false;
+}
+
+bool Scheduler::accepting() {
+  MutexLock lock(&mu_);
+  return accepting_;
+}
+
+void Scheduler::RefreshMetrics() {
+  struct Depth {
+    int64_t queued = 0, delayed = 0, running = 0;
+    absl::Time oldest = absl::InfiniteFuture();
+  };
+  std::map<std::string, Depth> depth;
+  {
+    MutexLock lock(&mu_);
+    for (const auto& [q, n] : queued_by_queue_) depth[q];
+    for (const auto& [id, e] : tasks_) {
+      Depth& dq = depth[e.task.queue()];
+      if (e.task.state() == v1::RUNNING) {
+        ++dq.running;
+      } else if (e.task.state() == v1::QUEUED) {
+        if (e.ready_seq != 0) {
+          ++dq.queued;
+          dq.oldest = std::min(dq.oldest, e.ready_at);
+        } else {
+          ++dq.delayed;
+        }
+      }
+    }
+  }
+  const absl::Time now = absl::Now();
+  for (const auto& [q, dq] : depth) {
+    metrics_.SetQueueDepth(q, "queued", dq.queued);
+    metrics_.SetQueueDepth(q, "delayed", dq.delayed);
+    metrics_.SetQueueDepth(q, "running", dq.running);
+    metrics_.SetQueueOldestAge(q, dq.oldest == absl::InfiniteFuture()
+                                      ? 0
+                                      : absl::ToDoubleSeconds(now - dq.oldest));
+  }
+  std::map<std::string, int> by_state = {
+      {"starting", 0}, {"idle", 0}, {"busy", 0}, {"respawning", 0}};
+  double rss = 0;
+  for (const worker::WorkerInfo& w : pool_.Workers()) {
+    switch (w.state) {
+      case worker::WorkerState::kStarting:
+        ++by_state["starting"];
+        break;
+      case worker::WorkerState::kIdle:
+        ++by_state["idle"];
+        break;
+      case worker::WorkerState::kBusy:
+        ++by_state["busy"];
+        break;
+      case worker::WorkerState::kRespawning:
+        ++by_state["respawning"];
+        break;
+    }
+    rss += static_cast<double>(w.rss_bytes);
+  }
+  for (const auto& [state, n] : by_state) metrics_.SetWorkers(state, n);
+  metrics_.SetWorkerRssBytes(rss);
+}
+
+}  // namespace forq::server

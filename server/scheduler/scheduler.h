@@ -1,0 +1,213 @@
+// The scheduler: task state machine, ready queue (priority, FIFO within a
+// priority), delays and retry backoff, dispatch to idle workers, completion
+// fencing, waiters and watchers. Unfinished tasks live in memory; every state
+// change is written to the Store, and terminal states are announced only
+// after they are durable.
+#ifndef FORQ_SERVER_SCHEDULER_SCHEDULER_H_
+#define FORQ_SERVER_SCHEDULER_SCHEDULER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+#include "common/mutex.h"
+#include "forq/v1/task.pb.h"
+#include "server/metrics/metrics.h"
+#include "server/store/store.h"
+#include "worker/pool.h"
+
+namespace forq::server {
+
+struct SchedulerOptions {
+  int default_max_attempts = 5;
+  int max_max_attempts = 100;
+  // Hard timeout of an attempt when the spec gives none.
+  absl::Duration default_timeout = absl::Hours(1);
+  absl::Duration default_result_ttl = absl::Hours(24);
+  // Per queue, QUEUED tasks beyond this are refused (RESOURCE_EXHAUSTED).
+  int64_t max_queued = 1'000'000;
+  size_t max_payload_bytes = 1 << 20;
+  size_t max_batch = 10'000;
+  // Retry backoff: base * 2^(attempt-1), capped, with +-25% jitter.
+  absl::Duration backoff_base = absl::Seconds(1);
+  absl::Duration backoff_max = absl::Minutes(5);
+  absl::Duration purge_interval = absl::Minutes(1);
+  // Longest single Wait the server holds open.
+  absl::Duration max_wait = absl::Minutes(5);
+  // Events buffered per watcher before it is dropped as too slow.
+  size_t max_watch_backlog = 10'000;
+};
+
+// Thread-safe. Callbacks passed in are run without the scheduler's lock held,
+// on a store, pool or scheduler thread; they must not block.
+class Scheduler {
+ public:
+  using SubmitDone =
+      std::function<void(absl::StatusOr<std::vector<InsertResult>>)>;
+  using TaskDone = std::function<void(absl::StatusOr<v1::Task>)>;
+  // `terminal` is false when the wait timed out.
+  using WaitDone = std::function<void(absl::StatusOr<v1::Task>, bool terminal)>;
+  using EventFn = std::function<void(const v1::TaskEvent&)>;
+
+  Scheduler(SchedulerOptions options, Store& store, worker::WorkerPool& pool,
+            Metrics& metrics);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Recovers unfinished tasks from the store (RUNNING ones count as a lost
+  // attempt), starts the pool callbacks and the scheduler thread.
+  absl::Status Start();
+  // Stops dispatching, waits up to `grace` for running tasks, then kills the
+  // pool; tasks still running go back to QUEUED without an attempt penalty.
+  // Pending waits end with Unavailable. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+  // Validates and stores tasks (all or none); `done` runs once they are
+  // durable. InvalidArgument for bad specs (message names the field and
+  // limit), ResourceExhausted when a queue is full, Unavailable when intake
+  // is stopped.
+  void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done);
+  absl::StatusOr<v1::Task> Get(absl::string_view id);
+  // Calls `done` once: when the task is terminal (and durable), or after
+  // `timeout` with its current state. Returns a handle for CancelWait.
+  uint64_t Wait(absl::string_view id, absl::Duration timeout, WaitDone done);
+  // Drops a pending wait without calling it. False if it already fired.
+  bool CancelWait(uint64_t handle);
+  void Cancel(absl::string_view id, TaskDone done);
+  // Re-queues a DEAD, FAILED or CANCELLED task with fresh attempts.
+  void Retry(absl::string_view id, TaskDone done);
+  absl::StatusOr<ListPage> List(ListQuery query);
+
+  // Events of one task (task_id) or a queue ("*" = all). Returns a handle.
+  uint64_t Subscribe(std::string task_id, std::string queue, EventFn fn);
+  void Unsubscribe(uint64_t handle);
+
+  // Pool control (PoolService).
+  void SetDraining(bool draining);
+  bool draining();
+  int running();
+  // Calls `done(drained)` when nothing runs any more, or after `timeout`.
+  void WhenIdle(absl::Duration timeout, std::function<void(bool)> done);
+  // Refuses new submits with Unavailable from now on.
+  void StopIntake();
+  bool accepting();
+
+  // Task -> forqd side channel (Manager); set before Start.
+  void SetCallHandler(
+      std::function<void(absl::string_view, std::string,
+                         std::function<void(absl::StatusOr<std::string>)>)>
+          handler);
+
+ private:
+  struct Entry {
+    v1::Task task;
+    // Terminal state reached, write to the store in flight.
+    bool finishing = false;
+    absl::Time ready_at;
+    uint64_t ready_seq = 0;
+    std::vector<uint64_t> waits;
+  };
+  struct ReadyKey {
+    int32_t neg_priority;
+    uint64_t seq;
+    std::string id;
+    bool operator<(const ReadyKey& o) const {
+      if (neg_priority != o.neg_priority) return neg_priority < o.neg_priority;
+      return seq < o.seq;
+    }
+  };
+  struct PendingWait {
+    std::string id;
+    WaitDone done;
+    absl::Time deadline;
+  };
+  struct Watcher {
+    std::string task_id;
+    std::string queue;
+    EventFn fn;
+  };
+  struct IdleWaiter {
+    absl::Time deadline;
+    std::function<void(bool)> done;
+  };
+  // Work collected under the lock and run after releasing it.
+  struct Deferred {
+    std::vector<std::function<void()>> calls;
+    void Add(std::function<void()> f) { calls.push_back(std::move(f)); }
+    void Run() {
+      for (auto& c : calls) c();
+      calls.clear();
+    }
+  };
+
+  absl::StatusOr<v1::Task> BuildTask(v1::TaskSpec spec, absl::Time now);
+  void Loop();
+  void OnOutcome(worker::Outcome outcome);
+  void OnProgress(absl::string_view id, int attempt, double fraction,
+                  absl::string_view message);
+
+  // Puts a QUEUED task in the ready set or the delay map.
+  void EnqueueLocked(Entry& e, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveQueuedLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a terminal state; waiters fire after the store write.
+  void FinishLocked(Entry& e, Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnFinishPersisted(const std::string& id, absl::Status status);
+  void EmitLocked(const v1::Task& task, v1::TaskEvent::Type type, Deferred& d)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PersistAsync(const v1::Task& task);
+  absl::Duration Backoff(int attempt);
+  void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RefreshMetrics();
+
+  const SchedulerOptions options_;
+  Store& store_;
+  worker::WorkerPool& pool_;
+  Metrics& metrics_;
+  std::set<std::string, std::less<>> kinds_;
+
+  Mutex mu_;
+  CondVar cv_;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  std::unordered_map<std::string, Entry> tasks_ ABSL_GUARDED_BY(mu_);
+  std::set<ReadyKey> ready_ ABSL_GUARDED_BY(mu_);
+  std::multimap<absl::Time, std::string> delayed_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> queued_by_queue_ ABSL_GUARDED_BY(mu_);
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  std::unordered_map<uint64_t, PendingWait> waits_ ABSL_GUARDED_BY(mu_);
+  std::multimap<absl::Time, uint64_t> wait_deadlines_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);
+  std::vector<IdleWaiter> idle_waiters_ ABSL_GUARDED_BY(mu_);
+  std::function<void(absl::string_view, std::string,
+                     std::function<void(absl::StatusOr<std::string>)>)>
+      call_handler_;
+
+  std::thread thread_;
+  bool started_ = false;
+  bool shut_down_ = false;
+};
+
+// A new task id: 12 hex digits of Unix milliseconds, 8 of a per-process
+// sequence and 4 random, so ids sort by creation time.
+std::string NewTaskId();
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_SCHEDULER_SCHEDULER_H_
