@@ -2,7 +2,9 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "common/status_macros.h"
 #include "server/store/memory_store.h"
+#include "server/store/sqlite_store.h"
 
 namespace forq::server {
 
@@ -17,8 +19,9 @@ absl::StatusOr<Durability> ParseDurability(absl::string_view text) {
 absl::StatusOr<std::unique_ptr<Store>> OpenStore(const StoreOptions& options) {
   if (options.kind == "memory") return std::make_unique<MemoryStore>();
   if (options.kind == "sqlite" || options.kind.empty()) {
-    // TODO(#4): SQLite store lands next; use --store=memory until then.
-    return absl::UnimplementedError("sqlite store not built yet");
+    FORQ_ASSIGN_OR_RETURN(std::unique_ptr<SqliteStore> store,
+                          SqliteStore::Open(options));
+    return std::unique_ptr<Store>(std::move(store));
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown store kind \"", options.kind, "\" (want sqlite or memory)"));

@@ -501,10 +501,13 @@ TEST_P(StoreContractTest, CloseFlushesQueuedWrites) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllStores, StoreContractTest,
-                         ::testing::Values(StoreParam{"memory",
-                                                      Durability::kSync}),
-                         ParamName);
+INSTANTIATE_TEST_SUITE_P(
+    AllStores, StoreContractTest,
+    ::testing::Values(StoreParam{"memory", Durability::kSync},
+                      StoreParam{"sqlite", Durability::kSync},
+                      StoreParam{"sqlite", Durability::kBatch},
+                      StoreParam{"sqlite", Durability::kNone}),
+    ParamName);
 
 TEST(ParseDurabilityTest, ParsesKnownNames) {
   EXPECT_EQ(ParseDurability("sync").value(), Durability::kSync);

@@ -1,0 +1,119 @@
+// SqliteStore: the default, durable Store. One SQLite file in WAL mode,
+// written by a single writer thread that groups every queued write into one
+// transaction (group commit), read through a pool of separate connections.
+// docs/storage.md describes the schema and what each durability mode promises.
+#ifndef FORQ_SERVER_STORE_SQLITE_STORE_H_
+#define FORQ_SERVER_STORE_SQLITE_STORE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+#include "common/mutex.h"
+#include "server/store/store.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace forq::server {
+
+// Thread-safe. Insert/Update/PutObject/DeleteObject only queue the write;
+// the writer thread applies everything queued in one transaction (each call
+// inside its own SAVEPOINT, so a failing call rolls back only its own rows),
+// commits per the durability mode, then runs each `done` callback on the
+// writer thread. Callbacks must not block and must not call Close().
+// Reads (Get, List, LoadUnfinished, LoadObjects) use pooled read-only
+// connections and never wait for the writer; they see every write whose
+// callback has run. PurgeExpired runs on the writer and blocks its caller
+// until committed. After Close(), writes fail with Unavailable and their
+// callback runs inline on the calling thread.
+class SqliteStore final : public Store {
+ public:
+  // Schema version kept in PRAGMA user_version. A file with a larger version
+  // was written by a newer forqd and is refused.
+  static constexpr int kSchemaVersion = 1;
+
+  // Creates options.data_dir if needed and opens (or creates)
+  // <data_dir>/forq.db. Errors name the file and the SQLite message:
+  // Unavailable/PermissionDenied if the dir or file cannot be created or
+  // written, DataLoss if the file is not a valid database,
+  // FailedPrecondition if its schema is newer than this code.
+  static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(
+      const StoreOptions& options);
+
+  ~SqliteStore() override;  // Close()s.
+  SqliteStore(const SqliteStore&) = delete;
+  SqliteStore& operator=(const SqliteStore&) = delete;
+
+  void Insert(std::vector<v1::Task> tasks, InsertDone done) override;
+  void Update(std::vector<v1::Task> tasks, WriteDone done) override;
+  absl::StatusOr<v1::Task> Get(absl::string_view id) override;
+  absl::StatusOr<ListPage> List(const ListQuery& query) override;
+  absl::StatusOr<std::vector<v1::Task>> LoadUnfinished() override;
+  absl::StatusOr<int64_t> PurgeExpired(absl::Time now) override;
+  void PutObject(std::string name, std::string blob, WriteDone done) override;
+  void DeleteObject(std::string name, WriteDone done) override;
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> LoadObjects()
+      override;
+  void Close() override;
+
+  // Path of the database file.
+  const std::string& path() const { return path_; }
+
+ private:
+  struct PendingWrite;
+  struct Writer;
+  struct Reader;
+  class ReaderLease;
+
+  SqliteStore(const StoreOptions& options, std::string path,
+              std::unique_ptr<Writer> writer);
+
+  // Queues `op`; returns it back (to be failed by the caller) once closed.
+  std::unique_ptr<PendingWrite> Enqueue(std::unique_ptr<PendingWrite> op)
+      ABSL_LOCKS_EXCLUDED(queue_mu_);
+  void WriterLoop() ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // Applies `group` in one transaction and runs every callback.
+  void CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group);
+  absl::Status Apply(PendingWrite& op);
+  absl::Status ApplyInsert(PendingWrite& op);
+  absl::Status ApplyUpdate(PendingWrite& op);
+
+  absl::StatusOr<std::unique_ptr<Reader>> AcquireReader()
+      ABSL_LOCKS_EXCLUDED(pool_mu_);
+  void ReleaseReader(std::unique_ptr<Reader> reader)
+      ABSL_LOCKS_EXCLUDED(pool_mu_);
+
+  const std::string path_;
+  const Durability durability_;
+  const absl::Duration batch_interval_;
+
+  // Used only by the writer thread (and by Open before it starts).
+  const std::unique_ptr<Writer> writer_;
+
+  Mutex queue_mu_;
+  CondVar queue_cv_;
+  std::deque<std::unique_ptr<PendingWrite>> queue_ ABSL_GUARDED_BY(queue_mu_);
+  bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
+
+  Mutex close_mu_;  // Serialises Close() so the writer is joined once.
+  std::thread writer_thread_ ABSL_GUARDED_BY(close_mu_);
+
+  Mutex pool_mu_;
+  std::vector<std::unique_ptr<Reader>> idle_readers_ ABSL_GUARDED_BY(pool_mu_);
+};
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_STORE_SQLITE_STORE_H_
