@@ -84,8 +84,14 @@ class SqliteStore final : public Store {
   std::unique_ptr<PendingWrite> Enqueue(std::unique_ptr<PendingWrite> op)
       ABSL_LOCKS_EXCLUDED(queue_mu_);
   void WriterLoop() ABSL_LOCKS_EXCLUDED(queue_mu_);
-  // Applies `group` in one transaction and runs every callback.
-  void CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group);
+  // A committed write and its own status, awaiting the WAL sync (kBatch).
+  using Committed = std::pair<std::unique_ptr<PendingWrite>, absl::Status>;
+  // Applies `group` in one transaction and runs every callback, except in
+  // kBatch where successful commits move to `unsynced` for SyncWal.
+  void CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
+                   std::vector<Committed>& unsynced);
+  // Fsyncs the WAL, then runs the callbacks in `unsynced` and clears it.
+  void SyncWal(std::vector<Committed>& unsynced);
   absl::Status Apply(PendingWrite& op);
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
