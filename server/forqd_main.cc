@@ -1,0 +1,186 @@
+// forqd: the forq server. See `forqd --help` and docs/operations.md.
+#include <signal.h>
+#include <stdlib.h>
+
+#include <cctype>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+#include "common/logging.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:50051",
+          "gRPC listen address (host:port; port 0 = any free port)");
+ABSL_FLAG(std::string, http_addr, "127.0.0.1:8080",
+          "HTTP listen address for REST, /metrics, /healthz, /readyz");
+ABSL_FLAG(int, workers, 0,
+          "worker processes; 0 = online CPUs (respects the cgroup CPU quota)");
+ABSL_FLAG(std::string, data_dir, "./forq-data", "directory of the task store");
+ABSL_FLAG(std::string, store, "sqlite",
+          "task store: sqlite (durable, default) or memory (nothing survives "
+          "a restart)");
+ABSL_FLAG(std::string, durability, "sync",
+          "sqlite durability: sync (ack after fsync, group commit), batch "
+          "(commit every few ms, acks wait), none (no fsync)");
+ABSL_FLAG(std::string, log_level, "info",
+          "trace, debug, info, warn, error or off");
+ABSL_FLAG(std::vector<std::string>, plugin, {},
+          "comma-separated handler plugin .so files, loaded before forking");
+ABSL_FLAG(std::vector<std::string>, exec_allow, {},
+          "comma-separated absolute paths the exec kind may run (empty = "
+          "exec disabled)");
+ABSL_FLAG(int, max_tasks_per_child, 0,
+          "recycle a worker after this many tasks (0 = never)");
+ABSL_FLAG(int, max_worker_rss_mb, 0,
+          "recycle/kill a worker whose RSS passes this many MiB (0 = no "
+          "limit)");
+ABSL_FLAG(absl::Duration, cancel_grace, absl::Seconds(5),
+          "time a cancelled task has to stop before its worker is killed");
+ABSL_FLAG(absl::Duration, default_timeout, absl::Hours(1),
+          "hard timeout of an attempt when the task sets none");
+ABSL_FLAG(int, default_max_attempts, 5,
+          "attempts for retryable failures when the task sets none");
+ABSL_FLAG(absl::Duration, result_ttl, absl::Hours(24),
+          "how long finished tasks stay readable when the task sets none");
+ABSL_FLAG(int64_t, max_queued, 1000000,
+          "queued tasks allowed per queue before Submit answers "
+          "RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_payload_bytes, 1 << 20,
+          "largest task payload accepted (INVALID_ARGUMENT beyond)");
+ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
+          "on SIGTERM, how long running tasks may finish before they are "
+          "re-queued");
+ABSL_FLAG(absl::Duration, purge_interval, absl::Minutes(1),
+          "how often finished tasks past their result TTL are deleted");
+ABSL_FLAG(int, ready_fd, -1,
+          "if set, write 'grpc_port=N http_port=M' to this fd once serving");
+
+namespace {
+
+// FORQ_<FLAG> environment variables become flags; command-line flags given
+// later win because absl applies them in order.
+std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
+                                       std::vector<std::string>& storage) {
+  static const char* kNames[] = {"grpc_addr",
+                                 "http_addr",
+                                 "workers",
+                                 "data_dir",
+                                 "store",
+                                 "durability",
+                                 "log_level",
+                                 "plugin",
+                                 "exec_allow",
+                                 "max_tasks_per_child",
+                                 "max_worker_rss_mb",
+                                 "cancel_grace",
+                                 "default_timeout",
+                                 "default_max_attempts",
+                                 "result_ttl",
+                                 "max_queued",
+                                 "max_payload_bytes",
+                                 "drain_grace",
+                                 "purge_interval"};
+  for (const char* name : kNames) {
+    std::string env = "FORQ_";
+    for (const char* c = name; *c != '\0'; ++c) {
+      env += static_cast<char>(std::toupper(static_cast<unsigned char>(*c)));
+    }
+    if (const char* v = getenv(env.c_str())) {
+      storage.push_back(absl::StrCat("--", name, "=", v));
+    }
+  }
+  std::vector<char*> args = {argv[0]};
+  for (std::string& s : storage) args.push_back(s.data());
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  return args;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "forqd: the forq task queue server.\n"
+      "Flags may also come from FORQ_<FLAG> environment variables or a "
+      "--flagfile.");
+  std::vector<std::string> env_storage;
+  std::vector<char*> args = ArgsWithEnvironment(argc, argv, env_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+
+  absl::Status s = forq::InitLogging("forqd", absl::GetFlag(FLAGS_log_level));
+  if (!s.ok()) {
+    fprintf(stderr, "forqd: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+
+  forq::server::ServerOptions o;
+  o.grpc_addr = absl::GetFlag(FLAGS_grpc_addr);
+  o.http_addr = absl::GetFlag(FLAGS_http_addr);
+  o.store.kind = absl::GetFlag(FLAGS_store);
+  o.store.data_dir = absl::GetFlag(FLAGS_data_dir);
+  absl::StatusOr<forq::server::Durability> durability =
+      forq::server::ParseDurability(absl::GetFlag(FLAGS_durability));
+  if (!durability.ok()) {
+    spdlog::critical("--durability: {}", durability.status().ToString());
+    return 2;
+  }
+  o.store.durability = *durability;
+  o.pool.workers = absl::GetFlag(FLAGS_workers);
+  o.pool.plugins = absl::GetFlag(FLAGS_plugin);
+  o.pool.exec_allow = absl::GetFlag(FLAGS_exec_allow);
+  o.pool.max_tasks_per_child = absl::GetFlag(FLAGS_max_tasks_per_child);
+  o.pool.max_worker_rss_bytes =
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_max_worker_rss_mb)) << 20;
+  o.pool.cancel_grace = absl::GetFlag(FLAGS_cancel_grace);
+  o.scheduler.default_timeout = absl::GetFlag(FLAGS_default_timeout);
+  o.scheduler.default_max_attempts = absl::GetFlag(FLAGS_default_max_attempts);
+  o.scheduler.default_result_ttl = absl::GetFlag(FLAGS_result_ttl);
+  o.scheduler.max_queued = absl::GetFlag(FLAGS_max_queued);
+  o.scheduler.max_payload_bytes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_payload_bytes));
+  o.scheduler.purge_interval = absl::GetFlag(FLAGS_purge_interval);
+  o.drain_grace = absl::GetFlag(FLAGS_drain_grace);
+  o.ready_fd = absl::GetFlag(FLAGS_ready_fd);
+  if (o.pool.workers < 0 || o.scheduler.default_max_attempts < 1 ||
+      o.scheduler.max_queued < 1 || o.scheduler.max_payload_bytes < 1) {
+    spdlog::critical(
+        "--workers must be >= 0; --default_max_attempts, --max_queued and "
+        "--max_payload_bytes must be >= 1");
+    return 2;
+  }
+
+  // The pool forks here, before any thread exists.
+  absl::StatusOr<std::unique_ptr<forq::server::Server>> server =
+      forq::server::Server::Create(o);
+  if (!server.ok()) {
+    spdlog::critical("cannot start the worker pool: {}",
+                     server.status().ToString());
+    return 1;
+  }
+
+  // Signals are taken synchronously by this thread; every thread created
+  // from here on inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  s = (*server)->Start();
+  if (!s.ok()) {
+    spdlog::critical("cannot start forqd: {}", s.ToString());
+    (*server)->Shutdown();
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown();
+  return 0;
+}

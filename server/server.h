@@ -1,0 +1,78 @@
+// forqd assembled: worker pool, store, scheduler, Manager, gRPC and HTTP
+// front ends, with the start-up order fork-first and a graceful drain on
+// shutdown.
+#ifndef FORQ_SERVER_SERVER_H_
+#define FORQ_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+#include "server/metrics/metrics.h"
+#include "server/scheduler/scheduler.h"
+#include "server/store/store.h"
+#include "worker/fork_pool.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace forq::server {
+
+struct ServerOptions {
+  // host:port; port 0 picks a free port.
+  std::string grpc_addr = "127.0.0.1:50051";
+  std::string http_addr = "127.0.0.1:8080";
+  StoreOptions store;
+  worker::ForkPoolOptions pool;
+  SchedulerOptions scheduler;
+  // On SIGTERM: how long running tasks may finish before being re-queued.
+  absl::Duration drain_grace = absl::Seconds(20);
+  // Largest gRPC message accepted (payload limits are checked separately,
+  // with a clearer error, by the scheduler).
+  int max_message_bytes = 64 << 20;
+  // If >= 0, "grpc_port=N http_port=M\n" is written here once serving.
+  int ready_fd = -1;
+};
+
+// Thread-safe after Start.
+class Server {
+ public:
+  // Forks the worker pool. Must run while the process is single-threaded.
+  static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Opens the store, recovers tasks, starts the scheduler and both front
+  // ends, then reports readiness.
+  absl::Status Start();
+  // Graceful stop: health NOT_SERVING, new submits refused (UNAVAILABLE),
+  // running tasks get drain_grace, the rest stay QUEUED on disk.
+  void Shutdown();
+
+  int grpc_port() const { return grpc_port_; }
+  int http_port() const { return http_port_; }
+
+ private:
+  explicit Server(ServerOptions options);
+  struct Services;
+
+  ServerOptions options_;
+  Metrics metrics_;
+  std::unique_ptr<worker::WorkerPool> pool_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<Services> services_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  int grpc_port_ = 0;
+  int http_port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_SERVER_H_
