@@ -127,9 +127,12 @@ absl::Status Flaky(TaskContext& ctx, absl::string_view payload,
 
 absl::Status Crash(TaskContext&, absl::string_view, std::string*) { abort(); }
 
-absl::Status Hang(TaskContext& ctx, absl::string_view, std::string*) {
+absl::Status Hang(TaskContext& ctx, absl::string_view payload, std::string*) {
   signal(SIGTERM, SIG_IGN);
-  while (!ctx.cancelled()) {
+  // "ignore-cancel" models a handler that never checks the flag, so only
+  // the kill after the cancel grace period stops it.
+  const bool ignore_cancel = payload == "ignore-cancel";
+  while (ignore_cancel || !ctx.cancelled()) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   return absl::CancelledError("hang cancelled");

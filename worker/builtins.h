@@ -16,7 +16,8 @@ namespace forq::worker {
 //   fail     returns a permanent error whose message is the payload
 //   flaky    payload = k; fails (retryable) on attempts < k, then succeeds
 //   crash    the worker aborts (SIGABRT)
-//   hang     spins until cancelled or killed, ignoring SIGTERM
+//   hang     spins until cancelled or killed, ignoring SIGTERM; with payload
+//            "ignore-cancel" it ignores cancellation too
 absl::Status RegisterBuiltins(HandlerRegistry& registry);
 
 }  // namespace forq::worker

@@ -32,14 +32,25 @@ struct ForkPoolOptions {
   absl::Duration cancel_grace = absl::Seconds(5);
   // Absolute paths of programs the `exec` kind may run; empty = exec off.
   std::vector<std::string> exec_allow;
-  // Bytes per shared-memory ring (each worker has two).
+  // Limits of an `exec` task: stdout kept as the result (the rest is
+  // dropped), RLIMIT_AS, RLIMIT_NOFILE. RLIMIT_CPU follows the task timeout.
+  uint64_t exec_max_output_bytes = 1 << 20;
+  uint64_t exec_max_memory_bytes = uint64_t{1} << 30;
+  int exec_max_open_files = 64;
+  // Bytes per shared-memory ring (each worker has two); a power of two in
+  // [4 KiB, 1 GiB]. Frames over a quarter of it go through the spill path.
   size_t ring_bytes = 1 << 20;
 };
 
-// Registers the built-in handlers and plugins, then forks the supervisor.
-// Must be called while the process is still single-threaded (before gRPC,
-// spdlog async sinks or any std::thread). Returns InvalidArgument for bad
-// options or a plugin that fails to load, Internal if fork fails.
+// Registers the built-in handlers, the `exec` kind (if exec_allow is set)
+// and plugins, creates each worker's shared memory and wake-up fds, then
+// forks the supervisor, which forks the workers. Must be called while the
+// process is still single-threaded (before gRPC, spdlog async sinks or any
+// std::thread): the supervisor then never inherits a held lock. Returns
+// InvalidArgument for bad options or a plugin that fails to load, and the
+// syscall's error if creating shared memory or forking fails. The returned
+// pool reports workers as idle (on_worker_idle) once Start is called and
+// they are ready.
 absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
     ForkPoolOptions options);
 

@@ -23,7 +23,8 @@ struct Assignment {
   int attempt = 1;
   std::string kind;
   std::string payload;
-  // Hard timeout: the worker is killed when it passes. InfiniteDuration = none.
+  // Hard timeout: the worker is killed when it passes. InfiniteDuration (or
+  // a non-positive duration) = none.
   absl::Duration timeout = absl::InfiniteDuration();
 };
 

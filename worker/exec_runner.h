@@ -1,0 +1,43 @@
+// The `exec` task kind: runs an allow-listed program with argv from the
+// payload (a JSON array of strings), without a shell, with a scrubbed
+// environment, only fds 0-2, rlimits and no_new_privs; stdout is the result.
+#ifndef FORQ_WORKER_EXEC_RUNNER_H_
+#define FORQ_WORKER_EXEC_RUNNER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+#include "worker/handler.h"
+
+namespace forq::worker {
+
+struct ExecOptions {
+  // Absolute paths argv[0] may name (exact match).
+  std::vector<std::string> allow;
+  // stdout beyond this is read and discarded.
+  uint64_t max_output_bytes = 1 << 20;
+  uint64_t max_memory_bytes = uint64_t{1} << 30;  // RLIMIT_AS
+  int max_open_files = 64;                        // RLIMIT_NOFILE
+};
+
+// Runs one exec task in the calling process (a worker): fork + execve,
+// waits for the child, honours ctx.cancelled() by killing it. Errors:
+// InvalidArgument for a malformed payload, PermissionDenied for a program
+// not on the allow-list, FailedPrecondition if execve fails, Unknown with the
+// exit code and the tail of stderr for a non-zero exit, Aborted if the
+// program died from a signal, Cancelled if the task was cancelled.
+absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
+                     absl::string_view payload, std::string* result);
+
+// Registers RunExec under the kind "exec". InvalidArgument if an allow-list
+// entry is not an absolute path.
+absl::Status RegisterExecHandler(HandlerRegistry& registry,
+                                 ExecOptions options);
+
+}  // namespace forq::worker
+
+#endif  // FORQ_WORKER_EXEC_RUNNER_H_

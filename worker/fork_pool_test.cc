@@ -1,0 +1,411 @@
+#include "worker/fork_pool.h"
+
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+#include "common/mutex.h"
+#include "tests/testing/status_matchers.h"
+
+namespace forq::worker {
+namespace {
+
+using ::forq::testing::IsOk;
+using ::forq::testing::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr absl::Duration kWait = absl::Seconds(20);
+
+// Records every callback of a pool and lets the test wait for them.
+class Recorder {
+ public:
+  PoolCallbacks Callbacks() {
+    PoolCallbacks cb;
+    cb.on_outcome = [this](Outcome o) {
+      MutexLock l(&mu_);
+      outcomes_.push_back(std::move(o));
+      cv_.SignalAll();
+    };
+    cb.on_progress = [this](absl::string_view, int, double f,
+                            absl::string_view) {
+      MutexLock l(&mu_);
+      ++progress_;
+      cv_.SignalAll();
+    };
+    cb.on_worker_idle = [this] {
+      MutexLock l(&mu_);
+      ++idle_events_;
+      cv_.SignalAll();
+    };
+    cb.on_worker_exit = [this](const WorkerExit& x) {
+      MutexLock l(&mu_);
+      exits_.push_back(x);
+      cv_.SignalAll();
+    };
+    cb.on_call = [this](
+                     absl::string_view task_id, std::string request,
+                     std::function<void(absl::StatusOr<std::string>)> reply) {
+      MutexLock l(&mu_);
+      calls_.push_back(
+          {std::string(task_id), std::move(request), std::move(reply)});
+      cv_.SignalAll();
+    };
+    return cb;
+  }
+
+  // Waits until `pred` holds (checked under the lock) or the deadline.
+  template <typename Pred>
+  bool WaitFor(Pred pred, absl::Duration timeout = kWait) {
+    const absl::Time deadline = absl::Now() + timeout;
+    MutexLock l(&mu_);
+    while (!pred()) {
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) return false;
+      cv_.WaitWithTimeout(&mu_, left);
+    }
+    return true;
+  }
+
+  // Next outcome, in arrival order.
+  std::optional<Outcome> NextOutcome(absl::Duration timeout = kWait) {
+    if (!WaitFor([&] { return consumed_ < outcomes_.size(); }, timeout)) {
+      return std::nullopt;
+    }
+    MutexLock l(&mu_);
+    return outcomes_[consumed_++];
+  }
+
+  std::vector<WorkerExit> exits() {
+    MutexLock l(&mu_);
+    return exits_;
+  }
+  size_t exit_count() {
+    MutexLock l(&mu_);
+    return exits_.size();
+  }
+  int progress() {
+    MutexLock l(&mu_);
+    return progress_;
+  }
+
+  struct Call {
+    std::string task_id;
+    std::string request;
+    std::function<void(absl::StatusOr<std::string>)> reply;
+  };
+  std::optional<Call> TakeCall(absl::Duration timeout = kWait) {
+    if (!WaitFor([&] { return !calls_.empty(); }, timeout)) return std::nullopt;
+    MutexLock l(&mu_);
+    Call c = std::move(calls_.front());
+    calls_.pop_front();
+    return c;
+  }
+
+  Mutex mu_;
+  CondVar cv_;
+  std::vector<Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
+  size_t consumed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<WorkerExit> exits_ ABSL_GUARDED_BY(mu_);
+  std::deque<Call> calls_ ABSL_GUARDED_BY(mu_);
+  int idle_events_ ABSL_GUARDED_BY(mu_) = 0;
+  int progress_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class ForkPoolTest : public ::testing::Test {
+ protected:
+  void StartPool(ForkPoolOptions options) {
+    FORQ_ASSERT_OK_AND_ASSIGN(pool_, CreateForkPool(std::move(options)));
+    ASSERT_THAT(pool_->Start(rec_.Callbacks()), IsOk());
+    ASSERT_TRUE(WaitIdle(pool_->size()));
+  }
+  void TearDown() override {
+    if (pool_ != nullptr) pool_->Shutdown();
+  }
+
+  bool WaitIdle(int n) {
+    return rec_.WaitFor([&] { return pool_->IdleCount() >= n; });
+  }
+
+  // Dispatches when a worker is idle.
+  void Run(std::string task_id, std::string kind, std::string payload,
+           absl::Duration timeout = absl::InfiniteDuration(), int attempt = 1) {
+    ASSERT_TRUE(WaitIdle(1));
+    Assignment a;
+    a.task_id = std::move(task_id);
+    a.attempt = attempt;
+    a.kind = std::move(kind);
+    a.payload = std::move(payload);
+    a.timeout = timeout;
+    ASSERT_THAT(pool_->Dispatch(std::move(a)), IsOk());
+  }
+
+  Outcome RunAndWait(std::string kind, std::string payload,
+                     absl::Duration timeout = absl::InfiniteDuration()) {
+    Run(absl::StrCat("t", ++counter_), std::move(kind), std::move(payload),
+        timeout);
+    std::optional<Outcome> o = rec_.NextOutcome();
+    EXPECT_TRUE(o.has_value()) << "no outcome";
+    return o.value_or(Outcome{});
+  }
+
+  // pid of the worker currently running `task_id`, or 0.
+  int PidRunning(absl::string_view task_id) {
+    for (const WorkerInfo& w : pool_->Workers()) {
+      if (w.current_task_id == task_id) return w.pid;
+    }
+    return 0;
+  }
+
+  Recorder rec_;
+  std::unique_ptr<WorkerPool> pool_;
+  int counter_ = 0;
+};
+
+ForkPoolOptions Options(int workers) {
+  ForkPoolOptions o;
+  o.workers = workers;
+  o.cancel_grace = absl::Milliseconds(500);
+  return o;
+}
+
+TEST_F(ForkPoolTest, RunsEachBuiltin) {
+  StartPool(Options(2));
+  Outcome o = RunAndWait("echo", "hello");
+  EXPECT_EQ(o.kind, OutcomeKind::kSucceeded) << o.status;
+  EXPECT_EQ(o.result, "hello");
+  EXPECT_GT(o.worker_pid, 0);
+
+  o = RunAndWait("sleep", "20");
+  EXPECT_EQ(o.kind, OutcomeKind::kSucceeded) << o.status;
+  EXPECT_GE(o.runtime, absl::Milliseconds(20));
+
+  o = RunAndWait("sha256", "abc");
+  EXPECT_EQ(o.result,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  o = RunAndWait("primes", "1000");
+  EXPECT_EQ(o.result, "168");
+
+  o = RunAndWait("fail", "boom");
+  EXPECT_EQ(o.kind, OutcomeKind::kHandlerError);
+  EXPECT_THAT(o.status,
+              StatusIs(absl::StatusCode::kFailedPrecondition, "boom"));
+
+  o = RunAndWait("flaky", "2");
+  EXPECT_EQ(o.kind, OutcomeKind::kHandlerError);
+  EXPECT_THAT(o.status, StatusIs(absl::StatusCode::kUnavailable));
+
+  o = RunAndWait("no.such.kind", "");
+  EXPECT_EQ(o.kind, OutcomeKind::kUnknownKind);
+  EXPECT_THAT(o.status, StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ForkPoolTest, EightTasksOnTwoWorkers) {
+  StartPool(Options(2));
+  int dispatched = 0, done = 0;
+  std::vector<int> pids;
+  while (done < 8) {
+    while (dispatched < 8 && pool_->IdleCount() > 0) {
+      Assignment a;
+      a.task_id = absl::StrCat("p", dispatched);
+      a.kind = "primes";
+      a.payload = "20000";
+      ASSERT_THAT(pool_->Dispatch(std::move(a)), IsOk());
+      ++dispatched;
+    }
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value());
+    EXPECT_EQ(o->kind, OutcomeKind::kSucceeded);
+    EXPECT_EQ(o->result, "2262");
+    pids.push_back(o->worker_pid);
+    ++done;
+  }
+  std::sort(pids.begin(), pids.end());
+  pids.erase(std::unique(pids.begin(), pids.end()), pids.end());
+  EXPECT_EQ(pids.size(), 2u);
+}
+
+TEST_F(ForkPoolTest, DispatchWithoutIdleWorkerIsResourceExhausted) {
+  StartPool(Options(1));
+  Run("long", "sleep", "60000");
+  Assignment a;
+  a.task_id = "second";
+  a.kind = "echo";
+  EXPECT_THAT(pool_->Dispatch(a),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(pool_->IdleCount(), 0);
+}
+
+TEST_F(ForkPoolTest, CrashIsSignaledAndWorkerRespawns) {
+  StartPool(Options(1));
+  const int old_pid = pool_->Workers()[0].pid;
+  Outcome o = RunAndWait("crash", "");
+  EXPECT_EQ(o.kind, OutcomeKind::kSignaled);
+  EXPECT_EQ(o.signal, SIGABRT);
+  EXPECT_EQ(o.task_id, "t1");
+  ASSERT_TRUE(rec_.WaitFor([&] { return !rec_.exits_.empty(); }));
+  EXPECT_EQ(rec_.exits()[0].reason, "crash");
+  EXPECT_EQ(rec_.exits()[0].pid, old_pid);
+  o = RunAndWait("echo", "after");
+  EXPECT_EQ(o.kind, OutcomeKind::kSucceeded);
+  EXPECT_NE(o.worker_pid, old_pid);
+  EXPECT_EQ(pool_->Workers()[0].restarts, 1u);
+}
+
+TEST_F(ForkPoolTest, KillNineOfBusyWorkerFailsExactlyThatAttempt) {
+  StartPool(Options(2));
+  Run("victim", "sleep", "60000", absl::InfiniteDuration(), /*attempt=*/3);
+  Run("bystander", "sleep", "300");
+  const int pid = PidRunning("victim");
+  ASSERT_GT(pid, 0);
+  const absl::Time killed_at = absl::Now();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->task_id, "victim");
+  EXPECT_EQ(o->attempt, 3);
+  EXPECT_EQ(o->kind, OutcomeKind::kSignaled);
+  EXPECT_EQ(o->signal, SIGKILL);
+  EXPECT_EQ(o->worker_pid, pid);
+  ASSERT_TRUE(rec_.WaitFor([&] { return !rec_.exits_.empty(); }));
+  EXPECT_EQ(rec_.exits()[0].reason, "killed");
+  // The replacement comes up and the bystander is unaffected.
+  std::optional<Outcome> b = rec_.NextOutcome();
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->task_id, "bystander");
+  EXPECT_EQ(b->kind, OutcomeKind::kSucceeded);
+  ASSERT_TRUE(WaitIdle(2));
+  const absl::Duration respawn = absl::Now() - killed_at;
+  EXPECT_LT(respawn, absl::Seconds(2));
+  for (const WorkerInfo& w : pool_->Workers()) {
+    EXPECT_NE(w.pid, pid);
+    EXPECT_GT(w.pid, 0);
+    EXPECT_EQ(w.parent_pid, pool_->supervisor_pid());
+  }
+}
+
+TEST_F(ForkPoolTest, HardTimeoutKillsHangingTask) {
+  StartPool(Options(1));
+  const absl::Time start = absl::Now();
+  Outcome o = RunAndWait("hang", "", absl::Milliseconds(300));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(o.kind, OutcomeKind::kTimeout);
+  EXPECT_THAT(o.status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_GE(took, absl::Milliseconds(300));
+  EXPECT_LT(took, absl::Milliseconds(300 + 1000));
+  ASSERT_TRUE(rec_.WaitFor([&] { return !rec_.exits_.empty(); }));
+  EXPECT_EQ(rec_.exits()[0].reason, "timeout");
+  ASSERT_TRUE(WaitIdle(1));
+  EXPECT_EQ(RunAndWait("echo", "x").kind, OutcomeKind::kSucceeded);
+}
+
+TEST_F(ForkPoolTest, CancelOfSleepingTaskIsCancelled) {
+  StartPool(Options(1));
+  Run("c1", "sleep", "60000");
+  pool_->Cancel("c1", 1);
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->kind, OutcomeKind::kCancelled);
+  EXPECT_THAT(o->status, StatusIs(absl::StatusCode::kCancelled));
+  // sleep notices ctx.cancelled(): the worker survives.
+  EXPECT_EQ(rec_.exit_count(), 0u);
+  EXPECT_EQ(RunAndWait("echo", "y").kind, OutcomeKind::kSucceeded);
+}
+
+TEST_F(ForkPoolTest, CancelEscalatesToKillAfterGrace) {
+  ForkPoolOptions options = Options(1);
+  options.cancel_grace = absl::Milliseconds(200);
+  StartPool(options);
+  Run("g1", "hang", "ignore-cancel");
+  const absl::Time start = absl::Now();
+  pool_->Cancel("g1", 1);
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->kind, OutcomeKind::kCancelled);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(200));
+  ASSERT_TRUE(rec_.WaitFor([&] { return !rec_.exits_.empty(); }));
+  EXPECT_EQ(rec_.exits()[0].reason, "killed");
+}
+
+TEST_F(ForkPoolTest, RecyclesAfterMaxTasksPerChild) {
+  ForkPoolOptions options = Options(1);
+  options.max_tasks_per_child = 2;
+  StartPool(options);
+  const int pid1 = RunAndWait("echo", "1").worker_pid;
+  EXPECT_EQ(RunAndWait("echo", "2").worker_pid, pid1);
+  const int pid2 = RunAndWait("echo", "3").worker_pid;
+  EXPECT_NE(pid2, pid1);
+  ASSERT_TRUE(rec_.WaitFor([&] { return !rec_.exits_.empty(); }));
+  EXPECT_EQ(rec_.exits()[0].reason, "recycle");
+}
+
+TEST_F(ForkPoolTest, LargePayloadAndResultUseSpillPath) {
+  ForkPoolOptions options = Options(1);
+  options.ring_bytes = 64 << 10;
+  StartPool(options);
+  std::string big(4 << 20, 'x');
+  for (size_t i = 0; i < big.size(); i += 4093) big[i] = static_cast<char>(i);
+  Outcome o = RunAndWait("echo", big);
+  ASSERT_EQ(o.kind, OutcomeKind::kSucceeded) << o.status;
+  EXPECT_EQ(o.result.size(), big.size());
+  EXPECT_TRUE(o.result == big);
+}
+
+TEST_F(ForkPoolTest, ProgressIsReported) {
+  StartPool(Options(1));
+  Outcome o = RunAndWait("sleep", "700");
+  EXPECT_EQ(o.kind, OutcomeKind::kSucceeded);
+  EXPECT_GE(rec_.progress(), 1);
+}
+
+TEST_F(ForkPoolTest, SupervisorDeathFailsRunningAttempts) {
+  StartPool(Options(1));
+  Run("orphan", "sleep", "60000");
+  ASSERT_EQ(kill(pool_->supervisor_pid(), SIGKILL), 0);
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->task_id, "orphan");
+  EXPECT_EQ(o->kind, OutcomeKind::kWorkerLost);
+  Assignment a;
+  a.task_id = "late";
+  a.kind = "echo";
+  EXPECT_THAT(pool_->Dispatch(a), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(ForkPoolTest, ShutdownIsIdempotentAndRefusesWork) {
+  StartPool(Options(2));
+  const int sup = pool_->supervisor_pid();
+  pool_->Shutdown();
+  pool_->Shutdown();
+  EXPECT_NE(kill(sup, 0), 0);  // reaped: no zombie left
+  Assignment a;
+  a.task_id = "x";
+  a.kind = "echo";
+  EXPECT_THAT(pool_->Dispatch(a), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST(ForkPoolOptionsTest, RejectsBadOptions) {
+  ForkPoolOptions o;
+  o.workers = 1;
+  o.ring_bytes = 5000;
+  EXPECT_THAT(CreateForkPool(o), StatusIs(absl::StatusCode::kInvalidArgument));
+  o.ring_bytes = 1 << 16;
+  o.exec_allow = {"bin/echo"};
+  EXPECT_THAT(CreateForkPool(o), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(DefaultWorkerCountTest, IsPositive) { EXPECT_GE(DefaultWorkerCount(), 1); }
+
+}  // namespace
+}  // namespace forq::worker

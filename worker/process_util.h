@@ -1,0 +1,33 @@
+// Small process helpers shared by the supervisor, workers and the exec
+// runner. The functions marked async-signal-safe use only raw syscalls and
+// may run between fork() and exec/worker loop.
+#ifndef FORQ_WORKER_PROCESS_UTIL_H_
+#define FORQ_WORKER_PROCESS_UTIL_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+
+namespace forq::worker {
+
+// Closes every fd >= 0 except those in keep[0..n). `keep` is sorted in place.
+// Async-signal-safe (close_range).
+void CloseFdsExcept(int* keep, size_t n);
+
+// Arranges for SIGKILL when the parent dies, and _exits(1) if the expected
+// parent is already gone. Async-signal-safe.
+void DieWithParent(pid_t expected_parent);
+
+// Restores default dispositions for all catchable signals and unblocks all
+// signals. Async-signal-safe.
+void ResetSignals();
+
+// Resident set size of `pid` from /proc/PID/statm. NotFound if it is gone.
+absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid);
+
+}  // namespace forq::worker
+
+#endif  // FORQ_WORKER_PROCESS_UTIL_H_
