@@ -272,7 +272,12 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
   std::error_code ec;
   std::filesystem::create_directories(options.data_dir, ec);
   if (ec) {
-    return absl::Status(ErrnoToStatus(ec.value(), "").code(),
+    absl::StatusCode code = ErrnoToStatus(ec.value(), "").code();
+    // ENOTDIR, EROFS, ELOOP...: a misconfigured path, not a forqd bug.
+    if (code == absl::StatusCode::kInternal) {
+      code = absl::StatusCode::kFailedPrecondition;
+    }
+    return absl::Status(code,
                         absl::StrCat("sqlite store: cannot create data_dir ",
                                      options.data_dir, ": ", ec.message()));
   }
@@ -428,6 +433,7 @@ void SqliteStore::WriterLoop() {
   for (;;) {
     std::vector<std::unique_ptr<PendingWrite>> group;
     bool exiting = false;
+    bool closing = false;
     {
       MutexLock lock(&queue_mu_);
       for (;;) {
@@ -445,6 +451,7 @@ void SqliteStore::WriterLoop() {
         queue_cv_.WaitWithTimeout(&queue_mu_,
                                   absl::FromChrono(last_sync + interval - now));
       }
+      closing = closing_;
       const size_t n = std::min(queue_.size(), kMaxWritesPerGroup);
       group.reserve(n);
       for (size_t i = 0; i < n; ++i) {
@@ -454,7 +461,8 @@ void SqliteStore::WriterLoop() {
     }
     if (exiting) break;
     if (!group.empty()) CommitGroup(group, unsynced);
-    if (!unsynced.empty() && Clock::now() >= last_sync + interval) {
+    if (!unsynced.empty() &&
+        (closing || Clock::now() >= last_sync + interval)) {
       SyncWal(unsynced);
       last_sync = Clock::now();
     }

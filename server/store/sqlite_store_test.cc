@@ -1,0 +1,216 @@
+// SQLite-specific behaviour: opening bad files and dirs, schema versions,
+// and a writer that survives failed transactions. The Store contract itself
+// is covered for every implementation in store_test.cc.
+#include "server/store/sqlite_store.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+#include "tests/testing/status_matchers.h"
+
+#include <sqlite3.h>
+
+namespace forq::server {
+namespace {
+
+using ::forq::testing::IsOk;
+using ::forq::testing::StatusIs;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = getenv("TMPDIR");
+    std::string tmpl =
+        absl::StrCat(base != nullptr ? base : "/tmp", "/forq_sqlite_XXXXXX");
+    EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+StoreOptions OptionsFor(const std::string& dir) {
+  StoreOptions options;
+  options.data_dir = dir;
+  return options;
+}
+
+v1::Task MakeTask(absl::string_view id, size_t payload_size = 16) {
+  v1::Task task;
+  task.set_id(std::string(id));
+  task.set_queue("default");
+  task.set_kind("echo");
+  task.set_state(v1::QUEUED);
+  task.set_payload(std::string(payload_size, 'x'));
+  return task;
+}
+
+absl::Status InsertSync(Store& store, std::vector<v1::Task> tasks) {
+  absl::Notification done;
+  absl::Status out;
+  store.Insert(std::move(tasks),
+               [&](absl::StatusOr<std::vector<InsertResult>> result) {
+                 out = result.status();
+                 done.Notify();
+               });
+  done.WaitForNotification();
+  return out;
+}
+
+TEST(SqliteStoreTest, CreatesDataDirAndDatabaseFile) {
+  TempDir dir;
+  const std::string data_dir = absl::StrCat(dir.path(), "/a/b/c");
+  FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                            SqliteStore::Open(OptionsFor(data_dir)));
+  EXPECT_EQ(store->path(), absl::StrCat(data_dir, "/forq.db"));
+  EXPECT_TRUE(std::filesystem::exists(store->path()));
+}
+
+TEST(SqliteStoreTest, DataDirUnderARegularFileIsAClearError) {
+  TempDir dir;
+  const std::string file = absl::StrCat(dir.path(), "/plain");
+  std::ofstream(file) << "not a dir";
+  const std::string data_dir = absl::StrCat(file, "/data");
+  auto store = SqliteStore::Open(OptionsFor(data_dir));
+  ASSERT_FALSE(store.ok());
+  EXPECT_THAT(std::string(store.status().message()),
+              HasSubstr(absl::StrCat("cannot create data_dir ", data_dir)));
+}
+
+TEST(SqliteStoreTest, UnwritableDataDirIsAClearError) {
+  if (geteuid() == 0) GTEST_SKIP() << "root ignores directory permissions";
+  TempDir dir;
+  ASSERT_EQ(chmod(dir.path().c_str(), 0555), 0);
+  auto store = SqliteStore::Open(OptionsFor(dir.path()));
+  EXPECT_THAT(store, StatusIs(absl::StatusCode::kUnavailable,
+                              HasSubstr(absl::StrCat(dir.path(), "/forq.db"))));
+}
+
+TEST(SqliteStoreTest, DatabasePathThatIsADirectoryIsUnavailable) {
+  TempDir dir;
+  ASSERT_TRUE(std::filesystem::create_directory(dir.path() + "/forq.db"));
+  EXPECT_THAT(SqliteStore::Open(OptionsFor(dir.path())),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("forq.db")));
+}
+
+TEST(SqliteStoreTest, CorruptFileIsDataLoss) {
+  TempDir dir;
+  std::ofstream(dir.path() + "/forq.db")
+      << std::string(8192, 'g') << "this is not an SQLite database";
+  EXPECT_THAT(SqliteStore::Open(OptionsFor(dir.path())),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("file is not a database")));
+}
+
+TEST(SqliteStoreTest, NewerSchemaIsRefused) {
+  TempDir dir;
+  {
+    FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                              SqliteStore::Open(OptionsFor(dir.path())));
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/forq.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(
+      sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr),
+      SQLITE_OK);
+  sqlite3_close(db);
+  EXPECT_THAT(SqliteStore::Open(OptionsFor(dir.path())),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("schema version 99 is newer")));
+}
+
+TEST(SqliteStoreTest, SchemaVersionIsRecorded) {
+  TempDir dir;
+  {
+    FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                              SqliteStore::Open(OptionsFor(dir.path())));
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/forq.db").c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), SqliteStore::kSchemaVersion);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+// A write error (here EFBIG from RLIMIT_FSIZE, standing in for ENOSPC/EIO)
+// fails the calls in that transaction with an error naming the store; the
+// writer keeps running and later writes succeed without a restart.
+TEST(SqliteStoreTest, WriterSurvivesFailedTransaction) {
+  TempDir dir;
+  FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                            SqliteStore::Open(OptionsFor(dir.path())));
+  ASSERT_THAT(InsertSync(*store, {MakeTask("before")}), IsOk());
+
+  struct sigaction ignore = {};
+  ignore.sa_handler = SIG_IGN;
+  struct sigaction old_action = {};
+  ASSERT_EQ(sigaction(SIGXFSZ, &ignore, &old_action), 0);
+  struct rlimit old_limit = {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit limit = old_limit;
+  limit.rlim_cur = 1 << 20;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  const absl::Status failed = InsertSync(*store, {MakeTask("huge", 8 << 20)});
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  ASSERT_EQ(sigaction(SIGXFSZ, &old_action, nullptr), 0);
+
+  EXPECT_THAT(failed.code(), AnyOf(absl::StatusCode::kUnavailable,
+                                   absl::StatusCode::kResourceExhausted))
+      << failed;
+  EXPECT_THAT(std::string(failed.message()),
+              HasSubstr(absl::StrCat("sqlite store ", store->path())));
+  EXPECT_THAT(store->Get("huge"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(InsertSync(*store, {MakeTask("after")}), IsOk());
+  EXPECT_THAT(store->Get("before"), IsOk());
+  EXPECT_THAT(store->Get("after"), IsOk());
+}
+
+TEST(SqliteStoreTest, ReadsDoNotWaitForQueuedWrites) {
+  TempDir dir;
+  StoreOptions options = OptionsFor(dir.path());
+  options.durability = Durability::kBatch;
+  options.batch_interval = absl::Seconds(30);
+  FORQ_ASSERT_OK_AND_ASSIGN(auto store, SqliteStore::Open(options));
+  ASSERT_THAT(InsertSync(*store, {MakeTask("first")}), IsOk());
+  // The first sync after idle is immediate; this one is held for ~30 s
+  // while reads go on from their own connections.
+  absl::Notification acked;
+  store->Insert(
+      {MakeTask("second")},
+      [&](absl::StatusOr<std::vector<InsertResult>>) { acked.Notify(); });
+  EXPECT_THAT(store->Get("first"), IsOk());
+  EXPECT_THAT(store->LoadUnfinished(), IsOk());
+  EXPECT_FALSE(acked.HasBeenNotified());
+  store->Close();  // Flushes: syncs and acks at once.
+  EXPECT_TRUE(acked.HasBeenNotified());
+}
+
+}  // namespace
+}  // namespace forq::server
