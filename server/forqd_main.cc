@@ -58,6 +58,10 @@ ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
           "re-queued");
 ABSL_FLAG(absl::Duration, purge_interval, absl::Minutes(1),
           "how often finished tasks past their result TTL are deleted");
+ABSL_FLAG(absl::Duration, retry_backoff, absl::Seconds(1),
+          "backoff before the 2nd attempt; doubles per attempt, +-25% jitter");
+ABSL_FLAG(absl::Duration, retry_backoff_max, absl::Minutes(5),
+          "longest backoff between attempts");
 ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");
 
@@ -85,7 +89,9 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "max_queued",
                                  "max_payload_bytes",
                                  "drain_grace",
-                                 "purge_interval"};
+                                 "purge_interval",
+                                 "retry_backoff",
+                                 "retry_backoff_max"};
   for (const char* name : kNames) {
     std::string env = "FORQ_";
     for (const char* c = name; *c != '\0'; ++c) {
@@ -144,6 +150,8 @@ int main(int argc, char** argv) {
   o.scheduler.max_payload_bytes =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_payload_bytes));
   o.scheduler.purge_interval = absl::GetFlag(FLAGS_purge_interval);
+  o.scheduler.backoff_base = absl::GetFlag(FLAGS_retry_backoff);
+  o.scheduler.backoff_max = absl::GetFlag(FLAGS_retry_backoff_max);
   o.drain_grace = absl::GetFlag(FLAGS_drain_grace);
   o.ready_fd = absl::GetFlag(FLAGS_ready_fd);
   if (o.pool.workers < 0 || o.scheduler.default_max_attempts < 1 ||

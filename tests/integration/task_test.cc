@@ -1,0 +1,372 @@
+// End-to-end task tests: a real forqd on loopback, the real client library.
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
+#include "gtest/gtest.h"
+
+#include "forq/client.h"
+#include "tests/testing/forqd_process.h"
+#include "tests/testing/status_matchers.h"
+
+namespace forq {
+namespace {
+
+using ::forq::testing::ForqdOptions;
+using ::forq::testing::ForqdProcess;
+using ::forq::testing::IsOk;
+using ::forq::testing::StatusIs;
+using ::google::protobuf::util::TimeUtil;
+using ::testing::HasSubstr;
+
+absl::Time T(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(ts));
+}
+
+class TaskTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ForqdOptions o;
+    o.workers = 2;
+    o.flags = {"--retry_backoff=50ms", "--purge_interval=100ms"};
+    auto p = ForqdProcess::Start(o);
+    ASSERT_TRUE(p.ok()) << p.status();
+    forqd_ = p->release();
+    auto c = Client::Connect({.address = forqd_->grpc_address()});
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = c->release();
+  }
+  static void TearDownTestSuite() {
+    delete client_;
+    client_ = nullptr;
+    delete forqd_;
+    forqd_ = nullptr;
+  }
+  void TearDown() override {
+    if (HasFailure() && forqd_ != nullptr) {
+      ADD_FAILURE() << "forqd log tail:\n" << forqd_->LogTail();
+    }
+  }
+
+  v1::Task RunToEnd(absl::string_view kind, absl::string_view payload,
+                    const SubmitOptions& o = {}) {
+    absl::StatusOr<TaskFuture> f = client_->Submit(kind, payload, o);
+    EXPECT_THAT(f, IsOk());
+    if (!f.ok()) return v1::Task();
+    absl::StatusOr<v1::Task> t = f->WaitFor(absl::Seconds(60));
+    EXPECT_THAT(t, IsOk());
+    return t.ok() ? *t : v1::Task();
+  }
+
+  static ForqdProcess* forqd_;
+  static Client* client_;
+};
+
+ForqdProcess* TaskTest::forqd_ = nullptr;
+Client* TaskTest::client_ = nullptr;
+
+TEST_F(TaskTest, BuiltinsSucceedWithExpectedResults) {
+  EXPECT_EQ(RunToEnd("echo", "hello").result(), "hello");
+  EXPECT_EQ(RunToEnd("sleep", "20").result(), "20");
+  EXPECT_EQ(RunToEnd("primes", "100000").result(), "9592");
+  EXPECT_EQ(RunToEnd("sha256", "abc").result(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  v1::Task t = RunToEnd("echo", "x");
+  EXPECT_EQ(t.state(), v1::SUCCEEDED);
+  EXPECT_EQ(t.attempt(), 1);
+  EXPECT_GT(t.worker_pid(), 0);
+  EXPECT_LE(T(t.created_at()), T(t.started_at()));
+  EXPECT_LE(T(t.started_at()), T(t.finished_at()));
+}
+
+TEST_F(TaskTest, FailingTaskReportsFailedWithItsMessage) {
+  v1::Task t = RunToEnd("fail", "disk is on fire");
+  EXPECT_EQ(t.state(), v1::FAILED);
+  EXPECT_EQ(t.error().message(), "disk is on fire");
+  EXPECT_EQ(t.attempt(), 1);  // permanent errors are not retried
+  EXPECT_THAT(TaskResult(t), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                      HasSubstr("disk is on fire")));
+}
+
+TEST_F(TaskTest, CrashingWorkerDoesNotTakeForqdDown) {
+  v1::Task t = RunToEnd("crash", "", {.max_attempts = 2});
+  EXPECT_EQ(t.state(), v1::DEAD);
+  EXPECT_EQ(t.attempt(), 2);
+  EXPECT_EQ(t.error().reason(), v1::SIGNALED);
+  EXPECT_EQ(t.error().signal(), SIGABRT);
+  // forqd and the pool still work.
+  EXPECT_EQ(RunToEnd("echo", "still here").result(), "still here");
+}
+
+TEST_F(TaskTest, UnknownKindIsInvalidArgument) {
+  absl::StatusOr<TaskFuture> f = client_->Submit("no.such.kind", "");
+  EXPECT_THAT(f, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("unknown task kind 'no.such.kind'")));
+}
+
+TEST_F(TaskTest, TooBigPayloadIsInvalidArgumentNamingTheLimit) {
+  std::string big(2 << 20, 'x');
+  absl::StatusOr<TaskFuture> f = client_->Submit("echo", big);
+  EXPECT_THAT(f, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("limit is 1048576 bytes")));
+}
+
+TEST_F(TaskTest, CancelOfQueuedTaskEndsCancelledAndNeverRuns) {
+  // A far delay keeps the task QUEUED whatever the workers do.
+  absl::StatusOr<TaskFuture> f =
+      client_->Submit("echo", "x", {.delay = absl::Hours(1)});
+  ASSERT_THAT(f, IsOk());
+  absl::StatusOr<v1::Task> c = f->Cancel();
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->state(), v1::CANCELLED);
+  absl::StatusOr<v1::Task> t = f->WaitFor(absl::Seconds(5));
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->state(), v1::CANCELLED);
+  EXPECT_EQ(t->attempt(), 0);
+  // Cancelling again is a precondition failure.
+  EXPECT_THAT(f->Cancel(), StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(TaskTest, CancelOfRunningTaskStopsIt) {
+  absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "60000");
+  ASSERT_THAT(f, IsOk());
+  // Wait until it runs: Watch would do too; Wait with short slices is enough.
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    auto t = client_->Get(f->id());
+    ASSERT_THAT(t, IsOk());
+    if (t->state() == v1::RUNNING) break;
+    (void)client_->Wait(f->id(), absl::Milliseconds(20));
+  }
+  ASSERT_THAT(f->Cancel(), IsOk());
+  absl::StatusOr<v1::Task> t = f->WaitFor(absl::Seconds(20));
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->state(), v1::CANCELLED);
+}
+
+TEST_F(TaskTest, HundredConcurrentWaitersAllGetTheResult) {
+  absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "500");
+  ASSERT_THAT(f, IsOk());
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&] {
+      absl::StatusOr<std::string> r = f->Get(absl::Seconds(60));
+      if (r.ok() && *r == "500") ok.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 100);
+}
+
+TEST_F(TaskTest, WaitTimesOutWithCurrentState) {
+  absl::StatusOr<TaskFuture> f =
+      client_->Submit("echo", "x", {.delay = absl::Hours(1)});
+  ASSERT_THAT(f, IsOk());
+  absl::StatusOr<v1::WaitTaskResponse> r =
+      client_->Wait(f->id(), absl::Milliseconds(100));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_FALSE(r->done());
+  EXPECT_EQ(r->task().state(), v1::QUEUED);
+  EXPECT_THAT(f->Get(absl::Milliseconds(50)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  ASSERT_THAT(f->Cancel(), IsOk());
+}
+
+TEST_F(TaskTest, UnknownIdIsNotFound) {
+  EXPECT_THAT(client_->Get("nope"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client_->Wait("nope", absl::Seconds(1)),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(TaskTest, DelayedTaskDoesNotStartBeforeItsTime) {
+  v1::Task t = RunToEnd("echo", "later", {.delay = absl::Milliseconds(700)});
+  EXPECT_EQ(t.state(), v1::SUCCEEDED);
+  EXPECT_GE(T(t.started_at()) - T(t.created_at()), absl::Milliseconds(700));
+}
+
+TEST_F(TaskTest, RetryableFailureBacksOffAndSucceeds) {
+  v1::Task t = RunToEnd("flaky", "3", {.max_attempts = 5});
+  EXPECT_EQ(t.state(), v1::SUCCEEDED);
+  EXPECT_EQ(t.attempt(), 3);
+  EXPECT_EQ(t.result(), "ok on attempt 3");
+  // Two backoffs of at least 0.75 * 50 ms and 0.75 * 100 ms.
+  EXPECT_GE(T(t.finished_at()) - T(t.created_at()), absl::Milliseconds(110));
+}
+
+TEST_F(TaskTest, DeadLetterIsListedAndManualRetryRunsItAgain) {
+  SubmitOptions o{.queue = "dlq-test", .max_attempts = 2};
+  v1::Task t = RunToEnd("flaky", "3", o);
+  ASSERT_EQ(t.state(), v1::DEAD);
+  EXPECT_EQ(t.attempt(), 2);
+  v1::ListTasksRequest req;
+  req.set_state(v1::DEAD);
+  req.set_queue("dlq-test");
+  absl::StatusOr<v1::ListTasksResponse> dead = client_->List(req);
+  ASSERT_THAT(dead, IsOk());
+  ASSERT_EQ(dead->tasks_size(), 1);
+  EXPECT_EQ(dead->tasks(0).id(), t.id());
+
+  absl::StatusOr<v1::Task> r = client_->Retry(t.id());
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->state(), v1::QUEUED);
+  absl::StatusOr<v1::WaitTaskResponse> w =
+      client_->Wait(t.id(), absl::Seconds(30));
+  ASSERT_THAT(w, IsOk());
+  EXPECT_EQ(w->task().state(), v1::SUCCEEDED);
+  EXPECT_EQ(w->task().attempt(), 3);
+  // A succeeded task cannot be retried.
+  EXPECT_THAT(client_->Retry(t.id()),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(TaskTest, IdempotencyKeyReturnsTheFirstTask) {
+  SubmitOptions o{.idempotency_key =
+                      absl::StrCat("key-", absl::ToUnixNanos(absl::Now()))};
+  absl::StatusOr<TaskFuture> a = client_->Submit("echo", "first", o);
+  absl::StatusOr<TaskFuture> b = client_->Submit("echo", "second", o);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  EXPECT_FALSE(a->existing());
+  EXPECT_TRUE(b->existing());
+  EXPECT_EQ(a->id(), b->id());
+  EXPECT_EQ(*b->Get(absl::Seconds(30)), "first");
+}
+
+TEST_F(TaskTest, BatchIsAllOrNone) {
+  std::vector<v1::TaskSpec> specs(3);
+  for (auto& s : specs) {
+    s.set_kind("echo");
+    s.set_queue("batch-atomic");
+  }
+  specs[1].set_kind("no.such.kind");
+  EXPECT_THAT(
+      client_->SubmitBatch(specs),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("task 1")));
+  v1::ListTasksRequest req;
+  req.set_queue("batch-atomic");
+  absl::StatusOr<v1::ListTasksResponse> l = client_->List(req);
+  ASSERT_THAT(l, IsOk());
+  EXPECT_EQ(l->tasks_size(), 0);
+
+  specs[1].set_kind("echo");
+  absl::StatusOr<std::vector<TaskFuture>> ok = client_->SubmitBatch(specs);
+  ASSERT_THAT(ok, IsOk());
+  ASSERT_EQ(ok->size(), 3u);
+  for (const TaskFuture& f : *ok) EXPECT_THAT(f.Get(absl::Seconds(30)), IsOk());
+}
+
+TEST_F(TaskTest, FinishedTaskIsPurgedAfterItsTtl) {
+  v1::TaskSpec spec;
+  spec.set_kind("echo");
+  *spec.mutable_result_ttl() = TimeUtil::MillisecondsToDuration(200);
+  absl::StatusOr<TaskFuture> f = client_->Submit(spec);
+  ASSERT_THAT(f, IsOk());
+  ASSERT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  // The purge runs every 100 ms: the id must turn NOT_FOUND.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::Status last;
+  while (absl::Now() < deadline) {
+    last = client_->Get(f->id()).status();
+    if (last.code() == absl::StatusCode::kNotFound) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_THAT(last, StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(TaskTest, HigherPriorityRunsFirst) {
+  // Occupy both workers, then queue low before high.
+  absl::StatusOr<TaskFuture> b1 = client_->Submit("sleep", "400");
+  absl::StatusOr<TaskFuture> b2 = client_->Submit("sleep", "400");
+  ASSERT_THAT(b1, IsOk());
+  ASSERT_THAT(b2, IsOk());
+  std::vector<TaskFuture> low, high;
+  for (int i = 0; i < 3; ++i) {
+    low.push_back(*client_->Submit("echo", "low", {.priority = 0}));
+  }
+  for (int i = 0; i < 3; ++i) {
+    high.push_back(*client_->Submit("echo", "high", {.priority = 10}));
+  }
+  absl::Time last_high = absl::InfinitePast();
+  absl::Time first_low = absl::InfiniteFuture();
+  for (auto& f : high) {
+    auto t = f.WaitFor(absl::Seconds(30));
+    ASSERT_THAT(t, IsOk());
+    last_high = std::max(last_high, T(t->started_at()));
+  }
+  for (auto& f : low) {
+    auto t = f.WaitFor(absl::Seconds(30));
+    ASSERT_THAT(t, IsOk());
+    first_low = std::min(first_low, T(t->started_at()));
+  }
+  EXPECT_LE(last_high, first_low);
+}
+
+// A separate forqd: a queue limit of 3.
+TEST(QueueLimitTest, FullQueueIsResourceExhausted) {
+  auto p = ForqdProcess::Start({.workers = 1, .flags = {"--max_queued=3"}});
+  ASSERT_THAT(p, IsOk());
+  auto c = Client::Connect({.address = (*p)->grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  SubmitOptions o{.queue = "small", .delay = absl::Hours(1)};
+  for (int i = 0; i < 3; ++i) ASSERT_THAT((*c)->Submit("echo", "x", o), IsOk());
+  EXPECT_THAT((*c)->Submit("echo", "x", o),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("queue 'small' is full")));
+  // Other queues are not affected.
+  EXPECT_THAT((*c)->Submit("echo", "x", {.queue = "other"}), IsOk());
+}
+
+// kill -9 of forqd while tasks run: after a restart they run again
+// (attempt 2) and succeed; finished results stay readable.
+TEST(RecoveryTest, TasksRunningAtKillRunAgainAfterRestart) {
+  auto p = ForqdProcess::Start({.workers = 2});
+  ASSERT_THAT(p, IsOk());
+  ForqdProcess& forqd = **p;
+  std::string done_id;
+  std::vector<std::string> running;
+  {
+    auto c = Client::Connect({.address = forqd.grpc_address()});
+    ASSERT_THAT(c, IsOk());
+    auto done = (*c)->Submit("echo", "kept");
+    ASSERT_THAT(done, IsOk());
+    ASSERT_THAT(done->Get(absl::Seconds(30)), IsOk());
+    done_id = done->id();
+    for (int i = 0; i < 2; ++i) {
+      auto f = (*c)->Submit("sleep", "1500");
+      ASSERT_THAT(f, IsOk());
+      running.push_back(f->id());
+    }
+    for (const std::string& id : running) {
+      absl::Time deadline = absl::Now() + absl::Seconds(20);
+      while (absl::Now() < deadline) {
+        auto t = (*c)->Get(id);
+        ASSERT_THAT(t, IsOk());
+        if (t->state() == v1::RUNNING) break;
+        (void)(*c)->Wait(id, absl::Milliseconds(20));
+      }
+    }
+  }
+  ASSERT_THAT(forqd.Kill(SIGKILL), IsOk());
+  ASSERT_THAT(forqd.Restart(), IsOk());
+  auto c = Client::Connect({.address = forqd.grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  auto kept = (*c)->Get(done_id);
+  ASSERT_THAT(kept, IsOk());
+  EXPECT_EQ(kept->result(), "kept");
+  for (const std::string& id : running) {
+    auto w = (*c)->Wait(id, absl::Seconds(30));
+    ASSERT_THAT(w, IsOk());
+    EXPECT_EQ(w->task().state(), v1::SUCCEEDED) << forqd.LogTail();
+    EXPECT_EQ(w->task().attempt(), 2);
+  }
+}
+
+}  // namespace
+}  // namespace forq
