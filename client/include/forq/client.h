@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#include "forq/map.h"
 #include "forq/v1/pool.pb.h"
 #include "forq/v1/task.pb.h"
 
@@ -112,6 +113,15 @@ class Client {
   // Stores all tasks or none.
   absl::StatusOr<std::vector<TaskFuture>> SubmitBatch(
       const std::vector<v1::TaskSpec>& specs);
+
+  // imap: submits each input as a task of `kind` (lazily, at most
+  // options.window in flight) and yields results in input order. See
+  // forq/map.h for the range, error and threading contracts.
+  MapStream Map(absl::string_view kind, MapSource inputs,
+                const MapOptions& options = {});
+  // imap_unordered: like Map, but yields results as tasks complete.
+  MapStream MapUnordered(absl::string_view kind, MapSource inputs,
+                         const MapOptions& options = {});
 
   absl::StatusOr<v1::Task> Get(absl::string_view id);
   // Long poll: returns when the task is terminal (done = true) or after

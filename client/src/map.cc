@@ -1,0 +1,212 @@
+#include "forq/map.h"
+
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
+
+#include "forq/client.h"
+#include "forq/v1/task.grpc.pb.h"
+
+namespace forq {
+
+// One Map RPC driven by the iterating thread (sync bidi stream). The writer
+// and the reader are the same thread: before each Read the window is topped
+// up with Writes. The server keeps reading while its own in-flight count is
+// below the window, and its count never exceeds ours, so a Write cannot block
+// on a server that waits for us to read.
+struct MapStream::State {
+  std::unique_ptr<v1::TaskService::Stub> stub;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::MapRequest, v1::MapResult>> rpc;
+  MapSource inputs;
+  std::function<void()> on_close;
+  int window = kDefaultMapWindow;
+  uint64_t in_flight = 0;
+  uint64_t delivered = 0;
+  bool writes_closed = false;
+  bool done = false;
+  // Set by Cancel() from any thread, read by the iterating thread. Relaxed
+  // is enough: it only stops further Writes early; TryCancel is what ends
+  // the call, and gRPC synchronises that itself.
+  std::atomic<bool> cancelled{false};
+  absl::Status status;
+  v1::MapRequest req;
+  v1::MapResult resp;
+  MapItem item;
+
+  ~State() { Close(); }
+
+  void Close() {
+    if (on_close) std::exchange(on_close, nullptr)();
+  }
+
+  void CloseWrites() {
+    if (writes_closed) return;
+    writes_closed = true;
+    rpc->WritesDone();
+  }
+
+  void FillWindow() {
+    while (!writes_closed && in_flight < static_cast<uint64_t>(window)) {
+      if (cancelled.load(std::memory_order_relaxed)) {
+        CloseWrites();
+        return;
+      }
+      std::optional<MapInput> in = inputs.Pull();
+      if (!in.has_value()) {
+        CloseWrites();
+        return;
+      }
+      v1::MapInput* m = req.mutable_input();
+      m->set_kind(std::move(in->kind));
+      m->set_payload(std::move(in->payload));
+      if (!rpc->Write(req)) {
+        // The call is over; Finish below says why.
+        writes_closed = true;
+        return;
+      }
+      ++in_flight;
+    }
+  }
+
+  // Ends the call and records its status.
+  void End() {
+    done = true;
+    if (rpc != nullptr) {
+      grpc::Status s = rpc->Finish();
+      status = FromGrpcStatus(s);
+      if (status.ok() && in_flight > 0) {
+        status = absl::InternalError(absl::StrCat(
+            "Map stream ended with ", in_flight, " results missing"));
+      }
+      if (cancelled.load(std::memory_order_relaxed) &&
+          status.code() != absl::StatusCode::kAborted) {
+        status = absl::CancelledError("Map stream cancelled");
+      }
+    }
+    Close();
+  }
+
+  const MapItem* Next() {
+    if (done) return nullptr;
+    FillWindow();
+    if (in_flight == 0 && writes_closed) {
+      End();
+      return nullptr;
+    }
+    if (!rpc->Read(&resp)) {
+      End();
+      return nullptr;
+    }
+    --in_flight;
+    ++delivered;
+    item.index = resp.index();
+    item.task_id = std::move(*resp.mutable_task_id());
+    item.state = resp.state();
+    item.attempt = resp.attempt();
+    item.error = std::move(*resp.mutable_error());
+    item.result.clear();
+    if (item.state == v1::SUCCEEDED) {
+      item.status = absl::OkStatus();
+      item.result = std::move(*resp.mutable_result());
+    } else {
+      auto code = static_cast<absl::StatusCode>(item.error.code());
+      if (code == absl::StatusCode::kOk) code = absl::StatusCode::kUnknown;
+      if (item.state == v1::CANCELLED) code = absl::StatusCode::kCancelled;
+      std::string msg = item.error.message();
+      if (msg.empty()) msg = "task ended without a message";
+      item.status =
+          absl::Status(code, absl::StrCat(StateName(item.state), ": ", msg));
+    }
+    return &item;
+  }
+};
+
+MapStream::MapStream(std::unique_ptr<State> state) : state_(std::move(state)) {}
+MapStream::MapStream(MapStream&&) noexcept = default;
+MapStream& MapStream::operator=(MapStream&&) noexcept = default;
+
+MapStream::~MapStream() {
+  if (state_ == nullptr || state_->done || state_->rpc == nullptr) return;
+  // Abandoned mid-stream: cancel so Finish returns promptly.
+  state_->ctx.TryCancel();
+  state_->rpc->Finish();
+}
+
+MapStream MapStream::Open(std::shared_ptr<grpc::Channel> channel,
+                          absl::string_view kind, MapSource inputs,
+                          const MapOptions& options, bool ordered,
+                          std::function<void()> on_close) {
+  auto st = std::make_unique<State>();
+  st->inputs = std::move(inputs);
+  st->on_close = std::move(on_close);
+  if (options.window < 0 || options.window > kMaxMapWindow) {
+    st->status = absl::InvalidArgumentError(
+        absl::StrCat("Map window must be in [0, ", kMaxMapWindow, "], got ",
+                     options.window));
+    st->End();
+    return MapStream(std::move(st));
+  }
+  st->window = options.window == 0 ? kDefaultMapWindow : options.window;
+  st->stub = v1::TaskService::NewStub(channel);
+  st->rpc = st->stub->Map(&st->ctx);
+  v1::MapRequest header_req;
+  v1::MapHeader* h = header_req.mutable_header();
+  h->set_kind(std::string(kind));
+  h->set_queue(options.queue);
+  h->set_priority(options.priority);
+  h->set_max_attempts(options.max_attempts);
+  if (options.timeout > absl::ZeroDuration()) {
+    *h->mutable_timeout() =
+        google::protobuf::util::TimeUtil::NanosecondsToDuration(
+            absl::ToInt64Nanoseconds(options.timeout));
+  }
+  h->set_ordered(ordered);
+  h->set_window(st->window);
+  h->set_fail_fast(options.fail_fast);
+  if (!st->rpc->Write(header_req)) st->writes_closed = true;
+  return MapStream(std::move(st));
+}
+
+MapStream MapStream::Failed(absl::Status status) {
+  auto st = std::make_unique<State>();
+  st->status = std::move(status);
+  st->done = true;
+  return MapStream(std::move(st));
+}
+
+const MapItem* MapStream::Next() {
+  return state_ == nullptr ? nullptr : state_->Next();
+}
+
+absl::Status MapStream::status() const {
+  return state_ == nullptr ? absl::OkStatus() : state_->status;
+}
+
+bool MapStream::done() const { return state_ == nullptr || state_->done; }
+
+uint64_t MapStream::delivered() const {
+  return state_ == nullptr ? 0 : state_->delivered;
+}
+
+void MapStream::Cancel() {
+  if (state_ == nullptr || state_->rpc == nullptr) return;
+  state_->cancelled.store(true, std::memory_order_relaxed);
+  state_->ctx.TryCancel();
+}
+
+MapStream Client::Map(absl::string_view kind, MapSource inputs,
+                      const MapOptions& options) {
+  return MapStream::Open(channel(), kind, std::move(inputs), options,
+                         /*ordered=*/true);
+}
+
+MapStream Client::MapUnordered(absl::string_view kind, MapSource inputs,
+                               const MapOptions& options) {
+  return MapStream::Open(channel(), kind, std::move(inputs), options,
+                         /*ordered=*/false);
+}
+
+}  // namespace forq
