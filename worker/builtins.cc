@@ -15,6 +15,7 @@
 #include "openssl/sha.h"
 
 #include "common/status_macros.h"
+#include "worker/mp_handlers.h"
 
 namespace forq::worker {
 namespace {
@@ -149,6 +150,7 @@ absl::Status RegisterBuiltins(HandlerRegistry& registry) {
   FORQ_RETURN_IF_ERROR(registry.Register("flaky", Flaky));
   FORQ_RETURN_IF_ERROR(registry.Register("crash", Crash));
   FORQ_RETURN_IF_ERROR(registry.Register("hang", Hang));
+  FORQ_RETURN_IF_ERROR(RegisterMpHandlers(registry));
   return absl::OkStatus();
 }
 

@@ -68,6 +68,8 @@ absl::StatusOr<std::vector<std::string>> ParseArgv(absl::string_view payload) {
                             const rlimit& nofile) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(127);
+  // Own process group, so cancel and cleanup reach whatever it spawns.
+  setpgid(0, 0);
   prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
   int devnull = open("/dev/null", O_RDONLY);
   if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 ||
@@ -136,6 +138,7 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
     ExecChild(parent, out_w.get(), err_w.get(), errpipe_w.get(), argv.data(),
               envp, cpu, as, nofile);
   }
+  setpgid(pid, pid);  // also here: the group exists before any kill(-pid)
   out_w.reset();
   err_w.reset();
   errpipe_w.reset();
@@ -162,7 +165,9 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
     if (r < 0 && errno != EINTR) break;
     if (!cancelled && ctx.cancelled()) {
       cancelled = true;
-      kill(pid, SIGKILL);
+      // The whole group: a grandchild holding the pipes open would
+      // otherwise keep us waiting for EOF.
+      kill(-pid, SIGKILL);
     }
     for (int i = 0; i < 2; ++i) {
       if (fds[i].fd < 0 || fds[i].revents == 0) continue;
@@ -191,6 +196,8 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  // Background leftovers of the program die with the task.
+  kill(-pid, SIGKILL);
   if (cancelled) return absl::CancelledError("exec: task cancelled");
   if (WIFSIGNALED(status)) {
     return absl::AbortedError(

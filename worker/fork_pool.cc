@@ -796,8 +796,11 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
     return ViolationLocked(
         s, absl::DataLossError("result for an assignment it does not hold"));
   }
-  absl::StatusOr<absl::Status> status = StatusFromWire(r->code, r->message);
-  if (!status.ok()) return ViolationLocked(s, status.status());
+  std::optional<absl::Status> status = StatusFromWire(r->code, r->message);
+  if (!status.has_value()) {
+    return ViolationLocked(s, absl::DataLossError(absl::StrCat(
+                                  "result with status code ", r->code)));
+  }
   Outcome o;
   o.task_id = std::move(s.task_id);
   o.attempt = s.attempt;

@@ -395,6 +395,115 @@ TEST_F(ForkPoolTest, ShutdownIsIdempotentAndRefusesWork) {
   EXPECT_THAT(pool_->Dispatch(a), StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST_F(ForkPoolTest, LoadsPluginAndRunsItsHandler) {
+  ForkPoolOptions options = Options(1);
+  options.plugins = {FORQ_EXAMPLE_PLUGIN_PATH};
+  StartPool(options);
+  Outcome o = RunAndWait("example.reverse", "abc");
+  EXPECT_EQ(o.kind, OutcomeKind::kSucceeded) << o.status;
+  EXPECT_EQ(o.result, "cba");
+}
+
+TEST(ForkPoolPluginTest, BadPluginIsInvalidArgument) {
+  ForkPoolOptions options = Options(1);
+  options.plugins = {"/nonexistent/plugin.so"};
+  EXPECT_THAT(CreateForkPool(options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("/nonexistent/plugin.so")));
+  // A loadable library without the entry point.
+  options.plugins = {"libm.so.6"};
+  EXPECT_THAT(CreateForkPool(options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("forq_register_handlers")));
+}
+
+TEST_F(ForkPoolTest, CallRoundTripWithReplyFromAnotherThread) {
+  // No built-in handler calls; the example plugin's "example.call" does.
+  ForkPoolOptions options = Options(1);
+  options.plugins = {FORQ_EXAMPLE_PLUGIN_PATH};
+  StartPool(options);
+  Run("caller", "example.call", "ping");
+  std::optional<Recorder::Call> call = rec_.TakeCall();
+  ASSERT_TRUE(call.has_value());
+  EXPECT_EQ(call->task_id, "caller");
+  EXPECT_EQ(call->request, "ping");
+  std::thread replier([reply = call->reply] { reply(std::string("pong")); });
+  replier.join();
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->kind, OutcomeKind::kSucceeded) << o->status;
+  EXPECT_EQ(o->result, "pong");
+}
+
+TEST_F(ForkPoolTest, CallErrorReplyReachesHandler) {
+  ForkPoolOptions options = Options(1);
+  options.plugins = {FORQ_EXAMPLE_PLUGIN_PATH};
+  StartPool(options);
+  Run("caller", "example.call", "ping");
+  std::optional<Recorder::Call> call = rec_.TakeCall();
+  ASSERT_TRUE(call.has_value());
+  call->reply(absl::NotFoundError("no such object"));
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->kind, OutcomeKind::kHandlerError);
+  EXPECT_THAT(o->status,
+              StatusIs(absl::StatusCode::kNotFound, "no such object"));
+}
+
+TEST_F(ForkPoolTest, CancelWakesHandlerBlockedInCall) {
+  ForkPoolOptions options = Options(1);
+  options.plugins = {FORQ_EXAMPLE_PLUGIN_PATH};
+  StartPool(options);
+  Run("caller", "example.call", "never answered");
+  std::optional<Recorder::Call> call = rec_.TakeCall();
+  ASSERT_TRUE(call.has_value());
+  pool_->Cancel("caller", 1);
+  std::optional<Outcome> o = rec_.NextOutcome();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->kind, OutcomeKind::kCancelled);
+  EXPECT_EQ(rec_.exit_count(), 0u);      // returned within the grace period
+  call->reply(std::string("too late"));  // dropped, harmless
+  EXPECT_EQ(RunAndWait("echo", "z").kind, OutcomeKind::kSucceeded);
+}
+
+// A worker that scribbles over its completion ring is killed and reported
+// as a protocol violation; forqd keeps serving, and the other worker's
+// task is unaffected.
+TEST_F(ForkPoolTest, CorruptCompletionRingKillsOnlyThatWorker) {
+  ForkPoolOptions options = Options(2);
+  options.plugins = {FORQ_EVIL_PLUGIN_PATH};
+  StartPool(options);
+  const char* modes[] = {"tail", "unaligned", "length",
+                         "seq",  "type",      "random"};
+  int iterations = 0;
+  for (int round = 0; round < 5; ++round) {
+    for (const char* mode : modes) {
+      ++iterations;
+      const std::string evil_id = absl::StrCat("evil-", iterations);
+      const std::string good_id = absl::StrCat("good-", iterations);
+      ASSERT_TRUE(WaitIdle(2));
+      Run(good_id, "sleep", "30");
+      Run(evil_id, "evil.scribble", mode, absl::Seconds(10));
+      for (int k = 0; k < 2; ++k) {
+        std::optional<Outcome> o = rec_.NextOutcome();
+        ASSERT_TRUE(o.has_value());
+        if (o->task_id == evil_id) {
+          EXPECT_EQ(o->kind, OutcomeKind::kProtocolViolation)
+              << mode << ": " << o->status;
+        } else {
+          EXPECT_EQ(o->task_id, good_id);
+          EXPECT_EQ(o->kind, OutcomeKind::kSucceeded);
+        }
+      }
+    }
+  }
+  ASSERT_TRUE(rec_.WaitFor(
+      [&] { return rec_.exits_.size() == static_cast<size_t>(iterations); }));
+  for (const WorkerExit& x : rec_.exits()) EXPECT_EQ(x.reason, "protocol");
+  ASSERT_TRUE(WaitIdle(2));
+  EXPECT_EQ(RunAndWait("echo", "still serving").result, "still serving");
+}
+
 TEST(ForkPoolOptionsTest, RejectsBadOptions) {
   ForkPoolOptions o;
   o.workers = 1;

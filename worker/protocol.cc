@@ -182,12 +182,11 @@ absl::StatusOr<CallReplyMessage> DecodeCallReply(absl::string_view body) {
   return m;
 }
 
-absl::StatusOr<absl::Status> StatusFromWire(int32_t code,
-                                            absl::string_view message) {
+std::optional<absl::Status> StatusFromWire(int32_t code,
+                                           absl::string_view message) {
   if (code < 0 ||
       code > static_cast<int32_t>(absl::StatusCode::kUnauthenticated)) {
-    return absl::DataLossError(
-        absl::StrCat("status code ", code, " out of range"));
+    return std::nullopt;
   }
   if (code == 0) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(code), message);

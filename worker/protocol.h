@@ -6,6 +6,7 @@
 #define FORQ_WORKER_PROTOCOL_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -90,9 +91,11 @@ absl::StatusOr<ProgressMessage> DecodeProgress(absl::string_view body);
 absl::StatusOr<CallMessage> DecodeCall(absl::string_view body);
 absl::StatusOr<CallReplyMessage> DecodeCallReply(absl::string_view body);
 
-// Status <-> wire code; an out-of-range code decodes as DataLoss.
-absl::StatusOr<absl::Status> StatusFromWire(int32_t code,
-                                            absl::string_view message);
+// The Status a wire code and message stand for; nullopt for a code outside
+// absl::StatusCode. (Not StatusOr<Status>: that cannot tell a decoding error
+// from a decoded error.)
+std::optional<absl::Status> StatusFromWire(int32_t code,
+                                           absl::string_view message);
 
 // forqd -> supervisor pipe record. Smaller than PIPE_BUF, so each write is
 // atomic.

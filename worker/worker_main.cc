@@ -209,9 +209,9 @@ absl::StatusOr<std::string> WorkerTaskContext::Call(absl::string_view request) {
     if (reply->task_seq != call.task_seq || reply->call_id != call.call_id) {
       continue;  // reply to an earlier call that gave up (cancelled)
     }
-    absl::StatusOr<absl::Status> status =
+    std::optional<absl::Status> status =
         StatusFromWire(reply->code, reply->message);
-    if (!status.ok()) _exit(kExitLinkBroken);
+    if (!status.has_value()) _exit(kExitLinkBroken);
     if (!status->ok()) return *status;
     return std::move(reply->data);
   }

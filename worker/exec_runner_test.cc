@@ -1,0 +1,203 @@
+#include "worker/exec_runner.h"
+
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+#include "tests/testing/status_matchers.h"
+#include "worker/fork_pool.h"
+
+namespace forq::worker {
+namespace {
+
+using ::forq::testing::IsOk;
+using ::forq::testing::StatusIs;
+using ::testing::HasSubstr;
+
+class FakeContext : public TaskContext {
+ public:
+  absl::string_view task_id() const override { return "t"; }
+  int attempt() const override { return 1; }
+  absl::Time deadline() const override { return deadline_; }
+  bool cancelled() const override { return cancelled_; }
+  void Progress(double, absl::string_view) override {}
+  absl::StatusOr<std::string> Call(absl::string_view) override {
+    return absl::UnimplementedError("none");
+  }
+  absl::Time deadline_ = absl::InfiniteFuture();
+  bool cancelled_ = false;
+};
+
+ExecOptions Allow() {
+  ExecOptions o;
+  o.allow = {"/bin/echo",  "/bin/sh",       "/usr/bin/env",
+             "/bin/false", "/usr/bin/head", "/bin/grep"};
+  return o;
+}
+
+absl::StatusOr<std::string> Exec(absl::string_view payload,
+                                 ExecOptions options = Allow()) {
+  FakeContext ctx;
+  std::string out;
+  absl::Status s = RunExec(options, ctx, payload, &out);
+  if (!s.ok()) return s;
+  return out;
+}
+
+TEST(ExecRunnerTest, RunsAllowListedProgram) {
+  EXPECT_EQ(*Exec(R"(["/bin/echo", "hello", "world"])"), "hello world\n");
+}
+
+TEST(ExecRunnerTest, RefusesProgramNotOnAllowList) {
+  EXPECT_THAT(Exec(R"(["/bin/ls", "/"])"),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       HasSubstr("not allow-listed")));
+  // Relative names and path tricks do not match an allow-list entry.
+  EXPECT_THAT(Exec(R"(["echo", "x"])"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(Exec(R"(["/bin/../bin/echo", "x"])"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+}
+
+TEST(ExecRunnerTest, ShellMetacharactersAreNotInterpreted) {
+  const std::string marker =
+      absl::StrCat(::testing::TempDir(), "/forq-exec-marker-", getpid());
+  unlink(marker.c_str());
+  const std::string payload =
+      absl::StrCat(R"j(["/bin/echo", "a;touch )j", marker, R"j(", "$(touch )j",
+                   marker, R"j()", "`touch )j", marker, R"j(`"])j");
+  absl::StatusOr<std::string> out = Exec(payload);
+  ASSERT_THAT(out, IsOk());
+  EXPECT_THAT(*out, HasSubstr("a;touch"));
+  EXPECT_THAT(*out, HasSubstr("$(touch"));
+  EXPECT_NE(access(marker.c_str(), F_OK), 0) << "a shell ran the payload";
+}
+
+TEST(ExecRunnerTest, EnvironmentIsMinimal) {
+  EXPECT_EQ(*Exec(R"(["/usr/bin/env"])"), "PATH=/usr/bin:/bin\n");
+}
+
+TEST(ExecRunnerTest, OnlyStandardFdsAreOpen) {
+  // The listing shell itself is allow-listed; the payload chose to run it.
+  // ls runs as a child of sh, so its own directory fd is not in the list.
+  EXPECT_EQ(*Exec(R"(["/bin/sh", "-c", "ls /proc/$$/fd"])"), "0\n1\n2\n");
+}
+
+TEST(ExecRunnerTest, NoNewPrivsIsSet) {
+  EXPECT_THAT(*Exec(R"(["/bin/grep", "NoNewPrivs", "/proc/self/status"])"),
+              HasSubstr("1"));
+}
+
+TEST(ExecRunnerTest, NonZeroExitIsAnErrorWithCodeAndStderr) {
+  EXPECT_THAT(Exec(R"(["/bin/false"])"),
+              StatusIs(absl::StatusCode::kUnknown, HasSubstr("code 1")));
+  EXPECT_THAT(
+      Exec(R"(["/bin/sh", "-c", "echo oops >&2; exit 3"])"),
+      StatusIs(absl::StatusCode::kUnknown,
+               ::testing::AllOf(HasSubstr("code 3"), HasSubstr("oops"))));
+}
+
+TEST(ExecRunnerTest, StdoutIsCapped) {
+  ExecOptions o = Allow();
+  o.max_output_bytes = 1000;
+  absl::StatusOr<std::string> out =
+      Exec(R"(["/usr/bin/head", "-c", "3000000", "/dev/zero"])", o);
+  ASSERT_THAT(out, IsOk());
+  EXPECT_EQ(out->size(), 1000u);
+}
+
+TEST(ExecRunnerTest, MalformedPayloadIsInvalidArgument) {
+  EXPECT_THAT(Exec("not json"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Exec("[]"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Exec(R"(["/bin/echo", 3])"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Exec(R"({"argv": ["/bin/echo"]})"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Exec(R"(["/bin/echo", "a\u0000b"])"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ExecRunnerTest, MissingProgramIsFailedPrecondition) {
+  ExecOptions o;
+  o.allow = {"/nonexistent/tool"};
+  EXPECT_THAT(Exec(R"(["/nonexistent/tool"])", o),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST(ExecRunnerTest, CancelKillsTheProgramAndItsChildren) {
+  FakeContext ctx;
+  ctx.cancelled_ = true;
+  std::string out;
+  const absl::Time start = absl::Now();
+  // sleep is a grandchild that holds stdout open.
+  EXPECT_THAT(
+      RunExec(Allow(), ctx, R"(["/bin/sh", "-c", "sleep 60; echo x"])", &out),
+      StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+// Through a real pool: exec is registered only with an allow-list.
+TEST(ExecRunnerPoolTest, ExecKindRunsInWorkers) {
+  ForkPoolOptions options;
+  options.workers = 1;
+  options.exec_allow = {"/bin/echo"};
+  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
+                            CreateForkPool(options));
+  absl::Notification idle, done;
+  Outcome outcome;
+  PoolCallbacks cb;
+  cb.on_worker_idle = [&] {
+    if (!idle.HasBeenNotified()) idle.Notify();
+  };
+  cb.on_outcome = [&](Outcome o) {
+    outcome = std::move(o);
+    done.Notify();
+  };
+  ASSERT_THAT(pool->Start(cb), IsOk());
+  ASSERT_TRUE(idle.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  Assignment a;
+  a.task_id = "e1";
+  a.kind = "exec";
+  a.payload = R"json(["/bin/echo", "from", "exec;", "$(id)"])json";
+  ASSERT_THAT(pool->Dispatch(a), IsOk());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(outcome.kind, OutcomeKind::kSucceeded) << outcome.status;
+  EXPECT_EQ(outcome.result, "from exec; $(id)\n");
+  pool->Shutdown();
+}
+
+TEST(ExecRunnerPoolTest, ExecKindIsOffWithoutAllowList) {
+  ForkPoolOptions options;
+  options.workers = 1;
+  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
+                            CreateForkPool(options));
+  absl::Notification idle, done;
+  Outcome outcome;
+  PoolCallbacks cb;
+  cb.on_worker_idle = [&] {
+    if (!idle.HasBeenNotified()) idle.Notify();
+  };
+  cb.on_outcome = [&](Outcome o) {
+    outcome = std::move(o);
+    done.Notify();
+  };
+  ASSERT_THAT(pool->Start(cb), IsOk());
+  ASSERT_TRUE(idle.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  Assignment a;
+  a.task_id = "e2";
+  a.kind = "exec";
+  a.payload = R"(["/bin/echo", "x"])";
+  ASSERT_THAT(pool->Dispatch(a), IsOk());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(outcome.kind, OutcomeKind::kUnknownKind);
+  pool->Shutdown();
+}
+
+}  // namespace
+}  // namespace forq::worker
