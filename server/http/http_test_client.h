@@ -94,10 +94,12 @@ inline absl::StatusOr<HttpResponse> HttpCall(
 
 // Writes `bytes` as-is and returns everything the server sends until it
 // closes the connection or `timeout` passes (for malformed-request tests;
-// send "Connection: close" to have a well-formed request end promptly).
+// send "Connection: close" to have a well-formed request end promptly, or
+// `half_close` to signal the end of the input).
 inline std::string HttpRaw(
     const std::string& address, const std::string& bytes,
-    std::chrono::seconds timeout = std::chrono::seconds(10)) {
+    std::chrono::seconds timeout = std::chrono::seconds(10),
+    bool half_close = false) {
   namespace net = boost::asio;
   namespace beast = boost::beast;
   try {
@@ -109,6 +111,9 @@ inline std::string HttpRaw(
     stream.connect(resolver.resolve(host, port));
     net::write(stream, net::buffer(bytes));
     beast::error_code ec;
+    if (half_close) {
+      stream.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);
+    }
     std::string out;
     char buf[4096];
     while (true) {
