@@ -97,7 +97,9 @@ Result RunOnce(const Config& config, const std::string& kind,
       while (!stop.load(std::memory_order_relaxed)) {
         std::vector<v1::Task> tasks;
         tasks.reserve(config.batch);
-        for (int i = 0; i < config.batch; ++i) tasks.push_back(MakeTask());
+        for (int i = 0; i < config.batch; ++i) {
+          tasks.push_back(MakeTask());
+        }
         absl::Notification acked;
         bool ok = false;
         const auto begin = std::chrono::steady_clock::now();
@@ -122,14 +124,18 @@ Result RunOnce(const Config& config, const std::string& kind,
   start.Notify();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop.store(true);
-  for (auto& thread : threads) thread.join();
+  for (auto& thread : threads) {
+    thread.join();
+  }
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - begin)
           .count();
   store->Close();
 
   std::vector<double> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  for (auto& l : latencies) {
+    all.insert(all.end(), l.begin(), l.end());
+  }
   std::sort(all.begin(), all.end());
   Result result;
   result.tasks_per_s = stored.load() / elapsed;
@@ -150,9 +156,13 @@ int Main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (absl::ConsumePrefix(&arg, "--seconds=")) {
-      if (!absl::SimpleAtod(arg, &seconds)) return 2;
+      if (!absl::SimpleAtod(arg, &seconds)) {
+        return 2;
+      }
     } else if (absl::ConsumePrefix(&arg, "--runs=")) {
-      if (!absl::SimpleAtoi(arg, &runs)) return 2;
+      if (!absl::SimpleAtoi(arg, &runs)) {
+        return 2;
+      }
     } else if (absl::ConsumePrefix(&arg, "--kind=")) {
       kind = std::string(arg);
     } else if (absl::ConsumePrefix(&arg, "--only=")) {
@@ -190,7 +200,9 @@ int Main(int argc, char** argv) {
                   });
         const Result& median = results[results.size() / 2];
         int64_t failed = 0;
-        for (const auto& r : results) failed += r.failures;
+        for (const auto& r : results) {
+          failed += r.failures;
+        }
         std::printf(
             "| %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %lld |\n",
             Name(d), batch, threads, results.front().tasks_per_s,

@@ -30,7 +30,9 @@ MemoryStore::~MemoryStore() { Close(); }
 
 bool MemoryStore::Enqueue(std::function<void()> op) {
   MutexLock lock(&queue_mu_);
-  if (closing_) return false;
+  if (closing_) {
+    return false;
+  }
   queue_.push_back(std::move(op));
   queue_cv_.Signal();
   return true;
@@ -41,12 +43,18 @@ void MemoryStore::WriterLoop() {
     std::deque<std::function<void()>> batch;
     {
       MutexLock lock(&queue_mu_);
-      while (queue_.empty() && !closing_) queue_cv_.Wait(&queue_mu_);
-      if (queue_.empty()) return;  // Closing and drained.
+      while (queue_.empty() && !closing_) {
+        queue_cv_.Wait(&queue_mu_);
+      }
+      if (queue_.empty()) {
+        return;  // Closing and drained.
+      }
       batch.swap(queue_);
     }
     // Ops run without queue_mu_ so callbacks may enqueue further writes.
-    for (auto& op : batch) op();
+    for (auto& op : batch) {
+      op();
+    }
   }
 }
 
@@ -93,11 +101,15 @@ absl::StatusOr<std::vector<InsertResult>> MemoryStore::ApplyInsert(
           absl::StrCat("memory store: task id ", task.id(), " already stored"));
     }
     new_ids.emplace(task.id(), i);
-    if (!key.empty()) new_keys.emplace(key, i);
+    if (!key.empty()) {
+      new_keys.emplace(key, i);
+    }
     results[i].task = task;
   }
   for (size_t i = 0; i < tasks.size(); ++i) {
-    if (results[i].existing) continue;
+    if (results[i].existing) {
+      continue;
+    }
     if (!tasks[i].idempotency_key().empty()) {
       by_key_[tasks[i].idempotency_key()] = tasks[i].id();
     }
@@ -155,8 +167,12 @@ absl::StatusOr<ListPage> MemoryStore::List(const ListQuery& query) {
   auto it = after.empty() ? tasks_.begin() : tasks_.upper_bound(after);
   for (; it != tasks_.end(); ++it) {
     const v1::Task& task = it->second;
-    if (!query.queue.empty() && task.queue() != query.queue) continue;
-    if (!query.kind.empty() && task.kind() != query.kind) continue;
+    if (!query.queue.empty() && task.queue() != query.queue) {
+      continue;
+    }
+    if (!query.kind.empty() && task.kind() != query.kind) {
+      continue;
+    }
     if (query.state != v1::TASK_STATE_UNSPECIFIED &&
         task.state() != query.state) {
       continue;
@@ -245,7 +261,9 @@ void MemoryStore::Close() {
     queue_cv_.SignalAll();
   }
   // The writer drains what was queued before closing_ was set.
-  if (writer_.joinable()) writer_.join();
+  if (writer_.joinable()) {
+    writer_.join();
+  }
 }
 
 }  // namespace forq::server

@@ -28,7 +28,8 @@ namespace forq::server {
 // small writer thread, which then runs the `done` callback, exactly as the
 // SQLite store does, so callers never see a callback re-enter them from
 // inside Insert/Update. Reads see every write whose callback has run (and
-// possibly later ones). After Close(), writes fail with Unavailable and
+// possibly later ones). Callbacks must not block and must not call Close().
+// After Close(), writes fail with Unavailable and
 // their callback runs inline on the calling thread; reads keep working.
 class MemoryStore final : public Store {
  public:

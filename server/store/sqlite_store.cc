@@ -114,14 +114,18 @@ absl::StatusOr<Stmt> Prepare(absl::string_view path, sqlite3* db,
 
 absl::Status Exec(absl::string_view path, sqlite3* db, const char* sql) {
   const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
-  if (rc != SQLITE_OK) return SqliteError(path, db, rc, sql);
+  if (rc != SQLITE_OK) {
+    return SqliteError(path, db, rc, sql);
+  }
   return absl::OkStatus();
 }
 
 absl::Status StepDone(absl::string_view path, sqlite3* db, sqlite3_stmt* stmt,
                       absl::string_view what) {
   const int rc = sqlite3_step(stmt);
-  if (rc != SQLITE_DONE) return SqliteError(path, db, rc, what);
+  if (rc != SQLITE_DONE) {
+    return SqliteError(path, db, rc, what);
+  }
   return absl::OkStatus();
 }
 
@@ -133,7 +137,9 @@ absl::StatusOr<Db> OpenConnection(absl::string_view path, int flags) {
       std::string(path).c_str(), &raw,
       flags | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, nullptr);
   Db db(raw);
-  if (rc != SQLITE_OK) return SqliteError(path, db.get(), rc, "open");
+  if (rc != SQLITE_OK) {
+    return SqliteError(path, db.get(), rc, "open");
+  }
   sqlite3_extended_result_codes(db.get(), 1);
   sqlite3_busy_timeout(db.get(), kBusyTimeoutMs);
   return db;
@@ -300,7 +306,9 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
     FORQ_ASSIGN_OR_RETURN(Stmt mode,
                           Prepare(path, db, "PRAGMA journal_mode=WAL"));
     const int rc = sqlite3_step(mode.get());
-    if (rc != SQLITE_ROW) return SqliteError(path, db, rc, "enable WAL");
+    if (rc != SQLITE_ROW) {
+      return SqliteError(path, db, rc, "enable WAL");
+    }
     const auto* got =
         reinterpret_cast<const char*>(sqlite3_column_text(mode.get(), 0));
     if (got == nullptr || absl::string_view(got) != "wal") {
@@ -323,7 +331,9 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
   {
     FORQ_ASSIGN_OR_RETURN(Stmt stmt, Prepare(path, db, "PRAGMA user_version"));
     const int rc = sqlite3_step(stmt.get());
-    if (rc != SQLITE_ROW) return SqliteError(path, db, rc, "read user_version");
+    if (rc != SQLITE_ROW) {
+      return SqliteError(path, db, rc, "read user_version");
+    }
     version = sqlite3_column_int(stmt.get(), 0);
   }
   if (version > kSchemaVersion) {
@@ -340,7 +350,9 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
           Exec(path, db,
                absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
     }
-    if (created.ok()) created = Exec(path, db, "COMMIT");
+    if (created.ok()) {
+      created = Exec(path, db, "COMMIT");
+    }
     if (!created.ok()) {
       sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
       return created;
@@ -412,12 +424,16 @@ SqliteStore::~SqliteStore() { Close(); }
 std::unique_ptr<SqliteStore::PendingWrite> SqliteStore::Enqueue(
     std::unique_ptr<PendingWrite> op) {
   MutexLock lock(&queue_mu_);
-  if (closing_) return op;
+  if (closing_) {
+    return op;
+  }
   // Only an idle writer waits for "not empty"; a busy one finds the op when
   // it next swaps the queue, so signalling every push would be wasted wakes.
   const bool was_empty = queue_.empty();
   queue_.push_back(std::move(op));
-  if (was_empty) queue_cv_.Signal();
+  if (was_empty) {
+    queue_cv_.Signal();
+  }
   return nullptr;
 }
 
@@ -437,7 +453,9 @@ void SqliteStore::WriterLoop() {
     {
       MutexLock lock(&queue_mu_);
       for (;;) {
-        if (!queue_.empty()) break;
+        if (!queue_.empty()) {
+          break;
+        }
         if (unsynced.empty()) {
           if (closing_) {
             exiting = true;
@@ -447,7 +465,9 @@ void SqliteStore::WriterLoop() {
           continue;
         }
         const auto now = Clock::now();
-        if (closing_ || now >= last_sync + interval) break;
+        if (closing_ || now >= last_sync + interval) {
+          break;
+        }
         queue_cv_.WaitWithTimeout(&queue_mu_,
                                   absl::FromChrono(last_sync + interval - now));
       }
@@ -459,8 +479,12 @@ void SqliteStore::WriterLoop() {
         queue_.pop_front();
       }
     }
-    if (exiting) break;
-    if (!group.empty()) CommitGroup(group, unsynced);
+    if (exiting) {
+      break;
+    }
+    if (!group.empty()) {
+      CommitGroup(group, unsynced);
+    }
     if (!unsynced.empty() &&
         (closing || Clock::now() >= last_sync + interval)) {
       SyncWal(unsynced);
@@ -505,7 +529,9 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
   size_t applied = 0;
   for (; txn_status.ok() && applied < group.size(); ++applied) {
     txn_status = run(writer_->savepoint.get(), "savepoint");
-    if (!txn_status.ok()) break;
+    if (!txn_status.ok()) {
+      break;
+    }
     absl::Status status = Apply(*group[applied]);
     if (!status.ok() && sqlite3_get_autocommit(db)) {
       // SQLite rolled the whole transaction back (disk full, I/O error):
@@ -517,7 +543,9 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
       // Undo only this call's rows; its neighbours stay in the group.
       txn_status = run(writer_->rollback_to.get(), "rollback to savepoint");
     }
-    if (txn_status.ok()) txn_status = run(writer_->release.get(), "release");
+    if (txn_status.ok()) {
+      txn_status = run(writer_->release.get(), "release");
+    }
     statuses[applied] = std::move(status);
   }
   if (txn_status.ok()) {
@@ -532,7 +560,9 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
     // a transient ENOSPC/EIO fails only the calls caught in it.
     spdlog::error("{} ({} writes failed)", std::string(txn_status.message()),
                   group.size());
-    for (auto& op : group) op->Finish(txn_status);
+    for (auto& op : group) {
+      op->Finish(txn_status);
+    }
     return;
   }
   for (size_t i = 0; i < group.size(); ++i) {
@@ -771,25 +801,41 @@ absl::StatusOr<ListPage> SqliteStore::List(const ListQuery& query) {
   Stmt& stmt = reader->list_by_filters[mask];
   if (stmt == nullptr) {
     std::string sql = "SELECT data FROM tasks WHERE id > ?1";
-    if (by_queue) absl::StrAppend(&sql, " AND queue = ?2");
-    if (by_state) absl::StrAppend(&sql, " AND state = ?3");
-    if (by_kind) absl::StrAppend(&sql, " AND kind = ?4");
+    if (by_queue) {
+      absl::StrAppend(&sql, " AND queue = ?2");
+    }
+    if (by_state) {
+      absl::StrAppend(&sql, " AND state = ?3");
+    }
+    if (by_kind) {
+      absl::StrAppend(&sql, " AND kind = ?4");
+    }
     absl::StrAppend(&sql, " ORDER BY id LIMIT ?5");
     FORQ_ASSIGN_OR_RETURN(stmt, Prepare(path_, db, sql));
   }
   StmtUse use(stmt.get());
   BindText(use.get(), 1, after);
-  if (by_queue) BindText(use.get(), 2, query.queue);
-  if (by_state) sqlite3_bind_int(use.get(), 3, static_cast<int>(query.state));
-  if (by_kind) BindText(use.get(), 4, query.kind);
+  if (by_queue) {
+    BindText(use.get(), 2, query.queue);
+  }
+  if (by_state) {
+    sqlite3_bind_int(use.get(), 3, static_cast<int>(query.state));
+  }
+  if (by_kind) {
+    BindText(use.get(), 4, query.kind);
+  }
   // One extra row tells whether another page exists.
   sqlite3_bind_int(use.get(), 5, limit + 1);
 
   ListPage page;
   for (;;) {
     const int rc = sqlite3_step(use.get());
-    if (rc == SQLITE_DONE) break;
-    if (rc != SQLITE_ROW) return SqliteError(path_, db, rc, "list");
+    if (rc == SQLITE_DONE) {
+      break;
+    }
+    if (rc != SQLITE_ROW) {
+      return SqliteError(path_, db, rc, "list");
+    }
     if (static_cast<int>(page.tasks.size()) == limit) {
       page.next_page_token = EncodePageToken(page.tasks.back().id());
       break;
@@ -807,7 +853,9 @@ absl::StatusOr<std::vector<v1::Task>> SqliteStore::LoadUnfinished() {
   std::vector<v1::Task> out;
   for (;;) {
     const int rc = sqlite3_step(use.get());
-    if (rc == SQLITE_DONE) break;
+    if (rc == SQLITE_DONE) {
+      break;
+    }
     if (rc != SQLITE_ROW) {
       return SqliteError(path_, reader->db.get(), rc, "load unfinished");
     }
@@ -825,7 +873,9 @@ SqliteStore::LoadObjects() {
   std::vector<std::pair<std::string, std::string>> out;
   for (;;) {
     const int rc = sqlite3_step(use.get());
-    if (rc == SQLITE_DONE) break;
+    if (rc == SQLITE_DONE) {
+      break;
+    }
     if (rc != SQLITE_ROW) {
       return SqliteError(path_, reader->db.get(), rc, "load objects");
     }
@@ -850,7 +900,9 @@ void SqliteStore::Close() {
   }
   // The writer commits everything queued before closing_ was set, then
   // exits; later writes are refused by Enqueue.
-  if (writer_thread_.joinable()) writer_thread_.join();
+  if (writer_thread_.joinable()) {
+    writer_thread_.join();
+  }
   // Idle readers are closed so the last connection to go (the writer's, at
   // destruction) checkpoints and removes the WAL. Reads after Close open
   // fresh connections.

@@ -101,7 +101,9 @@ TEST(SqliteStoreTest, DataDirUnderARegularFileIsAClearError) {
 }
 
 TEST(SqliteStoreTest, UnwritableDataDirIsAClearError) {
-  if (geteuid() == 0) GTEST_SKIP() << "root ignores directory permissions";
+  if (geteuid() == 0) {
+    GTEST_SKIP() << "root ignores directory permissions";
+  }
   TempDir dir;
   ASSERT_EQ(chmod(dir.path().c_str(), 0555), 0);
   auto store = SqliteStore::Open(OptionsFor(dir.path()));

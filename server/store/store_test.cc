@@ -204,17 +204,23 @@ TEST_P(StoreContractTest, FailedBatchDoesNotFailConcurrentNeighbours) {
   for (int i = 0; i < kCalls; ++i) {
     std::vector<v1::Task> batch = {MakeTask(absl::StrCat("n", i, "a")),
                                    MakeTask(absl::StrCat("n", i, "b"))};
-    if (i == kCalls / 2) batch.push_back(MakeTask("a1"));
+    if (i == kCalls / 2) {
+      batch.push_back(MakeTask("a1"));
+    }
     store_->Insert(std::move(batch),
                    [&, i](absl::StatusOr<std::vector<InsertResult>> r) {
                      MutexLock lock(&mu);
                      statuses[i] = r.status();
-                     if (--remaining == 0) cv.SignalAll();
+                     if (--remaining == 0) {
+                       cv.SignalAll();
+                     }
                    });
   }
   {
     MutexLock lock(&mu);
-    while (remaining > 0) cv.Wait(&mu);
+    while (remaining > 0) {
+      cv.Wait(&mu);
+    }
   }
   for (int i = 0; i < kCalls; ++i) {
     if (i == kCalls / 2) {
@@ -267,7 +273,9 @@ TEST_P(StoreContractTest, ListFiltersAndPagesThrough250Tasks) {
   for (int i = 0; i < 250; ++i) {
     v1::Task task = MakeTask(Id(i), i % 2 == 0 ? "even" : "odd",
                              i % 5 == 0 ? "sleep" : "echo");
-    if (i % 3 == 0) task.set_state(v1::SUCCEEDED);
+    if (i % 3 == 0) {
+      task.set_state(v1::SUCCEEDED);
+    }
     tasks.push_back(std::move(task));
   }
   // Insert in reverse to show order comes from ids, not insertion.
@@ -280,7 +288,9 @@ TEST_P(StoreContractTest, ListFiltersAndPagesThrough250Tasks) {
   int pages = 0;
   do {
     FORQ_ASSERT_OK_AND_ASSIGN(ListPage page, store_->List(query));
-    for (const auto& t : page.tasks) ids.push_back(t.id());
+    for (const auto& t : page.tasks) {
+      ids.push_back(t.id());
+    }
     query.page_token = page.next_page_token;
     ++pages;
   } while (!query.page_token.empty());
@@ -298,17 +308,23 @@ TEST_P(StoreContractTest, ListFiltersAndPagesThrough250Tasks) {
   do {
     FORQ_ASSERT_OK_AND_ASSIGN(ListPage page, store_->List(filtered));
     EXPECT_LE(page.tasks.size(), 2u);
-    for (const auto& t : page.tasks) matched.push_back(t.id());
+    for (const auto& t : page.tasks) {
+      matched.push_back(t.id());
+    }
     filtered.page_token = page.next_page_token;
   } while (!filtered.page_token.empty());
   std::vector<std::string> want;
-  for (int i = 0; i < 250; i += 30) want.push_back(Id(i));  // lcm(2,3,5)
+  for (int i = 0; i < 250; i += 30) {
+    want.push_back(Id(i));  // lcm(2,3,5)
+  }
   EXPECT_EQ(matched, want);
 }
 
 TEST_P(StoreContractTest, ListPageSizeDefaultsAndCaps) {
   std::vector<v1::Task> tasks;
-  for (int i = 0; i < 1100; ++i) tasks.push_back(MakeTask(Id(i)));
+  for (int i = 0; i < 1100; ++i) {
+    tasks.push_back(MakeTask(Id(i)));
+  }
   ASSERT_THAT(InsertSync(*store_, tasks), IsOk());
   ListQuery query;
   query.page_size = 0;
@@ -338,7 +354,9 @@ TEST_P(StoreContractTest, LoadUnfinishedReturnsQueuedAndRunning) {
               IsOk());
   FORQ_ASSERT_OK_AND_ASSIGN(auto unfinished, store_->LoadUnfinished());
   std::vector<std::string> ids;
-  for (const auto& t : unfinished) ids.push_back(t.id());
+  for (const auto& t : unfinished) {
+    ids.push_back(t.id());
+  }
   EXPECT_THAT(ids, ElementsAre("a", "b"));
 }
 
@@ -404,7 +422,9 @@ TEST_P(StoreContractTest, ObjectsPutReplaceDeleteLoad) {
 }
 
 TEST_P(StoreContractTest, ReopenKeepsEverything) {
-  if (!Persistent()) GTEST_SKIP() << "memory store does not persist";
+  if (!Persistent()) {
+    GTEST_SKIP() << "memory store does not persist";
+  }
   v1::Task keyed = MakeTask("a1");
   keyed.set_idempotency_key("k");
   v1::Task running = MakeTask("a2");
@@ -441,11 +461,15 @@ TEST_P(StoreContractTest, ConcurrentInsertsFrom16ThreadsAreAllStored) {
       for (int i = 0; i < kPerThread; ++i) {
         auto result =
             InsertSync(*store_, {MakeTask(absl::StrCat("c", t, "-", i))});
-        if (!result.ok()) failures.fetch_add(1, std::memory_order_relaxed);
+        if (!result.ok()) {
+          failures.fetch_add(1, std::memory_order_relaxed);
+        }
       }
     });
   }
-  for (auto& thread : threads) thread.join();
+  for (auto& thread : threads) {
+    thread.join();
+  }
   EXPECT_EQ(failures.load(), 0);
   ListQuery query;
   query.page_size = 1000;
@@ -461,7 +485,9 @@ TEST_P(StoreContractTest, WritesFromOneThreadApplyInOrder) {
     task.set_attempt(i);
     store_->Update({task}, [&, i](absl::Status status) {
       EXPECT_THAT(status, IsOk());
-      if (i == 50) last.Notify();
+      if (i == 50) {
+        last.Notify();
+      }
     });
   }
   last.WaitForNotification();
@@ -487,7 +513,9 @@ TEST_P(StoreContractTest, CloseFlushesQueuedWrites) {
   for (int i = 0; i < 200; ++i) {
     store_->Insert({MakeTask(Id(i))},
                    [&](absl::StatusOr<std::vector<InsertResult>> result) {
-                     if (result.ok()) acked.fetch_add(1);
+                     if (result.ok()) {
+                       acked.fetch_add(1);
+                     }
                    });
   }
   store_->Close();

@@ -19,23 +19,33 @@ bool IsTerminal(v1::TaskState state) {
 }
 
 std::optional<int64_t> FinishedAtMicros(const v1::Task& task) {
-  if (!task.has_finished_at()) return std::nullopt;
+  if (!task.has_finished_at()) {
+    return std::nullopt;
+  }
   return task.finished_at().seconds() * 1000000 +
          task.finished_at().nanos() / 1000;
 }
 
 std::optional<int64_t> ExpiresAtMicros(const v1::Task& task) {
-  if (!IsTerminal(task.state())) return std::nullopt;
+  if (!IsTerminal(task.state())) {
+    return std::nullopt;
+  }
   std::optional<int64_t> finished = FinishedAtMicros(task);
-  if (!finished.has_value()) return std::nullopt;
+  if (!finished.has_value()) {
+    return std::nullopt;
+  }
   const int64_t ttl_us =
       task.result_ttl().seconds() * 1000000 + task.result_ttl().nanos() / 1000;
-  if (ttl_us <= 0) return std::nullopt;
+  if (ttl_us <= 0) {
+    return std::nullopt;
+  }
   return *finished + ttl_us;
 }
 
 int EffectivePageSize(int requested) {
-  if (requested <= 0) return kDefaultPageSize;
+  if (requested <= 0) {
+    return kDefaultPageSize;
+  }
   return requested > kMaxPageSize ? kMaxPageSize : requested;
 }
 
@@ -45,7 +55,9 @@ std::string EncodePageToken(absl::string_view last_id) {
 
 absl::StatusOr<std::string> DecodePageToken(absl::string_view token) {
   std::string id;
-  if (token.empty()) return id;
+  if (token.empty()) {
+    return id;
+  }
   if (!absl::WebSafeBase64Unescape(token, &id) || id.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("malformed page_token \"", token, "\""));
