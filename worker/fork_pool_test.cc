@@ -350,6 +350,24 @@ TEST_F(ForkPoolTest, RecyclesAfterMaxTasksPerChild) {
   EXPECT_EQ(rec_.exits()[0].reason, "recycle");
 }
 
+TEST_F(ForkPoolTest, MemoryLimitKillsBusyWorkerAndRecyclesIdleOne) {
+  ForkPoolOptions options = Options(1);
+  options.max_worker_rss_bytes = 1 << 20;  // any worker is bigger than this
+  StartPool(options);
+  Outcome o = RunAndWait("sleep", "5000");
+  EXPECT_EQ(o.kind, OutcomeKind::kOutOfMemory);
+  EXPECT_THAT(o.status, StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_LT(o.runtime, absl::Seconds(2));
+  ASSERT_TRUE(rec_.WaitFor([&] { return !rec_.exits_.empty(); }));
+  EXPECT_EQ(rec_.exits()[0].reason, "memory");
+  // A task that finishes before the check still succeeds; the worker is
+  // then recycled between tasks.
+  o = RunAndWait("echo", "quick");
+  EXPECT_EQ(o.kind, OutcomeKind::kSucceeded);
+  ASSERT_TRUE(rec_.WaitFor([&] { return rec_.exits_.size() >= 2; }));
+  EXPECT_EQ(rec_.exits()[1].reason, "memory");
+}
+
 TEST_F(ForkPoolTest, LargePayloadAndResultUseSpillPath) {
   ForkPoolOptions options = Options(1);
   options.ring_bytes = 64 << 10;

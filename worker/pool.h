@@ -121,7 +121,8 @@ class WorkerPool {
   virtual std::vector<std::string> Kinds() const { return {}; }
   virtual int supervisor_pid() const = 0;
   // Kills every worker and the supervisor; running attempts are abandoned
-  // without callbacks. Idempotent.
+  // without callbacks. Idempotent. Must not be called from a pool callback
+  // (it joins the thread that runs them).
   virtual void Shutdown() = 0;
 };
 
