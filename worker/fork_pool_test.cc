@@ -1,6 +1,11 @@
 #include "worker/fork_pool.h"
 
+#include <dirent.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -11,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -399,6 +405,64 @@ TEST_F(ForkPoolTest, SupervisorDeathFailsRunningAttempts) {
   a.task_id = "late";
   a.kind = "echo";
   EXPECT_THAT(pool_->Dispatch(a), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// True if `pid` exits within `timeout` (pidfd works for non-children too).
+bool WaitForExit(int pid, absl::Duration timeout) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return errno == ESRCH;
+  pollfd p{fd, POLLIN, 0};
+  int r = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  close(fd);
+  return r == 1;
+}
+
+TEST_F(ForkPoolTest, WorkersDieWithTheSupervisor) {
+  StartPool(Options(2));
+  std::vector<int> pids;
+  for (const WorkerInfo& w : pool_->Workers()) pids.push_back(w.pid);
+  ASSERT_EQ(kill(pool_->supervisor_pid(), SIGKILL), 0);
+  for (int pid : pids) EXPECT_TRUE(WaitForExit(pid, absl::Seconds(5))) << pid;
+}
+
+TEST(ForkPoolHygieneTest, WorkersDoNotInheritOtherFds) {
+  // A listening socket without CLOEXEC, as a careless server might have.
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  ASSERT_EQ(listen(listener, 1), 0);
+  struct stat st;
+  ASSERT_EQ(fstat(listener, &st), 0);
+  const std::string leaked = absl::StrCat("socket:[", st.st_ino, "]");
+  ForkPoolOptions options = Options(1);
+  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
+                            CreateForkPool(options));
+  absl::Notification idle;
+  PoolCallbacks cb;
+  cb.on_worker_idle = [&] {
+    if (!idle.HasBeenNotified()) idle.Notify();
+  };
+  ASSERT_THAT(pool->Start(cb), IsOk());
+  ASSERT_TRUE(idle.WaitForNotificationWithTimeout(kWait));
+  for (int pid : {pool->Workers()[0].pid, pool->supervisor_pid()}) {
+    const std::string dir = absl::StrCat("/proc/", pid, "/fd");
+    DIR* d = opendir(dir.c_str());
+    ASSERT_NE(d, nullptr);
+    int count = 0;
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      ++count;
+      char target[256] = {};
+      readlink(absl::StrCat(dir, "/", e->d_name).c_str(), target,
+               sizeof(target) - 1);
+      EXPECT_NE(leaked, target) << "pid " << pid << " inherited the listener";
+    }
+    closedir(d);
+    // Worker: 0-2, two eventfds, spill socket. Supervisor: 0-2, two pipes,
+    // signalfd, and the worker-side fds of each slot (4).
+    EXPECT_LE(count, pid == pool->supervisor_pid() ? 10 : 6) << "pid " << pid;
+  }
+  pool->Shutdown();
+  close(listener);
 }
 
 TEST_F(ForkPoolTest, ShutdownIsIdempotentAndRefusesWork) {
