@@ -34,6 +34,7 @@
 #include "server/http/forwarded_call.h"
 #include "server/http/http_errors.h"
 #include "server/http/json_transcoder.h"
+#include "server/http/openapi.h"
 #include "server/http/route_table.h"
 
 namespace forq::server {
@@ -133,6 +134,7 @@ class GatewayImpl {
 
   const HttpGatewayOptions& options() const { return options_; }
   const RouteTable& routes() const { return *routes_; }
+  const std::string& openapi() const { return openapi_; }
   grpc::GenericStub* stub() { return stub_.get(); }
   CallTracker* tracker() { return &tracker_; }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
@@ -154,6 +156,7 @@ class GatewayImpl {
 
   const HttpGatewayOptions options_;
   std::unique_ptr<RouteTable> routes_;
+  std::string openapi_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
   CallTracker tracker_;
@@ -290,7 +293,8 @@ class Session : public std::enable_shared_from_this<Session> {
     const absl::string_view query =
         q == absl::string_view::npos ? "" : target.substr(q + 1);
 
-    if (path == "/metrics" || path == "/healthz" || path == "/readyz") {
+    if (path == "/metrics" || path == "/healthz" || path == "/readyz" ||
+        path == "/openapi.yaml") {
       return HandleBuiltin(method, path);
     }
     label_ = "unmatched";
@@ -345,6 +349,9 @@ class Session : public std::enable_shared_from_this<Session> {
           {{"Allow", "GET"}});
     }
     if (path == "/healthz") return Respond(200, kJson, "{\"status\":\"ok\"}");
+    if (path == "/openapi.yaml") {
+      return Respond(200, "application/yaml", gw_->openapi());
+    }
     if (path == "/metrics") {
       if (gw_->options().metrics == nullptr) {
         return RespondError(503, MakeHttpError(absl::StatusCode::kUnavailable,
@@ -624,6 +631,7 @@ absl::StatusOr<int> http_internal::GatewayImpl::Start() {
   auto routes = RouteTable::Build(RouteTable::ForqServices());
   if (!routes.ok()) return routes.status();
   routes_ = *std::move(routes);
+  openapi_ = GenerateOpenApi(*routes_);
   auto endpoint = ParseListen(options_.listen);
   if (!endpoint.ok()) return endpoint.status();
 

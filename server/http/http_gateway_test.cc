@@ -540,6 +540,9 @@ TEST_F(HttpGatewayTest, HealthReadinessAndMetrics) {
   EXPECT_THAT(r.body, HasSubstr("forq_grpc_requests_total{code=\"NOT_FOUND\","
                                 "method=\"forq.v1.TaskService/Get\"} 1"));
   EXPECT_EQ(Call("POST", "/metrics").status, 405);
+  r = Call("GET", "/openapi.yaml");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_THAT(r.body, HasSubstr("operationId: \"TaskService_Wait\""));
 }
 
 TEST_F(HttpGatewayTest, GarbageRequestsNeverCrashTheServer) {
