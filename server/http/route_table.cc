@@ -10,16 +10,9 @@
 #include "absl/strings/str_split.h"
 
 #include "forq/v1/http.pb.h"
+#include "forq/v1/manager.pb.h"
 #include "forq/v1/pool.pb.h"
 #include "forq/v1/task.pb.h"
-
-// ManagerService is optional at build time: when its proto exists, taking
-// the address of its descriptor table forces the object into the link so its
-// descriptors are registered in the generated pool.
-#if __has_include("forq/v1/manager.pb.h")
-#include "forq/v1/manager.pb.h"
-#define FORQ_HTTP_HAVE_MANAGER 1
-#endif
 
 namespace forq::server {
 namespace {
@@ -251,22 +244,16 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
 
 std::vector<const ServiceDescriptor*> RouteTable::ForqServices() {
   std::vector<const ServiceDescriptor*> out;
-  // Touching a message of each file links it and registers its descriptors.
+  // Touching a message of each file links its object (forq_api is a static
+  // library) and so registers its descriptors in the generated pool.
   out.push_back(
       forq::v1::SubmitRequest::descriptor()->file()->FindServiceByName(
           "TaskService"));
   out.push_back(
       forq::v1::GetPoolRequest::descriptor()->file()->FindServiceByName(
           "PoolService"));
-#ifdef FORQ_HTTP_HAVE_MANAGER
-  static const void* const kManagerTable =
-      &::descriptor_table_forq_2fv1_2fmanager_2eproto;
-  (void)kManagerTable;
-  const ServiceDescriptor* mgr =
-      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
-          "forq.v1.ManagerService");
-  if (mgr != nullptr) out.push_back(mgr);
-#endif
+  out.push_back(forq::v1::DictRequest::descriptor()->file()->FindServiceByName(
+      "ManagerService"));
   out.erase(std::remove(out.begin(), out.end(), nullptr), out.end());
   return out;
 }

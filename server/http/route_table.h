@@ -67,7 +67,7 @@ class RouteTable {
       const std::vector<const google::protobuf::ServiceDescriptor*>& services);
 
   // The forq.v1 services linked into this binary: TaskService, PoolService,
-  // and ManagerService when api/forq/v1/manager.proto exists.
+  // and ManagerService.
   static std::vector<const google::protobuf::ServiceDescriptor*> ForqServices();
 
   // Matches a request path (no query string). Picks the most specific
