@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -125,9 +126,126 @@ absl::Status SetFromText(Message* msg, absl::string_view path,
   return absl::OkStatus();
 }
 
+const FieldDescriptor* FieldByJsonKey(const Descriptor* type,
+                                      absl::string_view key) {
+  const std::string k(key);
+  const FieldDescriptor* f = type->FindFieldByName(k);
+  if (f == nullptr) f = type->FindFieldByCamelcaseName(k);
+  return f;
+}
+
+bool IsPlainMessage(const FieldDescriptor* f) {
+  return f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE &&
+         !absl::StartsWith(f->message_type()->full_name(), "google.protobuf.");
+}
+
+absl::Status Base64Strings(google::protobuf::Value* v, absl::string_view key) {
+  const auto bad = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", key, "' must hold text (a JSON string)"));
+  };
+  if (v->has_string_value()) {
+    v->set_string_value(absl::Base64Escape(v->string_value()));
+    return absl::OkStatus();
+  }
+  if (v->has_list_value()) {
+    for (auto& e : *v->mutable_list_value()->mutable_values()) {
+      if (!e.has_string_value()) return bad();
+      e.set_string_value(absl::Base64Escape(e.string_value()));
+    }
+    return absl::OkStatus();
+  }
+  if (v->has_struct_value()) {
+    for (auto& [k, e] : *v->mutable_struct_value()->mutable_fields()) {
+      if (!e.has_string_value()) return bad();
+      e.set_string_value(absl::Base64Escape(e.string_value()));
+    }
+    return absl::OkStatus();
+  }
+  return bad();
+}
+
+// Rewrites "<bytes field>_text": "..." (or "<jsonName>Text") into the bytes
+// field, base64-encoded, at every level of `s` (a JSON object for `type`).
+absl::Status TextKeysToBytes(const Descriptor* type,
+                             google::protobuf::Struct* s) {
+  auto& fields = *s->mutable_fields();
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : fields) keys.push_back(k);
+  for (const std::string& key : keys) {
+    google::protobuf::Value& v = fields[key];
+    if (const FieldDescriptor* f = FieldByJsonKey(type, key)) {
+      if (f->is_map()) {
+        const FieldDescriptor* val = f->message_type()->map_value();
+        if (IsPlainMessage(val) && v.has_struct_value()) {
+          for (auto& [mk, mv] : *v.mutable_struct_value()->mutable_fields()) {
+            if (mv.has_struct_value()) {
+              FORQ_RETURN_IF_ERROR(TextKeysToBytes(val->message_type(),
+                                                   mv.mutable_struct_value()));
+            }
+          }
+        }
+      } else if (IsPlainMessage(f) && v.has_struct_value()) {
+        FORQ_RETURN_IF_ERROR(
+            TextKeysToBytes(f->message_type(), v.mutable_struct_value()));
+      } else if (IsPlainMessage(f) && v.has_list_value()) {
+        for (auto& e : *v.mutable_list_value()->mutable_values()) {
+          if (e.has_struct_value()) {
+            FORQ_RETURN_IF_ERROR(
+                TextKeysToBytes(f->message_type(), e.mutable_struct_value()));
+          }
+        }
+      }
+      continue;
+    }
+    absl::string_view base(key);
+    if (!absl::ConsumeSuffix(&base, "_text") &&
+        !absl::ConsumeSuffix(&base, "Text")) {
+      continue;  // an unknown field; the parser reports it
+    }
+    const FieldDescriptor* target = FieldByJsonKey(type, base);
+    const FieldDescriptor* bytes_field =
+        target == nullptr  ? nullptr
+        : target->is_map() ? target->message_type()->map_value()
+                           : target;
+    if (bytes_field == nullptr ||
+        bytes_field->type() != FieldDescriptor::TYPE_BYTES) {
+      continue;
+    }
+    if (fields.count(target->name()) || fields.count(target->json_name())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("both '", target->name(), "' and '", key, "' are set"));
+    }
+    google::protobuf::Value moved = std::move(v);
+    fields.erase(key);
+    FORQ_RETURN_IF_ERROR(Base64Strings(&moved, key));
+    fields[target->name()] = std::move(moved);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseJsonInto(absl::string_view json, Message* msg,
                            absl::string_view what) {
   if (absl::StripAsciiWhitespace(json).empty()) return absl::OkStatus();
+  std::string rewritten;
+  // Text aliases of bytes fields are rare; only then pay for a second parse.
+  if (absl::StrContains(json, "_text\"") || absl::StrContains(json, "Text\"")) {
+    google::protobuf::Value v;
+    if (google::protobuf::util::JsonStringToMessage(
+            google::protobuf::StringPiece(json.data(), json.size()), &v)
+            .ok() &&
+        v.has_struct_value()) {
+      absl::Status s =
+          TextKeysToBytes(msg->GetDescriptor(), v.mutable_struct_value());
+      if (!s.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("invalid JSON ", what, ": ", s.message()));
+      }
+      if (google::protobuf::util::MessageToJsonString(v, &rewritten).ok()) {
+        json = rewritten;
+      }
+    }
+  }
   auto st = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(json.data(), json.size()), msg,
       ParseOptions());

@@ -46,9 +46,11 @@ std::unique_ptr<google::protobuf::Message> NewMessage(
 // Builds the request message(s) of `route` from path `bindings`, `query`
 // and `body`. A client-streaming route reads `body` as newline-delimited
 // JSON, one request message per non-empty line; every other route yields
-// exactly one message. Errors are InvalidArgument with a message naming the
-// offending parameter, field or line (malformed JSON, wrong types, unknown
-// fields, a body on a route that takes none, unknown query parameters).
+// exactly one message. In a JSON body any bytes field `x` may be given as
+// `x_text` (or `xText`): UTF-8 text stored as the bytes (for curl users; the
+// mapping itself wants base64). Errors are InvalidArgument with a message
+// naming the offending parameter, field or line (malformed JSON, wrong types,
+// unknown fields, a body on a route that takes none, unknown query parameters).
 absl::StatusOr<std::vector<std::unique_ptr<google::protobuf::Message>>>
 BuildRequests(const Route& route,
               const std::vector<std::pair<std::string, std::string>>& bindings,

@@ -5,6 +5,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "forq/v1/manager.pb.h"
 #include "forq/v1/task.pb.h"
 #include "tests/testing/status_matchers.h"
 
@@ -125,6 +126,34 @@ TEST_F(JsonTranscoderTest, BodyErrorsNameTheProblem) {
   EXPECT_THAT(Build("GET", "/v1/tasks/x", "", "{}"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("takes no request body")));
+}
+
+TEST_F(JsonTranscoderTest, TextAliasesFillBytesFields) {
+  auto r = Build("POST", "/v1/manager/dicts/d:set", "",
+                 R"({"key":"k","value_text":"héllo"})");
+  ASSERT_THAT(r, IsOk());
+  forq::v1::DictRequest req;
+  req.CopyFrom(*r->at(0));
+  EXPECT_EQ(req.name(), "d");
+  EXPECT_EQ(req.value(), "héllo");
+
+  r = Build("POST", "/v1/manager/dicts/d:update", "",
+            R"({"itemsText":{"a":"1","b":"2"}})");
+  ASSERT_THAT(r, IsOk());
+  req.CopyFrom(*r->at(0));
+  EXPECT_EQ(req.items().at("b"), "2");
+
+  EXPECT_THAT(Build("POST", "/v1/manager/dicts/d:set", "",
+                    R"({"value":"aGk=","value_text":"hi"})"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("both 'value' and 'value_text'")));
+  EXPECT_THAT(
+      Build("POST", "/v1/manager/dicts/d:set", "", R"({"value_text":5})"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("must hold text")));
+  EXPECT_THAT(
+      Build("POST", "/v1/manager/dicts/d:set", "", R"({"key_text":"x"})"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key_text")));
 }
 
 TEST_F(JsonTranscoderTest, MapBodyIsNdjson) {
