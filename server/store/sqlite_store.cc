@@ -1,13 +1,13 @@
 #include "server/store/sqlite_store.h"
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <system_error>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "spdlog/spdlog.h"
 
 #include "common/errno_status.h"
@@ -227,9 +227,7 @@ struct SqliteStore::PendingWrite {
   int64_t now_us = 0;
   InsertDone insert_done;
   WriteDone write_done;
-  // kPurge: set by the writer, read by PurgeExpired after `purged` fires.
-  absl::Notification* purge_finished = nullptr;
-  absl::StatusOr<int64_t>* purge_result = nullptr;
+  std::function<void(absl::StatusOr<int64_t>)> purge_done;
   // kInsert: filled by ApplyInsert.
   std::vector<InsertResult> results;
   int64_t purged = 0;
@@ -245,11 +243,10 @@ struct SqliteStore::PendingWrite {
         return;
       case Type::kPurge:
         if (status.ok()) {
-          *purge_result = purged;
+          purge_done(purged);
         } else {
-          *purge_result = std::move(status);
+          purge_done(std::move(status));
         }
-        purge_finished->Notify();
         return;
       default:
         write_done(std::move(status));
@@ -722,18 +719,28 @@ void SqliteStore::DeleteObject(std::string name, WriteDone done) {
 }
 
 absl::StatusOr<int64_t> SqliteStore::PurgeExpired(absl::Time now) {
-  absl::Notification finished;
+  // forq::Mutex rather than absl::Notification so TSan sees the handoff.
+  Mutex mu;
+  CondVar cv;
+  bool finished = false;
   absl::StatusOr<int64_t> result;
   auto op = std::make_unique<PendingWrite>();
   op->type = PendingWrite::Type::kPurge;
   op->now_us = absl::ToUnixMicros(now);
-  op->purge_finished = &finished;
-  op->purge_result = &result;
+  op->purge_done = [&](absl::StatusOr<int64_t> purged) {
+    MutexLock lock(&mu);
+    result = std::move(purged);
+    finished = true;
+    cv.SignalAll();
+  };
   if (auto rejected = Enqueue(std::move(op))) {
     return absl::UnavailableError(
         absl::StrCat("sqlite store ", path_, ": closed"));
   }
-  finished.WaitForNotification();
+  MutexLock lock(&mu);
+  while (!finished) {
+    cv.Wait(&mu);
+  }
   return result;
 }
 

@@ -477,6 +477,49 @@ TEST_P(StoreContractTest, ConcurrentInsertsFrom16ThreadsAreAllStored) {
   EXPECT_THAT(page.tasks, SizeIs(kThreads * kPerThread));
 }
 
+TEST_P(StoreContractTest, ReadsRunConcurrentlyWithWrites) {
+  constexpr int kWriters = 4;
+  constexpr int kPerWriter = 100;
+  std::atomic<int> writers_left{kWriters};
+  std::atomic<int> read_errors{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      for (int i = 0; i < kPerWriter; ++i) {
+        v1::Task task = MakeTask(absl::StrCat("w", w, "-", Id(i)));
+        EXPECT_THAT(InsertSync(*store_, {task}), IsOk());
+        task.set_state(v1::SUCCEEDED);
+        EXPECT_THAT(UpdateSync(*store_, {task}), IsOk());
+      }
+      writers_left.fetch_sub(1);
+    });
+  }
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&] {
+      while (writers_left.load() > 0) {
+        ListQuery query;
+        query.state = v1::SUCCEEDED;
+        if (!store_->List(query).ok()) {
+          read_errors.fetch_add(1);
+        }
+        auto got = store_->Get("w0-t000000");
+        if (!got.ok() && got.status().code() != absl::StatusCode::kNotFound) {
+          read_errors.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) {
+    thread.join();
+  }
+  EXPECT_EQ(read_errors.load(), 0);
+  ListQuery query;
+  query.state = v1::SUCCEEDED;
+  query.page_size = 1000;
+  FORQ_ASSERT_OK_AND_ASSIGN(ListPage page, store_->List(query));
+  EXPECT_THAT(page.tasks, SizeIs(kWriters * kPerWriter));
+}
+
 TEST_P(StoreContractTest, WritesFromOneThreadApplyInOrder) {
   ASSERT_THAT(InsertSync(*store_, {MakeTask("a1")}), IsOk());
   absl::Notification last;
