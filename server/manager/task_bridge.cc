@@ -1,0 +1,30 @@
+#include "server/manager/task_bridge.h"
+
+#include <utility>
+
+#include "worker/manager_client.h"
+
+namespace forq::server {
+
+void HandleManagerTaskCall(
+    ObjectManager& core, absl::string_view task_id, absl::string_view request,
+    std::function<void(absl::StatusOr<std::string>)> reply) {
+  absl::StatusOr<worker::ManagerRequest> req =
+      worker::DecodeManagerRequest(request);
+  if (!req.ok()) {
+    reply(req.status());
+    return;
+  }
+  core.Execute(
+      *std::move(req),
+      [reply = std::move(reply)](absl::StatusOr<worker::ManagerReply> r) {
+        if (!r.ok()) {
+          reply(r.status());
+        } else {
+          reply(worker::EncodeManagerReply(*r));
+        }
+      },
+      task_id);
+}
+
+}  // namespace forq::server

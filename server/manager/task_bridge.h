@@ -1,0 +1,27 @@
+// Serves Manager calls that tasks make through TaskContext::Call: decodes
+// the worker/manager_client.h wire format (untrusted), runs the request on
+// the core, encodes the reply.
+#ifndef FORQ_SERVER_MANAGER_TASK_BRIDGE_H_
+#define FORQ_SERVER_MANAGER_TASK_BRIDGE_H_
+
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+#include "server/manager/object_manager.h"
+
+namespace forq::server {
+
+// Decodes `request` and runs it on `core`, tagging a parked call with
+// `task_id` (for ObjectManager::CancelTagged). `reply` gets the encoded
+// ManagerReply or an error status, exactly once, maybe later. Garbage
+// input gets InvalidArgument and never reaches the core.
+void HandleManagerTaskCall(
+    ObjectManager& core, absl::string_view task_id, absl::string_view request,
+    std::function<void(absl::StatusOr<std::string>)> reply);
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_MANAGER_TASK_BRIDGE_H_
