@@ -1,5 +1,9 @@
 #include "server/store/sqlite_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -286,6 +290,26 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
   }
   const std::string path = absl::StrCat(options.data_dir, "/forq.db");
 
+  // Two writers on one file would each think they own every task; the
+  // kernel drops the flock when the process dies, so kill -9 never leaves
+  // a stale lock behind.
+  const std::string lock_path = absl::StrCat(options.data_dir, "/forq.lock");
+  ScopedFd lock(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!lock.valid()) {
+    const int err = errno;
+    return ErrnoToStatus(err,
+                         absl::StrCat("sqlite store: open lock ", lock_path));
+  }
+  if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sqlite store: data_dir ", options.data_dir,
+          " is in use by another forqd or store (", lock_path, " is locked)"));
+    }
+    return ErrnoToStatus(err, absl::StrCat("sqlite store: lock ", lock_path));
+  }
+
   auto writer = std::make_unique<Writer>();
   FORQ_ASSIGN_OR_RETURN(
       writer->db,
@@ -397,7 +421,7 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
               "expires_at_us <= ?1"));
 
   auto store = std::unique_ptr<SqliteStore>(
-      new SqliteStore(options, path, std::move(writer)));
+      new SqliteStore(options, path, std::move(lock), std::move(writer)));
   // Open one reader now so a file the readers cannot use fails OpenStore,
   // not the first Get.
   FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Reader> reader, store->AcquireReader());
@@ -411,10 +435,11 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
 }
 
 SqliteStore::SqliteStore(const StoreOptions& options, std::string path,
-                         std::unique_ptr<Writer> writer)
+                         ScopedFd dir_lock, std::unique_ptr<Writer> writer)
     : path_(std::move(path)),
       durability_(options.durability),
       batch_interval_(options.batch_interval),
+      lock_(std::move(dir_lock)),
       writer_(std::move(writer)) {
   MutexLock lock(&close_mu_);
   writer_thread_ = std::thread([this] { WriterLoop(); });

@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 
 #include "common/mutex.h"
+#include "common/scoped_fd.h"
 #include "server/store/store.h"
 
 struct sqlite3;
@@ -44,11 +45,13 @@ class SqliteStore final : public Store {
   // was written by a newer forqd and is refused.
   static constexpr int kSchemaVersion = 1;
 
-  // Creates options.data_dir if needed and opens (or creates)
-  // <data_dir>/forq.db. Errors name the file and the SQLite message:
-  // Unavailable/PermissionDenied if the dir or file cannot be created or
-  // written, DataLoss if the file is not a valid database,
-  // FailedPrecondition if its schema is newer than this code.
+  // Creates options.data_dir if needed, locks it (flock on
+  // <data_dir>/forq.lock, so two stores or two forqd never share one
+  // directory) and opens (or creates) <data_dir>/forq.db. Errors name the
+  // file and the cause: Unavailable/PermissionDenied if the dir or file
+  // cannot be created or written, FailedPrecondition if the dir is locked
+  // by another store or the schema is newer than this code, DataLoss if the
+  // file is not a valid database.
   static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(
       const StoreOptions& options);
 
@@ -77,7 +80,7 @@ class SqliteStore final : public Store {
   struct Reader;
   class ReaderLease;
 
-  SqliteStore(const StoreOptions& options, std::string path,
+  SqliteStore(const StoreOptions& options, std::string path, ScopedFd lock,
               std::unique_ptr<Writer> writer);
 
   // Queues `op`; returns it back (to be failed by the caller) once closed.
@@ -104,6 +107,9 @@ class SqliteStore final : public Store {
   const std::string path_;
   const Durability durability_;
   const absl::Duration batch_interval_;
+  // flock()ed <data_dir>/forq.lock; declared before writer_ so it is
+  // released only after the database is closed.
+  const ScopedFd lock_;
 
   // Used only by the writer thread (and by Open before it starts).
   const std::unique_ptr<Writer> writer_;

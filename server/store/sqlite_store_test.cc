@@ -107,8 +107,8 @@ TEST(SqliteStoreTest, UnwritableDataDirIsAClearError) {
   TempDir dir;
   ASSERT_EQ(chmod(dir.path().c_str(), 0555), 0);
   auto store = SqliteStore::Open(OptionsFor(dir.path()));
-  EXPECT_THAT(store, StatusIs(absl::StatusCode::kUnavailable,
-                              HasSubstr(absl::StrCat(dir.path(), "/forq.db"))));
+  EXPECT_THAT(store, StatusIs(absl::StatusCode::kPermissionDenied,
+                              HasSubstr(dir.path())));
 }
 
 TEST(SqliteStoreTest, DatabasePathThatIsADirectoryIsUnavailable) {
@@ -116,6 +116,17 @@ TEST(SqliteStoreTest, DatabasePathThatIsADirectoryIsUnavailable) {
   ASSERT_TRUE(std::filesystem::create_directory(dir.path() + "/forq.db"));
   EXPECT_THAT(SqliteStore::Open(OptionsFor(dir.path())),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("forq.db")));
+}
+
+TEST(SqliteStoreTest, SecondStoreOnSameDataDirIsRefused) {
+  TempDir dir;
+  FORQ_ASSERT_OK_AND_ASSIGN(auto first,
+                            SqliteStore::Open(OptionsFor(dir.path())));
+  EXPECT_THAT(
+      SqliteStore::Open(OptionsFor(dir.path())),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("is in use")));
+  first.reset();
+  EXPECT_THAT(SqliteStore::Open(OptionsFor(dir.path())), IsOk());
 }
 
 TEST(SqliteStoreTest, CorruptFileIsDataLoss) {
