@@ -1747,7 +1747,19 @@ uint64_t ObjectManager::epoch() {
   return epoch_;
 }
 
+bool ObjectManager::AwaitWaiterCount(size_t n, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  MutexLock lock(&mu_);
+  while (waiters_.size() != n) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return false;
+    waiters_changed_.WaitWithTimeout(&mu_, left);
+  }
+  return true;
+}
+
 void ObjectManager::UpdateGaugesLocked() {
+  waiters_changed_.SignalAll();
   gauges_->waiters.store(static_cast<int64_t>(waiters_.size()),
                          std::memory_order_relaxed);
   gauges_->sessions.store(static_cast<int64_t>(sessions_.size()),

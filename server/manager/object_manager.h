@@ -139,6 +139,10 @@ class ObjectManager {
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
   size_t waiter_count() ABSL_LOCKS_EXCLUDED(mu_);
+  // Blocks until exactly `n` operations are parked or `timeout` passes;
+  // returns whether the count was reached. For tests and benchmarks.
+  bool AwaitWaiterCount(size_t n, absl::Duration timeout)
+      ABSL_LOCKS_EXCLUDED(mu_);
   size_t session_count() ABSL_LOCKS_EXCLUDED(mu_);
   size_t object_count() ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t epoch() ABSL_LOCKS_EXCLUDED(mu_);
@@ -313,6 +317,7 @@ class ObjectManager {
   const std::shared_ptr<Gauges> gauges_;
 
   Mutex mu_;
+  CondVar waiters_changed_;
   std::map<std::string, Object> objects_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);

@@ -1,0 +1,401 @@
+// libforq Manager proxies: shared objects on a forqd (multiprocessing.Manager
+// over the network). Objects are created on first use; values are bytes.
+//
+//   forq::Manager m(client->channel());
+//   m.dict("cfg").Set("k", "v");
+//   forq::Queue q = m.queue("jobs");
+//   q.Put("a");  auto item = q.Get(absl::Seconds(5));
+//   { auto guard = m.lock("l1").Guard();  // RAII: released at scope end
+//     if (guard.ok()) UseFencedResource(guard->token()); }
+//
+// Sessions: locks, RLocks, Conditions and semaphore permits are owned by the
+// Manager's session. It is opened on first use with options.session_ttl and
+// renewed by a background thread every ttl/3 (and by every call naming it).
+// If the process dies or stalls past the TTL, forqd releases what it held
+// and later holders get larger fencing tokens. If the session is lost (e.g.
+// forqd restarted), the next lock operation opens a fresh one; the old
+// holdings are gone, which is what fencing tokens are for.
+//
+// Errors are absl::Status with the server's code: FailedPrecondition for a
+// name used with another type or a release without holding, Aborted for a
+// compare-and-set conflict, OutOfRange for a bad index, DeadlineExceeded for
+// a queue get / pipe recv timeout, ResourceExhausted for a queue put
+// timeout on a full queue.
+#ifndef FORQ_CLIENT_MANAGER_H_
+#define FORQ_CLIENT_MANAGER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+#include "common/mutex.h"
+#include "forq/v1/manager.pb.h"
+
+namespace grpc {
+class Channel;
+}  // namespace grpc
+
+namespace forq {
+
+class Client;
+class Manager;
+
+struct ManagerOptions {
+  // Deadline of non-blocking calls, and the slack added to blocking ones.
+  absl::Duration rpc_timeout = absl::Seconds(30);
+  // Lease of the session that owns this Manager's locks and permits.
+  absl::Duration session_ttl = absl::Seconds(30);
+  // Shown in forqd's logs.
+  std::string client_name = "libforq";
+};
+
+// Proxies are cheap handles (the Manager plus a name), valid while their
+// Manager lives. Thread-safe.
+class Dict {
+ public:
+  // NotFound when the key is absent.
+  absl::StatusOr<std::string> Get(absl::string_view key) const;
+  absl::Status Set(absl::string_view key, absl::string_view value) const;
+  // True if the key was present.
+  absl::StatusOr<bool> Delete(absl::string_view key) const;
+  absl::StatusOr<bool> Contains(absl::string_view key) const;
+  absl::StatusOr<std::vector<std::string>> Keys() const;
+  absl::StatusOr<std::map<std::string, std::string>> Items() const;
+  absl::StatusOr<int64_t> Len() const;
+  absl::Status Update(const std::map<std::string, std::string>& items) const;
+  absl::Status Clear() const;
+  // Sets key to `value` if it holds `expected` (nullopt: if it is absent);
+  // Aborted otherwise.
+  absl::Status CompareAndSet(absl::string_view key,
+                             std::optional<std::string> expected,
+                             absl::string_view value) const;
+  // dict.setdefault: returns the value stored after the call.
+  absl::StatusOr<std::string> SetIfAbsent(absl::string_view key,
+                                          absl::string_view value) const;
+
+ private:
+  friend class Manager;
+  Dict(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+class List {
+ public:
+  // Mutators return the length afterwards.
+  absl::StatusOr<int64_t> Append(absl::string_view value) const;
+  absl::StatusOr<int64_t> Extend(const std::vector<std::string>& values) const;
+  // Negative indices count from the end; OutOfRange when outside.
+  absl::StatusOr<std::string> Get(int64_t index) const;
+  absl::Status Set(int64_t index, absl::string_view value) const;
+  absl::StatusOr<std::string> Pop(std::optional<int64_t> index = {}) const;
+  absl::Status Insert(int64_t index, absl::string_view value) const;
+  // NotFound when no item equals `value`.
+  absl::Status Remove(absl::string_view value) const;
+  absl::StatusOr<int64_t> Len() const;
+  absl::StatusOr<std::vector<std::string>> Slice(
+      std::optional<int64_t> start = {},
+      std::optional<int64_t> stop = {}) const;
+  absl::Status Clear() const;
+  // Atomically adds a decimal `delta` to the number at `index`; returns the
+  // new value.
+  absl::StatusOr<std::string> Add(int64_t index, absl::string_view delta) const;
+
+ private:
+  friend class Manager;
+  List(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+class Value {
+ public:
+  absl::StatusOr<std::string> Get() const;
+  absl::Status Set(absl::string_view value) const;
+  absl::StatusOr<std::string> Add(absl::string_view delta) const;
+  // Aborted when the stored value is not `expected`.
+  absl::Status CompareAndSet(absl::string_view expected,
+                             absl::string_view value) const;
+
+ private:
+  friend class Manager;
+  Value(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+// Fixed-length numbers ("i" int64 or "d" double) as decimal text.
+class Array {
+ public:
+  absl::StatusOr<std::string> Get(int64_t index) const;
+  absl::Status Set(int64_t index, absl::string_view value) const;
+  absl::StatusOr<std::string> Add(int64_t index, absl::string_view delta) const;
+  absl::StatusOr<std::vector<std::string>> Slice(
+      std::optional<int64_t> start = {},
+      std::optional<int64_t> stop = {}) const;
+  absl::StatusOr<int64_t> Len() const;
+
+ private:
+  friend class Manager;
+  Array(Manager* m, std::string name, int64_t length, std::string typecode)
+      : m_(m), name_(std::move(name)), length_(length), typecode_(typecode) {}
+  v1::ArrayRequest Base() const;
+  Manager* m_;
+  std::string name_;
+  int64_t length_;
+  std::string typecode_;
+};
+
+class Namespace {
+ public:
+  absl::StatusOr<std::string> Get(absl::string_view attr) const;
+  absl::Status Set(absl::string_view attr, absl::string_view value) const;
+  absl::Status Delete(absl::string_view attr) const;
+  absl::StatusOr<std::map<std::string, std::string>> List() const;
+
+ private:
+  friend class Manager;
+  Namespace(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+class Queue {
+ public:
+  // Blocks while full; ResourceExhausted after `timeout` (zero = no wait).
+  absl::Status Put(absl::string_view item,
+                   absl::Duration timeout = absl::InfiniteDuration()) const;
+  // Blocks while empty; DeadlineExceeded after `timeout`.
+  absl::StatusOr<std::string> Get(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  // size, maxsize, empty, full, unfinished.
+  absl::StatusOr<v1::QueueResponse> Size() const;
+  absl::Status TaskDone() const;
+  absl::Status Join(absl::Duration timeout = absl::InfiniteDuration()) const;
+
+ private:
+  friend class Manager;
+  Queue(Manager* m, std::string name, int64_t maxsize)
+      : m_(m), name_(std::move(name)), maxsize_(maxsize) {}
+  Manager* m_;
+  std::string name_;
+  int64_t maxsize_;
+};
+
+// End 0 and end 1; each sends to the other.
+class Pipe {
+ public:
+  absl::Status Send(int end, absl::string_view message) const;
+  absl::StatusOr<std::string> Recv(
+      int end, absl::Duration timeout = absl::InfiniteDuration()) const;
+  absl::StatusOr<bool> Poll(int end) const;
+
+ private:
+  friend class Manager;
+  Pipe(Manager* m, std::string name, bool one_way)
+      : m_(m), name_(std::move(name)), one_way_(one_way) {}
+  Manager* m_;
+  std::string name_;
+  bool one_way_;
+};
+
+// Releases a held lock when destroyed. Move-only.
+class LockGuard {
+ public:
+  LockGuard(LockGuard&& other) noexcept;
+  LockGuard& operator=(LockGuard&& other) noexcept;
+  ~LockGuard();
+  uint64_t token() const { return token_; }
+  // Releases now (idempotent); the error of the release RPC, if any.
+  absl::Status Release();
+
+ private:
+  friend class Lock;
+  friend class RLock;
+  LockGuard(Manager* m, std::string name, bool reentrant, uint64_t token)
+      : m_(m), name_(std::move(name)), reentrant_(reentrant), token_(token) {}
+  Manager* m_;
+  std::string name_;
+  bool reentrant_;
+  uint64_t token_;
+};
+
+struct LockGrant {
+  bool acquired = false;
+  // Strictly increasing per lock; pass it to the protected resource.
+  uint64_t token = 0;
+};
+
+class Lock {
+ public:
+  // acquired = false when `timeout` passed first.
+  absl::StatusOr<LockGrant> Acquire(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  absl::Status Release() const;
+  // Acquires and returns a guard; DeadlineExceeded when `timeout` passed.
+  absl::StatusOr<LockGuard> Guard(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+
+ private:
+  friend class Manager;
+  Lock(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+// Re-entrant per calling thread (the owner is session + thread).
+class RLock {
+ public:
+  absl::StatusOr<LockGrant> Acquire(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  absl::Status Release() const;
+  absl::StatusOr<LockGuard> Guard(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+
+ private:
+  friend class Manager;
+  RLock(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+class Semaphore {
+ public:
+  // False when `timeout` passed first.
+  absl::StatusOr<bool> Acquire(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  // BoundedSemaphore: FailedPrecondition beyond the initial value.
+  absl::Status Release() const;
+  absl::StatusOr<int64_t> Value() const;
+
+ private:
+  friend class Manager;
+  Semaphore(Manager* m, std::string name, int64_t initial, bool bounded)
+      : m_(m), name_(std::move(name)), initial_(initial), bounded_(bounded) {}
+  v1::SemaphoreRequest Base() const;
+  Manager* m_;
+  std::string name_;
+  int64_t initial_;
+  bool bounded_;
+};
+
+class Event {
+ public:
+  absl::Status Set() const;
+  absl::Status Clear() const;
+  absl::StatusOr<bool> IsSet() const;
+  // False when `timeout` passed first.
+  absl::StatusOr<bool> Wait(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+
+ private:
+  friend class Manager;
+  Event(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Manager* m_;
+  std::string name_;
+};
+
+// Condition with its own re-entrant lock; owner = session + thread.
+class Condition {
+ public:
+  absl::StatusOr<bool> Acquire(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  absl::Status Release() const;
+  // Requires holding the lock. Returns false when `timeout` passed first;
+  // the lock is held again either way.
+  absl::StatusOr<bool> Wait(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  // Returns how many waiters were woken.
+  absl::StatusOr<int> Notify(int n = 1) const;
+  absl::StatusOr<int> NotifyAll() const;
+
+ private:
+  friend class Manager;
+  Condition(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  v1::ConditionRequest Base(absl::Duration timeout) const;
+  Manager* m_;
+  std::string name_;
+};
+
+// A connection to forqd's ManagerService. Thread-safe; share one per
+// process (one session).
+class Manager {
+ public:
+  explicit Manager(std::shared_ptr<grpc::Channel> channel,
+                   ManagerOptions options = {});
+  explicit Manager(const Client& client, ManagerOptions options = {});
+  // Stops the keepalive thread and closes the session (releasing whatever
+  // it still holds).
+  ~Manager();
+  Manager(const Manager&) = delete;
+  Manager& operator=(const Manager&) = delete;
+
+  Dict dict(absl::string_view name) { return Dict(this, std::string(name)); }
+  List list(absl::string_view name) { return List(this, std::string(name)); }
+  Value value(absl::string_view name) { return Value(this, std::string(name)); }
+  // `length` and `typecode` create the array on first use.
+  Array array(absl::string_view name, int64_t length = 0,
+              absl::string_view typecode = "") {
+    return Array(this, std::string(name), length, std::string(typecode));
+  }
+  Namespace ns(absl::string_view name) {
+    return Namespace(this, std::string(name));
+  }
+  Queue queue(absl::string_view name, int64_t maxsize = 0) {
+    return Queue(this, std::string(name), maxsize);
+  }
+  Pipe pipe(absl::string_view name, bool one_way = false) {
+    return Pipe(this, std::string(name), one_way);
+  }
+  Lock lock(absl::string_view name) { return Lock(this, std::string(name)); }
+  RLock rlock(absl::string_view name) { return RLock(this, std::string(name)); }
+  Semaphore semaphore(absl::string_view name, int64_t value = 1) {
+    return Semaphore(this, std::string(name), value, false);
+  }
+  Semaphore bounded_semaphore(absl::string_view name, int64_t value = 1) {
+    return Semaphore(this, std::string(name), value, true);
+  }
+  Event event(absl::string_view name) { return Event(this, std::string(name)); }
+  Condition condition(absl::string_view name) {
+    return Condition(this, std::string(name));
+  }
+
+  // The session id, opening the session (and the keepalive thread) if
+  // needed.
+  absl::StatusOr<std::string> session() ABSL_LOCKS_EXCLUDED(mu_);
+  // Closes the session now; its holdings are released.
+  absl::Status CloseSession() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<v1::ListObjectsResponse> ListObjects(absl::string_view prefix);
+  absl::StatusOr<bool> DeleteObject(absl::string_view name);
+
+  const ManagerOptions& options() const { return options_; }
+
+  // Internal: the RPC plumbing proxies use.
+  struct Rpc;
+  Rpc& rpc() { return *rpc_; }
+
+ private:
+  void KeepAliveLoop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  const ManagerOptions options_;
+  std::unique_ptr<Rpc> rpc_;
+  Mutex mu_;
+  CondVar cv_;
+  std::string session_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread keepalive_;
+};
+
+}  // namespace forq
+
+#endif  // FORQ_CLIENT_MANAGER_H_
