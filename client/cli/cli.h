@@ -53,6 +53,10 @@ void AddJsonFlag(CLI::App* cmd, CliContext& ctx);
 void AddTaskCommands(CLI::App& app, CliContext& ctx);
 void AddPoolCommands(CLI::App& app, CliContext& ctx);
 void AddManagerCommands(CLI::App& app, CliContext& ctx);
+void AddMapCommands(CLI::App& app, CliContext& ctx);
+// Adds examples and exit codes to the help of the app and its commands; call
+// after every command is registered.
+void AddHelpFooters(CLI::App& app);
 
 }  // namespace forq::cli
 

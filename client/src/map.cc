@@ -36,7 +36,14 @@ struct MapStream::State {
   v1::MapResult resp;
   MapItem item;
 
-  ~State() { Close(); }
+  ~State() {
+    if (!done && rpc != nullptr) {
+      // Abandoned mid-stream: cancel so Finish returns promptly.
+      ctx.TryCancel();
+      rpc->Finish();
+    }
+    Close();
+  }
 
   void Close() {
     if (on_close) std::exchange(on_close, nullptr)();
@@ -128,12 +135,7 @@ MapStream::MapStream(std::unique_ptr<State> state) : state_(std::move(state)) {}
 MapStream::MapStream(MapStream&&) noexcept = default;
 MapStream& MapStream::operator=(MapStream&&) noexcept = default;
 
-MapStream::~MapStream() {
-  if (state_ == nullptr || state_->done || state_->rpc == nullptr) return;
-  // Abandoned mid-stream: cancel so Finish returns promptly.
-  state_->ctx.TryCancel();
-  state_->rpc->Finish();
-}
+MapStream::~MapStream() = default;
 
 MapStream MapStream::Open(std::shared_ptr<grpc::Channel> channel,
                           absl::string_view kind, MapSource inputs,
