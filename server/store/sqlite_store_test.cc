@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "server/store/test_latch.h"
 #include "tests/testing/status_matchers.h"
 
 #include <sqlite3.h>
@@ -69,14 +69,14 @@ v1::Task MakeTask(absl::string_view id, size_t payload_size = 16) {
 }
 
 absl::Status InsertSync(Store& store, std::vector<v1::Task> tasks) {
-  absl::Notification done;
+  TestLatch done;
   absl::Status out;
   store.Insert(std::move(tasks),
                [&](absl::StatusOr<std::vector<InsertResult>> result) {
                  out = result.status();
                  done.Notify();
                });
-  done.WaitForNotification();
+  done.Wait();
   return out;
 }
 
@@ -214,7 +214,7 @@ TEST(SqliteStoreTest, ReadsDoNotWaitForQueuedWrites) {
   ASSERT_THAT(InsertSync(*store, {MakeTask("first")}), IsOk());
   // The first sync after idle is immediate; this one is held for ~30 s
   // while reads go on from their own connections.
-  absl::Notification acked;
+  TestLatch acked;
   store->Insert(
       {MakeTask("second")},
       [&](absl::StatusOr<std::vector<InsertResult>>) { acked.Notify(); });

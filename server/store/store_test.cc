@@ -17,13 +17,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "server/store/test_latch.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq::server {
@@ -72,28 +72,28 @@ v1::Task MakeTask(absl::string_view id, absl::string_view queue = "default",
 std::string Id(int n) { return absl::StrFormat("t%06d", n); }
 
 // Blocking wrappers around the asynchronous writes. They wait on a
-// Notification that the done callback fires, never on a sleep.
+// latch that the done callback fires, never on a sleep.
 absl::StatusOr<std::vector<InsertResult>> InsertSync(
     Store& store, std::vector<v1::Task> tasks) {
-  absl::Notification done;
+  TestLatch done;
   absl::StatusOr<std::vector<InsertResult>> out;
   store.Insert(std::move(tasks),
                [&](absl::StatusOr<std::vector<InsertResult>> result) {
                  out = std::move(result);
                  done.Notify();
                });
-  done.WaitForNotification();
+  done.Wait();
   return out;
 }
 
 absl::Status WriteSync(const std::function<void(Store::WriteDone)>& write) {
-  absl::Notification done;
+  TestLatch done;
   absl::Status out;
   write([&](absl::Status status) {
     out = std::move(status);
     done.Notify();
   });
-  done.WaitForNotification();
+  done.Wait();
   return out;
 }
 
@@ -522,7 +522,7 @@ TEST_P(StoreContractTest, ReadsRunConcurrentlyWithWrites) {
 
 TEST_P(StoreContractTest, WritesFromOneThreadApplyInOrder) {
   ASSERT_THAT(InsertSync(*store_, {MakeTask("a1")}), IsOk());
-  absl::Notification last;
+  TestLatch last;
   for (int i = 1; i <= 50; ++i) {
     v1::Task task = MakeTask("a1");
     task.set_attempt(i);
@@ -533,7 +533,7 @@ TEST_P(StoreContractTest, WritesFromOneThreadApplyInOrder) {
       }
     });
   }
-  last.WaitForNotification();
+  last.Wait();
   FORQ_ASSERT_OK_AND_ASSIGN(v1::Task got, store_->Get("a1"));
   EXPECT_EQ(got.attempt(), 50);
 }
