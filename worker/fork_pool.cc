@@ -155,6 +155,7 @@ class ForkPool : public WorkerPool {
   std::vector<WorkerInfo> Workers() override ABSL_LOCKS_EXCLUDED(mu_);
   int size() const override { return static_cast<int>(slots_.size()); }
   int supervisor_pid() const override { return supervisor_pid_; }
+  std::vector<std::string> Kinds() const override { return registry_->Kinds(); }
   void Shutdown() override ABSL_LOCKS_EXCLUDED(mu_);
 
   // Sends the reply of a TaskContext::Call, if the calling attempt is still

@@ -484,6 +484,11 @@ TEST_F(ForkPoolTest, LoadsPluginAndRunsItsHandler) {
   Outcome o = RunAndWait("example.reverse", "abc");
   EXPECT_EQ(o.kind, OutcomeKind::kSucceeded) << o.status;
   EXPECT_EQ(o.result, "cba");
+  // Kinds() lists built-ins and plugin kinds, so forqd can refuse others.
+  std::vector<std::string> kinds = pool_->Kinds();
+  EXPECT_THAT(kinds, ::testing::Contains("example.reverse"));
+  EXPECT_THAT(kinds, ::testing::Contains("primes"));
+  EXPECT_THAT(kinds, ::testing::Not(::testing::Contains("no.such.kind")));
 }
 
 TEST(ForkPoolPluginTest, BadPluginIsInvalidArgument) {
