@@ -8,8 +8,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 
+#include "forq/v1/pool.pb.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -144,17 +146,12 @@ int ParentPid(int pid) {
 TEST_F(CliTest, WorkersListsLivePidsUnderTheSupervisor) {
   CommandResult r = Forq({"workers", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  // Parse pids out of the JSON text.
+  v1::PoolStatus pool;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &pool).ok())
+      << r.out;
   std::vector<int> pids;
-  int supervisor = 0;
-  for (absl::string_view part : absl::StrSplit(r.out, ',')) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(part, ':');
-    std::string key(absl::StripAsciiWhitespace(kv.first));
-    int v = 0;
-    if (!absl::SimpleAtoi(absl::StripSuffix(kv.second, "}"), &v)) continue;
-    if (absl::EndsWith(key, "\"pid\"")) pids.push_back(v);
-    if (absl::EndsWith(key, "\"supervisor_pid\"")) supervisor = v;
-  }
+  for (const v1::Worker& w : pool.workers()) pids.push_back(w.pid());
+  int supervisor = pool.supervisor_pid();
   ASSERT_EQ(pids.size(), 2u) << r.out;
   ASSERT_GT(supervisor, 0) << r.out;
   EXPECT_EQ(ParentPid(supervisor), forqd_->pid());
