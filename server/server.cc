@@ -2,12 +2,16 @@
 
 #include <unistd.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "spdlog/spdlog.h"
 
+#include "server/http/grpc_metrics.h"
+#include "server/http/http_gateway.h"
+#include "server/manager/manager_service.h"
 #include "server/rpc/pool_service.h"
 #include "server/rpc/task_service.h"
 
@@ -37,9 +41,22 @@ absl::Status Server::Start() {
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
 
+  manager_ = std::make_unique<ManagerService>(store_.get(), &metrics_);
+  absl::Status s = manager_->Recover();
+  if (!s.ok()) return s;
+
   scheduler_ = std::make_unique<Scheduler>(options_.scheduler, *store_, *pool_,
                                            metrics_);
-  absl::Status s = scheduler_->Start();
+  ManagerService* manager = manager_.get();
+  scheduler_->SetCallHandler(
+      [manager](absl::string_view task_id, std::string request,
+                std::function<void(absl::StatusOr<std::string>)> reply) {
+        manager->HandleTaskCall(task_id, std::move(request), std::move(reply));
+      });
+  scheduler_->SetAttemptEndHandler([manager](absl::string_view task_id) {
+    manager->CancelTaskCalls(task_id);
+  });
+  s = scheduler_->Start();
   if (!s.ok()) return s;
 
   services_->tasks = std::make_unique<TaskServiceImpl>(*scheduler_);
@@ -54,6 +71,12 @@ absl::Status Server::Start() {
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   builder.RegisterService(services_->tasks.get());
   builder.RegisterService(services_->pool.get());
+  builder.RegisterService(manager_->grpc_service());
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(MakeGrpcMetricsInterceptorFactory(&metrics_));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_server_ = builder.BuildAndStart();
   if (grpc_server_ == nullptr || grpc_port_ == 0) {
     return absl::UnavailableError(
@@ -62,9 +85,46 @@ absl::Status Server::Start() {
   }
   grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
+  // REST is a gateway onto the gRPC port: one code path for both front ends.
+  std::string grpc_host =
+      options_.grpc_addr.substr(0, options_.grpc_addr.rfind(':'));
+  if (grpc_host.empty() || grpc_host == "0.0.0.0" || grpc_host == "[::]") {
+    grpc_host = "127.0.0.1";
+  }
+  HttpGatewayOptions http;
+  http.listen = options_.http_addr;
+  http.grpc_target = absl::StrCat(grpc_host, ":", grpc_port_);
+  http.metrics = &metrics_;
+  Scheduler* scheduler = scheduler_.get();
+  worker::WorkerPool* pool = pool_.get();
+  http.readiness = [scheduler, pool] {
+    ReadyState r;
+    r.store_open = true;
+    for (const worker::WorkerInfo& w : pool->Workers()) {
+      if (w.state == worker::WorkerState::kIdle ||
+          w.state == worker::WorkerState::kBusy) {
+        ++r.live_workers;
+      }
+    }
+    r.draining = scheduler->draining() || !scheduler->accepting();
+    r.ready = r.live_workers > 0 && !r.draining;
+    if (r.draining) {
+      r.message = "draining";
+    } else if (r.live_workers == 0) {
+      r.message = "no live workers";
+    }
+    return r;
+  };
+  http_ = std::make_unique<HttpGateway>(std::move(http));
+  absl::StatusOr<int> http_port = http_->Start();
+  if (!http_port.ok()) return http_port.status();
+  http_port_ = *http_port;
+
   spdlog::info(
-      "forqd serving gRPC on port {} with {} workers (store: {} in {})",
-      grpc_port_, pool_->size(), options_.store.kind, options_.store.data_dir);
+      "forqd serving gRPC on port {} and HTTP on port {} with {} workers "
+      "(store: {} in {})",
+      grpc_port_, http_port_, pool_->size(), options_.store.kind,
+      options_.store.data_dir);
   if (options_.ready_fd >= 0) {
     std::string line =
         absl::StrCat("grpc_port=", grpc_port_, " http_port=", http_port_, "\n");
@@ -85,6 +145,8 @@ void Server::Shutdown() {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   }
   if (scheduler_ != nullptr) scheduler_->Shutdown(options_.drain_grace);
+  if (manager_ != nullptr) manager_->Shutdown();
+  if (http_ != nullptr) http_->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   }

@@ -21,6 +21,11 @@ class Server;
 }
 
 namespace forq::server {
+class HttpGateway;
+class ManagerService;
+}  // namespace forq::server
+
+namespace forq::server {
 
 struct ServerOptions {
   // host:port; port 0 picks a free port.
@@ -66,7 +71,9 @@ class Server {
   std::unique_ptr<worker::WorkerPool> pool_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ManagerService> manager_;
   std::unique_ptr<Services> services_;
+  std::unique_ptr<HttpGateway> http_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int grpc_port_ = 0;
   int http_port_ = 0;

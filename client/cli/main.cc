@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   forq::cli::AddTaskCommands(app, ctx);
   forq::cli::AddPoolCommands(app, ctx);
+  forq::cli::AddManagerCommands(app, ctx);
   forq::cli::AddMapCommands(app, ctx);
   forq::cli::AddHelpFooters(app);
   try {

@@ -131,6 +131,11 @@ void Scheduler::SetCallHandler(
   call_handler_ = std::move(handler);
 }
 
+void Scheduler::SetAttemptEndHandler(
+    std::function<void(absl::string_view)> handler) {
+  attempt_end_handler_ = std::move(handler);
+}
+
 absl::Status Scheduler::Start() {
   for (const std::string& k : pool_.Kinds()) kinds_.insert(k);
 
@@ -547,6 +552,9 @@ void Scheduler::OnOutcome(worker::Outcome o) {
     v1::Task& t = e.task;
     --running_;
     WakeLocked();
+    if (attempt_end_handler_) {
+      d.Add([this, id = t.id()] { attempt_end_handler_(id); });
+    }
     if (o.worker_pid != 0) t.set_worker_pid(o.worker_pid);
     metrics_.TaskAttempt(t.queue(), t.kind(), OutcomeLabel(o.kind),
                          absl::ToDoubleSeconds(o.runtime));

@@ -109,6 +109,9 @@ class Scheduler {
       std::function<void(absl::string_view, std::string,
                          std::function<void(absl::StatusOr<std::string>)>)>
           handler);
+  // Called (outside the scheduler's lock) with the task id whenever an
+  // attempt ends, so services can drop state the attempt left behind.
+  void SetAttemptEndHandler(std::function<void(absl::string_view)> handler);
 
  private:
   struct Entry {
@@ -198,6 +201,7 @@ class Scheduler {
   std::function<void(absl::string_view, std::string,
                      std::function<void(absl::StatusOr<std::string>)>)>
       call_handler_;
+  std::function<void(absl::string_view)> attempt_end_handler_;
 
   std::thread thread_;
   bool started_ = false;
