@@ -22,7 +22,13 @@ int Run(int argc, char** argv) {
   const std::string queue =
       absl::StrCat("example-queue-", absl::ToUnixMicros(absl::Now()));
   const std::vector<std::string> items = {"apple", "banana", "cherry"};
-  // Consumers first: they block in the worker until the producer puts.
+  std::string put = absl::StrCat("queue=", queue);
+  for (const std::string& it : items) absl::StrAppend(&put, " item=", it);
+  forq::TaskFuture producer =
+      Must(pool.ApplyAsync("mp.queue_put", put), "producer");
+  // Consumers block in their worker until an item is there. The producer
+  // goes first so that, on a pool of two workers, consumers cannot hold
+  // every worker while the producer waits for one.
   std::vector<forq::TaskFuture> consumers;
   for (size_t i = 0; i < items.size(); ++i) {
     consumers.push_back(Must(
@@ -30,10 +36,6 @@ int Run(int argc, char** argv) {
                         absl::StrCat("queue=", queue, " timeout_ms=20000")),
         "consumer"));
   }
-  std::string put = absl::StrCat("queue=", queue);
-  for (const std::string& it : items) absl::StrAppend(&put, " item=", it);
-  forq::TaskFuture producer =
-      Must(pool.ApplyAsync("mp.queue_put", put), "producer");
   std::string n = Must(producer.Get(absl::Seconds(60)), "producer result");
   std::cout << "producer put " << n << " items on " << queue << "\n";
   Check(n == "3", "three items put");
