@@ -482,9 +482,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (streaming_ && headers_sent_) {
       std::string tail;
       if (!status.ok()) {
-        HttpError e =
-            MakeHttpErrorFromGrpc(status.error_code(), status.error_message(),
-                                  status.error_details());
+        HttpError e = ErrorFor(status);
         std::string line = absl::StrCat("{\"error\":", e.body, "}\n");
         tail = http10_ ? line : Chunk(line);
       }
@@ -494,8 +492,7 @@ class Session : public std::enable_shared_from_this<Session> {
                      [self = shared_from_this()] { self->AfterResponse(); });
     }
     if (!status.ok()) {
-      HttpError e = MakeHttpErrorFromGrpc(
-          status.error_code(), status.error_message(), status.error_details());
+      HttpError e = ErrorFor(status);
       Headers extra;
       if (e.retry_after_seconds > 0) {
         extra.emplace_back("Retry-After",
@@ -515,6 +512,19 @@ class Session : public std::enable_shared_from_this<Session> {
     response_.Clear();
     if (!json.ok()) return RespondStatus(json.status());
     Respond(200, kJson, *json);
+  }
+
+  // gRPC's own errors (e.g. UNIMPLEMENTED for an unregistered service) come
+  // without a message; name the RPC so the answer is never blank.
+  HttpError ErrorFor(const grpc::Status& status) {
+    std::string message = status.error_message();
+    if (message.empty()) {
+      message = absl::StrCat(
+          route_->grpc_method.substr(1), " failed with ",
+          CodeName(static_cast<absl::StatusCode>(status.error_code())));
+    }
+    return MakeHttpErrorFromGrpc(status.error_code(), message,
+                                 status.error_details());
   }
 
   absl::StatusOr<std::string> RenderResponse(const grpc::ByteBuffer& buffer) {

@@ -432,6 +432,8 @@ TEST_F(HttpGatewayTest, GrpcErrorsMapToHttpStatusAndJson) {
   r = Call("POST", "/v1/tasks:batch", R"({"tasks":[]})");
   EXPECT_EQ(r.status, 501);
   EXPECT_THAT(r.body, HasSubstr("\"status\":\"UNIMPLEMENTED\""));
+  EXPECT_THAT(r.body, HasSubstr("forq.v1.TaskService/SubmitBatch failed with "
+                                "UNIMPLEMENTED"));
 
   r = Call("POST", "/v1/tasks", R"({"kind":"full"})");
   EXPECT_EQ(r.status, 429);

@@ -17,11 +17,8 @@ namespace {
 using ::forq::testing::IsOk;
 using ::testing::HasSubstr;
 
-// The repository root, from this file's path (server/http/openapi_test.cc).
-std::string RepoRoot() {
-  std::string f = __FILE__;
-  return f.substr(0, f.rfind("/server/http/"));
-}
+// The repository root, set by server/CMakeLists.txt.
+std::string RepoRoot() { return FORQ_SOURCE_DIR; }
 
 TEST(OpenApiTest, CommittedFileMatchesTheProtos) {
   auto table = RouteTable::Build(RouteTable::ForqServices());
