@@ -466,6 +466,11 @@ void Scheduler::WakeLocked() {
   cv_.Signal();
 }
 
+// Only queues the write, so it may be called with mu_ held, and non-terminal
+// states are written under mu_: the store applies writes in the order they
+// are queued, so the rows follow the order of the state changes, and the
+// terminal write (queued by FinishLocked's caller after the change) is last.
+// The callback only logs; it never takes mu_.
 void Scheduler::PersistAsync(const v1::Task& task) {
   store_.Update({task}, [id = task.id()](absl::Status s) {
     if (!s.ok()) {
@@ -635,7 +640,7 @@ void Scheduler::OnOutcome(worker::Outcome o) {
         metrics_.TaskRetried(t.queue());
         EnqueueLocked(e, now);
         EmitLocked(t, v1::TaskEvent::STATE, d);
-        d.Add([this, task = t] { PersistAsync(task); });
+        PersistAsync(t);  // under mu_, so before the next attempt's writes
       } else {
         t.set_state(v1::DEAD);
         FinishLocked(e, d);
@@ -746,6 +751,12 @@ void Scheduler::Loop() {
         a.timeout =
             timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
         to_dispatch.push_back(std::move(a));
+        // Written before the dispatch, so before the completion that the
+        // pool's thread will write: the store keeps the order in which writes
+        // are queued, and a RUNNING row queued after the completion would
+        // leave a finished task RUNNING on disk (stuck, and re-run as a lost
+        // attempt at the next start).
+        PersistAsync(t);
         EmitLocked(t, v1::TaskEvent::STATE, d);
         --slots;
       }
@@ -760,27 +771,22 @@ void Scheduler::Loop() {
       std::string id = a.task_id;
       int attempt = a.attempt;
       absl::Status s = pool_.Dispatch(std::move(a));
-      std::optional<v1::Task> running_copy;
-      {
-        MutexLock lock(&mu_);
-        auto it = tasks_.find(id);
-        if (it == tasks_.end()) continue;
-        Entry& e = it->second;
-        if (s.ok()) {
-          running_copy = e.task;
-        } else if (e.task.state() == v1::RUNNING &&
-                   e.task.attempt() == attempt) {
-          // The worker went away between IdleCount and Dispatch: undo.
-          e.task.set_state(v1::QUEUED);
-          e.task.set_attempt(attempt - 1);
-          --running_;
-          ++queued_by_queue_[e.task.queue()];
-          e.ready_seq = next_seq_++;
-          ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
-          WakeLocked();
-        }
+      if (s.ok()) continue;
+      MutexLock lock(&mu_);
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) continue;
+      Entry& e = it->second;
+      if (e.task.state() == v1::RUNNING && e.task.attempt() == attempt) {
+        // The worker went away between IdleCount and Dispatch: undo.
+        e.task.set_state(v1::QUEUED);
+        e.task.set_attempt(attempt - 1);
+        --running_;
+        ++queued_by_queue_[e.task.queue()];
+        e.ready_seq = next_seq_++;
+        ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
+        PersistAsync(e.task);
+        WakeLocked();
       }
-      if (running_copy) PersistAsync(*running_copy);
     }
 
     if (purge) {
@@ -902,10 +908,10 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
         FinishLocked(e, d);
       } else {
         t.set_cancel_requested(true);
-        d.Add([this, task = t] {
-          pool_.Cancel(task.id(), task.attempt());
-          PersistAsync(task);
-        });
+        // Queued under the lock, so before the write of whatever outcome
+        // the attempt has (see Loop).
+        PersistAsync(t);
+        d.Add([this, task = t] { pool_.Cancel(task.id(), task.attempt()); });
         d.Add([done, task = t] { done(task); });
       }
     }
