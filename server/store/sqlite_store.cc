@@ -349,8 +349,10 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
   FORQ_RETURN_IF_ERROR(Exec(path, db, synchronous));
   // Each insert touches the table and five indexes; with ~100k stored tasks
   // they outgrow SQLite's default 2 MiB cache and every miss is a pread.
-  // 64 MiB (an upper bound, allocated as pages are used) covers that.
-  FORQ_RETURN_IF_ERROR(Exec(path, db, "PRAGMA cache_size=-65536"));
+  // 16 MiB (an upper bound, allocated as pages are used) keeps the hot index
+  // pages in process and bounds forqd's memory however many finished tasks
+  // the store holds; colder pages still come from the OS page cache.
+  FORQ_RETURN_IF_ERROR(Exec(path, db, "PRAGMA cache_size=-16384"));
 
   int version = 0;
   {
