@@ -47,7 +47,7 @@ absl::Status Sleep(TaskContext& ctx, absl::string_view payload,
     if (now >= end) break;
     if (ctx.cancelled()) return absl::CancelledError("sleep cancelled");
     if (now - last_progress >= absl::Milliseconds(200)) {
-      ctx.Progress((now - start) / (end - start), "sleeping");
+      ctx.Progress(absl::FDivDuration(now - start, end - start), "sleeping");
       last_progress = now;
     }
     absl::SleepFor(std::min(end - now, absl::Milliseconds(10)));

@@ -9,9 +9,11 @@
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
+#include "forq/v1/task.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -306,6 +308,46 @@ TEST_F(TaskTest, HigherPriorityRunsFirst) {
     first_low = std::min(first_low, T(t->started_at()));
   }
   EXPECT_LE(last_high, first_low);
+}
+
+TEST_F(TaskTest, WatchStreamsStatesAndProgressThenEnds) {
+  absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "700");
+  ASSERT_THAT(f, IsOk());
+  auto stub = v1::TaskService::NewStub(client_->channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::WatchRequest req;
+  req.set_task_id(f->id());
+  auto reader = stub->Watch(&ctx, req);
+  v1::TaskEvent e;
+  std::vector<v1::TaskState> states;
+  int progress_events = 0;
+  while (reader->Read(&e)) {
+    EXPECT_EQ(e.task().id(), f->id());
+    if (e.type() == v1::TaskEvent::PROGRESS) {
+      ++progress_events;
+      EXPECT_GT(e.task().progress(), 0.0);
+      EXPECT_EQ(e.task().progress_message(), "sleeping");
+    } else {
+      states.push_back(e.task().state());
+    }
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  // The stream ends by itself after the terminal state.
+  ASSERT_FALSE(states.empty());
+  EXPECT_EQ(states.back(), v1::SUCCEEDED);
+  EXPECT_THAT(states, ::testing::Contains(v1::RUNNING));
+  EXPECT_GE(progress_events, 1);
+}
+
+TEST_F(TaskTest, WatchNeedsExactlyOneOfTaskOrQueue) {
+  auto stub = v1::TaskService::NewStub(client_->channel());
+  grpc::ClientContext ctx;
+  v1::WatchRequest req;
+  auto reader = stub->Watch(&ctx, req);
+  v1::TaskEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // A separate forqd: a queue limit of 3.
