@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -101,14 +102,35 @@ TEST(SqliteStoreTest, DataDirUnderARegularFileIsAClearError) {
 }
 
 TEST(SqliteStoreTest, UnwritableDataDirIsAClearError) {
-  if (geteuid() == 0) {
-    GTEST_SKIP() << "root ignores directory permissions";
-  }
   TempDir dir;
   ASSERT_EQ(chmod(dir.path().c_str(), 0555), 0);
-  auto store = SqliteStore::Open(OptionsFor(dir.path()));
-  EXPECT_THAT(store, StatusIs(absl::StatusCode::kPermissionDenied,
-                              HasSubstr(dir.path())));
+  if (geteuid() != 0) {
+    auto store = SqliteStore::Open(OptionsFor(dir.path()));
+    EXPECT_THAT(store, StatusIs(absl::StatusCode::kPermissionDenied,
+                                HasSubstr(dir.path())));
+    return;
+  }
+  // Root ignores directory permissions: check as user nobody in a child,
+  // which reports through its exit code (0 = the expected clear error).
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(10);
+    auto store = SqliteStore::Open(OptionsFor(dir.path()));
+    if (store.ok()) _exit(11);
+    if (store.status().code() != absl::StatusCode::kPermissionDenied) _exit(12);
+    if (std::string(store.status().message()).find(dir.path()) ==
+        std::string::npos) {
+      _exit(13);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "10: cannot become nobody, 11: opened, 12: wrong code, "
+         "13: message does not name the directory";
 }
 
 TEST(SqliteStoreTest, DatabasePathThatIsADirectoryIsUnavailable) {

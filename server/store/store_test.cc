@@ -421,10 +421,10 @@ TEST_P(StoreContractTest, ObjectsPutReplaceDeleteLoad) {
                                    Obj("dict/b", std::string("\0\1\2", 3))));
 }
 
-TEST_P(StoreContractTest, ReopenKeepsEverything) {
-  if (!Persistent()) {
-    GTEST_SKIP() << "memory store does not persist";
-  }
+// Only stores that persist: instantiated below for the SQLite modes.
+class PersistentStoreContractTest : public StoreContractTest {};
+
+TEST_P(PersistentStoreContractTest, ReopenKeepsEverything) {
   v1::Task keyed = MakeTask("a1");
   keyed.set_idempotency_key("k");
   v1::Task running = MakeTask("a2");
@@ -576,6 +576,13 @@ INSTANTIATE_TEST_SUITE_P(
     AllStores, StoreContractTest,
     ::testing::Values(StoreParam{"memory", Durability::kSync},
                       StoreParam{"sqlite", Durability::kSync},
+                      StoreParam{"sqlite", Durability::kBatch},
+                      StoreParam{"sqlite", Durability::kNone}),
+    ParamName);
+
+INSTANTIATE_TEST_SUITE_P(
+    SqliteStores, PersistentStoreContractTest,
+    ::testing::Values(StoreParam{"sqlite", Durability::kSync},
                       StoreParam{"sqlite", Durability::kBatch},
                       StoreParam{"sqlite", Durability::kNone}),
     ParamName);
