@@ -148,7 +148,10 @@ void Server::Shutdown() {
   if (manager_ != nullptr) manager_->Shutdown();
   if (http_ != nullptr) http_->Stop();
   if (grpc_server_ != nullptr) {
-    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    // The drain is over: calls still open (watches, maps, parked Manager
+    // calls) get a short moment to finish, then they are cancelled.
+    grpc_server_->Shutdown(
+        absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
   }
   if (pool_ != nullptr) pool_->Shutdown();
   if (store_ != nullptr) store_->Close();

@@ -830,10 +830,15 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
                          WaitDone done) {
   timeout = std::min(timeout, options_.max_wait);
   std::optional<v1::Task> current;
+  bool stopped = false;
   {
     MutexLock lock(&mu_);
     auto it = tasks_.find(std::string(id));
-    if (it != tasks_.end() && timeout <= absl::ZeroDuration()) {
+    if (stop_) {
+      // Nothing would ever fire this wait: answer now rather than hold the
+      // call open until the gRPC server's shutdown deadline.
+      stopped = true;
+    } else if (it != tasks_.end() && timeout <= absl::ZeroDuration()) {
       current = it->second.task;
     } else if (it != tasks_.end()) {
       uint64_t h = next_handle_++;
@@ -844,6 +849,10 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
       WakeLocked();
       return h;
     }
+  }
+  if (stopped) {
+    done(absl::UnavailableError("forqd is shutting down"), false);
+    return 0;
   }
   if (current) {
     done(std::move(*current), false);
