@@ -1,0 +1,733 @@
+// forq_bench: end-to-end figures of a real forqd (2 workers, loopback), in
+// the shapes of the peer benchmarks (mp.Pool, ProcessPoolExecutor,
+// mp.Manager, Celery, RQ, Dask), so the numbers can be set side by side.
+//
+//   forq_bench [--sections=submit,batch,e2e,rtt,map,cpu,startup,rss,manager]
+//              [--reps=3] [--seconds=2] [--n=20000] [--rtt_samples=1000]
+//              [--durability=sync,batch,none] [--workers=2]
+//
+// Every section starts its own forqd (fresh data dir on $TMPDIR, free
+// loopback ports) with the flags it needs, measures, and kills it. Each
+// measurement prints one line
+//   RESULT<TAB>forq<TAB>operation<TAB>unit<TAB>value
+// (one per repetition, like /work/shared/peers/common.py) and a LOAD line
+// with /proc/loadavg; a min/median/max table closes the run.
+//
+// Sections:
+//   submit   unary Submit from 1/4/64 threads for --seconds, per durability
+//   batch    SubmitBatch of 100 from 4/64 threads, per durability
+//   e2e      N x Submit(echo) from one thread, then Get() of every future
+//            (apply_async x N then get all); also with SubmitBatch(100)
+//   rtt      Submit(echo) then Get(), --rtt_samples times: p50/p99
+//   map      Map and MapUnordered over N echo inputs (default window)
+//   cpu      8 x primes(n) (n calibrated to ~250 ms) on 1 and 2 workers
+//   startup  forqd spawn -> first echo result
+//   rss      idle VmRSS and PSS of forqd and all its descendants
+//   manager  Manager dict set/get and Lock acquire+release from one client
+#include <dirent.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+#include "forq/client.h"
+#include "forq/manager.h"
+#include "forq/map.h"
+#include "tests/testing/forqd_process.h"
+
+namespace forq::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct Flags {
+  std::set<std::string> sections = {"submit", "batch",   "e2e", "rtt",    "map",
+                                    "cpu",    "startup", "rss", "manager"};
+  std::vector<std::string> durabilities = {"sync", "batch", "none"};
+  int reps = 3;
+  double seconds = 2.0;
+  int n = 20'000;
+  int rtt_samples = 1000;
+  int workers = 2;
+};
+
+bool ParseFlags(int argc, char** argv, Flags* f) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (absl::ConsumePrefix(&a, "--sections=")) {
+      f->sections.clear();
+      for (absl::string_view s : absl::StrSplit(a, ',', absl::SkipEmpty())) {
+        f->sections.insert(std::string(s));
+      }
+    } else if (absl::ConsumePrefix(&a, "--durability=")) {
+      f->durabilities = absl::StrSplit(a, ',', absl::SkipEmpty());
+    } else if (absl::ConsumePrefix(&a, "--reps=")) {
+      if (!absl::SimpleAtoi(a, &f->reps) || f->reps < 1) return false;
+    } else if (absl::ConsumePrefix(&a, "--seconds=")) {
+      if (!absl::SimpleAtod(a, &f->seconds) || f->seconds <= 0) return false;
+    } else if (absl::ConsumePrefix(&a, "--n=")) {
+      if (!absl::SimpleAtoi(a, &f->n) || f->n < 1) return false;
+    } else if (absl::ConsumePrefix(&a, "--rtt_samples=")) {
+      if (!absl::SimpleAtoi(a, &f->rtt_samples) || f->rtt_samples < 1) {
+        return false;
+      }
+    } else if (absl::ConsumePrefix(&a, "--workers=")) {
+      if (!absl::SimpleAtoi(a, &f->workers) || f->workers < 1) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string LoadAvg() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return absl::StrCat(a, " ", b, " ", c);
+}
+
+double Load1() {
+  std::ifstream in("/proc/loadavg");
+  double l = 0;
+  in >> l;
+  return l;
+}
+
+// Collects samples per (operation, unit) for the closing table.
+class Results {
+ public:
+  void Add(const std::string& op, const std::string& unit, double value) {
+    std::printf("RESULT\tforq\t%s\t%s\t%.6g\n", op.c_str(), unit.c_str(),
+                value);
+    std::fflush(stdout);
+    auto key = std::make_pair(op, unit);
+    if (samples_.find(key) == samples_.end()) order_.push_back(key);
+    samples_[key].push_back(value);
+    loads_[key].push_back(Load1());
+  }
+
+  void PrintTable() const {
+    std::printf(
+        "\n| operation | unit | min | median | max | n | load1 min-max "
+        "|\n|---|---|---:|---:|---:|---:|---|\n");
+    for (const auto& key : order_) {
+      std::vector<double> v = samples_.at(key);
+      std::vector<double> l = loads_.at(key);
+      std::sort(v.begin(), v.end());
+      std::sort(l.begin(), l.end());
+      std::printf("| %s | %s | %s | %s | %s | %zu | %.2f-%.2f |\n",
+                  key.first.c_str(), key.second.c_str(), Fmt(v.front()).c_str(),
+                  Fmt(Median(v)).c_str(), Fmt(v.back()).c_str(), v.size(),
+                  l.front(), l.back());
+    }
+  }
+
+ private:
+  static double Median(const std::vector<double>& v) {
+    const size_t n = v.size();
+    return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  }
+  static std::string Fmt(double x) {
+    char buf[64];
+    if (std::fabs(x) >= 1000) {
+      std::snprintf(buf, sizeof(buf), "%.0f", x);
+    } else if (std::fabs(x) >= 10) {
+      std::snprintf(buf, sizeof(buf), "%.1f", x);
+    } else {
+      std::snprintf(buf, sizeof(buf), "%.3g", x);
+    }
+    return buf;
+  }
+
+  std::vector<std::pair<std::string, std::string>> order_;
+  std::map<std::pair<std::string, std::string>, std::vector<double>> samples_;
+  std::map<std::pair<std::string, std::string>, std::vector<double>> loads_;
+};
+
+Results* g_results = nullptr;
+
+void Note(const std::string& msg) {
+  std::fprintf(stderr, "# %s\n", msg.c_str());
+}
+
+// A running forqd plus a connected client.
+struct Server {
+  std::unique_ptr<testing::ForqdProcess> forqd;
+  std::unique_ptr<Client> client;
+};
+
+absl::StatusOr<Server> StartServer(int workers, const std::string& durability) {
+  testing::ForqdOptions o;
+  o.workers = workers;
+  o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
+  auto p = testing::ForqdProcess::Start(o);
+  if (!p.ok()) return p.status();
+  ClientOptions co;
+  co.address = (*p)->grpc_address();
+  auto c = Client::Connect(co);
+  if (!c.ok()) return c.status();
+  Server s;
+  s.forqd = std::move(*p);
+  s.client = std::move(*c);
+  // Warm up: workers forked and idle, connections open.
+  for (int i = 0; i < 50; ++i) {
+    auto f = s.client->Submit("echo", "warm");
+    if (!f.ok()) return f.status();
+    auto r = f->Get();
+    if (!r.ok()) return r.status();
+  }
+  return s;
+}
+
+// Nearest-rank percentile of sorted values.
+double Pct(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  size_t k = static_cast<size_t>(std::ceil(p * sorted.size() / 100.0));
+  k = std::max<size_t>(1, std::min(k, sorted.size()));
+  return sorted[k - 1];
+}
+
+// Runs `threads` threads calling `op` (returns tasks done, or -1 on error)
+// until `seconds` passed; returns tasks/s.
+template <typename Op>
+double RunTimed(int threads, double seconds, Op op, int64_t* errors) {
+  std::atomic<int64_t> total{0}, errs{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(
+                                 std::chrono::duration<double>(seconds));
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&] {
+      while (!go.load()) std::this_thread::yield();
+      int64_t mine = 0, bad = 0;
+      while (Clock::now() < deadline) {
+        int n = op();
+        if (n < 0) {
+          ++bad;
+        } else {
+          mine += n;
+        }
+      }
+      total += mine;
+      errs += bad;
+    });
+  }
+  const auto start = Clock::now();
+  go.store(true);
+  for (auto& t : ts) t.join();
+  *errors = errs.load();
+  return static_cast<double>(total.load()) / SecondsSince(start);
+}
+
+int SectionSubmit(const Flags& f, bool batch) {
+  // Batches start at 4 threads (issue 4's targets); unary also runs 1.
+  const std::vector<int> thread_counts =
+      batch ? std::vector<int>{4, 64} : std::vector<int>{1, 4, 64};
+  std::vector<v1::TaskSpec> specs(100);
+  for (auto& s : specs) {
+    s.set_kind("echo");
+    s.set_payload("x");
+  }
+  for (const std::string& d : f.durabilities) {
+    for (int threads : thread_counts) {
+      for (int rep = 0; rep < f.reps; ++rep) {
+        auto s = StartServer(f.workers, d);
+        if (!s.ok()) {
+          std::cerr << "start forqd: " << s.status() << "\n";
+          return 1;
+        }
+        Client* c = s->client.get();
+        int64_t errors = 0;
+        double rate;
+        std::string op;
+        if (batch) {
+          rate = RunTimed(
+              threads, f.seconds,
+              [&]() -> int {
+                auto r = c->SubmitBatch(specs);
+                return r.ok() ? static_cast<int>(r->size()) : -1;
+              },
+              &errors);
+          op = absl::StrCat("SubmitBatch(100) ", d, ", ", threads, " threads");
+        } else {
+          rate = RunTimed(
+              threads, f.seconds,
+              [&]() -> int { return c->Submit("echo", "x").ok() ? 1 : -1; },
+              &errors);
+          op = absl::StrCat("unary Submit ", d, ", ", threads, " threads");
+        }
+        g_results->Add(op, "tasks/s", rate);
+        if (errors > 0) {
+          Note(absl::StrCat(op, ": ", errors, " failed calls"));
+          g_results->Add(op + " failed calls", "calls", errors);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+// apply_async x N then get all: one thread submits N echo tasks back to back
+// (unary, or SubmitBatch of 100), then waits for every result in order.
+int SectionE2E(const Flags& f) {
+  for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    for (bool batched : {false, true}) {
+      for (int rep = 0; rep < f.reps; ++rep) {
+        auto s = StartServer(f.workers, d);
+        if (!s.ok()) {
+          std::cerr << "start forqd: " << s.status() << "\n";
+          return 1;
+        }
+        Client* c = s->client.get();
+        std::vector<TaskFuture> futs;
+        futs.reserve(f.n);
+        const auto t0 = Clock::now();
+        if (batched) {
+          std::vector<v1::TaskSpec> specs;
+          for (int i = 0; i < f.n; ++i) {
+            v1::TaskSpec spec;
+            spec.set_kind("echo");
+            spec.set_payload(absl::StrCat(i));
+            specs.push_back(std::move(spec));
+            if (specs.size() == 100 || i == f.n - 1) {
+              auto r = c->SubmitBatch(specs);
+              if (!r.ok()) {
+                std::cerr << "SubmitBatch: " << r.status() << "\n";
+                return 1;
+              }
+              for (auto& fu : *r) futs.push_back(std::move(fu));
+              specs.clear();
+            }
+          }
+        } else {
+          for (int i = 0; i < f.n; ++i) {
+            auto r = c->Submit("echo", absl::StrCat(i));
+            if (!r.ok()) {
+              std::cerr << "Submit: " << r.status() << "\n";
+              return 1;
+            }
+            futs.push_back(std::move(*r));
+          }
+        }
+        const double submit_s = SecondsSince(t0);
+        int bad = 0;
+        for (int i = 0; i < f.n; ++i) {
+          auto r = futs[i].Get();
+          if (!r.ok() || *r != absl::StrCat(i)) ++bad;
+        }
+        const double total_s = SecondsSince(t0);
+        if (bad > 0) {
+          std::cerr << "e2e: " << bad << " wrong or failed results\n";
+          return 1;
+        }
+        const std::string how =
+            batched ? "SubmitBatch(100) x N/100" : "Submit x N";
+        g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ", d,
+                                    ", end to end"),
+                       "tasks/s", f.n / total_s);
+        g_results->Add(
+            absl::StrCat(f.n, " echo: ", how, ", ", d, ", submit only"),
+            "tasks/s", f.n / submit_s);
+      }
+    }
+  }
+  return 0;
+}
+
+int SectionRtt(const Flags& f) {
+  for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    for (int rep = 0; rep < f.reps; ++rep) {
+      auto s = StartServer(f.workers, d);
+      if (!s.ok()) {
+        std::cerr << "start forqd: " << s.status() << "\n";
+        return 1;
+      }
+      Client* c = s->client.get();
+      std::vector<double> us;
+      us.reserve(f.rtt_samples);
+      for (int i = 0; i < f.rtt_samples + 100; ++i) {
+        const auto t0 = Clock::now();
+        auto fu = c->Submit("echo", "x");
+        if (!fu.ok()) {
+          std::cerr << "Submit: " << fu.status() << "\n";
+          return 1;
+        }
+        auto r = fu->Get();
+        if (!r.ok()) {
+          std::cerr << "Get: " << r.status() << "\n";
+          return 1;
+        }
+        if (i >= 100) us.push_back(SecondsSince(t0) * 1e6);
+      }
+      std::sort(us.begin(), us.end());
+      const std::string op = absl::StrCat("Submit().Get() echo RTT ", d);
+      g_results->Add(op + " p50", "us", Pct(us, 50));
+      g_results->Add(op + " p99", "us", Pct(us, 99));
+    }
+  }
+  return 0;
+}
+
+int SectionMap(const Flags& f) {
+  for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    for (bool ordered : {true, false}) {
+      for (int rep = 0; rep < f.reps; ++rep) {
+        auto s = StartServer(f.workers, d);
+        if (!s.ok()) {
+          std::cerr << "start forqd: " << s.status() << "\n";
+          return 1;
+        }
+        std::vector<std::string> inputs;
+        inputs.reserve(f.n);
+        for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
+        const auto t0 = Clock::now();
+        MapStream stream =
+            ordered ? s->client->Map("echo", std::move(inputs))
+                    : s->client->MapUnordered("echo", std::move(inputs));
+        int64_t got = 0, bad = 0;
+        for (const MapItem& r : stream) {
+          ++got;
+          if (!r.ok()) ++bad;
+        }
+        const double secs = SecondsSince(t0);
+        if (!stream.status().ok() || got != f.n || bad != 0) {
+          std::cerr << "map: status " << stream.status() << ", " << got
+                    << " results, " << bad << " failed\n";
+          return 1;
+        }
+        g_results->Add(
+            absl::StrCat(ordered ? "Map (ordered)" : "MapUnordered", " ", f.n,
+                         " echo, window ", kDefaultMapWindow, ", ", d),
+            "tasks/s", f.n / secs);
+      }
+    }
+  }
+  return 0;
+}
+
+// Wall time of `count` primes(n) tasks submitted together, then all awaited.
+absl::StatusOr<double> PrimesWall(Client* c, int64_t n, int count) {
+  std::vector<v1::TaskSpec> specs(count);
+  for (auto& s : specs) {
+    s.set_kind("primes");
+    s.set_payload(absl::StrCat(n));
+  }
+  const auto t0 = Clock::now();
+  auto futs = c->SubmitBatch(specs);
+  if (!futs.ok()) return futs.status();
+  for (auto& fu : *futs) {
+    auto r = fu.Get();
+    if (!r.ok()) return r.status();
+  }
+  return SecondsSince(t0);
+}
+
+int SectionCpu(const Flags& f) {
+  // Calibrate n so one task takes ~250 ms (trial division: ~n^1.5).
+  int64_t n = 1'000'000;
+  {
+    auto s = StartServer(1, "sync");
+    if (!s.ok()) {
+      std::cerr << "start forqd: " << s.status() << "\n";
+      return 1;
+    }
+    for (int i = 0; i < 3; ++i) {
+      auto t = PrimesWall(s->client.get(), n, 1);
+      if (!t.ok()) {
+        std::cerr << "primes: " << t.status() << "\n";
+        return 1;
+      }
+      n = static_cast<int64_t>(n * std::pow(0.25 / *t, 1 / 1.5));
+    }
+    Note(absl::StrCat("cpu: primes n = ", n));
+  }
+  for (int rep = 0; rep < f.reps; ++rep) {
+    double walls[3] = {0, 0, 0};
+    for (int w : {1, 2}) {
+      auto s = StartServer(w, "sync");
+      if (!s.ok()) {
+        std::cerr << "start forqd: " << s.status() << "\n";
+        return 1;
+      }
+      if (w == 1) {
+        auto one = PrimesWall(s->client.get(), n, 1);
+        if (!one.ok()) {
+          std::cerr << "primes: " << one.status() << "\n";
+          return 1;
+        }
+        walls[0] = *one;
+      }
+      auto t = PrimesWall(s->client.get(), n, 8);
+      if (!t.ok()) {
+        std::cerr << "primes: " << t.status() << "\n";
+        return 1;
+      }
+      walls[w] = *t;
+    }
+    g_results->Add("CPU 8x~250ms primes: one task, submit to result", "s",
+                   walls[0]);
+    g_results->Add("CPU 8x~250ms primes: --workers 1 wall", "s", walls[1]);
+    g_results->Add("CPU 8x~250ms primes: --workers 2 wall", "s", walls[2]);
+    g_results->Add("CPU 8x~250ms primes: speedup 2 vs 1 workers", "x",
+                   walls[1] / walls[2]);
+  }
+  return 0;
+}
+
+int SectionStartup(const Flags& f) {
+  for (int rep = 0; rep < f.reps; ++rep) {
+    const auto t0 = Clock::now();
+    testing::ForqdOptions o;
+    o.workers = f.workers;
+    o.flags = {"--log_level=warn"};
+    auto p = testing::ForqdProcess::Start(o);
+    if (!p.ok()) {
+      std::cerr << "start forqd: " << p.status() << "\n";
+      return 1;
+    }
+    const double ready_s = SecondsSince(t0);
+    ClientOptions co;
+    co.address = (*p)->grpc_address();
+    auto c = Client::Connect(co);
+    if (!c.ok()) {
+      std::cerr << "connect: " << c.status() << "\n";
+      return 1;
+    }
+    auto fu = (*c)->Submit("echo", "first");
+    if (!fu.ok()) {
+      std::cerr << "Submit: " << fu.status() << "\n";
+      return 1;
+    }
+    auto r = fu->Get();
+    if (!r.ok()) {
+      std::cerr << "Get: " << r.status() << "\n";
+      return 1;
+    }
+    const double first_s = SecondsSince(t0);
+    g_results->Add("startup: forqd spawn to ready handshake", "ms",
+                   ready_s * 1e3);
+    g_results->Add("startup: forqd spawn to first echo result", "ms",
+                   first_s * 1e3);
+  }
+  return 0;
+}
+
+// All descendants of `pid` (children of every thread).
+void Descendants(int pid, std::vector<int>* out) {
+  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/task").c_str());
+  if (dir == nullptr) return;
+  std::vector<int> kids;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(
+        absl::StrCat("/proc/", pid, "/task/", e->d_name, "/children"));
+    int k;
+    while (in >> k) kids.push_back(k);
+  }
+  closedir(dir);
+  for (int k : kids) {
+    out->push_back(k);
+    Descendants(k, out);
+  }
+}
+
+// Sum of the `field` ("VmRSS:" in status, "Pss:" in smaps_rollup), KiB.
+int64_t SumKib(const std::vector<int>& pids, const char* file,
+               absl::string_view field) {
+  int64_t total = 0;
+  for (int pid : pids) {
+    std::ifstream in(absl::StrCat("/proc/", pid, "/", file));
+    std::string line;
+    while (std::getline(in, line)) {
+      absl::string_view l = line;
+      if (absl::ConsumePrefix(&l, field)) {
+        int64_t kb = 0;
+        if (absl::SimpleAtoi(
+                absl::StripSuffix(absl::StripAsciiWhitespace(l), " kB"), &kb)) {
+          total += kb;
+        }
+        break;
+      }
+    }
+  }
+  return total;
+}
+
+int SectionRss(const Flags& f) {
+  for (int rep = 0; rep < f.reps; ++rep) {
+    auto s = StartServer(f.workers, "sync");
+    if (!s.ok()) {
+      std::cerr << "start forqd: " << s.status() << "\n";
+      return 1;
+    }
+    // Warm-up beyond StartServer's: 1000 tasks through both workers.
+    std::vector<v1::TaskSpec> specs(100);
+    for (auto& sp : specs) {
+      sp.set_kind("echo");
+      sp.set_payload("warm");
+    }
+    for (int i = 0; i < 10; ++i) {
+      auto r = s->client->SubmitBatch(specs);
+      if (!r.ok()) {
+        std::cerr << "SubmitBatch: " << r.status() << "\n";
+        return 1;
+      }
+      for (auto& fu : *r) (void)fu.Get();
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    std::vector<int> pids = {s->forqd->pid()};
+    Descendants(s->forqd->pid(), &pids);
+    const int64_t rss = SumKib(pids, "status", "VmRSS:");
+    const int64_t pss = SumKib(pids, "smaps_rollup", "Pss:");
+    const int64_t rss_forqd = SumKib({s->forqd->pid()}, "status", "VmRSS:");
+    const std::string procs = absl::StrCat(pids.size(), " procs");
+    g_results->Add(
+        absl::StrCat("idle RSS forqd + supervisor + workers (", procs, ")"),
+        "MiB", rss / 1024.0);
+    g_results->Add(absl::StrCat("idle PSS same tree (", procs, ")"), "MiB",
+                   pss / 1024.0);
+    g_results->Add("idle RSS forqd process alone", "MiB", rss_forqd / 1024.0);
+  }
+  return 0;
+}
+
+int SectionManager(const Flags& f) {
+  for (const std::string& d : {std::string("none"), std::string("sync")}) {
+    for (int rep = 0; rep < f.reps; ++rep) {
+      auto s = StartServer(f.workers, d);
+      if (!s.ok()) {
+        std::cerr << "start forqd: " << s.status() << "\n";
+        return 1;
+      }
+      Manager m(*s->client);
+      Dict dict = m.dict("bench");
+      std::vector<std::string> keys;
+      for (int i = 0; i < 1000; ++i) keys.push_back(absl::StrCat("k", i));
+      for (const auto& k : keys) {
+        if (!dict.Set(k, "v").ok()) {
+          std::cerr << "dict set failed\n";
+          return 1;
+        }
+      }
+      const double window = std::min(f.seconds, 1.5);
+      auto timed = [&](auto op) -> double {
+        int64_t ops = 0;
+        const auto t0 = Clock::now();
+        while (SecondsSince(t0) < window) {
+          if (!op(ops)) return -1;
+          ++ops;
+        }
+        return ops / SecondsSince(t0);
+      };
+      const double set_rate = timed([&](int64_t i) {
+        return dict.Set(keys[i % keys.size()], "value").ok();
+      });
+      std::vector<double> us;
+      const double get_rate = timed([&](int64_t i) {
+        const auto t0 = Clock::now();
+        bool ok = dict.Get(keys[i % keys.size()]).ok();
+        us.push_back(SecondsSince(t0) * 1e6);
+        return ok;
+      });
+      Lock lock = m.lock("bench-lock");
+      const double lock_rate = timed([&](int64_t) {
+        auto g = lock.Acquire();
+        return g.ok() && g->acquired && lock.Release().ok();
+      });
+      if (set_rate < 0 || get_rate < 0 || lock_rate < 0) {
+        std::cerr << "manager: an operation failed\n";
+        return 1;
+      }
+      std::sort(us.begin(), us.end());
+      const std::string sfx = absl::StrCat(" (1 client, --durability=", d, ")");
+      g_results->Add("Manager dict set" + sfx, "ops/s", set_rate);
+      g_results->Add("Manager dict get" + sfx, "ops/s", get_rate);
+      g_results->Add("Manager dict get RTT p50" + sfx, "us", Pct(us, 50));
+      g_results->Add("Manager dict get RTT p99" + sfx, "us", Pct(us, 99));
+      g_results->Add("Manager Lock acquire+release pair" + sfx, "pairs/s",
+                     lock_rate);
+    }
+  }
+  return 0;
+}
+
+int Run(int argc, char** argv) {
+  Flags f;
+  if (!ParseFlags(argc, argv, &f)) {
+    std::cerr << "usage: see the top of bench/forq_bench.cc\n";
+    return 2;
+  }
+  Results results;
+  g_results = &results;
+  utsname u{};
+  uname(&u);
+  std::printf("# forq_bench: nproc %u, %s %s, workers %d, reps %d\n",
+              std::thread::hardware_concurrency(), u.sysname, u.release,
+              f.workers, f.reps);
+  struct Section {
+    const char* name;
+    int (*fn)(const Flags&);
+  };
+  const Section sections[] = {
+      {"startup", SectionStartup},
+      {"rss", SectionRss},
+      {"cpu", SectionCpu},
+      {"rtt", SectionRtt},
+      {"e2e", SectionE2E},
+      {"map", SectionMap},
+      {"manager", SectionManager},
+      {"submit", [](const Flags& fl) { return SectionSubmit(fl, false); }},
+      {"batch", [](const Flags& fl) { return SectionSubmit(fl, true); }},
+  };
+  int rc = 0;
+  for (const Section& s : sections) {
+    if (f.sections.count(s.name) == 0) continue;
+    std::printf("LOAD\t%s\tstart\t%s\n", s.name, LoadAvg().c_str());
+    std::fflush(stdout);
+    const auto t0 = Clock::now();
+    if (s.fn(f) != 0) {
+      std::cerr << "section " << s.name << " failed\n";
+      rc = 1;
+    }
+    std::printf("LOAD\t%s\tend\t%s\t(%.1f s)\n", s.name, LoadAvg().c_str(),
+                SecondsSince(t0));
+    std::fflush(stdout);
+  }
+  results.PrintTable();
+  return rc;
+}
+
+}  // namespace
+}  // namespace forq::bench
+
+int main(int argc, char** argv) { return forq::bench::Run(argc, argv); }
