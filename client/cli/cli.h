@@ -39,6 +39,19 @@ struct CliContext {
 // Prints "forq: <message>" to stderr and returns kExitError.
 int Fail(const absl::Status& status);
 int Fail(absl::string_view message);
+
+// Runs `fn(Client&)` with the connected client; if connecting fails, prints
+// the error and sets ctx.exit_code instead.
+template <typename Fn>
+void WithClient(CliContext& ctx, Fn&& fn) {
+  absl::StatusOr<Client*> client = ctx.client();
+  if (!client.ok()) {
+    ctx.exit_code = Fail(client.status());
+    return;
+  }
+  fn(**client);
+}
+
 // Returns the payload named by a PAYLOAD argument: "-" reads all of stdin,
 // anything else is taken literally.
 std::string ReadPayload(const std::string& arg);

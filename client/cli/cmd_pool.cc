@@ -50,17 +50,14 @@ void AddPoolCommands(CLI::App& app, CliContext& ctx) {
     auto* cmd = app.add_subcommand("workers", "Show the worker pool");
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      absl::StatusOr<v1::PoolStatus> p = (*client)->GetPool();
-      if (!p.ok()) {
-        ctx.exit_code = Fail(p.status());
-        return;
-      }
-      PrintPool(ctx, *p);
+      WithClient(ctx, [&](Client& client) {
+        absl::StatusOr<v1::PoolStatus> p = client.GetPool();
+        if (!p.ok()) {
+          ctx.exit_code = Fail(p.status());
+          return;
+        }
+        PrintPool(ctx, *p);
+      });
     });
   }
   {
@@ -73,42 +70,36 @@ void AddPoolCommands(CLI::App& app, CliContext& ctx) {
         ->capture_default_str();
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx, timeout] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      absl::StatusOr<v1::DrainResponse> r =
-          (*client)->Drain(absl::Seconds(*timeout));
-      if (!r.ok()) {
-        ctx.exit_code = Fail(r.status());
-        return;
-      }
-      if (ctx.json) {
-        PrintJson(*r);
-      } else if (r->drained()) {
-        std::cout << "drained\n";
-      } else {
-        std::cout << "not drained: " << r->running() << " tasks running\n";
-      }
-      if (!r->drained()) ctx.exit_code = kExitError;
+      WithClient(ctx, [&](Client& client) {
+        absl::StatusOr<v1::DrainResponse> r =
+            client.Drain(absl::Seconds(*timeout));
+        if (!r.ok()) {
+          ctx.exit_code = Fail(r.status());
+          return;
+        }
+        if (ctx.json) {
+          PrintJson(*r);
+        } else if (r->drained()) {
+          std::cout << "drained\n";
+        } else {
+          std::cout << "not drained: " << r->running() << " tasks running\n";
+        }
+        if (!r->drained()) ctx.exit_code = kExitError;
+      });
     });
   }
   {
     auto* cmd = app.add_subcommand("resume", "Undo drain: dispatch again");
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      absl::StatusOr<v1::PoolStatus> p = (*client)->Resume();
-      if (!p.ok()) {
-        ctx.exit_code = Fail(p.status());
-        return;
-      }
-      PrintPool(ctx, *p);
+      WithClient(ctx, [&](Client& client) {
+        absl::StatusOr<v1::PoolStatus> p = client.Resume();
+        if (!p.ok()) {
+          ctx.exit_code = Fail(p.status());
+          return;
+        }
+        PrintPool(ctx, *p);
+      });
     });
   }
 }

@@ -125,38 +125,35 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
                     "With --wait: give up after N seconds (exit 2)");
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx, o] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      SubmitOptions so;
-      so.queue = o->queue;
-      so.priority = o->priority;
-      so.max_attempts = o->max_attempts;
-      so.timeout = absl::Seconds(o->timeout);
-      so.delay = absl::Seconds(o->delay);
-      so.idempotency_key = o->key;
-      for (const std::string& l : o->labels) {
-        std::pair<std::string, std::string> kv =
-            absl::StrSplit(l, absl::MaxSplits('=', 1));
-        so.labels[kv.first] = kv.second;
-      }
-      absl::StatusOr<TaskFuture> f =
-          (*client)->Submit(o->kind, ReadPayload(o->payload), so);
-      if (!f.ok()) {
-        ctx.exit_code = Fail(f.status());
-        return;
-      }
-      if (o->wait) {
-        ctx.exit_code = WaitAndReport(ctx, **client, f->id(), o->wait_timeout);
-        return;
-      }
-      if (ctx.json) {
-        PrintJson(f->submitted());
-      } else {
-        std::cout << f->id() << "\n";
-      }
+      WithClient(ctx, [&](Client& client) {
+        SubmitOptions so;
+        so.queue = o->queue;
+        so.priority = o->priority;
+        so.max_attempts = o->max_attempts;
+        so.timeout = absl::Seconds(o->timeout);
+        so.delay = absl::Seconds(o->delay);
+        so.idempotency_key = o->key;
+        for (const std::string& l : o->labels) {
+          std::pair<std::string, std::string> kv =
+              absl::StrSplit(l, absl::MaxSplits('=', 1));
+          so.labels[kv.first] = kv.second;
+        }
+        absl::StatusOr<TaskFuture> f =
+            client.Submit(o->kind, ReadPayload(o->payload), so);
+        if (!f.ok()) {
+          ctx.exit_code = Fail(f.status());
+          return;
+        }
+        if (o->wait) {
+          ctx.exit_code = WaitAndReport(ctx, client, f->id(), o->wait_timeout);
+          return;
+        }
+        if (ctx.json) {
+          PrintJson(f->submitted());
+        } else {
+          std::cout << f->id() << "\n";
+        }
+      });
     });
   }
   // wait
@@ -171,12 +168,9 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
     cmd->add_option("--timeout,-t", *timeout, "Seconds; 0 = no limit");
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx, id, timeout] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      ctx.exit_code = WaitAndReport(ctx, **client, *id, *timeout);
+      WithClient(ctx, [&](Client& client) {
+        ctx.exit_code = WaitAndReport(ctx, client, *id, *timeout);
+      });
     });
   }
   // get / cancel / retry: one id in, one task out.
@@ -196,17 +190,14 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
     AddJsonFlag(cmd, ctx);
     auto fn = c.fn;
     cmd->callback([&ctx, id, fn] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      absl::StatusOr<v1::Task> t = ((**client).*fn)(*id);
-      if (!t.ok()) {
-        ctx.exit_code = Fail(t.status());
-        return;
-      }
-      PrintTask(ctx, *t);
+      WithClient(ctx, [&](Client& client) {
+        absl::StatusOr<v1::Task> t = ((client).*fn)(*id);
+        if (!t.ok()) {
+          ctx.exit_code = Fail(t.status());
+          return;
+        }
+        PrintTask(ctx, *t);
+      });
     });
   }
   // list
@@ -227,43 +218,41 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
     cmd->add_flag("--all", o->all, "Follow page tokens to the end");
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx, o] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      v1::ListTasksRequest req;
-      if (!o->state.empty()) {
-        absl::StatusOr<v1::TaskState> s = ParseState(o->state);
-        if (!s.ok()) {
-          ctx.exit_code = Fail(s.status());
-          return;
-        }
-        req.set_state(*s);
-      }
-      req.set_queue(o->queue);
-      req.set_kind(o->kind);
-      req.set_page_size(o->limit);
-      req.set_page_token(o->page_token);
-      while (true) {
-        absl::StatusOr<v1::ListTasksResponse> r = (*client)->List(req);
-        if (!r.ok()) {
-          ctx.exit_code = Fail(r.status());
-          return;
-        }
-        if (ctx.json) {
-          PrintJson(*r);
-        } else {
-          for (const v1::Task& t : r->tasks()) PrintTaskLine(t);
-        }
-        if (!o->all || r->next_page_token().empty()) {
-          if (!ctx.json && !r->next_page_token().empty()) {
-            std::cerr << "more: --page-token " << r->next_page_token() << "\n";
+      WithClient(ctx, [&](Client& client) {
+        v1::ListTasksRequest req;
+        if (!o->state.empty()) {
+          absl::StatusOr<v1::TaskState> s = ParseState(o->state);
+          if (!s.ok()) {
+            ctx.exit_code = Fail(s.status());
+            return;
           }
-          return;
+          req.set_state(*s);
         }
-        req.set_page_token(r->next_page_token());
-      }
+        req.set_queue(o->queue);
+        req.set_kind(o->kind);
+        req.set_page_size(o->limit);
+        req.set_page_token(o->page_token);
+        while (true) {
+          absl::StatusOr<v1::ListTasksResponse> r = client.List(req);
+          if (!r.ok()) {
+            ctx.exit_code = Fail(r.status());
+            return;
+          }
+          if (ctx.json) {
+            PrintJson(*r);
+          } else {
+            for (const v1::Task& t : r->tasks()) PrintTaskLine(t);
+          }
+          if (!o->all || r->next_page_token().empty()) {
+            if (!ctx.json && !r->next_page_token().empty()) {
+              std::cerr << "more: --page-token " << r->next_page_token()
+                        << "\n";
+            }
+            return;
+          }
+          req.set_page_token(r->next_page_token());
+        }
+      });
     });
   }
   // watch
@@ -276,48 +265,46 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
     cmd->add_option("--queue,-q", *queue, "Watch a queue instead (* = all)");
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx, id, queue] {
-      absl::StatusOr<Client*> client = ctx.client();
-      if (!client.ok()) {
-        ctx.exit_code = Fail(client.status());
-        return;
-      }
-      auto stub = v1::TaskService::NewStub((*client)->channel());
-      grpc::ClientContext gctx;
-      v1::WatchRequest req;
-      req.set_task_id(*id);
-      req.set_queue(*queue);
-      auto reader = stub->Watch(&gctx, req);
-      v1::TaskEvent e;
-      v1::Task last;
-      while (reader->Read(&e)) {
-        last = e.task();
-        if (ctx.json) {
-          PrintJson(e);
-          continue;
+      WithClient(ctx, [&](Client& client) {
+        auto stub = v1::TaskService::NewStub(client.channel());
+        grpc::ClientContext gctx;
+        v1::WatchRequest req;
+        req.set_task_id(*id);
+        req.set_queue(*queue);
+        auto reader = stub->Watch(&gctx, req);
+        v1::TaskEvent e;
+        v1::Task last;
+        while (reader->Read(&e)) {
+          last = e.task();
+          if (ctx.json) {
+            PrintJson(e);
+            continue;
+          }
+          const v1::Task& t = e.task();
+          std::cout << absl::StrFormat(
+              "%s  %s  %-9s",
+              absl::FormatTime("%H:%M:%E3S", absl::Now(),
+                               absl::LocalTimeZone()),
+              t.id(), std::string(StateName(t.state())));
+          if (e.type() == v1::TaskEvent::PROGRESS) {
+            std::cout << absl::StrFormat("  %3.0f%% %s", t.progress() * 100,
+                                         t.progress_message());
+          } else if (t.state() == v1::SUCCEEDED) {
+            std::cout << "  result: " << t.result().substr(0, 200);
+          } else if (!t.error().message().empty()) {
+            std::cout << "  error: " << t.error().message();
+          }
+          std::cout << std::endl;
         }
-        const v1::Task& t = e.task();
-        std::cout << absl::StrFormat(
-            "%s  %s  %-9s",
-            absl::FormatTime("%H:%M:%E3S", absl::Now(), absl::LocalTimeZone()),
-            t.id(), std::string(StateName(t.state())));
-        if (e.type() == v1::TaskEvent::PROGRESS) {
-          std::cout << absl::StrFormat("  %3.0f%% %s", t.progress() * 100,
-                                       t.progress_message());
-        } else if (t.state() == v1::SUCCEEDED) {
-          std::cout << "  result: " << t.result().substr(0, 200);
-        } else if (!t.error().message().empty()) {
-          std::cout << "  error: " << t.error().message();
+        grpc::Status s = reader->Finish();
+        if (!s.ok()) {
+          ctx.exit_code = Fail(FromGrpcStatus(s));
+          return;
         }
-        std::cout << std::endl;
-      }
-      grpc::Status s = reader->Finish();
-      if (!s.ok()) {
-        ctx.exit_code = Fail(FromGrpcStatus(s));
-        return;
-      }
-      if (!id->empty() && last.state() != v1::SUCCEEDED) {
-        ctx.exit_code = kExitTaskFailed;
-      }
+        if (!id->empty() && last.state() != v1::SUCCEEDED) {
+          ctx.exit_code = kExitTaskFailed;
+        }
+      });
     });
   }
 }
