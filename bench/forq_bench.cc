@@ -35,6 +35,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -216,6 +217,54 @@ double Pct(const std::vector<double>& sorted, double p) {
   return sorted[k - 1];
 }
 
+// All descendants of `pid` (children of every thread).
+void Descendants(int pid, std::vector<int>* out) {
+  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/task").c_str());
+  if (dir == nullptr) return;
+  std::vector<int> kids;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(
+        absl::StrCat("/proc/", pid, "/task/", e->d_name, "/children"));
+    int k;
+    while (in >> k) kids.push_back(k);
+  }
+  closedir(dir);
+  for (int k : kids) {
+    out->push_back(k);
+    Descendants(k, out);
+  }
+}
+
+// forqd and its descendants.
+std::vector<int> Tree(int pid) {
+  std::vector<int> pids = {pid};
+  Descendants(pid, &pids);
+  return pids;
+}
+
+// user + system CPU seconds used so far by `pids` (all threads).
+double CpuSeconds(const std::vector<int>& pids) {
+  static const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  double total = 0;
+  for (int pid : pids) {
+    std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+    std::string stat((std::istreambuf_iterator<char>(in)),
+                     std::istreambuf_iterator<char>());
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::vector<std::string> f =
+        absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
+    // Fields after ")": state is [0], utime [11], stime [12].
+    int64_t ut = 0, st = 0;
+    if (f.size() > 12 && absl::SimpleAtoi(f[11], &ut) &&
+        absl::SimpleAtoi(f[12], &st)) {
+      total += (ut + st) / tick;
+    }
+  }
+  return total;
+}
+
 // Runs `threads` threads calling `op` (returns tasks done, or -1 on error)
 // until `seconds` passed; returns tasks/s.
 template <typename Op>
@@ -311,6 +360,9 @@ int SectionE2E(const Flags& f) {
         Client* c = s->client.get();
         std::vector<TaskFuture> futs;
         futs.reserve(f.n);
+        const std::vector<int> tree = Tree(s->forqd->pid());
+        const double cpu0 = CpuSeconds(tree);
+        const double self0 = CpuSeconds({getpid()});
         const auto t0 = Clock::now();
         if (batched) {
           std::vector<v1::TaskSpec> specs;
@@ -346,6 +398,8 @@ int SectionE2E(const Flags& f) {
           if (!r.ok() || *r != absl::StrCat(i)) ++bad;
         }
         const double total_s = SecondsSince(t0);
+        const double cpu = CpuSeconds(tree) - cpu0;
+        const double self = CpuSeconds({getpid()}) - self0;
         if (bad > 0) {
           std::cerr << "e2e: " << bad << " wrong or failed results\n";
           return 1;
@@ -358,6 +412,12 @@ int SectionE2E(const Flags& f) {
         g_results->Add(
             absl::StrCat(f.n, " echo: ", how, ", ", d, ", submit only"),
             "tasks/s", f.n / submit_s);
+        g_results->Add(absl::StrCat(f.n, " echo: ", how, ", ", d,
+                                    ": forqd tree CPU per task"),
+                       "us", cpu * 1e6 / f.n);
+        g_results->Add(
+            absl::StrCat(f.n, " echo: ", how, ", ", d, ": client CPU per task"),
+            "us", self * 1e6 / f.n);
       }
     }
   }
@@ -410,6 +470,8 @@ int SectionMap(const Flags& f) {
         std::vector<std::string> inputs;
         inputs.reserve(f.n);
         for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
+        const std::vector<int> tree = Tree(s->forqd->pid());
+        const double cpu0 = CpuSeconds(tree);
         const auto t0 = Clock::now();
         MapStream stream =
             ordered ? s->client->Map("echo", std::move(inputs))
@@ -420,6 +482,7 @@ int SectionMap(const Flags& f) {
           if (!r.ok()) ++bad;
         }
         const double secs = SecondsSince(t0);
+        const double cpu = CpuSeconds(tree) - cpu0;
         if (!stream.status().ok() || got != f.n || bad != 0) {
           std::cerr << "map: status " << stream.status() << ", " << got
                     << " results, " << bad << " failed\n";
@@ -429,6 +492,9 @@ int SectionMap(const Flags& f) {
             absl::StrCat(ordered ? "Map (ordered)" : "MapUnordered", " ", f.n,
                          " echo, window ", kDefaultMapWindow, ", ", d),
             "tasks/s", f.n / secs);
+        g_results->Add(absl::StrCat(ordered ? "Map (ordered)" : "MapUnordered",
+                                    " ", d, ": forqd tree CPU per task"),
+                       "us", cpu * 1e6 / f.n);
       }
     }
   }
@@ -542,25 +608,6 @@ int SectionStartup(const Flags& f) {
   return 0;
 }
 
-// All descendants of `pid` (children of every thread).
-void Descendants(int pid, std::vector<int>* out) {
-  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/task").c_str());
-  if (dir == nullptr) return;
-  std::vector<int> kids;
-  while (dirent* e = readdir(dir)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream in(
-        absl::StrCat("/proc/", pid, "/task/", e->d_name, "/children"));
-    int k;
-    while (in >> k) kids.push_back(k);
-  }
-  closedir(dir);
-  for (int k : kids) {
-    out->push_back(k);
-    Descendants(k, out);
-  }
-}
-
 // Sum of the `field` ("VmRSS:" in status, "Pss:" in smaps_rollup), KiB.
 int64_t SumKib(const std::vector<int>& pids, const char* file,
                absl::string_view field) {
@@ -605,8 +652,7 @@ int SectionRss(const Flags& f) {
       for (auto& fu : *r) (void)fu.Get();
     }
     std::this_thread::sleep_for(std::chrono::seconds(1));
-    std::vector<int> pids = {s->forqd->pid()};
-    Descendants(s->forqd->pid(), &pids);
+    const std::vector<int> pids = Tree(s->forqd->pid());
     const int64_t rss = SumKib(pids, "status", "VmRSS:");
     const int64_t pss = SumKib(pids, "smaps_rollup", "Pss:");
     const int64_t rss_forqd = SumKib({s->forqd->pid()}, "status", "VmRSS:");
