@@ -4,7 +4,7 @@
 //
 //   forq_bench [--sections=submit,batch,e2e,rtt,map,cpu,startup,rss,manager]
 //              [--reps=3] [--seconds=2] [--n=20000] [--rtt_samples=1000]
-//              [--durability=sync,batch,none] [--workers=2]
+//              [--durability=sync,batch,none] [--workers=2] [--paused]
 //
 // Every section starts its own forqd (fresh data dir on $TMPDIR, free
 // loopback ports) with the flags it needs, measures, and kills it. Each
@@ -16,6 +16,7 @@
 // Sections:
 //   submit   unary Submit from 1/4/64 threads for --seconds, per durability
 //   batch    SubmitBatch of 100 from 4/64 threads, per durability
+//            (--paused: Drain first, so workers take nothing: ingest only)
 //   e2e      N x Submit(echo) from one thread, then Get() of every future
 //            (apply_async x N then get all); also with SubmitBatch(100)
 //   rtt      Submit(echo) then Get(), --rtt_samples times: p50/p99
@@ -78,6 +79,8 @@ struct Flags {
   int n = 20'000;
   int rtt_samples = 1000;
   int workers = 2;
+  // submit/batch: Drain first, so only ingest is measured (no dispatch).
+  bool paused = false;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -100,6 +103,8 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       if (!absl::SimpleAtoi(a, &f->rtt_samples) || f->rtt_samples < 1) {
         return false;
       }
+    } else if (a == "--paused") {
+      f->paused = true;
     } else if (absl::ConsumePrefix(&a, "--workers=")) {
       if (!absl::SimpleAtoi(a, &f->workers) || f->workers < 1) return false;
     } else {
@@ -316,6 +321,14 @@ int SectionSubmit(const Flags& f, bool batch) {
           return 1;
         }
         Client* c = s->client.get();
+        if (f.paused) {
+          auto dr = c->Drain(absl::Seconds(5));
+          if (!dr.ok()) {
+            std::cerr << "Drain: " << dr.status() << "\n";
+            return 1;
+          }
+        }
+        const std::string paused = f.paused ? ", dispatch paused" : "";
         int64_t errors = 0;
         double rate;
         std::string op;
@@ -327,13 +340,15 @@ int SectionSubmit(const Flags& f, bool batch) {
                 return r.ok() ? static_cast<int>(r->size()) : -1;
               },
               &errors);
-          op = absl::StrCat("SubmitBatch(100) ", d, ", ", threads, " threads");
+          op = absl::StrCat("SubmitBatch(100) ", d, ", ", threads, " threads",
+                            paused);
         } else {
           rate = RunTimed(
               threads, f.seconds,
               [&]() -> int { return c->Submit("echo", "x").ok() ? 1 : -1; },
               &errors);
-          op = absl::StrCat("unary Submit ", d, ", ", threads, " threads");
+          op = absl::StrCat("unary Submit ", d, ", ", threads, " threads",
+                            paused);
         }
         g_results->Add(op, "tasks/s", rate);
         if (errors > 0) {
