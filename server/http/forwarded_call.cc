@@ -78,11 +78,18 @@ void ForwardedCall::OnWriteDone(bool ok) {
 }
 
 void ForwardedCall::OnDone(const grpc::Status& status) {
-  // gRPC allows the reactor to be destroyed once OnDone runs; `self` keeps
-  // it alive to the end of this function at least.
+  // on_done runs, and the handlers (and whatever they own) are gone, before
+  // the call leaves the tracker: CancelAllAndWait() returning must mean no
+  // handler of any call can still run, so the consumer may tear down what the
+  // handlers post to (the gateway's io_context). The tracker's reference
+  // keeps the call alive until Remove; `self` then keeps it to the end here,
+  // as gRPC allows the reactor to be destroyed once OnDone runs.
+  {
+    Handlers handlers = std::move(handlers_);
+    handlers_ = Handlers();
+    handlers.on_done(status);
+  }
   std::shared_ptr<ForwardedCall> self = tracker_->Remove(this);
-  Handlers handlers = std::move(handlers_);
-  handlers.on_done(status);
 }
 
 bool CallTracker::Add(std::shared_ptr<ForwardedCall> call) {

@@ -93,7 +93,8 @@ class CallTracker {
   CallTracker& operator=(const CallTracker&) = delete;
 
   // Refuses new calls, cancels every live call, and waits until all have run
-  // their on_done handler. Consumers must keep serving their calls
+  // their on_done handler and destroyed their handlers, so no handler runs
+  // after this returns. Consumers must keep serving their calls
   // (ReadNext/Cancel) meanwhile, or the wait never ends.
   void CancelAllAndWait() ABSL_LOCKS_EXCLUDED(mu_);
   size_t live() ABSL_LOCKS_EXCLUDED(mu_);

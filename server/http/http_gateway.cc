@@ -184,7 +184,10 @@ class GatewayImpl {
 // One HTTP/1.1 connection. All of its state is confined to its strand; gRPC
 // callbacks reach it only through net::post. Owned by shared_ptr because
 // Asio handlers and in-flight gRPC calls each keep it alive (the Beast
-// idiom); the cycle with the call ends when the call's on_done runs.
+// idiom); the cycle with the call ends when the call's on_done runs, which
+// GatewayImpl::Stop() waits for. Nothing the session stores in itself (the
+// write queue's continuations) may own it: when Stop() abandons a pending
+// handler, destroying that handler must be enough to free the session.
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, http_internal::GatewayImpl* gw)
@@ -465,10 +468,9 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (!headers_sent_) SendStreamHeaders();
     json->push_back('\n');
-    Enqueue(http10_ ? *std::move(json) : Chunk(*json),
-            [self = shared_from_this(), seq] {
-              if (seq == self->seq_ && self->call_) self->call_->ReadNext();
-            });
+    Enqueue(http10_ ? *std::move(json) : Chunk(*json), [this, seq] {
+      if (seq == seq_ && call_) call_->ReadNext();
+    });
   }
 
   void OnCallDone(uint64_t seq, const grpc::Status& status) {
@@ -488,8 +490,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       if (!http10_) tail += "0\r\n\r\n";
       gw_->RecordHttp(label_, 200, t0_);
-      return Enqueue(std::move(tail),
-                     [self = shared_from_this()] { self->AfterResponse(); });
+      return Enqueue(std::move(tail), [this] { AfterResponse(); });
     }
     if (!status.ok()) {
       HttpError e = ErrorFor(status);
@@ -553,8 +554,7 @@ class Session : public std::enable_shared_from_this<Session> {
     extra.emplace_back("Content-Length", std::to_string(body.size()));
     std::string out = Head(status, content_type, extra, keep_alive_);
     absl::StrAppend(&out, "\r\n", body);
-    Enqueue(std::move(out),
-            [self = shared_from_this()] { self->AfterResponse(); });
+    Enqueue(std::move(out), [this] { AfterResponse(); });
   }
 
   void AfterResponse() {
@@ -563,6 +563,10 @@ class Session : public std::enable_shared_from_this<Session> {
     Close();
   }
 
+  // `then` runs on the strand once `data` is written, from OnWritten, whose
+  // handler owns the session; so `then` captures `this`, never a shared_ptr:
+  // out_ is a member, and an owning capture would be a cycle that outlives
+  // the write handler when Stop() abandons it.
   void Enqueue(std::string data, std::function<void()> then) {
     if (closed_) return;
     out_.emplace_back(std::move(data), std::move(then));
@@ -738,9 +742,16 @@ void http_internal::GatewayImpl::Stop() {
   threads_.clear();
   acceptor_.reset();
   accept_retry_.reset();
+  // Destroys the handlers the stopped io_context never ran; each session
+  // is owned only by such handlers by now, so every one is freed here.
   ioc_.reset();
   stub_.reset();
   channel_.reset();
+  MutexLock lock(&mu_);
+  if (!sessions_.empty()) {
+    spdlog::error("http: {} connection(s) outlived the gateway's stop",
+                  sessions_.size());
+  }
 }
 
 HttpGateway::HttpGateway(HttpGatewayOptions options)
