@@ -42,8 +42,8 @@ class TaskContext {
 // A handler reads `payload`, writes its output to `*result` and returns OK,
 // or returns an error. Errors with a permanent code (INVALID_ARGUMENT,
 // FAILED_PRECONDITION, NOT_FOUND, UNIMPLEMENTED, PERMISSION_DENIED,
-// OUT_OF_RANGE) end the task as FAILED; any other code is retried while
-// attempts remain.
+// OUT_OF_RANGE, ALREADY_EXISTS) end the task as FAILED; any other code is
+// retried while attempts remain.
 using Handler = std::function<absl::Status(
     TaskContext& ctx, absl::string_view payload, std::string* result)>;
 
