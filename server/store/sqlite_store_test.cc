@@ -21,6 +21,7 @@
 
 #include "server/store/test_latch.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 #include <sqlite3.h>
 
@@ -32,26 +33,7 @@ using ::forq::testing::StatusIs;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = getenv("TMPDIR");
-    std::string tmpl =
-        absl::StrCat(base != nullptr ? base : "/tmp", "/forq_sqlite_XXXXXX");
-    EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
-                                 std::filesystem::perm_options::add, ec);
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::forq::testing::TempDir;
 
 StoreOptions OptionsFor(const std::string& dir) {
   StoreOptions options;
