@@ -468,6 +468,22 @@ int SectionRtt(const Flags& f) {
       const std::string op = absl::StrCat("Submit().Get() echo RTT ", d);
       g_results->Add(op + " p50", "us", Pct(us, 50));
       g_results->Add(op + " p99", "us", Pct(us, 99));
+      // Baseline: a unary call that touches neither store nor workers.
+      std::vector<double> base;
+      base.reserve(f.rtt_samples);
+      for (int i = 0; i < f.rtt_samples + 100; ++i) {
+        const auto t0 = Clock::now();
+        if (!c->GetPool().ok()) {
+          std::cerr << "GetPool failed\n";
+          return 1;
+        }
+        if (i >= 100) base.push_back(SecondsSince(t0) * 1e6);
+      }
+      std::sort(base.begin(), base.end());
+      const std::string bop =
+          absl::StrCat("GetPool() RTT (unary baseline) ", d);
+      g_results->Add(bop + " p50", "us", Pct(base, 50));
+      g_results->Add(bop + " p99", "us", Pct(base, 99));
     }
   }
   return 0;
