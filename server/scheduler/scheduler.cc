@@ -461,6 +461,16 @@ void Scheduler::RemoveQueuedLocked(Entry& e) {
   }
 }
 
+void Scheduler::DropWaitDeadlineLocked(uint64_t handle, absl::Time deadline) {
+  auto range = wait_deadlines_.equal_range(deadline);
+  for (auto d = range.first; d != range.second; ++d) {
+    if (d->second == handle) {
+      wait_deadlines_.erase(d);
+      return;
+    }
+  }
+}
+
 void Scheduler::WakeLocked() {
   wake_ = true;
   cv_.Signal();
@@ -522,6 +532,9 @@ void Scheduler::OnFinishPersisted(const std::string& id, absl::Status status) {
       d.Add([done = std::move(w->second.done), task = e.task] {
         done(task, true);
       });
+      // Its timeout entry must go too, or every finished wait would stay in
+      // wait_deadlines_ until its deadline (minutes of growth under load).
+      DropWaitDeadlineLocked(h, w->second.deadline);
       waits_.erase(w);
     }
     EmitLocked(e.task, v1::TaskEvent::STATE, d);
@@ -878,13 +891,7 @@ bool Scheduler::CancelWait(uint64_t handle) {
     auto& v = it->second.waits;
     v.erase(std::remove(v.begin(), v.end(), handle), v.end());
   }
-  auto range = wait_deadlines_.equal_range(w->second.deadline);
-  for (auto d = range.first; d != range.second; ++d) {
-    if (d->second == handle) {
-      wait_deadlines_.erase(d);
-      break;
-    }
-  }
+  DropWaitDeadlineLocked(handle, w->second.deadline);
   waits_.erase(w);
   return true;
 }
@@ -1043,6 +1050,16 @@ void Scheduler::WhenIdle(absl::Duration timeout,
 void Scheduler::StopIntake() {
   MutexLock lock(&mu_);
   accepting_ = false;
+}
+
+size_t Scheduler::pending_waits() {
+  MutexLock lock(&mu_);
+  return waits_.size();
+}
+
+size_t Scheduler::pending_wait_timeouts() {
+  MutexLock lock(&mu_);
+  return wait_deadlines_.size();
 }
 
 bool Scheduler::accepting() {

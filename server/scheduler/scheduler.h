@@ -103,6 +103,9 @@ class Scheduler {
   // Refuses new submits with Unavailable from now on.
   void StopIntake();
   bool accepting();
+  // Pending waits and their timeout entries (for tests and metrics).
+  size_t pending_waits();
+  size_t pending_wait_timeouts();
 
   // Task -> forqd side channel (Manager); set before Start.
   void SetCallHandler(
@@ -173,6 +176,9 @@ class Scheduler {
   void PersistAsync(const v1::Task& task);
   absl::Duration Backoff(int attempt);
   void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the timeout entry of pending wait `handle` (due at `deadline`).
+  void DropWaitDeadlineLocked(uint64_t handle, absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshMetrics();
 
   const SchedulerOptions options_;
