@@ -37,7 +37,26 @@ template <typename R>
 struct ReactorGuard {
   Mutex mu;
   R* reactor ABSL_GUARDED_BY(mu) = nullptr;
+
+  // Called from OnDone: later callbacks find no reactor and do nothing.
+  void Detach() {
+    MutexLock lock(&mu);
+    reactor = nullptr;
+  }
 };
+
+// A scheduler callback that finishes a unary call with a task or an error.
+std::function<void(absl::StatusOr<v1::Task>)> FinishWithTask(
+    grpc::ServerUnaryReactor* reactor, v1::Task* resp) {
+  return [reactor, resp](absl::StatusOr<v1::Task> t) {
+    if (!t.ok()) {
+      reactor->Finish(ToGrpcStatus(t.status()));
+      return;
+    }
+    *resp = std::move(*t);
+    reactor->Finish(grpc::Status::OK);
+  };
+}
 
 // Wait: long poll that parks in the scheduler, no thread held.
 class WaitReactor final : public grpc::ServerUnaryReactor {
@@ -77,10 +96,7 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
 
   // gRPC callback reactors own themselves: deleted when gRPC is done.
   void OnDone() override {
-    {
-      MutexLock lock(&guard_->mu);
-      guard_->reactor = nullptr;
-    }
+    guard_->Detach();
     delete this;
   }
 
@@ -167,10 +183,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
 
   // gRPC callback reactors own themselves: deleted when gRPC is done.
   void OnDone() override {
-    {
-      MutexLock lock(&guard_->mu);
-      guard_->reactor = nullptr;
-    }
+    guard_->Detach();
     if (handle_ != 0) scheduler_.Unsubscribe(handle_);
     delete this;
   }
@@ -292,10 +305,7 @@ class MapReactor final
 
   // gRPC callback reactors own themselves: deleted when gRPC is done.
   void OnDone() override {
-    {
-      MutexLock lock(&guard_->mu);
-      guard_->reactor = nullptr;
-    }
+    guard_->Detach();
     delete this;
   }
 
@@ -518,14 +528,7 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Cancel(
     grpc::CallbackServerContext* ctx, const v1::CancelTaskRequest* req,
     v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
-  scheduler_.Cancel(req->id(), [reactor, resp](absl::StatusOr<v1::Task> t) {
-    if (!t.ok()) {
-      reactor->Finish(ToGrpcStatus(t.status()));
-      return;
-    }
-    *resp = std::move(*t);
-    reactor->Finish(grpc::Status::OK);
-  });
+  scheduler_.Cancel(req->id(), FinishWithTask(reactor, resp));
   return reactor;
 }
 
@@ -559,14 +562,7 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Retry(
     grpc::CallbackServerContext* ctx, const v1::RetryTaskRequest* req,
     v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
-  scheduler_.Retry(req->id(), [reactor, resp](absl::StatusOr<v1::Task> t) {
-    if (!t.ok()) {
-      reactor->Finish(ToGrpcStatus(t.status()));
-      return;
-    }
-    *resp = std::move(*t);
-    reactor->Finish(grpc::Status::OK);
-  });
+  scheduler_.Retry(req->id(), FinishWithTask(reactor, resp));
   return reactor;
 }
 
