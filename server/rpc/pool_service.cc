@@ -2,12 +2,12 @@
 
 #include <unistd.h>
 
-#include "google/protobuf/util/time_util.h"
+#include "server/scheduler/task_proto.h"
 
 namespace forq::server {
 namespace {
 
-v1::WorkerState ToProto(worker::WorkerState s) {
+v1::WorkerState StateToProto(worker::WorkerState s) {
   switch (s) {
     case worker::WorkerState::kStarting:
       return v1::STARTING;
@@ -33,15 +33,13 @@ void PoolServiceImpl::FillStatus(v1::PoolStatus* status) {
     out->set_slot(w.slot);
     out->set_pid(w.pid);
     out->set_parent_pid(w.parent_pid);
-    out->set_state(ToProto(w.state));
+    out->set_state(StateToProto(w.state));
     out->set_current_task_id(w.current_task_id);
     out->set_tasks_done(w.tasks_done);
     out->set_rss_bytes(w.rss_bytes);
     out->set_restarts(w.restarts);
     if (w.started_at != absl::Time()) {
-      *out->mutable_started_at() =
-          google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
-              absl::ToUnixNanos(w.started_at));
+      *out->mutable_started_at() = ToProto(w.started_at);
     }
   }
 }
@@ -60,8 +58,7 @@ grpc::ServerUnaryReactor* PoolServiceImpl::Drain(
     v1::DrainResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   scheduler_.SetDraining(true);
-  absl::Duration timeout = absl::Nanoseconds(
-      google::protobuf::util::TimeUtil::DurationToNanoseconds(req->timeout()));
+  absl::Duration timeout = FromProto(req->timeout());
   absl::Duration left = absl::FromChrono(ctx->deadline()) - absl::Now();
   timeout = std::min(timeout, left - absl::Milliseconds(50));
   scheduler_.WhenIdle(timeout, [this, reactor, resp](bool drained) {

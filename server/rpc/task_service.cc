@@ -5,24 +5,13 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "google/protobuf/util/time_util.h"
 
 #include "common/mutex.h"
 #include "server/rpc/status_util.h"
+#include "server/scheduler/task_proto.h"
 
 namespace forq::server {
 namespace {
-
-using google::protobuf::util::TimeUtil;
-
-absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Nanoseconds(TimeUtil::DurationToNanoseconds(d));
-}
-
-bool IsTerminalState(v1::TaskState s) {
-  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::DEAD ||
-         s == v1::CANCELLED;
-}
 
 // Time left before the client's deadline (capped to a day).
 absl::Duration TimeLeft(grpc::CallbackServerContext* ctx) {
@@ -155,8 +144,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
       v1::TaskEvent first;
       first.set_type(v1::TaskEvent::STATE);
       *first.mutable_task() = std::move(*t);
-      *first.mutable_time() =
-          TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
+      *first.mutable_time() = ToProto(absl::Now());
       backlog_.push_front(std::move(first));
       MaybeWriteLocked();
     }
@@ -206,7 +194,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
     backlog_.pop_front();
     last_written_terminal_ = !task_id_.empty() &&
                              current_.type() == v1::TaskEvent::STATE &&
-                             IsTerminalState(current_.task().state());
+                             IsTerminal(current_.task().state());
     writing_ = true;
     StartWrite(&current_);
   }

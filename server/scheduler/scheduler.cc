@@ -12,33 +12,22 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
-#include "google/protobuf/util/time_util.h"
 #include "spdlog/spdlog.h"
+
+#include "server/scheduler/task_proto.h"
 
 namespace forq::server {
 namespace {
 
-using google::protobuf::util::TimeUtil;
-
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+absl::Status AlreadyFinished(absl::string_view id, v1::TaskState state) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("task ", id, " is already ", v1::TaskState_Name(state)));
 }
 
-absl::Time FromProto(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(t));
-}
-
-google::protobuf::Duration ToProto(absl::Duration d) {
-  return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
-}
-
-absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Nanoseconds(TimeUtil::DurationToNanoseconds(d));
-}
-
-bool IsTerminal(v1::TaskState s) {
-  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::DEAD ||
-         s == v1::CANCELLED;
+absl::Status NotRetryable(absl::string_view id, v1::TaskState state) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("task ", id, " is ", v1::TaskState_Name(state),
+                   "; only DEAD, FAILED or CANCELLED tasks can be retried"));
 }
 
 std::string StateLabel(v1::TaskState s) {
@@ -906,8 +895,7 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
       v1::Task& t = e.task;
       if (e.finishing) {
         d.Add([done, state = t.state(), id = t.id()] {
-          done(absl::FailedPreconditionError(absl::StrCat(
-              "task ", id, " is already ", v1::TaskState_Name(state))));
+          done(AlreadyFinished(id, state));
         });
       } else if (t.state() == v1::QUEUED) {
         RemoveQueuedLocked(e);
@@ -941,8 +929,7 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
     done(t.status());
     return;
   }
-  done(absl::FailedPreconditionError(absl::StrCat(
-      "task ", id, " is already ", v1::TaskState_Name(t->state()))));
+  done(AlreadyFinished(id, t->state()));
 }
 
 void Scheduler::Retry(absl::string_view id, TaskDone done) {
@@ -953,9 +940,7 @@ void Scheduler::Retry(absl::string_view id, TaskDone done) {
     if (it != tasks_.end()) in_memory = it->second.task.state();
   }
   if (in_memory) {
-    done(absl::FailedPreconditionError(
-        absl::StrCat("task ", id, " is ", v1::TaskState_Name(*in_memory),
-                     "; only DEAD, FAILED or CANCELLED tasks can be retried")));
+    done(NotRetryable(id, *in_memory));
     return;
   }
   absl::StatusOr<v1::Task> t = store_.Get(id);
@@ -964,9 +949,7 @@ void Scheduler::Retry(absl::string_view id, TaskDone done) {
     return;
   }
   if (!IsTerminal(t->state()) || t->state() == v1::SUCCEEDED) {
-    done(absl::FailedPreconditionError(
-        absl::StrCat("task ", id, " is ", v1::TaskState_Name(t->state()),
-                     "; only DEAD, FAILED or CANCELLED tasks can be retried")));
+    done(NotRetryable(id, t->state()));
     return;
   }
   v1::Task task = std::move(*t);
