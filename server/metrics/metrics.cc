@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "prometheus/text_serializer.h"
 
 namespace forq::server {
@@ -12,6 +13,13 @@ using prometheus::BuildGauge;
 using prometheus::BuildHistogram;
 
 std::string S(absl::string_view v) { return std::string(v); }
+
+// Label values joined into a cache key; \x1f cannot occur in a queue, kind,
+// state, method or route name.
+std::string Key(absl::string_view a, absl::string_view b = {},
+                absl::string_view c = {}) {
+  return absl::StrCat(a, "\x1f", b, "\x1f", c);
+}
 
 }  // namespace
 
@@ -121,27 +129,52 @@ void Metrics::AddRefreshHook(std::function<void()> hook) {
 }
 
 void Metrics::TaskSubmitted(absl::string_view queue, int n) {
-  submitted_.Add({{"queue", S(queue)}}).Increment(n);
+  submitted_by_
+      .Get(Key(queue),
+           [&]() -> prometheus::Counter& {
+             return submitted_.Add({{"queue", S(queue)}});
+           })
+      .Increment(n);
 }
 
 void Metrics::TaskFinished(absl::string_view queue, absl::string_view state) {
-  finished_.Add({{"queue", S(queue)}, {"state", S(state)}}).Increment();
+  finished_by_
+      .Get(Key(queue, state),
+           [&]() -> prometheus::Counter& {
+             return finished_.Add({{"queue", S(queue)}, {"state", S(state)}});
+           })
+      .Increment();
 }
 
 void Metrics::TaskRetried(absl::string_view queue) {
-  retries_.Add({{"queue", S(queue)}}).Increment();
+  retries_by_
+      .Get(Key(queue),
+           [&]() -> prometheus::Counter& {
+             return retries_.Add({{"queue", S(queue)}});
+           })
+      .Increment();
 }
 
 void Metrics::TaskAttempt(absl::string_view queue, absl::string_view kind,
                           absl::string_view outcome, double seconds) {
-  duration_
-      .Add({{"queue", S(queue)}, {"kind", S(kind)}, {"outcome", S(outcome)}},
-           DurationBuckets())
+  duration_by_
+      .Get(Key(queue, kind, outcome),
+           [&]() -> prometheus::Histogram& {
+             return duration_.Add({{"queue", S(queue)},
+                                   {"kind", S(kind)},
+                                   {"outcome", S(outcome)}},
+                                  DurationBuckets());
+           })
       .Observe(seconds);
 }
 
 void Metrics::TaskQueueWait(absl::string_view queue, double seconds) {
-  queue_wait_.Add({{"queue", S(queue)}}, DurationBuckets()).Observe(seconds);
+  queue_wait_by_
+      .Get(Key(queue),
+           [&]() -> prometheus::Histogram& {
+             return queue_wait_.Add({{"queue", S(queue)}}, DurationBuckets());
+           })
+      .Observe(seconds);
 }
 
 void Metrics::StaleCompletion() { stale_.Add({}).Increment(); }
@@ -185,14 +218,36 @@ void Metrics::SetManagerObjects(double value) {
 
 void Metrics::GrpcHandled(absl::string_view method, absl::string_view code,
                           double seconds) {
-  grpc_handled_.Add({{"method", S(method)}, {"code", S(code)}}).Increment();
-  grpc_latency_.Add({{"method", S(method)}}, LatencyBuckets()).Observe(seconds);
+  grpc_handled_by_
+      .Get(Key(method, code),
+           [&]() -> prometheus::Counter& {
+             return grpc_handled_.Add(
+                 {{"method", S(method)}, {"code", S(code)}});
+           })
+      .Increment();
+  grpc_latency_by_
+      .Get(
+          Key(method),
+          [&]() -> prometheus::Histogram& {
+            return grpc_latency_.Add({{"method", S(method)}}, LatencyBuckets());
+          })
+      .Observe(seconds);
 }
 
 void Metrics::HttpHandled(absl::string_view route, absl::string_view code,
                           double seconds) {
-  http_handled_.Add({{"route", S(route)}, {"code", S(code)}}).Increment();
-  http_latency_.Add({{"route", S(route)}}, LatencyBuckets()).Observe(seconds);
+  http_handled_by_
+      .Get(Key(route, code),
+           [&]() -> prometheus::Counter& {
+             return http_handled_.Add({{"route", S(route)}, {"code", S(code)}});
+           })
+      .Increment();
+  http_latency_by_
+      .Get(Key(route),
+           [&]() -> prometheus::Histogram& {
+             return http_latency_.Add({{"route", S(route)}}, LatencyBuckets());
+           })
+      .Observe(seconds);
 }
 
 }  // namespace forq::server

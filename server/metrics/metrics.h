@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -19,6 +20,30 @@
 #include "common/mutex.h"
 
 namespace forq::server {
+
+// Children of one metric family by label values, resolved once:
+// prometheus-cpp's Family::Add builds and hashes a label map (and, for
+// histograms, a bucket vector) on every call, which the task path cannot
+// afford per task. Thread-safe.
+template <typename T>
+class MetricChildren {
+ public:
+  // The child for `key` (the label values joined), made by `make` the
+  // first time.
+  template <typename Make>
+  T& Get(const std::string& key, Make make) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
+    auto it = children_.find(key);
+    if (it != children_.end()) return *it->second;
+    T& child = make();
+    children_.emplace(key, &child);
+    return child;
+  }
+
+ private:
+  Mutex mu_;
+  absl::flat_hash_map<std::string, T*> children_ ABSL_GUARDED_BY(mu_);
+};
 
 // Thread-safe.
 class Metrics {
@@ -93,6 +118,11 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& grpc_latency_;
   prometheus::Family<prometheus::Counter>& http_handled_;
   prometheus::Family<prometheus::Histogram>& http_latency_;
+
+  MetricChildren<prometheus::Counter> submitted_by_, finished_by_, retries_by_,
+      grpc_handled_by_, http_handled_by_;
+  MetricChildren<prometheus::Histogram> duration_by_, queue_wait_by_,
+      grpc_latency_by_, http_latency_by_;
 
   Mutex hooks_mu_;
   std::vector<std::function<void()>> hooks_ ABSL_GUARDED_BY(hooks_mu_);
