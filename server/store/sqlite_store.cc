@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -232,6 +233,9 @@ struct SqliteStore::PendingWrite {
   InsertDone insert_done;
   WriteDone write_done;
   std::function<void(absl::StatusOr<int64_t>)> purge_done;
+  // kUpdate: tasks[i] is skipped when a later write of the same group
+  // replaces it (set by CommitGroup).
+  std::vector<bool> superseded;
   // kInsert: filled by ApplyInsert.
   std::vector<InsertResult> results;
   int64_t purged = 0;
@@ -405,9 +409,10 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
   FORQ_ASSIGN_OR_RETURN(
       writer->update_task,
       Prepare(path, db,
-              "UPDATE tasks SET queue = ?2, kind = ?3, state = ?4, "
-              "priority = ?5, idempotency_key = ?6, finished_at_us = ?7, "
-              "expires_at_us = ?8, data = ?9 WHERE id = ?1"));
+              // Queue, kind, priority and idempotency key never change
+              // after insert: leaving them out spares their indexes.
+              "UPDATE tasks SET state = ?2, finished_at_us = ?3, "
+              "expires_at_us = ?4, data = ?5 WHERE id = ?1"));
   FORQ_ASSIGN_OR_RETURN(
       writer->put_object,
       Prepare(path, db,
@@ -546,44 +551,31 @@ void SqliteStore::SyncWal(std::vector<Committed>& unsynced) {
 
 void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
                               std::vector<Committed>& unsynced) {
-  sqlite3* db = writer_->db.get();
-  auto run = [&](sqlite3_stmt* stmt, absl::string_view what) {
-    StmtUse use(stmt);
-    return StepDone(path_, db, stmt, what);
-  };
-
-  absl::Status txn_status = run(writer_->begin.get(), "begin transaction");
-  std::vector<absl::Status> statuses(group.size());
-  size_t applied = 0;
-  for (; txn_status.ok() && applied < group.size(); ++applied) {
-    txn_status = run(writer_->savepoint.get(), "savepoint");
-    if (!txn_status.ok()) {
-      break;
+  // Every update writes a whole task, so of several updates of one task in
+  // a group only the last needs a row (a RUNNING record followed by the
+  // terminal one, say).
+  absl::flat_hash_map<absl::string_view, std::pair<size_t, size_t>> last;
+  for (size_t i = 0; i < group.size(); ++i) {
+    PendingWrite& op = *group[i];
+    if (op.type != PendingWrite::Type::kUpdate) continue;
+    op.superseded.assign(op.tasks.size(), false);
+    for (size_t j = 0; j < op.tasks.size(); ++j) {
+      auto [it, inserted] = last.try_emplace(op.tasks[j].id(), i, j);
+      if (!inserted) {
+        group[it->second.first]->superseded[it->second.second] = true;
+        it->second = {i, j};
+      }
     }
-    absl::Status status = Apply(*group[applied]);
-    if (!status.ok() && sqlite3_get_autocommit(db)) {
-      // SQLite rolled the whole transaction back (disk full, I/O error):
-      // every call in the group is lost, not just this one.
-      txn_status = status;
-      break;
-    }
-    if (!status.ok()) {
-      // Undo only this call's rows; its neighbours stay in the group.
-      txn_status = run(writer_->rollback_to.get(), "rollback to savepoint");
-    }
-    if (txn_status.ok()) {
-      txn_status = run(writer_->release.get(), "release");
-    }
-    statuses[applied] = std::move(status);
   }
-  if (txn_status.ok()) {
-    txn_status = run(writer_->commit.get(), "commit");
+  std::vector<absl::Status> statuses(group.size());
+  absl::Status txn_status = RunGroup(group, statuses, /*isolated=*/false);
+  if (txn_status.code() == absl::StatusCode::kAborted) {
+    // One call failed on its own (an unknown task, say): run the group
+    // again with each call in a savepoint, so only that call fails.
+    for (auto& op : group) op->superseded.clear();
+    txn_status = RunGroup(group, statuses, /*isolated=*/true);
   }
   if (!txn_status.ok()) {
-    if (!sqlite3_get_autocommit(db)) {
-      StmtUse use(writer_->rollback.get());
-      sqlite3_step(use.get());
-    }
     // The writer keeps going: the next group starts a fresh transaction, so
     // a transient ENOSPC/EIO fails only the calls caught in it.
     spdlog::error("{} ({} writes failed)", std::string(txn_status.message()),
@@ -592,6 +584,14 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
       op->Finish(txn_status);
     }
     return;
+  }
+  for (auto& op : group) {
+    if (op->type != PendingWrite::Type::kInsert) continue;
+    for (size_t i = 0; i < op->results.size(); ++i) {
+      if (!op->results[i].existing) {
+        op->results[i].task = std::move(op->tasks[i]);
+      }
+    }
   }
   for (size_t i = 0; i < group.size(); ++i) {
     if (durability_ == Durability::kBatch) {
@@ -602,6 +602,50 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
       group[i]->Finish(std::move(statuses[i]));
     }
   }
+}
+
+absl::Status SqliteStore::RunGroup(
+    std::vector<std::unique_ptr<PendingWrite>>& group,
+    std::vector<absl::Status>& statuses, bool isolated) {
+  sqlite3* db = writer_->db.get();
+  auto run = [&](sqlite3_stmt* stmt, absl::string_view what) {
+    StmtUse use(stmt);
+    return StepDone(path_, db, stmt, what);
+  };
+  absl::Status txn_status = run(writer_->begin.get(), "begin transaction");
+  for (size_t i = 0; txn_status.ok() && i < group.size(); ++i) {
+    if (isolated) {
+      txn_status = run(writer_->savepoint.get(), "savepoint");
+      if (!txn_status.ok()) break;
+    }
+    absl::Status status = Apply(*group[i]);
+    if (!status.ok() && sqlite3_get_autocommit(db)) {
+      // SQLite rolled the whole transaction back (disk full, I/O error):
+      // every call in the group is lost, not just this one.
+      txn_status = status;
+      break;
+    }
+    if (!status.ok() && !isolated) {
+      txn_status = absl::AbortedError("a call of the group failed");
+      break;
+    }
+    if (!status.ok()) {
+      // Undo only this call's rows; its neighbours stay in the group.
+      txn_status = run(writer_->rollback_to.get(), "rollback to savepoint");
+    }
+    if (isolated && txn_status.ok()) {
+      txn_status = run(writer_->release.get(), "release");
+    }
+    statuses[i] = std::move(status);
+  }
+  if (txn_status.ok()) {
+    txn_status = run(writer_->commit.get(), "commit");
+  }
+  if (!txn_status.ok() && !sqlite3_get_autocommit(db)) {
+    StmtUse use(writer_->rollback.get());
+    sqlite3_step(use.get());
+  }
+  return txn_status;
 }
 
 absl::Status SqliteStore::Apply(PendingWrite& op) {
@@ -638,7 +682,9 @@ absl::Status SqliteStore::Apply(PendingWrite& op) {
 
 absl::Status SqliteStore::ApplyInsert(PendingWrite& op) {
   sqlite3* db = writer_->db.get();
-  op.results.resize(op.tasks.size());
+  // Fresh results: a group may be applied twice (see RunGroup). The stored
+  // tasks move into them only after the commit (CommitGroup).
+  op.results.assign(op.tasks.size(), InsertResult());
   for (size_t i = 0; i < op.tasks.size(); ++i) {
     v1::Task& task = op.tasks[i];
     if (task.id().empty()) {
@@ -675,20 +721,27 @@ absl::Status SqliteStore::ApplyInsert(PendingWrite& op) {
     if (rc != SQLITE_DONE) {
       return SqliteError(path_, db, rc, absl::StrCat("insert ", task.id()));
     }
-    op.results[i].task = std::move(task);
   }
   return absl::OkStatus();
 }
 
 absl::Status SqliteStore::ApplyUpdate(PendingWrite& op) {
   sqlite3* db = writer_->db.get();
-  for (const v1::Task& task : op.tasks) {
+  for (size_t i = 0; i < op.tasks.size(); ++i) {
+    if (i < op.superseded.size() && op.superseded[i]) continue;
+    const v1::Task& task = op.tasks[i];
     if (!task.SerializeToString(&writer_->scratch)) {
       return absl::InternalError(absl::StrCat(
           "sqlite store ", path_, ": cannot serialise task ", task.id()));
     }
     StmtUse use(writer_->update_task.get());
-    BindTaskColumns(use.get(), task, writer_->scratch);
+    sqlite3_stmt* stmt = use.get();
+    BindText(stmt, 1, task.id());
+    sqlite3_bind_int(stmt, 2, static_cast<int>(task.state()));
+    BindOptionalInt(stmt, 3, FinishedAtMicros(task));
+    BindOptionalInt(stmt, 4, ExpiresAtMicros(task));
+    sqlite3_bind_blob(stmt, 5, writer_->scratch.data(),
+                      static_cast<int>(writer_->scratch.size()), SQLITE_STATIC);
     FORQ_RETURN_IF_ERROR(
         StepDone(path_, db, use.get(), absl::StrCat("update ", task.id())));
     if (sqlite3_changes(db) == 0) {

@@ -95,6 +95,12 @@ class SqliteStore final : public Store {
                    std::vector<Committed>& unsynced);
   // Fsyncs the WAL, then runs the callbacks in `unsynced` and clears it.
   void SyncWal(std::vector<Committed>& unsynced);
+  // Applies `group` in one transaction, each call's status in `statuses`.
+  // Not `isolated`: Aborted as soon as one call fails (nothing committed).
+  // `isolated`: each call in a savepoint, so a failing call is undone alone.
+  // Other errors are the transaction's own (nothing committed).
+  absl::Status RunGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
+                        std::vector<absl::Status>& statuses, bool isolated);
   absl::Status Apply(PendingWrite& op);
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
