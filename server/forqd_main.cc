@@ -10,6 +10,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
 
 #include "common/logging.h"
@@ -35,6 +36,9 @@ ABSL_FLAG(std::vector<std::string>, plugin, {},
 ABSL_FLAG(std::vector<std::string>, exec_allow, {},
           "comma-separated absolute paths the exec kind may run (empty = "
           "exec disabled)");
+ABSL_FLAG(int, prefetch, 8,
+          "assignments queued in each worker behind the one it runs (tasks "
+          "with a timeout of 10s or more); 0 = one task per worker at a time");
 ABSL_FLAG(int, max_tasks_per_child, 0,
           "recycle a worker after this many tasks (0 = never)");
 ABSL_FLAG(int, max_worker_rss_mb, 0,
@@ -80,6 +84,7 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "log_level",
                                  "plugin",
                                  "exec_allow",
+                                 "prefetch",
                                  "max_tasks_per_child",
                                  "max_worker_rss_mb",
                                  "cancel_grace",
@@ -110,6 +115,12 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef NDEBUG
+  // Debian builds libabsl without NDEBUG, so every absl::Mutex (inside gRPC
+  // and our own code) would run its deadlock detector: about a fifth of a
+  // unary call's instructions. Release builds of forqd switch it off.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
   absl::SetProgramUsageMessage(
       "forqd: the forq task queue server.\n"
       "Flags may also come from FORQ_<FLAG> environment variables or a "
@@ -140,6 +151,7 @@ int main(int argc, char** argv) {
   o.pool.plugins = absl::GetFlag(FLAGS_plugin);
   o.pool.exec_allow = absl::GetFlag(FLAGS_exec_allow);
   o.pool.max_tasks_per_child = absl::GetFlag(FLAGS_max_tasks_per_child);
+  o.pool.prefetch = absl::GetFlag(FLAGS_prefetch);
   o.pool.max_worker_rss_bytes =
       static_cast<uint64_t>(absl::GetFlag(FLAGS_max_worker_rss_mb)) << 20;
   o.pool.cancel_grace = absl::GetFlag(FLAGS_cancel_grace);
@@ -190,5 +202,7 @@ int main(int argc, char** argv) {
   sigwait(&signals, &sig);
   spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown();
-  return 0;
+  // Exit code 3: the worker pool was lost; restart forqd (systemd's
+  // Restart=on-failure, a container restart policy) to get a new one.
+  return (*server)->pool_lost() ? 3 : 0;
 }

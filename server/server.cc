@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include "absl/strings/match.h"
@@ -53,6 +54,16 @@ absl::Status Server::Start() {
                 std::function<void(absl::StatusOr<std::string>)> reply) {
         manager->HandleTaskCall(task_id, std::move(request), std::move(reply));
       });
+  // A pool without its supervisor cannot replace a dead worker, and forking
+  // a new supervisor from this (threaded) process is unsafe: stop, and let
+  // the service manager start forqd again (SIGTERM to ourselves, taken by
+  // main's sigwait).
+  scheduler_->SetPoolLostHandler([this](const absl::Status&) {
+    if (!pool_lost_.exchange(true)) {
+      spdlog::critical("forqd stops so it can be restarted with a new pool");
+      kill(getpid(), SIGTERM);
+    }
+  });
   scheduler_->SetAttemptEndHandler([manager](absl::string_view task_id) {
     manager->CancelTaskCalls(task_id);
   });
@@ -99,7 +110,9 @@ absl::Status Server::Start() {
   worker::WorkerPool* pool = pool_.get();
   http.readiness = [scheduler, pool] {
     ReadyState r;
-    r.store_open = true;
+    // A store that fails terminal writes holds finished tasks back (they are
+    // written again); readiness says so.
+    r.store_open = !scheduler->store_failing();
     for (const worker::WorkerInfo& w : pool->Workers()) {
       if (w.state == worker::WorkerState::kIdle ||
           w.state == worker::WorkerState::kBusy) {
@@ -107,8 +120,10 @@ absl::Status Server::Start() {
       }
     }
     r.draining = scheduler->draining() || !scheduler->accepting();
-    r.ready = r.live_workers > 0 && !r.draining;
-    if (r.draining) {
+    r.ready = r.live_workers > 0 && !r.draining && r.store_open;
+    if (!r.store_open) {
+      r.message = "store writes failing";
+    } else if (r.draining) {
       r.message = "draining";
     } else if (r.live_workers == 0) {
       r.message = "no live workers";

@@ -4,6 +4,7 @@
 #ifndef FORQ_SERVER_SERVER_H_
 #define FORQ_SERVER_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -59,6 +60,11 @@ class Server {
   // running tasks get drain_grace, the rest stay QUEUED on disk.
   void Shutdown();
 
+  // True once the worker pool was lost (its supervisor died). forqd then
+  // stops as on SIGTERM and exits non-zero so it is restarted; every
+  // acknowledged task is in the store and runs after the restart.
+  bool pool_lost() const { return pool_lost_.load(); }
+
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_port_; }
 
@@ -78,6 +84,7 @@ class Server {
   int grpc_port_ = 0;
   int http_port_ = 0;
   bool shut_down_ = false;
+  std::atomic<bool> pool_lost_{false};
 };
 
 }  // namespace forq::server

@@ -31,10 +31,10 @@ Channel::Channel(ShmRing tx, ShmRing rx, ChannelFds fds,
       fds_(fds),
       max_spill_bytes_(max_spill_bytes) {}
 
-absl::Status Channel::Send(uint16_t type, absl::string_view body) {
+absl::Status Channel::Send(uint16_t type, absl::string_view body, bool wake) {
   if (body.size() <= tx_.max_body()) {
     absl::Status s = tx_.Push(type, 0, body);
-    if (s.ok()) WakePeer();
+    if (s.ok() && wake) WakePeerIfWaiting();
     return s;
   }
   // Check ring space before sending the fd: a spill fd must never be queued
@@ -49,8 +49,18 @@ absl::Status Channel::Send(uint16_t type, absl::string_view body) {
   // Cannot fail now: only we produce, and the consumer only frees space.
   absl::Status s = tx_.Push(type, kFrameSpilled,
                             absl::string_view(size_field, sizeof(size_field)));
-  if (s.ok()) WakePeer();
+  if (s.ok() && wake) WakePeerIfWaiting();
   return s;
+}
+
+void Channel::WakePeerIfWaiting() {
+  if (peer_waiting_ != nullptr) {
+    // Orders our tail store before the flag load; the peer stores its flag
+    // and fences before re-checking our tail, so one of us sees the other.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (peer_waiting_->load(std::memory_order_relaxed) == 0) return;
+  }
+  WakePeer();
 }
 
 absl::StatusOr<std::optional<Message>> Channel::Receive() {

@@ -4,6 +4,7 @@
 #ifndef FORQ_WORKER_CHANNEL_H_
 #define FORQ_WORKER_CHANNEL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -40,13 +41,25 @@ class Channel {
   Channel& operator=(const Channel&) = delete;
 
   // Sends one message (inline, or through the spill path when larger than
-  // the ring allows) and wakes the peer. ResourceExhausted if the ring or
-  // spill socket is full right now (nothing was sent); DataLoss if the peer
-  // corrupted the ring's consumer index.
-  absl::Status Send(uint16_t type, absl::string_view body);
+  // the ring allows) and, if `wake`, wakes the peer (see
+  // SetPeerWaitingFlag). ResourceExhausted if the ring or spill socket is
+  // full right now (nothing was sent); DataLoss if the peer corrupted the
+  // ring's consumer index.
+  absl::Status Send(uint16_t type, absl::string_view body, bool wake = true);
+  // Wakes the peer if it may be asleep (always, without a waiting flag).
+  void WakePeerIfWaiting();
   // Takes the next message, or nullopt if none is pending. DataLoss if the
   // peer wrote anything invalid (the link is then unusable until Reset).
   absl::StatusOr<std::optional<Message>> Receive();
+
+  // From now on Send wakes the peer only while `*peer_waiting` is non-zero
+  // (the peer's "I may sleep" flag in shared memory; see SlotControl).
+  // `peer_waiting` must outlive the channel. Without it, every Send wakes.
+  void SetPeerWaitingFlag(std::atomic<uint32_t>* peer_waiting) {
+    peer_waiting_ = peer_waiting;
+  }
+  // True if a message (or part of one) is waiting in the receive ring.
+  bool HasPending() const { return rx_.HasPending(); }
 
   // Clears pending wake-ups on own_wake_fd (call before draining Receive,
   // so a wake-up for a message sent meanwhile is not lost).
@@ -68,6 +81,7 @@ class Channel {
   ShmRing rx_;
   const ChannelFds fds_;
   const uint64_t max_spill_bytes_;
+  std::atomic<uint32_t>* peer_waiting_ = nullptr;
 };
 
 }  // namespace forq::worker

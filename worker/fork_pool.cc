@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -54,8 +55,14 @@ constexpr uint64_t kMaxSpillBytes = uint64_t{256} << 20;
 // Frames handled per slot per event-loop turn, so one chatty worker cannot
 // starve the others.
 constexpr int kMaxFramesPerTurn = 256;
+// A worker whose running attempt has gone this long gives back the
+// assignments queued behind it when another worker is idle.
+constexpr absl::Duration kStealAfter = absl::Milliseconds(2);
+
 constexpr absl::Duration kRssPollInterval = absl::Milliseconds(100);
 constexpr absl::Duration kSupervisorExitWait = absl::Seconds(2);
+// GetPool and the metrics read worker RSS from /proc at most this often.
+constexpr absl::Duration kRssCacheFor = absl::Seconds(1);
 constexpr int kMaxWorkers = 1024;
 
 constexpr uint64_t kSupervisorKey = uint64_t{1} << 32;
@@ -97,17 +104,31 @@ struct Slot {
   uint64_t tasks_done = 0;
   uint32_t restarts = 0;
 
-  // The attempt it runs, if busy.
-  bool busy = false;
-  std::string task_id;
-  int attempt = 0;
-  uint64_t task_seq = 0;
-  absl::Time dispatched_at;
-  absl::Duration timeout = absl::InfiniteDuration();
+  // Assignments sent to this worker and not answered yet, in order. The
+  // front one runs (or is about to); the others wait in its ring.
+  struct Pending {
+    std::string task_id;
+    int attempt = 0;
+    uint64_t task_seq = 0;
+    absl::Duration timeout = absl::InfiniteDuration();
+    bool cancel_requested = false;
+  };
+  std::deque<Pending> queue;
+  // When the front assignment became the running one, and its deadlines.
+  absl::Time head_since;
   absl::Time deadline = absl::InfiniteFuture();
-  bool cancel_requested = false;
   absl::Time cancel_deadline = absl::InfiniteFuture();
   absl::Time next_rss_check = absl::InfiniteFuture();
+  // Revoked assignments stay in the ring until the worker skips them; their
+  // kSkipped answers (task_seq <= revoked_upto) are expected.
+  uint64_t revoked_upto = 0;
+  // Cancel asked for an assignment still queued: revoke on the next turn.
+  bool revoke_pending = false;
+  // Worker RSS, sampled at most once per kRssCacheFor for Workers().
+  uint64_t rss_bytes = 0;
+  absl::Time rss_sampled = absl::InfinitePast();
+
+  bool busy() const { return !queue.empty(); }
 };
 
 class ForkPool;
@@ -149,7 +170,10 @@ class ForkPool : public WorkerPool {
 
   absl::Status Start(PoolCallbacks callbacks) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Dispatch(Assignment a) override ABSL_LOCKS_EXCLUDED(mu_);
+  size_t DispatchMany(std::vector<Assignment>& batch) override
+      ABSL_LOCKS_EXCLUDED(mu_);
   int IdleCount() override ABSL_LOCKS_EXCLUDED(mu_);
+  int Room() override ABSL_LOCKS_EXCLUDED(mu_);
   void Cancel(absl::string_view task_id, int attempt) override
       ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<WorkerInfo> Workers() override ABSL_LOCKS_EXCLUDED(mu_);
@@ -168,6 +192,26 @@ class ForkPool : public WorkerPool {
   using Todo = std::vector<std::function<void()>>;
 
   void EventLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Sends `a` to a worker with room; false if none has. Wake-ups are left
+  // to the caller (WakeWorkersLocked), one per worker per batch.
+  bool DispatchLocked(Assignment& a, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WakeWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Assignments a worker may hold at once (running + queued).
+  size_t MaxAssigned() const;
+  bool Usable(const Slot& s) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The front assignment of `s` starts running now (or nothing, if empty).
+  void StartHeadLocked(Slot& s, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes back every queued assignment of `s` the worker has not started;
+  // each is answered kRevoked (kCancelled if a cancel asked for it).
+  void RevokeLocked(Slot& s, Todo& todo) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Revokes what waits behind long attempts while another worker is idle.
+  void StealLocked(absl::Time now, Todo& todo)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PushOutcomeLocked(Outcome o, Todo& todo)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Outcome RevokedOutcome(const Slot& s, const Slot::Pending& p) const;
   void ReadSupervisorLocked(Todo& todo) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleSupervisorEventLocked(const SupervisorEvent& e, Todo& todo)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -221,6 +265,10 @@ class ForkPool : public WorkerPool {
   uint64_t last_task_seq_ ABSL_GUARDED_BY(mu_) = 0;
   size_t next_slot_ ABSL_GUARDED_BY(mu_) = 0;
   char event_buf_[sizeof(SupervisorEvent) * 64] ABSL_GUARDED_BY(mu_);
+  // Slots sent frames since their last wake-up check.
+  std::vector<Slot*> to_wake_ ABSL_GUARDED_BY(mu_);
+  // When the event thread, asleep, will wake by itself.
+  absl::Time planned_wake_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   size_t event_buf_len_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -339,56 +387,123 @@ absl::Status ForkPool::Start(PoolCallbacks callbacks) {
   return absl::OkStatus();
 }
 
+size_t ForkPool::MaxAssigned() const {
+  // Queued assignments would outlive a recycle decision taken between
+  // tasks, so the recycling options keep one assignment per worker.
+  if (options_.max_tasks_per_child > 0 || options_.max_worker_rss_bytes > 0) {
+    return 1;
+  }
+  return 1 + static_cast<size_t>(options_.prefetch);
+}
+
+bool ForkPool::Usable(const Slot& s) const {
+  return (s.state == WorkerState::kIdle || s.state == WorkerState::kBusy) &&
+         s.kill_reason == KillReason::kNone;
+}
+
+bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
+  const size_t n = slots_.size();
+  const bool may_queue = MayQueueBehind(a);
+  const size_t max_assigned = MaxAssigned();
+  // An idle worker first (round robin); else, if `a` may wait behind a
+  // running attempt, the worker with the shortest queue that has room.
+  Slot* target = nullptr;
+  for (size_t k = 0; k < n && target == nullptr; ++k) {
+    Slot& s = *slots_[(next_slot_ + k) % n];
+    if (Usable(s) && !s.busy()) target = &s;
+  }
+  if (target == nullptr && may_queue) {
+    for (size_t k = 0; k < n; ++k) {
+      Slot& s = *slots_[(next_slot_ + k) % n];
+      if (!Usable(s) || s.queue.size() >= max_assigned) continue;
+      if (target == nullptr || s.queue.size() < target->queue.size()) {
+        target = &s;
+      }
+    }
+  }
+  if (target == nullptr) return false;
+  Slot& s = *target;
+  AssignMessage m;
+  m.task_seq = ++last_task_seq_;
+  m.task_id = a.task_id;
+  m.attempt = a.attempt;
+  const bool has_timeout =
+      a.timeout != absl::InfiniteDuration() && a.timeout > absl::ZeroDuration();
+  m.timeout_ns = has_timeout ? absl::ToInt64Nanoseconds(a.timeout) : -1;
+  m.kind = std::move(a.kind);
+  m.payload = std::move(a.payload);
+  absl::Status sent = s.channel->Send(
+      static_cast<uint16_t>(MessageType::kAssign), Encode(m), /*wake=*/false);
+  if (!sent.ok()) {
+    // A full ring while the worker holds few assignments, or a corrupt
+    // consumer index: the worker misbehaves.
+    ViolationLocked(s, sent);
+    a.kind = std::move(m.kind);
+    a.payload = std::move(m.payload);
+    return DispatchLocked(a, now);
+  }
+  Slot::Pending p;
+  p.task_id = std::move(a.task_id);
+  p.attempt = a.attempt;
+  p.task_seq = m.task_seq;
+  p.timeout = has_timeout ? a.timeout : absl::InfiniteDuration();
+  s.queue.push_back(std::move(p));
+  if (s.queue.size() == 1) StartHeadLocked(s, now);
+  s.state = WorkerState::kBusy;
+  next_slot_ = (s.index + 1) % n;
+  if (std::find(to_wake_.begin(), to_wake_.end(), &s) == to_wake_.end()) {
+    to_wake_.push_back(&s);
+  }
+  return true;
+}
+
+void ForkPool::StartHeadLocked(Slot& s, absl::Time now) {
+  s.head_since = now;
+  s.deadline = absl::InfiniteFuture();
+  s.cancel_deadline = absl::InfiniteFuture();
+  s.next_rss_check = absl::InfiniteFuture();
+  if (s.queue.empty()) return;
+  const Slot::Pending& head = s.queue.front();
+  if (head.timeout != absl::InfiniteDuration()) {
+    s.deadline = now + head.timeout;
+  }
+  if (head.cancel_requested) s.cancel_deadline = now + options_.cancel_grace;
+  if (options_.max_worker_rss_bytes > 0) {
+    s.next_rss_check = now + kRssPollInterval;
+  }
+  // The event thread sleeps until the earliest deadline it knew of; wake it
+  // only if this one is earlier (not for every task's one-hour timeout).
+  if (std::min({s.deadline, s.cancel_deadline, s.next_rss_check}) <
+      planned_wake_) {
+    WakeEventThread();
+  }
+}
+
+void ForkPool::WakeWorkersLocked() {
+  for (Slot* s : to_wake_) s->channel->WakePeerIfWaiting();
+  to_wake_.clear();
+}
+
 absl::Status ForkPool::Dispatch(Assignment a) {
   MutexLock l(&mu_);
   if (stopping_) return absl::UnavailableError("worker pool is shut down");
   if (supervisor_lost_) {
     return absl::UnavailableError("worker pool supervisor died");
   }
-  const size_t n = slots_.size();
-  for (size_t k = 0; k < n; ++k) {
-    Slot& s = *slots_[(next_slot_ + k) % n];
-    if (s.state != WorkerState::kIdle || s.kill_reason != KillReason::kNone) {
-      continue;
-    }
-    AssignMessage m;
-    m.task_seq = ++last_task_seq_;
-    m.task_id = a.task_id;
-    m.attempt = a.attempt;
-    const bool has_timeout = a.timeout != absl::InfiniteDuration() &&
-                             a.timeout > absl::ZeroDuration();
-    m.timeout_ns = has_timeout ? absl::ToInt64Nanoseconds(a.timeout) : -1;
-    m.kind = std::move(a.kind);
-    m.payload = std::move(a.payload);
-    absl::Status sent =
-        s.channel->Send(static_cast<uint16_t>(MessageType::kAssign), Encode(m));
-    if (!sent.ok()) {
-      // An idle worker has consumed everything we sent it; a full or
-      // corrupt ring means it misbehaves.
-      ViolationLocked(s, sent);
-      a.kind = std::move(m.kind);
-      a.payload = std::move(m.payload);
-      continue;
-    }
-    const absl::Time now = absl::Now();
-    s.busy = true;
-    s.state = WorkerState::kBusy;
-    s.task_id = std::move(a.task_id);
-    s.attempt = a.attempt;
-    s.task_seq = m.task_seq;
-    s.dispatched_at = now;
-    s.timeout = has_timeout ? a.timeout : absl::InfiniteDuration();
-    s.deadline = has_timeout ? now + a.timeout : absl::InfiniteFuture();
-    s.cancel_requested = false;
-    s.cancel_deadline = absl::InfiniteFuture();
-    s.next_rss_check = options_.max_worker_rss_bytes > 0
-                           ? now + kRssPollInterval
-                           : absl::InfiniteFuture();
-    next_slot_ = (s.index + 1) % n;
-    if (has_timeout || options_.max_worker_rss_bytes > 0) WakeEventThread();
-    return absl::OkStatus();
-  }
-  return absl::ResourceExhaustedError("no idle worker");
+  const bool sent = DispatchLocked(a, absl::Now());
+  WakeWorkersLocked();
+  if (!sent) return absl::ResourceExhaustedError("no idle worker");
+  return absl::OkStatus();
+}
+
+size_t ForkPool::DispatchMany(std::vector<Assignment>& batch) {
+  MutexLock l(&mu_);
+  if (stopping_ || supervisor_lost_) return 0;
+  const absl::Time now = absl::Now();
+  size_t n = 0;
+  while (n < batch.size() && DispatchLocked(batch[n], now)) ++n;
+  WakeWorkersLocked();
+  return n;
 }
 
 int ForkPool::IdleCount() {
@@ -396,33 +511,55 @@ int ForkPool::IdleCount() {
   if (stopping_ || supervisor_lost_) return 0;
   int idle = 0;
   for (const auto& s : slots_) {
-    if (s->state == WorkerState::kIdle && s->kill_reason == KillReason::kNone) {
-      ++idle;
-    }
+    if (Usable(*s) && !s->busy()) ++idle;
   }
   return idle;
+}
+
+int ForkPool::Room() {
+  MutexLock l(&mu_);
+  if (stopping_ || supervisor_lost_) return 0;
+  const size_t max_assigned = MaxAssigned();
+  int room = 0;
+  for (const auto& s : slots_) {
+    if (Usable(*s) && s->queue.size() < max_assigned) {
+      room += static_cast<int>(max_assigned - s->queue.size());
+    }
+  }
+  return room;
 }
 
 void ForkPool::Cancel(absl::string_view task_id, int attempt) {
   MutexLock l(&mu_);
   for (auto& sp : slots_) {
     Slot& s = *sp;
-    if (!s.busy || s.task_id != task_id || s.attempt != attempt) continue;
-    if (s.cancel_requested || s.kill_reason != KillReason::kNone) return;
-    s.cancel_requested = true;
-    s.cancel_deadline = absl::Now() + options_.cancel_grace;
-    // Release: nothing else is published with it, but it keeps the store
-    // from being reordered before the decision above on weak machines.
-    s.view.control->cancel_seq.store(s.task_seq, std::memory_order_release);
-    // Wake a handler blocked in TaskContext::Call.
-    s.channel->WakePeer();
-    WakeEventThread();
-    return;
+    for (size_t i = 0; i < s.queue.size(); ++i) {
+      Slot::Pending& p = s.queue[i];
+      if (p.task_id != task_id || p.attempt != attempt) continue;
+      if (p.cancel_requested || s.kill_reason != KillReason::kNone) return;
+      p.cancel_requested = true;
+      if (i == 0) {
+        s.cancel_deadline = absl::Now() + options_.cancel_grace;
+      } else {
+        // Still queued: take it back rather than run it (the event thread
+        // revokes, so outcomes keep coming from one thread).
+        s.revoke_pending = true;
+      }
+      // Release: nothing else is published with it, but it keeps the store
+      // from being reordered before the decision above on weak machines.
+      s.view.control->cancel_seq.store(p.task_seq, std::memory_order_release);
+      // Wake a handler blocked in TaskContext::Call.
+      s.channel->WakePeer();
+      WakeEventThread();
+      return;
+    }
   }
 }
 
 std::vector<WorkerInfo> ForkPool::Workers() {
   std::vector<WorkerInfo> out;
+  std::vector<Slot*> stale;
+  const absl::Time now = absl::Now();
   {
     MutexLock l(&mu_);
     for (const auto& s : slots_) {
@@ -431,15 +568,31 @@ std::vector<WorkerInfo> ForkPool::Workers() {
       w.pid = s->pid;
       w.parent_pid = supervisor_pid_;
       w.state = s->state;
-      if (s->busy) w.current_task_id = s->task_id;
+      if (s->busy()) w.current_task_id = s->queue.front().task_id;
       w.tasks_done = s->tasks_done;
       w.restarts = s->restarts;
       w.started_at = s->started_at;
+      w.rss_bytes = s->rss_bytes;
+      if (s->pid > 0 && now - s->rss_sampled >= kRssCacheFor) {
+        stale.push_back(s.get());
+      }
       out.push_back(std::move(w));
     }
   }
-  for (WorkerInfo& w : out) {
-    if (w.pid > 0) w.rss_bytes = ReadRssBytes(w.pid).value_or(0);
+  // /proc is read outside the lock, and at most once per kRssCacheFor per
+  // worker however often Workers() is called.
+  for (Slot* s : stale) {
+    pid_t pid;
+    {
+      MutexLock l(&mu_);
+      pid = s->pid;
+    }
+    const uint64_t rss = pid > 0 ? ReadRssBytes(pid).value_or(0) : 0;
+    MutexLock l(&mu_);
+    if (s->pid != pid) continue;
+    s->rss_bytes = rss;
+    s->rss_sampled = now;
+    out[s->index].rss_bytes = rss;
   }
   return out;
 }
@@ -492,19 +645,38 @@ void ForkPool::WakeEventThread() {
 
 void ForkPool::EventLoop() {
   epoll_event events[64];
+  std::vector<bool> signalled(slots_.size());
   while (true) {
     int timeout_ms;
     {
       MutexLock l(&mu_);
       if (stopping_) return;
-      timeout_ms = NextTimeoutMsLocked(absl::Now());
+      const absl::Time now = absl::Now();
+      timeout_ms = NextTimeoutMsLocked(now);
+      // Workers write our eventfd only while this flag is up (see
+      // SlotControl::forqd_waiting): raise it, then look at every ring once
+      // more, so a frame pushed just before is not slept on.
+      for (const auto& sp : slots_) {
+        sp->view.control->forqd_waiting.store(1, std::memory_order_relaxed);
+      }
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      for (const auto& sp : slots_) {
+        if (sp->channel->HasPending()) timeout_ms = 0;
+      }
+      planned_wake_ = timeout_ms < 0 ? absl::InfiniteFuture()
+                                     : now + absl::Milliseconds(timeout_ms);
     }
     int n = epoll_wait(epoll_fd_.get(), events, 64, timeout_ms);
     if (n < 0) n = 0;  // EINTR
     Todo todo;
     {
       MutexLock l(&mu_);
+      planned_wake_ = absl::InfinitePast();
       if (stopping_) return;
+      for (const auto& sp : slots_) {
+        sp->view.control->forqd_waiting.store(0, std::memory_order_relaxed);
+      }
+      std::fill(signalled.begin(), signalled.end(), false);
       for (int i = 0; i < n; ++i) {
         const uint64_t key = events[i].data.u64;
         if (key == kControlKey) {
@@ -514,12 +686,28 @@ void ForkPool::EventLoop() {
         } else if (key == kSupervisorKey) {
           ReadSupervisorLocked(todo);
         } else if (key < slots_.size()) {
-          DrainSlotLocked(*slots_[key], todo, /*exiting=*/false);
+          signalled[key] = true;
         }
       }
-      CheckTimersLocked(absl::Now());
+      // Every ring, not only the signalled ones: a worker that saw us awake
+      // pushed without waking us.
+      for (auto& sp : slots_) {
+        Slot& s = *sp;
+        if (signalled[s.index]) s.channel->ClearWake();
+        if (signalled[s.index] || s.channel->HasPending()) {
+          DrainSlotLocked(s, todo, /*exiting=*/false);
+        }
+        if (s.revoke_pending) {
+          s.revoke_pending = false;
+          RevokeLocked(s, todo);
+        }
+      }
+      const absl::Time now = absl::Now();
+      CheckTimersLocked(now);
+      StealLocked(now, todo);
     }
     for (auto& f : todo) f();
+    if (!todo.empty() && callbacks_.on_turn_end) callbacks_.on_turn_end();
   }
 }
 
@@ -580,28 +768,37 @@ void ForkPool::HandleSupervisorEventLocked(const SupervisorEvent& e,
 void ForkPool::SupervisorLostLocked(Todo& todo) {
   if (supervisor_lost_) return;
   supervisor_lost_ = true;
+  if (callbacks_.on_pool_lost) {
+    todo.push_back([cb = callbacks_.on_pool_lost] {
+      cb(absl::UnavailableError(
+          "the worker pool's supervisor process died; workers cannot be "
+          "replaced"));
+    });
+  }
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, event_fd_.get(), nullptr);
   const absl::Time now = absl::Now();
   // Workers die with the supervisor (PR_SET_PDEATHSIG).
   for (auto& sp : slots_) {
     Slot& s = *sp;
-    if (s.busy && callbacks_.on_outcome) {
+    for (size_t i = 0; i < s.queue.size(); ++i) {
+      if (i > 0) {
+        PushOutcomeLocked(RevokedOutcome(s, s.queue[i]), todo);
+        continue;
+      }
       Outcome o;
-      o.task_id = s.task_id;
-      o.attempt = s.attempt;
+      o.task_id = s.queue[i].task_id;
+      o.attempt = s.queue[i].attempt;
       o.worker_pid = s.pid;
       o.kind = OutcomeKind::kWorkerLost;
       o.status = absl::UnavailableError("worker pool supervisor died");
-      o.runtime = now - s.dispatched_at;
-      todo.push_back([cb = callbacks_.on_outcome, o = std::move(o)]() mutable {
-        cb(std::move(o));
-      });
+      o.runtime = now - s.head_since;
+      PushOutcomeLocked(std::move(o), todo);
     }
     if (s.pid != 0 && callbacks_.on_worker_exit) {
       WorkerExit x{s.index, s.pid, "killed"};
       todo.push_back([cb = callbacks_.on_worker_exit, x] { cb(x); });
     }
-    s.busy = false;
+    s.queue.clear();
     s.pid = 0;
     s.ready = false;
     s.state = WorkerState::kRespawning;
@@ -641,14 +838,23 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
       }
       break;
   }
-  if (s.busy) {
+  // What the worker took (started_seq; stored before it decided) ended with
+  // it; assignments behind that never started and go back without cost.
+  uint64_t started =
+      s.view.control->started_seq.load(std::memory_order_acquire);
+  for (size_t i = 0; i < s.queue.size(); ++i) {
+    const Slot::Pending& p = s.queue[i];
+    if (i > 0 && p.task_seq > started) {
+      PushOutcomeLocked(RevokedOutcome(s, p), todo);
+      continue;
+    }
     Outcome o;
-    o.task_id = s.task_id;
-    o.attempt = s.attempt;
+    o.task_id = p.task_id;
+    o.attempt = p.attempt;
     o.worker_pid = pid;
-    o.runtime = now - s.dispatched_at;
+    o.runtime = now - s.head_since;
     o.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-    if (s.cancel_requested) {
+    if (p.cancel_requested) {
       o.kind = OutcomeKind::kCancelled;
       o.status = absl::CancelledError(
           absl::StrCat("task cancelled; worker ", DescribeWait(status)));
@@ -658,7 +864,7 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
           o.kind = OutcomeKind::kTimeout;
           o.status = absl::DeadlineExceededError(
               absl::StrCat("task exceeded its hard timeout of ",
-                           absl::FormatDuration(s.timeout), "; worker killed"));
+                           absl::FormatDuration(p.timeout), "; worker killed"));
           break;
         case KillReason::kMemory:
           o.kind = OutcomeKind::kOutOfMemory;
@@ -685,11 +891,7 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
           break;
       }
     }
-    if (callbacks_.on_outcome) {
-      todo.push_back([cb = callbacks_.on_outcome, o = std::move(o)]() mutable {
-        cb(std::move(o));
-      });
-    }
+    PushOutcomeLocked(std::move(o), todo);
   }
   if (callbacks_.on_worker_exit) {
     WorkerExit x{s.index, pid, reason};
@@ -700,14 +902,16 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
   // nobody else touches the slot's rings now.
   s.channel->Reset();
   s.view.control->cancel_seq.store(0, std::memory_order_relaxed);
+  s.view.control->started_seq.store(0, std::memory_order_relaxed);
+  s.view.control->worker_waiting.store(0, std::memory_order_relaxed);
   ++s.generation;
   ++s.restarts;
   s.pid = 0;
   s.ready_pid = 0;
   s.ready = false;
-  s.busy = false;
-  s.task_id.clear();
-  s.cancel_requested = false;
+  s.queue.clear();
+  s.revoke_pending = false;
+  StartHeadLocked(s, now);
   s.kill_reason = KillReason::kNone;
   s.kill_detail.clear();
   s.tasks_this_life = 0;
@@ -729,7 +933,6 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
 }
 
 void ForkPool::DrainSlotLocked(Slot& s, Todo& todo, bool exiting) {
-  s.channel->ClearWake();
   if (s.kill_reason != KillReason::kNone) return;
   for (int i = 0; i < kMaxFramesPerTurn; ++i) {
     absl::StatusOr<std::optional<Message>> m = s.channel->Receive();
@@ -741,8 +944,8 @@ void ForkPool::DrainSlotLocked(Slot& s, Todo& todo, bool exiting) {
     HandleMessageLocked(s, **m, todo, exiting);
     if (s.kill_reason != KillReason::kNone) return;
   }
-  // More may be pending: come back on the next turn, after other slots.
-  if (!exiting) s.channel->WakeSelf();
+  // More may be pending: the event loop sees it before sleeping and comes
+  // back on the next turn, after the other slots.
 }
 
 void ForkPool::HandleMessageLocked(Slot& s, const Message& m, Todo& todo,
@@ -769,15 +972,37 @@ void ForkPool::HandleMessageLocked(Slot& s, const Message& m, Todo& todo,
     case MessageType::kProgress: {
       absl::StatusOr<ProgressMessage> p = DecodeProgress(m.body);
       if (!p.ok()) return ViolationLocked(s, p.status());
-      if (!s.busy || p->task_seq != s.task_seq) {
+      if (!s.busy() || p->task_seq != s.queue.front().task_seq) {
         return ViolationLocked(
             s,
             absl::DataLossError("progress for an assignment it does not hold"));
       }
       if (callbacks_.on_progress) {
         todo.push_back(
-            [cb = callbacks_.on_progress, id = s.task_id, attempt = s.attempt,
+            [cb = callbacks_.on_progress, id = s.queue.front().task_id,
+             attempt = s.queue.front().attempt,
              p = std::move(*p)] { cb(id, attempt, p.fraction, p.message); });
+      }
+      return;
+    }
+    case MessageType::kSkipped: {
+      absl::StatusOr<SkippedMessage> k = DecodeSkipped(m.body);
+      if (!k.ok()) return ViolationLocked(s, k.status());
+      if (k->task_seq > s.revoked_upto) {
+        return ViolationLocked(
+            s, absl::DataLossError("skipped an assignment nobody revoked"));
+      }
+      if (!s.busy() || s.queue.front().task_seq != k->task_seq) {
+        return;  // revoked for certain already; this only confirms it
+      }
+      PushOutcomeLocked(RevokedOutcome(s, s.queue.front()), todo);
+      s.queue.pop_front();
+      StartHeadLocked(s, absl::Now());
+      if (!s.busy()) {
+        s.state = WorkerState::kIdle;
+        if (callbacks_.on_worker_idle) {
+          todo.push_back(callbacks_.on_worker_idle);
+        }
       }
       return;
     }
@@ -793,7 +1018,7 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
                                   bool exiting) {
   absl::StatusOr<ResultMessage> r = DecodeResult(m.body);
   if (!r.ok()) return ViolationLocked(s, r.status());
-  if (!s.busy || r->task_seq != s.task_seq) {
+  if (!s.busy() || r->task_seq != s.queue.front().task_seq) {
     return ViolationLocked(
         s, absl::DataLossError("result for an assignment it does not hold"));
   }
@@ -802,12 +1027,13 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
     return ViolationLocked(s, absl::DataLossError(absl::StrCat(
                                   "result with status code ", r->code)));
   }
+  Slot::Pending& head = s.queue.front();
   Outcome o;
-  o.task_id = std::move(s.task_id);
-  o.attempt = s.attempt;
+  o.task_id = std::move(head.task_id);
+  o.attempt = head.attempt;
   o.worker_pid = s.pid;
   o.runtime = absl::Nanoseconds(r->runtime_ns);
-  if (s.cancel_requested) {
+  if (head.cancel_requested) {
     o.kind = OutcomeKind::kCancelled;
     o.status = status->code() == absl::StatusCode::kCancelled
                    ? *status
@@ -822,22 +1048,16 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
     o.kind = OutcomeKind::kHandlerError;
     o.status = *status;
   }
-  s.busy = false;
-  s.task_id.clear();
-  s.cancel_requested = false;
-  s.deadline = absl::InfiniteFuture();
-  s.cancel_deadline = absl::InfiniteFuture();
-  s.next_rss_check = absl::InfiniteFuture();
+  s.queue.pop_front();
+  StartHeadLocked(s, absl::Now());
   ++s.tasks_done;
   ++s.tasks_this_life;
+  PushOutcomeLocked(std::move(o), todo);
+  if (s.busy()) return;
   s.state = WorkerState::kIdle;
-  if (callbacks_.on_outcome) {
-    todo.push_back([cb = callbacks_.on_outcome, o = std::move(o)]() mutable {
-      cb(std::move(o));
-    });
-  }
   if (exiting) return;
-  // Recycling happens between tasks, never under one.
+  // Recycling happens between tasks, never under one (MaxAssigned keeps a
+  // single assignment per worker when recycling is on).
   if (options_.max_tasks_per_child > 0 &&
       s.tasks_this_life >=
           static_cast<uint64_t>(options_.max_tasks_per_child)) {
@@ -854,11 +1074,65 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
   if (callbacks_.on_worker_idle) todo.push_back(callbacks_.on_worker_idle);
 }
 
+void ForkPool::PushOutcomeLocked(Outcome o, Todo& todo) {
+  if (!callbacks_.on_outcome) return;
+  todo.push_back([cb = callbacks_.on_outcome, o = std::move(o)]() mutable {
+    cb(std::move(o));
+  });
+}
+
+Outcome ForkPool::RevokedOutcome(const Slot& s, const Slot::Pending& p) const {
+  Outcome o;
+  o.task_id = p.task_id;
+  o.attempt = p.attempt;
+  o.worker_pid = s.pid;
+  if (p.cancel_requested) {
+    o.kind = OutcomeKind::kCancelled;
+    o.status = absl::CancelledError("task cancelled before it started");
+  } else {
+    o.kind = OutcomeKind::kRevoked;
+    o.status = absl::UnavailableError("assignment taken back before it ran");
+  }
+  return o;
+}
+
+void ForkPool::RevokeLocked(Slot& s, Todo& todo) {
+  if (s.queue.size() < 2 && !(s.busy() && s.queue.front().cancel_requested)) {
+    return;
+  }
+  const uint64_t last = s.queue.back().task_seq;
+  SlotControl* control = s.view.control;
+  s.revoked_upto = std::max(s.revoked_upto, last);
+  control->revoked_upto.store(s.revoked_upto, std::memory_order_relaxed);
+  // Dekker with the worker's Take(): our store, then its started_seq.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const uint64_t started = control->started_seq.load(std::memory_order_relaxed);
+  // Everything after what the worker took is revoked for certain. The one
+  // it took (or is deciding on) stays: its kResult or kSkipped will tell.
+  std::deque<Slot::Pending> kept;
+  bool head_changed = false;
+  for (size_t i = 0; i < s.queue.size(); ++i) {
+    Slot::Pending& p = s.queue[i];
+    if (p.task_seq <= started) {
+      kept.push_back(std::move(p));
+      continue;
+    }
+    PushOutcomeLocked(RevokedOutcome(s, p), todo);
+    if (i == 0) head_changed = true;
+  }
+  s.queue = std::move(kept);
+  if (head_changed) StartHeadLocked(s, absl::Now());
+  if (!s.busy()) {
+    s.state = WorkerState::kIdle;
+    if (callbacks_.on_worker_idle) todo.push_back(callbacks_.on_worker_idle);
+  }
+}
+
 void ForkPool::HandleCallLocked(Slot& s, const Message& m, Todo& todo,
                                 bool exiting) {
   absl::StatusOr<CallMessage> c = DecodeCall(m.body);
   if (!c.ok()) return ViolationLocked(s, c.status());
-  if (!s.busy || c->task_seq != s.task_seq) {
+  if (!s.busy() || c->task_seq != s.queue.front().task_seq) {
     return ViolationLocked(
         s, absl::DataLossError("call for an assignment it does not hold"));
   }
@@ -878,7 +1152,7 @@ void ForkPool::HandleCallLocked(Slot& s, const Message& m, Todo& todo,
                                        std::move(r));
         }
       };
-  todo.push_back([cb = callbacks_.on_call, id = s.task_id,
+  todo.push_back([cb = callbacks_.on_call, id = s.queue.front().task_id,
                   request = std::move(c->request),
                   reply = std::move(reply)]() mutable {
     cb(id, std::move(request), std::move(reply));
@@ -891,7 +1165,8 @@ void ForkPool::DeliverCallReply(int slot, uint64_t generation,
   MutexLock l(&mu_);
   if (slot < 0 || slot >= static_cast<int>(slots_.size())) return;
   Slot& s = *slots_[slot];
-  if (s.generation != generation || !s.busy || s.task_seq != task_seq ||
+  if (s.generation != generation || !s.busy() ||
+      s.queue.front().task_seq != task_seq ||
       s.kill_reason != KillReason::kNone) {
     return;  // that attempt is over
   }
@@ -933,7 +1208,7 @@ void ForkPool::ViolationLocked(Slot& s, const absl::Status& why) {
 void ForkPool::KillLocked(Slot& s, KillReason reason) {
   if (s.kill_reason != KillReason::kNone) return;
   s.kill_reason = reason;
-  if (!s.busy) s.state = WorkerState::kRespawning;
+  if (!s.busy()) s.state = WorkerState::kRespawning;
   // With pid unknown yet, the kill is sent when the Spawned event arrives.
   if (s.pid != 0) {
     SendCommandLocked(SupervisorCommand::kKill, s.index, s.pid, SIGKILL, 0);
@@ -963,10 +1238,10 @@ void ForkPool::SendCommandLocked(uint32_t type, int slot, pid_t pid, int sig,
 void ForkPool::CheckTimersLocked(absl::Time now) {
   for (auto& sp : slots_) {
     Slot& s = *sp;
-    if (!s.busy || s.kill_reason != KillReason::kNone) continue;
+    if (!s.busy() || s.kill_reason != KillReason::kNone) continue;
     if (now >= s.deadline) {
       KillLocked(s, KillReason::kTimeout);
-    } else if (s.cancel_requested && now >= s.cancel_deadline) {
+    } else if (now >= s.cancel_deadline) {
       KillLocked(s, KillReason::kCancel);
     } else if (now >= s.next_rss_check) {
       s.next_rss_check = now + kRssPollInterval;
@@ -978,12 +1253,34 @@ void ForkPool::CheckTimersLocked(absl::Time now) {
   }
 }
 
+void ForkPool::StealLocked(absl::Time now, Todo& todo) {
+  bool idle = false;
+  for (const auto& sp : slots_) {
+    if (Usable(*sp) && !sp->busy()) idle = true;
+  }
+  if (!idle) return;
+  for (auto& sp : slots_) {
+    Slot& s = *sp;
+    if (s.queue.size() >= 2 && s.kill_reason == KillReason::kNone &&
+        now - s.head_since >= kStealAfter) {
+      RevokeLocked(s, todo);
+    }
+  }
+}
+
 int ForkPool::NextTimeoutMsLocked(absl::Time now) {
   absl::Time next = absl::InfiniteFuture();
+  bool idle = false;
+  for (const auto& sp : slots_) {
+    if (Usable(*sp) && !sp->busy()) idle = true;
+  }
   for (const auto& sp : slots_) {
     const Slot& s = *sp;
-    if (!s.busy || s.kill_reason != KillReason::kNone) continue;
+    if (!s.busy() || s.kill_reason != KillReason::kNone) continue;
     next = std::min({next, s.deadline, s.cancel_deadline, s.next_rss_check});
+    if (idle && s.queue.size() >= 2) {
+      next = std::min(next, s.head_since + kStealAfter);
+    }
   }
   if (next == absl::InfiniteFuture()) return -1;
   if (next <= now) return 0;
@@ -1004,6 +1301,10 @@ absl::Status ValidateOptions(ForkPoolOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "ring_bytes must be a power of two in [", ShmRing::kMinCapacity, ", ",
         ShmRing::kMaxCapacity, "], got ", ring));
+  }
+  if (o.prefetch < 0 || o.prefetch > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefetch must be in [0, 256], got ", o.prefetch));
   }
   if (o.max_tasks_per_child < 0) {
     return absl::InvalidArgumentError("max_tasks_per_child must be >= 0");
@@ -1042,6 +1343,8 @@ absl::string_view OutcomeKindName(OutcomeKind kind) {
       return "protocol_violation";
     case OutcomeKind::kUnknownKind:
       return "unknown_kind";
+    case OutcomeKind::kRevoked:
+      return "revoked";
   }
   return "unknown";
 }

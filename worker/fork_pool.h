@@ -22,6 +22,14 @@ struct ForkPoolOptions {
   int workers = 0;
   // Plugin .so files, dlopen'ed in the supervisor before forking.
   std::vector<std::string> plugins;
+  // Assignments queued in a worker's ring behind the one it runs, so a
+  // worker goes from task to task without waiting for forqd. Only tasks
+  // whose timeout is at least kMinQueuedTimeout (or none) are queued; a
+  // worker whose attempt runs longer than a few milliseconds gives its
+  // queue back as soon as another worker is idle, so nothing waits behind a
+  // long task while a worker could run it. Forced to 0 by the recycling
+  // options (max_tasks_per_child, max_worker_rss_bytes).
+  int prefetch = 8;
   // Recycle a worker after this many tasks; 0 = never.
   int max_tasks_per_child = 0;
   // Recycle (between tasks) or kill (mid-task) a worker whose RSS passes

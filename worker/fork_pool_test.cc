@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -243,7 +244,9 @@ TEST_F(ForkPoolTest, EightTasksOnTwoWorkers) {
 }
 
 TEST_F(ForkPoolTest, DispatchWithoutIdleWorkerIsResourceExhausted) {
-  StartPool(Options(1));
+  ForkPoolOptions options = Options(1);
+  options.prefetch = 0;
+  StartPool(options);
   Run("long", "sleep", "60000");
   Assignment a;
   a.task_id = "second";
@@ -251,6 +254,110 @@ TEST_F(ForkPoolTest, DispatchWithoutIdleWorkerIsResourceExhausted) {
   EXPECT_THAT(pool_->Dispatch(a),
               StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(pool_->IdleCount(), 0);
+  EXPECT_EQ(pool_->Room(), 0);
+}
+
+Assignment Task(std::string id, std::string kind, std::string payload,
+                absl::Duration timeout = absl::InfiniteDuration()) {
+  Assignment a;
+  a.task_id = std::move(id);
+  a.kind = std::move(kind);
+  a.payload = std::move(payload);
+  a.timeout = timeout;
+  return a;
+}
+
+TEST_F(ForkPoolTest, QueuesBehindARunningTaskUpToPrefetch) {
+  ForkPoolOptions options = Options(1);
+  options.prefetch = 2;
+  StartPool(options);
+  ASSERT_TRUE(WaitIdle(1));
+  EXPECT_EQ(pool_->Room(), 3);
+  std::vector<Assignment> batch;
+  for (int i = 0; i < 4; ++i) {
+    batch.push_back(Task(absl::StrCat("q", i), "echo", absl::StrCat(i)));
+  }
+  // One runs, two wait in the ring, the fourth is refused and kept.
+  EXPECT_EQ(pool_->DispatchMany(batch), 3u);
+  EXPECT_EQ(batch[3].task_id, "q3");
+  // A task with a short timeout needs an idle worker.
+  EXPECT_THAT(pool_->Dispatch(Task("short", "echo", "", absl::Seconds(1))),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  for (int i = 0; i < 3; ++i) {
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value());
+    EXPECT_EQ(o->task_id, absl::StrCat("q", i));  // in order
+    EXPECT_EQ(o->kind, OutcomeKind::kSucceeded);
+    EXPECT_EQ(o->result, absl::StrCat(i));
+  }
+}
+
+TEST_F(ForkPoolTest, IdleWorkerTakesOverWhatWaitsBehindALongTask) {
+  ForkPoolOptions options = Options(2);
+  options.prefetch = 4;
+  StartPool(options);
+  ASSERT_TRUE(WaitIdle(2));
+  // Both workers busy, then one assignment queued behind each.
+  ASSERT_THAT(pool_->Dispatch(Task("long", "sleep", "20000")), IsOk());
+  ASSERT_THAT(pool_->Dispatch(Task("short", "sleep", "200")), IsOk());
+  ASSERT_THAT(pool_->Dispatch(Task("behind-long", "echo", "a")), IsOk());
+  ASSERT_THAT(pool_->Dispatch(Task("behind-short", "echo", "b")), IsOk());
+  // "short" and what follows it finish; that worker is then idle while
+  // "behind-long" waits behind a 20 s task: it must be given back unrun.
+  std::map<std::string, OutcomeKind> seen;
+  while (seen.size() < 3) {
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value()) << "nothing given back";
+    ASSERT_NE(o->task_id, "long") << "waited for the long task";
+    seen[o->task_id] = o->kind;
+  }
+  EXPECT_EQ(seen["short"], OutcomeKind::kSucceeded);
+  EXPECT_EQ(seen["behind-short"], OutcomeKind::kSucceeded);
+  EXPECT_EQ(seen["behind-long"], OutcomeKind::kRevoked);
+  EXPECT_EQ(PidRunning("behind-long"), 0);
+}
+
+TEST_F(ForkPoolTest, CancelOfAQueuedAssignmentNeverRunsIt) {
+  ForkPoolOptions options = Options(1);
+  options.prefetch = 2;
+  StartPool(options);
+  ASSERT_TRUE(WaitIdle(1));
+  ASSERT_THAT(pool_->Dispatch(Task("first", "sleep", "300")), IsOk());
+  ASSERT_THAT(pool_->Dispatch(Task("queued", "crash", "")), IsOk());
+  pool_->Cancel("queued", 1);
+  std::map<std::string, OutcomeKind> seen;
+  while (seen.size() < 2) {
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value());
+    seen[o->task_id] = o->kind;
+  }
+  EXPECT_EQ(seen["queued"], OutcomeKind::kCancelled);
+  // "first" ran, or (if the worker had not taken it yet) came back unrun.
+  EXPECT_THAT(seen["first"],
+              ::testing::AnyOf(OutcomeKind::kSucceeded, OutcomeKind::kRevoked));
+  // Had "queued" (crash) run, its worker would have died.
+  EXPECT_EQ(rec_.exit_count(), 0u);
+}
+
+TEST_F(ForkPoolTest, CrashGivesBackWhatWaitedBehindIt) {
+  ForkPoolOptions options = Options(1);
+  options.prefetch = 2;
+  StartPool(options);
+  ASSERT_TRUE(WaitIdle(1));
+  std::vector<Assignment> batch;
+  batch.push_back(Task("boom", "crash", ""));
+  batch.push_back(Task("next1", "echo", "1"));
+  batch.push_back(Task("next2", "echo", "2"));
+  ASSERT_EQ(pool_->DispatchMany(batch), 3u);
+  std::map<std::string, OutcomeKind> seen;
+  while (seen.size() < 3) {
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value());
+    seen[o->task_id] = o->kind;
+  }
+  EXPECT_EQ(seen["boom"], OutcomeKind::kSignaled);
+  EXPECT_EQ(seen["next1"], OutcomeKind::kRevoked);
+  EXPECT_EQ(seen["next2"], OutcomeKind::kRevoked);
 }
 
 TEST_F(ForkPoolTest, CrashIsSignaledAndWorkerRespawns) {

@@ -24,9 +24,20 @@ struct Assignment {
   std::string kind;
   std::string payload;
   // Hard timeout: the worker is killed when it passes. InfiniteDuration (or
-  // a non-positive duration) = none.
+  // a non-positive duration) = none. It runs from the moment the attempt
+  // starts in its worker.
   absl::Duration timeout = absl::InfiniteDuration();
 };
+
+// Assignments with a timeout at least this long (or none) may be queued
+// behind a running one in a worker; shorter ones go only to idle workers, so
+// their timeout starts when they are dispatched.
+inline constexpr absl::Duration kMinQueuedTimeout = absl::Seconds(10);
+
+inline bool MayQueueBehind(const Assignment& a) {
+  return a.timeout == absl::InfiniteDuration() ||
+         a.timeout <= absl::ZeroDuration() || a.timeout >= kMinQueuedTimeout;
+}
 
 // How an attempt ended.
 enum class OutcomeKind {
@@ -39,6 +50,10 @@ enum class OutcomeKind {
   kCancelled,          // cancelled while running
   kProtocolViolation,  // worker wrote garbage to its ring/pipe; killed
   kUnknownKind,        // no handler registered for the kind
+  // Never started: the pool took the assignment back (it was queued behind
+  // a long task while another worker went idle, or the pool is going away).
+  // The attempt does not count; the scheduler queues the task again.
+  kRevoked,
 };
 
 absl::string_view OutcomeKindName(OutcomeKind kind);
@@ -89,6 +104,12 @@ struct PoolCallbacks {
   // A worker became idle: the scheduler may dispatch.
   std::function<void()> on_worker_idle;
   std::function<void(const WorkerExit&)> on_worker_exit;
+  // The pool cannot run tasks any more (its supervisor died); the owner
+  // should stop and be restarted. Running attempts were reported lost.
+  std::function<void(const absl::Status&)> on_pool_lost;
+  // Runs after the other callbacks of one event-loop turn (a batch of
+  // outcomes, say), so the receiver can act once per batch.
+  std::function<void()> on_turn_end;
   // A task called TaskContext::Call. `reply` must be called exactly once,
   // from any thread, possibly later (blocking Manager operations).
   std::function<void(absl::string_view task_id, std::string request,
@@ -107,8 +128,22 @@ class WorkerPool {
   // Sends `a` to an idle worker. ResourceExhausted when none is idle,
   // Unavailable after Shutdown.
   virtual absl::Status Dispatch(Assignment a) = 0;
+  // Sends the assignments of `batch`, in order, until one is refused.
+  // Returns how many were sent (moved out of `batch`); the refused one and
+  // those after it stay as they were.
+  virtual size_t DispatchMany(std::vector<Assignment>& batch) {
+    size_t n = 0;
+    for (; n < batch.size(); ++n) {
+      Assignment copy = batch[n];
+      if (!Dispatch(std::move(copy)).ok()) break;
+    }
+    return n;
+  }
   // Workers ready for an assignment right now.
   virtual int IdleCount() = 0;
+  // Assignments the pool would take right now if all may queue behind a
+  // running one (MayQueueBehind); at least IdleCount().
+  virtual int Room() { return IdleCount(); }
   // Asks the worker running (task_id, attempt) to stop: ctx.cancelled()
   // turns true, and the worker is killed after the grace period. No-op if
   // that attempt is not running.

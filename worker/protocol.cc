@@ -144,6 +144,19 @@ absl::StatusOr<ProgressMessage> DecodeProgress(absl::string_view body) {
   return m;
 }
 
+std::string Encode(const SkippedMessage& m) {
+  WireWriter w;
+  w.Put(m.task_seq);
+  return w.Finish();
+}
+
+absl::StatusOr<SkippedMessage> DecodeSkipped(absl::string_view body) {
+  WireReader r(body);
+  SkippedMessage m;
+  if (!r.Get(&m.task_seq) || !r.done()) return Malformed("skipped");
+  return m;
+}
+
 std::string Encode(const CallMessage& m) {
   WireWriter w;
   w.Put(m.task_seq);

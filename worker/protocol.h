@@ -28,6 +28,10 @@ enum class MessageType : uint16_t {
   kResult = 17,
   kProgress = 18,
   kCall = 19,
+  // An assignment the worker did not run because forqd revoked it (see
+  // SlotControl::revoked_upto). Every assignment is answered by exactly one
+  // kResult or kSkipped, in assignment order.
+  kSkipped = 20,
 };
 
 // Run one attempt. task_seq identifies the assignment for the rest of the
@@ -62,6 +66,10 @@ struct ProgressMessage {
   std::string message;
 };
 
+struct SkippedMessage {
+  uint64_t task_seq = 0;
+};
+
 // TaskContext::Call request and its reply.
 struct CallMessage {
   uint64_t task_seq = 0;
@@ -82,12 +90,14 @@ std::string Encode(const AssignMessage& m);
 std::string Encode(const ReadyMessage& m);
 std::string Encode(const ResultMessage& m);
 std::string Encode(const ProgressMessage& m);
+std::string Encode(const SkippedMessage& m);
 std::string Encode(const CallMessage& m);
 std::string Encode(const CallReplyMessage& m);
 absl::StatusOr<AssignMessage> DecodeAssign(absl::string_view body);
 absl::StatusOr<ReadyMessage> DecodeReady(absl::string_view body);
 absl::StatusOr<ResultMessage> DecodeResult(absl::string_view body);
 absl::StatusOr<ProgressMessage> DecodeProgress(absl::string_view body);
+absl::StatusOr<SkippedMessage> DecodeSkipped(absl::string_view body);
 absl::StatusOr<CallMessage> DecodeCall(absl::string_view body);
 absl::StatusOr<CallReplyMessage> DecodeCallReply(absl::string_view body);
 

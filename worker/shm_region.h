@@ -18,10 +18,13 @@
 namespace forq::worker {
 
 inline constexpr uint32_t kSlotMagic = 0x71726f66;  // "forq"
-inline constexpr uint32_t kSlotVersion = 1;
+inline constexpr uint32_t kSlotVersion = 2;
 
-// First page of a slot region. forqd writes it; a worker only reads
-// cancel_seq. forqd never trusts anything here except what it wrote itself.
+// First page of a slot region. Each field has one writer: forqd writes the
+// header, cancel_seq, revoked_upto and forqd_waiting; the worker writes
+// started_seq and worker_waiting. forqd never trusts what the worker wrote
+// beyond comparing it with what it knows (an impossible value only costs
+// that worker its life).
 struct SlotControl {
   uint32_t magic;
   uint32_t version;
@@ -30,6 +33,23 @@ struct SlotControl {
   // forqd stores with release after deciding; the worker loads with acquire
   // (it only compares the value, so relaxed would do; acquire is cheap).
   alignas(64) std::atomic<uint64_t> cancel_seq;
+  // Assignments with task_seq <= revoked_upto that the worker has not
+  // started must be skipped (answered kSkipped). forqd stores it, then
+  // loads started_seq; the worker stores started_seq, then loads it; both
+  // pairs are separated by a seq_cst fence (Dekker), so at least one side
+  // sees the other's store: an assignment forqd sees as not started is never
+  // run. Only grows.
+  alignas(64) std::atomic<uint64_t> revoked_upto;
+  // 1 while forqd's event loop may be asleep: the worker writes its wake-up
+  // eventfd only then. forqd stores 1, fences, re-checks the completion
+  // ring before sleeping; the worker pushes, fences, then loads this.
+  alignas(64) std::atomic<uint32_t> forqd_waiting;
+  // Worker-written: the task_seq of the last assignment it took (ran or
+  // skipped), stored before it decides.
+  alignas(64) std::atomic<uint64_t> started_seq;
+  // Worker-written: 1 while it may be asleep waiting for frames; forqd
+  // writes the worker's eventfd only then (same handshake as forqd_waiting).
+  alignas(64) std::atomic<uint32_t> worker_waiting;
 };
 static_assert(std::is_standard_layout_v<SlotControl>);
 static_assert(sizeof(SlotControl) <= 4096);

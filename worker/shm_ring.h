@@ -96,6 +96,11 @@ class ShmRing {
   // empty. DataLoss if the producer wrote anything invalid; the ring is then
   // unusable until Reset.
   absl::StatusOr<std::optional<Frame>> Pop();
+  // Consumer: true if the producer has published bytes not popped yet.
+  bool HasPending() const {
+    // Acquire pairs with the producer's release of tail, as in Pop.
+    return control_->tail.value.load(std::memory_order_acquire) != head_;
+  }
 
   // Zeroes both shared indices and this side's state. Only while no other
   // process touches the ring (before a worker is forked).

@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <deque>
 #include <exception>
 #include <optional>
 #include <string>
@@ -88,19 +90,46 @@ class Worker {
                  config.max_spill_bytes) {}
 
   [[noreturn]] void Run() {
+    channel_.SetPeerWaitingFlag(&view_.control->forqd_waiting);
     ReadyMessage ready;
     ready.pid = getpid();
     SendOrDie(MessageType::kReady, Encode(ready));
     while (true) {
-      std::optional<Message> m = NextMessage(/*timeout_ms=*/-1);
+      std::optional<Message> m;
+      if (!held_.empty()) {
+        m = std::move(held_.front());
+        held_.pop_front();
+      } else {
+        m = NextMessage(/*timeout_ms=*/-1);
+      }
       if (!m.has_value()) continue;
       if (m->type != static_cast<uint16_t>(MessageType::kAssign)) {
         continue;  // a call reply for an attempt that already ended
       }
       absl::StatusOr<AssignMessage> assign = DecodeAssign(m->body);
       if (!assign.ok()) _exit(kExitLinkBroken);
-      RunAssignment(*assign);
+      if (Take(assign->task_seq)) RunAssignment(*assign);
     }
+  }
+
+  // Keeps an assignment that arrived while a handler waited for a call
+  // reply (forqd may queue several per worker); Run serves it next.
+  void Hold(Message m) { held_.push_back(std::move(m)); }
+
+  // Decides whether to run assignment `task_seq`: false (after answering
+  // kSkipped) when forqd revoked it. See SlotControl::revoked_upto.
+  bool Take(uint64_t task_seq) {
+    SlotControl* control = view_.control;
+    control->started_seq.store(task_seq, std::memory_order_relaxed);
+    // Dekker with forqd's revoke: our store, then its value.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (task_seq > control->revoked_upto.load(std::memory_order_relaxed)) {
+      return true;
+    }
+    SkippedMessage skipped;
+    skipped.task_seq = task_seq;
+    SendOrDie(MessageType::kSkipped, Encode(skipped));
+    return false;
   }
 
   bool Cancelled(uint64_t task_seq) const {
@@ -132,8 +161,16 @@ class Worker {
     absl::StatusOr<std::optional<Message>> m = channel_.Receive();
     if (!m.ok()) _exit(kExitLinkBroken);
     if (m->has_value()) return std::move(*m);
-    WaitForWake(channel_.own_wake_fd(), timeout_ms);
-    channel_.ClearWake();
+    // forqd writes our eventfd only while this flag is up: raise it, then
+    // look at the ring once more before sleeping (see SlotControl).
+    std::atomic<uint32_t>& waiting = view_.control->worker_waiting;
+    waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!channel_.HasPending()) {
+      WaitForWake(channel_.own_wake_fd(), timeout_ms);
+      channel_.ClearWake();
+    }
+    waiting.store(0, std::memory_order_relaxed);
     m = channel_.Receive();
     if (!m.ok()) _exit(kExitLinkBroken);
     return std::move(*m);
@@ -175,6 +212,7 @@ class Worker {
   ShmRegion region_;
   const SlotView view_;
   Channel channel_;
+  std::deque<Message> held_;
 };
 
 bool WorkerTaskContext::cancelled() const {
@@ -203,6 +241,10 @@ absl::StatusOr<std::string> WorkerTaskContext::Call(absl::string_view request) {
     // forqd wakes us on cancel too; the timeout only bounds a missed wake-up.
     std::optional<Message> m = worker_.NextMessage(/*timeout_ms=*/100);
     if (!m.has_value()) continue;
+    if (m->type == static_cast<uint16_t>(MessageType::kAssign)) {
+      worker_.Hold(std::move(*m));
+      continue;
+    }
     if (m->type != static_cast<uint16_t>(MessageType::kCallReply)) continue;
     absl::StatusOr<CallReplyMessage> reply = DecodeCallReply(m->body);
     if (!reply.ok()) _exit(kExitLinkBroken);

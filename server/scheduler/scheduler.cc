@@ -88,6 +88,8 @@ std::string OutcomeLabel(worker::OutcomeKind k) {
       return "oom";
     case worker::OutcomeKind::kCancelled:
       return "cancelled";
+    case worker::OutcomeKind::kRevoked:
+      return "revoked";
     default:
       return "lost";
   }
@@ -118,6 +120,11 @@ void Scheduler::SetCallHandler(
                        std::function<void(absl::StatusOr<std::string>)>)>
         handler) {
   call_handler_ = std::move(handler);
+}
+
+void Scheduler::SetPoolLostHandler(
+    std::function<void(const absl::Status&)> handler) {
+  pool_lost_handler_ = std::move(handler);
 }
 
 void Scheduler::SetAttemptEndHandler(
@@ -181,9 +188,12 @@ absl::Status Scheduler::Start() {
                           absl::string_view msg) {
     OnProgress(id, attempt, f, msg);
   };
-  cb.on_worker_idle = [this] {
-    MutexLock lock(&mu_);
-    WakeLocked();
+  cb.on_worker_idle = [this] { OnTurnEnd(); };
+  cb.on_turn_end = [this] { OnTurnEnd(); };
+  cb.on_pool_lost = [this](const absl::Status& why) {
+    StopIntake();
+    spdlog::critical("{}", std::string(why.message()));
+    if (pool_lost_handler_) pool_lost_handler_(why);
   };
   cb.on_worker_exit = [this](const worker::WorkerExit& exit) {
     metrics_.WorkerRestart(exit.reason);
@@ -407,15 +417,29 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
                   {
                     MutexLock lock(&mu_);
                     const absl::Time now = absl::Now();
+
+                    const std::string* queue = nullptr;
+                    int same_queue = 0;
                     for (const InsertResult& r : *results) {
                       if (r.existing) continue;
                       Entry& e = tasks_[r.task.id()];
                       e.task = r.task;
                       EnqueueLocked(e, now);
-                      metrics_.TaskSubmitted(r.task.queue());
+                      if (queue != nullptr && *queue != e.task.queue()) {
+                        metrics_.TaskSubmitted(*queue, same_queue);
+                        same_queue = 0;
+                      }
+                      queue = &e.task.queue();
+                      ++same_queue;
                       EmitLocked(e.task, v1::TaskEvent::STATE, d);
                     }
-                    WakeLocked();
+                    if (queue != nullptr) {
+                      metrics_.TaskSubmitted(*queue, same_queue);
+                    }
+                    DispatchLocked(now, d);
+                    if (!delayed_.empty()) {
+                      WakeAtLocked(delayed_.begin()->first);
+                    }
                   }
                   d.Run();
                   done(std::move(results));
@@ -433,6 +457,7 @@ void Scheduler::EnqueueLocked(Entry& e, absl::Time now) {
   }
   e.ready_at = now;
   e.ready_seq = next_seq_++;
+  e.last_seq = e.ready_seq;
   ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, e.task.id()});
 }
 
@@ -465,6 +490,10 @@ void Scheduler::WakeLocked() {
   cv_.Signal();
 }
 
+void Scheduler::WakeAtLocked(absl::Time t) {
+  if (t < loop_wake_at_) WakeLocked();
+}
+
 // Only queues the write, so it may be called with mu_ held, and non-terminal
 // states are written under mu_: the store applies writes in the order they
 // are queued, so the rows follow the order of the state changes, and the
@@ -493,44 +522,211 @@ void Scheduler::EmitLocked(const v1::Task& task, v1::TaskEvent::Type type,
   }
 }
 
-void Scheduler::FinishLocked(Entry& e, Deferred& d) {
+void Scheduler::FinishLocked(Entry& e, v1::TaskState prev) {
   e.finishing = true;
+  e.prev_state = prev;
   *e.task.mutable_finished_at() = ToProto(absl::Now());
   metrics_.TaskFinished(e.task.queue(), StateLabel(e.task.state()));
-  d.Add([this, task = e.task] {
-    store_.Update({task}, [this, id = task.id()](absl::Status s) {
-      OnFinishPersisted(id, s);
-    });
-  });
+  pending_finishes_.push_back(e.task);
 }
 
-void Scheduler::OnFinishPersisted(const std::string& id, absl::Status status) {
-  if (!status.ok()) {
-    spdlog::error("store write of finished task {} failed: {}", id,
-                  status.ToString());
-  }
+void Scheduler::FlushFinishesLocked(Deferred& d) {
+  if (pending_finishes_.empty()) return;
+  std::vector<std::string> ids;
+  ids.reserve(pending_finishes_.size());
+  for (const v1::Task& t : pending_finishes_) ids.push_back(t.id());
+  // Queued outside mu_ (the store may answer a closed store at once, and
+  // the answer takes mu_). No other write of these tasks can follow: they
+  // are finishing, so nothing else persists them.
+  d.Add([this, tasks = std::move(pending_finishes_),
+         ids = std::move(ids)]() mutable {
+    store_.Update(std::move(tasks),
+                  [this, ids = std::move(ids)](absl::Status s) {
+                    OnFinishPersisted(ids, std::move(s));
+                  });
+  });
+  pending_finishes_.clear();
+}
+
+void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
+                                  absl::Status status) {
   Deferred d;
   {
     MutexLock lock(&mu_);
-    auto it = tasks_.find(id);
-    if (it == tasks_.end()) return;
-    Entry& e = it->second;
-    for (uint64_t h : e.waits) {
-      auto w = waits_.find(h);
-      if (w == waits_.end()) continue;
-      d.Add([done = std::move(w->second.done), task = e.task] {
-        done(task, true);
-      });
-      // Its timeout entry must go too, or every finished wait would stay in
-      // wait_deadlines_ until its deadline (minutes of growth under load).
-      DropWaitDeadlineLocked(h, w->second.deadline);
-      waits_.erase(w);
+    if (!status.ok()) {
+      // Nothing is announced: the tasks stay visibly unfinished (readers
+      // see their previous state) and the write is tried again.
+      spdlog::error(
+          "store write of {} finished tasks failed ({}); trying again every "
+          "{}",
+          ids.size(), status.ToString(),
+          absl::FormatDuration(options_.finish_retry_interval));
+      for (const std::string& id : ids) {
+        auto it = tasks_.find(id);
+        if (it == tasks_.end() || it->second.finish_failed) continue;
+        it->second.finish_failed = true;
+        failed_finishes_.push_back(id);
+      }
+      store_failing_ = true;
+      if (next_finish_retry_ == absl::InfiniteFuture()) {
+        next_finish_retry_ = absl::Now() + options_.finish_retry_interval;
+        WakeLocked();
+      }
+      return;
     }
-    EmitLocked(e.task, v1::TaskEvent::STATE, d);
-    tasks_.erase(it);
-    WakeLocked();  // idle waiters may be satisfied now
+    if (failed_finishes_.empty()) store_failing_ = false;
+    for (const std::string& id : ids) {
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) continue;
+      Entry& e = it->second;
+      for (uint64_t h : e.waits) {
+        auto w = waits_.find(h);
+        if (w == waits_.end()) continue;
+        d.Add([done = std::move(w->second.done), task = e.task] {
+          done(task, true);
+        });
+        // Its timeout entry must go too, or every finished wait would stay
+        // in wait_deadlines_ until its deadline (minutes of growth under
+        // load).
+        DropWaitDeadlineLocked(h, w->second.deadline);
+        waits_.erase(w);
+      }
+      EmitLocked(e.task, v1::TaskEvent::STATE, d);
+      RememberLocked(std::move(e.task));
+      tasks_.erase(it);
+    }
+    if (!idle_waiters_.empty()) WakeLocked();  // they may be satisfied now
   }
   d.Run();
+}
+
+void Scheduler::RememberLocked(v1::Task task) {
+  if (options_.recent_finished == 0) return;
+  std::string id = task.id();
+  recent_[id] = std::move(task);
+  recent_order_.push_back(std::move(id));
+  while (recent_order_.size() > options_.recent_finished) {
+    recent_.erase(recent_order_.front());
+    recent_order_.pop_front();
+  }
+}
+
+std::optional<v1::Task> Scheduler::RecentLocked(const std::string& id,
+                                                absl::Time now) {
+  auto it = recent_.find(id);
+  if (it == recent_.end()) return std::nullopt;
+  const v1::Task& t = it->second;
+  if (FromProto(t.finished_at()) + FromProto(t.result_ttl()) <= now) {
+    recent_.erase(it);  // expired: the purge removes it from the store too
+    return std::nullopt;
+  }
+  return t;
+}
+
+v1::Task Scheduler::VisibleLocked(const Entry& e) const {
+  if (!e.finishing) return e.task;
+  v1::Task t = e.task;
+  t.set_state(e.prev_state);
+  t.clear_finished_at();
+  t.clear_result();
+  t.clear_error();
+  return t;
+}
+
+void Scheduler::OnTurnEnd() {
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    FlushFinishesLocked(d);
+    DispatchLocked(absl::Now(), d);
+  }
+  d.Run();
+}
+
+void Scheduler::DispatchLocked(absl::Time now, Deferred& d) {
+  if (stop_ || ready_.empty()) return;
+  if (draining_) {
+    if (drain_redispatch_.empty()) return;
+    std::vector<ReadyKey> keys;
+    for (ReadyKey& k : drain_redispatch_) {
+      if (ready_.erase(k) > 0) keys.push_back(std::move(k));
+    }
+    drain_redispatch_ = SendLocked(std::move(keys), now, d);
+    return;
+  }
+  int room = pool_.Room();
+  std::vector<ReadyKey> keys;
+  while (room > 0 && !ready_.empty()) {
+    keys.push_back(std::move(ready_.extract(ready_.begin()).value()));
+    --room;
+  }
+  if (!keys.empty()) SendLocked(std::move(keys), now, d);
+}
+
+std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
+    std::vector<ReadyKey> keys, absl::Time now, Deferred& d) {
+  std::vector<worker::Assignment> batch;
+  std::vector<Entry*> entries;
+  batch.reserve(keys.size());
+  entries.reserve(keys.size());
+  size_t kept = 0;
+  for (ReadyKey& key : keys) {
+    auto it = tasks_.find(key.id);
+    if (it == tasks_.end()) continue;
+    const v1::Task& t = it->second.task;
+    worker::Assignment a;
+    a.task_id = t.id();
+    a.attempt = t.attempt() + 1;
+    a.kind = t.kind();
+    a.payload = t.payload();
+    absl::Duration timeout = FromProto(t.timeout());
+    a.timeout =
+        timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
+    batch.push_back(std::move(a));
+    entries.push_back(&it->second);
+    keys[kept++] = std::move(key);
+  }
+  keys.resize(kept);
+  const size_t sent = batch.empty() ? 0 : pool_.DispatchMany(batch);
+  std::vector<ReadyKey> refused;
+  std::vector<v1::Task> running;
+  running.reserve(sent);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    Entry& e = *entries[i];
+    if (i >= sent) {
+      // No worker took it (one that needs an idle worker, say): it keeps
+      // its place.
+      ready_.insert(keys[i]);
+      refused.push_back(std::move(keys[i]));
+      continue;
+    }
+    e.ready_seq = 0;
+    --queued_by_queue_[e.task.queue()];
+    v1::Task& t = e.task;
+    t.set_state(v1::RUNNING);
+    t.set_attempt(t.attempt() + 1);
+    t.set_cancel_requested(false);
+    t.set_progress(0);
+    t.clear_progress_message();
+    *t.mutable_started_at() = ToProto(now);
+    ++running_;
+    metrics_.TaskQueueWait(t.queue(), absl::ToDoubleSeconds(now - e.ready_at));
+    e.running_written = true;
+    running.push_back(t);
+    EmitLocked(t, v1::TaskEvent::STATE, d);
+  }
+  if (!running.empty()) {
+    // One write for the batch, queued under mu_ so it precedes the terminal
+    // writes of these attempts; the store coalesces a RUNNING record with
+    // the terminal one when both reach the same group commit, so a short
+    // attempt usually costs one row.
+    store_.Update(std::move(running), [](absl::Status s) {
+      if (!s.ok()) {
+        spdlog::error("store write of running tasks failed: {}", s.ToString());
+      }
+    });
+  }
+  return refused;
 }
 
 absl::Duration Scheduler::Backoff(int attempt) {
@@ -558,7 +754,28 @@ void Scheduler::OnOutcome(worker::Outcome o) {
     Entry& e = it->second;
     v1::Task& t = e.task;
     --running_;
-    WakeLocked();
+    if (running_ == 0 && !idle_waiters_.empty()) WakeLocked();
+    if (o.kind == worker::OutcomeKind::kRevoked) {
+      // Never started: back to its place in the queue, the attempt unused.
+      // OnTurnEnd dispatches it again.
+      t.set_state(v1::QUEUED);
+      t.set_attempt(t.attempt() - 1);
+      t.clear_started_at();
+      ++queued_by_queue_[t.queue()];
+      e.ready_seq = e.last_seq;
+      ready_.insert(ReadyKey{-t.priority(), e.ready_seq, t.id()});
+      if (draining_) {
+        drain_redispatch_.push_back(
+            ReadyKey{-t.priority(), e.ready_seq, t.id()});
+      }
+      // A RUNNING record on disk would count as a lost attempt after a
+      // crash: overwrite it.
+      if (e.running_written) {
+        e.running_written = false;
+        PersistAsync(t);
+      }
+      return;
+    }
     if (attempt_end_handler_) {
       d.Add([this, id = t.id()] { attempt_end_handler_(id); });
     }
@@ -624,6 +841,7 @@ void Scheduler::OnOutcome(worker::Outcome o) {
         retryable = true;
         break;
       case OutcomeKind::kWorkerLost:
+      case OutcomeKind::kRevoked:  // handled above
         SetError(t, absl::StatusCode::kUnavailable,
                  absl::StrCat("worker lost: ", o.status.message()),
                  v1::WORKER_LOST);
@@ -641,14 +859,15 @@ void Scheduler::OnOutcome(worker::Outcome o) {
         *t.mutable_not_before() = ToProto(now + Backoff(t.attempt()));
         metrics_.TaskRetried(t.queue());
         EnqueueLocked(e, now);
+        WakeAtLocked(FromProto(t.not_before()));
         EmitLocked(t, v1::TaskEvent::STATE, d);
         PersistAsync(t);  // under mu_, so before the next attempt's writes
       } else {
         t.set_state(v1::DEAD);
-        FinishLocked(e, d);
+        FinishLocked(e, v1::RUNNING);
       }
     } else {
-      FinishLocked(e, d);
+      FinishLocked(e, v1::RUNNING);
     }
   }
   d.Run();
@@ -675,9 +894,7 @@ void Scheduler::OnProgress(absl::string_view id, int attempt, double fraction,
 void Scheduler::Loop() {
   absl::Time next_purge = absl::Now() + options_.purge_interval;
   while (true) {
-    const int idle = pool_.IdleCount();
     Deferred d;
-    std::vector<worker::Assignment> to_dispatch;
     bool purge = false;
     {
       MutexLock lock(&mu_);
@@ -692,6 +909,7 @@ void Scheduler::Loop() {
         Entry& e = it->second;
         e.ready_at = now;
         e.ready_seq = next_seq_++;
+        e.last_seq = e.ready_seq;
         ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
       }
       // Waits that timed out.
@@ -704,7 +922,7 @@ void Scheduler::Loop() {
         auto it = tasks_.find(w->second.id);
         v1::Task task;
         if (it != tasks_.end()) {
-          task = it->second.task;
+          task = VisibleLocked(it->second);
           auto& v = it->second.waits;
           v.erase(std::remove(v.begin(), v.end(), h), v.end());
         }
@@ -724,72 +942,25 @@ void Scheduler::Loop() {
           ++it;
         }
       }
-      // Dispatch to idle workers only: no prefetch that strands tasks.
-      int slots = draining_ ? 0 : idle;
-      while (slots > 0 && !ready_.empty()) {
-        ReadyKey key = *ready_.begin();
-        ready_.erase(ready_.begin());
-        auto it = tasks_.find(key.id);
-        if (it == tasks_.end()) continue;
-        Entry& e = it->second;
-        e.ready_seq = 0;
-        --queued_by_queue_[e.task.queue()];
-        v1::Task& t = e.task;
-        t.set_state(v1::RUNNING);
-        t.set_attempt(t.attempt() + 1);
-        t.set_cancel_requested(false);
-        t.set_progress(0);
-        t.clear_progress_message();
-        *t.mutable_started_at() = ToProto(now);
-        ++running_;
-        metrics_.TaskQueueWait(t.queue(),
-                               absl::ToDoubleSeconds(now - e.ready_at));
-        worker::Assignment a;
-        a.task_id = t.id();
-        a.attempt = t.attempt();
-        a.kind = t.kind();
-        a.payload = t.payload();
-        absl::Duration timeout = FromProto(t.timeout());
-        a.timeout =
-            timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
-        to_dispatch.push_back(std::move(a));
-        // Written before the dispatch, so before the completion that the
-        // pool's thread will write: the store keeps the order in which writes
-        // are queued, and a RUNNING row queued after the completion would
-        // leave a finished task RUNNING on disk (stuck, and re-run as a lost
-        // attempt at the next start).
-        PersistAsync(t);
-        EmitLocked(t, v1::TaskEvent::STATE, d);
-        --slots;
+      if (now >= next_finish_retry_) {
+        next_finish_retry_ = absl::InfiniteFuture();
+        for (const std::string& id : failed_finishes_) {
+          auto it = tasks_.find(id);
+          if (it == tasks_.end() || !it->second.finishing) continue;
+          it->second.finish_failed = false;
+          pending_finishes_.push_back(it->second.task);
+        }
+        failed_finishes_.clear();
+        FlushFinishesLocked(d);
       }
+      // Tasks that became ready above (and anything a missed turn left).
+      DispatchLocked(now, d);
       if (now >= next_purge) {
         purge = true;
         next_purge = now + options_.purge_interval;
       }
     }
     d.Run();
-
-    for (worker::Assignment& a : to_dispatch) {
-      std::string id = a.task_id;
-      int attempt = a.attempt;
-      absl::Status s = pool_.Dispatch(std::move(a));
-      if (s.ok()) continue;
-      MutexLock lock(&mu_);
-      auto it = tasks_.find(id);
-      if (it == tasks_.end()) continue;
-      Entry& e = it->second;
-      if (e.task.state() == v1::RUNNING && e.task.attempt() == attempt) {
-        // The worker went away between IdleCount and Dispatch: undo.
-        e.task.set_state(v1::QUEUED);
-        e.task.set_attempt(attempt - 1);
-        --running_;
-        ++queued_by_queue_[e.task.queue()];
-        e.ready_seq = next_seq_++;
-        ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
-        PersistAsync(e.task);
-        WakeLocked();
-      }
-    }
 
     if (purge) {
       absl::StatusOr<int64_t> n = store_.PurgeExpired(absl::Now());
@@ -805,7 +976,7 @@ void Scheduler::Loop() {
     if (stop_) break;
     if (!wake_) {
       absl::Time next = absl::Now() + absl::Seconds(1);
-      next = std::min(next, next_purge);
+      next = std::min({next, next_purge, next_finish_retry_});
       if (!delayed_.empty()) next = std::min(next, delayed_.begin()->first);
       if (!wait_deadlines_.empty()) {
         next = std::min(next, wait_deadlines_.begin()->first);
@@ -813,7 +984,11 @@ void Scheduler::Loop() {
       for (const IdleWaiter& w : idle_waiters_)
         next = std::min(next, w.deadline);
       absl::Duration left = next - absl::Now();
-      if (left > absl::ZeroDuration()) cv_.WaitWithTimeout(&mu_, left);
+      if (left > absl::ZeroDuration()) {
+        loop_wake_at_ = next;
+        cv_.WaitWithTimeout(&mu_, left);
+        loop_wake_at_ = absl::InfinitePast();
+      }
     }
     wake_ = false;
   }
@@ -822,8 +997,10 @@ void Scheduler::Loop() {
 absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
   {
     MutexLock lock(&mu_);
-    auto it = tasks_.find(std::string(id));
-    if (it != tasks_.end()) return it->second.task;
+    const std::string key(id);
+    auto it = tasks_.find(key);
+    if (it != tasks_.end()) return VisibleLocked(it->second);
+    if (std::optional<v1::Task> t = RecentLocked(key, absl::Now())) return *t;
   }
   return store_.Get(id);
 }
@@ -832,23 +1009,27 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
                          WaitDone done) {
   timeout = std::min(timeout, options_.max_wait);
   std::optional<v1::Task> current;
+  std::optional<v1::Task> finished;
   bool stopped = false;
   {
     MutexLock lock(&mu_);
-    auto it = tasks_.find(std::string(id));
+    const std::string key(id);
+    auto it = tasks_.find(key);
     if (stop_) {
       // Nothing would ever fire this wait: answer now rather than hold the
       // call open until the gRPC server's shutdown deadline.
       stopped = true;
-    } else if (it != tasks_.end() && timeout <= absl::ZeroDuration()) {
-      current = it->second.task;
-    } else if (it != tasks_.end()) {
+    } else if (it == tasks_.end()) {
+      finished = RecentLocked(key, absl::Now());
+    } else if (timeout <= absl::ZeroDuration()) {
+      current = VisibleLocked(it->second);
+    } else {
       uint64_t h = next_handle_++;
       absl::Time deadline = absl::Now() + timeout;
       waits_[h] = PendingWait{std::string(id), std::move(done), deadline};
       wait_deadlines_.emplace(deadline, h);
       it->second.waits.push_back(h);
-      WakeLocked();
+      WakeAtLocked(deadline);
       return h;
     }
   }
@@ -858,6 +1039,10 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
   }
   if (current) {
     done(std::move(*current), false);
+    return 0;
+  }
+  if (finished) {
+    done(std::move(*finished), true);
     return 0;
   }
   // Not in memory: finished (or unknown). Terminal states are final.
@@ -898,6 +1083,7 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
           done(AlreadyFinished(id, state));
         });
       } else if (t.state() == v1::QUEUED) {
+        const v1::TaskState prev = t.state();
         RemoveQueuedLocked(e);
         t.set_state(v1::CANCELLED);
         SetError(t, absl::StatusCode::kCancelled, "cancelled before it ran",
@@ -909,7 +1095,8 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
             [done](absl::StatusOr<v1::Task> task, bool) { done(task); },
             absl::InfiniteFuture()};
         e.waits.push_back(h);
-        FinishLocked(e, d);
+        FinishLocked(e, prev);
+        FlushFinishesLocked(d);
       } else {
         t.set_cancel_requested(true);
         // Queued under the lock, so before the write of whatever outcome
@@ -964,13 +1151,18 @@ void Scheduler::Retry(absl::string_view id, TaskDone done) {
       done(s);
       return;
     }
+    Deferred d;
     {
       MutexLock lock(&mu_);
+      recent_.erase(task.id());
       Entry& e = tasks_[task.id()];
       e.task = task;
-      EnqueueLocked(e, absl::Now());
+      const absl::Time now = absl::Now();
+      EnqueueLocked(e, now);
+      DispatchLocked(now, d);
       WakeLocked();
     }
+    d.Run();
     done(task);
   });
 }
@@ -982,7 +1174,7 @@ absl::StatusOr<ListPage> Scheduler::List(ListQuery query) {
   MutexLock lock(&mu_);
   for (v1::Task& t : page->tasks) {
     auto it = tasks_.find(t.id());
-    if (it != tasks_.end()) t = it->second.task;
+    if (it != tasks_.end()) t = VisibleLocked(it->second);
   }
   return page;
 }
@@ -1001,9 +1193,15 @@ void Scheduler::Unsubscribe(uint64_t handle) {
 }
 
 void Scheduler::SetDraining(bool draining) {
-  MutexLock lock(&mu_);
-  draining_ = draining;
-  WakeLocked();
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    draining_ = draining;
+    if (!draining) drain_redispatch_.clear();
+    DispatchLocked(absl::Now(), d);
+    WakeLocked();
+  }
+  d.Run();
 }
 
 bool Scheduler::draining() {
@@ -1043,6 +1241,11 @@ size_t Scheduler::pending_waits() {
 size_t Scheduler::pending_wait_timeouts() {
   MutexLock lock(&mu_);
   return wait_deadlines_.size();
+}
+
+bool Scheduler::store_failing() {
+  MutexLock lock(&mu_);
+  return store_failing_;
 }
 
 bool Scheduler::accepting() {

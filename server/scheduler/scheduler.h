@@ -7,9 +7,11 @@
 #define FORQ_SERVER_SCHEDULER_SCHEDULER_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -47,6 +49,10 @@ struct SchedulerOptions {
   absl::Duration max_wait = absl::Minutes(5);
   // Events buffered per watcher before it is dropped as too slow.
   size_t max_watch_backlog = 10'000;
+  // Finished tasks kept in memory (beyond the store) for Get and Wait.
+  size_t recent_finished = 4096;
+  // How often a terminal write that failed is tried again.
+  absl::Duration finish_retry_interval = absl::Seconds(1);
 };
 
 // Thread-safe. Callbacks passed in are run without the scheduler's lock held,
@@ -106,6 +112,9 @@ class Scheduler {
   // Pending waits and their timeout entries (for tests and metrics).
   size_t pending_waits();
   size_t pending_wait_timeouts();
+  // True while terminal-state writes are failing (the tasks stay visibly
+  // unfinished and are written again); readiness reports it.
+  bool store_failing();
 
   // Task -> forqd side channel (Manager); set before Start.
   void SetCallHandler(
@@ -115,19 +124,30 @@ class Scheduler {
   // Called (outside the scheduler's lock) with the task id whenever an
   // attempt ends, so services can drop state the attempt left behind.
   void SetAttemptEndHandler(std::function<void(absl::string_view)> handler);
+  // Called (once, outside the lock) when the pool can no longer run tasks;
+  // intake stops first. Set before Start.
+  void SetPoolLostHandler(std::function<void(const absl::Status&)> handler);
 
  private:
   struct Entry {
     v1::Task task;
-    // Terminal state reached, write to the store in flight.
+    // Terminal state reached, write to the store in flight (or failed and
+    // to be tried again). Until it is durable, readers see prev_state.
     bool finishing = false;
+    bool finish_failed = false;
+    // The current attempt's RUNNING record was handed to the store.
+    bool running_written = false;
+    v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;
-    uint64_t ready_seq = 0;
+    // Position in ready_ (0 = not there); kept through dispatch, so a task
+    // the pool gives back returns to its old place.
+    int64_t ready_seq = 0;
+    int64_t last_seq = 0;
     std::vector<uint64_t> waits;
   };
   struct ReadyKey {
     int32_t neg_priority;
-    uint64_t seq;
+    int64_t seq;
     std::string id;
     bool operator<(const ReadyKey& o) const {
       if (neg_priority != o.neg_priority) return neg_priority < o.neg_priority;
@@ -161,6 +181,26 @@ class Scheduler {
   absl::StatusOr<v1::Task> BuildTask(v1::TaskSpec spec, absl::Time now);
   void Loop();
   void OnOutcome(worker::Outcome outcome);
+  // After a batch of pool callbacks: writes the batch's terminal records
+  // and fills the workers again.
+  void OnTurnEnd();
+  // Sends ready tasks to the pool while it has room.
+  void DispatchLocked(absl::Time now, Deferred& d)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends the tasks of `keys` (taken out of ready_) to the pool; those it
+  // refuses go back to ready_ and are returned.
+  std::vector<ReadyKey> SendLocked(std::vector<ReadyKey> keys, absl::Time now,
+                                   Deferred& d)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues one store write for the terminal records of the last batch.
+  void FlushFinishesLocked(Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The task as readers may see it: a terminal state only once durable.
+  v1::Task VisibleLocked(const Entry& e) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A finished task from the in-memory cache, if there and not expired.
+  std::optional<v1::Task> RecentLocked(const std::string& id, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RememberLocked(v1::Task task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnProgress(absl::string_view id, int attempt, double fraction,
                   absl::string_view message);
 
@@ -169,13 +209,19 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveQueuedLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a terminal state; waiters fire after the store write.
-  void FinishLocked(Entry& e, Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnFinishPersisted(const std::string& id, absl::Status status);
+  // `prev` is the state readers see until the terminal record is durable.
+  void FinishLocked(Entry& e, v1::TaskState prev)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnFinishPersisted(const std::vector<std::string>& ids,
+                         absl::Status status);
   void EmitLocked(const v1::Task& task, v1::TaskEvent::Type type, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistAsync(const v1::Task& task);
   absl::Duration Backoff(int attempt);
   void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the loop only if it sleeps past `t` (it re-reads every deadline
+  // before sleeping, so one that is awake needs nothing).
+  void WakeAtLocked(absl::Time t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes the timeout entry of pending wait `handle` (due at `deadline`).
   void DropWaitDeadlineLocked(uint64_t handle, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -190,6 +236,8 @@ class Scheduler {
   Mutex mu_;
   CondVar cv_;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  // When the sleeping loop wakes by itself; InfinitePast while it runs.
+  absl::Time loop_wake_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
@@ -198,7 +246,19 @@ class Scheduler {
   std::multimap<absl::Time, std::string> delayed_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> queued_by_queue_ ABSL_GUARDED_BY(mu_);
   int running_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  bool store_failing_ ABSL_GUARDED_BY(mu_) = false;
+  // Tasks a worker had taken but gave back unrun while draining: a drain
+  // finishes what workers had taken, so these are sent again.
+  std::vector<ReadyKey> drain_redispatch_ ABSL_GUARDED_BY(mu_);
+  // Terminal records of the current batch, not yet handed to the store.
+  std::vector<v1::Task> pending_finishes_ ABSL_GUARDED_BY(mu_);
+  // Tasks whose terminal write failed, to be written again.
+  std::vector<std::string> failed_finishes_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_finish_retry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Recently finished tasks (durable), oldest first in recent_order_.
+  std::unordered_map<std::string, v1::Task> recent_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> recent_order_ ABSL_GUARDED_BY(mu_);
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   std::unordered_map<uint64_t, PendingWait> waits_ ABSL_GUARDED_BY(mu_);
   std::multimap<absl::Time, uint64_t> wait_deadlines_ ABSL_GUARDED_BY(mu_);
@@ -208,6 +268,7 @@ class Scheduler {
                      std::function<void(absl::StatusOr<std::string>)>)>
       call_handler_;
   std::function<void(absl::string_view)> attempt_end_handler_;
+  std::function<void(const absl::Status&)> pool_lost_handler_;
 
   std::thread thread_;
   bool started_ = false;

@@ -172,6 +172,13 @@ absl::StatusOr<int> ForqdProcess::Stop(absl::Duration timeout) {
   return status;
 }
 
+absl::StatusOr<int> ForqdProcess::AwaitExit(absl::Duration timeout) {
+  if (pid_ <= 0) return absl::FailedPreconditionError("forqd not running");
+  absl::StatusOr<int> status = WaitForExit(pid_, timeout);
+  if (status.ok()) pid_ = -1;
+  return status;
+}
+
 absl::Status ForqdProcess::Restart() {
   if (pid_ > 0) return absl::FailedPreconditionError("forqd still running");
   return Spawn();

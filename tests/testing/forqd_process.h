@@ -45,6 +45,9 @@ class ForqdProcess {
   absl::StatusOr<int> Kill(int sig);
   // SIGTERM, then waits up to `timeout` for exit; returns the wait status.
   absl::StatusOr<int> Stop(absl::Duration timeout = absl::Seconds(30));
+  // Waits up to `timeout` for forqd to exit on its own; returns its wait
+  // status (DeadlineExceeded if it is still running).
+  absl::StatusOr<int> AwaitExit(absl::Duration timeout);
   // Starts forqd again on the same data dir and the same ports.
   absl::Status Restart();
   // Last lines of forqd's log, for failure messages.
