@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -383,7 +384,10 @@ absl::Status ForkPool::Start(PoolCallbacks callbacks) {
   if (stopping_) return absl::UnavailableError("pool is shut down");
   started_ = true;
   callbacks_ = std::move(callbacks);
-  thread_ = std::thread([this] { EventLoop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-pool");
+    EventLoop();
+  });
   return absl::OkStatus();
 }
 

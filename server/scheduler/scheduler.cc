@@ -1,5 +1,7 @@
 #include "server/scheduler/scheduler.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -210,7 +212,10 @@ absl::Status Scheduler::Start() {
   if (!s.ok()) return s;
   metrics_.AddRefreshHook([this] { RefreshMetrics(); });
   started_ = true;
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-scheduler");
+    Loop();
+  });
   return absl::OkStatus();
 }
 

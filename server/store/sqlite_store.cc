@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/file.h>
 
 #include <filesystem>
@@ -449,7 +450,36 @@ SqliteStore::SqliteStore(const StoreOptions& options, std::string path,
       lock_(std::move(dir_lock)),
       writer_(std::move(writer)) {
   MutexLock lock(&close_mu_);
-  writer_thread_ = std::thread([this] { WriterLoop(); });
+  writer_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-store");
+    WriterLoop();
+  });
+  callback_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-store-cb");
+    CallbackLoop();
+  });
+}
+
+void SqliteStore::Deliver(std::vector<Committed> done) {
+  if (done.empty()) return;
+  MutexLock lock(&done_mu_);
+  const bool was_empty = done_.empty();
+  for (Committed& c : done) done_.push_back(std::move(c));
+  if (was_empty) done_cv_.Signal();
+}
+
+void SqliteStore::CallbackLoop() {
+  for (;;) {
+    std::vector<Committed> batch;
+    {
+      MutexLock lock(&done_mu_);
+      while (done_.empty() && !done_closing_) done_cv_.Wait(&done_mu_);
+      if (done_.empty()) return;  // closing, and nothing left
+      batch.swap(done_);
+    }
+    // Outside every lock: callbacks may queue new writes.
+    for (auto& [op, status] : batch) op->Finish(std::move(status));
+  }
 }
 
 SqliteStore::~SqliteStore() { Close(); }
@@ -544,8 +574,9 @@ void SqliteStore::SyncWal(std::vector<Committed>& unsynced) {
                   unsynced.size());
   }
   for (auto& [op, op_status] : unsynced) {
-    op->Finish(op_status.ok() ? status : std::move(op_status));
+    if (op_status.ok()) op_status = status;
   }
+  Deliver(std::move(unsynced));
   unsynced.clear();
 }
 
@@ -580,9 +611,10 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
     // a transient ENOSPC/EIO fails only the calls caught in it.
     spdlog::error("{} ({} writes failed)", std::string(txn_status.message()),
                   group.size());
-    for (auto& op : group) {
-      op->Finish(txn_status);
-    }
+    std::vector<Committed> failed;
+    failed.reserve(group.size());
+    for (auto& op : group) failed.push_back({std::move(op), txn_status});
+    Deliver(std::move(failed));
     return;
   }
   for (auto& op : group) {
@@ -593,15 +625,16 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
       }
     }
   }
+  std::vector<Committed> done;
   for (size_t i = 0; i < group.size(); ++i) {
     if (durability_ == Durability::kBatch) {
       // Committed, not yet durable: the ack waits for SyncWal.
       unsynced.push_back({std::move(group[i]), std::move(statuses[i])});
     } else {
-      // Callbacks run after the commit and outside every lock.
-      group[i]->Finish(std::move(statuses[i]));
+      done.push_back({std::move(group[i]), std::move(statuses[i])});
     }
   }
+  Deliver(std::move(done));
 }
 
 absl::Status SqliteStore::RunGroup(
@@ -993,6 +1026,15 @@ void SqliteStore::Close() {
   // exits; later writes are refused by Enqueue.
   if (writer_thread_.joinable()) {
     writer_thread_.join();
+  }
+  // Then every callback of those writes has run before Close returns.
+  {
+    MutexLock lock(&done_mu_);
+    done_closing_ = true;
+    done_cv_.SignalAll();
+  }
+  if (callback_thread_.joinable()) {
+    callback_thread_.join();
   }
   // Idle readers are closed so the last connection to go (the writer's, at
   // destruction) checkpoints and removes the WAL. Reads after Close open

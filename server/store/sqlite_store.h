@@ -95,6 +95,11 @@ class SqliteStore final : public Store {
                    std::vector<Committed>& unsynced);
   // Fsyncs the WAL, then runs the callbacks in `unsynced` and clears it.
   void SyncWal(std::vector<Committed>& unsynced);
+  // Hands finished writes to the callback thread, which runs their
+  // callbacks in commit order: what callers do in them (answer RPCs, fan
+  // out results) then never delays the next commit.
+  void Deliver(std::vector<Committed> done) ABSL_LOCKS_EXCLUDED(done_mu_);
+  void CallbackLoop() ABSL_LOCKS_EXCLUDED(done_mu_);
   // Applies `group` in one transaction, each call's status in `statuses`.
   // Not `isolated`: Aborted as soon as one call fails (nothing committed).
   // `isolated`: each call in a savepoint, so a failing call is undone alone.
@@ -125,8 +130,14 @@ class SqliteStore final : public Store {
   std::deque<std::unique_ptr<PendingWrite>> queue_ ABSL_GUARDED_BY(queue_mu_);
   bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
 
-  Mutex close_mu_;  // Serialises Close() so the writer is joined once.
+  Mutex done_mu_;
+  CondVar done_cv_;
+  std::vector<Committed> done_ ABSL_GUARDED_BY(done_mu_);
+  bool done_closing_ ABSL_GUARDED_BY(done_mu_) = false;
+
+  Mutex close_mu_;  // Serialises Close() so the threads are joined once.
   std::thread writer_thread_ ABSL_GUARDED_BY(close_mu_);
+  std::thread callback_thread_ ABSL_GUARDED_BY(close_mu_);
 
   Mutex pool_mu_;
   std::vector<std::unique_ptr<Reader>> idle_readers_ ABSL_GUARDED_BY(pool_mu_);

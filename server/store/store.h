@@ -61,8 +61,9 @@ struct ListPage {
   std::string next_page_token;
 };
 
-// Thread-safe. Writes are asynchronous: `done` callbacks run on the store's
-// writer thread once the write is durable per the durability mode; they must
+// Thread-safe. Writes are asynchronous: `done` callbacks run on a thread of
+// the store's (never the caller's, except for a closed store's refusal) once
+// the write is durable per the durability mode, in commit order; they must
 // not block. Writes submitted from one thread are applied in order.
 class Store {
  public:

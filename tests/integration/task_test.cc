@@ -282,7 +282,15 @@ TEST_F(TaskTest, FinishedTaskIsPurgedAfterItsTtl) {
   EXPECT_THAT(last, StatusIs(absl::StatusCode::kNotFound));
 }
 
-TEST_F(TaskTest, HigherPriorityRunsFirst) {
+TEST(PriorityTest, HigherPriorityRunsFirst) {
+  // Strict order across workers needs one task per worker at a time: with
+  // --prefetch, a task already queued in one worker may start before a
+  // higher-priority one queued in another.
+  auto p = ForqdProcess::Start({.workers = 2, .flags = {"--prefetch=0"}});
+  ASSERT_THAT(p, IsOk());
+  auto c = Client::Connect({.address = (*p)->grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  Client* client_ = c->get();
   // Hold dispatch while queueing low before high, so the order cannot
   // depend on how fast the submits are.
   ASSERT_THAT(client_->Drain(absl::ZeroDuration()), IsOk());
