@@ -111,6 +111,7 @@ std::string NewTaskId() {
 Scheduler::Scheduler(SchedulerOptions options, Store& store,
                      worker::WorkerPool& pool, Metrics& metrics)
     : options_(std::move(options)),
+      clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()),
       store_(store),
       pool_(pool),
       metrics_(metrics) {}
@@ -140,7 +141,7 @@ absl::Status Scheduler::Start() {
   // Recovery: RUNNING tasks lost their worker when the previous forqd died.
   absl::StatusOr<std::vector<v1::Task>> unfinished = store_.LoadUnfinished();
   if (!unfinished.ok()) return unfinished.status();
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   std::vector<v1::Task> updates;
   int requeued = 0, dead = 0;
   {
@@ -254,12 +255,10 @@ void Scheduler::Shutdown(absl::Duration grace) {
         requeue.push_back(e.task);
       }
     }
-    for (auto& [h, w] : waits_) {
-      to_fail.emplace_back(std::move(w.done),
+    for (WaitDone& done : waits_.TakeAll()) {
+      to_fail.emplace_back(std::move(done),
                            absl::UnavailableError("forqd is shutting down"));
     }
-    waits_.clear();
-    wait_deadlines_.clear();
   }
   if (!requeue.empty()) {
     absl::Notification persisted;
@@ -379,7 +378,7 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
                                                  options_.max_batch)));
     return;
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   std::vector<v1::Task> tasks;
   tasks.reserve(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -421,7 +420,7 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
                   Deferred d;
                   {
                     MutexLock lock(&mu_);
-                    const absl::Time now = absl::Now();
+                    const absl::Time now = clock_.Now();
 
                     const std::string* queue = nullptr;
                     int same_queue = 0;
@@ -480,16 +479,6 @@ void Scheduler::RemoveQueuedLocked(Entry& e) {
   }
 }
 
-void Scheduler::DropWaitDeadlineLocked(uint64_t handle, absl::Time deadline) {
-  auto range = wait_deadlines_.equal_range(deadline);
-  for (auto d = range.first; d != range.second; ++d) {
-    if (d->second == handle) {
-      wait_deadlines_.erase(d);
-      return;
-    }
-  }
-}
-
 void Scheduler::WakeLocked() {
   wake_ = true;
   cv_.Signal();
@@ -518,7 +507,7 @@ void Scheduler::EmitLocked(const v1::Task& task, v1::TaskEvent::Type type,
   auto event = std::make_shared<v1::TaskEvent>();
   event->set_type(type);
   *event->mutable_task() = task;
-  *event->mutable_time() = ToProto(absl::Now());
+  *event->mutable_time() = ToProto(clock_.Now());
   for (const auto& [h, w] : watchers_) {
     if (w.task_id == task.id() ||
         (w.task_id.empty() && (w.queue == "*" || w.queue == task.queue()))) {
@@ -530,7 +519,7 @@ void Scheduler::EmitLocked(const v1::Task& task, v1::TaskEvent::Type type,
 void Scheduler::FinishLocked(Entry& e, v1::TaskState prev) {
   e.finishing = true;
   e.prev_state = prev;
-  *e.task.mutable_finished_at() = ToProto(absl::Now());
+  *e.task.mutable_finished_at() = ToProto(clock_.Now());
   metrics_.TaskFinished(e.task.queue(), StateLabel(e.task.state()));
   pending_finishes_.push_back(e.task);
 }
@@ -574,7 +563,7 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
       }
       store_failing_ = true;
       if (next_finish_retry_ == absl::InfiniteFuture()) {
-        next_finish_retry_ = absl::Now() + options_.finish_retry_interval;
+        next_finish_retry_ = clock_.Now() + options_.finish_retry_interval;
         WakeLocked();
       }
       return;
@@ -584,17 +573,8 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
       auto it = tasks_.find(id);
       if (it == tasks_.end()) continue;
       Entry& e = it->second;
-      for (uint64_t h : e.waits) {
-        auto w = waits_.find(h);
-        if (w == waits_.end()) continue;
-        d.Add([done = std::move(w->second.done), task = e.task] {
-          done(task, true);
-        });
-        // Its timeout entry must go too, or every finished wait would stay
-        // in wait_deadlines_ until its deadline (minutes of growth under
-        // load).
-        DropWaitDeadlineLocked(h, w->second.deadline);
-        waits_.erase(w);
+      for (WaitDone& done : waits_.TakeTask(id)) {
+        d.Add([done = std::move(done), task = e.task] { done(task, true); });
       }
       EmitLocked(e.task, v1::TaskEvent::STATE, d);
       RememberLocked(std::move(e.task));
@@ -643,7 +623,7 @@ void Scheduler::OnTurnEnd() {
   {
     MutexLock lock(&mu_);
     FlushFinishesLocked(d);
-    DispatchLocked(absl::Now(), d);
+    DispatchLocked(clock_.Now(), d);
   }
   d.Run();
 }
@@ -859,7 +839,7 @@ void Scheduler::OnOutcome(worker::Outcome o) {
     }
     if (retryable) {
       if (t.attempt() - t.attempt_base() < t.max_attempts()) {
-        const absl::Time now = absl::Now();
+        const absl::Time now = clock_.Now();
         t.set_state(v1::QUEUED);
         *t.mutable_not_before() = ToProto(now + Backoff(t.attempt()));
         metrics_.TaskRetried(t.queue());
@@ -896,70 +876,73 @@ void Scheduler::OnProgress(absl::string_view id, int attempt, double fraction,
   d.Run();
 }
 
+void Scheduler::RunDueLocked(absl::Time now, Deferred& d) {
+  // Delayed tasks whose time came.
+  while (!delayed_.empty() && delayed_.begin()->first <= now) {
+    std::string id = std::move(delayed_.begin()->second);
+    delayed_.erase(delayed_.begin());
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    Entry& e = it->second;
+    e.ready_at = now;
+    e.ready_seq = next_seq_++;
+    e.last_seq = e.ready_seq;
+    ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
+  }
+  // Waits that timed out.
+  for (auto& [id, done] : waits_.TakeExpired(now)) {
+    auto it = tasks_.find(id);
+    v1::Task task;
+    if (it != tasks_.end()) task = VisibleLocked(it->second);
+    d.Add([done = std::move(done), task = std::move(task)] {
+      done(task, false);
+    });
+  }
+  // Drain / WhenIdle waiters.
+  for (auto it = idle_waiters_.begin(); it != idle_waiters_.end();) {
+    if (running_ == 0 || it->deadline <= now) {
+      d.Add([done = std::move(it->done), drained = running_ == 0] {
+        done(drained);
+      });
+      it = idle_waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (now >= next_finish_retry_) {
+    next_finish_retry_ = absl::InfiniteFuture();
+    for (const std::string& id : failed_finishes_) {
+      auto it = tasks_.find(id);
+      if (it == tasks_.end() || !it->second.finishing) continue;
+      it->second.finish_failed = false;
+      pending_finishes_.push_back(it->second.task);
+    }
+    failed_finishes_.clear();
+    FlushFinishesLocked(d);
+  }
+  // Tasks that became ready above (and anything a missed turn left).
+  DispatchLocked(now, d);
+}
+
+void Scheduler::Poke() {
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    RunDueLocked(clock_.Now(), d);
+  }
+  d.Run();
+}
+
 void Scheduler::Loop() {
-  absl::Time next_purge = absl::Now() + options_.purge_interval;
+  absl::Time next_purge = clock_.Now() + options_.purge_interval;
   while (true) {
     Deferred d;
     bool purge = false;
     {
       MutexLock lock(&mu_);
       if (stop_) break;
-      const absl::Time now = absl::Now();
-      // Delayed tasks whose time came.
-      while (!delayed_.empty() && delayed_.begin()->first <= now) {
-        std::string id = std::move(delayed_.begin()->second);
-        delayed_.erase(delayed_.begin());
-        auto it = tasks_.find(id);
-        if (it == tasks_.end()) continue;
-        Entry& e = it->second;
-        e.ready_at = now;
-        e.ready_seq = next_seq_++;
-        e.last_seq = e.ready_seq;
-        ready_.insert(ReadyKey{-e.task.priority(), e.ready_seq, id});
-      }
-      // Waits that timed out.
-      while (!wait_deadlines_.empty() &&
-             wait_deadlines_.begin()->first <= now) {
-        uint64_t h = wait_deadlines_.begin()->second;
-        wait_deadlines_.erase(wait_deadlines_.begin());
-        auto w = waits_.find(h);
-        if (w == waits_.end()) continue;
-        auto it = tasks_.find(w->second.id);
-        v1::Task task;
-        if (it != tasks_.end()) {
-          task = VisibleLocked(it->second);
-          auto& v = it->second.waits;
-          v.erase(std::remove(v.begin(), v.end(), h), v.end());
-        }
-        d.Add([done = std::move(w->second.done), task = std::move(task)] {
-          done(task, false);
-        });
-        waits_.erase(w);
-      }
-      // Drain / WhenIdle waiters.
-      for (auto it = idle_waiters_.begin(); it != idle_waiters_.end();) {
-        if (running_ == 0 || it->deadline <= now) {
-          d.Add([done = std::move(it->done), drained = running_ == 0] {
-            done(drained);
-          });
-          it = idle_waiters_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      if (now >= next_finish_retry_) {
-        next_finish_retry_ = absl::InfiniteFuture();
-        for (const std::string& id : failed_finishes_) {
-          auto it = tasks_.find(id);
-          if (it == tasks_.end() || !it->second.finishing) continue;
-          it->second.finish_failed = false;
-          pending_finishes_.push_back(it->second.task);
-        }
-        failed_finishes_.clear();
-        FlushFinishesLocked(d);
-      }
-      // Tasks that became ready above (and anything a missed turn left).
-      DispatchLocked(now, d);
+      const absl::Time now = clock_.Now();
+      RunDueLocked(now, d);
       if (now >= next_purge) {
         purge = true;
         next_purge = now + options_.purge_interval;
@@ -968,7 +951,7 @@ void Scheduler::Loop() {
     d.Run();
 
     if (purge) {
-      absl::StatusOr<int64_t> n = store_.PurgeExpired(absl::Now());
+      absl::StatusOr<int64_t> n = store_.PurgeExpired(clock_.Now());
       if (!n.ok()) {
         spdlog::error("purge of expired tasks failed: {}",
                       n.status().ToString());
@@ -980,15 +963,13 @@ void Scheduler::Loop() {
     MutexLock lock(&mu_);
     if (stop_) break;
     if (!wake_) {
-      absl::Time next = absl::Now() + absl::Seconds(1);
+      absl::Time next = clock_.Now() + absl::Seconds(1);
       next = std::min({next, next_purge, next_finish_retry_});
       if (!delayed_.empty()) next = std::min(next, delayed_.begin()->first);
-      if (!wait_deadlines_.empty()) {
-        next = std::min(next, wait_deadlines_.begin()->first);
-      }
+      next = std::min(next, waits_.NextDeadline());
       for (const IdleWaiter& w : idle_waiters_)
         next = std::min(next, w.deadline);
-      absl::Duration left = next - absl::Now();
+      absl::Duration left = next - clock_.Now();
       if (left > absl::ZeroDuration()) {
         loop_wake_at_ = next;
         cv_.WaitWithTimeout(&mu_, left);
@@ -1005,7 +986,7 @@ absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
     const std::string key(id);
     auto it = tasks_.find(key);
     if (it != tasks_.end()) return VisibleLocked(it->second);
-    if (std::optional<v1::Task> t = RecentLocked(key, absl::Now())) return *t;
+    if (std::optional<v1::Task> t = RecentLocked(key, clock_.Now())) return *t;
   }
   return store_.Get(id);
 }
@@ -1025,15 +1006,12 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
       // call open until the gRPC server's shutdown deadline.
       stopped = true;
     } else if (it == tasks_.end()) {
-      finished = RecentLocked(key, absl::Now());
+      finished = RecentLocked(key, clock_.Now());
     } else if (timeout <= absl::ZeroDuration()) {
       current = VisibleLocked(it->second);
     } else {
-      uint64_t h = next_handle_++;
-      absl::Time deadline = absl::Now() + timeout;
-      waits_[h] = PendingWait{std::string(id), std::move(done), deadline};
-      wait_deadlines_.emplace(deadline, h);
-      it->second.waits.push_back(h);
+      const absl::Time deadline = clock_.Now() + timeout;
+      const uint64_t h = waits_.Add(key, deadline, std::move(done));
       WakeAtLocked(deadline);
       return h;
     }
@@ -1063,16 +1041,7 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
 
 bool Scheduler::CancelWait(uint64_t handle) {
   MutexLock lock(&mu_);
-  auto w = waits_.find(handle);
-  if (w == waits_.end()) return false;
-  auto it = tasks_.find(w->second.id);
-  if (it != tasks_.end()) {
-    auto& v = it->second.waits;
-    v.erase(std::remove(v.begin(), v.end(), handle), v.end());
-  }
-  DropWaitDeadlineLocked(handle, w->second.deadline);
-  waits_.erase(w);
-  return true;
+  return waits_.Remove(handle);
 }
 
 void Scheduler::Cancel(absl::string_view id, TaskDone done) {
@@ -1094,12 +1063,8 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
         SetError(t, absl::StatusCode::kCancelled, "cancelled before it ran",
                  v1::FAILURE_REASON_UNSPECIFIED);
         // Answer once the cancellation is durable, like a waiter.
-        uint64_t h = next_handle_++;
-        waits_[h] = PendingWait{
-            std::string(id),
-            [done](absl::StatusOr<v1::Task> task, bool) { done(task); },
-            absl::InfiniteFuture()};
-        e.waits.push_back(h);
+        waits_.Add(std::string(id), absl::InfiniteFuture(),
+                   [done](absl::StatusOr<v1::Task> task, bool) { done(task); });
         FinishLocked(e, prev);
         FlushFinishesLocked(d);
       } else {
@@ -1162,7 +1127,7 @@ void Scheduler::Retry(absl::string_view id, TaskDone done) {
       recent_.erase(task.id());
       Entry& e = tasks_[task.id()];
       e.task = task;
-      const absl::Time now = absl::Now();
+      const absl::Time now = clock_.Now();
       EnqueueLocked(e, now);
       DispatchLocked(now, d);
       WakeLocked();
@@ -1203,7 +1168,7 @@ void Scheduler::SetDraining(bool draining) {
     MutexLock lock(&mu_);
     draining_ = draining;
     if (!draining) drain_redispatch_.clear();
-    DispatchLocked(absl::Now(), d);
+    DispatchLocked(clock_.Now(), d);
     WakeLocked();
   }
   d.Run();
@@ -1225,7 +1190,7 @@ void Scheduler::WhenIdle(absl::Duration timeout,
     MutexLock lock(&mu_);
     if (running_ > 0 && timeout > absl::ZeroDuration() && started_ && !stop_) {
       idle_waiters_.push_back(
-          IdleWaiter{absl::Now() + timeout, std::move(done)});
+          IdleWaiter{clock_.Now() + timeout, std::move(done)});
       WakeLocked();
       return;
     }
@@ -1245,7 +1210,7 @@ size_t Scheduler::pending_waits() {
 
 size_t Scheduler::pending_wait_timeouts() {
   MutexLock lock(&mu_);
-  return wait_deadlines_.size();
+  return waits_.deadlines();
 }
 
 bool Scheduler::store_failing() {
@@ -1281,7 +1246,7 @@ void Scheduler::RefreshMetrics() {
       }
     }
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   for (const auto& [q, dq] : depth) {
     metrics_.SetQueueDepth(q, "queued", dq.queued);
     metrics_.SetQueueDepth(q, "delayed", dq.delayed);

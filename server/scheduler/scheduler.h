@@ -23,9 +23,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#include "common/clock.h"
 #include "common/mutex.h"
 #include "forq/v1/task.pb.h"
 #include "server/metrics/metrics.h"
+#include "server/scheduler/wait_registry.h"
 #include "server/store/store.h"
 #include "worker/pool.h"
 
@@ -53,6 +55,9 @@ struct SchedulerOptions {
   size_t recent_finished = 4096;
   // How often a terminal write that failed is tried again.
   absl::Duration finish_retry_interval = absl::Seconds(1);
+  // Time source for delays, backoffs, deadlines and timestamps; null = the
+  // real clock. Must outlive the scheduler.
+  Clock* clock = nullptr;
 };
 
 // Thread-safe. Callbacks passed in are run without the scheduler's lock held,
@@ -109,6 +114,10 @@ class Scheduler {
   // Refuses new submits with Unavailable from now on.
   void StopIntake();
   bool accepting();
+  // Fires, on the calling thread, what is due by the clock now (after a
+  // test moved a FakeClock): delayed tasks and backoffs become ready and
+  // are dispatched, wait timeouts fire, failed writes are tried again.
+  void Poke();
   // Pending waits and their timeout entries (for tests and metrics).
   size_t pending_waits();
   size_t pending_wait_timeouts();
@@ -143,7 +152,6 @@ class Scheduler {
     // the pool gives back returns to its old place.
     int64_t ready_seq = 0;
     int64_t last_seq = 0;
-    std::vector<uint64_t> waits;
   };
   struct ReadyKey {
     int32_t neg_priority;
@@ -153,11 +161,6 @@ class Scheduler {
       if (neg_priority != o.neg_priority) return neg_priority < o.neg_priority;
       return seq < o.seq;
     }
-  };
-  struct PendingWait {
-    std::string id;
-    WaitDone done;
-    absl::Time deadline;
   };
   struct Watcher {
     std::string task_id;
@@ -184,6 +187,9 @@ class Scheduler {
   // After a batch of pool callbacks: writes the batch's terminal records
   // and fills the workers again.
   void OnTurnEnd();
+  // The timer work of one loop turn (see Poke).
+  void RunDueLocked(absl::Time now, Deferred& d)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends ready tasks to the pool while it has room.
   void DispatchLocked(absl::Time now, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -222,12 +228,10 @@ class Scheduler {
   // Wakes the loop only if it sleeps past `t` (it re-reads every deadline
   // before sleeping, so one that is awake needs nothing).
   void WakeAtLocked(absl::Time t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Removes the timeout entry of pending wait `handle` (due at `deadline`).
-  void DropWaitDeadlineLocked(uint64_t handle, absl::Time deadline)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshMetrics();
 
   const SchedulerOptions options_;
+  Clock& clock_;
   Store& store_;
   worker::WorkerPool& pool_;
   Metrics& metrics_;
@@ -260,8 +264,7 @@ class Scheduler {
   std::unordered_map<std::string, v1::Task> recent_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> recent_order_ ABSL_GUARDED_BY(mu_);
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
-  std::unordered_map<uint64_t, PendingWait> waits_ ABSL_GUARDED_BY(mu_);
-  std::multimap<absl::Time, uint64_t> wait_deadlines_ ABSL_GUARDED_BY(mu_);
+  WaitRegistry waits_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);
   std::vector<IdleWaiter> idle_waiters_ ABSL_GUARDED_BY(mu_);
   std::function<void(absl::string_view, std::string,
