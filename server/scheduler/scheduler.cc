@@ -391,6 +391,9 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
     }
     tasks.push_back(std::move(*t));
   }
+  bool keyed = false;
+  for (const v1::Task& t : tasks) keyed = keyed || !t.idempotency_key().empty();
+  Deferred d;
   {
     MutexLock lock(&mu_);
     if (!accepting_) {
@@ -409,7 +412,40 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
         return;
       }
     }
+    if (!keyed) {
+      // The tasks are queued (and may run) while their insert commits: the
+      // insert is queued first, under mu_, so every later write of them
+      // (RUNNING, terminal) follows it, and the store turns an insert and
+      // the updates that reach the same group commit into one row.
+      // Nothing is announced before it is durable: the acknowledgement
+      // waits for the insert, a terminal state for its own write.
+      const absl::Time now = clock_.Now();
+      std::vector<std::string> ids;
+      ids.reserve(tasks.size());
+      for (const v1::Task& t : tasks) {
+        Entry& e = tasks_[t.id()];
+        e.task = t;
+        EnqueueLocked(e, now);
+        EmitLocked(e.task, v1::TaskEvent::STATE, d);
+        ids.push_back(t.id());
+      }
+      for (const auto& [queue, n] : adding) {
+        metrics_.TaskSubmitted(queue, static_cast<int>(n));
+      }
+      store_.Insert(std::move(tasks),
+                    [this, ids = std::move(ids), done = std::move(done)](
+                        absl::StatusOr<std::vector<InsertResult>> results) {
+                      if (!results.ok()) Abandon(ids);
+                      done(std::move(results));
+                    });
+      DispatchLocked(now, d);
+      if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
+    }
   }
+  d.Run();
+  if (!keyed) return;
+  // With idempotency keys the store decides which tasks are new: they are
+  // queued once it answered.
   store_.Insert(std::move(tasks),
                 [this, done = std::move(done)](
                     absl::StatusOr<std::vector<InsertResult>> results) {
@@ -421,24 +457,13 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
                   {
                     MutexLock lock(&mu_);
                     const absl::Time now = clock_.Now();
-
-                    const std::string* queue = nullptr;
-                    int same_queue = 0;
                     for (const InsertResult& r : *results) {
                       if (r.existing) continue;
                       Entry& e = tasks_[r.task.id()];
                       e.task = r.task;
                       EnqueueLocked(e, now);
-                      if (queue != nullptr && *queue != e.task.queue()) {
-                        metrics_.TaskSubmitted(*queue, same_queue);
-                        same_queue = 0;
-                      }
-                      queue = &e.task.queue();
-                      ++same_queue;
+                      metrics_.TaskSubmitted(r.task.queue());
                       EmitLocked(e.task, v1::TaskEvent::STATE, d);
-                    }
-                    if (queue != nullptr) {
-                      metrics_.TaskSubmitted(*queue, same_queue);
                     }
                     DispatchLocked(now, d);
                     if (!delayed_.empty()) {
@@ -448,6 +473,38 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
                   d.Run();
                   done(std::move(results));
                 });
+}
+
+void Scheduler::Abandon(const std::vector<std::string>& ids) {
+  // May run on Submit's thread with mu_ held (a closed store refuses at
+  // once), so the scheduler's thread does the work (RunDueLocked).
+  MutexLock lock(&abandon_mu_);
+  abandoned_.insert(abandoned_.end(), ids.begin(), ids.end());
+  abandon_pending_.store(true, std::memory_order_release);
+}
+
+void Scheduler::DropAbandonedLocked() {
+  std::vector<std::string> ids;
+  {
+    MutexLock lock(&abandon_mu_);
+    ids.swap(abandoned_);
+    abandon_pending_.store(false, std::memory_order_relaxed);
+  }
+  for (const std::string& id : ids) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    Entry& e = it->second;
+    if (e.task.state() == v1::QUEUED) {
+      RemoveQueuedLocked(e);
+      tasks_.erase(it);
+    } else {
+      // Running: its outcome is dropped (OnOutcome), never written.
+      e.abandoned = true;
+    }
+  }
+  if (!ids.empty()) {
+    spdlog::warn("{} submitted tasks dropped: their insert failed", ids.size());
+  }
 }
 
 void Scheduler::EnqueueLocked(Entry& e, absl::Time now) {
@@ -740,6 +797,10 @@ void Scheduler::OnOutcome(worker::Outcome o) {
     v1::Task& t = e.task;
     --running_;
     if (running_ == 0 && !idle_waiters_.empty()) WakeLocked();
+    if (e.abandoned) {  // never acknowledged nor stored: nothing to record
+      tasks_.erase(it);
+      return;
+    }
     if (o.kind == worker::OutcomeKind::kRevoked) {
       // Never started: back to its place in the queue, the attempt unused.
       // OnTurnEnd dispatches it again.
@@ -877,6 +938,7 @@ void Scheduler::OnProgress(absl::string_view id, int attempt, double fraction,
 }
 
 void Scheduler::RunDueLocked(absl::Time now, Deferred& d) {
+  if (abandon_pending_.load(std::memory_order_acquire)) DropAbandonedLocked();
   // Delayed tasks whose time came.
   while (!delayed_.empty() && delayed_.begin()->first <= now) {
     std::string id = std::move(delayed_.begin()->second);

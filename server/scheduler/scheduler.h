@@ -6,6 +6,7 @@
 #ifndef FORQ_SERVER_SCHEDULER_SCHEDULER_H_
 #define FORQ_SERVER_SCHEDULER_SCHEDULER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -146,6 +147,8 @@ class Scheduler {
     bool finish_failed = false;
     // The current attempt's RUNNING record was handed to the store.
     bool running_written = false;
+    // Its insert failed after it was dispatched: drop, never write.
+    bool abandoned = false;
     v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;
     // Position in ready_ (0 = not there); kept through dispatch, so a task
@@ -187,6 +190,11 @@ class Scheduler {
   // After a batch of pool callbacks: writes the batch's terminal records
   // and fills the workers again.
   void OnTurnEnd();
+  // Tasks whose insert failed (not acknowledged) leave memory; the
+  // scheduler's thread does it (DropAbandonedLocked).
+  void Abandon(const std::vector<std::string>& ids)
+      ABSL_LOCKS_EXCLUDED(abandon_mu_);
+  void DropAbandonedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The timer work of one loop turn (see Poke).
   void RunDueLocked(absl::Time now, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -252,6 +260,9 @@ class Scheduler {
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool store_failing_ ABSL_GUARDED_BY(mu_) = false;
+  Mutex abandon_mu_;
+  std::vector<std::string> abandoned_ ABSL_GUARDED_BY(abandon_mu_);
+  std::atomic<bool> abandon_pending_{false};
   // Tasks a worker had taken but gave back unrun while draining: a drain
   // finishes what workers had taken, so these are sent again.
   std::vector<ReadyKey> drain_redispatch_ ABSL_GUARDED_BY(mu_);

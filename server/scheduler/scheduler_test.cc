@@ -164,7 +164,15 @@ class FailingFinishStore : public Store {
   std::atomic<bool> fail_reads{false};
   absl::Notification failed;
 
+  // Makes every Insert fail at once, on the caller's thread, as a closed
+  // store does.
+  std::atomic<bool> refuse_inserts{false};
+
   void Insert(std::vector<v1::Task> tasks, InsertDone done) override {
+    if (refuse_inserts) {
+      done(absl::UnavailableError("store closed"));
+      return;
+    }
     inner_->Insert(std::move(tasks), std::move(done));
   }
   void Update(std::vector<v1::Task> tasks, WriteDone done) override {
@@ -630,6 +638,40 @@ TEST_F(SchedulerTransitionTest, StaleCompletionIsRefused) {
   pool_.Finish(pool_.assigned()[0], worker::OutcomeKind::kSucceeded,
                absl::OkStatus(), "real");
   EXPECT_EQ(AwaitEnd(id).result(), "real");
+}
+
+TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
+  StoreOptions so;
+  so.kind = "memory";
+  auto inner = OpenStore(so);
+  ASSERT_THAT(inner, IsOk());
+  FailingFinishStore store(std::move(*inner));
+  ManualPool pool;
+  Metrics metrics;
+  FakeClock clock;
+  SchedulerOptions options;
+  options.clock = &clock;
+  Scheduler scheduler(options, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  pool.AddRoom(1);
+  store.refuse_inserts = true;
+  v1::TaskSpec spec;
+  spec.set_kind("echo");
+  absl::Status submitted;
+  // The refusal comes back inside Submit: it must not deadlock.
+  scheduler.Submit({spec}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
+    submitted = r.status();
+  });
+  EXPECT_THAT(submitted,
+              ::forq::testing::StatusIs(absl::StatusCode::kUnavailable));
+  // Dispatched while its insert was pending; it must leave no trace.
+  ASSERT_EQ(pool.assigned().size(), 1u);
+  const std::string id = pool.assigned()[0].task_id;
+  scheduler.Poke();
+  pool.Finish(pool.assigned()[0], worker::OutcomeKind::kSucceeded);
+  EXPECT_THAT(scheduler.Get(id).status(),
+              ::forq::testing::StatusIs(absl::StatusCode::kNotFound));
+  scheduler.Shutdown(absl::ZeroDuration());
 }
 
 TEST_F(SchedulerTransitionTest, RecoveryCountsARunningTaskAsALostAttempt) {

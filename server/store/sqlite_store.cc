@@ -582,19 +582,39 @@ void SqliteStore::SyncWal(std::vector<Committed>& unsynced) {
 
 void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
                               std::vector<Committed>& unsynced) {
-  // Every update writes a whole task, so of several updates of one task in
-  // a group only the last needs a row (a RUNNING record followed by the
-  // terminal one, say).
-  absl::flat_hash_map<absl::string_view, std::pair<size_t, size_t>> last;
+  // Every write carries a whole task, so of several writes of one task in a
+  // group only the last needs a row: a RUNNING record followed by the
+  // terminal one, or an insert whose task was dispatched and finished before
+  // the insert's commit (the insert then stores the final version).
+  struct Last {
+    size_t op, index;
+    bool insert;
+  };
+  // Keys are copies: a folded insert has its task (and id) reassigned.
+  absl::flat_hash_map<std::string, Last> last;
   for (size_t i = 0; i < group.size(); ++i) {
     PendingWrite& op = *group[i];
+    if (op.type == PendingWrite::Type::kInsert) {
+      for (size_t j = 0; j < op.tasks.size(); ++j) {
+        last.insert_or_assign(op.tasks[j].id(), Last{i, j, true});
+      }
+      continue;
+    }
     if (op.type != PendingWrite::Type::kUpdate) continue;
     op.superseded.assign(op.tasks.size(), false);
     for (size_t j = 0; j < op.tasks.size(); ++j) {
-      auto [it, inserted] = last.try_emplace(op.tasks[j].id(), i, j);
-      if (!inserted) {
-        group[it->second.first]->superseded[it->second.second] = true;
-        it->second = {i, j};
+      auto [it, inserted] =
+          last.try_emplace(op.tasks[j].id(), Last{i, j, false});
+      if (inserted) continue;
+      Last& prev = it->second;
+      if (prev.insert) {
+        // A copy: if the group must run again call by call, this update
+        // still holds its own task.
+        group[prev.op]->tasks[prev.index] = op.tasks[j];
+        op.superseded[j] = true;
+      } else {
+        group[prev.op]->superseded[prev.index] = true;
+        prev = Last{i, j, false};
       }
     }
   }

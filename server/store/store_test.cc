@@ -154,6 +154,48 @@ TEST_P(StoreContractTest, UpdateReplacesTask) {
   EXPECT_EQ(got.result(), "done");
 }
 
+// Writes queued back to back usually share a group commit, where the store
+// may fold them into one row: whatever it does, the last write wins and
+// every call hears of its own success.
+TEST_P(StoreContractTest, InsertFollowedAtOnceByUpdatesKeepsTheLastVersion) {
+  constexpr int kTasks = 200;
+  TestLatch done;
+  std::atomic<int> pending{3 * kTasks};
+  std::atomic<int> failures{0};
+  auto count = [&](bool ok) {
+    if (!ok) ++failures;
+    if (--pending == 0) done.Notify();
+  };
+  for (int i = 0; i < kTasks; ++i) {
+    v1::Task t = MakeTask(Id(i));
+    store_->Insert({t}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
+      count(r.ok());
+    });
+    t.set_state(v1::RUNNING);
+    t.set_attempt(1);
+    store_->Update({t}, [&](absl::Status s) { count(s.ok()); });
+    t.set_state(v1::SUCCEEDED);
+    t.set_result(absl::StrCat("result ", i));
+    t.mutable_finished_at()->set_seconds(1700000100);
+    store_->Update({t}, [&](absl::Status s) { count(s.ok()); });
+  }
+  done.Wait();
+  EXPECT_EQ(failures.load(), 0);
+  for (int i = 0; i < kTasks; ++i) {
+    absl::StatusOr<v1::Task> got = store_->Get(Id(i));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(got->state(), v1::SUCCEEDED);
+    EXPECT_EQ(got->result(), absl::StrCat("result ", i));
+    EXPECT_EQ(got->attempt(), 1);
+  }
+  ListQuery q;
+  q.state = v1::SUCCEEDED;
+  q.page_size = 1000;
+  absl::StatusOr<ListPage> page = store_->List(q);
+  ASSERT_THAT(page, IsOk());
+  EXPECT_EQ(page->tasks.size(), static_cast<size_t>(kTasks));
+}
+
 TEST_P(StoreContractTest, UpdateOfUnknownIdFailsWholeCall) {
   ASSERT_THAT(InsertSync(*store_, {MakeTask("a1")}), IsOk());
   v1::Task known = MakeTask("a1");
