@@ -37,6 +37,7 @@
 #include "common/mutex.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
+#include "worker/assignment_queue.h"
 #include "worker/builtins.h"
 #include "worker/channel.h"
 #include "worker/exec_runner.h"
@@ -80,6 +81,8 @@ enum class KillReason {
 
 // forqd's view of one worker slot.
 struct Slot {
+  explicit Slot(absl::Duration cancel_grace) : queue(cancel_grace) {}
+
   int index = 0;
   ShmRegion region;
   SlotView view{};
@@ -105,24 +108,10 @@ struct Slot {
   uint64_t tasks_done = 0;
   uint32_t restarts = 0;
 
-  // Assignments sent to this worker and not answered yet, in order. The
-  // front one runs (or is about to); the others wait in its ring.
-  struct Pending {
-    std::string task_id;
-    int attempt = 0;
-    uint64_t task_seq = 0;
-    absl::Duration timeout = absl::InfiniteDuration();
-    bool cancel_requested = false;
-  };
-  std::deque<Pending> queue;
-  // When the front assignment became the running one, and its deadlines.
-  absl::Time head_since;
-  absl::Time deadline = absl::InfiniteFuture();
-  absl::Time cancel_deadline = absl::InfiniteFuture();
+  // Assignments sent to this worker and not answered yet, in order: the
+  // head runs (or is about to); the others wait in its ring.
+  AssignmentQueue queue;
   absl::Time next_rss_check = absl::InfiniteFuture();
-  // Revoked assignments stay in the ring until the worker skips them; their
-  // kSkipped answers (task_seq <= revoked_upto) are expected.
-  uint64_t revoked_upto = 0;
   // Cancel asked for an assignment still queued: revoke on the next turn.
   bool revoke_pending = false;
   // Worker RSS, sampled at most once per kRssCacheFor for Workers().
@@ -168,6 +157,10 @@ class ForkPool : public WorkerPool {
 
   // Creates the slots and forks the supervisor. Single-threaded callers only.
   absl::Status Init() ABSL_LOCKS_EXCLUDED(mu_);
+  // One slot's shared memory, rings, wake-up fds and spill socket.
+  absl::StatusOr<std::unique_ptr<Slot>> CreateSlot(int index) const;
+  // The epoll set of the event thread (after the fork).
+  absl::Status SetUpEventLoop();
 
   absl::Status Start(PoolCallbacks callbacks) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Dispatch(Assignment a) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -201,8 +194,9 @@ class ForkPool : public WorkerPool {
   // Assignments a worker may hold at once (running + queued).
   size_t MaxAssigned() const;
   bool Usable(const Slot& s) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The front assignment of `s` starts running now (or nothing, if empty).
-  void StartHeadLocked(Slot& s, absl::Time now)
+  // The head of `s`'s queue changed at `now`: rearms the RSS check and
+  // wakes the event thread if a deadline moved before its planned wake.
+  void HeadChangedLocked(Slot& s, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes back every queued assignment of `s` the worker has not started;
   // each is answered kRevoked (kCancelled if a cancel asked for it).
@@ -212,7 +206,12 @@ class ForkPool : public WorkerPool {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PushOutcomeLocked(Outcome o, Todo& todo)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Outcome RevokedOutcome(const Slot& s, const Slot::Pending& p) const;
+  Outcome RevokedOutcome(const Slot& s,
+                         const AssignmentQueue::Pending& p) const;
+  // How attempt `p`, taken by worker `pid` of `s` that ended with `status`,
+  // is reported.
+  Outcome DeathOutcome(const Slot& s, const AssignmentQueue::Pending& p,
+                       pid_t pid, int status, absl::Duration runtime) const;
   void ReadSupervisorLocked(Todo& todo) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleSupervisorEventLocked(const SupervisorEvent& e, Todo& todo)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -273,44 +272,74 @@ class ForkPool : public WorkerPool {
   size_t event_buf_len_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-absl::Status ForkPool::Init() {
-  const int n = options_.workers;
+absl::StatusOr<std::unique_ptr<Slot>> ForkPool::CreateSlot(int index) const {
   const size_t region_bytes = SlotLayout::TotalBytes(options_.ring_bytes);
-  for (int i = 0; i < n; ++i) {
-    auto s = std::make_unique<Slot>();
-    s->index = i;
-    FORQ_ASSIGN_OR_RETURN(s->region,
-                          ShmRegion::Create("forq-worker-slot", region_bytes));
-    s->view = ViewSlot(s->region.data(), options_.ring_bytes);
-    SlotControl* control = new (s->view.control) SlotControl();
-    control->magic = kSlotMagic;
-    control->version = kSlotVersion;
-    control->ring_bytes = options_.ring_bytes;
-    control->cancel_seq.store(0, std::memory_order_relaxed);
-    new (s->view.submission_control) RingControl();
-    new (s->view.completion_control) RingControl();
-    s->submission_wake.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    s->completion_wake.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!s->submission_wake.valid() || !s->completion_wake.valid()) {
-      return ErrnoToStatus(errno, "eventfd");
-    }
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-      return ErrnoToStatus(errno, "socketpair");
-    }
-    s->spill_sock.reset(sv[0]);
-    s->worker_spill_sock.reset(sv[1]);
-    s->channel = std::make_unique<Channel>(
-        ShmRing(s->view.submission_control, s->view.submission_data,
-                options_.ring_bytes),
-        ShmRing(s->view.completion_control, s->view.completion_data,
-                options_.ring_bytes),
-        ChannelFds{s->submission_wake.get(), s->completion_wake.get(),
-                   s->spill_sock.get()},
-        kMaxSpillBytes);
-    s->channel->Reset();
-    slots_.push_back(std::move(s));
+  auto s = std::make_unique<Slot>(options_.cancel_grace);
+  s->index = index;
+  FORQ_ASSIGN_OR_RETURN(s->region,
+                        ShmRegion::Create("forq-worker-slot", region_bytes));
+  s->view = ViewSlot(s->region.data(), options_.ring_bytes);
+  SlotControl* control = new (s->view.control) SlotControl();
+  control->magic = kSlotMagic;
+  control->version = kSlotVersion;
+  control->ring_bytes = options_.ring_bytes;
+  control->cancel_seq.store(0, std::memory_order_relaxed);
+  new (s->view.submission_control) RingControl();
+  new (s->view.completion_control) RingControl();
+  s->submission_wake.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  s->completion_wake.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!s->submission_wake.valid() || !s->completion_wake.valid()) {
+    return ErrnoToStatus(errno, "eventfd");
   }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    return ErrnoToStatus(errno, "socketpair");
+  }
+  s->spill_sock.reset(sv[0]);
+  s->worker_spill_sock.reset(sv[1]);
+  s->channel = std::make_unique<Channel>(
+      ShmRing(s->view.submission_control, s->view.submission_data,
+              options_.ring_bytes),
+      ShmRing(s->view.completion_control, s->view.completion_data,
+              options_.ring_bytes),
+      ChannelFds{s->submission_wake.get(), s->completion_wake.get(),
+                 s->spill_sock.get()},
+      kMaxSpillBytes);
+  s->channel->Reset();
+  return s;
+}
+
+absl::Status ForkPool::SetUpEventLoop() {
+  epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
+  control_wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!epoll_fd_.valid() || !control_wake_.valid()) {
+    return ErrnoToStatus(errno, "epoll setup");
+  }
+  auto add = [this](int fd, uint64_t key) -> absl::Status {
+    epoll_event ev;
+    std::memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.u64 = key;
+    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return ErrnoToStatus(errno, "epoll_ctl");
+    }
+    return absl::OkStatus();
+  };
+  FORQ_RETURN_IF_ERROR(add(event_fd_.get(), kSupervisorKey));
+  FORQ_RETURN_IF_ERROR(add(control_wake_.get(), kControlKey));
+  for (const auto& s : slots_) {
+    FORQ_RETURN_IF_ERROR(
+        add(s->completion_wake.get(), static_cast<uint64_t>(s->index)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ForkPool::Init() {
+  for (int i = 0; i < options_.workers; ++i) {
+    FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Slot> slot, CreateSlot(i));
+    slots_.push_back(std::move(slot));
+  }
+  const size_t region_bytes = SlotLayout::TotalBytes(options_.ring_bytes);
 
   int cmd[2], evt[2];
   if (pipe2(cmd, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
@@ -350,27 +379,7 @@ absl::Status ForkPool::Init() {
   if (fcntl(event_fd_.get(), F_SETFL, O_NONBLOCK) != 0) {
     return ErrnoToStatus(errno, "fcntl supervisor pipe");
   }
-  epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
-  control_wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!epoll_fd_.valid() || !control_wake_.valid()) {
-    return ErrnoToStatus(errno, "epoll setup");
-  }
-  auto add = [this](int fd, uint64_t key) -> absl::Status {
-    epoll_event ev;
-    std::memset(&ev, 0, sizeof(ev));
-    ev.events = EPOLLIN;
-    ev.data.u64 = key;
-    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
-      return ErrnoToStatus(errno, "epoll_ctl");
-    }
-    return absl::OkStatus();
-  };
-  FORQ_RETURN_IF_ERROR(add(event_fd_.get(), kSupervisorKey));
-  FORQ_RETURN_IF_ERROR(add(control_wake_.get(), kControlKey));
-  for (const auto& s : slots_) {
-    FORQ_RETURN_IF_ERROR(
-        add(s->completion_wake.get(), static_cast<uint64_t>(s->index)));
-  }
+  FORQ_RETURN_IF_ERROR(SetUpEventLoop());
   {
     MutexLock g(&gate_->mu);
     gate_->pool = this;
@@ -446,13 +455,14 @@ bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
     a.payload = std::move(m.payload);
     return DispatchLocked(a, now);
   }
-  Slot::Pending p;
+  AssignmentQueue::Pending p;
   p.task_id = std::move(a.task_id);
   p.attempt = a.attempt;
   p.task_seq = m.task_seq;
   p.timeout = has_timeout ? a.timeout : absl::InfiniteDuration();
-  s.queue.push_back(std::move(p));
-  if (s.queue.size() == 1) StartHeadLocked(s, now);
+  const bool first = s.queue.empty();
+  s.queue.Push(std::move(p), now);
+  if (first) HeadChangedLocked(s, now);
   s.state = WorkerState::kBusy;
   next_slot_ = (s.index + 1) % n;
   if (std::find(to_wake_.begin(), to_wake_.end(), &s) == to_wake_.end()) {
@@ -461,24 +471,14 @@ bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
   return true;
 }
 
-void ForkPool::StartHeadLocked(Slot& s, absl::Time now) {
-  s.head_since = now;
-  s.deadline = absl::InfiniteFuture();
-  s.cancel_deadline = absl::InfiniteFuture();
-  s.next_rss_check = absl::InfiniteFuture();
-  if (s.queue.empty()) return;
-  const Slot::Pending& head = s.queue.front();
-  if (head.timeout != absl::InfiniteDuration()) {
-    s.deadline = now + head.timeout;
-  }
-  if (head.cancel_requested) s.cancel_deadline = now + options_.cancel_grace;
-  if (options_.max_worker_rss_bytes > 0) {
-    s.next_rss_check = now + kRssPollInterval;
-  }
+void ForkPool::HeadChangedLocked(Slot& s, absl::Time now) {
+  s.next_rss_check = s.busy() && options_.max_worker_rss_bytes > 0
+                         ? now + kRssPollInterval
+                         : absl::InfiniteFuture();
   // The event thread sleeps until the earliest deadline it knew of; wake it
   // only if this one is earlier (not for every task's one-hour timeout).
-  if (std::min({s.deadline, s.cancel_deadline, s.next_rss_check}) <
-      planned_wake_) {
+  if (std::min({s.queue.deadline(), s.queue.cancel_deadline(),
+                s.next_rss_check}) < planned_wake_) {
     WakeEventThread();
   }
 }
@@ -537,26 +537,21 @@ void ForkPool::Cancel(absl::string_view task_id, int attempt) {
   MutexLock l(&mu_);
   for (auto& sp : slots_) {
     Slot& s = *sp;
-    for (size_t i = 0; i < s.queue.size(); ++i) {
-      Slot::Pending& p = s.queue[i];
-      if (p.task_id != task_id || p.attempt != attempt) continue;
-      if (p.cancel_requested || s.kill_reason != KillReason::kNone) return;
-      p.cancel_requested = true;
-      if (i == 0) {
-        s.cancel_deadline = absl::Now() + options_.cancel_grace;
-      } else {
-        // Still queued: take it back rather than run it (the event thread
-        // revokes, so outcomes keep coming from one thread).
-        s.revoke_pending = true;
-      }
-      // Release: nothing else is published with it, but it keeps the store
-      // from being reordered before the decision above on weak machines.
-      s.view.control->cancel_seq.store(p.task_seq, std::memory_order_release);
-      // Wake a handler blocked in TaskContext::Call.
-      s.channel->WakePeer();
-      WakeEventThread();
-      return;
-    }
+    if (s.kill_reason != KillReason::kNone) continue;
+    bool queued = false;
+    std::optional<uint64_t> seq =
+        s.queue.RequestCancel(task_id, attempt, absl::Now(), &queued);
+    if (!seq.has_value()) continue;
+    // Still queued: take it back rather than run it (the event thread
+    // revokes, so outcomes keep coming from one thread).
+    if (queued) s.revoke_pending = true;
+    // Release: nothing else is published with it, but it keeps the store
+    // from being reordered before the decision above on weak machines.
+    s.view.control->cancel_seq.store(*seq, std::memory_order_release);
+    // Wake a handler blocked in TaskContext::Call.
+    s.channel->WakePeer();
+    WakeEventThread();
+    return;
   }
 }
 
@@ -572,7 +567,7 @@ std::vector<WorkerInfo> ForkPool::Workers() {
       w.pid = s->pid;
       w.parent_pid = supervisor_pid_;
       w.state = s->state;
-      if (s->busy()) w.current_task_id = s->queue.front().task_id;
+      if (s->busy()) w.current_task_id = s->queue.head().task_id;
       w.tasks_done = s->tasks_done;
       w.restarts = s->restarts;
       w.started_at = s->started_at;
@@ -784,29 +779,100 @@ void ForkPool::SupervisorLostLocked(Todo& todo) {
   // Workers die with the supervisor (PR_SET_PDEATHSIG).
   for (auto& sp : slots_) {
     Slot& s = *sp;
-    for (size_t i = 0; i < s.queue.size(); ++i) {
-      if (i > 0) {
-        PushOutcomeLocked(RevokedOutcome(s, s.queue[i]), todo);
-        continue;
-      }
+    const absl::Duration runtime = now - s.queue.head_since();
+    std::vector<AssignmentQueue::Pending> ended, unstarted;
+    s.queue.TakeOnExit(/*started=*/0, &ended, &unstarted);
+    for (const AssignmentQueue::Pending& p : ended) {
       Outcome o;
-      o.task_id = s.queue[i].task_id;
-      o.attempt = s.queue[i].attempt;
+      o.task_id = p.task_id;
+      o.attempt = p.attempt;
       o.worker_pid = s.pid;
       o.kind = OutcomeKind::kWorkerLost;
       o.status = absl::UnavailableError("worker pool supervisor died");
-      o.runtime = now - s.head_since;
+      o.runtime = runtime;
       PushOutcomeLocked(std::move(o), todo);
+    }
+    for (const AssignmentQueue::Pending& p : unstarted) {
+      PushOutcomeLocked(RevokedOutcome(s, p), todo);
     }
     if (s.pid != 0 && callbacks_.on_worker_exit) {
       WorkerExit x{s.index, s.pid, "killed"};
       todo.push_back([cb = callbacks_.on_worker_exit, x] { cb(x); });
     }
-    s.queue.clear();
     s.pid = 0;
     s.ready = false;
     s.state = WorkerState::kRespawning;
   }
+}
+
+// The metrics label of a worker's exit.
+std::string ExitReason(KillReason kill, int status) {
+  switch (kill) {
+    case KillReason::kTimeout:
+      return "timeout";
+    case KillReason::kCancel:
+      return "killed";
+    case KillReason::kMemory:
+      return "memory";
+    case KillReason::kRecycle:
+      return "recycle";
+    case KillReason::kProtocol:
+      return "protocol";
+    case KillReason::kNone:
+      break;
+  }
+  if (WIFSIGNALED(status)) {
+    return WTERMSIG(status) == SIGKILL ? "killed" : "crash";
+  }
+  return "exit";
+}
+
+Outcome ForkPool::DeathOutcome(const Slot& s, const AssignmentQueue::Pending& p,
+                               pid_t pid, int status,
+                               absl::Duration runtime) const {
+  Outcome o;
+  o.task_id = p.task_id;
+  o.attempt = p.attempt;
+  o.worker_pid = pid;
+  o.runtime = runtime;
+  o.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  if (p.cancel_requested) {
+    o.kind = OutcomeKind::kCancelled;
+    o.status = absl::CancelledError(
+        absl::StrCat("task cancelled; worker ", DescribeWait(status)));
+  } else {
+    switch (s.kill_reason) {
+      case KillReason::kTimeout:
+        o.kind = OutcomeKind::kTimeout;
+        o.status = absl::DeadlineExceededError(
+            absl::StrCat("task exceeded its hard timeout of ",
+                         absl::FormatDuration(p.timeout), "; worker killed"));
+        break;
+      case KillReason::kMemory:
+        o.kind = OutcomeKind::kOutOfMemory;
+        o.status = absl::ResourceExhaustedError(
+            absl::StrCat("worker exceeded its memory limit of ",
+                         options_.max_worker_rss_bytes, " bytes; killed"));
+        break;
+      case KillReason::kProtocol:
+        o.kind = OutcomeKind::kProtocolViolation;
+        o.status = absl::InternalError(absl::StrCat(
+            "worker violated the ring protocol (", s.kill_detail, "); killed"));
+        break;
+      default:
+        if (WIFSIGNALED(status)) {
+          o.kind = OutcomeKind::kSignaled;
+          o.status =
+              absl::AbortedError(absl::StrCat("worker ", DescribeWait(status)));
+        } else {
+          o.kind = OutcomeKind::kWorkerLost;
+          o.status = absl::UnavailableError(
+              absl::StrCat("worker ", DescribeWait(status)));
+        }
+        break;
+    }
+  }
+  return o;
 }
 
 void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
@@ -817,85 +883,19 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
     DrainSlotLocked(s, todo, /*exiting=*/true);
   }
   const absl::Time now = absl::Now();
-  std::string reason;
-  switch (s.kill_reason) {
-    case KillReason::kTimeout:
-      reason = "timeout";
-      break;
-    case KillReason::kCancel:
-      reason = "killed";
-      break;
-    case KillReason::kMemory:
-      reason = "memory";
-      break;
-    case KillReason::kRecycle:
-      reason = "recycle";
-      break;
-    case KillReason::kProtocol:
-      reason = "protocol";
-      break;
-    case KillReason::kNone:
-      if (WIFSIGNALED(status)) {
-        reason = WTERMSIG(status) == SIGKILL ? "killed" : "crash";
-      } else {
-        reason = "exit";
-      }
-      break;
-  }
+  const std::string reason = ExitReason(s.kill_reason, status);
   // What the worker took (started_seq; stored before it decided) ended with
   // it; assignments behind that never started and go back without cost.
-  uint64_t started =
-      s.view.control->started_seq.load(std::memory_order_acquire);
-  for (size_t i = 0; i < s.queue.size(); ++i) {
-    const Slot::Pending& p = s.queue[i];
-    if (i > 0 && p.task_seq > started) {
-      PushOutcomeLocked(RevokedOutcome(s, p), todo);
-      continue;
-    }
-    Outcome o;
-    o.task_id = p.task_id;
-    o.attempt = p.attempt;
-    o.worker_pid = pid;
-    o.runtime = now - s.head_since;
-    o.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-    if (p.cancel_requested) {
-      o.kind = OutcomeKind::kCancelled;
-      o.status = absl::CancelledError(
-          absl::StrCat("task cancelled; worker ", DescribeWait(status)));
-    } else {
-      switch (s.kill_reason) {
-        case KillReason::kTimeout:
-          o.kind = OutcomeKind::kTimeout;
-          o.status = absl::DeadlineExceededError(
-              absl::StrCat("task exceeded its hard timeout of ",
-                           absl::FormatDuration(p.timeout), "; worker killed"));
-          break;
-        case KillReason::kMemory:
-          o.kind = OutcomeKind::kOutOfMemory;
-          o.status = absl::ResourceExhaustedError(
-              absl::StrCat("worker exceeded its memory limit of ",
-                           options_.max_worker_rss_bytes, " bytes; killed"));
-          break;
-        case KillReason::kProtocol:
-          o.kind = OutcomeKind::kProtocolViolation;
-          o.status = absl::InternalError(
-              absl::StrCat("worker violated the ring protocol (", s.kill_detail,
-                           "); killed"));
-          break;
-        default:
-          if (WIFSIGNALED(status)) {
-            o.kind = OutcomeKind::kSignaled;
-            o.status = absl::AbortedError(
-                absl::StrCat("worker ", DescribeWait(status)));
-          } else {
-            o.kind = OutcomeKind::kWorkerLost;
-            o.status = absl::UnavailableError(
-                absl::StrCat("worker ", DescribeWait(status)));
-          }
-          break;
-      }
-    }
-    PushOutcomeLocked(std::move(o), todo);
+  const absl::Duration runtime = now - s.queue.head_since();
+  std::vector<AssignmentQueue::Pending> ended, unstarted;
+  s.queue.TakeOnExit(
+      s.view.control->started_seq.load(std::memory_order_acquire), &ended,
+      &unstarted);
+  for (const AssignmentQueue::Pending& p : ended) {
+    PushOutcomeLocked(DeathOutcome(s, p, pid, status, runtime), todo);
+  }
+  for (const AssignmentQueue::Pending& p : unstarted) {
+    PushOutcomeLocked(RevokedOutcome(s, p), todo);
   }
   if (callbacks_.on_worker_exit) {
     WorkerExit x{s.index, pid, reason};
@@ -913,9 +913,8 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
   s.pid = 0;
   s.ready_pid = 0;
   s.ready = false;
-  s.queue.clear();
   s.revoke_pending = false;
-  StartHeadLocked(s, now);
+  s.next_rss_check = absl::InfiniteFuture();
   s.kill_reason = KillReason::kNone;
   s.kill_detail.clear();
   s.tasks_this_life = 0;
@@ -976,15 +975,15 @@ void ForkPool::HandleMessageLocked(Slot& s, const Message& m, Todo& todo,
     case MessageType::kProgress: {
       absl::StatusOr<ProgressMessage> p = DecodeProgress(m.body);
       if (!p.ok()) return ViolationLocked(s, p.status());
-      if (!s.busy() || p->task_seq != s.queue.front().task_seq) {
+      if (!s.busy() || p->task_seq != s.queue.head().task_seq) {
         return ViolationLocked(
             s,
             absl::DataLossError("progress for an assignment it does not hold"));
       }
       if (callbacks_.on_progress) {
         todo.push_back(
-            [cb = callbacks_.on_progress, id = s.queue.front().task_id,
-             attempt = s.queue.front().attempt,
+            [cb = callbacks_.on_progress, id = s.queue.head().task_id,
+             attempt = s.queue.head().attempt,
              p = std::move(*p)] { cb(id, attempt, p.fraction, p.message); });
       }
       return;
@@ -992,16 +991,18 @@ void ForkPool::HandleMessageLocked(Slot& s, const Message& m, Todo& todo,
     case MessageType::kSkipped: {
       absl::StatusOr<SkippedMessage> k = DecodeSkipped(m.body);
       if (!k.ok()) return ViolationLocked(s, k.status());
-      if (k->task_seq > s.revoked_upto) {
-        return ViolationLocked(
-            s, absl::DataLossError("skipped an assignment nobody revoked"));
+      AssignmentQueue::Pending skipped;
+      switch (s.queue.OnSkipped(k->task_seq, absl::Now(), &skipped)) {
+        case AssignmentQueue::Skip::kInvalid:
+          return ViolationLocked(
+              s, absl::DataLossError("skipped an assignment nobody revoked"));
+        case AssignmentQueue::Skip::kStale:
+          return;  // revoked for certain already; this only confirms it
+        case AssignmentQueue::Skip::kHead:
+          break;
       }
-      if (!s.busy() || s.queue.front().task_seq != k->task_seq) {
-        return;  // revoked for certain already; this only confirms it
-      }
-      PushOutcomeLocked(RevokedOutcome(s, s.queue.front()), todo);
-      s.queue.pop_front();
-      StartHeadLocked(s, absl::Now());
+      PushOutcomeLocked(RevokedOutcome(s, skipped), todo);
+      HeadChangedLocked(s, absl::Now());
       if (!s.busy()) {
         s.state = WorkerState::kIdle;
         if (callbacks_.on_worker_idle) {
@@ -1022,7 +1023,7 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
                                   bool exiting) {
   absl::StatusOr<ResultMessage> r = DecodeResult(m.body);
   if (!r.ok()) return ViolationLocked(s, r.status());
-  if (!s.busy() || r->task_seq != s.queue.front().task_seq) {
+  if (!s.busy() || r->task_seq != s.queue.head().task_seq) {
     return ViolationLocked(
         s, absl::DataLossError("result for an assignment it does not hold"));
   }
@@ -1031,7 +1032,9 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
     return ViolationLocked(s, absl::DataLossError(absl::StrCat(
                                   "result with status code ", r->code)));
   }
-  Slot::Pending& head = s.queue.front();
+  const absl::Time now = absl::Now();
+  AssignmentQueue::Pending head = s.queue.PopHead(now);
+  HeadChangedLocked(s, now);
   Outcome o;
   o.task_id = std::move(head.task_id);
   o.attempt = head.attempt;
@@ -1052,8 +1055,6 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
     o.kind = OutcomeKind::kHandlerError;
     o.status = *status;
   }
-  s.queue.pop_front();
-  StartHeadLocked(s, absl::Now());
   ++s.tasks_done;
   ++s.tasks_this_life;
   PushOutcomeLocked(std::move(o), todo);
@@ -1085,7 +1086,8 @@ void ForkPool::PushOutcomeLocked(Outcome o, Todo& todo) {
   });
 }
 
-Outcome ForkPool::RevokedOutcome(const Slot& s, const Slot::Pending& p) const {
+Outcome ForkPool::RevokedOutcome(const Slot& s,
+                                 const AssignmentQueue::Pending& p) const {
   Outcome o;
   o.task_id = p.task_id;
   o.attempt = p.attempt;
@@ -1101,31 +1103,24 @@ Outcome ForkPool::RevokedOutcome(const Slot& s, const Slot::Pending& p) const {
 }
 
 void ForkPool::RevokeLocked(Slot& s, Todo& todo) {
-  if (s.queue.size() < 2 && !(s.busy() && s.queue.front().cancel_requested)) {
+  if (s.queue.size() < 2 && !(s.busy() && s.queue.head().cancel_requested)) {
     return;
   }
-  const uint64_t last = s.queue.back().task_seq;
   SlotControl* control = s.view.control;
-  s.revoked_upto = std::max(s.revoked_upto, last);
-  control->revoked_upto.store(s.revoked_upto, std::memory_order_relaxed);
+  control->revoked_upto.store(s.queue.BeginRevoke(), std::memory_order_relaxed);
   // Dekker with the worker's Take(): our store, then its started_seq.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   const uint64_t started = control->started_seq.load(std::memory_order_relaxed);
   // Everything after what the worker took is revoked for certain. The one
   // it took (or is deciding on) stays: its kResult or kSkipped will tell.
-  std::deque<Slot::Pending> kept;
-  bool head_changed = false;
-  for (size_t i = 0; i < s.queue.size(); ++i) {
-    Slot::Pending& p = s.queue[i];
-    if (p.task_seq <= started) {
-      kept.push_back(std::move(p));
-      continue;
-    }
+  const absl::Time now = absl::Now();
+  std::vector<AssignmentQueue::Pending> revoked =
+      s.queue.FinishRevoke(started, now);
+  if (revoked.empty()) return;
+  for (const AssignmentQueue::Pending& p : revoked) {
     PushOutcomeLocked(RevokedOutcome(s, p), todo);
-    if (i == 0) head_changed = true;
   }
-  s.queue = std::move(kept);
-  if (head_changed) StartHeadLocked(s, absl::Now());
+  HeadChangedLocked(s, now);
   if (!s.busy()) {
     s.state = WorkerState::kIdle;
     if (callbacks_.on_worker_idle) todo.push_back(callbacks_.on_worker_idle);
@@ -1136,7 +1131,7 @@ void ForkPool::HandleCallLocked(Slot& s, const Message& m, Todo& todo,
                                 bool exiting) {
   absl::StatusOr<CallMessage> c = DecodeCall(m.body);
   if (!c.ok()) return ViolationLocked(s, c.status());
-  if (!s.busy() || c->task_seq != s.queue.front().task_seq) {
+  if (!s.busy() || c->task_seq != s.queue.head().task_seq) {
     return ViolationLocked(
         s, absl::DataLossError("call for an assignment it does not hold"));
   }
@@ -1156,7 +1151,7 @@ void ForkPool::HandleCallLocked(Slot& s, const Message& m, Todo& todo,
                                        std::move(r));
         }
       };
-  todo.push_back([cb = callbacks_.on_call, id = s.queue.front().task_id,
+  todo.push_back([cb = callbacks_.on_call, id = s.queue.head().task_id,
                   request = std::move(c->request),
                   reply = std::move(reply)]() mutable {
     cb(id, std::move(request), std::move(reply));
@@ -1170,7 +1165,7 @@ void ForkPool::DeliverCallReply(int slot, uint64_t generation,
   if (slot < 0 || slot >= static_cast<int>(slots_.size())) return;
   Slot& s = *slots_[slot];
   if (s.generation != generation || !s.busy() ||
-      s.queue.front().task_seq != task_seq ||
+      s.queue.head().task_seq != task_seq ||
       s.kill_reason != KillReason::kNone) {
     return;  // that attempt is over
   }
@@ -1243,9 +1238,9 @@ void ForkPool::CheckTimersLocked(absl::Time now) {
   for (auto& sp : slots_) {
     Slot& s = *sp;
     if (!s.busy() || s.kill_reason != KillReason::kNone) continue;
-    if (now >= s.deadline) {
+    if (now >= s.queue.deadline()) {
       KillLocked(s, KillReason::kTimeout);
-    } else if (now >= s.cancel_deadline) {
+    } else if (now >= s.queue.cancel_deadline()) {
       KillLocked(s, KillReason::kCancel);
     } else if (now >= s.next_rss_check) {
       s.next_rss_check = now + kRssPollInterval;
@@ -1265,8 +1260,8 @@ void ForkPool::StealLocked(absl::Time now, Todo& todo) {
   if (!idle) return;
   for (auto& sp : slots_) {
     Slot& s = *sp;
-    if (s.queue.size() >= 2 && s.kill_reason == KillReason::kNone &&
-        now - s.head_since >= kStealAfter) {
+    if (s.kill_reason == KillReason::kNone &&
+        s.queue.ShouldGiveBack(now, kStealAfter)) {
       RevokeLocked(s, todo);
     }
   }
@@ -1281,9 +1276,10 @@ int ForkPool::NextTimeoutMsLocked(absl::Time now) {
   for (const auto& sp : slots_) {
     const Slot& s = *sp;
     if (!s.busy() || s.kill_reason != KillReason::kNone) continue;
-    next = std::min({next, s.deadline, s.cancel_deadline, s.next_rss_check});
+    next = std::min({next, s.queue.deadline(), s.queue.cancel_deadline(),
+                     s.next_rss_check});
     if (idle && s.queue.size() >= 2) {
-      next = std::min(next, s.head_since + kStealAfter);
+      next = std::min(next, s.queue.head_since() + kStealAfter);
     }
   }
   if (next == absl::InfiniteFuture()) return -1;
