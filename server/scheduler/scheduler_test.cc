@@ -88,14 +88,21 @@ class EchoPool : public worker::WorkerPool {
   std::deque<worker::Assignment> queue_ ABSL_GUARDED_BY(mu_);
 };
 
-TEST(SchedulerTest, FinishedWaitsLeaveNoTimeoutsBehind) {
+// A fresh in-memory store (fails the test if it cannot be opened).
+std::unique_ptr<Store> NewMemoryStore() {
   StoreOptions so;
   so.kind = "memory";
-  auto store = OpenStore(so);
-  ASSERT_THAT(store, IsOk());
+  absl::StatusOr<std::unique_ptr<Store>> store = OpenStore(so);
+  EXPECT_THAT(store, IsOk());
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
+TEST(SchedulerTest, FinishedWaitsLeaveNoTimeoutsBehind) {
+  std::unique_ptr<Store> store = NewMemoryStore();
+  ASSERT_NE(store, nullptr);
   EchoPool pool;
   Metrics metrics;
-  Scheduler scheduler(SchedulerOptions(), **store, pool, metrics);
+  Scheduler scheduler(SchedulerOptions(), *store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
 
   constexpr int kTasks = 500;
@@ -122,13 +129,11 @@ TEST(SchedulerTest, FinishedWaitsLeaveNoTimeoutsBehind) {
 }
 
 TEST(SchedulerTest, CancelledWaitLeavesNoTimeoutBehind) {
-  StoreOptions so;
-  so.kind = "memory";
-  auto store = OpenStore(so);
-  ASSERT_THAT(store, IsOk());
+  std::unique_ptr<Store> store = NewMemoryStore();
+  ASSERT_NE(store, nullptr);
   EchoPool pool;
   Metrics metrics;
-  Scheduler scheduler(SchedulerOptions(), **store, pool, metrics);
+  Scheduler scheduler(SchedulerOptions(), *store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
   v1::TaskSpec spec;
   spec.set_kind("echo");
@@ -235,11 +240,7 @@ std::string SubmitEcho(Scheduler& scheduler, absl::string_view payload) {
 }
 
 TEST(SchedulerTest, FailedTerminalWriteIsNotAnnouncedAndIsRetried) {
-  StoreOptions so;
-  so.kind = "memory";
-  auto inner = OpenStore(so);
-  ASSERT_THAT(inner, IsOk());
-  FailingFinishStore store(std::move(*inner));
+  FailingFinishStore store(NewMemoryStore());
   store.fail_finishes = 2;
   EchoPool pool;
   Metrics metrics;
@@ -293,14 +294,12 @@ TEST(SchedulerTest, FailedTerminalWriteIsNotAnnouncedAndIsRetried) {
 }
 
 TEST(SchedulerTest, RevokedAssignmentRunsAgainWithoutUsingAnAttempt) {
-  StoreOptions so;
-  so.kind = "memory";
-  auto store = OpenStore(so);
-  ASSERT_THAT(store, IsOk());
+  std::unique_ptr<Store> store = NewMemoryStore();
+  ASSERT_NE(store, nullptr);
   EchoPool pool;
   pool.revoke_next = 3;
   Metrics metrics;
-  Scheduler scheduler(SchedulerOptions(), **store, pool, metrics);
+  Scheduler scheduler(SchedulerOptions(), *store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
   const std::string id = SubmitEcho(scheduler, "again");
   absl::Notification finished;
@@ -319,11 +318,7 @@ TEST(SchedulerTest, RevokedAssignmentRunsAgainWithoutUsingAnAttempt) {
 }
 
 TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
-  StoreOptions so;
-  so.kind = "memory";
-  auto inner = OpenStore(so);
-  ASSERT_THAT(inner, IsOk());
-  FailingFinishStore store(std::move(*inner));
+  FailingFinishStore store(NewMemoryStore());
   EchoPool pool;
   Metrics metrics;
   Scheduler scheduler(SchedulerOptions(), store, pool, metrics);
@@ -425,11 +420,8 @@ class SchedulerTransitionTest : public ::testing::Test {
     if (scheduler_ != nullptr) scheduler_->Shutdown(absl::ZeroDuration());
   }
   void Start(std::vector<v1::Task> stored = {}) {
-    StoreOptions so;
-    so.kind = "memory";
-    auto store = OpenStore(so);
-    ASSERT_THAT(store, IsOk());
-    store_ = std::move(*store);
+    store_ = NewMemoryStore();
+    ASSERT_NE(store_, nullptr);
     if (!stored.empty()) {
       absl::Notification inserted;
       store_->Insert(stored, [&](auto) { inserted.Notify(); });
@@ -641,11 +633,7 @@ TEST_F(SchedulerTransitionTest, StaleCompletionIsRefused) {
 }
 
 TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
-  StoreOptions so;
-  so.kind = "memory";
-  auto inner = OpenStore(so);
-  ASSERT_THAT(inner, IsOk());
-  FailingFinishStore store(std::move(*inner));
+  FailingFinishStore store(NewMemoryStore());
   ManualPool pool;
   Metrics metrics;
   FakeClock clock;
