@@ -40,6 +40,7 @@
 #include "worker/assignment_queue.h"
 #include "worker/builtins.h"
 #include "worker/channel.h"
+#include "worker/cpu_quota.h"
 #include "worker/exec_runner.h"
 #include "worker/plugin_loader.h"
 #include "worker/process_util.h"
@@ -1378,17 +1379,7 @@ int DefaultWorkerCount() {
   if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
   if (n <= 0) n = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   if (n <= 0) n = 1;
-  // cgroup v2: "max 100000" (no quota) or "<quota> <period>".
-  std::ifstream f("/sys/fs/cgroup/cpu.max");
-  std::string quota_s, period_s;
-  if (f >> quota_s >> period_s && quota_s != "max") {
-    int64_t quota = 0, period = 0;
-    if (absl::SimpleAtoi(quota_s, &quota) &&
-        absl::SimpleAtoi(period_s, &period) && quota > 0 && period > 0) {
-      const int limit = static_cast<int>((quota + period - 1) / period);
-      n = std::min(n, std::max(1, limit));
-    }
-  }
+  if (std::optional<int> limit = CgroupCpuLimit()) n = std::min(n, *limit);
   return n;
 }
 
