@@ -7,7 +7,7 @@ PKGS=(build-essential cmake ninja-build pkg-config ccache
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
   libsqlite3-dev sqlite3 libhiredis-dev redis-server prometheus
   libspdlog-dev libcli11-dev libboost-dev libssl-dev clang-format curl
-  nlohmann-json3-dev)
+  nlohmann-json3-dev python3-yaml)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
