@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
-  libsqlite3-dev sqlite3 libhiredis-dev redis-server prometheus
+  libsqlite3-dev sqlite3 prometheus
   libspdlog-dev libcli11-dev libboost-dev libssl-dev clang-format curl
   nlohmann-json3-dev python3-yaml)
 missing=()
