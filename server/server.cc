@@ -13,6 +13,7 @@
 #include "server/http/grpc_metrics.h"
 #include "server/http/http_gateway.h"
 #include "server/manager/manager_service.h"
+#include "server/rpc/health.h"
 #include "server/rpc/pool_service.h"
 #include "server/rpc/task_service.h"
 
@@ -70,8 +71,12 @@ absl::Status Server::Start() {
   s = scheduler_->Start();
   if (!s.ok()) return s;
 
+  Scheduler* scheduler = scheduler_.get();
+  health_ = std::make_unique<HealthReporter>(
+      [scheduler] { return scheduler->draining(); });
   services_->tasks = std::make_unique<TaskServiceImpl>(*scheduler_);
-  services_->pool = std::make_unique<PoolServiceImpl>(*scheduler_, *pool_);
+  services_->pool =
+      std::make_unique<PoolServiceImpl>(*scheduler_, *pool_, *health_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -94,7 +99,9 @@ absl::Status Server::Start() {
         absl::StrCat("cannot listen for gRPC on ", options_.grpc_addr,
                      " (address in use or invalid?)"));
   }
-  grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  // Registers every service name with grpc.health.v1.Health; names it does
+  // not list answer NOT_FOUND.
+  health_->Attach(grpc_server_->GetHealthCheckService());
 
   // REST is a gateway onto the gRPC port: one code path for both front ends.
   std::string grpc_host =
@@ -106,9 +113,9 @@ absl::Status Server::Start() {
   http.listen = options_.http_addr;
   http.grpc_target = absl::StrCat(grpc_host, ":", grpc_port_);
   http.metrics = &metrics_;
-  Scheduler* scheduler = scheduler_.get();
   worker::WorkerPool* pool = pool_.get();
-  http.readiness = [scheduler, pool] {
+  HealthReporter* health = health_.get();
+  http.readiness = [scheduler, health, pool] {
     ReadyState r;
     // A store that fails terminal writes holds finished tasks back (they are
     // written again); readiness says so.
@@ -119,12 +126,14 @@ absl::Status Server::Start() {
         ++r.live_workers;
       }
     }
-    r.draining = scheduler->draining() || !scheduler->accepting();
+    // The same phase grpc.health.v1.Health publishes.
+    const ServingPhase phase = health->phase();
+    r.draining = phase != ServingPhase::kServing;
     r.ready = r.live_workers > 0 && !r.draining && r.store_open;
     if (!r.store_open) {
       r.message = "store writes failing";
     } else if (r.draining) {
-      r.message = "draining";
+      r.message = std::string(ServingPhaseName(phase));
     } else if (r.live_workers == 0) {
       r.message = "no live workers";
     }
@@ -156,9 +165,7 @@ void Server::Shutdown() {
   shut_down_ = true;
   spdlog::info("shutting down: draining for up to {}",
                absl::FormatDuration(options_.drain_grace));
-  if (grpc_server_ != nullptr) {
-    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  }
+  if (health_ != nullptr) health_->SetStopping();
   if (scheduler_ != nullptr) scheduler_->Shutdown(options_.drain_grace);
   if (manager_ != nullptr) manager_->Shutdown();
   if (http_ != nullptr) http_->Stop();

@@ -22,6 +22,7 @@ class Server;
 }
 
 namespace forq::server {
+class HealthReporter;
 class HttpGateway;
 class ManagerService;
 }  // namespace forq::server
@@ -56,7 +57,8 @@ class Server {
   // Opens the store, recovers tasks, starts the scheduler and both front
   // ends, then reports readiness.
   absl::Status Start();
-  // Graceful stop: health NOT_SERVING, new submits refused (UNAVAILABLE),
+  // Graceful stop: gRPC health NOT_SERVING for every service name and
+  // /readyz 503 first, then new submits refused (UNAVAILABLE),
   // running tasks get drain_grace, the rest stay QUEUED on disk.
   void Shutdown();
 
@@ -78,6 +80,7 @@ class Server {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ManagerService> manager_;
+  std::unique_ptr<HealthReporter> health_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<HttpGateway> http_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -58,6 +58,7 @@ grpc::ServerUnaryReactor* PoolServiceImpl::Drain(
     v1::DrainResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   scheduler_.SetDraining(true);
+  health_.Refresh();
   absl::Duration timeout = FromProto(req->timeout());
   absl::Duration left = absl::FromChrono(ctx->deadline()) - absl::Now();
   timeout = std::min(timeout, left - absl::Milliseconds(50));
@@ -74,6 +75,7 @@ grpc::ServerUnaryReactor* PoolServiceImpl::Resume(
     v1::PoolStatus* resp) {
   auto* reactor = ctx->DefaultReactor();
   scheduler_.SetDraining(false);
+  health_.Refresh();
   FillStatus(resp);
   reactor->Finish(grpc::Status::OK);
   return reactor;

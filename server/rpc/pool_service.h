@@ -3,16 +3,20 @@
 #define FORQ_SERVER_RPC_POOL_SERVICE_H_
 
 #include "forq/v1/pool.grpc.pb.h"
+#include "server/rpc/health.h"
 #include "server/scheduler/scheduler.h"
 #include "worker/pool.h"
 
 namespace forq::server {
 
-// Thread-safe; borrows the scheduler and pool, which outlive the server.
+// Thread-safe; borrows the scheduler, pool and health reporter, which
+// outlive the server. Drain and Resume refresh the health reporter so
+// grpc.health.v1.Health and /readyz follow the drain at once.
 class PoolServiceImpl final : public v1::PoolService::CallbackService {
  public:
-  PoolServiceImpl(Scheduler& scheduler, worker::WorkerPool& pool)
-      : scheduler_(scheduler), pool_(pool) {}
+  PoolServiceImpl(Scheduler& scheduler, worker::WorkerPool& pool,
+                  HealthReporter& health)
+      : scheduler_(scheduler), pool_(pool), health_(health) {}
 
   grpc::ServerUnaryReactor* GetPool(grpc::CallbackServerContext* ctx,
                                     const v1::GetPoolRequest* req,
@@ -29,6 +33,7 @@ class PoolServiceImpl final : public v1::PoolService::CallbackService {
 
   Scheduler& scheduler_;
   worker::WorkerPool& pool_;
+  HealthReporter& health_;
 };
 
 }  // namespace forq::server
