@@ -40,6 +40,13 @@ test-asan: deps
 test-fault: build
 	FORQ_FAULT_LOOPS=30 ctest --test-dir $(BUILD) --output-on-failure -L fault
 
+# Builds the forqd image with podman (CONTAINER_ENGINE=docker works too) and
+# runs it: CLI through published ports, /metrics, drain on stop, restart from
+# the volume, non-root, --cpus. Not part of `make test` (minutes of CPU).
+.PHONY: test-container
+test-container: build
+	./tests/container/container_test.sh $(BUILD)/client/forq
+
 bench: build
 	./bench/run.sh $(BUILD)
 
