@@ -10,9 +10,9 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "spdlog/spdlog.h"
 
-#include "server/http/grpc_metrics.h"
 #include "server/http/http_gateway.h"
 #include "server/manager/manager_service.h"
+#include "server/rpc/grpc_metrics.h"
 #include "server/rpc/health.h"
 #include "server/rpc/pool_service.h"
 #include "server/rpc/task_service.h"
@@ -20,6 +20,7 @@
 namespace forq::server {
 
 struct Server::Services {
+  std::unique_ptr<GrpcMetrics> grpc_metrics;
   std::unique_ptr<TaskServiceImpl> tasks;
   std::unique_ptr<PoolServiceImpl> pool;
 };
@@ -74,7 +75,12 @@ absl::Status Server::Start() {
   Scheduler* scheduler = scheduler_.get();
   health_ = std::make_unique<HealthReporter>(
       [scheduler] { return scheduler->draining(); });
-  services_->tasks = std::make_unique<TaskServiceImpl>(*scheduler_);
+  // TaskService counts its own calls; the interceptor covers the others.
+  services_->grpc_metrics = std::make_unique<GrpcMetrics>(&metrics_);
+  services_->grpc_metrics->CountedByHandlers(
+      v1::TaskService::service_full_name());
+  services_->tasks = std::make_unique<TaskServiceImpl>(
+      *scheduler_, services_->grpc_metrics.get());
   services_->pool =
       std::make_unique<PoolServiceImpl>(*scheduler_, *pool_, *health_);
 
@@ -91,7 +97,7 @@ absl::Status Server::Start() {
   std::vector<
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
-  interceptors.push_back(MakeGrpcMetricsInterceptorFactory(&metrics_));
+  interceptors.push_back(services_->grpc_metrics->MakeInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_server_ = builder.BuildAndStart();
   if (grpc_server_ == nullptr || grpc_port_ == 0) {

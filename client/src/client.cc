@@ -7,6 +7,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 
+#include "client/src/wait_mux.h"
 #include "forq/v1/pool.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
 
@@ -85,23 +86,16 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 // ---- TaskFuture ----
 
 absl::StatusOr<v1::Task> TaskFuture::Wait() const {
-  while (true) {
-    absl::StatusOr<v1::WaitTaskResponse> r =
-        client_->Wait(id(), kMaxWaitPerCall);
-    if (!r.ok()) return r.status();
-    if (r->done()) return r->task();
-  }
+  return client_->AwaitTask(id(), absl::InfiniteFuture());
 }
 
 absl::StatusOr<v1::Task> TaskFuture::WaitFor(absl::Duration timeout) const {
-  absl::StatusOr<v1::WaitTaskResponse> r = client_->Wait(id(), timeout);
-  if (!r.ok()) return r.status();
-  if (!r->done()) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("task ", id(), " still ", StateName(r->task().state()),
-                     " after ", absl::FormatDuration(timeout)));
+  absl::StatusOr<v1::Task> t = client_->AwaitTask(id(), absl::Now() + timeout);
+  if (!t.ok() && t.status().code() == absl::StatusCode::kDeadlineExceeded) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "task ", id(), " not finished after ", absl::FormatDuration(timeout)));
   }
-  return r->task();
+  return t;
 }
 
 absl::StatusOr<std::string> TaskFuture::Get() const {
@@ -117,6 +111,7 @@ absl::StatusOr<std::string> TaskFuture::Get(absl::Duration timeout) const {
 }
 
 absl::StatusOr<bool> TaskFuture::Ready() const {
+  if (ref_ != nullptr && client_->waits_->Arrived(id())) return true;
   absl::StatusOr<v1::Task> t = client_->Get(id());
   if (!t.ok()) return t.status();
   return IsTerminal(t->state());
@@ -139,9 +134,62 @@ Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
       stubs_(std::make_unique<Stubs>()) {
   stubs_->tasks = v1::TaskService::NewStub(channel_);
   stubs_->pool = v1::PoolService::NewStub(channel_);
+  if (options_.wait_stream) {
+    waits_ = std::make_shared<client_internal::WaitMux>(channel_);
+  }
 }
 
-Client::~Client() = default;
+Client::~Client() {
+  if (waits_ != nullptr) waits_->Shutdown();
+}
+
+std::vector<TaskFuture> Client::MakeFutures(std::vector<v1::Task> tasks,
+                                            const std::vector<bool>& existing) {
+  std::vector<std::shared_ptr<client_internal::WaitRef>> refs;
+  if (waits_ != nullptr) {
+    std::vector<std::string> ids;
+    ids.reserve(tasks.size());
+    for (const v1::Task& t : tasks) ids.push_back(t.id());
+    refs = waits_->Track(ids);
+  }
+  std::vector<TaskFuture> futures;
+  futures.reserve(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    futures.push_back(TaskFuture(this, std::move(tasks[i]),
+                                 i < existing.size() && existing[i],
+                                 i < refs.size() ? refs[i] : nullptr));
+  }
+  return futures;
+}
+
+absl::StatusOr<v1::Task> Client::AwaitTask(const std::string& id,
+                                           absl::Time deadline) {
+  if (waits_ != nullptr) return waits_->Await(id, deadline);
+  while (true) {
+    absl::StatusOr<v1::WaitTaskResponse> r =
+        Wait(id, std::min(deadline - absl::Now(), kMaxWaitPerCall));
+    if (!r.ok()) return r.status();
+    if (r->done()) return r->task();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("task ", id, " still ", StateName(r->task().state())));
+    }
+  }
+}
+
+absl::StatusOr<std::vector<v1::Task>> Client::WaitAll(
+    const std::vector<std::string>& ids, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  if (waits_ != nullptr) return waits_->AwaitAll(ids, deadline);
+  std::vector<v1::Task> tasks;
+  tasks.reserve(ids.size());
+  for (const std::string& id : ids) {
+    absl::StatusOr<v1::Task> t = AwaitTask(id, deadline);
+    if (!t.ok()) return t.status();
+    tasks.push_back(*std::move(t));
+  }
+  return tasks;
+}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   grpc::ChannelArguments args;
@@ -185,7 +233,9 @@ absl::StatusOr<TaskFuture> Client::Submit(const v1::TaskSpec& spec) {
   v1::SubmitResponse resp;
   grpc::Status s = stubs_->tasks->Submit(&ctx, req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
-  return TaskFuture(this, resp.task(), resp.existing());
+  std::vector<v1::Task> tasks(1);
+  tasks[0] = std::move(*resp.mutable_task());
+  return std::move(MakeFutures(std::move(tasks), {resp.existing()})[0]);
 }
 
 absl::StatusOr<std::vector<TaskFuture>> Client::SubmitBatch(
@@ -197,13 +247,11 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitBatch(
   v1::SubmitBatchResponse resp;
   grpc::Status s = stubs_->tasks->SubmitBatch(&ctx, req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
-  std::vector<TaskFuture> futures;
-  futures.reserve(resp.tasks_size());
-  for (int i = 0; i < resp.tasks_size(); ++i) {
-    futures.emplace_back(this, resp.tasks(i),
-                         i < resp.existing_size() && resp.existing(i));
-  }
-  return futures;
+  std::vector<v1::Task> tasks(
+      std::make_move_iterator(resp.mutable_tasks()->begin()),
+      std::make_move_iterator(resp.mutable_tasks()->end()));
+  std::vector<bool> existing(resp.existing().begin(), resp.existing().end());
+  return MakeFutures(std::move(tasks), existing);
 }
 
 absl::StatusOr<v1::Task> Client::Get(absl::string_view id) {

@@ -1,5 +1,6 @@
 #include "forq/map.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -11,21 +12,27 @@
 
 namespace forq {
 
-// One Map RPC driven by the iterating thread (sync bidi stream). The writer
-// and the reader are the same thread: before each Read the window is topped
-// up with Writes. The server keeps reading while its own in-flight count is
-// below the window, and its count never exceeds ours, so a Write cannot block
-// on a server that waits for us to read.
+// One MapBatched RPC driven by the iterating thread (sync bidi stream). The
+// writer and the reader are the same thread: once the results of the last
+// message have all been yielded, the window is topped up with one Write
+// (many inputs per message) before the next Read (many results per
+// message). The server keeps reading while its own in-flight count is below
+// the window, and its count never exceeds ours, so a Write cannot block on a
+// server that waits for us to read.
 struct MapStream::State {
+  // A request message is closed once its payloads hold about this much.
+  static constexpr size_t kMaxRequestBytes = 1 << 20;
+
   std::unique_ptr<v1::TaskService::Stub> stub;
   grpc::ClientContext ctx;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::MapRequest, v1::MapResult>> rpc;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::MapRequest, v1::MapResults>> rpc;
   MapSource inputs;
   std::function<void()> on_close;
   int window = kDefaultMapWindow;
   uint64_t in_flight = 0;
   uint64_t delivered = 0;
   bool writes_closed = false;
+  bool inputs_done = false;
   bool done = false;
   // Set by Cancel() from any thread, read by the iterating thread. Relaxed
   // is enough: it only stops further Writes early; TryCancel is what ends
@@ -33,7 +40,9 @@ struct MapStream::State {
   std::atomic<bool> cancelled{false};
   absl::Status status;
   v1::MapRequest req;
-  v1::MapResult resp;
+  v1::MapResults resp;
+  // Next unread result in resp.
+  int next_result = 0;
   MapItem item;
 
   ~State() {
@@ -57,24 +66,34 @@ struct MapStream::State {
 
   void FillWindow() {
     while (!writes_closed && in_flight < static_cast<uint64_t>(window)) {
-      if (cancelled.load(std::memory_order_relaxed)) {
+      v1::MapInputs* batch = req.mutable_inputs();
+      batch->clear_inputs();
+      size_t bytes = 0;
+      while (in_flight + batch->inputs_size() < static_cast<uint64_t>(window) &&
+             bytes < kMaxRequestBytes) {
+        if (cancelled.load(std::memory_order_relaxed)) break;
+        std::optional<MapInput> in = inputs.Pull();
+        if (!in.has_value()) {
+          inputs_done = true;
+          break;
+        }
+        bytes += in->payload.size() + in->kind.size() + 8;
+        v1::MapInput* m = batch->add_inputs();
+        m->set_kind(std::move(in->kind));
+        m->set_payload(std::move(in->payload));
+      }
+      if (batch->inputs_size() > 0) {
+        if (!rpc->Write(req)) {
+          // The call is over; Finish below says why.
+          writes_closed = true;
+          return;
+        }
+        in_flight += batch->inputs_size();
+      }
+      if (inputs_done || cancelled.load(std::memory_order_relaxed)) {
         CloseWrites();
         return;
       }
-      std::optional<MapInput> in = inputs.Pull();
-      if (!in.has_value()) {
-        CloseWrites();
-        return;
-      }
-      v1::MapInput* m = req.mutable_input();
-      m->set_kind(std::move(in->kind));
-      m->set_payload(std::move(in->payload));
-      if (!rpc->Write(req)) {
-        // The call is over; Finish below says why.
-        writes_closed = true;
-        return;
-      }
-      ++in_flight;
     }
   }
 
@@ -98,26 +117,32 @@ struct MapStream::State {
 
   const MapItem* Next() {
     if (done) return nullptr;
-    FillWindow();
-    if (in_flight == 0 && writes_closed) {
-      End();
-      return nullptr;
+    if (next_result >= resp.results_size()) {
+      FillWindow();
+      if (in_flight == 0 && writes_closed) {
+        End();
+        return nullptr;
+      }
+      do {
+        if (!rpc->Read(&resp)) {
+          End();
+          return nullptr;
+        }
+      } while (resp.results_size() == 0);
+      next_result = 0;
+      in_flight -= std::min<uint64_t>(in_flight, resp.results_size());
     }
-    if (!rpc->Read(&resp)) {
-      End();
-      return nullptr;
-    }
-    --in_flight;
+    v1::MapResult& r = *resp.mutable_results(next_result++);
     ++delivered;
-    item.index = resp.index();
-    item.task_id = std::move(*resp.mutable_task_id());
-    item.state = resp.state();
-    item.attempt = resp.attempt();
-    item.error = std::move(*resp.mutable_error());
+    item.index = r.index();
+    item.task_id = std::move(*r.mutable_task_id());
+    item.state = r.state();
+    item.attempt = r.attempt();
+    item.error = std::move(*r.mutable_error());
     item.result.clear();
     if (item.state == v1::SUCCEEDED) {
       item.status = absl::OkStatus();
-      item.result = std::move(*resp.mutable_result());
+      item.result = std::move(*r.mutable_result());
     } else {
       auto code = static_cast<absl::StatusCode>(item.error.code());
       if (code == absl::StatusCode::kOk) code = absl::StatusCode::kUnknown;
@@ -153,7 +178,7 @@ MapStream MapStream::Open(std::shared_ptr<grpc::Channel> channel,
   }
   st->window = options.window == 0 ? kDefaultMapWindow : options.window;
   st->stub = v1::TaskService::NewStub(channel);
-  st->rpc = st->stub->Map(&st->ctx);
+  st->rpc = st->stub->MapBatched(&st->ctx);
   v1::MapRequest header_req;
   v1::MapHeader* h = header_req.mutable_header();
   h->set_kind(std::string(kind));

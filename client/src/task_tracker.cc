@@ -50,23 +50,13 @@ std::vector<std::string> TaskTracker::TakeIds() {
 
 absl::Status TaskTracker::WaitAll() {
   std::vector<std::string> ids = TakeIds();
-  absl::Status first;
-  size_t i = 0;
-  for (; i < ids.size(); ++i) {
-    absl::StatusOr<v1::WaitTaskResponse> r;
-    do {
-      r = client_.Wait(ids[i], absl::Seconds(60));
-    } while (r.ok() && !r->done());
-    if (!r.ok()) {
-      first = r.status();
-      break;
-    }
-  }
-  if (!first.ok()) {
-    // Keep what was not seen finished so a later call can wait again.
+  // One message on the client's wait stream for all of them.
+  absl::StatusOr<std::vector<v1::Task>> r = client_.WaitAll(ids);
+  if (!r.ok()) {
+    // Keep the ids so a later call can wait again.
     MutexLock lock(&mu_);
-    ids_.insert(ids_.end(), ids.begin() + i, ids.end());
-    return first;
+    ids_.insert(ids_.end(), ids.begin(), ids.end());
+    return r.status();
   }
   MutexLock lock(&mu_);
   while (streams_ > 0) cv_.Wait(&mu_);

@@ -20,8 +20,8 @@
 #include "common/mutex.h"
 #include "forq/v1/pool.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
-#include "server/http/grpc_metrics.h"
 #include "server/http/http_test_client.h"
+#include "server/rpc/grpc_metrics.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq::server {

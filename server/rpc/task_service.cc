@@ -3,6 +3,11 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -18,6 +23,27 @@ absl::Duration TimeLeft(grpc::CallbackServerContext* ctx) {
   absl::Time deadline = absl::FromChrono(ctx->deadline());
   return std::min(deadline - absl::Now(), absl::Hours(24));
 }
+
+// Counts one call when it finishes (a null method counts nothing).
+class Meter {
+ public:
+  explicit Meter(GrpcMetrics::Method* method)
+      : method_(method),
+        start_(method != nullptr ? GrpcMetrics::Clock::now()
+                                 : GrpcMetrics::Clock::time_point()) {}
+  void Done(grpc::StatusCode code) const {
+    if (method_ != nullptr) method_->Record(code, start_);
+  }
+  // Counts, then finishes a unary call.
+  void Finish(grpc::ServerUnaryReactor* reactor, grpc::Status status) const {
+    Done(status.error_code());
+    reactor->Finish(std::move(status));
+  }
+
+ private:
+  GrpcMetrics::Method* method_;
+  GrpcMetrics::Clock::time_point start_;
+};
 
 // Shared between a reactor and the callbacks it hands to the scheduler: the
 // callbacks may fire after the reactor is gone, so they reach it only through
@@ -36,14 +62,14 @@ struct ReactorGuard {
 
 // A scheduler callback that finishes a unary call with a task or an error.
 std::function<void(absl::StatusOr<v1::Task>)> FinishWithTask(
-    grpc::ServerUnaryReactor* reactor, v1::Task* resp) {
-  return [reactor, resp](absl::StatusOr<v1::Task> t) {
+    grpc::ServerUnaryReactor* reactor, v1::Task* resp, Meter meter) {
+  return [reactor, resp, meter](absl::StatusOr<v1::Task> t) {
     if (!t.ok()) {
-      reactor->Finish(ToGrpcStatus(t.status()));
+      meter.Finish(reactor, ToGrpcStatus(t.status()));
       return;
     }
     *resp = std::move(*t);
-    reactor->Finish(grpc::Status::OK);
+    meter.Finish(reactor, grpc::Status::OK);
   };
 }
 
@@ -51,8 +77,10 @@ std::function<void(absl::StatusOr<v1::Task>)> FinishWithTask(
 class WaitReactor final : public grpc::ServerUnaryReactor {
  public:
   WaitReactor(Scheduler& scheduler, grpc::CallbackServerContext* ctx,
-              const v1::WaitTaskRequest* req, v1::WaitTaskResponse* resp)
+              const v1::WaitTaskRequest* req, v1::WaitTaskResponse* resp,
+              Meter meter)
       : scheduler_(scheduler),
+        meter_(meter),
         resp_(resp),
         guard_(std::make_shared<ReactorGuard<WaitReactor>>()) {
     {
@@ -79,6 +107,7 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
     if (finished_) return;
     if (handle_ != 0 && scheduler_.CancelWait(handle_)) {
       finished_ = true;
+      meter_.Done(grpc::StatusCode::CANCELLED);
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "wait cancelled"));
     }
   }
@@ -94,18 +123,237 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
     if (finished_) return;
     finished_ = true;
     if (!task.ok()) {
+      meter_.Done(static_cast<grpc::StatusCode>(task.status().code()));
       Finish(ToGrpcStatus(task.status()));
       return;
     }
     *resp_->mutable_task() = std::move(*task);
     resp_->set_done(terminal);
+    meter_.Done(grpc::StatusCode::OK);
     Finish(grpc::Status::OK);
   }
 
   Scheduler& scheduler_;
+  const Meter meter_;
   v1::WaitTaskResponse* resp_;
   std::shared_ptr<ReactorGuard<WaitReactor>> guard_;
   uint64_t handle_ = 0;
+  bool finished_ = false;
+};
+
+// WaitStream: many waits on one call. Each id read is parked in the
+// scheduler (Scheduler::Wait, no thread held); answers that become ready while
+// a write is in flight are coalesced into the next message.
+class WaitStreamReactor final
+    : public grpc::ServerBidiReactor<v1::WaitStreamRequest,
+                                     v1::WaitStreamResponse> {
+ public:
+  // Pending ids per stream; more are answered RESOURCE_EXHAUSTED.
+  static constexpr size_t kMaxPending = 1'000'000;
+  // A message is closed once its tasks hold about this many bytes.
+  static constexpr size_t kMaxMessageBytes = 4 << 20;
+  // A wait that ends non-terminal sooner than this (rather than by timing
+  // out) is answered ABORTED: the client sends the id again.
+  static constexpr absl::Duration kMinRearmInterval = absl::Seconds(1);
+
+  WaitStreamReactor(Scheduler& scheduler, Meter meter)
+      : scheduler_(scheduler),
+        meter_(meter),
+        guard_(std::make_shared<Guard>()) {
+    {
+      MutexLock lock(&guard_->mu);
+      guard_->reactor = this;
+    }
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    std::vector<std::pair<std::string, uint64_t>> arm;
+    {
+      MutexLock lock(&guard_->mu);
+      if (finished_) return;
+      if (!ok) {
+        reads_done_ = true;
+        MaybeFinishLocked();
+        return;
+      }
+      for (const std::string& id : req_.cancel_ids()) {
+        auto it = waits_.find(id);
+        if (it == waits_.end()) continue;
+        // A handle of 0 is still being armed; Arm cancels it when it finds
+        // the entry gone.
+        if (it->second.handle != 0) scheduler_.CancelWait(it->second.handle);
+        waits_.erase(it);
+      }
+      for (const std::string& id : req_.ids()) {
+        if (waits_.count(id) != 0) continue;  // shares the pending wait
+        if (waits_.size() >= kMaxPending) {
+          AddErrorLocked(id, absl::ResourceExhaustedError(absl::StrCat(
+                                 "more than ", kMaxPending,
+                                 " pending waits on one WaitStream")));
+          continue;
+        }
+        const uint64_t gen = ++next_gen_;
+        waits_.emplace(id, Pending{gen, 0});
+        arm.emplace_back(id, gen);
+      }
+      MaybeWriteLocked();
+    }
+    // Scheduler::Wait may answer inline, which takes our lock.
+    for (auto& [id, gen] : arm) Arm(scheduler_, guard_, std::move(id), gen);
+    MutexLock lock(&guard_->mu);
+    if (!finished_) StartRead(&req_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    MutexLock lock(&guard_->mu);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+      return;
+    }
+    MaybeWriteLocked();
+    MaybeFinishLocked();
+  }
+
+  void OnCancel() override {
+    MutexLock lock(&guard_->mu);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "wait cancelled"));
+  }
+
+  // gRPC callback reactors own themselves: deleted when gRPC is done.
+  void OnDone() override {
+    std::vector<uint64_t> handles;
+    {
+      MutexLock lock(&guard_->mu);
+      guard_->reactor = nullptr;
+      for (const auto& [id, p] : waits_) {
+        if (p.handle != 0) handles.push_back(p.handle);
+      }
+    }
+    for (uint64_t h : handles) scheduler_.CancelWait(h);
+    delete this;
+  }
+
+ private:
+  using Guard = ReactorGuard<WaitStreamReactor>;
+  struct Pending {
+    // Tells a wait's answer from that of an earlier, cancelled wait of the
+    // same id.
+    uint64_t gen;
+    uint64_t handle;
+  };
+
+  // Parks one wait; also re-arms a wait that timed out. Called without the
+  // reactor's lock; the reactor may be gone by then.
+  static void Arm(Scheduler& scheduler, const std::shared_ptr<Guard>& guard,
+                  std::string id, uint64_t gen) {
+    const absl::Time armed = absl::Now();
+    uint64_t handle =
+        scheduler.Wait(id, absl::InfiniteDuration(),
+                       [&scheduler, guard, id, gen, armed](
+                           absl::StatusOr<v1::Task> t, bool terminal) {
+                         bool rearm = false;
+                         {
+                           MutexLock lock(&guard->mu);
+                           if (guard->reactor == nullptr) return;
+                           rearm = guard->reactor->AnswerLocked(
+                               id, gen, std::move(t), terminal, armed);
+                         }
+                         if (rearm) Arm(scheduler, guard, id, gen);
+                       });
+    if (handle == 0) return;  // answered inline
+    MutexLock lock(&guard->mu);
+    if (WaitStreamReactor* r = guard->reactor; r != nullptr) {
+      auto it = r->waits_.find(id);
+      if (it != r->waits_.end() && it->second.gen == gen) {
+        it->second.handle = handle;
+        return;
+      }
+    }
+    // Cancelled (or the stream ended) while this wait was being armed.
+    scheduler.CancelWait(handle);
+  }
+
+  // Records the end of one wait; true when it timed out and must be re-armed.
+  bool AnswerLocked(const std::string& id, uint64_t gen,
+                    absl::StatusOr<v1::Task> t, bool terminal,
+                    absl::Time armed) {
+    auto it = waits_.find(id);
+    if (it == waits_.end() || it->second.gen != gen) return false;
+    if (t.ok() && !terminal) {
+      if (!finished_ && absl::Now() - armed >= kMinRearmInterval) {
+        it->second.handle = 0;
+        return true;
+      }
+      waits_.erase(it);
+      AddErrorLocked(id,
+                     absl::AbortedError(absl::StrCat(
+                         "task ", id, " is ", v1::TaskState_Name(t->state()),
+                         " but not waitable yet; wait again")));
+    } else {
+      waits_.erase(it);
+      if (t.ok()) {
+        ready_.push_back(*std::move(t));
+      } else {
+        AddErrorLocked(id, t.status());
+      }
+    }
+    MaybeWriteLocked();
+    MaybeFinishLocked();
+    return false;
+  }
+
+  void AddErrorLocked(const std::string& id, const absl::Status& status) {
+    v1::WaitStreamError e;
+    e.set_id(id);
+    e.set_code(static_cast<int>(status.code()));
+    e.set_message(std::string(status.message()));
+    errors_.push_back(std::move(e));
+  }
+
+  void MaybeWriteLocked() {
+    if (writing_ || finished_ || (ready_.empty() && errors_.empty())) return;
+    out_.Clear();
+    size_t bytes = 0, n = 0;
+    for (; n < ready_.size() && (n == 0 || bytes < kMaxMessageBytes); ++n) {
+      bytes += ready_[n].result().size() + ready_[n].payload().size() + 128;
+      *out_.add_tasks() = std::move(ready_[n]);
+    }
+    ready_.erase(ready_.begin(), ready_.begin() + n);
+    for (auto& e : errors_) *out_.add_errors() = std::move(e);
+    errors_.clear();
+    writing_ = true;
+    StartWrite(&out_);
+  }
+
+  void MaybeFinishLocked() {
+    if (reads_done_ && waits_.empty() && !writing_ && ready_.empty() &&
+        errors_.empty()) {
+      FinishLocked(grpc::Status::OK);
+    }
+  }
+
+  void FinishLocked(grpc::Status status) {
+    if (finished_) return;
+    finished_ = true;
+    meter_.Done(status.error_code());
+    Finish(std::move(status));
+  }
+
+  Scheduler& scheduler_;
+  const Meter meter_;
+  const std::shared_ptr<Guard> guard_;
+  // Touched only by OnReadDone (one read at a time); the rest below is
+  // guarded by guard_->mu.
+  v1::WaitStreamRequest req_;
+  std::unordered_map<std::string, Pending> waits_;
+  uint64_t next_gen_ = 0;
+  std::vector<v1::Task> ready_;
+  std::vector<v1::WaitStreamError> errors_;
+  v1::WaitStreamResponse out_;
+  bool writing_ = false;
+  bool reads_done_ = false;
   bool finished_ = false;
 };
 
@@ -114,11 +362,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
  public:
   static constexpr size_t kMaxBacklog = 10'000;
 
-  WatchReactor(Scheduler& scheduler, const v1::WatchRequest* req)
+  WatchReactor(Scheduler& scheduler, const v1::WatchRequest* req, Meter meter)
       : scheduler_(scheduler),
+        meter_(meter),
         guard_(std::make_shared<ReactorGuard<WatchReactor>>()),
         task_id_(req->task_id()) {
     if (req->task_id().empty() == req->queue().empty()) {
+      meter_.Done(grpc::StatusCode::INVALID_ARGUMENT);
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "set exactly one of task_id or queue (\"*\" = all)"));
       return;
@@ -202,10 +452,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
   void FinishLocked(grpc::Status status) {
     if (finished_) return;
     finished_ = true;
+    meter_.Done(status.error_code());
     Finish(std::move(status));
   }
 
   Scheduler& scheduler_;
+  const Meter meter_;
   std::shared_ptr<ReactorGuard<WatchReactor>> guard_;
   const std::string task_id_;
   uint64_t handle_ = 0;
@@ -217,16 +469,22 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
 };
 
 // Map: imap / imap_unordered. Reads inputs while fewer than `window` are in
-// flight, submits each as a task, and writes results in input order or as
-// they complete. Memory is bounded by the window on both sides.
-class MapReactor final
-    : public grpc::ServerBidiReactor<v1::MapRequest, v1::MapResult> {
+// flight, submits the inputs of each message in one Scheduler::Submit, and
+// writes results in input order or as they complete. Memory is bounded by
+// the window on both sides. `Resp` is MapResult (Map: one result per
+// message) or MapResults (MapBatched: every result ready at once).
+template <typename Resp>
+class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
  public:
+  static constexpr bool kBatched = std::is_same_v<Resp, v1::MapResults>;
   static constexpr int kDefaultWindow = 256;
   static constexpr int kMaxWindow = 10'000;
+  // A MapResults message is closed once its results hold about this much.
+  static constexpr size_t kMaxMessageBytes = 4 << 20;
 
-  explicit MapReactor(Scheduler& scheduler)
+  MapReactor(Scheduler& scheduler, Meter meter)
       : scheduler_(scheduler),
+        meter_(meter),
         guard_(std::make_shared<ReactorGuard<MapReactor>>()) {
     MutexLock lock(&guard_->mu);
     guard_->reactor = this;
@@ -265,7 +523,13 @@ class MapReactor final
                                 "the first Map message must be a header"));
       return;
     }
-    SubmitLocked(next_index_++, req_.input());
+    if (req_.has_input()) {
+      SubmitLocked({&req_.input()});
+    } else if (req_.has_inputs() && req_.inputs().inputs_size() > 0) {
+      SubmitLocked(std::vector<const v1::MapInput*>(
+          req_.inputs().inputs().pointer_begin(),
+          req_.inputs().inputs().pointer_end()));
+    }
     MaybeReadLocked();
   }
 
@@ -276,7 +540,8 @@ class MapReactor final
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
       return;
     }
-    --in_flight_;
+    in_flight_ -= written_;
+    written_ = 0;
     if (fail_now_) {
       FinishLocked(fail_status_);
       return;
@@ -300,31 +565,62 @@ class MapReactor final
  private:
   using Guard = std::shared_ptr<ReactorGuard<MapReactor>>;
 
-  void SubmitLocked(uint64_t index, const v1::MapInput& input) {
-    ++in_flight_;
-    v1::TaskSpec spec;
-    spec.set_kind(input.kind().empty() ? header_.kind() : input.kind());
-    spec.set_payload(input.payload());
-    spec.set_payload_text(input.payload_text());
-    spec.set_queue(header_.queue());
-    spec.set_priority(header_.priority());
-    spec.set_max_attempts(header_.max_attempts());
-    *spec.mutable_timeout() = header_.timeout();
+  // Submits the inputs of one message as one batch (all or none; if the
+  // batch is refused for a bad spec, each input is submitted on its own so
+  // only the bad ones fail).
+  void SubmitLocked(const std::vector<const v1::MapInput*>& inputs) {
+    std::vector<v1::TaskSpec> specs;
+    specs.reserve(inputs.size());
+    const uint64_t first = next_index_;
+    for (const v1::MapInput* input : inputs) {
+      v1::TaskSpec& spec = specs.emplace_back();
+      spec.set_kind(input->kind().empty() ? header_.kind() : input->kind());
+      spec.set_payload(input->payload());
+      spec.set_payload_text(input->payload_text());
+      spec.set_queue(header_.queue());
+      spec.set_priority(header_.priority());
+      spec.set_max_attempts(header_.max_attempts());
+      *spec.mutable_timeout() = header_.timeout();
+    }
+    next_index_ += inputs.size();
+    in_flight_ += static_cast<int>(inputs.size());
     Scheduler& scheduler = scheduler_;
     Guard guard = guard_;
     // The scheduler may answer inline, so it must not be called under our
     // lock: hand the submission to a deferred list run after unlocking.
-    pending_submits_.push_back([&scheduler, guard, index, spec]() mutable {
-      scheduler.Submit(
-          {std::move(spec)}, [&scheduler, guard, index](
-                                 absl::StatusOr<std::vector<InsertResult>> r) {
-            if (!r.ok()) {
-              Deliver(guard, index, r.status(), v1::Task());
+    pending_submits_.push_back(
+        [&scheduler, guard, first, specs = std::move(specs)]() mutable {
+          SubmitBatch(scheduler, guard, first, std::move(specs));
+        });
+  }
+
+  static void SubmitBatch(Scheduler& scheduler, const Guard& guard,
+                          uint64_t first, std::vector<v1::TaskSpec> specs) {
+    const size_t n = specs.size();
+    // Kept for a retry one by one (only if the batch is refused).
+    std::vector<v1::TaskSpec> copy;
+    if (n > 1) copy = specs;
+    scheduler.Submit(
+        std::move(specs),
+        [&scheduler, guard, first, n, copy = std::move(copy)](
+            absl::StatusOr<std::vector<InsertResult>> r) mutable {
+          if (!r.ok()) {
+            if (n > 1 &&
+                r.status().code() == absl::StatusCode::kInvalidArgument) {
+              for (size_t i = 0; i < n; ++i) {
+                SubmitBatch(scheduler, guard, first + i, {std::move(copy[i])});
+              }
               return;
             }
-            WaitTerminal(scheduler, guard, index, (*r)[0].task.id());
-          });
-    });
+            for (size_t i = 0; i < n; ++i) {
+              Deliver(guard, first + i, r.status(), v1::Task());
+            }
+            return;
+          }
+          for (size_t i = 0; i < r->size(); ++i) {
+            WaitTerminal(scheduler, guard, first + i, (*r)[i].task.id());
+          }
+        });
   }
 
   static void WaitTerminal(Scheduler& scheduler, Guard guard, uint64_t index,
@@ -376,28 +672,50 @@ class MapReactor final
     MaybeWriteLocked();
   }
 
-  void MaybeWriteLocked() {
-    if (writing_ || finished_ || fail_now_) return;
+  // The next result to write, if any is ready.
+  bool TakeNextLocked(v1::MapResult* out) {
     if (header_.ordered()) {
       auto it = ordered_.find(next_to_send_);
-      if (it == ordered_.end()) return;
-      out_ = std::move(it->second);
+      if (it == ordered_.end()) return false;
+      *out = std::move(it->second);
       ordered_.erase(it);
       ++next_to_send_;
     } else {
-      if (unordered_.empty()) return;
-      out_ = std::move(unordered_.front());
+      if (unordered_.empty()) return false;
+      *out = std::move(unordered_.front());
       unordered_.pop_front();
     }
-    if (header_.fail_fast() && out_.state() != v1::SUCCEEDED) {
+    if (header_.fail_fast() && out->state() != v1::SUCCEEDED) {
       fail_now_ = true;
       fail_status_ = grpc::Status(grpc::StatusCode::ABORTED,
-                                  absl::StrCat("item ", out_.index(), " ended ",
-                                               v1::TaskState_Name(out_.state()),
-                                               ": ", out_.error().message()));
+                                  absl::StrCat("item ", out->index(), " ended ",
+                                               v1::TaskState_Name(out->state()),
+                                               ": ", out->error().message()));
     }
+    return true;
+  }
+
+  void MaybeWriteLocked() {
+    if (writing_ || finished_ || fail_now_) return;
+    if constexpr (kBatched) {
+      out_.Clear();
+      size_t bytes = 0;
+      while (!fail_now_ && bytes < kMaxMessageBytes) {
+        v1::MapResult* r = out_.add_results();
+        if (!TakeNextLocked(r)) {
+          out_.mutable_results()->RemoveLast();
+          break;
+        }
+        bytes += r->result().size() + r->error().message().size() + 32;
+      }
+      written_ = out_.results_size();
+    } else {
+      if (!TakeNextLocked(&out_)) return;
+      written_ = 1;
+    }
+    if (written_ == 0) return;
     writing_ = true;
-    StartWrite(&out_);
+    this->StartWrite(&out_);
   }
 
   void MaybeReadLocked() {
@@ -405,7 +723,7 @@ class MapReactor final
     if (reading_ || reads_done_ || finished_ || fail_now_) return;
     if (have_header_ && in_flight_ >= window_) return;
     reading_ = true;
-    StartRead(&req_);
+    this->StartRead(&req_);
   }
 
   // Submissions run with the lock released; the lock is re-taken after.
@@ -427,14 +745,18 @@ class MapReactor final
   void FinishLocked(grpc::Status status) {
     if (finished_) return;
     finished_ = true;
-    Finish(std::move(status));
+    meter_.Done(status.error_code());
+    this->Finish(std::move(status));
   }
 
   Scheduler& scheduler_;
+  const Meter meter_;
   Guard guard_;
   v1::MapRequest req_;
   v1::MapHeader header_;
-  v1::MapResult out_;
+  Resp out_;
+  // Results in out_ (counted off in_flight_ once written).
+  int written_ = 0;
   bool have_header_ = false;
   int window_ = kDefaultWindow;
   uint64_t next_index_ = 0;
@@ -453,20 +775,42 @@ class MapReactor final
 
 }  // namespace
 
+TaskServiceImpl::TaskServiceImpl(Scheduler& scheduler, GrpcMetrics* metrics)
+    : scheduler_(scheduler),
+      metrics_(metrics),
+      submit_(M("Submit")),
+      submit_batch_(M("SubmitBatch")),
+      get_(M("Get")),
+      wait_(M("Wait")),
+      cancel_(M("Cancel")),
+      list_(M("List")),
+      retry_(M("Retry")),
+      watch_(M("Watch")),
+      map_(M("Map")),
+      map_batched_(M("MapBatched")),
+      wait_stream_(M("WaitStream")) {}
+
+GrpcMetrics::Method* TaskServiceImpl::M(const char* method) const {
+  return metrics_ == nullptr
+             ? nullptr
+             : metrics_->Get(v1::TaskService::service_full_name(), method);
+}
+
 grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
     grpc::CallbackServerContext* ctx, const v1::SubmitRequest* req,
     v1::SubmitResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  Meter meter(submit_);
   scheduler_.Submit(
       {req->task()},
-      [reactor, resp](absl::StatusOr<std::vector<InsertResult>> r) {
+      [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
         if (!r.ok()) {
-          reactor->Finish(ToGrpcStatus(r.status()));
+          meter.Finish(reactor, ToGrpcStatus(r.status()));
           return;
         }
         *resp->mutable_task() = std::move((*r)[0].task);
         resp->set_existing((*r)[0].existing);
-        reactor->Finish(grpc::Status::OK);
+        meter.Finish(reactor, grpc::Status::OK);
       });
   return reactor;
 }
@@ -475,19 +819,20 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
     grpc::CallbackServerContext* ctx, const v1::SubmitBatchRequest* req,
     v1::SubmitBatchResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  Meter meter(submit_batch_);
   std::vector<v1::TaskSpec> specs(req->tasks().begin(), req->tasks().end());
   scheduler_.Submit(
       std::move(specs),
-      [reactor, resp](absl::StatusOr<std::vector<InsertResult>> r) {
+      [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
         if (!r.ok()) {
-          reactor->Finish(ToGrpcStatus(r.status()));
+          meter.Finish(reactor, ToGrpcStatus(r.status()));
           return;
         }
         for (InsertResult& ir : *r) {
           *resp->add_tasks() = std::move(ir.task);
           resp->add_existing(ir.existing);
         }
-        reactor->Finish(grpc::Status::OK);
+        meter.Finish(reactor, grpc::Status::OK);
       });
   return reactor;
 }
@@ -496,12 +841,13 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Get(grpc::CallbackServerContext* ctx,
                                                const v1::GetTaskRequest* req,
                                                v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
+  Meter meter(get_);
   absl::StatusOr<v1::Task> t = scheduler_.Get(req->id());
   if (!t.ok()) {
-    reactor->Finish(ToGrpcStatus(t.status()));
+    meter.Finish(reactor, ToGrpcStatus(t.status()));
   } else {
     *resp = std::move(*t);
-    reactor->Finish(grpc::Status::OK);
+    meter.Finish(reactor, grpc::Status::OK);
   }
   return reactor;
 }
@@ -509,14 +855,14 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Get(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* TaskServiceImpl::Wait(
     grpc::CallbackServerContext* ctx, const v1::WaitTaskRequest* req,
     v1::WaitTaskResponse* resp) {
-  return new WaitReactor(scheduler_, ctx, req, resp);
+  return new WaitReactor(scheduler_, ctx, req, resp, Meter(wait_));
 }
 
 grpc::ServerUnaryReactor* TaskServiceImpl::Cancel(
     grpc::CallbackServerContext* ctx, const v1::CancelTaskRequest* req,
     v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
-  scheduler_.Cancel(req->id(), FinishWithTask(reactor, resp));
+  scheduler_.Cancel(req->id(), FinishWithTask(reactor, resp, Meter(cancel_)));
   return reactor;
 }
 
@@ -524,9 +870,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::List(
     grpc::CallbackServerContext* ctx, const v1::ListTasksRequest* req,
     v1::ListTasksResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  Meter meter(list_);
   if (req->page_size() < 0) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 "page_size must not be negative"));
+    meter.Finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                       "page_size must not be negative"));
     return reactor;
   }
   ListQuery q;
@@ -537,12 +884,12 @@ grpc::ServerUnaryReactor* TaskServiceImpl::List(
   q.page_token = req->page_token();
   absl::StatusOr<ListPage> page = scheduler_.List(std::move(q));
   if (!page.ok()) {
-    reactor->Finish(ToGrpcStatus(page.status()));
+    meter.Finish(reactor, ToGrpcStatus(page.status()));
     return reactor;
   }
   for (v1::Task& t : page->tasks) *resp->add_tasks() = std::move(t);
   resp->set_next_page_token(page->next_page_token);
-  reactor->Finish(grpc::Status::OK);
+  meter.Finish(reactor, grpc::Status::OK);
   return reactor;
 }
 
@@ -550,18 +897,28 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Retry(
     grpc::CallbackServerContext* ctx, const v1::RetryTaskRequest* req,
     v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
-  scheduler_.Retry(req->id(), FinishWithTask(reactor, resp));
+  scheduler_.Retry(req->id(), FinishWithTask(reactor, resp, Meter(retry_)));
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::TaskEvent>* TaskServiceImpl::Watch(
     grpc::CallbackServerContext* ctx, const v1::WatchRequest* req) {
-  return new WatchReactor(scheduler_, req);
+  return new WatchReactor(scheduler_, req, Meter(watch_));
+}
+
+grpc::ServerBidiReactor<v1::WaitStreamRequest, v1::WaitStreamResponse>*
+TaskServiceImpl::WaitStream(grpc::CallbackServerContext* ctx) {
+  return new WaitStreamReactor(scheduler_, Meter(wait_stream_));
 }
 
 grpc::ServerBidiReactor<v1::MapRequest, v1::MapResult>* TaskServiceImpl::Map(
     grpc::CallbackServerContext* ctx) {
-  return new MapReactor(scheduler_);
+  return new MapReactor<v1::MapResult>(scheduler_, Meter(map_));
+}
+
+grpc::ServerBidiReactor<v1::MapRequest, v1::MapResults>*
+TaskServiceImpl::MapBatched(grpc::CallbackServerContext* ctx) {
+  return new MapReactor<v1::MapResults>(scheduler_, Meter(map_batched_));
 }
 
 }  // namespace forq::server

@@ -4,14 +4,18 @@
 #define FORQ_SERVER_RPC_TASK_SERVICE_H_
 
 #include "forq/v1/task.grpc.pb.h"
+#include "server/rpc/grpc_metrics.h"
 #include "server/scheduler/scheduler.h"
 
 namespace forq::server {
 
 // Thread-safe; borrows the scheduler, which must outlive the gRPC server.
+// With `metrics`, every call is counted by its handler when it finishes (no
+// interceptor needed: see GrpcMetrics::CountedByHandlers).
 class TaskServiceImpl final : public v1::TaskService::CallbackService {
  public:
-  explicit TaskServiceImpl(Scheduler& scheduler) : scheduler_(scheduler) {}
+  explicit TaskServiceImpl(Scheduler& scheduler,
+                           GrpcMetrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* ctx,
                                    const v1::SubmitRequest* req,
@@ -36,11 +40,30 @@ class TaskServiceImpl final : public v1::TaskService::CallbackService {
                                   v1::Task* resp) override;
   grpc::ServerWriteReactor<v1::TaskEvent>* Watch(
       grpc::CallbackServerContext* ctx, const v1::WatchRequest* req) override;
+  grpc::ServerBidiReactor<v1::WaitStreamRequest, v1::WaitStreamResponse>*
+  WaitStream(grpc::CallbackServerContext* ctx) override;
   grpc::ServerBidiReactor<v1::MapRequest, v1::MapResult>* Map(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::MapRequest, v1::MapResults>* MapBatched(
       grpc::CallbackServerContext* ctx) override;
 
  private:
+  // Null without metrics.
+  GrpcMetrics::Method* M(const char* method) const;
+
   Scheduler& scheduler_;
+  GrpcMetrics* const metrics_;
+  GrpcMetrics::Method* const submit_;
+  GrpcMetrics::Method* const submit_batch_;
+  GrpcMetrics::Method* const get_;
+  GrpcMetrics::Method* const wait_;
+  GrpcMetrics::Method* const cancel_;
+  GrpcMetrics::Method* const list_;
+  GrpcMetrics::Method* const retry_;
+  GrpcMetrics::Method* const watch_;
+  GrpcMetrics::Method* const map_;
+  GrpcMetrics::Method* const map_batched_;
+  GrpcMetrics::Method* const wait_stream_;
 };
 
 }  // namespace forq::server

@@ -38,6 +38,11 @@ struct ClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(30);
   // How long Connect waits for the channel to become ready; 0 = do not wait.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // true: futures wait on one WaitStream call per Client (ids are sent as
+  // they are submitted, terminal tasks come back in batches: O(1) RPCs for
+  // N futures). false: one Wait RPC per TaskFuture::Wait (forqd without
+  // WaitStream).
+  bool wait_stream = true;
 };
 
 // Per-task options of Submit; zero values take the server defaults.
@@ -65,8 +70,18 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 
 class Client;
 
+namespace client_internal {
+class WaitMux;
+class WaitRef;
+}  // namespace client_internal
+
 // Handle of one submitted task (like multiprocessing's AsyncResult).
-// Thread-safe; cheap to copy.
+// Thread-safe; cheap to copy. The Client must outlive it.
+//
+// With ClientOptions::wait_stream (the default) a future returned by Submit
+// or SubmitBatch is already being waited for on the Client's stream: Wait()
+// and Get() return at once when the result has arrived, and the result is
+// kept until the last copy of the future is destroyed.
 class TaskFuture {
  public:
   TaskFuture(Client* client, v1::Task task, bool existing)
@@ -85,14 +100,25 @@ class TaskFuture {
   // Waits, then returns the result or the task's error (AsyncResult.get()).
   absl::StatusOr<std::string> Get() const;
   absl::StatusOr<std::string> Get(absl::Duration timeout) const;
-  // True when terminal now (one Get RPC).
+  // True when terminal now (no RPC when the result has already arrived on
+  // the wait stream, else one Get RPC).
   absl::StatusOr<bool> Ready() const;
   absl::StatusOr<v1::Task> Cancel() const;
 
  private:
+  friend class Client;
+  TaskFuture(Client* client, v1::Task task, bool existing,
+             std::shared_ptr<client_internal::WaitRef> ref)
+      : client_(client),
+        task_(std::move(task)),
+        existing_(existing),
+        ref_(std::move(ref)) {}
+
   Client* client_;
   v1::Task task_;
   bool existing_;
+  // Keeps the streamed result until the last copy is gone (may be null).
+  std::shared_ptr<client_internal::WaitRef> ref_;
 };
 
 // A connection to one forqd. Thread-safe; share one per process.
@@ -129,6 +155,14 @@ class Client {
   // into several calls.
   absl::StatusOr<v1::WaitTaskResponse> Wait(absl::string_view id,
                                             absl::Duration timeout);
+  // Waits until every task in `ids` is terminal and returns them in the
+  // order of `ids`. With wait_stream, all ids go out in one message on the
+  // Client's stream (else one Wait RPC per id). The first error ends the
+  // wait: NotFound for an unknown id, Unavailable when the connection broke,
+  // DeadlineExceeded after `timeout`.
+  absl::StatusOr<std::vector<v1::Task>> WaitAll(
+      const std::vector<std::string>& ids,
+      absl::Duration timeout = absl::InfiniteDuration());
   absl::StatusOr<v1::Task> Cancel(absl::string_view id);
   absl::StatusOr<v1::Task> Retry(absl::string_view id);
   absl::StatusOr<v1::ListTasksResponse> List(
@@ -144,12 +178,21 @@ class Client {
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
 
  private:
+  friend class TaskFuture;
   struct Stubs;
   Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
+  // Waits for one task until `deadline` (the stream, or Wait RPCs).
+  absl::StatusOr<v1::Task> AwaitTask(const std::string& id,
+                                     absl::Time deadline);
+  // The future of a task just submitted (tracked on the stream).
+  std::vector<TaskFuture> MakeFutures(std::vector<v1::Task> tasks,
+                                      const std::vector<bool>& existing);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Stubs> stubs_;
+  // Null without options_.wait_stream.
+  std::shared_ptr<client_internal::WaitMux> waits_;
 };
 
 }  // namespace forq

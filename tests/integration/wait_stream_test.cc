@@ -1,0 +1,265 @@
+// WaitStream (many waits on one call) and the client's multiplexed futures,
+// against a real forqd on loopback.
+#include <signal.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+
+#include "forq/client.h"
+#include "forq/executor.h"
+#include "forq/v1/task.grpc.pb.h"
+#include "server/http/http_test_client.h"
+#include "tests/testing/forqd_process.h"
+#include "tests/testing/status_matchers.h"
+
+namespace forq {
+namespace {
+
+using ::forq::testing::ForqdOptions;
+using ::forq::testing::ForqdProcess;
+using ::forq::testing::IsOk;
+using ::forq::testing::StatusIs;
+using ::testing::HasSubstr;
+
+class WaitStreamTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto p = ForqdProcess::Start({.workers = 2});
+    ASSERT_TRUE(p.ok()) << p.status();
+    forqd_ = p->release();
+    auto c = Client::Connect({.address = forqd_->grpc_address()});
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = c->release();
+  }
+  static void TearDownTestSuite() {
+    delete client_;
+    client_ = nullptr;
+    delete forqd_;
+    forqd_ = nullptr;
+  }
+  void TearDown() override {
+    if (HasFailure() && forqd_ != nullptr) {
+      ADD_FAILURE() << "forqd log tail:\n" << forqd_->LogTail();
+    }
+  }
+
+  // forq_grpc_requests_total of one method, all codes summed.
+  static double Calls(const std::string& method) {
+    auto r =
+        server::testing::HttpCall(forqd_->http_address(), "GET", "/metrics");
+    EXPECT_THAT(r, IsOk());
+    if (!r.ok()) return -1;
+    double total = 0;
+    const std::string key = absl::StrCat(
+        "forq_grpc_requests_total{code=\"OK\",method=\"", method, "\"}");
+    for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+      if (!absl::ConsumePrefix(&line, key)) continue;
+      double v = 0;
+      if (absl::SimpleAtod(absl::StripAsciiWhitespace(line), &v)) total += v;
+    }
+    return total;
+  }
+
+  static std::unique_ptr<v1::TaskService::Stub> Stub() {
+    return v1::TaskService::NewStub(grpc::CreateChannel(
+        forqd_->grpc_address(), grpc::InsecureChannelCredentials()));
+  }
+
+  static ForqdProcess* forqd_;
+  static Client* client_;
+};
+
+ForqdProcess* WaitStreamTest::forqd_ = nullptr;
+Client* WaitStreamTest::client_ = nullptr;
+
+TEST_F(WaitStreamTest, ManyFuturesResolveWithoutOneWaitCallPerTask) {
+  const double waits_before = Calls("forq.v1.TaskService/Wait");
+  std::vector<TaskFuture> futures;
+  std::vector<v1::TaskSpec> specs;
+  for (int i = 0; i < 2000; ++i) {
+    v1::TaskSpec s;
+    s.set_kind("echo");
+    s.set_payload(absl::StrCat("r", i));
+    specs.push_back(std::move(s));
+    if (specs.size() == 100) {
+      auto r = client_->SubmitBatch(specs);
+      ASSERT_THAT(r, IsOk());
+      for (auto& f : *r) futures.push_back(std::move(f));
+      specs.clear();
+    }
+  }
+  for (int i = 0; i < 2000; ++i) {
+    absl::StatusOr<std::string> r = futures[i].Get(absl::Seconds(60));
+    ASSERT_THAT(r, IsOk()) << i;
+    EXPECT_EQ(*r, absl::StrCat("r", i));
+  }
+  // Every result came over the stream: no unary Wait was made.
+  EXPECT_EQ(Calls("forq.v1.TaskService/Wait"), waits_before);
+}
+
+TEST_F(WaitStreamTest, FailedTaskResolvesWithItsError) {
+  auto f = client_->Submit("fail", "no disk");
+  ASSERT_THAT(f, IsOk());
+  absl::StatusOr<v1::Task> t = f->WaitFor(absl::Seconds(30));
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->state(), v1::FAILED);
+  EXPECT_THAT(f->Get(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                 HasSubstr("no disk")));
+}
+
+TEST_F(WaitStreamTest, UnknownIdIsNotFound) {
+  TaskFuture ghost(
+      client_,
+      [] {
+        v1::Task t;
+        t.set_id("no-such-task");
+        return t;
+      }(),
+      false);
+  EXPECT_THAT(ghost.Wait(), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client_->WaitAll({"no-such-task"}),
+              StatusIs(absl::StatusCode::kNotFound));
+  // The stream survives an unknown id.
+  auto f = client_->Submit("echo", "after");
+  ASSERT_THAT(f, IsOk());
+  EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+}
+
+TEST_F(WaitStreamTest, WaitAllReturnsTasksInOrder) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 50; ++i) {
+    auto f = client_->Submit("echo", absl::StrCat(i));
+    ASSERT_THAT(f, IsOk());
+    ids.push_back(f->id());
+  }  // futures gone: WaitAll waits on its own
+  auto tasks = client_->WaitAll(ids, absl::Seconds(60));
+  ASSERT_THAT(tasks, IsOk());
+  ASSERT_EQ(tasks->size(), 50u);
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ((*tasks)[i].id(), ids[i]);
+    EXPECT_EQ((*tasks)[i].result(), absl::StrCat(i));
+  }
+}
+
+TEST_F(WaitStreamTest, TimedOutWaitLeavesTheFutureUsable) {
+  auto f = client_->Submit("sleep", "300");
+  ASSERT_THAT(f, IsOk());
+  EXPECT_THAT(f->WaitFor(absl::Milliseconds(1)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  EXPECT_THAT(f->Ready(), IsOk());
+  EXPECT_TRUE(*f->Ready());
+}
+
+TEST_F(WaitStreamTest, CancelledWaitGetsNoAnswerAndHalfCloseEndsTheStream) {
+  auto slow = client_->Submit("sleep", "60000");
+  auto fast = client_->Submit("echo", "quick");
+  ASSERT_THAT(slow, IsOk());
+  ASSERT_THAT(fast, IsOk());
+  auto stub = Stub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  auto rpc = stub->WaitStream(&ctx);
+  v1::WaitStreamRequest req;
+  req.add_ids(slow->id());
+  req.add_ids(fast->id());
+  ASSERT_TRUE(rpc->Write(req));
+  req.Clear();
+  req.add_cancel_ids(slow->id());
+  ASSERT_TRUE(rpc->Write(req));
+  ASSERT_TRUE(rpc->WritesDone());
+  // Only the fast task is answered; the half-close then ends the call
+  // although the slow task is still running.
+  std::vector<std::string> answered;
+  v1::WaitStreamResponse resp;
+  while (rpc->Read(&resp)) {
+    for (const v1::Task& t : resp.tasks()) answered.push_back(t.id());
+    EXPECT_EQ(resp.errors_size(), 0);
+  }
+  grpc::Status s = rpc->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_THAT(answered, ::testing::ElementsAre(fast->id()));
+  ASSERT_THAT(slow->Cancel(), IsOk());
+}
+
+TEST_F(WaitStreamTest, RestAnswersNdjson) {
+  auto f = client_->Submit("echo", "rest");
+  ASSERT_THAT(f, IsOk());
+  ASSERT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  auto r = server::testing::HttpCall(
+      forqd_->http_address(), "POST", "/v1/tasks:waitStream?text=true",
+      absl::StrCat("{\"ids\": [\"", f->id(), "\", \"nope\"]}\n"),
+      {{"Content-Type", "application/x-ndjson"}});
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_THAT(r->body, HasSubstr(f->id()));
+  EXPECT_THAT(r->body, HasSubstr("\"SUCCEEDED\""));
+  EXPECT_THAT(r->body, HasSubstr("\"nope\""));
+}
+
+TEST_F(WaitStreamTest, ExecutorShutdownWaitsOverTheStream) {
+  const double waits_before = Calls("forq.v1.TaskService/Wait");
+  {
+    Executor ex(*client_);
+    for (int i = 0; i < 200; ++i) ASSERT_THAT(ex.Submit("echo", "e"), IsOk());
+    ASSERT_THAT(ex.Shutdown(), IsOk());
+  }
+  EXPECT_EQ(Calls("forq.v1.TaskService/Wait"), waits_before);
+}
+
+TEST_F(WaitStreamTest, LegacyPerTaskWaitStillWorks) {
+  auto c = Client::Connect(
+      {.address = forqd_->grpc_address(), .wait_stream = false});
+  ASSERT_THAT(c, IsOk());
+  const double waits_before = Calls("forq.v1.TaskService/Wait");
+  auto f = (*c)->Submit("echo", "old");
+  ASSERT_THAT(f, IsOk());
+  EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  EXPECT_GT(Calls("forq.v1.TaskService/Wait"), waits_before);
+}
+
+// forqd killed while futures wait: they fail promptly with Unavailable; after
+// a restart the same futures resolve (over a new stream).
+TEST(WaitStreamRestartTest, WaitersFailClearlyWhenForqdDiesAndResumeAfter) {
+  auto p = ForqdProcess::Start({.workers = 2});
+  ASSERT_THAT(p, IsOk());
+  ForqdProcess& forqd = **p;
+  auto c = Client::Connect({.address = forqd.grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  auto f = (*c)->Submit("sleep", "2000");
+  ASSERT_THAT(f, IsOk());
+  // Wait until the task runs (unary Wait with a short timeout, not the
+  // future, whose wait is already parked on the stream since Submit).
+  for (absl::Time end = absl::Now() + absl::Seconds(20); absl::Now() < end;) {
+    auto t = (*c)->Wait(f->id(), absl::Milliseconds(20));
+    ASSERT_THAT(t, IsOk());
+    if (t->task().state() == v1::RUNNING) break;
+  }
+  absl::StatusOr<v1::Task> seen;
+  std::thread waiter([&] { seen = f->WaitFor(absl::Seconds(60)); });
+  const absl::Time killed = absl::Now();
+  ASSERT_THAT(forqd.Kill(SIGKILL), IsOk());
+  waiter.join();
+  EXPECT_THAT(
+      seen, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("wait stream")));
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(20));
+  ASSERT_THAT(forqd.Restart(), IsOk());
+  ASSERT_TRUE((*c)->channel()->WaitForConnected(
+      absl::ToChronoTime(absl::Now() + absl::Seconds(30))));
+  absl::StatusOr<v1::Task> t = f->WaitFor(absl::Seconds(60));
+  ASSERT_THAT(t, IsOk()) << forqd.LogTail();
+  EXPECT_EQ(t->state(), v1::SUCCEEDED);
+}
+
+}  // namespace
+}  // namespace forq
