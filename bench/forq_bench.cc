@@ -5,6 +5,7 @@
 //   forq_bench [--sections=submit,batch,e2e,rtt,map,cpu,startup,rss,manager]
 //              [--reps=3] [--seconds=2] [--n=20000] [--rtt_samples=1000]
 //              [--durability=sync,batch,none] [--workers=2] [--paused]
+//              [--wait=stream,rpc] [--map=batched,single] [--perf=auto|off]
 //
 // Every section starts its own forqd (fresh data dir on $TMPDIR, free
 // loopback ports) with the flags it needs, measures, and kills it. Each
@@ -18,15 +19,33 @@
 //   batch    SubmitBatch of 100 from 4/64 threads, per durability
 //            (--paused: Drain first, so workers take nothing: ingest only)
 //   e2e      N x Submit(echo) from one thread, then Get() of every future
-//            (apply_async x N then get all); also with SubmitBatch(100)
-//   rtt      Submit(echo) then Get(), --rtt_samples times: p50/p99
-//   map      Map and MapUnordered over N echo inputs (default window)
+//            (apply_async x N then get all); also with SubmitBatch(100).
+//            --wait: futures wait on the client's WaitStream ("stream", the
+//            default) and/or with one Wait RPC each ("rpc", the old way)
+//   rtt      Submit(echo) then Get(), --rtt_samples times: p50/p99; the
+//            unary GetPool baseline; and a bare gRPC callback echo server
+//            (this binary re-run as a child process, no forq code on the
+//            call path) as the floor of a unary call here
+//
+// e2e, rtt and map also print, per task (or call), the CPU time, system
+// calls and context switches of the server's whole process tree over the
+// measured stretch: CPU from /proc/PID/stat, context switches from
+// /proc/PID/task/TID/status (voluntary + involuntary), system calls from
+// `perf stat -e raw_syscalls:sys_enter -p PIDS` (--perf=auto, when perf
+// works; otherwise read+write calls only, from /proc/PID/io, marked "rw").
+//   map      Map and MapUnordered over N echo inputs (default window);
+//            --map=single also speaks the pre-MapBatched protocol (one input
+//            and one result per message) for comparison
 //   cpu      8 x primes(n) (n calibrated to ~250 ms) on 1 and 2 workers
 //   startup  forqd spawn -> first echo result
 //   rss      idle VmRSS and PSS of forqd and all its descendants
 //   manager  Manager dict set/get and Lock acquire+release from one client
 #include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,6 +66,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -55,11 +75,15 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
 
 #include "forq/client.h"
 #include "forq/manager.h"
 #include "forq/map.h"
+#include "forq/v1/task.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
+
+extern char** environ;
 
 namespace forq::bench {
 namespace {
@@ -81,6 +105,13 @@ struct Flags {
   int workers = 2;
   // submit/batch: Drain first, so only ingest is measured (no dispatch).
   bool paused = false;
+  // e2e: how futures wait ("stream": WaitStream; "rpc": a Wait RPC each).
+  std::vector<std::string> waits = {"stream"};
+  // map: "batched" (the client library: MapBatched, many inputs and
+  // results per message) and/or "single" (one per message, the old way).
+  std::vector<std::string> maps = {"batched"};
+  // Count system calls with perf when it works.
+  bool perf = true;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -103,6 +134,19 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       if (!absl::SimpleAtoi(a, &f->rtt_samples) || f->rtt_samples < 1) {
         return false;
       }
+    } else if (absl::ConsumePrefix(&a, "--wait=")) {
+      f->waits = absl::StrSplit(a, ',', absl::SkipEmpty());
+      for (const std::string& w : f->waits) {
+        if (w != "stream" && w != "rpc") return false;
+      }
+    } else if (absl::ConsumePrefix(&a, "--map=")) {
+      f->maps = absl::StrSplit(a, ',', absl::SkipEmpty());
+      for (const std::string& m : f->maps) {
+        if (m != "batched" && m != "single") return false;
+      }
+    } else if (absl::ConsumePrefix(&a, "--perf=")) {
+      if (a != "auto" && a != "off") return false;
+      f->perf = a == "auto";
     } else if (a == "--paused") {
       f->paused = true;
     } else if (absl::ConsumePrefix(&a, "--workers=")) {
@@ -191,7 +235,8 @@ struct Server {
   std::unique_ptr<Client> client;
 };
 
-absl::StatusOr<Server> StartServer(int workers, const std::string& durability) {
+absl::StatusOr<Server> StartServer(int workers, const std::string& durability,
+                                   bool wait_stream = true) {
   testing::ForqdOptions o;
   o.workers = workers;
   o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
@@ -199,6 +244,7 @@ absl::StatusOr<Server> StartServer(int workers, const std::string& durability) {
   if (!p.ok()) return p.status();
   ClientOptions co;
   co.address = (*p)->grpc_address();
+  co.wait_stream = wait_stream;
   auto c = Client::Connect(co);
   if (!c.ok()) return c.status();
   Server s;
@@ -269,6 +315,229 @@ double CpuSeconds(const std::vector<int>& pids) {
   }
   return total;
 }
+
+// Sum of the numbers after `key` in /proc/PID/task/*/status of `pids`.
+int64_t SumThreadStatus(const std::vector<int>& pids,
+                        const std::vector<absl::string_view>& keys) {
+  int64_t total = 0;
+  for (int pid : pids) {
+    DIR* dir = opendir(absl::StrCat("/proc/", pid, "/task").c_str());
+    if (dir == nullptr) continue;
+    while (dirent* e = readdir(dir)) {
+      if (e->d_name[0] == '.') continue;
+      std::ifstream in(
+          absl::StrCat("/proc/", pid, "/task/", e->d_name, "/status"));
+      std::string line;
+      while (std::getline(in, line)) {
+        absl::string_view l = line;
+        for (absl::string_view k : keys) {
+          if (!absl::ConsumePrefix(&l, k)) continue;
+          int64_t v = 0;
+          if (absl::SimpleAtoi(absl::StripAsciiWhitespace(l), &v)) total += v;
+        }
+      }
+    }
+    closedir(dir);
+  }
+  return total;
+}
+
+// read + write system calls of `pids` (/proc/PID/io, whole processes).
+int64_t SumReadWriteCalls(const std::vector<int>& pids) {
+  int64_t total = 0;
+  for (int pid : pids) {
+    std::ifstream in(absl::StrCat("/proc/", pid, "/io"));
+    std::string line;
+    while (std::getline(in, line)) {
+      absl::string_view l = line;
+      if (absl::ConsumePrefix(&l, "syscr:") ||
+          absl::ConsumePrefix(&l, "syscw:")) {
+        int64_t v = 0;
+        if (absl::SimpleAtoi(absl::StripAsciiWhitespace(l), &v)) total += v;
+      }
+    }
+  }
+  return total;
+}
+
+// Counters of a server's process tree over one measured stretch: CPU,
+// context switches and system calls (see the top of this file).
+class Probe {
+ public:
+  Probe(int root_pid, bool use_perf) : pids_(Tree(root_pid)) {
+    if (use_perf) StartPerf();
+    cpu0_ = CpuSeconds(pids_);
+    ctx0_ = Ctx();
+    rw0_ = SumReadWriteCalls(pids_);
+  }
+  ~Probe() { StopPerf(); }
+
+  // Records "<what>: <server> CPU/syscalls/context switches per <unit>".
+  void Report(const std::string& what, const std::string& server, double n,
+              const std::string& unit = "task") {
+    const double cpu = CpuSeconds(pids_) - cpu0_;
+    const double ctx = static_cast<double>(Ctx() - ctx0_);
+    const int64_t rw = SumReadWriteCalls(pids_) - rw0_;
+    const int64_t sys = StopPerf();
+    g_results->Add(absl::StrCat(what, ": ", server, " CPU per ", unit), "us",
+                   cpu * 1e6 / n);
+    g_results->Add(
+        absl::StrCat(what, ": ", server, " context switches per ", unit),
+        "switches", ctx / n);
+    if (sys >= 0) {
+      g_results->Add(absl::StrCat(what, ": ", server, " syscalls per ", unit),
+                     "calls", sys / n);
+    } else {
+      g_results->Add(
+          absl::StrCat(what, ": ", server, " read+write syscalls per ", unit,
+                       " (rw: no perf)"),
+          "calls", rw / n);
+    }
+  }
+
+ private:
+  int64_t Ctx() const {
+    return SumThreadStatus(
+        pids_, {"voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"});
+  }
+
+  void StartPerf() {
+    out_ = absl::StrCat(getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+                        "/forq_bench_perf.", getpid(), ".txt");
+    std::vector<std::string> args = {"perf", "stat",
+                                     "-x",   ",",
+                                     "-e",   "raw_syscalls:sys_enter",
+                                     "-o",   out_,
+                                     "-p",   absl::StrJoin(pids_, ",")};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid = -1;
+    if (posix_spawnp(&pid, "perf", &fa, nullptr, argv.data(), environ) == 0) {
+      perf_pid_ = pid;
+      // perf attaches to every thread before it counts; there is no
+      // handshake to wait for, so give it a moment.
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+    posix_spawn_file_actions_destroy(&fa);
+  }
+
+  // Stops perf; the syscall count, or -1 without perf.
+  int64_t StopPerf() {
+    if (perf_pid_ <= 0) return -1;
+    kill(perf_pid_, SIGINT);
+    int status = 0;
+    waitpid(perf_pid_, &status, 0);
+    perf_pid_ = -1;
+    std::ifstream in(out_);
+    std::string line;
+    int64_t count = -1;
+    while (std::getline(in, line)) {
+      std::vector<absl::string_view> cols = absl::StrSplit(line, ',');
+      if (cols.size() > 2 && cols[2] == "raw_syscalls:sys_enter") {
+        if (!absl::SimpleAtoi(cols[0], &count)) count = -1;
+      }
+    }
+    unlink(out_.c_str());
+    return count;
+  }
+
+  const std::vector<int> pids_;
+  double cpu0_ = 0;
+  int64_t ctx0_ = 0;
+  int64_t rw0_ = 0;
+  pid_t perf_pid_ = -1;
+  std::string out_;
+};
+
+// The bare echo server: TaskService.Get answering {id} at once from the
+// callback thread, nothing else (no interceptor, no forq code).
+class EchoService final : public v1::TaskService::CallbackService {
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* ctx,
+                                const v1::GetTaskRequest* req,
+                                v1::Task* resp) override {
+    resp->set_id(req->id());
+    grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+};
+
+// Child mode (--serve_echo): serves EchoService on a free loopback port,
+// prints "port=N" and runs until stdin closes.
+int ServeEcho() {
+  EchoService service;
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  if (server == nullptr || port == 0) return 1;
+  std::printf("port=%d\n", port);
+  std::fflush(stdout);
+  char c;
+  while (read(0, &c, 1) > 0) {
+  }
+  server->Shutdown();
+  return 0;
+}
+
+// A bare echo server in a child process (this binary, --serve_echo).
+class EchoServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<EchoServer>> Start() {
+    int in[2], out[2];
+    if (pipe(in) != 0 || pipe(out) != 0) {
+      return absl::InternalError("pipe failed");
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, in[1]);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    std::string self = "/proc/self/exe", flag = "--serve_echo";
+    char* argv[] = {self.data(), flag.data(), nullptr};
+    auto e = std::unique_ptr<EchoServer>(new EchoServer());
+    const int rc =
+        posix_spawn(&e->pid_, self.c_str(), &fa, nullptr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(in[0]);
+    close(out[1]);
+    e->stdin_ = in[1];
+    if (rc != 0) {
+      close(out[0]);
+      return absl::InternalError("cannot start the echo server");
+    }
+    std::string line;
+    char c;
+    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
+    close(out[0]);
+    int port = 0;
+    absl::string_view l = line;
+    if (!absl::ConsumePrefix(&l, "port=") || !absl::SimpleAtoi(l, &port)) {
+      return absl::InternalError("echo server did not start");
+    }
+    e->address_ = absl::StrCat("127.0.0.1:", port);
+    return e;
+  }
+  ~EchoServer() {
+    if (stdin_ >= 0) close(stdin_);
+    if (pid_ > 0) waitpid(pid_, nullptr, 0);
+  }
+  const std::string& address() const { return address_; }
+  int pid() const { return pid_; }
+
+ private:
+  EchoServer() = default;
+  pid_t pid_ = -1;
+  int stdin_ = -1;
+  std::string address_;
+};
 
 // Runs `threads` threads calling `op` (returns tasks done, or -1 on error)
 // until `seconds` passed; returns tasks/s.
@@ -363,84 +632,102 @@ int SectionSubmit(const Flags& f, bool batch) {
 
 // apply_async x N then get all: one thread submits N echo tasks back to back
 // (unary, or SubmitBatch of 100), then waits for every result in order.
+bool Wanted(const Flags& f, const std::string& durability) {
+  return std::find(f.durabilities.begin(), f.durabilities.end(), durability) !=
+         f.durabilities.end();
+}
+
 int SectionE2E(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    if (!Wanted(f, d)) continue;
     for (bool batched : {false, true}) {
-      for (int rep = 0; rep < f.reps; ++rep) {
-        auto s = StartServer(f.workers, d);
-        if (!s.ok()) {
-          std::cerr << "start forqd: " << s.status() << "\n";
-          return 1;
-        }
-        Client* c = s->client.get();
-        std::vector<TaskFuture> futs;
-        futs.reserve(f.n);
-        const std::vector<int> tree = Tree(s->forqd->pid());
-        const double cpu0 = CpuSeconds(tree);
-        const double self0 = CpuSeconds({getpid()});
-        const auto t0 = Clock::now();
-        if (batched) {
-          std::vector<v1::TaskSpec> specs;
-          for (int i = 0; i < f.n; ++i) {
-            v1::TaskSpec spec;
-            spec.set_kind("echo");
-            spec.set_payload(absl::StrCat(i));
-            specs.push_back(std::move(spec));
-            if (specs.size() == 100 || i == f.n - 1) {
-              auto r = c->SubmitBatch(specs);
+      for (const std::string& wait : f.waits) {
+        for (int rep = 0; rep < f.reps; ++rep) {
+          auto s = StartServer(f.workers, d, wait == "stream");
+          if (!s.ok()) {
+            std::cerr << "start forqd: " << s.status() << "\n";
+            return 1;
+          }
+          Client* c = s->client.get();
+          std::vector<TaskFuture> futs;
+          futs.reserve(f.n);
+          Probe probe(s->forqd->pid(), f.perf);
+          const double self0 = CpuSeconds({getpid()});
+          const auto t0 = Clock::now();
+          if (batched) {
+            std::vector<v1::TaskSpec> specs;
+            for (int i = 0; i < f.n; ++i) {
+              v1::TaskSpec spec;
+              spec.set_kind("echo");
+              spec.set_payload(absl::StrCat(i));
+              specs.push_back(std::move(spec));
+              if (specs.size() == 100 || i == f.n - 1) {
+                auto r = c->SubmitBatch(specs);
+                if (!r.ok()) {
+                  std::cerr << "SubmitBatch: " << r.status() << "\n";
+                  return 1;
+                }
+                for (auto& fu : *r) futs.push_back(std::move(fu));
+                specs.clear();
+              }
+            }
+          } else {
+            for (int i = 0; i < f.n; ++i) {
+              auto r = c->Submit("echo", absl::StrCat(i));
               if (!r.ok()) {
-                std::cerr << "SubmitBatch: " << r.status() << "\n";
+                std::cerr << "Submit: " << r.status() << "\n";
                 return 1;
               }
-              for (auto& fu : *r) futs.push_back(std::move(fu));
-              specs.clear();
+              futs.push_back(std::move(*r));
             }
           }
-        } else {
+          const double submit_s = SecondsSince(t0);
+          int bad = 0;
           for (int i = 0; i < f.n; ++i) {
-            auto r = c->Submit("echo", absl::StrCat(i));
-            if (!r.ok()) {
-              std::cerr << "Submit: " << r.status() << "\n";
-              return 1;
-            }
-            futs.push_back(std::move(*r));
+            auto r = futs[i].Get();
+            if (!r.ok() || *r != absl::StrCat(i)) ++bad;
           }
+          const double total_s = SecondsSince(t0);
+          const double self = CpuSeconds({getpid()}) - self0;
+          if (bad > 0) {
+            std::cerr << "e2e: " << bad << " wrong or failed results\n";
+            return 1;
+          }
+          const std::string how =
+              absl::StrCat(batched ? "SubmitBatch(100) x N/100" : "Submit x N",
+                           wait == "rpc" ? " (Wait RPC per task)" : "");
+          const std::string op = absl::StrCat(f.n, " echo: ", how, ", ", d);
+          g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ", d,
+                                      ", end to end"),
+                         "tasks/s", f.n / total_s);
+          g_results->Add(op + ", submit only", "tasks/s", f.n / submit_s);
+          probe.Report(op, "forqd tree", f.n);
+          g_results->Add(op + ": client CPU per task", "us", self * 1e6 / f.n);
         }
-        const double submit_s = SecondsSince(t0);
-        int bad = 0;
-        for (int i = 0; i < f.n; ++i) {
-          auto r = futs[i].Get();
-          if (!r.ok() || *r != absl::StrCat(i)) ++bad;
-        }
-        const double total_s = SecondsSince(t0);
-        const double cpu = CpuSeconds(tree) - cpu0;
-        const double self = CpuSeconds({getpid()}) - self0;
-        if (bad > 0) {
-          std::cerr << "e2e: " << bad << " wrong or failed results\n";
-          return 1;
-        }
-        const std::string how =
-            batched ? "SubmitBatch(100) x N/100" : "Submit x N";
-        g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ", d,
-                                    ", end to end"),
-                       "tasks/s", f.n / total_s);
-        g_results->Add(
-            absl::StrCat(f.n, " echo: ", how, ", ", d, ", submit only"),
-            "tasks/s", f.n / submit_s);
-        g_results->Add(absl::StrCat(f.n, " echo: ", how, ", ", d,
-                                    ": forqd tree CPU per task"),
-                       "us", cpu * 1e6 / f.n);
-        g_results->Add(
-            absl::StrCat(f.n, " echo: ", how, ", ", d, ": client CPU per task"),
-            "us", self * 1e6 / f.n);
       }
     }
   }
   return 0;
 }
 
+// RTT p50/p99 of `op` over `samples` calls after 100 warm-up calls; false
+// if a call failed.
+template <typename Op>
+bool Rtt(int samples, Op op, std::vector<double>* us) {
+  us->clear();
+  us->reserve(samples);
+  for (int i = 0; i < samples + 100; ++i) {
+    const auto t0 = Clock::now();
+    if (!op()) return false;
+    if (i >= 100) us->push_back(SecondsSince(t0) * 1e6);
+  }
+  std::sort(us->begin(), us->end());
+  return true;
+}
+
 int SectionRtt(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    if (!Wanted(f, d)) continue;
     for (int rep = 0; rep < f.reps; ++rep) {
       auto s = StartServer(f.workers, d);
       if (!s.ok()) {
@@ -449,83 +736,160 @@ int SectionRtt(const Flags& f) {
       }
       Client* c = s->client.get();
       std::vector<double> us;
-      us.reserve(f.rtt_samples);
-      for (int i = 0; i < f.rtt_samples + 100; ++i) {
-        const auto t0 = Clock::now();
-        auto fu = c->Submit("echo", "x");
-        if (!fu.ok()) {
-          std::cerr << "Submit: " << fu.status() << "\n";
-          return 1;
-        }
-        auto r = fu->Get();
-        if (!r.ok()) {
-          std::cerr << "Get: " << r.status() << "\n";
-          return 1;
-        }
-        if (i >= 100) us.push_back(SecondsSince(t0) * 1e6);
-      }
-      std::sort(us.begin(), us.end());
       const std::string op = absl::StrCat("Submit().Get() echo RTT ", d);
+      {
+        Probe probe(s->forqd->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples,
+                [&] {
+                  auto fu = c->Submit("echo", "x");
+                  return fu.ok() && fu->Get().ok();
+                },
+                &us)) {
+          std::cerr << "Submit+Get failed\n";
+          return 1;
+        }
+        probe.Report(op, "forqd tree", f.rtt_samples + 100);
+      }
       g_results->Add(op + " p50", "us", Pct(us, 50));
       g_results->Add(op + " p99", "us", Pct(us, 99));
       // Baseline: a unary call that touches neither store nor workers.
-      std::vector<double> base;
-      base.reserve(f.rtt_samples);
-      for (int i = 0; i < f.rtt_samples + 100; ++i) {
-        const auto t0 = Clock::now();
-        if (!c->GetPool().ok()) {
+      const std::string bop =
+          absl::StrCat("GetPool() RTT (unary baseline) ", d);
+      {
+        Probe probe(s->forqd->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples, [&] { return c->GetPool().ok(); }, &us)) {
           std::cerr << "GetPool failed\n";
           return 1;
         }
-        if (i >= 100) base.push_back(SecondsSince(t0) * 1e6);
+        probe.Report(bop, "forqd tree", f.rtt_samples + 100, "call");
       }
-      std::sort(base.begin(), base.end());
-      const std::string bop =
-          absl::StrCat("GetPool() RTT (unary baseline) ", d);
-      g_results->Add(bop + " p50", "us", Pct(base, 50));
-      g_results->Add(bop + " p99", "us", Pct(base, 99));
+      g_results->Add(bop + " p50", "us", Pct(us, 50));
+      g_results->Add(bop + " p99", "us", Pct(us, 99));
+      const double getpool_p50 = Pct(us, 50);
+      // Floor: a bare gRPC callback server (child process) answering
+      // TaskService.Get with the request's id, same machine, same moment.
+      auto echo = EchoServer::Start();
+      if (!echo.ok()) {
+        std::cerr << "echo server: " << echo.status() << "\n";
+        return 1;
+      }
+      auto stub = v1::TaskService::NewStub(grpc::CreateChannel(
+          (*echo)->address(), grpc::InsecureChannelCredentials()));
+      const std::string eop = "bare gRPC callback echo RTT";
+      {
+        Probe probe((*echo)->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples,
+                [&] {
+                  grpc::ClientContext ctx;
+                  ctx.set_deadline(
+                      absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+                  v1::GetTaskRequest req;
+                  req.set_id("echo");
+                  v1::Task resp;
+                  return stub->Get(&ctx, req, &resp).ok() &&
+                         resp.id() == "echo";
+                },
+                &us)) {
+          std::cerr << "echo call failed\n";
+          return 1;
+        }
+        probe.Report(eop, "echo server", f.rtt_samples + 100, "call");
+      }
+      g_results->Add(eop + " p50", "us", Pct(us, 50));
+      g_results->Add(eop + " p99", "us", Pct(us, 99));
+      g_results->Add(absl::StrCat("GetPool p50 / bare echo p50, ", d), "ratio",
+                     getpool_p50 / Pct(us, 50));
     }
   }
   return 0;
 }
 
+// The Map protocol before MapBatched, as the client library spoke it: one
+// input per request message, one result per response message, the window
+// topped up before each Read. Returns results read, failed ones in *bad.
+absl::StatusOr<int64_t> MapOneByOne(const std::string& address, int n,
+                                    bool ordered, int64_t* bad) {
+  auto stub = v1::TaskService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto rpc = stub->Map(&ctx);
+  v1::MapRequest req;
+  req.mutable_header()->set_kind("echo");
+  req.mutable_header()->set_ordered(ordered);
+  req.mutable_header()->set_window(kDefaultMapWindow);
+  if (!rpc->Write(req)) return absl::UnavailableError("Map header");
+  int sent = 0, in_flight = 0;
+  int64_t got = 0;
+  v1::MapResult r;
+  while (true) {
+    while (sent < n && in_flight < kDefaultMapWindow) {
+      req.mutable_input()->set_payload(absl::StrCat(sent));
+      if (!rpc->Write(req)) return absl::UnavailableError("Map write");
+      ++sent;
+      ++in_flight;
+      if (sent == n) rpc->WritesDone();
+    }
+    if (in_flight == 0) break;
+    if (!rpc->Read(&r)) break;
+    --in_flight;
+    ++got;
+    if (r.state() != v1::SUCCEEDED) ++*bad;
+  }
+  grpc::Status st = rpc->Finish();
+  if (!st.ok()) return FromGrpcStatus(st);
+  return got;
+}
+
 int SectionMap(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    if (!Wanted(f, d)) continue;
     for (bool ordered : {true, false}) {
-      for (int rep = 0; rep < f.reps; ++rep) {
-        auto s = StartServer(f.workers, d);
-        if (!s.ok()) {
-          std::cerr << "start forqd: " << s.status() << "\n";
-          return 1;
+      for (const std::string& how : f.maps) {
+        for (int rep = 0; rep < f.reps; ++rep) {
+          auto s = StartServer(f.workers, d);
+          if (!s.ok()) {
+            std::cerr << "start forqd: " << s.status() << "\n";
+            return 1;
+          }
+          std::vector<std::string> inputs;
+          inputs.reserve(f.n);
+          for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
+          Probe probe(s->forqd->pid(), f.perf);
+          const auto t0 = Clock::now();
+          int64_t got = 0, bad = 0;
+          absl::Status status;
+          if (how == "batched") {
+            MapStream stream =
+                ordered ? s->client->Map("echo", std::move(inputs))
+                        : s->client->MapUnordered("echo", std::move(inputs));
+            for (const MapItem& r : stream) {
+              ++got;
+              if (!r.ok()) ++bad;
+            }
+            status = stream.status();
+          } else {
+            absl::StatusOr<int64_t> r =
+                MapOneByOne(s->forqd->grpc_address(), f.n, ordered, &bad);
+            status = r.status();
+            if (r.ok()) got = *r;
+          }
+          const double secs = SecondsSince(t0);
+          if (!status.ok() || got != f.n || bad != 0) {
+            std::cerr << "map: status " << status << ", " << got << " results, "
+                      << bad << " failed\n";
+            return 1;
+          }
+          const std::string name = absl::StrCat(
+              ordered ? "Map (ordered)" : "MapUnordered",
+              how == "single" ? " one input/result per message" : "");
+          g_results->Add(absl::StrCat(name, " ", f.n, " echo, window ",
+                                      kDefaultMapWindow, ", ", d),
+                         "tasks/s", f.n / secs);
+          probe.Report(absl::StrCat(name, " ", d), "forqd tree", f.n);
         }
-        std::vector<std::string> inputs;
-        inputs.reserve(f.n);
-        for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
-        const std::vector<int> tree = Tree(s->forqd->pid());
-        const double cpu0 = CpuSeconds(tree);
-        const auto t0 = Clock::now();
-        MapStream stream =
-            ordered ? s->client->Map("echo", std::move(inputs))
-                    : s->client->MapUnordered("echo", std::move(inputs));
-        int64_t got = 0, bad = 0;
-        for (const MapItem& r : stream) {
-          ++got;
-          if (!r.ok()) ++bad;
-        }
-        const double secs = SecondsSince(t0);
-        const double cpu = CpuSeconds(tree) - cpu0;
-        if (!stream.status().ok() || got != f.n || bad != 0) {
-          std::cerr << "map: status " << stream.status() << ", " << got
-                    << " results, " << bad << " failed\n";
-          return 1;
-        }
-        g_results->Add(
-            absl::StrCat(ordered ? "Map (ordered)" : "MapUnordered", " ", f.n,
-                         " echo, window ", kDefaultMapWindow, ", ", d),
-            "tasks/s", f.n / secs);
-        g_results->Add(absl::StrCat(ordered ? "Map (ordered)" : "MapUnordered",
-                                    " ", d, ": forqd tree CPU per task"),
-                       "us", cpu * 1e6 / f.n);
       }
     }
   }
@@ -759,6 +1123,9 @@ int SectionManager(const Flags& f) {
 }
 
 int Run(int argc, char** argv) {
+  if (argc == 2 && absl::string_view(argv[1]) == "--serve_echo") {
+    return ServeEcho();
+  }
   Flags f;
   if (!ParseFlags(argc, argv, &f)) {
     std::cerr << "usage: see the top of bench/forq_bench.cc\n";

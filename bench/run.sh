@@ -5,6 +5,14 @@
 #   OUT=/tmp/forq-bench bench/run.sh build-bench
 #   ONLY="forq_bench" bench/run.sh build-bench      # a subset, by program
 #   FORQ_BENCH_ARGS="--reps=5" bench/run.sh build-bench
+#   ONLY=peers bench/run.sh build   # forq vs multiprocessing only
+#
+# "peers" (on when ../shared/peers or $PEERS_DIR holds bench_mp_pool.py, and
+# Debian's /usr/bin/python3 exists) runs forq_bench's e2e, rtt and map
+# sections with --durability=sync,none (both wait modes), then
+# multiprocessing.Pool(2) (bench_mp_pool.py pool) and mp.Manager
+# (bench_ipc.py manager) back to back, and prints the ratios (ratios.py):
+# the peers are measured minutes, not hours, from forq on the same machine.
 #
 # Output: $OUT (default <build dir>/bench-results/<UTC timestamp>) holds
 # machine.txt, one <program>.txt per program (stdout + stderr) and
@@ -22,9 +30,15 @@ BUILD=$1
 BIN="$BUILD/bench"
 [[ -d "$BIN" ]] || die "no $BIN: configure and build first (make build, or cmake + ninja forq_bench pool_bench store_bench http_bench map_bench)"
 
+HERE=$(cd "$(dirname "$0")" && pwd)
+PEERS_DIR=${PEERS_DIR:-$HERE/../../shared/peers}
 PROGRAMS=(store_bench pool_bench http_bench map_bench forq_bench)
+if [[ -f "$PEERS_DIR/bench_mp_pool.py" && -x /usr/bin/python3 ]]; then
+  PROGRAMS+=(peers)
+fi
 ONLY=${ONLY:-${PROGRAMS[*]}}
 for p in $ONLY; do
+  [[ $p == peers ]] && continue
   [[ -x "$BIN/$p" ]] || die "missing $BIN/$p: build it (ninja -C $BUILD $p forqd forq)"
 done
 
@@ -110,6 +124,36 @@ run() {
     --seconds=1 --paused
   run forq_bench forq_bench --reps=3 --seconds=2 ${FORQ_BENCH_ARGS:-}
 }
+
+# forq vs Python's multiprocessing, back to back.
+run_peers() {
+  case " $ONLY " in *" peers "*) ;; *) return 0 ;; esac
+  [[ -f "$PEERS_DIR/bench_mp_pool.py" ]] || die "no peers in $PEERS_DIR"
+  local reps=${PEER_REPS:-3}
+  local saved_only=$ONLY
+  ONLY="forq_bench"
+  run forq_bench_peers forq_bench --sections=e2e,rtt,map,manager \
+    --durability=sync,none --wait=stream,rpc --map=batched,single \\
+    --reps="$reps"
+  ONLY=$saved_only
+  local t
+  for t in "bench_mp_pool.py pool" "bench_ipc.py manager"; do
+    local log="$OUT/peers_${t##* }.txt"
+    echo "run.sh: peers $t (load $(loadavg))"
+    {
+      echo "# command: REPS=$reps /usr/bin/python3 $PEERS_DIR/$t"
+      echo "# load before: $(loadavg)"
+    } >"$log"
+    # shellcheck disable=SC2086  # $t is "script test"
+    (cd "$PEERS_DIR" && REPS=$reps /usr/bin/python3 $t) >>"$log" 2>&1 ||
+      FAILED+=("peers $t")
+    echo "# load after: $(loadavg)" >>"$log"
+  done
+  echo
+  /usr/bin/python3 "$HERE/ratios.py" "$OUT/forq_bench_peers.txt" \
+    "$OUT/peers_pool.txt" "$OUT/peers_manager.txt" | tee "$OUT/ratios.txt"
+}
+run_peers
 
 grep -h '^RESULT' "$OUT"/*.txt >"$OUT/summary.txt" || true
 {
