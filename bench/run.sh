@@ -133,7 +133,7 @@ run_peers() {
   local saved_only=$ONLY
   ONLY="forq_bench"
   run forq_bench_peers forq_bench --sections=e2e,rtt,map,manager \
-    --durability=sync,none --wait=stream,rpc --map=batched,single \\
+    --durability=sync,none --wait=stream,rpc --map=batched,single \
     --reps="$reps"
   ONLY=$saved_only
   local t
