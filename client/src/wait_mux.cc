@@ -92,7 +92,9 @@ std::vector<std::shared_ptr<WaitRef>> WaitMux::Track(
       refs.push_back(std::make_shared<WaitRef>(shared_from_this(), id));
     }
   }
-  Flush();
+  // Sent with the next Await (all queued ids in one message), not now:
+  // waits armed while a burst of unary Submits is still going cost the
+  // server more than one message per burst.
   return refs;
 }
 

@@ -53,8 +53,9 @@ class WaitMux : public std::enable_shared_from_this<WaitMux> {
   // until gRPC has finished with every stream. Later calls fail at once.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Starts waiting for `ids` now (one message for all of them, not one per
-  // id); each answer is kept until its WaitRef is destroyed.
+  // Tracks `ids`: they go out together with the next Await's (one message
+  // for every id queued so far, not one per id) and each answer is kept
+  // until its WaitRef is destroyed.
   std::vector<std::shared_ptr<WaitRef>> Track(
       const std::vector<std::string>& ids) ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -238,8 +238,8 @@ TEST(WaitStreamRestartTest, WaitersFailClearlyWhenForqdDiesAndResumeAfter) {
   ASSERT_THAT(c, IsOk());
   auto f = (*c)->Submit("sleep", "2000");
   ASSERT_THAT(f, IsOk());
-  // Wait until the task runs (unary Wait with a short timeout, not the
-  // future, whose wait is already parked on the stream since Submit).
+  // Wait until the task runs (unary Wait with a short timeout, so the
+  // future's stream is first used by the waiter below).
   for (absl::Time end = absl::Now() + absl::Seconds(20); absl::Now() < end;) {
     auto t = (*c)->Wait(f->id(), absl::Milliseconds(20));
     ASSERT_THAT(t, IsOk());
