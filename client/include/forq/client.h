@@ -38,9 +38,9 @@ struct ClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(30);
   // How long Connect waits for the channel to become ready; 0 = do not wait.
   absl::Duration connect_timeout = absl::Seconds(5);
-  // true: futures wait on one WaitStream call per Client (ids are sent as
-  // they are submitted, terminal tasks come back in batches: O(1) RPCs for
-  // N futures). false: one Wait RPC per TaskFuture::Wait (forqd without
+  // true: futures wait on one WaitStream call per Client (ids go out in
+  // batches, terminal tasks come back in batches: O(1) RPCs for N
+  // futures). false: one Wait RPC per TaskFuture::Wait (forqd without
   // WaitStream).
   bool wait_stream = true;
 };
@@ -78,10 +78,11 @@ class WaitRef;
 // Handle of one submitted task (like multiprocessing's AsyncResult).
 // Thread-safe; cheap to copy. The Client must outlive it.
 //
-// With ClientOptions::wait_stream (the default) a future returned by Submit
-// or SubmitBatch is already being waited for on the Client's stream: Wait()
-// and Get() return at once when the result has arrived, and the result is
-// kept until the last copy of the future is destroyed.
+// With ClientOptions::wait_stream (the default) the first Wait()/Get() of
+// any future sends the ids of every future of the Client not yet sent, in
+// one message on the Client's stream: the others' results then arrive
+// without a call of their own, and each is kept until the last copy of its
+// future is destroyed.
 class TaskFuture {
  public:
   TaskFuture(Client* client, v1::Task task, bool existing)
