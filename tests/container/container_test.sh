@@ -22,6 +22,7 @@ PY=/usr/bin/python3
 # Without systemd, podman cannot schedule periodic healthchecks and says so
 # on every run/stop; the test runs the healthcheck itself.
 quiet_engine() { "$ENGINE" "$@" 2> >(grep -v "systemd connection" >&2); }
+[ "$ENGINE" = podman ] && deploy/install-container-deps.sh
 if [ "$ENGINE" = podman ] && [ -z "${CONTAINERS_CONF:-}" ]; then
   export CONTAINERS_CONF="$PWD/deploy/podman/containers.conf"
 fi
