@@ -43,9 +43,14 @@ test-fault: build
 # Builds the forqd image with podman (CONTAINER_ENGINE=docker works too) and
 # runs it: CLI through published ports, /metrics, drain on stop, restart from
 # the volume, non-root, --cpus. Not part of `make test` (minutes of CPU).
-.PHONY: test-container
+.PHONY: test-container test-compose
 test-container: build
 	./tests/container/container_test.sh $(BUILD)/client/forq
+
+# docker-compose.yml under podman-compose: health, tasks on every node,
+# Prometheus targets and rules, dashboard expressions, drain on stop.
+test-compose: build
+	./tests/container/compose_test.sh $(BUILD)/client/forq
 
 bench: build
 	./bench/run.sh $(BUILD)
