@@ -25,7 +25,11 @@ export FORQ_GRPC_PORT="$(free_port)" FORQ_HTTP_PORT="$(free_port)" PROMETHEUS_PO
 PROM="http://127.0.0.1:$PROMETHEUS_PORT"
 compose() { "${COMPOSE[@]}" -p "$project" -f docker-compose.yml "$@"; }
 
-cleanup() { compose down -v >/dev/null 2>&1 || true; }
+cleanup() {
+  compose down -v >/dev/null 2>&1 || true
+  # podman-compose 1.0 leaves the project's network behind.
+  "$ENGINE" network rm -f "${project}_default" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 fail() {
   echo "FAIL: $*" >&2
