@@ -29,8 +29,6 @@ class Status;
 
 namespace forq {
 
-namespace v1 = ::forq::v1;
-
 struct ClientOptions {
   // host:port of forqd's gRPC endpoint.
   std::string address = "127.0.0.1:50051";
