@@ -1462,17 +1462,20 @@ int ObjectManager::CancelTagged(absl::string_view tag) {
 }
 
 void ObjectManager::PumpLocked(const std::string& name, Object& o, Batch& b) {
-  auto first = [&](auto pred) -> Waiter* {
+  // Both helpers run only here, under PumpLocked's hold of mu_.
+  auto first = [&](auto pred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> Waiter* {
     for (uint64_t id : o.waiters) {
       Waiter& w = waiters_.at(id);
       if (pred(w)) return &w;
     }
     return nullptr;
   };
-  auto complete = [&](Waiter* w, absl::StatusOr<Reply> reply) {
-    std::optional<Waiter> taken = TakeWaiterLocked(w->id, b);
-    b.replies.emplace_back(std::move(taken->done), std::move(reply));
-  };
+  auto complete =
+      [&](Waiter* w, absl::StatusOr<Reply> reply)
+          ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            std::optional<Waiter> taken = TakeWaiterLocked(w->id, b);
+            b.replies.emplace_back(std::move(taken->done), std::move(reply));
+          };
   switch (o.type) {
     case ManagerType::kQueue: {
       const size_t cap =
