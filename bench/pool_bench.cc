@@ -73,7 +73,10 @@ std::unique_ptr<WorkerPool> MakePool(int workers, Events& ev) {
     std::exit(1);
   }
   if (!(*pool)->Start(ev.Callbacks()).ok()) std::exit(1);
-  ev.Wait([&] { return ev.idle_ >= workers; });
+  ev.Wait([&] {
+    ev.mu_.AssertHeld();
+    return ev.idle_ >= workers;
+  });
   return std::move(*pool);
 }
 
@@ -101,7 +104,10 @@ int Respawn(int kills) {
     }
     const absl::Time t0 = absl::Now();
     kill(pid, SIGKILL);
-    ev.Wait([&] { return ev.idle_ > idle_before; });
+    ev.Wait([&] {
+      ev.mu_.AssertHeld();
+      return ev.idle_ > idle_before;
+    });
     absl::Time t1;
     {
       MutexLock l(&ev.mu_);
@@ -141,7 +147,10 @@ double RunPrimes(int workers, const std::string& n, int tasks) {
       MutexLock l(&ev.mu_);
       seen = ev.outcomes_.size();
     }
-    ev.Wait([&] { return ev.outcomes_.size() > seen; });
+    ev.Wait([&] {
+      ev.mu_.AssertHeld();
+      return ev.outcomes_.size() > seen;
+    });
   }
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
   {
