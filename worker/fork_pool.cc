@@ -161,7 +161,7 @@ class ForkPool : public WorkerPool {
   // One slot's shared memory, rings, wake-up fds and spill socket.
   absl::StatusOr<std::unique_ptr<Slot>> CreateSlot(int index) const;
   // The epoll set of the event thread (after the fork).
-  absl::Status SetUpEventLoop();
+  absl::Status SetUpEventLoopLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status Start(PoolCallbacks callbacks) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Dispatch(Assignment a) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -172,7 +172,7 @@ class ForkPool : public WorkerPool {
   void Cancel(absl::string_view task_id, int attempt) override
       ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<WorkerInfo> Workers() override ABSL_LOCKS_EXCLUDED(mu_);
-  int size() const override { return static_cast<int>(slots_.size()); }
+  int size() const override { return options_.workers; }
   int supervisor_pid() const override { return supervisor_pid_; }
   std::vector<std::string> Kinds() const override { return registry_->Kinds(); }
   void Shutdown() override ABSL_LOCKS_EXCLUDED(mu_);
@@ -247,9 +247,11 @@ class ForkPool : public WorkerPool {
   const std::unique_ptr<HandlerRegistry> registry_;
   const std::shared_ptr<ReplyGate> gate_;
 
-  // Set by Init (single-threaded) and then only read. Each Slot's mutable
-  // fields are guarded by mu_; the vector itself never changes after Init.
-  std::vector<std::unique_ptr<Slot>> slots_;
+  // Filled by Init, then never resized. A Slot is reachable only through
+  // slots_, so holding mu_ to look one up is what guards its mutable fields
+  // (the analysis checks every lookup; Slot's own fields carry no
+  // annotation because they cannot name the pool's mutex).
+  std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
   pid_t supervisor_pid_ = 0;
   ScopedFd command_fd_;  // write end to the supervisor
   ScopedFd event_fd_;    // read end from the supervisor
@@ -310,7 +312,7 @@ absl::StatusOr<std::unique_ptr<Slot>> ForkPool::CreateSlot(int index) const {
   return s;
 }
 
-absl::Status ForkPool::SetUpEventLoop() {
+absl::Status ForkPool::SetUpEventLoopLocked() {
   epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
   control_wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!epoll_fd_.valid() || !control_wake_.valid()) {
@@ -336,51 +338,61 @@ absl::Status ForkPool::SetUpEventLoop() {
 }
 
 absl::Status ForkPool::Init() {
-  for (int i = 0; i < options_.workers; ++i) {
-    FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Slot> slot, CreateSlot(i));
-    slots_.push_back(std::move(slot));
-  }
+  // No other thread exists yet; mu_ is taken anyway so that slots_ is only
+  // ever touched under it (but never held across fork()).
   const size_t region_bytes = SlotLayout::TotalBytes(options_.ring_bytes);
-
-  int cmd[2], evt[2];
-  if (pipe2(cmd, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
-  ScopedFd cmd_read(cmd[0]);
-  command_fd_.reset(cmd[1]);
-  if (pipe2(evt, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
-  event_fd_.reset(evt[0]);
-  ScopedFd evt_write(evt[1]);
-
+  ScopedFd cmd_read;
+  ScopedFd evt_write;
   // Everything the supervisor needs is built before fork: after it, the
   // child must not allocate (the parent may have other threads).
   SupervisorConfig config;
-  config.forqd_pid = getpid();
-  config.command_fd = cmd_read.get();
-  config.event_fd = evt_write.get();
-  for (const auto& s : slots_) {
-    config.slots.push_back(
-        SupervisorSlot{s->region.fd(), s->submission_wake.get(),
-                       s->completion_wake.get(), s->worker_spill_sock.get()});
-    config.unmap.emplace_back(s->region.data(), s->region.size());
+  {
+    MutexLock l(&mu_);
+    for (int i = 0; i < options_.workers; ++i) {
+      FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Slot> slot, CreateSlot(i));
+      slots_.push_back(std::move(slot));
+    }
+
+    int cmd[2], evt[2];
+    if (pipe2(cmd, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
+    cmd_read.reset(cmd[0]);
+    command_fd_.reset(cmd[1]);
+    if (pipe2(evt, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
+    event_fd_.reset(evt[0]);
+    evt_write.reset(evt[1]);
+
+    config.forqd_pid = getpid();
+    config.command_fd = cmd_read.get();
+    config.event_fd = evt_write.get();
+    for (const auto& s : slots_) {
+      config.slots.push_back(
+          SupervisorSlot{s->region.fd(), s->submission_wake.get(),
+                         s->completion_wake.get(), s->worker_spill_sock.get()});
+      config.unmap.emplace_back(s->region.data(), s->region.size());
+    }
+    config.worker.shm_bytes = region_bytes;
+    config.worker.ring_bytes = options_.ring_bytes;
+    config.worker.max_spill_bytes = kMaxSpillBytes;
+    config.worker.registry = registry_.get();
   }
-  config.worker.shm_bytes = region_bytes;
-  config.worker.ring_bytes = options_.ring_bytes;
-  config.worker.max_spill_bytes = kMaxSpillBytes;
-  config.worker.registry = registry_.get();
 
   const pid_t pid = fork();
   if (pid < 0) return ErrnoToStatus(errno, "fork supervisor");
   if (pid == 0) RunSupervisor(config);
   supervisor_pid_ = pid;
 
-  // Close what only the supervisor and workers use.
-  for (auto& s : slots_) {
-    s->worker_spill_sock.reset();
-    s->region.CloseFd();
+  {
+    MutexLock l(&mu_);
+    // Close what only the supervisor and workers use.
+    for (auto& s : slots_) {
+      s->worker_spill_sock.reset();
+      s->region.CloseFd();
+    }
+    if (fcntl(event_fd_.get(), F_SETFL, O_NONBLOCK) != 0) {
+      return ErrnoToStatus(errno, "fcntl supervisor pipe");
+    }
+    FORQ_RETURN_IF_ERROR(SetUpEventLoopLocked());
   }
-  if (fcntl(event_fd_.get(), F_SETFL, O_NONBLOCK) != 0) {
-    return ErrnoToStatus(errno, "fcntl supervisor pipe");
-  }
-  FORQ_RETURN_IF_ERROR(SetUpEventLoop());
   {
     MutexLock g(&gate_->mu);
     gate_->pool = this;
@@ -645,7 +657,7 @@ void ForkPool::WakeEventThread() {
 
 void ForkPool::EventLoop() {
   epoll_event events[64];
-  std::vector<bool> signalled(slots_.size());
+  std::vector<bool> signalled(static_cast<size_t>(options_.workers));
   while (true) {
     int timeout_ms;
     {
