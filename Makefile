@@ -2,11 +2,16 @@
 BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 ASAN_BUILD ?= build-asan
+CHECK_BUILD ?= build-check
+TSAN_BUILD ?= build-tsan
+CLANG_CC ?= clang-14
+CLANG_CXX ?= clang++-14
+CLANG_TIDY ?= run-clang-tidy-14
 JOBS ?= $(shell nproc)
 CTEST_JOBS ?= 2
 FORQD_FLAGS ?=
 
-.PHONY: all deps configure build run test test-unit test-asan test-fault bench format check-format clean
+.PHONY: all deps configure build run test test-unit test-asan test-tsan test-fault bench format check-format check check-configure lint clean
 
 all: build
 
@@ -36,6 +41,39 @@ test-asan: deps
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
 
+# Unit and integration tests (forqd too) under ThreadSanitizer, built with
+# clang. tests/tsan.supp silences only Debian's uninstrumented libraries.
+test-tsan: deps
+	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=$(CLANG_CC) -DCMAKE_CXX_COMPILER=$(CLANG_CXX) \
+	  -DFORQ_SANITIZE=thread
+	cmake --build $(TSAN_BUILD) -j $(JOBS)
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+	  ctest --test-dir $(TSAN_BUILD) --output-on-failure -j $(CTEST_JOBS) \
+	  -L 'unit|integration' --timeout 900
+
+# A clang tree for check and lint: configured, proto headers generated.
+check-configure: deps
+	cmake -S . -B $(CHECK_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_C_COMPILER=$(CLANG_CC) -DCMAKE_CXX_COMPILER=$(CLANG_CXX) \
+	  -DFORQ_SYNTAX_ONLY=ON
+	ninja -C $(CHECK_BUILD) $$(ninja -C $(CHECK_BUILD) -t targets all \
+	  | sed -n 's/^\([^:]*\.pb\.h\): .*/\1/p')
+
+# clang thread-safety analysis (-Wthread-safety -Werror) over all of forq's
+# code: clang's front end (-fsyntax-only) on every forq source file; no code
+# generation, no links, no tests.
+check: check-configure
+	cmake -DSOURCE_DIR=$(CURDIR) -DBUILD_DIR=$(CURDIR)/$(CHECK_BUILD) \
+	  -P cmake/syntax_check.cmake
+	ninja -C $(CHECK_BUILD) -f syntax_check.ninja -j $(JOBS) -k 0
+
+# clang-tidy with .clang-tidy over every forq source file and header.
+lint: check-configure
+	$(CLANG_TIDY) -p $(CHECK_BUILD) -quiet -j $(JOBS) \
+	  -header-filter='^$(CURDIR)/(common|worker|server|client|tests|bench|examples)/' \
+	  '^$(CURDIR)/(common|worker|server|client|tests|bench|examples)/.*\.cc$$'
+
 # Long fault-injection loops (kill -9 of forqd and workers); not part of `make test`.
 test-fault: build
 	FORQ_FAULT_LOOPS=30 ctest --test-dir $(BUILD) --output-on-failure -L fault
@@ -62,4 +100,4 @@ check-format:
 	git ls-files '*.h' '*.cc' | xargs clang-format --dry-run --Werror
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CHECK_BUILD) $(TSAN_BUILD)

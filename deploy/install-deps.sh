@@ -7,6 +7,7 @@ PKGS=(build-essential cmake ninja-build pkg-config ccache
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
   libsqlite3-dev sqlite3 prometheus
   libspdlog-dev libcli11-dev libboost-dev libssl-dev clang-format curl
+  clang-14 libclang-rt-14-dev clang-tidy-14
   nlohmann-json3-dev python3-yaml)
 missing=()
 for p in "${PKGS[@]}"; do
