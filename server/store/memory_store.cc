@@ -246,6 +246,27 @@ void MemoryStore::DeleteObject(std::string name, WriteDone done) {
   }
 }
 
+void MemoryStore::WriteObjects(std::vector<ObjectWrite> writes,
+                               WriteDone done) {
+  auto done_ptr = std::make_shared<WriteDone>(std::move(done));
+  auto shared = std::make_shared<std::vector<ObjectWrite>>(std::move(writes));
+  if (!Enqueue([this, shared, done_ptr] {
+        {
+          MutexLock lock(&data_mu_);
+          for (ObjectWrite& w : *shared) {
+            if (w.blob) {
+              objects_[w.name] = std::move(*w.blob);
+            } else {
+              objects_.erase(w.name);
+            }
+          }
+        }
+        (*done_ptr)(absl::OkStatus());
+      })) {
+    (*done_ptr)(ClosedError());
+  }
+}
+
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
 MemoryStore::LoadObjects() {
   MutexLock lock(&data_mu_);

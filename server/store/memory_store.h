@@ -46,6 +46,7 @@ class MemoryStore final : public Store {
   absl::StatusOr<int64_t> PurgeExpired(absl::Time now) override;
   void PutObject(std::string name, std::string blob, WriteDone done) override;
   void DeleteObject(std::string name, WriteDone done) override;
+  void WriteObjects(std::vector<ObjectWrite> writes, WriteDone done) override;
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> LoadObjects()
       override;
   void Close() override;

@@ -225,11 +225,19 @@ CREATE TABLE IF NOT EXISTS objects(
 
 // One queued write call. Only the fields of its type are used.
 struct SqliteStore::PendingWrite {
-  enum class Type { kInsert, kUpdate, kPutObject, kDeleteObject, kPurge };
+  enum class Type {
+    kInsert,
+    kUpdate,
+    kPutObject,
+    kDeleteObject,
+    kWriteObjects,
+    kPurge
+  };
   Type type = Type::kInsert;
   std::vector<v1::Task> tasks;
   std::string name;
   std::string blob;
+  std::vector<ObjectWrite> object_writes;
   int64_t now_us = 0;
   InsertDone insert_done;
   WriteDone write_done;
@@ -722,6 +730,25 @@ absl::Status SqliteStore::Apply(PendingWrite& op) {
       return StepDone(path_, db, use.get(),
                       absl::StrCat("delete object ", op.name));
     }
+    case PendingWrite::Type::kWriteObjects: {
+      // One savepoint around the call (CommitGroup) makes these all or none.
+      for (const ObjectWrite& w : op.object_writes) {
+        if (w.blob) {
+          StmtUse use(writer_->put_object.get());
+          BindText(use.get(), 1, w.name);
+          sqlite3_bind_blob(use.get(), 2, w.blob->data(),
+                            static_cast<int>(w.blob->size()), SQLITE_STATIC);
+          FORQ_RETURN_IF_ERROR(StepDone(path_, db, use.get(),
+                                        absl::StrCat("put object ", w.name)));
+        } else {
+          StmtUse use(writer_->delete_object.get());
+          BindText(use.get(), 1, w.name);
+          FORQ_RETURN_IF_ERROR(StepDone(
+              path_, db, use.get(), absl::StrCat("delete object ", w.name)));
+        }
+      }
+      return absl::OkStatus();
+    }
     case PendingWrite::Type::kPurge: {
       StmtUse use(writer_->purge.get());
       sqlite3_bind_int64(use.get(), 1, op.now_us);
@@ -844,6 +871,18 @@ void SqliteStore::DeleteObject(std::string name, WriteDone done) {
   auto op = std::make_unique<PendingWrite>();
   op->type = PendingWrite::Type::kDeleteObject;
   op->name = std::move(name);
+  op->write_done = std::move(done);
+  if (auto rejected = Enqueue(std::move(op))) {
+    rejected->Finish(absl::UnavailableError(
+        absl::StrCat("sqlite store ", path_, ": closed")));
+  }
+}
+
+void SqliteStore::WriteObjects(std::vector<ObjectWrite> writes,
+                               WriteDone done) {
+  auto op = std::make_unique<PendingWrite>();
+  op->type = PendingWrite::Type::kWriteObjects;
+  op->object_writes = std::move(writes);
   op->write_done = std::move(done);
   if (auto rejected = Enqueue(std::move(op))) {
     rejected->Finish(absl::UnavailableError(

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -92,6 +93,16 @@ class Store {
   virtual void PutObject(std::string name, std::string blob,
                          WriteDone done) = 0;
   virtual void DeleteObject(std::string name, WriteDone done) = 0;
+  // One change of WriteObjects: store `blob` under `name`, or delete `name`
+  // when blob is nullopt.
+  struct ObjectWrite {
+    std::string name;
+    std::optional<std::string> blob;
+  };
+  // Applies every write as one unit: all of them become durable, or (on
+  // failure) none does. Lets the Manager persist one change as several rows.
+  virtual void WriteObjects(std::vector<ObjectWrite> writes,
+                            WriteDone done) = 0;
   virtual absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
   LoadObjects() = 0;
 

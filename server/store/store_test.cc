@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -443,6 +444,29 @@ TEST_P(StoreContractTest, ObjectsPutReplaceDeleteLoad) {
   using Obj = std::pair<std::string, std::string>;
   EXPECT_THAT(objects, ElementsAre(Obj("dict/a", "2"),
                                    Obj("dict/b", std::string("\0\1\2", 3))));
+}
+
+TEST_P(StoreContractTest, WriteObjectsAppliesPutsAndDeletesTogether) {
+  ASSERT_THAT(WriteSync([&](Store::WriteDone done) {
+                store_->WriteObjects({{"m/a", "1"}, {"m/b", "2"}, {"m/c", "3"}},
+                                     std::move(done));
+              }),
+              IsOk());
+  ASSERT_THAT(WriteSync([&](Store::WriteDone done) {
+                store_->WriteObjects(
+                    {{"m/a", std::nullopt}, {"m/b", "22"}, {"m/d", "4"}},
+                    std::move(done));
+              }),
+              IsOk());
+  FORQ_ASSERT_OK_AND_ASSIGN(auto objects, store_->LoadObjects());
+  using Obj = std::pair<std::string, std::string>;
+  EXPECT_THAT(objects,
+              ElementsAre(Obj("m/b", "22"), Obj("m/c", "3"), Obj("m/d", "4")));
+  store_->Close();
+  EXPECT_THAT(WriteSync([&](Store::WriteDone done) {
+                store_->WriteObjects({{"m/e", "5"}}, std::move(done));
+              }),
+              StatusIs(absl::StatusCode::kUnavailable));
 }
 
 // Only stores that persist: instantiated below for the SQLite modes.
