@@ -1,9 +1,5 @@
-// The Manager as tasks see it: a typed client over TaskContext::Call, plus
-// the request/reply types and their binary encoding shared with forqd's
-// server/manager (which decodes them and runs the same core as the gRPC
-// ManagerService). worker/ has no protobuf, so the encoding is our own: a
-// small versioned TLV format, length-checked on decode (see manager_client.cc
-// for the layout). forqd treats every decoded request as untrusted.
+// The Manager as tasks see it: a typed client over TaskContext::Call. The
+// request/reply types and their encoding are in worker/manager_protocol.h.
 #ifndef FORQ_WORKER_MANAGER_CLIENT_H_
 #define FORQ_WORKER_MANAGER_CLIENT_H_
 
@@ -18,140 +14,9 @@
 #include "absl/time/time.h"
 
 #include "worker/handler.h"
+#include "worker/manager_protocol.h"
 
 namespace forq::worker {
-
-// Object types; the numbers match forq.v1.ObjectType.
-enum class ManagerType : uint8_t {
-  kDict = 1,
-  kList = 2,
-  kValue = 3,
-  kArray = 4,
-  kNamespace = 5,
-  kQueue = 6,
-  kPipe = 7,
-  kLock = 8,
-  kRLock = 9,
-  kSemaphore = 10,
-  kBoundedSemaphore = 11,
-  kCondition = 12,
-  kEvent = 13,
-  // Not an object: session operations (kOpen, kKeepAlive, kClose).
-  kSession = 14,
-};
-inline constexpr uint8_t kMaxManagerType = 14;
-
-// Operations. Which ops a type accepts is checked by the server.
-enum class ManagerOp : uint8_t {
-  kGet = 1,
-  kSet = 2,
-  kDelete = 3,
-  kContains = 4,
-  kKeys = 5,
-  kItems = 6,
-  kLen = 7,
-  kUpdate = 8,
-  kClear = 9,
-  kCompareAndSet = 10,
-  kSetIfAbsent = 11,
-  kAppend = 12,
-  kExtend = 13,
-  kPop = 14,
-  kInsert = 15,
-  kRemove = 16,
-  kSlice = 17,
-  kAdd = 18,
-  kPut = 19,
-  kSize = 20,
-  kTaskDone = 21,
-  kJoin = 22,
-  kSend = 23,
-  kRecv = 24,
-  kPoll = 25,
-  kAcquire = 26,
-  kRelease = 27,
-  kValue = 28,
-  kWait = 29,
-  kNotify = 30,
-  kNotifyAll = 31,
-  kIsSet = 32,
-  kOpen = 33,
-  kKeepAlive = 34,
-  kClose = 35,
-};
-inline constexpr uint8_t kMaxManagerOp = 35;
-
-// Lower-case names for logs, metrics labels and the CLI ("dict", "get").
-absl::string_view ManagerTypeName(ManagerType type);
-absl::string_view ManagerOpName(ManagerOp op);
-
-// One Manager operation. Fields an op does not use are ignored.
-struct ManagerRequest {
-  ManagerType type = ManagerType::kDict;
-  ManagerOp op = ManagerOp::kGet;
-  std::string name;
-  // Owner of lock holds / permits; renewed by every request naming it.
-  std::string session;
-  // Distinguishes threads sharing one session (RLock re-entrancy).
-  std::string owner;
-  // Dict key / namespace attribute.
-  std::string key;
-  std::string value;
-  // Compare-and-set: required current value.
-  std::string expected;
-  bool expect_absent = false;
-  std::vector<std::string> values;
-  std::vector<std::pair<std::string, std::string>> items;
-  bool has_index = false;
-  int64_t index = 0;
-  bool has_start = false;
-  int64_t start = 0;
-  bool has_stop = false;
-  int64_t stop = 0;
-  // Decimal number for add ops.
-  std::string delta;
-  // Blocking ops: -1 = no limit of its own, 0 = do not block, > 0 = ms.
-  int64_t timeout_ms = -1;
-  // Creation parameters.
-  int64_t maxsize = 0;   // queue
-  int64_t length = 0;    // array
-  std::string typecode;  // array: "i" or "d"
-  bool has_initial = false;
-  int64_t initial = 1;   // semaphore permits
-  bool one_way = false;  // pipe
-  int64_t end = 0;       // pipe endpoint, 0 or 1
-  int64_t n = 1;         // condition notify count
-  int64_t ttl_ms = 0;    // session open
-};
-
-// The outcome of a successful operation; errors travel as absl::Status.
-struct ManagerReply {
-  std::string value;
-  bool found = false;
-  // acquired / notified / is_set / readable, by op.
-  bool flag = false;
-  // len / size / permits / woken / released, by op.
-  int64_t length = 0;
-  int64_t maxsize = 0;
-  int64_t unfinished = 0;
-  int64_t count = 0;
-  uint64_t token = 0;
-  std::string typecode;
-  std::vector<std::string> values;
-  std::vector<std::pair<std::string, std::string>> items;
-};
-
-// Wire format limits: a message above kMaxManagerMessage bytes or with more
-// than kMaxManagerEntries values/items is refused.
-inline constexpr size_t kMaxManagerMessage = 64u << 20;
-inline constexpr size_t kMaxManagerEntries = 1u << 20;
-
-std::string EncodeManagerRequest(const ManagerRequest& request);
-// InvalidArgument for anything malformed: wrong magic or version, truncated
-// or oversized fields, unknown tags, duplicated scalars, out-of-range enums.
-absl::StatusOr<ManagerRequest> DecodeManagerRequest(absl::string_view data);
-std::string EncodeManagerReply(const ManagerReply& reply);
-absl::StatusOr<ManagerReply> DecodeManagerReply(absl::string_view data);
 
 struct ManagerClientOptions {
   // Lease of the session this client opens for locks and permits.

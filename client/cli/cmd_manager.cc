@@ -1,5 +1,6 @@
 // `forq manager TYPE NAME OP [ARGS...]`: one Manager operation per process.
-// See docs/manager.md for every type and op.
+// The types, ops, their positional ARGS and what is printed come from the
+// operation table (api/forq/v1/manager_ops.h); see docs/manager.md.
 //
 // A CLI process is short-lived, so locks and permits taken here are held by
 // a session that outlives it: `acquire` without --session opens one with
@@ -13,14 +14,19 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/time_util.h"
 #include <grpcpp/grpcpp.h>
 
+#include "api/forq/v1/manager_ops.h"
 #include "client/cli/cli.h"
+#include "common/status_macros.h"
+#include "forq/manager.h"
 #include "forq/v1/manager.grpc.pb.h"
 
 namespace forq::cli {
@@ -42,6 +48,7 @@ struct ManagerArgs {
   int64_t value = -1;
   int end = 0;
   bool one_way = false;
+  bool reverse = false;
   std::string owner = "cli";
 };
 
@@ -146,506 +153,227 @@ void PrintLines(const std::vector<std::string>& lines) {
   for (const auto& l : lines) std::cout << l << "\n";
 }
 
-template <typename Map>
-void PrintItems(const Map& items) {
-  std::map<std::string, std::string> sorted(items.begin(), items.end());
-  for (const auto& [k, v] : sorted) std::cout << k << "=" << v << "\n";
-}
-
 #define FORQ_TRY(lhs, expr)                           \
   auto lhs##_or = (expr);                             \
   if (!lhs##_or.ok()) return Fail(lhs##_or.status()); \
   auto lhs = *lhs##_or
 
-int DictCmd(Env& e) {
-  const std::string& op = e.a.op;
-  v1::DictRequest req;
-  req.set_name(e.a.name);
-  auto print_value = [](const v1::DictResponse& r) {
-    std::cout << r.value() << "\n";
-  };
-  auto print_found = [](const v1::DictResponse& r) {
-    std::cout << (r.found() ? "true" : "false") << "\n";
-  };
-  auto print_len = [](const v1::DictResponse& r) {
-    std::cout << r.length() << "\n";
-  };
-  if (op == "get") {
-    FORQ_TRY(k, e.Arg(0, "KEY"));
-    req.set_key(k);
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictGet, req), print_value);
+// Op names the CLI accepts besides the table's own ("" type = any type).
+struct Alias {
+  const char* type;
+  const char* alias;
+  const char* op;
+};
+constexpr Alias kAliases[] = {
+    {"", "del", "delete"},      {"", "cas", "compare_and_set"},
+    {"", "all", "slice"},       {"dict", "setdefault", "set_if_absent"},
+    {"queue", "qsize", "size"}, {"queue", "empty", "size"},
+    {"queue", "full", "size"},  {"namespace", "list", "items"},
+};
+
+std::string CanonicalType(const std::string& t) {
+  if (t == "ns") return "namespace";
+  if (t == "bsemaphore") return "bounded_semaphore";
+  return t;
+}
+
+std::string OpsOf(v1::ManagerType type) {
+  std::vector<std::string> ops;
+  for (const v1::ManagerOpSpec& s : v1::kManagerOps) {
+    if (s.type == type) ops.emplace_back(v1::ManagerOpName(s.op));
   }
-  if (op == "set") {
-    FORQ_TRY(k, e.Arg(0, "KEY"));
-    FORQ_TRY(v, e.Arg(1, "VALUE"));
-    req.set_key(k);
-    req.set_value(ReadPayload(v));
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictSet, req), nullptr);
-  }
-  if (op == "delete" || op == "del") {
-    FORQ_TRY(k, e.Arg(0, "KEY"));
-    req.set_key(k);
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictDelete, req), print_found);
-  }
-  if (op == "contains") {
-    FORQ_TRY(k, e.Arg(0, "KEY"));
-    req.set_key(k);
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictContains, req),
-                                   print_found);
-  }
-  if (op == "keys") {
-    return e.Out<v1::DictResponse>(
-        e.Call(&Stub::DictKeys, req), [](const auto& r) {
-          PrintLines({r.keys().begin(), r.keys().end()});
-        });
-  }
-  if (op == "items") {
-    return e.Out<v1::DictResponse>(
-        e.Call(&Stub::DictItems, req),
-        [](const auto& r) { PrintItems(r.items()); });
-  }
-  if (op == "len")
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictLen, req), print_len);
-  if (op == "clear")
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictClear, req), nullptr);
-  if (op == "update") {
-    for (const std::string& kv : e.a.args) {
-      size_t eq = kv.find('=');
-      if (eq == std::string::npos)
-        return Fail("update takes KEY=VALUE arguments");
-      (*req.mutable_items())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  return absl::StrJoin(ops, " ");
+}
+
+// Fills `c` from the positional arguments as the row's CLI ARGS say.
+absl::Status ParseArgs(const v1::ManagerOpSpec& spec, const ManagerArgs& a,
+                       v1::ManagerCall& c) {
+  size_t i = 0;
+  auto int_arg = [&](absl::string_view what, int64_t* v) -> absl::Status {
+    if (!absl::SimpleAtoi(a.args[i], v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " must be an integer, got '", a.args[i], "'"));
     }
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictUpdate, req), print_len);
-  }
-  if (op == "cas") {
-    // cas KEY EXPECTED NEW; EXPECTED "-" means "must be absent".
-    FORQ_TRY(k, e.Arg(0, "KEY"));
-    FORQ_TRY(expected, e.Arg(1, "EXPECTED (- = absent)"));
-    FORQ_TRY(v, e.Arg(2, "NEW"));
-    req.set_key(k);
-    if (expected == "-") {
-      req.set_expect_absent(true);
-    } else {
-      req.set_expected(expected);
-    }
-    req.set_value(v);
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictCompareAndSet, req),
-                                   nullptr);
-  }
-  if (op == "setdefault") {
-    FORQ_TRY(k, e.Arg(0, "KEY"));
-    FORQ_TRY(v, e.Arg(1, "VALUE"));
-    req.set_key(k);
-    req.set_value(v);
-    return e.Out<v1::DictResponse>(e.Call(&Stub::DictSetIfAbsent, req),
-                                   print_value);
-  }
-  return Fail(
-      "dict ops: get set delete contains keys items len clear update cas "
-      "setdefault");
-}
-
-int ListCmd(Env& e) {
-  const std::string& op = e.a.op;
-  v1::ListRequest req;
-  req.set_name(e.a.name);
-  auto print_value = [](const v1::ListResponse& r) {
-    std::cout << r.value() << "\n";
+    return absl::OkStatus();
   };
-  auto print_len = [](const v1::ListResponse& r) {
-    std::cout << r.length() << "\n";
-  };
-  if (op == "append") {
-    FORQ_TRY(v, e.Arg(0, "VALUE"));
-    req.set_value(ReadPayload(v));
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListAppend, req), print_len);
-  }
-  if (op == "extend") {
-    for (const auto& v : e.a.args) req.add_values(v);
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListExtend, req), print_len);
-  }
-  if (op == "get") {
-    FORQ_TRY(i, e.IntArg(0, "INDEX"));
-    req.set_index(i);
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListGet, req), print_value);
-  }
-  if (op == "set" || op == "insert") {
-    FORQ_TRY(i, e.IntArg(0, "INDEX"));
-    FORQ_TRY(v, e.Arg(1, "VALUE"));
-    req.set_index(i);
-    req.set_value(v);
-    return e.Out<v1::ListResponse>(
-        e.Call(op == "set" ? &Stub::ListSet : &Stub::ListInsert, req), nullptr);
-  }
-  if (op == "pop") {
-    if (!e.a.args.empty()) {
-      FORQ_TRY(i, e.IntArg(0, "INDEX"));
-      req.set_index(i);
+  for (absl::string_view tok :
+       absl::StrSplit(spec.cli_args, ' ', absl::SkipEmpty())) {
+    const bool optional = absl::ConsumePrefix(&tok, "[");
+    if (optional) absl::ConsumeSuffix(&tok, "]");
+    if (tok == "VALUES...") {
+      for (; i < a.args.size(); ++i) c.add_values(a.args[i]);
+      continue;
     }
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListPop, req), print_value);
-  }
-  if (op == "remove") {
-    FORQ_TRY(v, e.Arg(0, "VALUE"));
-    req.set_value(v);
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListRemove, req), nullptr);
-  }
-  if (op == "len")
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListLen, req), print_len);
-  if (op == "clear")
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListClear, req), nullptr);
-  if (op == "slice" || op == "all") {
-    if (e.a.args.size() > 0) {
-      FORQ_TRY(s, e.IntArg(0, "START"));
-      req.set_start(s);
-    }
-    if (e.a.args.size() > 1) {
-      FORQ_TRY(s, e.IntArg(1, "STOP"));
-      req.set_stop(s);
-    }
-    return e.Out<v1::ListResponse>(
-        e.Call(&Stub::ListSlice, req), [](const auto& r) {
-          PrintLines({r.values().begin(), r.values().end()});
-        });
-  }
-  if (op == "add") {
-    FORQ_TRY(i, e.IntArg(0, "INDEX"));
-    FORQ_TRY(d, e.Arg(1, "DELTA"));
-    req.set_index(i);
-    req.set_delta(d);
-    return e.Out<v1::ListResponse>(e.Call(&Stub::ListAdd, req), print_value);
-  }
-  return Fail(
-      "list ops: append extend get set insert pop remove len slice clear add");
-}
-
-int ValueCmd(Env& e) {
-  v1::ValueRequest req;
-  req.set_name(e.a.name);
-  auto print = [](const v1::ValueResponse& r) {
-    std::cout << r.value() << "\n";
-  };
-  const std::string& op = e.a.op;
-  if (op == "get")
-    return e.Out<v1::ValueResponse>(e.Call(&Stub::ValueGet, req), print);
-  if (op == "set") {
-    FORQ_TRY(v, e.Arg(0, "VALUE"));
-    req.set_value(ReadPayload(v));
-    return e.Out<v1::ValueResponse>(e.Call(&Stub::ValueSet, req), nullptr);
-  }
-  if (op == "add") {
-    FORQ_TRY(d, e.Arg(0, "DELTA"));
-    req.set_delta(d);
-    return e.Out<v1::ValueResponse>(e.Call(&Stub::ValueAdd, req), print);
-  }
-  if (op == "cas") {
-    FORQ_TRY(x, e.Arg(0, "EXPECTED"));
-    FORQ_TRY(v, e.Arg(1, "NEW"));
-    req.set_expected(x);
-    req.set_value(v);
-    return e.Out<v1::ValueResponse>(e.Call(&Stub::ValueCompareAndSet, req),
-                                    print);
-  }
-  return Fail("value ops: get set add cas");
-}
-
-int ArrayCmd(Env& e) {
-  v1::ArrayRequest req;
-  req.set_name(e.a.name);
-  req.set_length(e.a.length);
-  req.set_typecode(e.a.typecode);
-  auto print = [](const v1::ArrayResponse& r) {
-    std::cout << r.value() << "\n";
-  };
-  const std::string& op = e.a.op;
-  if (op == "get" || op == "set" || op == "add") {
-    FORQ_TRY(i, e.IntArg(0, "INDEX"));
-    req.set_index(i);
-    if (op == "get")
-      return e.Out<v1::ArrayResponse>(e.Call(&Stub::ArrayGet, req), print);
-    FORQ_TRY(v, e.Arg(1, op == "set" ? "VALUE" : "DELTA"));
-    if (op == "set") {
-      req.set_value(v);
-      return e.Out<v1::ArrayResponse>(e.Call(&Stub::ArraySet, req), print);
-    }
-    req.set_delta(v);
-    return e.Out<v1::ArrayResponse>(e.Call(&Stub::ArrayAdd, req), print);
-  }
-  if (op == "len") {
-    return e.Out<v1::ArrayResponse>(
-        e.Call(&Stub::ArrayLen, req),
-        [](const auto& r) { std::cout << r.length() << "\n"; });
-  }
-  if (op == "slice" || op == "all") {
-    return e.Out<v1::ArrayResponse>(
-        e.Call(&Stub::ArraySlice, req), [](const auto& r) {
-          std::cout << absl::StrJoin(r.values(), " ") << "\n";
-        });
-  }
-  return Fail(
-      "array ops (create with --length N [--typecode i|d]): get set add len "
-      "slice");
-}
-
-int NamespaceCmd(Env& e) {
-  v1::NamespaceRequest req;
-  req.set_name(e.a.name);
-  const std::string& op = e.a.op;
-  if (op == "list") {
-    return e.Out<v1::NamespaceResponse>(
-        e.Call(&Stub::NamespaceList, req),
-        [](const auto& r) { PrintItems(r.attrs()); });
-  }
-  FORQ_TRY(attr, e.Arg(0, "ATTR"));
-  req.set_attr(attr);
-  if (op == "get") {
-    return e.Out<v1::NamespaceResponse>(
-        e.Call(&Stub::NamespaceGet, req),
-        [](const auto& r) { std::cout << r.value() << "\n"; });
-  }
-  if (op == "set") {
-    FORQ_TRY(v, e.Arg(1, "VALUE"));
-    req.set_value(v);
-    return e.Out<v1::NamespaceResponse>(e.Call(&Stub::NamespaceSet, req),
-                                        nullptr);
-  }
-  if (op == "delete" || op == "del") {
-    return e.Out<v1::NamespaceResponse>(e.Call(&Stub::NamespaceDelete, req),
-                                        nullptr);
-  }
-  return Fail("namespace ops: get set delete list");
-}
-
-int QueueCmd(Env& e) {
-  v1::QueueRequest req;
-  req.set_name(e.a.name);
-  req.set_maxsize(e.a.maxsize);
-  e.SetTimeout(req);
-  const std::string& op = e.a.op;
-  if (op == "put") {
-    FORQ_TRY(v, e.Arg(0, "ITEM"));
-    req.set_value(ReadPayload(v));
-    return e.Out<v1::QueueResponse>(e.Call(&Stub::QueuePut, req, true),
-                                    nullptr);
-  }
-  if (op == "get") {
-    return e.Out<v1::QueueResponse>(
-        e.Call(&Stub::QueueGet, req, true),
-        [](const auto& r) { std::cout << r.value() << "\n"; });
-  }
-  if (op == "qsize" || op == "size" || op == "empty" || op == "full") {
-    return e.Out<v1::QueueResponse>(
-        e.Call(&Stub::QueueSize, req), [op](const auto& r) {
-          if (op == "empty") {
-            std::cout << (r.empty() ? "true" : "false") << "\n";
-          } else if (op == "full") {
-            std::cout << (r.full() ? "true" : "false") << "\n";
-          } else {
-            std::cout << r.size() << "\n";
-          }
-        });
-  }
-  if (op == "task_done") {
-    return e.Out<v1::QueueResponse>(e.Call(&Stub::QueueTaskDone, req), nullptr);
-  }
-  if (op == "join")
-    return e.Out<v1::QueueResponse>(e.Call(&Stub::QueueJoin, req, true),
-                                    nullptr);
-  return Fail("queue ops: put get qsize empty full task_done join");
-}
-
-int PipeCmd(Env& e) {
-  v1::PipeRequest req;
-  req.set_name(e.a.name);
-  req.set_end(e.a.end);
-  req.set_one_way(e.a.one_way);
-  e.SetTimeout(req);
-  const std::string& op = e.a.op;
-  if (op == "send") {
-    FORQ_TRY(v, e.Arg(0, "MESSAGE"));
-    req.set_value(ReadPayload(v));
-    return e.Out<v1::PipeResponse>(e.Call(&Stub::PipeSend, req), nullptr);
-  }
-  if (op == "recv") {
-    return e.Out<v1::PipeResponse>(
-        e.Call(&Stub::PipeRecv, req, true),
-        [](const auto& r) { std::cout << r.value() << "\n"; });
-  }
-  if (op == "poll") {
-    return e.Out<v1::PipeResponse>(
-        e.Call(&Stub::PipePoll, req), [](const auto& r) {
-          std::cout << (r.readable() ? "true" : "false") << "\n";
-        });
-  }
-  return Fail("pipe ops (--end 0|1): send recv poll");
-}
-
-int LockCmd(Env& e, bool reentrant) {
-  v1::LockRequest req;
-  req.set_name(e.a.name);
-  req.set_owner(e.a.owner);
-  e.SetTimeout(req);
-  const std::string& op = e.a.op;
-  if (op == "acquire") {
-    FORQ_TRY(session, e.SessionForAcquire());
-    req.set_session(session);
-    auto r =
-        e.Call(reentrant ? &Stub::RLockAcquire : &Stub::LockAcquire, req, true);
-    if (r.ok() && !r->acquired()) {
-      std::cerr << "forq: lock '" << e.a.name << "' not acquired in time\n";
-      if (e.a.session.empty()) {
-        // Do not leave an empty session behind until its TTL.
-        v1::CloseSessionRequest close;
-        close.set_session(session);
-        (void)e.Call(&Stub::CloseSession, close);
+    if (tok == "KEY=VALUE...") {
+      for (; i < a.args.size(); ++i) {
+        const size_t eq = a.args[i].find('=');
+        if (eq == std::string::npos) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(a.op, " takes KEY=VALUE arguments"));
+        }
+        v1::KeyValue* kv = c.add_items();
+        kv->set_key(a.args[i].substr(0, eq));
+        kv->set_value(a.args[i].substr(eq + 1));
       }
-      if (e.ctx.json) PrintJson(*r);
-      return kExitTaskFailed;
+      continue;
     }
-    return e.Out<v1::LockResponse>(r, [&session](const auto& resp) {
-      std::cout << "session=" << session << " token=" << resp.fencing_token()
-                << "\n";
-    });
+    if (i >= a.args.size()) {
+      if (optional) break;
+      return absl::InvalidArgumentError(absl::StrCat(
+          a.type, " ", a.op, " needs ", spec.cli_args, " (missing ", tok, ")"));
+    }
+    int64_t n = 0;
+    if (tok == "KEY" || tok == "ATTR") {
+      c.set_key(a.args[i]);
+    } else if (tok == "VALUE" || tok == "ITEM" || tok == "MESSAGE") {
+      c.set_value(ReadPayload(a.args[i]));
+    } else if (tok == "EXPECTED") {
+      if (a.args[i] == "-" && spec.type == v1::ManagerType::kDict) {
+        c.set_expect_absent(true);
+      } else {
+        c.set_expected(a.args[i]);
+      }
+    } else if (tok == "DELTA") {
+      c.set_delta(a.args[i]);
+    } else {
+      FORQ_RETURN_IF_ERROR(int_arg(tok, &n));
+      if (tok == "INDEX") {
+        c.set_index(n);
+      } else if (tok == "START") {
+        c.set_start(n);
+      } else if (tok == "STOP") {
+        c.set_stop(n);
+      } else if (tok == "N") {
+        c.set_n(static_cast<int32_t>(n));
+      }
+    }
+    ++i;
   }
-  if (op == "release") {
+  if (i < a.args.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(a.type, " ", a.op, " takes ", spec.cli_args,
+                     "; extra argument '", a.args[i], "'"));
+  }
+  return absl::OkStatus();
+}
+
+// Runs one row of the operation table through ManagerService.Call.
+int TableCmd(Env& e, v1::ManagerType type) {
+  const ManagerArgs& a = e.a;
+  std::string op_name = a.op;
+  for (const Alias& al : kAliases) {
+    if ((al.type[0] == '\0' || a.type == al.type) && a.op == al.alias) {
+      op_name = al.op;
+    }
+  }
+  v1::ManagerOp op{};
+  const v1::ManagerOpSpec* spec =
+      v1::ParseManagerOp(op_name, &op) ? v1::FindManagerOp(type, op) : nullptr;
+  if (spec == nullptr) {
+    return Fail(absl::StrCat(a.type, " ops: ", OpsOf(type)));
+  }
+  v1::ManagerCall c =
+      Manager::MakeCall(static_cast<v1::ObjectType>(type), op_name, a.name);
+  if (absl::Status s = ParseArgs(*spec, a, c); !s.ok()) return Fail(s);
+  c.set_maxsize(a.maxsize);
+  c.set_length(a.length);
+  c.set_typecode(a.typecode);
+  if (a.value >= 0) c.set_initial(a.value);
+  c.set_end(a.end);
+  c.set_one_way(a.one_way);
+  c.set_reverse(a.reverse);
+  if (type == v1::ManagerType::kRLock || type == v1::ManagerType::kLock ||
+      type == v1::ManagerType::kCondition) {
+    c.set_owner(a.owner);
+  }
+  if (spec->blocks()) e.SetTimeout(c);
+  // Session-owned ops: acquire opens a session that outlives this process
+  // unless --session names one; the others need --session.
+  bool opened = false;
+  if (type == v1::ManagerType::kSession) {
+    if (op == v1::ManagerOp::kOpen) {
+      *c.mutable_ttl() =
+          google::protobuf::util::TimeUtil::MillisecondsToDuration(
+              static_cast<int64_t>(a.session_ttl * 1000));
+      c.set_key("forq cli");
+    } else {
+      c.set_session(a.name);
+    }
+  } else if (spec->needs_session() && op == v1::ManagerOp::kAcquire) {
+    opened = a.session.empty();
+    FORQ_TRY(session, e.SessionForAcquire());
+    c.set_session(session);
+  } else if (spec->needs_session()) {
     FORQ_TRY(session, e.NeedSession());
-    req.set_session(session);
-    return e.Out<v1::LockResponse>(
-        e.Call(reentrant ? &Stub::RLockRelease : &Stub::LockRelease, req),
-        nullptr);
+    c.set_session(session);
+  } else {
+    c.set_session(a.session);
   }
-  return Fail(
-      "lock ops: acquire [--timeout S] [--session ID] [--session-ttl S], "
-      "release --session ID");
-}
-
-int SemaphoreCmd(Env& e, bool bounded) {
-  v1::SemaphoreRequest req;
-  req.set_name(e.a.name);
-  if (e.a.value >= 0) req.set_value(e.a.value);
-  e.SetTimeout(req);
-  const std::string& op = e.a.op;
-  auto print_value = [](const v1::SemaphoreResponse& r) {
-    std::cout << r.value() << "\n";
-  };
-  if (op == "acquire") {
-    FORQ_TRY(session, e.SessionForAcquire());
-    req.set_session(session);
-    auto r = e.Call(
-        bounded ? &Stub::BoundedSemaphoreAcquire : &Stub::SemaphoreAcquire, req,
-        true);
-    if (r.ok() && !r->acquired()) {
-      std::cerr << "forq: no permit of '" << e.a.name << "' in time\n";
-      return kExitTaskFailed;
+  absl::StatusOr<v1::ManagerResult> r = e.Call(&Stub::Call, c, spec->blocks());
+  const bool said_no = r.ok() && !r->flag() &&
+                       (spec->out == v1::ManagerOut::kGrant ||
+                        spec->out == v1::ManagerOut::kPermit ||
+                        spec->out == v1::ManagerOut::kFlagOrFail);
+  if (said_no) {
+    std::cerr << "forq: " << a.type << " '" << a.name << "' " << op_name
+              << " timed out\n";
+    if (opened) {
+      // Do not leave an empty session behind until its TTL.
+      v1::CloseSessionRequest close;
+      close.set_session(c.session());
+      (void)e.Call(&Stub::CloseSession, close);
     }
-    return e.Out<v1::SemaphoreResponse>(r, [&session](const auto& resp) {
-      std::cout << "session=" << session << " value=" << resp.value() << "\n";
-    });
+    if (e.ctx.json) PrintJson(*r);
+    return kExitTaskFailed;
   }
-  if (op == "release") {
-    req.set_session(e.a.session);
-    return e.Out<v1::SemaphoreResponse>(
-        e.Call(
-            bounded ? &Stub::BoundedSemaphoreRelease : &Stub::SemaphoreRelease,
-            req),
-        print_value);
-  }
-  if (op == "value") {
-    return e.Out<v1::SemaphoreResponse>(
-        e.Call(bounded ? &Stub::BoundedSemaphoreValue : &Stub::SemaphoreValue,
-               req),
-        print_value);
-  }
-  return Fail("semaphore ops: acquire release value (--value N creates)");
-}
-
-int ConditionCmd(Env& e) {
-  v1::ConditionRequest req;
-  req.set_name(e.a.name);
-  req.set_owner(e.a.owner);
-  e.SetTimeout(req);
-  const std::string& op = e.a.op;
-  if (op == "acquire") {
-    FORQ_TRY(session, e.SessionForAcquire());
-    req.set_session(session);
-    auto r = e.Call(&Stub::ConditionAcquire, req, true);
-    if (r.ok() && !r->acquired()) return kExitTaskFailed;
-    return e.Out<v1::ConditionResponse>(r, [&session](const auto& resp) {
-      std::cout << "session=" << session << " token=" << resp.fencing_token()
-                << "\n";
-    });
-  }
-  FORQ_TRY(session, e.NeedSession());
-  req.set_session(session);
-  if (op == "release") {
-    return e.Out<v1::ConditionResponse>(e.Call(&Stub::ConditionRelease, req),
-                                        nullptr);
-  }
-  if (op == "wait") {
-    auto r = e.Call(&Stub::ConditionWait, req, true);
-    if (r.ok() && !r->notified()) return kExitTaskFailed;
-    return e.Out<v1::ConditionResponse>(r, nullptr);
-  }
-  if (op == "notify" || op == "notify_all") {
-    if (!e.a.args.empty()) {
-      FORQ_TRY(n, e.IntArg(0, "N"));
-      req.set_n(static_cast<int32_t>(n));
+  return e.Out<v1::ManagerResult>(r, [&](const v1::ManagerResult& res) {
+    switch (spec->out) {
+      case v1::ManagerOut::kNone:
+        break;
+      case v1::ManagerOut::kValue:
+      case v1::ManagerOut::kSession:
+        std::cout << res.value() << "\n";
+        break;
+      case v1::ManagerOut::kFound:
+        std::cout << (res.found() ? "true" : "false") << "\n";
+        break;
+      case v1::ManagerOut::kLength:
+        if (a.op == "empty" || a.op == "full") {
+          const bool b = a.op == "empty" ? res.found() : res.flag();
+          std::cout << (b ? "true" : "false") << "\n";
+        } else {
+          std::cout << res.length() << "\n";
+        }
+        break;
+      case v1::ManagerOut::kLines:
+        PrintLines({res.values().begin(), res.values().end()});
+        break;
+      case v1::ManagerOut::kWords:
+        std::cout << absl::StrJoin(res.values(), " ") << "\n";
+        break;
+      case v1::ManagerOut::kItems:
+        for (const auto& kv : res.items()) {
+          std::cout << kv.key() << "=" << kv.value() << "\n";
+        }
+        break;
+      case v1::ManagerOut::kFlag:
+      case v1::ManagerOut::kFlagOrFail:
+        std::cout << (res.flag() ? "true" : "false") << "\n";
+        break;
+      case v1::ManagerOut::kCount:
+        if (type == v1::ManagerType::kSession) std::cout << "released=";
+        std::cout << res.count() << "\n";
+        break;
+      case v1::ManagerOut::kGrant:
+        std::cout << "session=" << c.session() << " token=" << res.token()
+                  << "\n";
+        break;
+      case v1::ManagerOut::kPermit:
+        std::cout << "session=" << c.session() << " value=" << res.length()
+                  << "\n";
+        break;
     }
-    return e.Out<v1::ConditionResponse>(
-        e.Call(
-            op == "notify" ? &Stub::ConditionNotify : &Stub::ConditionNotifyAll,
-            req),
-        [](const auto& r) { std::cout << r.woken() << "\n"; });
-  }
-  return Fail("condition ops: acquire release wait notify notify_all");
-}
-
-int EventCmd(Env& e) {
-  v1::EventRequest req;
-  req.set_name(e.a.name);
-  e.SetTimeout(req);
-  auto print = [](const v1::EventResponse& r) {
-    std::cout << (r.is_set() ? "true" : "false") << "\n";
-  };
-  const std::string& op = e.a.op;
-  if (op == "set")
-    return e.Out<v1::EventResponse>(e.Call(&Stub::EventSet, req), nullptr);
-  if (op == "clear")
-    return e.Out<v1::EventResponse>(e.Call(&Stub::EventClear, req), nullptr);
-  if (op == "is_set")
-    return e.Out<v1::EventResponse>(e.Call(&Stub::EventIsSet, req), print);
-  if (op == "wait") {
-    auto r = e.Call(&Stub::EventWait, req, true);
-    if (r.ok() && !r->is_set()) {
-      std::cerr << "forq: event '" << e.a.name << "' not set in time\n";
-      return kExitTaskFailed;
-    }
-    return e.Out<v1::EventResponse>(r, print);
-  }
-  return Fail("event ops: set clear is_set wait");
-}
-
-int SessionCmd(Env& e) {
-  const std::string& op = e.a.op;
-  if (op == "open") {
-    e.a.session.clear();
-    FORQ_TRY(session, e.SessionForAcquire());
-    std::cout << session << "\n";
-    return kExitOk;
-  }
-  if (op == "keepalive") {
-    v1::KeepAliveRequest req;
-    req.set_session(e.a.name);
-    return e.Out<v1::KeepAliveResponse>(e.Call(&Stub::KeepAlive, req), nullptr);
-  }
-  if (op == "close") {
-    v1::CloseSessionRequest req;
-    req.set_session(e.a.name);
-    return e.Out<v1::CloseSessionResponse>(
-        e.Call(&Stub::CloseSession, req), [](const auto& r) {
-          std::cout << "released=" << r.released() << "\n";
-        });
-  }
-  return Fail("session ops: open (NAME ignored), keepalive, close");
+  });
 }
 
 int ObjectsCmd(Env& e) {
@@ -682,27 +410,14 @@ int RunManager(CliContext& ctx, ManagerArgs& a) {
   std::unique_ptr<Stub> stub =
       v1::ManagerService::NewStub((*client)->channel());
   Env e{ctx, a, *stub, (*client)->options().rpc_timeout};
-  const std::string& t = a.type;
-  if (t == "dict") return DictCmd(e);
-  if (t == "list") return ListCmd(e);
-  if (t == "value") return ValueCmd(e);
-  if (t == "array") return ArrayCmd(e);
-  if (t == "namespace" || t == "ns") return NamespaceCmd(e);
-  if (t == "queue") return QueueCmd(e);
-  if (t == "pipe") return PipeCmd(e);
-  if (t == "lock") return LockCmd(e, false);
-  if (t == "rlock") return LockCmd(e, true);
-  if (t == "semaphore") return SemaphoreCmd(e, false);
-  if (t == "bounded_semaphore" || t == "bsemaphore")
-    return SemaphoreCmd(e, true);
-  if (t == "condition") return ConditionCmd(e);
-  if (t == "event") return EventCmd(e);
-  if (t == "session") return SessionCmd(e);
-  if (t == "objects") return ObjectsCmd(e);
+  a.type = CanonicalType(a.type);
+  if (a.type == "objects") return ObjectsCmd(e);
+  v1::ManagerType type{};
+  if (v1::ParseManagerType(a.type, &type)) return TableCmd(e, type);
   return Fail(absl::StrCat(
-      "unknown manager type '", t,
+      "unknown manager type '", a.type,
       "' (dict list value array namespace queue pipe lock rlock semaphore "
-      "bounded_semaphore condition event session objects)"));
+      "bounded_semaphore condition event barrier session objects)"));
 }
 
 }  // namespace
@@ -720,7 +435,7 @@ void AddManagerCommands(CLI::App& app, CliContext& ctx) {
   cmd->add_option("type", args->type,
                   "dict list value array namespace queue pipe "
                   "lock rlock semaphore bounded_semaphore "
-                  "condition event session objects")
+                  "condition event barrier session objects")
       ->required();
   cmd->add_option("name", args->name, "Object name (session id for `session`)")
       ->required();
@@ -736,11 +451,13 @@ void AddManagerCommands(CLI::App& app, CliContext& ctx) {
                   "Lease of the session acquire opens (seconds)")
       ->capture_default_str();
   cmd->add_option("--maxsize", args->maxsize, "Queue bound when it is created");
-  cmd->add_option("--length", args->length, "Array length when it is created");
+  cmd->add_option("--length", args->length,
+                  "Array length / barrier parties when it is created");
   cmd->add_option("--typecode", args->typecode, "Array element type: i or d");
   cmd->add_option("--value", args->value, "Semaphore start value when created");
   cmd->add_option("--end", args->end, "Pipe end: 0 or 1");
   cmd->add_flag("--one-way", args->one_way, "Create the pipe one-way");
+  cmd->add_flag("--reverse", args->reverse, "List sort: descending");
   cmd->add_option("--owner", args->owner,
                   "RLock/Condition owner within the session")
       ->capture_default_str();

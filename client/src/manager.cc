@@ -1,32 +1,217 @@
 #include "forq/manager.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <sstream>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
 #include <grpcpp/grpcpp.h>
 
+#include "api/forq/v1/manager_ops.h"
 #include "forq/client.h"
 #include "forq/v1/manager.grpc.pb.h"
 
 namespace forq {
 
 using Stub = v1::ManagerService::Stub;
+using Result = absl::StatusOr<v1::ManagerResult>;
+using Promise = std::promise<Result>;
+
+namespace {
+
+// The client end of one ManagerService.Session stream. Operations are
+// queued, written in batches (everything queued while the previous write
+// was in flight goes out as one message) and answered by id. Owned by
+// shared_ptr: a self-reference keeps it alive until gRPC's OnDone.
+class SessionStream final
+    : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  static std::shared_ptr<SessionStream> Open(Stub& stub) {
+    auto s = std::shared_ptr<SessionStream>(new SessionStream());
+    s->self_ = s;
+    stub.async()->Session(&s->ctx_, s.get());
+    s->StartRead(&s->in_);
+    s->StartCall();
+    return s;
+  }
+
+  // Queues `call`; `promise` gets its result. Returns its id, or 0 if the
+  // stream is broken (the promise then holds Unavailable).
+  uint64_t Send(const v1::ManagerCall& call, Promise promise) {
+    bool start = false;
+    uint64_t id = 0;
+    {
+      MutexLock lock(&mu_);
+      if (dead_) {
+        promise.set_value(
+            absl::UnavailableError("manager session stream broken"));
+        return 0;
+      }
+      id = next_id_++;
+      v1::SessionOp* op = pending_.add_ops();
+      op->set_id(id);
+      *op->mutable_call() = call;
+      waiting_.emplace(id, std::move(promise));
+      start = TakePendingLocked();
+    }
+    if (start) StartWrite(&out_);
+    return id;
+  }
+
+  // Asks the server to cancel the parked operation `id`.
+  void Cancel(uint64_t id) {
+    bool start = false;
+    {
+      MutexLock lock(&mu_);
+      if (dead_) return;
+      v1::SessionOp* op = pending_.add_ops();
+      op->set_id(id);
+      op->set_cancel(true);
+      start = TakePendingLocked();
+    }
+    if (start) StartWrite(&out_);
+  }
+
+  bool dead() {
+    MutexLock lock(&mu_);
+    return dead_;
+  }
+
+  // Cancels the call and waits until gRPC is done with it.
+  void Close() {
+    ctx_.TryCancel();
+    MutexLock lock(&mu_);
+    while (!done_) done_cv_.Wait(&mu_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool start = false;
+    {
+      MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        dead_ = true;
+        return;
+      }
+      start = TakePendingLocked();
+    }
+    if (start) StartWrite(&out_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      FailAll(absl::UnavailableError("manager session stream closed"));
+      return;
+    }
+    std::vector<std::pair<Promise, Result>> ready;
+    {
+      MutexLock lock(&mu_);
+      for (v1::SessionResult& r : *in_.mutable_results()) {
+        auto it = waiting_.find(r.id());
+        if (it == waiting_.end()) continue;  // given up on (deadline)
+        if (r.code() == 0) {
+          ready.emplace_back(std::move(it->second),
+                             std::move(*r.mutable_result()));
+        } else {
+          ready.emplace_back(
+              std::move(it->second),
+              absl::Status(static_cast<absl::StatusCode>(r.code()),
+                           r.message()));
+        }
+        waiting_.erase(it);
+      }
+    }
+    for (auto& [p, r] : ready) p.set_value(std::move(r));
+    StartRead(&in_);
+  }
+
+  void OnDone(const grpc::Status& s) override {
+    FailAll(s.ok() ? absl::UnavailableError("manager session stream closed")
+                   : FromGrpcStatus(s));
+    std::shared_ptr<SessionStream> self;
+    {
+      MutexLock lock(&mu_);
+      done_ = true;
+      done_cv_.SignalAll();
+      self = std::move(self_);
+    }
+    // `self` may be the last reference: nothing touches members below.
+  }
+
+  // Drops the promise of `id` (its caller stopped waiting).
+  void Forget(uint64_t id) {
+    MutexLock lock(&mu_);
+    waiting_.erase(id);
+  }
+
+ private:
+  SessionStream() = default;
+
+  // Moves queued ops into out_ unless a write is in flight; true if the
+  // caller must StartWrite.
+  bool TakePendingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || pending_.ops_size() == 0) return false;
+    out_.Clear();
+    out_.Swap(&pending_);
+    writing_ = true;
+    return true;
+  }
+
+  void FailAll(const absl::Status& why) {
+    std::unordered_map<uint64_t, Promise> failed;
+    {
+      MutexLock lock(&mu_);
+      dead_ = true;
+      failed.swap(waiting_);
+    }
+    for (auto& [id, p] : failed) p.set_value(why);
+  }
+
+  grpc::ClientContext ctx_;
+  std::shared_ptr<SessionStream> self_;
+  v1::SessionRequest out_;
+  v1::SessionResponse in_;
+  Mutex mu_;
+  CondVar done_cv_;
+  v1::SessionRequest pending_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Promise> waiting_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool dead_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
 
 struct Manager::Rpc {
   std::unique_ptr<Stub> stub;
   absl::Duration rpc_timeout;
+  bool pipelined = true;
+  Mutex mu;
+  std::shared_ptr<SessionStream> stream ABSL_GUARDED_BY(mu);
+
+  ~Rpc() {
+    std::shared_ptr<SessionStream> s;
+    {
+      MutexLock lock(&mu);
+      s = std::move(stream);
+    }
+    if (s) s->Close();
+  }
 
   // One unary call. `wait` is how long the server may block the call (its
   // deadline is wait + rpc_timeout; infinite = no deadline).
   template <typename Req, typename Resp>
-  absl::StatusOr<Resp> Call(grpc::Status (Stub::*method)(grpc::ClientContext*,
-                                                         const Req&, Resp*),
-                            const Req& req,
-                            absl::Duration wait = absl::ZeroDuration()) {
+  absl::StatusOr<Resp> Unary(grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                                          const Req&, Resp*),
+                             const Req& req,
+                             absl::Duration wait = absl::ZeroDuration()) {
     grpc::ClientContext ctx;
     if (wait != absl::InfiniteDuration()) {
       ctx.set_deadline(std::chrono::system_clock::now() +
@@ -37,7 +222,78 @@ struct Manager::Rpc {
     if (!s.ok()) return FromGrpcStatus(s);
     return resp;
   }
+
+  // Queues `call` on the (re)opened stream. Returns the stream and id, or
+  // a null stream if it broke right away.
+  std::pair<std::shared_ptr<SessionStream>, uint64_t> Send(
+      const v1::ManagerCall& call, Promise promise) {
+    std::shared_ptr<SessionStream> s;
+    {
+      MutexLock lock(&mu);
+      if (stream == nullptr || stream->dead()) {
+        std::shared_ptr<SessionStream> old = std::move(stream);
+        stream = SessionStream::Open(*stub);
+        // A broken stream finishes on its own; its reactor frees itself.
+        (void)old;
+      }
+      s = stream;
+    }
+    const uint64_t id = s->Send(call, std::move(promise));
+    if (id == 0) return {nullptr, 0};
+    return {std::move(s), id};
+  }
 };
+
+absl::StatusOr<v1::ManagerResult> ManagerFuture::Get() {
+  if (!f_.valid()) return absl::FailedPreconditionError("empty ManagerFuture");
+  return f_.get();
+}
+
+bool ManagerFuture::Ready() const {
+  return f_.valid() &&
+         f_.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+}
+
+v1::ManagerCall Manager::MakeCall(v1::ObjectType type, absl::string_view op,
+                                  absl::string_view name) {
+  v1::ManagerCall c;
+  c.set_type(type);
+  c.set_op(std::string(op));
+  c.set_name(std::string(name));
+  return c;
+}
+
+ManagerFuture Manager::Async(const v1::ManagerCall& call) {
+  Promise p;
+  std::future<Result> f = p.get_future();
+  if (!rpc_->pipelined) {
+    p.set_value(rpc_->Unary(&Stub::Call, call));
+  } else {
+    rpc_->Send(call, std::move(p));
+  }
+  return ManagerFuture(std::move(f));
+}
+
+absl::StatusOr<v1::ManagerResult> Manager::Call(const v1::ManagerCall& call,
+                                                absl::Duration wait) {
+  if (!rpc_->pipelined) return rpc_->Unary(&Stub::Call, call, wait);
+  Promise p;
+  std::future<Result> f = p.get_future();
+  auto [stream, id] = rpc_->Send(call, std::move(p));
+  if (stream == nullptr) {
+    // The stream broke as we sent: one unary attempt instead.
+    return rpc_->Unary(&Stub::Call, call, wait);
+  }
+  if (wait == absl::InfiniteDuration()) return f.get();
+  if (f.wait_for(absl::ToChronoMilliseconds(wait + rpc_->rpc_timeout)) ==
+      std::future_status::ready) {
+    return f.get();
+  }
+  stream->Cancel(id);
+  stream->Forget(id);
+  return absl::DeadlineExceededError(absl::StrCat(
+      "manager ", call.op(), " of '", call.name(), "' got no answer in time"));
+}
 
 namespace {
 
@@ -62,17 +318,17 @@ absl::Status Ok(const absl::StatusOr<T>& r) {
   return r.status();
 }
 
-v1::DictRequest DictReq(const std::string& name, absl::string_view key = "") {
-  v1::DictRequest r;
-  r.set_name(name);
-  r.set_key(std::string(key));
-  return r;
+constexpr const char* OpName(v1::ManagerOp op) { return v1::ManagerOpName(op); }
+using Op = v1::ManagerOp;
+
+std::vector<std::string> ResultValues(const v1::ManagerResult& r) {
+  return {r.values().begin(), r.values().end()};
 }
 
-v1::ListRequest ListReq(const std::string& name) {
-  v1::ListRequest r;
-  r.set_name(name);
-  return r;
+std::map<std::string, std::string> ResultItems(const v1::ManagerResult& r) {
+  std::map<std::string, std::string> out;
+  for (const auto& kv : r.items()) out[kv.key()] = kv.value();
+  return out;
 }
 
 }  // namespace
@@ -83,6 +339,7 @@ Manager::Manager(std::shared_ptr<grpc::Channel> channel, ManagerOptions options)
     : options_(std::move(options)), rpc_(std::make_unique<Rpc>()) {
   rpc_->stub = v1::ManagerService::NewStub(std::move(channel));
   rpc_->rpc_timeout = options_.rpc_timeout;
+  rpc_->pipelined = options_.pipelined;
 }
 
 Manager::Manager(const Client& client, ManagerOptions options)
@@ -108,7 +365,7 @@ absl::StatusOr<std::string> Manager::session() {
       absl::ToInt64Milliseconds(options_.session_ttl));
   req.set_client_name(options_.client_name);
   absl::StatusOr<v1::OpenSessionResponse> resp =
-      rpc_->Call(&Stub::OpenSession, req);
+      rpc_->Unary(&Stub::OpenSession, req);
   if (!resp.ok()) return resp.status();
   session_ = resp->session();
   if (!keepalive_.joinable())
@@ -125,7 +382,7 @@ absl::Status Manager::CloseSession() {
   if (id.empty()) return absl::OkStatus();
   v1::CloseSessionRequest req;
   req.set_session(id);
-  return rpc_->Call(&Stub::CloseSession, req).status();
+  return rpc_->Unary(&Stub::CloseSession, req).status();
 }
 
 void Manager::KeepAliveLoop() {
@@ -139,7 +396,7 @@ void Manager::KeepAliveLoop() {
     mu_.Unlock();
     v1::KeepAliveRequest req;
     req.set_session(id);
-    absl::Status s = rpc_->Call(&Stub::KeepAlive, req).status();
+    absl::Status s = rpc_->Unary(&Stub::KeepAlive, req).status();
     mu_.Lock();
     // Expired (e.g. forqd restarted): forget it so the next lock operation
     // opens a new session instead of failing forever.
@@ -152,406 +409,590 @@ absl::StatusOr<v1::ListObjectsResponse> Manager::ListObjects(
     absl::string_view prefix) {
   v1::ListObjectsRequest req;
   req.set_prefix(std::string(prefix));
-  return rpc_->Call(&Stub::ListObjects, req);
+  return rpc_->Unary(&Stub::ListObjects, req);
 }
 
 absl::StatusOr<bool> Manager::DeleteObject(absl::string_view name) {
   v1::DeleteObjectRequest req;
   req.set_name(std::string(name));
   absl::StatusOr<v1::DeleteObjectResponse> r =
-      rpc_->Call(&Stub::DeleteObject, req);
+      rpc_->Unary(&Stub::DeleteObject, req);
   if (!r.ok()) return r.status();
   return r->deleted();
 }
 
-// ---------------------------------------------------------------- Dict
+// ---------------------------------------------------------------- proxies
+// Each proxy method builds one ManagerCall (api/forq/v1/manager_ops.h names
+// the op) and reads the fields its op fills in.
+
+namespace {
+
+v1::ManagerCall DictCall(const std::string& name, Op op,
+                         absl::string_view key = "") {
+  v1::ManagerCall c = Manager::MakeCall(v1::OBJECT_TYPE_DICT, OpName(op), name);
+  c.set_key(std::string(key));
+  return c;
+}
+
+v1::ManagerCall ListCall(const std::string& name, Op op) {
+  return Manager::MakeCall(v1::OBJECT_TYPE_LIST, OpName(op), name);
+}
+
+}  // namespace
 
 absl::StatusOr<std::string> Dict::Get(absl::string_view key) const {
-  auto r = m_->rpc().Call(&Stub::DictGet, DictReq(name_, key));
+  auto r = m_->Call(DictCall(name_, Op::kGet, key));
   if (!r.ok()) return r.status();
-  return r->value();
+  return std::move(*r->mutable_value());
+}
+
+ManagerFuture Dict::GetAsync(absl::string_view key) const {
+  return m_->Async(DictCall(name_, Op::kGet, key));
 }
 
 absl::Status Dict::Set(absl::string_view key, absl::string_view value) const {
-  v1::DictRequest req = DictReq(name_, key);
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::DictSet, req));
+  v1::ManagerCall c = DictCall(name_, Op::kSet, key);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
+}
+
+ManagerFuture Dict::SetAsync(absl::string_view key,
+                             absl::string_view value) const {
+  v1::ManagerCall c = DictCall(name_, Op::kSet, key);
+  c.set_value(std::string(value));
+  return m_->Async(c);
 }
 
 absl::StatusOr<bool> Dict::Delete(absl::string_view key) const {
-  auto r = m_->rpc().Call(&Stub::DictDelete, DictReq(name_, key));
+  auto r = m_->Call(DictCall(name_, Op::kDelete, key));
   if (!r.ok()) return r.status();
   return r->found();
 }
 
 absl::StatusOr<bool> Dict::Contains(absl::string_view key) const {
-  auto r = m_->rpc().Call(&Stub::DictContains, DictReq(name_, key));
+  auto r = m_->Call(DictCall(name_, Op::kContains, key));
   if (!r.ok()) return r.status();
   return r->found();
 }
 
 absl::StatusOr<std::vector<std::string>> Dict::Keys() const {
-  auto r = m_->rpc().Call(&Stub::DictKeys, DictReq(name_));
+  auto r = m_->Call(DictCall(name_, Op::kKeys));
   if (!r.ok()) return r.status();
-  return std::vector<std::string>(r->keys().begin(), r->keys().end());
+  return ResultValues(*r);
 }
 
-absl::StatusOr<std::map<std::string, std::string>> Dict::Items() const {
-  auto r = m_->rpc().Call(&Stub::DictItems, DictReq(name_));
+absl::StatusOr<std::vector<std::string>> Dict::Values() const {
+  auto r = m_->Call(DictCall(name_, Op::kValues));
   if (!r.ok()) return r.status();
-  return std::map<std::string, std::string>(r->items().begin(),
-                                            r->items().end());
+  return ResultValues(*r);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Dict::Items()
+    const {
+  auto r = m_->Call(DictCall(name_, Op::kItems));
+  if (!r.ok()) return r.status();
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(r->items_size());
+  for (auto& kv : *r->mutable_items()) {
+    out.emplace_back(std::move(*kv.mutable_key()),
+                     std::move(*kv.mutable_value()));
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> Dict::Copy() const {
+  auto r = m_->Call(DictCall(name_, Op::kItems));
+  if (!r.ok()) return r.status();
+  return ResultItems(*r);
+}
+
+absl::StatusOr<std::pair<std::string, std::string>> Dict::PopItem() const {
+  auto r = m_->Call(DictCall(name_, Op::kPopItem));
+  if (!r.ok()) return r.status();
+  if (r->items_size() != 1) return absl::InternalError("popitem: no entry");
+  return std::make_pair(r->items(0).key(), r->items(0).value());
 }
 
 absl::StatusOr<int64_t> Dict::Len() const {
-  auto r = m_->rpc().Call(&Stub::DictLen, DictReq(name_));
+  auto r = m_->Call(DictCall(name_, Op::kLen));
   if (!r.ok()) return r.status();
   return r->length();
 }
 
 absl::Status Dict::Update(
     const std::map<std::string, std::string>& items) const {
-  v1::DictRequest req = DictReq(name_);
-  for (const auto& [k, v] : items) (*req.mutable_items())[k] = v;
-  return Ok(m_->rpc().Call(&Stub::DictUpdate, req));
+  v1::ManagerCall c = DictCall(name_, Op::kUpdate);
+  for (const auto& [k, v] : items) {
+    v1::KeyValue* kv = c.add_items();
+    kv->set_key(k);
+    kv->set_value(v);
+  }
+  return Ok(m_->Call(c));
 }
 
 absl::Status Dict::Clear() const {
-  return Ok(m_->rpc().Call(&Stub::DictClear, DictReq(name_)));
+  return Ok(m_->Call(DictCall(name_, Op::kClear)));
 }
 
 absl::Status Dict::CompareAndSet(absl::string_view key,
                                  std::optional<std::string> expected,
                                  absl::string_view value) const {
-  v1::DictRequest req = DictReq(name_, key);
-  req.set_value(std::string(value));
+  v1::ManagerCall c = DictCall(name_, Op::kCompareAndSet, key);
+  c.set_value(std::string(value));
   if (expected) {
-    req.set_expected(*expected);
+    c.set_expected(*expected);
   } else {
-    req.set_expect_absent(true);
+    c.set_expect_absent(true);
   }
-  return Ok(m_->rpc().Call(&Stub::DictCompareAndSet, req));
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<std::string> Dict::SetIfAbsent(absl::string_view key,
                                               absl::string_view value) const {
-  v1::DictRequest req = DictReq(name_, key);
-  req.set_value(std::string(value));
-  auto r = m_->rpc().Call(&Stub::DictSetIfAbsent, req);
+  v1::ManagerCall c = DictCall(name_, Op::kSetIfAbsent, key);
+  c.set_value(std::string(value));
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
-// ---------------------------------------------------------------- List
-
 absl::StatusOr<int64_t> List::Append(absl::string_view value) const {
-  v1::ListRequest req = ListReq(name_);
-  req.set_value(std::string(value));
-  auto r = m_->rpc().Call(&Stub::ListAppend, req);
+  v1::ManagerCall c = ListCall(name_, Op::kAppend);
+  c.set_value(std::string(value));
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->length();
 }
 
 absl::StatusOr<int64_t> List::Extend(
     const std::vector<std::string>& values) const {
-  v1::ListRequest req = ListReq(name_);
-  for (const auto& v : values) req.add_values(v);
-  auto r = m_->rpc().Call(&Stub::ListExtend, req);
+  v1::ManagerCall c = ListCall(name_, Op::kExtend);
+  for (const auto& v : values) c.add_values(v);
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->length();
 }
 
 absl::StatusOr<std::string> List::Get(int64_t index) const {
-  v1::ListRequest req = ListReq(name_);
-  req.set_index(index);
-  auto r = m_->rpc().Call(&Stub::ListGet, req);
+  v1::ManagerCall c = ListCall(name_, Op::kGet);
+  c.set_index(index);
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::Status List::Set(int64_t index, absl::string_view value) const {
-  v1::ListRequest req = ListReq(name_);
-  req.set_index(index);
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::ListSet, req));
+  v1::ManagerCall c = ListCall(name_, Op::kSet);
+  c.set_index(index);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<std::string> List::Pop(std::optional<int64_t> index) const {
-  v1::ListRequest req = ListReq(name_);
-  if (index) req.set_index(*index);
-  auto r = m_->rpc().Call(&Stub::ListPop, req);
+  v1::ManagerCall c = ListCall(name_, Op::kPop);
+  if (index) c.set_index(*index);
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::Status List::Insert(int64_t index, absl::string_view value) const {
-  v1::ListRequest req = ListReq(name_);
-  req.set_index(index);
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::ListInsert, req));
+  v1::ManagerCall c = ListCall(name_, Op::kInsert);
+  c.set_index(index);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 absl::Status List::Remove(absl::string_view value) const {
-  v1::ListRequest req = ListReq(name_);
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::ListRemove, req));
+  v1::ManagerCall c = ListCall(name_, Op::kRemove);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<int64_t> List::Len() const {
-  auto r = m_->rpc().Call(&Stub::ListLen, ListReq(name_));
+  auto r = m_->Call(ListCall(name_, Op::kLen));
   if (!r.ok()) return r.status();
   return r->length();
 }
 
 absl::StatusOr<std::vector<std::string>> List::Slice(
     std::optional<int64_t> start, std::optional<int64_t> stop) const {
-  v1::ListRequest req = ListReq(name_);
-  if (start) req.set_start(*start);
-  if (stop) req.set_stop(*stop);
-  auto r = m_->rpc().Call(&Stub::ListSlice, req);
+  v1::ManagerCall c = ListCall(name_, Op::kSlice);
+  if (start) c.set_start(*start);
+  if (stop) c.set_stop(*stop);
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
-  return std::vector<std::string>(r->values().begin(), r->values().end());
+  return ResultValues(*r);
 }
 
 absl::Status List::Clear() const {
-  return Ok(m_->rpc().Call(&Stub::ListClear, ListReq(name_)));
+  return Ok(m_->Call(ListCall(name_, Op::kClear)));
 }
 
 absl::StatusOr<std::string> List::Add(int64_t index,
                                       absl::string_view delta) const {
-  v1::ListRequest req = ListReq(name_);
-  req.set_index(index);
-  req.set_delta(std::string(delta));
-  auto r = m_->rpc().Call(&Stub::ListAdd, req);
+  v1::ManagerCall c = ListCall(name_, Op::kAdd);
+  c.set_index(index);
+  c.set_delta(std::string(delta));
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
+absl::StatusOr<int64_t> List::Index(absl::string_view value,
+                                    std::optional<int64_t> start,
+                                    std::optional<int64_t> stop) const {
+  v1::ManagerCall c = ListCall(name_, Op::kIndex);
+  c.set_value(std::string(value));
+  if (start) c.set_start(*start);
+  if (stop) c.set_stop(*stop);
+  auto r = m_->Call(c);
+  if (!r.ok()) return r.status();
+  return r->count();
+}
+
+absl::StatusOr<int64_t> List::Count(absl::string_view value) const {
+  v1::ManagerCall c = ListCall(name_, Op::kCount);
+  c.set_value(std::string(value));
+  auto r = m_->Call(c);
+  if (!r.ok()) return r.status();
+  return r->count();
+}
+
+absl::StatusOr<bool> List::Contains(absl::string_view value) const {
+  v1::ManagerCall c = ListCall(name_, Op::kContains);
+  c.set_value(std::string(value));
+  auto r = m_->Call(c);
+  if (!r.ok()) return r.status();
+  return r->found();
+}
+
+absl::Status List::Reverse() const {
+  return Ok(m_->Call(ListCall(name_, Op::kReverse)));
+}
+
+absl::Status List::Sort(absl::string_view key, bool reverse) const {
+  v1::ManagerCall c = ListCall(name_, Op::kSort);
+  c.set_key(std::string(key));
+  c.set_reverse(reverse);
+  return Ok(m_->Call(c));
+}
+
+absl::StatusOr<int64_t> List::Repeat(int64_t n) const {
+  v1::ManagerCall c = ListCall(name_, Op::kRepeat);
+  c.set_n(static_cast<int32_t>(std::clamp<int64_t>(n, -1, INT32_MAX)));
+  auto r = m_->Call(c);
+  if (!r.ok()) return r.status();
+  return r->length();
+}
+
+absl::StatusOr<int64_t> List::SetSlice(
+    std::optional<int64_t> start, std::optional<int64_t> stop,
+    const std::vector<std::string>& values) const {
+  v1::ManagerCall c = ListCall(name_, Op::kSetSlice);
+  if (start) c.set_start(*start);
+  if (stop) c.set_stop(*stop);
+  for (const auto& v : values) c.add_values(v);
+  auto r = m_->Call(c);
+  if (!r.ok()) return r.status();
+  return r->length();
+}
+
+absl::StatusOr<int64_t> List::DeleteSlice(std::optional<int64_t> start,
+                                          std::optional<int64_t> stop) const {
+  v1::ManagerCall c = ListCall(name_, Op::kDeleteSlice);
+  if (start) c.set_start(*start);
+  if (stop) c.set_stop(*stop);
+  auto r = m_->Call(c);
+  if (!r.ok()) return r.status();
+  return r->length();
+}
+
 // ---------------------------------------------------------------- Value
 
+namespace {
+v1::ManagerCall ValueCall(const std::string& name, Op op,
+                          const std::string& typecode) {
+  v1::ManagerCall c =
+      Manager::MakeCall(v1::OBJECT_TYPE_VALUE, OpName(op), name);
+  c.set_typecode(typecode);
+  return c;
+}
+}  // namespace
+
 absl::StatusOr<std::string> Value::Get() const {
-  v1::ValueRequest req;
-  req.set_name(name_);
-  auto r = m_->rpc().Call(&Stub::ValueGet, req);
+  auto r = m_->Call(ValueCall(name_, Op::kGet, typecode_));
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::Status Value::Set(absl::string_view value) const {
-  v1::ValueRequest req;
-  req.set_name(name_);
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::ValueSet, req));
+  v1::ManagerCall c = ValueCall(name_, Op::kSet, typecode_);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<std::string> Value::Add(absl::string_view delta) const {
-  v1::ValueRequest req;
-  req.set_name(name_);
-  req.set_delta(std::string(delta));
-  auto r = m_->rpc().Call(&Stub::ValueAdd, req);
+  v1::ManagerCall c = ValueCall(name_, Op::kAdd, typecode_);
+  c.set_delta(std::string(delta));
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::Status Value::CompareAndSet(absl::string_view expected,
                                   absl::string_view value) const {
-  v1::ValueRequest req;
-  req.set_name(name_);
-  req.set_expected(std::string(expected));
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::ValueCompareAndSet, req));
+  v1::ManagerCall c = ValueCall(name_, Op::kCompareAndSet, typecode_);
+  c.set_expected(std::string(expected));
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 // ---------------------------------------------------------------- Array
 
-v1::ArrayRequest Array::Base() const {
-  v1::ArrayRequest req;
-  req.set_name(name_);
-  req.set_length(length_);
-  req.set_typecode(typecode_);
-  return req;
+v1::ManagerCall Array::Base(absl::string_view op) const {
+  v1::ManagerCall c = Manager::MakeCall(v1::OBJECT_TYPE_ARRAY, op, name_);
+  c.set_length(length_);
+  c.set_typecode(typecode_);
+  // Creation values ride along; an existing array ignores them only if it
+  // already exists (the server creates from them at first use).
+  for (const auto& v : initial_) c.add_values(v);
+  return c;
 }
 
 absl::StatusOr<std::string> Array::Get(int64_t index) const {
-  v1::ArrayRequest req = Base();
-  req.set_index(index);
-  auto r = m_->rpc().Call(&Stub::ArrayGet, req);
+  v1::ManagerCall c = Base(OpName(Op::kGet));
+  c.set_index(index);
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::Status Array::Set(int64_t index, absl::string_view value) const {
-  v1::ArrayRequest req = Base();
-  req.set_index(index);
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::ArraySet, req));
+  v1::ManagerCall c = Base(OpName(Op::kSet));
+  c.set_index(index);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<std::string> Array::Add(int64_t index,
                                        absl::string_view delta) const {
-  v1::ArrayRequest req = Base();
-  req.set_index(index);
-  req.set_delta(std::string(delta));
-  auto r = m_->rpc().Call(&Stub::ArrayAdd, req);
+  v1::ManagerCall c = Base(OpName(Op::kAdd));
+  c.set_index(index);
+  c.set_delta(std::string(delta));
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::StatusOr<std::vector<std::string>> Array::Slice(
     std::optional<int64_t> start, std::optional<int64_t> stop) const {
-  v1::ArrayRequest req = Base();
-  if (start) req.set_start(*start);
-  if (stop) req.set_stop(*stop);
-  auto r = m_->rpc().Call(&Stub::ArraySlice, req);
+  v1::ManagerCall c = Base(OpName(Op::kSlice));
+  if (start) c.set_start(*start);
+  if (stop) c.set_stop(*stop);
+  auto r = m_->Call(c);
   if (!r.ok()) return r.status();
-  return std::vector<std::string>(r->values().begin(), r->values().end());
+  return ResultValues(*r);
 }
 
 absl::StatusOr<int64_t> Array::Len() const {
-  auto r = m_->rpc().Call(&Stub::ArrayLen, Base());
+  auto r = m_->Call(Base(OpName(Op::kLen)));
   if (!r.ok()) return r.status();
   return r->length();
 }
 
+absl::Status Array::SetSlice(std::optional<int64_t> start,
+                             std::optional<int64_t> stop,
+                             const std::vector<std::string>& values) const {
+  v1::ManagerCall c = Base(OpName(Op::kSetSlice));
+  c.clear_values();
+  if (start) c.set_start(*start);
+  if (stop) c.set_stop(*stop);
+  for (const auto& v : values) c.add_values(v);
+  return Ok(m_->Call(c));
+}
+
+// ---------------------------------------------------------------- Barrier
+
+v1::ManagerCall Barrier::Base(absl::string_view op) const {
+  v1::ManagerCall c = Manager::MakeCall(v1::OBJECT_TYPE_BARRIER, op, name_);
+  c.set_length(parties_);
+  return c;
+}
+
+absl::StatusOr<int64_t> Barrier::Wait(absl::Duration timeout) const {
+  v1::ManagerCall c = Base(OpName(Op::kWait));
+  SetTimeout(c, timeout);
+  auto r = m_->Call(c, timeout);
+  if (!r.ok()) return r.status();
+  return r->count();
+}
+
+absl::Status Barrier::Abort() const {
+  return Ok(m_->Call(Base(OpName(Op::kAbort))));
+}
+
+absl::Status Barrier::Reset() const {
+  return Ok(m_->Call(Base(OpName(Op::kReset))));
+}
+
+absl::StatusOr<v1::BarrierResponse> Barrier::State() const {
+  auto r = m_->Call(Base(OpName(Op::kSize)));
+  if (!r.ok()) return r.status();
+  v1::BarrierResponse out;
+  out.set_parties(r->maxsize());
+  out.set_n_waiting(r->length());
+  out.set_broken(r->flag());
+  return out;
+}
+
 // ---------------------------------------------------------------- Namespace
 
+namespace {
+v1::ManagerCall NsCall(const std::string& name, Op op,
+                       absl::string_view attr = "") {
+  v1::ManagerCall c =
+      Manager::MakeCall(v1::OBJECT_TYPE_NAMESPACE, OpName(op), name);
+  c.set_key(std::string(attr));
+  return c;
+}
+}  // namespace
+
 absl::StatusOr<std::string> Namespace::Get(absl::string_view attr) const {
-  v1::NamespaceRequest req;
-  req.set_name(name_);
-  req.set_attr(std::string(attr));
-  auto r = m_->rpc().Call(&Stub::NamespaceGet, req);
+  auto r = m_->Call(NsCall(name_, Op::kGet, attr));
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::Status Namespace::Set(absl::string_view attr,
                             absl::string_view value) const {
-  v1::NamespaceRequest req;
-  req.set_name(name_);
-  req.set_attr(std::string(attr));
-  req.set_value(std::string(value));
-  return Ok(m_->rpc().Call(&Stub::NamespaceSet, req));
+  v1::ManagerCall c = NsCall(name_, Op::kSet, attr);
+  c.set_value(std::string(value));
+  return Ok(m_->Call(c));
 }
 
 absl::Status Namespace::Delete(absl::string_view attr) const {
-  v1::NamespaceRequest req;
-  req.set_name(name_);
-  req.set_attr(std::string(attr));
-  return Ok(m_->rpc().Call(&Stub::NamespaceDelete, req));
+  return Ok(m_->Call(NsCall(name_, Op::kDelete, attr)));
 }
 
 absl::StatusOr<std::map<std::string, std::string>> Namespace::List() const {
-  v1::NamespaceRequest req;
-  req.set_name(name_);
-  auto r = m_->rpc().Call(&Stub::NamespaceList, req);
+  auto r = m_->Call(NsCall(name_, Op::kItems));
   if (!r.ok()) return r.status();
-  return std::map<std::string, std::string>(r->attrs().begin(),
-                                            r->attrs().end());
+  return ResultItems(*r);
 }
 
 // ---------------------------------------------------------------- Queue
 
+namespace {
+v1::ManagerCall QueueCall(const std::string& name, Op op, int64_t maxsize,
+                          absl::Duration timeout = absl::InfiniteDuration()) {
+  v1::ManagerCall c =
+      Manager::MakeCall(v1::OBJECT_TYPE_QUEUE, OpName(op), name);
+  c.set_maxsize(maxsize);
+  SetTimeout(c, timeout);
+  return c;
+}
+}  // namespace
+
 absl::Status Queue::Put(absl::string_view item, absl::Duration timeout) const {
-  v1::QueueRequest req;
-  req.set_name(name_);
-  req.set_maxsize(maxsize_);
-  req.set_value(std::string(item));
-  SetTimeout(req, timeout);
-  return Ok(m_->rpc().Call(&Stub::QueuePut, req, timeout));
+  v1::ManagerCall c = QueueCall(name_, Op::kPut, maxsize_, timeout);
+  c.set_value(std::string(item));
+  return Ok(m_->Call(c, timeout));
 }
 
 absl::StatusOr<std::string> Queue::Get(absl::Duration timeout) const {
-  v1::QueueRequest req;
-  req.set_name(name_);
-  req.set_maxsize(maxsize_);
-  SetTimeout(req, timeout);
-  auto r = m_->rpc().Call(&Stub::QueueGet, req, timeout);
+  auto r = m_->Call(QueueCall(name_, Op::kGet, maxsize_, timeout), timeout);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::StatusOr<v1::QueueResponse> Queue::Size() const {
-  v1::QueueRequest req;
-  req.set_name(name_);
-  req.set_maxsize(maxsize_);
-  return m_->rpc().Call(&Stub::QueueSize, req);
+  auto r = m_->Call(QueueCall(name_, Op::kSize, maxsize_));
+  if (!r.ok()) return r.status();
+  v1::QueueResponse out;
+  out.set_size(r->length());
+  out.set_maxsize(r->maxsize());
+  out.set_empty(r->found());
+  out.set_full(r->flag());
+  out.set_unfinished(r->unfinished());
+  return out;
 }
 
 absl::Status Queue::TaskDone() const {
-  v1::QueueRequest req;
-  req.set_name(name_);
-  req.set_maxsize(maxsize_);
-  return Ok(m_->rpc().Call(&Stub::QueueTaskDone, req));
+  return Ok(m_->Call(QueueCall(name_, Op::kTaskDone, maxsize_)));
 }
 
 absl::Status Queue::Join(absl::Duration timeout) const {
-  v1::QueueRequest req;
-  req.set_name(name_);
-  req.set_maxsize(maxsize_);
-  SetTimeout(req, timeout);
-  return Ok(m_->rpc().Call(&Stub::QueueJoin, req, timeout));
+  return Ok(m_->Call(QueueCall(name_, Op::kJoin, maxsize_, timeout), timeout));
 }
 
 // ---------------------------------------------------------------- Pipe
 
+namespace {
+v1::ManagerCall PipeCall(const std::string& name, Op op, bool one_way, int end,
+                         absl::Duration timeout = absl::InfiniteDuration()) {
+  v1::ManagerCall c = Manager::MakeCall(v1::OBJECT_TYPE_PIPE, OpName(op), name);
+  c.set_one_way(one_way);
+  c.set_end(end);
+  SetTimeout(c, timeout);
+  return c;
+}
+}  // namespace
+
 absl::Status Pipe::Send(int end, absl::string_view message) const {
-  v1::PipeRequest req;
-  req.set_name(name_);
-  req.set_one_way(one_way_);
-  req.set_end(end);
-  req.set_value(std::string(message));
-  return Ok(m_->rpc().Call(&Stub::PipeSend, req));
+  v1::ManagerCall c = PipeCall(name_, Op::kSend, one_way_, end);
+  c.set_value(std::string(message));
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<std::string> Pipe::Recv(int end, absl::Duration timeout) const {
-  v1::PipeRequest req;
-  req.set_name(name_);
-  req.set_one_way(one_way_);
-  req.set_end(end);
-  SetTimeout(req, timeout);
-  auto r = m_->rpc().Call(&Stub::PipeRecv, req, timeout);
+  auto r =
+      m_->Call(PipeCall(name_, Op::kRecv, one_way_, end, timeout), timeout);
   if (!r.ok()) return r.status();
   return r->value();
 }
 
 absl::StatusOr<bool> Pipe::Poll(int end) const {
-  v1::PipeRequest req;
-  req.set_name(name_);
-  req.set_one_way(one_way_);
-  req.set_end(end);
-  auto r = m_->rpc().Call(&Stub::PipePoll, req);
+  auto r = m_->Call(PipeCall(name_, Op::kPoll, one_way_, end));
   if (!r.ok()) return r.status();
-  return r->readable();
+  return r->flag();
 }
 
 // ---------------------------------------------------------------- locks
 
 namespace {
 
-absl::StatusOr<LockGrant> AcquireLock(Manager* m, const std::string& name,
-                                      bool reentrant, absl::Duration timeout) {
+// A call on a session-owned object (lock, rlock, condition, semaphore),
+// naming this Manager's session.
+absl::StatusOr<v1::ManagerCall> SessionCall(Manager* m, v1::ObjectType type,
+                                            Op op, const std::string& name) {
   absl::StatusOr<std::string> session = m->session();
   if (!session.ok()) return session.status();
-  v1::LockRequest req;
-  req.set_name(name);
-  req.set_session(*session);
-  if (reentrant) req.set_owner(ThreadOwner());
-  SetTimeout(req, timeout);
-  auto r = m->rpc().Call(reentrant ? &Stub::RLockAcquire : &Stub::LockAcquire,
-                         req, timeout);
+  v1::ManagerCall c = Manager::MakeCall(type, OpName(op), name);
+  c.set_session(*session);
+  return c;
+}
+
+absl::StatusOr<LockGrant> AcquireLock(Manager* m, const std::string& name,
+                                      bool reentrant, absl::Duration timeout) {
+  auto c =
+      SessionCall(m, reentrant ? v1::OBJECT_TYPE_RLOCK : v1::OBJECT_TYPE_LOCK,
+                  Op::kAcquire, name);
+  if (!c.ok()) return c.status();
+  if (reentrant) c->set_owner(ThreadOwner());
+  SetTimeout(*c, timeout);
+  auto r = m->Call(*c, timeout);
   if (!r.ok()) return r.status();
-  return LockGrant{r->acquired(), r->fencing_token()};
+  return LockGrant{r->flag(), r->token()};
 }
 
 absl::Status ReleaseLock(Manager* m, const std::string& name, bool reentrant) {
-  absl::StatusOr<std::string> session = m->session();
-  if (!session.ok()) return session.status();
-  v1::LockRequest req;
-  req.set_name(name);
-  req.set_session(*session);
-  if (reentrant) req.set_owner(ThreadOwner());
-  return Ok(
-      m->rpc().Call(reentrant ? &Stub::RLockRelease : &Stub::LockRelease, req));
+  auto c =
+      SessionCall(m, reentrant ? v1::OBJECT_TYPE_RLOCK : v1::OBJECT_TYPE_LOCK,
+                  Op::kRelease, name);
+  if (!c.ok()) return c.status();
+  if (reentrant) c->set_owner(ThreadOwner());
+  return Ok(m->Call(*c));
 }
 
 }  // namespace
@@ -614,132 +1055,123 @@ absl::StatusOr<LockGuard> RLock::Guard(absl::Duration timeout) const {
 }
 
 // ---------------------------------------------------------------- Semaphore
+// ---------------------------------------------------------------- Semaphore
 
-v1::SemaphoreRequest Semaphore::Base() const {
-  v1::SemaphoreRequest req;
-  req.set_name(name_);
-  req.set_value(initial_);
-  return req;
+v1::ManagerCall Semaphore::Base(absl::string_view op) const {
+  v1::ManagerCall c = Manager::MakeCall(
+      bounded_ ? v1::OBJECT_TYPE_BOUNDED_SEMAPHORE : v1::OBJECT_TYPE_SEMAPHORE,
+      op, name_);
+  c.set_initial(initial_);
+  return c;
 }
 
 absl::StatusOr<bool> Semaphore::Acquire(absl::Duration timeout) const {
   absl::StatusOr<std::string> session = m_->session();
   if (!session.ok()) return session.status();
-  v1::SemaphoreRequest req = Base();
-  req.set_session(*session);
-  SetTimeout(req, timeout);
-  auto r = m_->rpc().Call(
-      bounded_ ? &Stub::BoundedSemaphoreAcquire : &Stub::SemaphoreAcquire, req,
-      timeout);
+  v1::ManagerCall c = Base(OpName(Op::kAcquire));
+  c.set_session(*session);
+  SetTimeout(c, timeout);
+  auto r = m_->Call(c, timeout);
   if (!r.ok()) return r.status();
-  return r->acquired();
+  return r->flag();
 }
 
 absl::Status Semaphore::Release() const {
   absl::StatusOr<std::string> session = m_->session();
   if (!session.ok()) return session.status();
-  v1::SemaphoreRequest req = Base();
-  req.set_session(*session);
-  return Ok(m_->rpc().Call(
-      bounded_ ? &Stub::BoundedSemaphoreRelease : &Stub::SemaphoreRelease,
-      req));
+  v1::ManagerCall c = Base(OpName(Op::kRelease));
+  c.set_session(*session);
+  return Ok(m_->Call(c));
 }
 
 absl::StatusOr<int64_t> Semaphore::Value() const {
-  auto r = m_->rpc().Call(
-      bounded_ ? &Stub::BoundedSemaphoreValue : &Stub::SemaphoreValue, Base());
+  auto r = m_->Call(Base(OpName(Op::kValue)));
   if (!r.ok()) return r.status();
-  return r->value();
+  return r->length();
 }
 
 // ---------------------------------------------------------------- Event
 
+namespace {
+v1::ManagerCall EventCall(const std::string& name, Op op,
+                          absl::Duration timeout = absl::InfiniteDuration()) {
+  v1::ManagerCall c =
+      Manager::MakeCall(v1::OBJECT_TYPE_EVENT, OpName(op), name);
+  SetTimeout(c, timeout);
+  return c;
+}
+}  // namespace
+
 absl::Status Event::Set() const {
-  v1::EventRequest req;
-  req.set_name(name_);
-  return Ok(m_->rpc().Call(&Stub::EventSet, req));
+  return Ok(m_->Call(EventCall(name_, Op::kSet)));
 }
 
 absl::Status Event::Clear() const {
-  v1::EventRequest req;
-  req.set_name(name_);
-  return Ok(m_->rpc().Call(&Stub::EventClear, req));
+  return Ok(m_->Call(EventCall(name_, Op::kClear)));
 }
 
 absl::StatusOr<bool> Event::IsSet() const {
-  v1::EventRequest req;
-  req.set_name(name_);
-  auto r = m_->rpc().Call(&Stub::EventIsSet, req);
+  auto r = m_->Call(EventCall(name_, Op::kIsSet));
   if (!r.ok()) return r.status();
-  return r->is_set();
+  return r->flag();
 }
 
 absl::StatusOr<bool> Event::Wait(absl::Duration timeout) const {
-  v1::EventRequest req;
-  req.set_name(name_);
-  SetTimeout(req, timeout);
-  auto r = m_->rpc().Call(&Stub::EventWait, req, timeout);
+  auto r = m_->Call(EventCall(name_, Op::kWait, timeout), timeout);
   if (!r.ok()) return r.status();
-  return r->is_set();
+  return r->flag();
 }
 
 // ---------------------------------------------------------------- Condition
 
-v1::ConditionRequest Condition::Base(absl::Duration timeout) const {
-  v1::ConditionRequest req;
-  req.set_name(name_);
-  req.set_owner(ThreadOwner());
-  SetTimeout(req, timeout);
-  return req;
+v1::ManagerCall Condition::Base(absl::string_view op,
+                                absl::Duration timeout) const {
+  v1::ManagerCall c = Manager::MakeCall(v1::OBJECT_TYPE_CONDITION, op, name_);
+  c.set_owner(ThreadOwner());
+  SetTimeout(c, timeout);
+  return c;
 }
 
-absl::StatusOr<bool> Condition::Acquire(absl::Duration timeout) const {
-  absl::StatusOr<std::string> session = m_->session();
+namespace {
+absl::StatusOr<v1::ManagerResult> CondCall(Manager* m, v1::ManagerCall c,
+                                           absl::Duration wait) {
+  absl::StatusOr<std::string> session = m->session();
   if (!session.ok()) return session.status();
-  v1::ConditionRequest req = Base(timeout);
-  req.set_session(*session);
-  auto r = m_->rpc().Call(&Stub::ConditionAcquire, req, timeout);
+  c.set_session(*session);
+  return m->Call(c, wait);
+}
+}  // namespace
+
+absl::StatusOr<bool> Condition::Acquire(absl::Duration timeout) const {
+  auto r = CondCall(m_, Base(OpName(Op::kAcquire), timeout), timeout);
   if (!r.ok()) return r.status();
-  return r->acquired();
+  return r->flag();
 }
 
 absl::Status Condition::Release() const {
-  absl::StatusOr<std::string> session = m_->session();
-  if (!session.ok()) return session.status();
-  v1::ConditionRequest req = Base(absl::InfiniteDuration());
-  req.set_session(*session);
-  return Ok(m_->rpc().Call(&Stub::ConditionRelease, req));
+  return Ok(CondCall(m_, Base(OpName(Op::kRelease), absl::InfiniteDuration()),
+                     absl::ZeroDuration()));
 }
 
 absl::StatusOr<bool> Condition::Wait(absl::Duration timeout) const {
-  absl::StatusOr<std::string> session = m_->session();
-  if (!session.ok()) return session.status();
-  v1::ConditionRequest req = Base(timeout);
-  req.set_session(*session);
-  auto r = m_->rpc().Call(&Stub::ConditionWait, req, timeout);
+  auto r = CondCall(m_, Base(OpName(Op::kWait), timeout), timeout);
   if (!r.ok()) return r.status();
-  return r->notified();
+  return r->flag();
 }
 
 absl::StatusOr<int> Condition::Notify(int n) const {
-  absl::StatusOr<std::string> session = m_->session();
-  if (!session.ok()) return session.status();
-  v1::ConditionRequest req = Base(absl::InfiniteDuration());
-  req.set_session(*session);
-  req.set_n(n);
-  auto r = m_->rpc().Call(&Stub::ConditionNotify, req);
+  v1::ManagerCall c = Base(OpName(Op::kNotify), absl::InfiniteDuration());
+  c.set_n(n);
+  auto r = CondCall(m_, std::move(c), absl::ZeroDuration());
   if (!r.ok()) return r.status();
-  return r->woken();
+  return static_cast<int>(r->count());
 }
 
 absl::StatusOr<int> Condition::NotifyAll() const {
-  absl::StatusOr<std::string> session = m_->session();
-  if (!session.ok()) return session.status();
-  v1::ConditionRequest req = Base(absl::InfiniteDuration());
-  req.set_session(*session);
-  auto r = m_->rpc().Call(&Stub::ConditionNotifyAll, req);
+  auto r = CondCall(m_, Base(OpName(Op::kNotifyAll), absl::InfiniteDuration()),
+                    absl::ZeroDuration());
   if (!r.ok()) return r.status();
-  return r->woken();
+  return static_cast<int>(r->count());
 }
 
 }  // namespace forq

@@ -3,13 +3,18 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <memory>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/time_util.h"
 #include <grpcpp/grpcpp.h>
 
+#include "api/forq/v1/manager_ops.h"
 #include "forq/v1/manager.grpc.pb.h"
 #include "forq/v1/manager.pb.h"
 #include "server/manager/task_bridge.h"
@@ -75,8 +80,15 @@ void ToDict(const ManagerReply& r, Op op, v1::DictResponse* out) {
   out->set_found(r.found);
   if (op == Op::kKeys) {
     for (const auto& k : r.values) out->add_keys(k);
+  } else if (op == Op::kValues) {
+    for (const auto& v : r.values) out->add_values(v);
   }
-  for (const auto& [k, v] : r.items) (*out->mutable_items())[k] = v;
+  if (op == Op::kPopItem && !r.items.empty()) {
+    out->set_key(r.items[0].first);
+    out->set_value(r.items[0].second);
+  } else {
+    for (const auto& [k, v] : r.items) (*out->mutable_items())[k] = v;
+  }
   out->set_length(r.length);
 }
 
@@ -92,10 +104,15 @@ ManagerRequest FromList(const v1::ListRequest& in, Type type, Op op,
   r.has_stop = in.has_stop();
   r.stop = in.stop();
   r.delta = in.delta();
+  r.n = in.n();
+  r.key = in.sort_key();
+  r.reverse = in.reverse();
   return r;
 }
 void ToList(const ManagerReply& r, Op, v1::ListResponse* out) {
   out->set_value(r.value);
+  out->set_count(r.count);
+  out->set_found(r.found);
   for (const auto& v : r.values) out->add_values(v);
   out->set_length(r.length);
 }
@@ -103,6 +120,7 @@ void ToList(const ManagerReply& r, Op, v1::ListResponse* out) {
 ManagerRequest FromValue(const v1::ValueRequest& in, Type type, Op op,
                          grpc::CallbackServerContext*) {
   ManagerRequest r = Base(type, op, in.name());
+  r.typecode = in.typecode();
   r.value = in.value();
   r.expected = in.expected();
   r.delta = in.delta();
@@ -125,6 +143,7 @@ ManagerRequest FromArray(const v1::ArrayRequest& in, Type type, Op op,
   r.start = in.start();
   r.has_stop = in.has_stop();
   r.stop = in.stop();
+  r.values.assign(in.values().begin(), in.values().end());
   return r;
 }
 void ToArray(const ManagerReply& r, Op, v1::ArrayResponse* out) {
@@ -223,6 +242,20 @@ void ToCondition(const ManagerReply& r, Op op, v1::ConditionResponse* out) {
   }
 }
 
+ManagerRequest FromBarrier(const v1::BarrierRequest& in, Type type, Op op,
+                           grpc::CallbackServerContext* ctx) {
+  ManagerRequest r = Base(type, op, in.name());
+  r.length = in.parties();
+  r.timeout_ms = TimeoutMs(ctx, in.has_timeout(), in.timeout());
+  return r;
+}
+void ToBarrier(const ManagerReply& r, Op op, v1::BarrierResponse* out) {
+  if (op == Op::kWait) out->set_index(r.count);
+  out->set_parties(r.maxsize);
+  out->set_n_waiting(r.length);
+  out->set_broken(r.flag);
+}
+
 ManagerRequest FromEvent(const v1::EventRequest& in, Type type, Op op,
                          grpc::CallbackServerContext* ctx) {
   ManagerRequest r = Base(type, op, in.name());
@@ -231,6 +264,117 @@ ManagerRequest FromEvent(const v1::EventRequest& in, Type type, Op op,
 }
 void ToEvent(const ManagerReply& r, Op, v1::EventResponse* out) {
   out->set_is_set(r.flag);
+}
+
+// ---- the generic form (Call and Session).
+
+int64_t StreamTimeoutMs(bool has_timeout,
+                        const google::protobuf::Duration& timeout) {
+  if (!has_timeout) return -1;
+  const int64_t nanos =
+      google::protobuf::util::TimeUtil::DurationToNanoseconds(timeout);
+  return nanos <= 0 ? 0 : (nanos + 999'999) / 1'000'000;
+}
+
+// `timeout_ms` is the already-resolved wait of a blocking op.
+absl::StatusOr<ManagerRequest> FromCall(const v1::ManagerCall& in,
+                                        int64_t timeout_ms) {
+  const int type = static_cast<int>(in.type());
+  v1::ManagerOp op{};
+  if (type < 1 || type > v1::kMaxManagerType) {
+    return absl::InvalidArgumentError("manager call needs an object type");
+  }
+  if (!v1::ParseManagerOp(in.op(), &op)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown manager operation '",
+                     absl::CHexEscape(in.op().substr(0, 64)), "'"));
+  }
+  ManagerRequest r = Base(static_cast<Type>(type), op, in.name());
+  r.session = in.session();
+  r.owner = in.owner();
+  r.key = in.key();
+  r.value = in.value();
+  r.expected = in.expected();
+  r.expect_absent = in.expect_absent();
+  r.values.assign(in.values().begin(), in.values().end());
+  r.items.reserve(in.items_size());
+  for (const v1::KeyValue& kv : in.items())
+    r.items.emplace_back(kv.key(), kv.value());
+  r.has_index = in.has_index();
+  r.index = in.index();
+  r.has_start = in.has_start();
+  r.start = in.start();
+  r.has_stop = in.has_stop();
+  r.stop = in.stop();
+  r.delta = in.delta();
+  r.timeout_ms = timeout_ms;
+  r.maxsize = in.maxsize();
+  r.length = in.length();
+  r.typecode = in.typecode();
+  r.has_initial = in.has_initial();
+  r.initial = in.initial();
+  r.one_way = in.one_way();
+  r.end = in.end();
+  // Condition notify wakes one by default; list repeat takes n as is.
+  r.n = in.n() == 0 && op == Op::kNotify ? 1 : in.n();
+  r.reverse = in.reverse();
+  r.ttl_ms = std::max<int64_t>(
+      0, google::protobuf::util::TimeUtil::DurationToMilliseconds(in.ttl()));
+  if (r.type == Type::kSession && r.op == Op::kOpen) r.key = in.key();
+  return r;
+}
+
+void ToResult(ManagerReply r, v1::ManagerResult* out) {
+  out->set_value(std::move(r.value));
+  out->set_found(r.found);
+  out->set_flag(r.flag);
+  out->set_length(r.length);
+  out->set_maxsize(r.maxsize);
+  out->set_unfinished(r.unfinished);
+  out->set_count(r.count);
+  out->set_token(r.token);
+  out->set_typecode(std::move(r.typecode));
+  for (auto& v : r.values) out->add_values(std::move(v));
+  for (auto& [k, v] : r.items) {
+    v1::KeyValue* kv = out->add_items();
+    kv->set_key(std::move(k));
+    kv->set_value(std::move(v));
+  }
+}
+
+ManagerRequest FromOpenSession(const v1::OpenSessionRequest& in, Type type,
+                               Op op, grpc::CallbackServerContext*) {
+  ManagerRequest r = Base(type, op, "");
+  r.ttl_ms = google::protobuf::util::TimeUtil::DurationToMilliseconds(in.ttl());
+  if (r.ttl_ms < 0) r.ttl_ms = 0;
+  r.key = in.client_name();
+  return r;
+}
+void ToOpenSession(const ManagerReply& r, Op, v1::OpenSessionResponse* out) {
+  out->set_session(r.value);
+  *out->mutable_ttl() =
+      google::protobuf::util::TimeUtil::MillisecondsToDuration(r.length);
+}
+
+ManagerRequest FromKeepAlive(const v1::KeepAliveRequest& in, Type type, Op op,
+                             grpc::CallbackServerContext*) {
+  ManagerRequest r = Base(type, op, "");
+  r.session = in.session();
+  return r;
+}
+void ToKeepAlive(const ManagerReply& r, Op, v1::KeepAliveResponse* out) {
+  *out->mutable_ttl() =
+      google::protobuf::util::TimeUtil::MillisecondsToDuration(r.length);
+}
+
+ManagerRequest FromCloseSession(const v1::CloseSessionRequest& in, Type type,
+                                Op op, grpc::CallbackServerContext*) {
+  ManagerRequest r = Base(type, op, "");
+  r.session = in.session();
+  return r;
+}
+void ToCloseSession(const ManagerReply& r, Op, v1::CloseSessionResponse* out) {
+  out->set_released(static_cast<int32_t>(r.count));
 }
 
 // Runs one request on the core and finishes the RPC with its outcome.
@@ -372,9 +516,177 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ManagerEvent>,
   bool overflow_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// The pipelined Session stream: reads batches of operations, runs each on
+// the core as it arrives (a parked one holds up nothing else), and writes
+// results back in completion order, coalescing whatever completed while the
+// previous write was in flight into one message. Owned by shared_ptr (a
+// self-reference dropped in OnDone) because completion callbacks of parked
+// operations may run on other threads after gRPC is done with it.
+class SessionReactor final
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>,
+      public std::enable_shared_from_this<SessionReactor> {
+ public:
+  static constexpr size_t kMaxInFlight = 100000;
+
+  static grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
+  Start(ObjectManager& core) {
+    auto r = std::make_shared<SessionReactor>(core);
+    r->self_ = r;
+    r->StartRead(&r->in_);
+    return r.get();
+  }
+
+  explicit SessionReactor(ObjectManager& core) : core_(core) {}
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      {
+        MutexLock lock(&mu_);
+        reading_ = false;
+      }
+      MaybeWrite();
+      return;
+    }
+    std::shared_ptr<SessionReactor> self = shared_from_this();
+    for (v1::SessionOp& op : *in_.mutable_ops()) {
+      const uint64_t id = op.id();
+      if (op.cancel()) {
+        uint64_t waiter = 0;
+        {
+          MutexLock lock(&mu_);
+          auto it = parked_.find(id);
+          if (it != parked_.end()) waiter = it->second;
+        }
+        core_.Cancel(waiter);
+        continue;
+      }
+      absl::StatusOr<ManagerRequest> req = FromCall(
+          op.call(),
+          StreamTimeoutMs(op.call().has_timeout(), op.call().timeout()));
+      bool full = false;
+      {
+        MutexLock lock(&mu_);
+        full = in_flight_ >= kMaxInFlight;
+        if (req.ok() && !full) ++in_flight_;
+      }
+      if (!req.ok() || full) {
+        Complete(id,
+                 full ? absl::ResourceExhaustedError(
+                            absl::StrCat("more than ", kMaxInFlight,
+                                         " operations in flight on one stream"))
+                      : absl::StatusOr<ManagerReply>(req.status()),
+                 /*counted=*/false);
+        continue;
+      }
+      const uint64_t waiter = core_.Execute(
+          *std::move(req), [self, id](absl::StatusOr<ManagerReply> r) {
+            self->Complete(id, std::move(r), /*counted=*/true);
+          });
+      if (waiter != 0) {
+        MutexLock lock(&mu_);
+        // It may have completed between Execute and here; the entry is then
+        // stale but harmless (cancelling a finished waiter is a no-op) and
+        // goes away with the stream or the id's next completion.
+        parked_[id] = waiter;
+      }
+    }
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) broken_ = true;
+    }
+    MaybeWrite();
+  }
+
+  void OnCancel() override {
+    std::vector<uint64_t> waiters;
+    {
+      MutexLock lock(&mu_);
+      broken_ = true;
+      for (const auto& [id, w] : parked_) waiters.push_back(w);
+    }
+    for (uint64_t w : waiters) core_.Cancel(w);
+    MaybeWrite();
+  }
+
+  void OnDone() override {
+    // May destroy this object once the last completion callback is gone.
+    std::shared_ptr<SessionReactor> self = std::move(self_);
+  }
+
+ private:
+  void Complete(uint64_t id, absl::StatusOr<ManagerReply> r, bool counted) {
+    v1::SessionResult res;
+    res.set_id(id);
+    if (r.ok()) {
+      ToResult(*std::move(r), res.mutable_result());
+    } else {
+      res.set_code(static_cast<int>(r.status().code()));
+      res.set_message(std::string(r.status().message()));
+    }
+    {
+      MutexLock lock(&mu_);
+      if (counted) {
+        --in_flight_;
+        parked_.erase(id);
+      }
+      out_.push_back(std::move(res));
+    }
+    MaybeWrite();
+  }
+
+  // Starts the next write, or finishes once the client has half-closed and
+  // every operation is answered. Never holds mu_ across gRPC calls.
+  void MaybeWrite() {
+    enum { kNothing, kWrite, kFinish } action = kNothing;
+    {
+      MutexLock lock(&mu_);
+      if (writing_ || finished_) return;
+      if (broken_) {
+        if (in_flight_ == 0 && !reading_) {
+          finished_ = true;
+          action = kFinish;
+        }
+      } else if (!out_.empty()) {
+        current_.Clear();
+        for (auto& res : out_) current_.add_results()->Swap(&res);
+        out_.clear();
+        writing_ = true;
+        action = kWrite;
+      } else if (!reading_ && in_flight_ == 0) {
+        finished_ = true;
+        action = kFinish;
+      }
+    }
+    if (action == kWrite) {
+      StartWrite(&current_);
+    } else if (action == kFinish) {
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  ObjectManager& core_;
+  std::shared_ptr<SessionReactor> self_;
+  v1::SessionRequest in_;
+  v1::SessionResponse current_;
+  Mutex mu_;
+  std::vector<v1::SessionResult> out_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, uint64_t> parked_ ABSL_GUARDED_BY(mu_);
+  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reading_ ABSL_GUARDED_BY(mu_) = true;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 }  // namespace
 
-// One RPC per operation; each maps its message onto a generic core request.
+// One RPC per row of the operation table (api/forq/v1/manager_ops.h); each
+// maps its message family onto a generic core request.
 class ManagerGrpcService final : public v1::ManagerService::CallbackService {
  public:
   explicit ManagerGrpcService(ObjectManager& core) : core_(core) {}
@@ -388,119 +700,30 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
         [resp](const ManagerReply& r) { To##Msg(r, OP, resp); });      \
   }
 
-  FORQ_MANAGER_RPC(DictGet, Dict, Type::kDict, Op::kGet)
-  FORQ_MANAGER_RPC(DictSet, Dict, Type::kDict, Op::kSet)
-  FORQ_MANAGER_RPC(DictDelete, Dict, Type::kDict, Op::kDelete)
-  FORQ_MANAGER_RPC(DictContains, Dict, Type::kDict, Op::kContains)
-  FORQ_MANAGER_RPC(DictKeys, Dict, Type::kDict, Op::kKeys)
-  FORQ_MANAGER_RPC(DictItems, Dict, Type::kDict, Op::kItems)
-  FORQ_MANAGER_RPC(DictLen, Dict, Type::kDict, Op::kLen)
-  FORQ_MANAGER_RPC(DictUpdate, Dict, Type::kDict, Op::kUpdate)
-  FORQ_MANAGER_RPC(DictClear, Dict, Type::kDict, Op::kClear)
-  FORQ_MANAGER_RPC(DictCompareAndSet, Dict, Type::kDict, Op::kCompareAndSet)
-  FORQ_MANAGER_RPC(DictSetIfAbsent, Dict, Type::kDict, Op::kSetIfAbsent)
-
-  FORQ_MANAGER_RPC(ListAppend, List, Type::kList, Op::kAppend)
-  FORQ_MANAGER_RPC(ListExtend, List, Type::kList, Op::kExtend)
-  FORQ_MANAGER_RPC(ListGet, List, Type::kList, Op::kGet)
-  FORQ_MANAGER_RPC(ListSet, List, Type::kList, Op::kSet)
-  FORQ_MANAGER_RPC(ListPop, List, Type::kList, Op::kPop)
-  FORQ_MANAGER_RPC(ListInsert, List, Type::kList, Op::kInsert)
-  FORQ_MANAGER_RPC(ListRemove, List, Type::kList, Op::kRemove)
-  FORQ_MANAGER_RPC(ListLen, List, Type::kList, Op::kLen)
-  FORQ_MANAGER_RPC(ListSlice, List, Type::kList, Op::kSlice)
-  FORQ_MANAGER_RPC(ListClear, List, Type::kList, Op::kClear)
-  FORQ_MANAGER_RPC(ListAdd, List, Type::kList, Op::kAdd)
-
-  FORQ_MANAGER_RPC(ValueGet, Value, Type::kValue, Op::kGet)
-  FORQ_MANAGER_RPC(ValueSet, Value, Type::kValue, Op::kSet)
-  FORQ_MANAGER_RPC(ValueAdd, Value, Type::kValue, Op::kAdd)
-  FORQ_MANAGER_RPC(ValueCompareAndSet, Value, Type::kValue, Op::kCompareAndSet)
-
-  FORQ_MANAGER_RPC(ArrayGet, Array, Type::kArray, Op::kGet)
-  FORQ_MANAGER_RPC(ArraySet, Array, Type::kArray, Op::kSet)
-  FORQ_MANAGER_RPC(ArrayAdd, Array, Type::kArray, Op::kAdd)
-  FORQ_MANAGER_RPC(ArraySlice, Array, Type::kArray, Op::kSlice)
-  FORQ_MANAGER_RPC(ArrayLen, Array, Type::kArray, Op::kLen)
-
-  FORQ_MANAGER_RPC(NamespaceGet, Namespace, Type::kNamespace, Op::kGet)
-  FORQ_MANAGER_RPC(NamespaceSet, Namespace, Type::kNamespace, Op::kSet)
-  FORQ_MANAGER_RPC(NamespaceDelete, Namespace, Type::kNamespace, Op::kDelete)
-  FORQ_MANAGER_RPC(NamespaceList, Namespace, Type::kNamespace, Op::kItems)
-
-  FORQ_MANAGER_RPC(QueuePut, Queue, Type::kQueue, Op::kPut)
-  FORQ_MANAGER_RPC(QueueGet, Queue, Type::kQueue, Op::kGet)
-  FORQ_MANAGER_RPC(QueueSize, Queue, Type::kQueue, Op::kSize)
-  FORQ_MANAGER_RPC(QueueTaskDone, Queue, Type::kQueue, Op::kTaskDone)
-  FORQ_MANAGER_RPC(QueueJoin, Queue, Type::kQueue, Op::kJoin)
-
-  FORQ_MANAGER_RPC(PipeSend, Pipe, Type::kPipe, Op::kSend)
-  FORQ_MANAGER_RPC(PipeRecv, Pipe, Type::kPipe, Op::kRecv)
-  FORQ_MANAGER_RPC(PipePoll, Pipe, Type::kPipe, Op::kPoll)
-
-  FORQ_MANAGER_RPC(LockAcquire, Lock, Type::kLock, Op::kAcquire)
-  FORQ_MANAGER_RPC(LockRelease, Lock, Type::kLock, Op::kRelease)
-  FORQ_MANAGER_RPC(RLockAcquire, Lock, Type::kRLock, Op::kAcquire)
-  FORQ_MANAGER_RPC(RLockRelease, Lock, Type::kRLock, Op::kRelease)
-
-  FORQ_MANAGER_RPC(SemaphoreAcquire, Semaphore, Type::kSemaphore, Op::kAcquire)
-  FORQ_MANAGER_RPC(SemaphoreRelease, Semaphore, Type::kSemaphore, Op::kRelease)
-  FORQ_MANAGER_RPC(SemaphoreValue, Semaphore, Type::kSemaphore, Op::kValue)
-  FORQ_MANAGER_RPC(BoundedSemaphoreAcquire, Semaphore, Type::kBoundedSemaphore,
-                   Op::kAcquire)
-  FORQ_MANAGER_RPC(BoundedSemaphoreRelease, Semaphore, Type::kBoundedSemaphore,
-                   Op::kRelease)
-  FORQ_MANAGER_RPC(BoundedSemaphoreValue, Semaphore, Type::kBoundedSemaphore,
-                   Op::kValue)
-
-  FORQ_MANAGER_RPC(ConditionAcquire, Condition, Type::kCondition, Op::kAcquire)
-  FORQ_MANAGER_RPC(ConditionRelease, Condition, Type::kCondition, Op::kRelease)
-  FORQ_MANAGER_RPC(ConditionWait, Condition, Type::kCondition, Op::kWait)
-  FORQ_MANAGER_RPC(ConditionNotify, Condition, Type::kCondition, Op::kNotify)
-  FORQ_MANAGER_RPC(ConditionNotifyAll, Condition, Type::kCondition,
-                   Op::kNotifyAll)
-
-  FORQ_MANAGER_RPC(EventSet, Event, Type::kEvent, Op::kSet)
-  FORQ_MANAGER_RPC(EventClear, Event, Type::kEvent, Op::kClear)
-  FORQ_MANAGER_RPC(EventIsSet, Event, Type::kEvent, Op::kIsSet)
-  FORQ_MANAGER_RPC(EventWait, Event, Type::kEvent, Op::kWait)
-
+#define FORQ_X(T, O, Rpc, Family, flags, args, out) \
+  FORQ_MANAGER_RPC(Rpc, Family, Type::k##T, Op::k##O)
+  FORQ_MANAGER_OPS(FORQ_X)
+#undef FORQ_X
 #undef FORQ_MANAGER_RPC
 
-  grpc::ServerUnaryReactor* OpenSession(
-      grpc::CallbackServerContext*, const v1::OpenSessionRequest* req,
-      v1::OpenSessionResponse* resp) override {
-    ManagerRequest r = Base(Type::kSession, Op::kOpen, "");
-    r.ttl_ms =
-        google::protobuf::util::TimeUtil::DurationToMilliseconds(req->ttl());
-    if (r.ttl_ms < 0) r.ttl_ms = 0;
-    r.key = req->client_name();
-    return new OpReactor(core_, std::move(r), [resp](const ManagerReply& rep) {
-      resp->set_session(rep.value);
-      *resp->mutable_ttl() =
-          google::protobuf::util::TimeUtil::MillisecondsToDuration(rep.length);
+  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* ctx,
+                                 const v1::ManagerCall* req,
+                                 v1::ManagerResult* resp) override {
+    absl::StatusOr<ManagerRequest> r =
+        FromCall(*req, TimeoutMs(ctx, req->has_timeout(), req->timeout()));
+    if (!r.ok()) {
+      grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+      reactor->Finish(ToGrpcStatus(r.status()));
+      return reactor;
+    }
+    return new OpReactor(core_, *std::move(r), [resp](const ManagerReply& rep) {
+      ToResult(rep, resp);
     });
   }
 
-  grpc::ServerUnaryReactor* KeepAlive(grpc::CallbackServerContext*,
-                                      const v1::KeepAliveRequest* req,
-                                      v1::KeepAliveResponse* resp) override {
-    ManagerRequest r = Base(Type::kSession, Op::kKeepAlive, "");
-    r.session = req->session();
-    return new OpReactor(core_, std::move(r), [resp](const ManagerReply& rep) {
-      *resp->mutable_ttl() =
-          google::protobuf::util::TimeUtil::MillisecondsToDuration(rep.length);
-    });
-  }
-
-  grpc::ServerUnaryReactor* CloseSession(
-      grpc::CallbackServerContext*, const v1::CloseSessionRequest* req,
-      v1::CloseSessionResponse* resp) override {
-    ManagerRequest r = Base(Type::kSession, Op::kClose, "");
-    r.session = req->session();
-    return new OpReactor(core_, std::move(r), [resp](const ManagerReply& rep) {
-      resp->set_released(static_cast<int32_t>(rep.count));
-    });
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
+      grpc::CallbackServerContext*) override {
+    return SessionReactor::Start(core_);
   }
 
   grpc::ServerUnaryReactor* ListObjects(

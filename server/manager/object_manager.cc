@@ -1,239 +1,18 @@
 #include "server/manager/object_manager.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
 #include <limits>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "openssl/rand.h"
 #include "spdlog/spdlog.h"
 
-#include "common/status_macros.h"
+#include "server/manager/object_util.h"
 
 namespace forq::server {
-namespace {
 
-using worker::ManagerOp;
-using worker::ManagerReply;
-using worker::ManagerRequest;
-using worker::ManagerType;
-
-constexpr char kObjectKeyPrefix[] = "manager/obj/";
-constexpr char kEpochKey[] = "manager/epoch";
-constexpr int kTokenCounterBits = 40;
-constexpr size_t kMaxNameLength = 200;
-constexpr size_t kMaxKeyLength = 4096;
-
-absl::Status ValidateName(absl::string_view name) {
-  if (name.empty() || name.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("object name must be 1..", kMaxNameLength, " characters"));
-  }
-  for (char c : name) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' &&
-        c != '.' && c != ':' && c != '/' && c != '-') {
-      return absl::InvalidArgumentError(
-          absl::StrCat("object name '", absl::CHexEscape(name),
-                       "' may only contain letters, digits and _ . : / -"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ValidateKey(absl::string_view what, absl::string_view key) {
-  if (key.empty() || key.size() > kMaxKeyLength) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " must be 1..", kMaxKeyLength, " bytes"));
-  }
-  return absl::OkStatus();
-}
-
-bool Persistent(ManagerType t) {
-  switch (t) {
-    case ManagerType::kDict:
-    case ManagerType::kList:
-    case ManagerType::kValue:
-    case ManagerType::kArray:
-    case ManagerType::kNamespace:
-    case ManagerType::kQueue:
-    case ManagerType::kPipe:
-    case ManagerType::kEvent:
-      return true;
-    default:
-      return false;
-  }
-}
-
-absl::string_view Article(ManagerType t) {
-  switch (t) {
-    case ManagerType::kArray:
-    case ManagerType::kEvent:
-      return "an ";
-    default:
-      return "a ";
-  }
-}
-
-// Numbers stored as decimal text: integers when both sides are integers,
-// doubles otherwise.
-struct Number {
-  bool is_int = true;
-  int64_t i = 0;
-  double d = 0;
-};
-
-absl::StatusOr<Number> ParseNumber(absl::string_view text,
-                                   absl::string_view what) {
-  Number n;
-  absl::string_view t = absl::StripAsciiWhitespace(text);
-  if (t.empty()) return n;
-  if (absl::SimpleAtoi(t, &n.i)) return n;
-  if (absl::SimpleAtod(t, &n.d) && std::isfinite(n.d)) {
-    n.is_int = false;
-    return n;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      what, " is not a number: '", absl::CHexEscape(text.substr(0, 64)), "'"));
-}
-
-std::string FormatDouble(double d) {
-  // Shortest of %.15g/%.17g that reads back exactly.
-  std::string s = absl::StrFormat("%.15g", d);
-  double back = 0;
-  if (!absl::SimpleAtod(s, &back) || back != d) s = absl::StrFormat("%.17g", d);
-  return s;
-}
-
-absl::StatusOr<std::string> AddNumbers(absl::string_view current,
-                                       absl::string_view delta) {
-  if (absl::StripAsciiWhitespace(delta).empty()) {
-    return absl::InvalidArgumentError("add needs a delta");
-  }
-  FORQ_ASSIGN_OR_RETURN(Number a, ParseNumber(current, "stored value"));
-  FORQ_ASSIGN_OR_RETURN(Number b, ParseNumber(delta, "delta"));
-  if (a.is_int && b.is_int) {
-    int64_t sum = 0;
-    if (__builtin_add_overflow(a.i, b.i, &sum)) {
-      return absl::OutOfRangeError("integer overflow in add");
-    }
-    return absl::StrCat(sum);
-  }
-  double x = (a.is_int ? static_cast<double>(a.i) : a.d) +
-             (b.is_int ? static_cast<double>(b.i) : b.d);
-  return FormatDouble(x);
-}
-
-absl::StatusOr<size_t> Index(int64_t index, size_t size,
-                             absl::string_view what) {
-  int64_t i = index < 0 ? index + static_cast<int64_t>(size) : index;
-  if (i < 0 || i >= static_cast<int64_t>(size)) {
-    return absl::OutOfRangeError(absl::StrCat(
-        what, " index ", index, " out of range (length ", size, ")"));
-  }
-  return static_cast<size_t>(i);
-}
-
-std::pair<size_t, size_t> SliceBounds(const ManagerRequest& r, size_t size) {
-  auto clamp = [size](int64_t v) {
-    const auto n = static_cast<int64_t>(size);
-    if (v < 0) v += n;
-    return static_cast<size_t>(std::clamp<int64_t>(v, 0, n));
-  };
-  size_t start = r.has_start ? clamp(r.start) : 0;
-  size_t stop = r.has_stop ? clamp(r.stop) : size;
-  if (stop < start) stop = start;
-  return {start, stop};
-}
-
-absl::Status Unsupported(ManagerType t, ManagerOp op) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(worker::ManagerTypeName(t), " has no operation '",
-                   worker::ManagerOpName(op), "'"));
-}
-
-std::string NewSessionId() {
-  unsigned char raw[16];
-  if (RAND_bytes(raw, sizeof(raw)) != 1) {
-    // Unguessability matters (a session id is a capability), so fall back
-    // to the kernel rather than a seeded PRNG.
-    FILE* f = fopen("/dev/urandom", "rbe");
-    size_t got = f != nullptr ? fread(raw, 1, sizeof(raw), f) : 0;
-    if (f != nullptr) fclose(f);
-    if (got != sizeof(raw)) abort();
-  }
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(raw), sizeof(raw)));
-}
-
-int64_t ToMillis(TimerQueue::Clock::duration d) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-}
-
-// ------------------------------------------------------------ blob format
-// "FQO" + version 1 + type, then fields in a fixed order per type: strings
-// as u32 length + bytes, integers as u64. Read back with full bounds checks.
-class BlobWriter {
- public:
-  void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<char>(v >> (8 * i)));
-  }
-  void Str(absl::string_view s) {
-    auto n = static_cast<uint32_t>(s.size());
-    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(n >> (8 * i)));
-    out_.append(s.data(), s.size());
-  }
-  std::string& out() { return out_; }
-
- private:
-  std::string out_;
-};
-
-class BlobReader {
- public:
-  explicit BlobReader(absl::string_view in) : in_(in) {}
-  bool U64(uint64_t* v) {
-    if (in_.size() - pos_ < 8) return false;
-    *v = 0;
-    for (int i = 0; i < 8; ++i) {
-      *v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[pos_ + i]))
-            << (8 * i);
-    }
-    pos_ += 8;
-    return true;
-  }
-  bool Str(std::string* s) {
-    if (in_.size() - pos_ < 4) return false;
-    uint32_t n = 0;
-    for (int i = 0; i < 4; ++i) {
-      n |= static_cast<uint32_t>(static_cast<uint8_t>(in_[pos_ + i]))
-           << (8 * i);
-    }
-    pos_ += 4;
-    if (in_.size() - pos_ < n) return false;
-    s->assign(in_.data() + pos_, n);
-    pos_ += n;
-    return true;
-  }
-  // A count that cannot exceed the bytes left (each entry takes >= 4).
-  bool Count(uint64_t* n) {
-    return U64(n) && *n <= (in_.size() - pos_) / 4 + 1;
-  }
-  bool Done() const { return pos_ == in_.size(); }
-  size_t pos_ = 0;
-
- private:
-  absl::string_view in_;
-};
-
-}  // namespace
+using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
 
 // ------------------------------------------------------------ lifecycle
 
@@ -284,139 +63,6 @@ void ObjectManager::Shutdown() {
   Finish(b);
 }
 
-absl::Status ObjectManager::Recover() {
-  if (store_ == nullptr) return absl::OkStatus();
-  FORQ_ASSIGN_OR_RETURN(auto blobs, store_->LoadObjects());
-  uint64_t stored_epoch = 0;
-  int loaded = 0, skipped = 0;
-  {
-    MutexLock lock(&mu_);
-    for (auto& [key, blob] : blobs) {
-      if (key == kEpochKey) {
-        BlobReader r(blob);
-        if (!r.U64(&stored_epoch)) spdlog::warn("manager: corrupt epoch blob");
-        continue;
-      }
-      if (!absl::StartsWith(key, kObjectKeyPrefix)) continue;
-      std::string name = key.substr(strlen(kObjectKeyPrefix));
-      BlobReader r(blob);
-      Object o;
-      std::string magic;
-      uint64_t type = 0, version = 0;
-      bool ok = r.Str(&magic) && magic == "FQO1" && r.U64(&type) &&
-                r.U64(&version) && type >= 1 && type <= 13 &&
-                Persistent(static_cast<ManagerType>(type));
-      o.type = static_cast<ManagerType>(type);
-      o.version = version;
-      uint64_t n = 0;
-      std::string s;
-      if (ok) {
-        switch (o.type) {
-          case ManagerType::kDict:
-          case ManagerType::kNamespace:
-            ok = r.Count(&n);
-            for (uint64_t i = 0; ok && i < n; ++i) {
-              std::string k;
-              ok = r.Str(&k) && r.Str(&s);
-              if (ok) o.map[k] = s;
-            }
-            break;
-          case ManagerType::kList:
-            ok = r.Count(&n);
-            for (uint64_t i = 0; ok && i < n; ++i) {
-              ok = r.Str(&s);
-              if (ok) o.list.push_back(s);
-            }
-            break;
-          case ManagerType::kValue:
-            ok = r.Str(&o.value);
-            break;
-          case ManagerType::kArray: {
-            uint64_t tc = 0;
-            ok = r.U64(&tc) && (tc == 'i' || tc == 'd') && r.U64(&n) &&
-                 n <= options_.max_entries;
-            o.typecode = static_cast<char>(tc);
-            for (uint64_t i = 0; ok && i < n; ++i) {
-              uint64_t v = 0;
-              ok = r.U64(&v);
-              if (o.typecode == 'i') {
-                o.ints.push_back(static_cast<int64_t>(v));
-              } else {
-                double d;
-                memcpy(&d, &v, sizeof(d));
-                o.doubles.push_back(d);
-              }
-            }
-            break;
-          }
-          case ManagerType::kQueue: {
-            uint64_t maxsize = 0, unfinished = 0;
-            ok = r.U64(&maxsize) && r.U64(&unfinished) && r.Count(&n);
-            o.maxsize = static_cast<int64_t>(maxsize);
-            o.unfinished = static_cast<int64_t>(unfinished);
-            for (uint64_t i = 0; ok && i < n; ++i) {
-              ok = r.Str(&s);
-              if (ok) o.items.push_back(s);
-            }
-            break;
-          }
-          case ManagerType::kPipe: {
-            uint64_t one_way = 0;
-            ok = r.U64(&one_way);
-            o.one_way = one_way != 0;
-            for (int e = 0; ok && e < 2; ++e) {
-              ok = r.Count(&n);
-              for (uint64_t i = 0; ok && i < n; ++i) {
-                ok = r.Str(&s);
-                if (ok) o.inbox[e].push_back(s);
-              }
-            }
-            break;
-          }
-          case ManagerType::kEvent: {
-            uint64_t set = 0;
-            ok = r.U64(&set);
-            o.is_set = set != 0;
-            break;
-          }
-          default:
-            ok = false;
-        }
-      }
-      if (!ok || !r.Done() || !ValidateName(name).ok()) {
-        spdlog::warn("manager: skipping corrupt persisted object '{}'",
-                     absl::CHexEscape(name));
-        ++skipped;
-        continue;
-      }
-      objects_[name] = std::move(o);
-      ++loaded;
-    }
-    epoch_ = stored_epoch + 1;
-    UpdateGaugesLocked();
-  }
-  // The new epoch must be durable before any token of it is handed out, or
-  // a crash could make the next start reuse it.
-  BlobWriter w;
-  w.U64(stored_epoch + 1);
-  absl::Notification written;
-  absl::Status write_status;
-  store_->PutObject(kEpochKey, std::move(w.out()),
-                    [&written, &write_status](absl::Status s) {
-                      write_status = std::move(s);
-                      written.Notify();
-                    });
-  if (!written.WaitForNotificationWithTimeout(absl::Seconds(30))) {
-    // The callback still references the locals: it must run before we
-    // return, so wait for it without a bound (the store owes us a call).
-    written.WaitForNotification();
-  }
-  FORQ_RETURN_IF_ERROR(write_status);
-  spdlog::info("manager: recovered {} objects ({} skipped), token epoch {}",
-               loaded, skipped, stored_epoch + 1);
-  return absl::OkStatus();
-}
-
 // ------------------------------------------------------------ execute
 
 uint64_t ObjectManager::Execute(Request req, Done done, absl::string_view tag) {
@@ -426,12 +72,24 @@ uint64_t ObjectManager::Execute(Request req, Done done, absl::string_view tag) {
   }
   Batch b;
   uint64_t parked = 0;
+  const std::string name = req.name;
   {
     MutexLock lock(&mu_);
     Parking p;
-    absl::StatusOr<Reply> reply =
+    auto before_it = objects_.find(name);
+    const size_t before =
+        before_it == objects_.end() ? 0 : ObjectBytes(before_it->second);
+    const absl::Status admitted =
         shutdown_ ? absl::UnavailableError("manager shutting down")
-                  : RunLocked(req, p, b);
+                  : CheckBytesLocked(req);
+    absl::StatusOr<Reply> reply =
+        admitted.ok() ? RunLocked(req, p, b) : absl::StatusOr<Reply>(admitted);
+    b.op_marked = false;
+    auto after_it = objects_.find(name);
+    const size_t after =
+        after_it == objects_.end() ? 0 : ObjectBytes(after_it->second);
+    total_bytes_ += after;
+    total_bytes_ -= std::min(before, total_bytes_);
     if (reply.ok() && p.park) {
       auto it = objects_.find(req.name);
       if (waiters_.size() >= options_.max_waiters) {
@@ -445,11 +103,59 @@ uint64_t ObjectManager::Execute(Request req, Done done, absl::string_view tag) {
     } else {
       b.replies.emplace_back(std::move(done), std::move(reply));
     }
+    // A reply that read changes not yet durable waits for them (and fails
+    // with them if they are rolled back).
+    if (!b.replies.empty() && unpersisted_.count(name) != 0) b.hold = true;
     QueueWritesLocked(b);
     UpdateGaugesLocked();
   }
   Finish(b);
   return parked;
+}
+
+size_t ObjectManager::ObjectBytes(const Object& o) {
+  return o.map.bytes() + o.seq_bytes + o.value.size() +
+         (o.ints.size() + o.doubles.size()) * sizeof(int64_t);
+}
+
+absl::Status ObjectManager::CheckBytesLocked(const Request& req) {
+  const v1::ManagerOpSpec* spec = v1::FindManagerOp(req.type, req.op);
+  if (spec == nullptr || !spec->mutates()) return absl::OkStatus();
+  size_t growth = req.key.size();
+  auto value = [&](size_t n) -> absl::Status {
+    if (n > options_.max_value_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("a value of ", n, " bytes is over the limit of ",
+                       options_.max_value_bytes, " bytes per Manager value"));
+    }
+    growth += n;
+    return absl::OkStatus();
+  };
+  FORQ_RETURN_IF_ERROR(value(req.value.size()));
+  for (const std::string& v : req.values) FORQ_RETURN_IF_ERROR(value(v.size()));
+  for (const auto& [k, v] : req.items) {
+    FORQ_RETURN_IF_ERROR(value(v.size()));
+    growth += k.size();
+  }
+  auto it = objects_.find(req.name);
+  const size_t current = it == objects_.end() ? 0 : ObjectBytes(it->second);
+  if (it != objects_.end() && req.op == ManagerOp::kRepeat && req.n > 1) {
+    const size_t per = it->second.seq_bytes;
+    const auto times = static_cast<size_t>(std::min<int64_t>(req.n, 1 << 20));
+    growth += per > options_.max_object_bytes ? options_.max_object_bytes + 1
+                                              : per * (times - 1);
+  }
+  if (current + growth > options_.max_object_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "'", req.name, "' would hold more than ", options_.max_object_bytes,
+        " bytes (it holds ", current, ")"));
+  }
+  if (total_bytes_ + growth > options_.max_total_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Manager objects would hold more than ",
+                     options_.max_total_bytes, " bytes in total"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ObjectManager::Session*> ObjectManager::SessionLocked(
@@ -473,6 +179,9 @@ void ObjectManager::RenewLocked(Session& s) { s.expiry = Clock::now() + s.ttl; }
 absl::StatusOr<ObjectManager::Reply> ObjectManager::RunLocked(Request& req,
                                                               Parking& p,
                                                               Batch& b) {
+  if (v1::FindManagerOp(req.type, req.op) == nullptr) {
+    return Unsupported(req.type, req.op);
+  }
   if (req.type == ManagerType::kSession) return SessionOpLocked(req, b);
   FORQ_RETURN_IF_ERROR(ValidateName(req.name));
   if (!req.session.empty()) {
@@ -494,25 +203,51 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::RunLocked(Request& req,
     o.type = req.type;
     switch (req.type) {
       case ManagerType::kArray: {
-        if (req.length <= 0 ||
-            static_cast<size_t>(req.length) > options_.max_entries) {
+        const size_t n = req.length > 0 ? static_cast<size_t>(req.length)
+                                        : req.values.size();
+        if (n == 0 || n > options_.max_entries ||
+            (req.length > 0 && !req.values.empty() && req.values.size() != n)) {
           return absl::InvalidArgumentError(absl::StrCat(
               "array '", req.name, "' does not exist; give a length in 1..",
-              options_.max_entries, " to create it"));
+              options_.max_entries, " or its initial values to create it"));
         }
-        if (!req.typecode.empty() && req.typecode != "i" &&
-            req.typecode != "d") {
-          return absl::InvalidArgumentError(
-              "array typecode must be 'i' or 'd'");
-        }
-        o.typecode = req.typecode.empty() ? 'i' : req.typecode[0];
-        if (o.typecode == 'i') {
-          o.ints.assign(req.length, 0);
+        // No typecode: int64 ('q'); Python's 'i' is 32 bits.
+        FORQ_ASSIGN_OR_RETURN(
+            Typecode tc,
+            ParseTypecode(req.typecode.empty() ? "q" : req.typecode));
+        o.typecode = req.typecode.empty() ? 'q' : req.typecode[0];
+        if (tc.is_float) {
+          o.doubles.assign(n, 0.0);
         } else {
-          o.doubles.assign(req.length, 0.0);
+          o.ints.assign(n, 0);
+        }
+        for (size_t i = 0; i < req.values.size(); ++i) {
+          FORQ_ASSIGN_OR_RETURN(Number v, ParseNumber(req.values[i], "value"));
+          FORQ_RETURN_IF_ERROR(CheckTypecode(tc, v, "array value"));
+          if (tc.is_float) {
+            o.doubles[i] = v.is_int ? static_cast<double>(v.i) : v.d;
+            if (tc.single) o.doubles[i] = static_cast<float>(o.doubles[i]);
+          } else {
+            o.ints[i] = v.i;
+          }
         }
         break;
       }
+      case ManagerType::kValue:
+        if (!req.typecode.empty()) {
+          FORQ_RETURN_IF_ERROR(ParseTypecode(req.typecode).status());
+          o.typecode = req.typecode[0];
+          o.value = "0";
+        }
+        break;
+      case ManagerType::kBarrier:
+        if (req.length <= 0 || req.length > (int64_t{1} << 20)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "barrier '", req.name,
+              "' does not exist; give parties in 1..2^20 to create it"));
+        }
+        o.initial = req.length;
+        break;
       case ManagerType::kQueue:
         if (req.maxsize < 0) {
           return absl::InvalidArgumentError("queue maxsize must be >= 0");
@@ -535,6 +270,8 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::RunLocked(Request& req,
       default:
         break;
     }
+    // Its first write stores every row (an array's zeros too).
+    o.needs_full_write = true;
     it = objects_.emplace(req.name, std::move(o)).first;
   }
   Object& o = it->second;
@@ -562,6 +299,8 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::RunLocked(Request& req,
       return SemaphoreOpLocked(name, o, req, p, b);
     case ManagerType::kEvent:
       return EventOpLocked(name, o, req, p, b);
+    case ManagerType::kBarrier:
+      return BarrierOpLocked(name, o, req, p, b);
     case ManagerType::kSession:
       break;
   }
@@ -677,644 +416,6 @@ int ObjectManager::EndSessionLocked(const std::string& id,
   return released;
 }
 
-// ------------------------------------------------------------ data types
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::MapOpLocked(
-    const std::string& name, Object& o, Request& req, Batch& b) {
-  const bool ns = o.type == ManagerType::kNamespace;
-  const absl::string_view what = ns ? "attribute" : "key";
-  Reply r;
-  auto need_key = [&]() { return ValidateKey(what, req.key); };
-  auto room = [&](size_t more) -> absl::Status {
-    if (o.map.size() + more > options_.max_entries) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "'", name, "' is full (", options_.max_entries, " entries)"));
-    }
-    return absl::OkStatus();
-  };
-  switch (req.op) {
-    case ManagerOp::kGet: {
-      FORQ_RETURN_IF_ERROR(need_key());
-      auto it = o.map.find(req.key);
-      if (it == o.map.end()) {
-        return absl::NotFoundError(
-            absl::StrCat(ns ? "namespace '" : "dict '", name, "' has no ", what,
-                         " '", absl::CHexEscape(req.key), "'"));
-      }
-      r.value = it->second;
-      r.found = true;
-      break;
-    }
-    case ManagerOp::kSet: {
-      FORQ_RETURN_IF_ERROR(need_key());
-      if (o.map.count(req.key) == 0) FORQ_RETURN_IF_ERROR(room(1));
-      o.map[req.key] = req.value;
-      TouchLocked(name, o, "set", req.key, req.value, b);
-      break;
-    }
-    case ManagerOp::kDelete: {
-      FORQ_RETURN_IF_ERROR(need_key());
-      auto it = o.map.find(req.key);
-      if (it == o.map.end()) {
-        if (ns) {
-          return absl::NotFoundError(
-              absl::StrCat("namespace '", name, "' has no attribute '",
-                           absl::CHexEscape(req.key), "'"));
-        }
-        break;
-      }
-      r.found = true;
-      r.value = std::move(it->second);
-      o.map.erase(it);
-      TouchLocked(name, o, "delete", req.key, "", b);
-      break;
-    }
-    case ManagerOp::kContains:
-      if (ns) return Unsupported(o.type, req.op);
-      FORQ_RETURN_IF_ERROR(need_key());
-      r.found = o.map.count(req.key) != 0;
-      break;
-    case ManagerOp::kKeys:
-      if (ns) return Unsupported(o.type, req.op);
-      for (const auto& [k, v] : o.map) r.values.push_back(k);
-      break;
-    case ManagerOp::kItems:
-      for (const auto& kv : o.map) r.items.push_back(kv);
-      break;
-    case ManagerOp::kLen:
-      if (ns) return Unsupported(o.type, req.op);
-      break;
-    case ManagerOp::kUpdate: {
-      if (ns) return Unsupported(o.type, req.op);
-      size_t fresh = 0;
-      for (const auto& [k, v] : req.items) {
-        FORQ_RETURN_IF_ERROR(ValidateKey(what, k));
-        fresh += o.map.count(k) == 0;
-      }
-      FORQ_RETURN_IF_ERROR(room(fresh));
-      for (auto& [k, v] : req.items) o.map[k] = v;
-      TouchLocked(name, o, "update", "", "", b);
-      break;
-    }
-    case ManagerOp::kClear:
-      if (ns) return Unsupported(o.type, req.op);
-      o.map.clear();
-      TouchLocked(name, o, "clear", "", "", b);
-      break;
-    case ManagerOp::kCompareAndSet: {
-      if (ns) return Unsupported(o.type, req.op);
-      FORQ_RETURN_IF_ERROR(need_key());
-      auto it = o.map.find(req.key);
-      if (req.expect_absent
-              ? it != o.map.end()
-              : (it == o.map.end() || it->second != req.expected)) {
-        return absl::AbortedError(absl::StrCat(
-            "compare-and-set of '", name, "'[", absl::CHexEscape(req.key),
-            "] failed: ",
-            it == o.map.end() ? "key is absent" : "value differs"));
-      }
-      if (it == o.map.end()) FORQ_RETURN_IF_ERROR(room(1));
-      o.map[req.key] = req.value;
-      r.value = req.value;
-      TouchLocked(name, o, "compare_and_set", req.key, req.value, b);
-      break;
-    }
-    case ManagerOp::kSetIfAbsent: {
-      if (ns) return Unsupported(o.type, req.op);
-      FORQ_RETURN_IF_ERROR(need_key());
-      auto it = o.map.find(req.key);
-      if (it != o.map.end()) {
-        r.found = true;
-        r.value = it->second;
-        break;
-      }
-      FORQ_RETURN_IF_ERROR(room(1));
-      o.map[req.key] = req.value;
-      r.value = req.value;
-      TouchLocked(name, o, "set", req.key, req.value, b);
-      break;
-    }
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  r.length = static_cast<int64_t>(o.map.size());
-  return r;
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::ListOpLocked(
-    const std::string& name, Object& o, Request& req, Batch& b) {
-  Reply r;
-  auto room = [&](size_t more) -> absl::Status {
-    if (o.list.size() + more > options_.max_entries) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "list '", name, "' is full (", options_.max_entries, " items)"));
-    }
-    return absl::OkStatus();
-  };
-  auto need_index = [&]() -> absl::Status {
-    if (!req.has_index) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "list ", worker::ManagerOpName(req.op), " needs an index"));
-    }
-    return absl::OkStatus();
-  };
-  switch (req.op) {
-    case ManagerOp::kAppend:
-      FORQ_RETURN_IF_ERROR(room(1));
-      o.list.push_back(req.value);
-      TouchLocked(name, o, "append", "", req.value, b);
-      break;
-    case ManagerOp::kExtend:
-      FORQ_RETURN_IF_ERROR(room(req.values.size()));
-      for (auto& v : req.values) o.list.push_back(std::move(v));
-      TouchLocked(name, o, "extend", "", "", b);
-      break;
-    case ManagerOp::kGet: {
-      FORQ_RETURN_IF_ERROR(need_index());
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.index, o.list.size(), "list"));
-      r.value = o.list[i];
-      break;
-    }
-    case ManagerOp::kSet: {
-      FORQ_RETURN_IF_ERROR(need_index());
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.index, o.list.size(), "list"));
-      o.list[i] = req.value;
-      TouchLocked(name, o, "set", absl::StrCat(i), req.value, b);
-      break;
-    }
-    case ManagerOp::kPop: {
-      if (o.list.empty()) {
-        return absl::OutOfRangeError(
-            absl::StrCat("pop from empty list '", name, "'"));
-      }
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.has_index ? req.index : -1,
-                                            o.list.size(), "list"));
-      r.value = std::move(o.list[i]);
-      o.list.erase(o.list.begin() + static_cast<ptrdiff_t>(i));
-      TouchLocked(name, o, "pop", absl::StrCat(i), r.value, b);
-      break;
-    }
-    case ManagerOp::kInsert: {
-      FORQ_RETURN_IF_ERROR(need_index());
-      FORQ_RETURN_IF_ERROR(room(1));
-      // Python's insert clamps instead of raising.
-      const auto n = static_cast<int64_t>(o.list.size());
-      int64_t i = req.index < 0 ? req.index + n : req.index;
-      i = std::clamp<int64_t>(i, 0, n);
-      o.list.insert(o.list.begin() + i, req.value);
-      TouchLocked(name, o, "insert", absl::StrCat(i), req.value, b);
-      break;
-    }
-    case ManagerOp::kRemove: {
-      auto it = std::find(o.list.begin(), o.list.end(), req.value);
-      if (it == o.list.end()) {
-        return absl::NotFoundError(
-            absl::StrCat("list '", name, "' has no such item"));
-      }
-      o.list.erase(it);
-      TouchLocked(name, o, "remove", "", req.value, b);
-      break;
-    }
-    case ManagerOp::kLen:
-      break;
-    case ManagerOp::kSlice: {
-      auto [start, stop] = SliceBounds(req, o.list.size());
-      r.values.assign(o.list.begin() + start, o.list.begin() + stop);
-      break;
-    }
-    case ManagerOp::kClear:
-      o.list.clear();
-      TouchLocked(name, o, "clear", "", "", b);
-      break;
-    case ManagerOp::kAdd: {
-      FORQ_RETURN_IF_ERROR(need_index());
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.index, o.list.size(), "list"));
-      FORQ_ASSIGN_OR_RETURN(r.value, AddNumbers(o.list[i], req.delta));
-      o.list[i] = r.value;
-      TouchLocked(name, o, "add", absl::StrCat(i), r.value, b);
-      break;
-    }
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  r.length = static_cast<int64_t>(o.list.size());
-  return r;
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::ValueOpLocked(
-    const std::string& name, Object& o, Request& req, Batch& b) {
-  Reply r;
-  switch (req.op) {
-    case ManagerOp::kGet:
-      break;
-    case ManagerOp::kSet:
-      o.value = req.value;
-      TouchLocked(name, o, "set", "", o.value, b);
-      break;
-    case ManagerOp::kAdd: {
-      FORQ_ASSIGN_OR_RETURN(std::string v, AddNumbers(o.value, req.delta));
-      o.value = std::move(v);
-      TouchLocked(name, o, "add", "", o.value, b);
-      break;
-    }
-    case ManagerOp::kCompareAndSet:
-      if (o.value != req.expected) {
-        return absl::AbortedError(absl::StrCat(
-            "compare-and-set of value '", name, "' failed: value differs"));
-      }
-      o.value = req.value;
-      TouchLocked(name, o, "compare_and_set", "", o.value, b);
-      break;
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  r.value = o.value;
-  return r;
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::ArrayOpLocked(
-    const std::string& name, Object& o, Request& req, Batch& b) {
-  const size_t size = o.typecode == 'i' ? o.ints.size() : o.doubles.size();
-  if (req.length != 0 && static_cast<size_t>(req.length) != size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "array '", name, "' has length ", size, ", not ", req.length));
-  }
-  if (!req.typecode.empty() && req.typecode != std::string(1, o.typecode)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "array '", name, "' has typecode '", std::string(1, o.typecode), "'"));
-  }
-  auto text = [&o](size_t i) {
-    return o.typecode == 'i' ? absl::StrCat(o.ints[i])
-                             : FormatDouble(o.doubles[i]);
-  };
-  auto store = [&o](size_t i, const Number& n) -> absl::Status {
-    if (o.typecode == 'i') {
-      if (!n.is_int) {
-        return absl::InvalidArgumentError(
-            "integer array: value is not an integer");
-      }
-      o.ints[i] = n.i;
-    } else {
-      o.doubles[i] = n.is_int ? static_cast<double>(n.i) : n.d;
-    }
-    return absl::OkStatus();
-  };
-  Reply r;
-  r.typecode = std::string(1, o.typecode);
-  r.length = static_cast<int64_t>(size);
-  switch (req.op) {
-    case ManagerOp::kGet: {
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.index, size, "array"));
-      r.value = text(i);
-      break;
-    }
-    case ManagerOp::kSet: {
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.index, size, "array"));
-      if (absl::StripAsciiWhitespace(req.value).empty()) {
-        return absl::InvalidArgumentError("array set needs a value");
-      }
-      FORQ_ASSIGN_OR_RETURN(Number n, ParseNumber(req.value, "value"));
-      FORQ_RETURN_IF_ERROR(store(i, n));
-      r.value = text(i);
-      TouchLocked(name, o, "set", absl::StrCat(i), r.value, b);
-      break;
-    }
-    case ManagerOp::kAdd: {
-      FORQ_ASSIGN_OR_RETURN(size_t i, Index(req.index, size, "array"));
-      FORQ_ASSIGN_OR_RETURN(std::string sum, AddNumbers(text(i), req.delta));
-      FORQ_ASSIGN_OR_RETURN(Number n, ParseNumber(sum, "sum"));
-      FORQ_RETURN_IF_ERROR(store(i, n));
-      r.value = text(i);
-      TouchLocked(name, o, "add", absl::StrCat(i), r.value, b);
-      break;
-    }
-    case ManagerOp::kSlice: {
-      auto [start, stop] = SliceBounds(req, size);
-      for (size_t i = start; i < stop; ++i) r.values.push_back(text(i));
-      break;
-    }
-    case ManagerOp::kLen:
-      break;
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  return r;
-}
-
-// ------------------------------------------------------------ queue, pipe
-
-namespace {
-void QueueStats(const std::deque<std::string>& items, int64_t maxsize,
-                int64_t unfinished, ManagerReply& r) {
-  r.length = static_cast<int64_t>(items.size());
-  r.maxsize = maxsize;
-  r.unfinished = unfinished;
-  r.found = items.empty();                      // "empty"
-  r.flag = maxsize > 0 && r.length >= maxsize;  // "full"
-}
-}  // namespace
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::QueueOpLocked(
-    const std::string& name, Object& o, Request& req, Parking& p, Batch& b) {
-  if (req.maxsize != 0 && req.maxsize != o.maxsize) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "queue '", name, "' has maxsize ", o.maxsize, ", not ", req.maxsize));
-  }
-  const size_t cap =
-      o.maxsize > 0 ? static_cast<size_t>(o.maxsize) : options_.max_entries;
-  Reply r;
-  switch (req.op) {
-    case ManagerOp::kPut:
-      if (o.items.size() >= cap) {
-        if (o.maxsize == 0) {
-          return absl::ResourceExhaustedError(absl::StrCat(
-              "queue '", name, "' holds the maximum of ", cap, " items"));
-        }
-        p.park = true;
-        p.kind = WaitKind::kQueuePut;
-        return r;
-      }
-      o.items.push_back(req.value);
-      ++o.unfinished;
-      TouchLocked(name, o, "put", "", req.value, b);
-      PumpLocked(name, o, b);
-      break;
-    case ManagerOp::kGet:
-      if (o.items.empty()) {
-        p.park = true;
-        p.kind = WaitKind::kQueueGet;
-        return r;
-      }
-      r.value = std::move(o.items.front());
-      o.items.pop_front();
-      TouchLocked(name, o, "get", "", r.value, b);
-      PumpLocked(name, o, b);
-      break;
-    case ManagerOp::kSize:
-      break;
-    case ManagerOp::kTaskDone:
-      if (o.unfinished <= 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "task_done() called too many times on queue '", name, "'"));
-      }
-      --o.unfinished;
-      TouchLocked(name, o, "task_done", "", "", b);
-      PumpLocked(name, o, b);
-      break;
-    case ManagerOp::kJoin:
-      if (o.unfinished > 0) {
-        p.park = true;
-        p.kind = WaitKind::kQueueJoin;
-        return r;
-      }
-      break;
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  QueueStats(o.items, o.maxsize, o.unfinished, r);
-  return r;
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::PipeOpLocked(
-    const std::string& name, Object& o, Request& req, Parking& p, Batch& b) {
-  if (req.end != 0 && req.end != 1) {
-    return absl::InvalidArgumentError("pipe end must be 0 or 1");
-  }
-  const int end = static_cast<int>(req.end);
-  Reply r;
-  switch (req.op) {
-    case ManagerOp::kSend: {
-      if (o.one_way && end != 1) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("one-way pipe '", name, "' sends on end 1 only"));
-      }
-      std::deque<std::string>& inbox = o.inbox[1 - end];
-      if (inbox.size() >= options_.max_entries) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("pipe '", name, "' is full"));
-      }
-      inbox.push_back(req.value);
-      TouchLocked(name, o, "send", absl::StrCat(end), req.value, b);
-      PumpLocked(name, o, b);
-      break;
-    }
-    case ManagerOp::kRecv:
-      if (o.one_way && end != 0) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("one-way pipe '", name, "' receives on end 0 only"));
-      }
-      if (o.inbox[end].empty()) {
-        p.park = true;
-        p.kind = WaitKind::kPipeRecv;
-        return r;
-      }
-      r.value = std::move(o.inbox[end].front());
-      o.inbox[end].pop_front();
-      TouchLocked(name, o, "recv", absl::StrCat(end), r.value, b);
-      break;
-    case ManagerOp::kPoll:
-      r.flag = !o.inbox[end].empty();
-      break;
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  return r;
-}
-
-// ------------------------------------------------------------ sync types
-
-uint64_t ObjectManager::NextTokenLocked() {
-  return (epoch_ << kTokenCounterBits) | ++grants_;
-}
-
-void ObjectManager::GrantLockLocked(const std::string& name, Object& o,
-                                    Session& s, const std::string& owner,
-                                    int64_t count) {
-  o.holder_session = s.id;
-  o.holder_owner = owner;
-  o.hold_count = count;
-  o.token = NextTokenLocked();
-  s.holdings.insert(name);
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::LockOpLocked(
-    const std::string& name, Object& o, Request& req, Parking& p, Batch& b) {
-  const bool reentrant = o.type != ManagerType::kLock;
-  const bool is_cond = o.type == ManagerType::kCondition;
-  const bool mine = !o.holder_session.empty() &&
-                    o.holder_session == req.session &&
-                    (!reentrant || o.holder_owner == req.owner);
-  auto not_held = [&]() {
-    return absl::FailedPreconditionError(absl::StrCat(
-        worker::ManagerTypeName(o.type), " '", name,
-        "' is not held by this session", reentrant ? " and owner" : ""));
-  };
-  Reply r;
-  switch (req.op) {
-    case ManagerOp::kAcquire: {
-      FORQ_ASSIGN_OR_RETURN(Session * s, SessionLocked(req));
-      if (reentrant && mine) {
-        ++o.hold_count;
-        r.flag = true;
-        r.token = o.token;
-        r.count = o.hold_count;
-        return r;
-      }
-      if (!o.holder_session.empty()) {
-        p.park = true;
-        p.kind = WaitKind::kAcquire;
-        return r;
-      }
-      GrantLockLocked(name, o, *s, req.owner, 1);
-      TouchLocked(name, o, "acquire", "", "", b);
-      r.flag = true;
-      r.token = o.token;
-      r.count = 1;
-      return r;
-    }
-    case ManagerOp::kRelease: {
-      FORQ_ASSIGN_OR_RETURN(Session * s, SessionLocked(req));
-      if (!mine) return not_held();
-      if (--o.hold_count <= 0) {
-        o.hold_count = 0;
-        o.holder_session.clear();
-        o.holder_owner.clear();
-        s->holdings.erase(name);
-        TouchLocked(name, o, "release", "", "", b);
-        PumpLocked(name, o, b);
-      }
-      r.count = o.hold_count;
-      return r;
-    }
-    case ManagerOp::kWait: {
-      if (!is_cond) return Unsupported(o.type, req.op);
-      FORQ_ASSIGN_OR_RETURN(Session * s, SessionLocked(req));
-      if (!mine) return not_held();
-      p.park = true;
-      p.kind = WaitKind::kCondWait;
-      p.restore_count = o.hold_count;
-      o.hold_count = 0;
-      o.holder_session.clear();
-      o.holder_owner.clear();
-      s->holdings.erase(name);
-      TouchLocked(name, o, "wait", "", "", b);
-      // The waiter is parked by the caller after this returns; granting the
-      // lock to others first is fine since a notify needs the lock anyway.
-      PumpLocked(name, o, b);
-      return r;
-    }
-    case ManagerOp::kNotify:
-    case ManagerOp::kNotifyAll: {
-      if (!is_cond) return Unsupported(o.type, req.op);
-      FORQ_RETURN_IF_ERROR(SessionLocked(req).status());
-      if (!mine) return not_held();
-      int64_t n = req.op == ManagerOp::kNotifyAll
-                      ? std::numeric_limits<int64_t>::max()
-                      : std::max<int64_t>(req.n, 0);
-      for (uint64_t wid : o.waiters) {
-        if (n == 0) break;
-        Waiter& w = waiters_.at(wid);
-        if (w.kind != WaitKind::kCondWait) continue;
-        w.kind = WaitKind::kCondReacquire;
-        w.notified = true;
-        b.cancel_timers.push_back(std::exchange(w.timer, 0));
-        ++r.count;
-        --n;
-      }
-      TouchLocked(name, o, worker::ManagerOpName(req.op), "", "", b);
-      // The notifier holds the lock, so the woken only queue for it.
-      return r;
-    }
-    default:
-      return Unsupported(o.type, req.op);
-  }
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::SemaphoreOpLocked(
-    const std::string& name, Object& o, Request& req, Parking& p, Batch& b) {
-  Reply r;
-  switch (req.op) {
-    case ManagerOp::kAcquire: {
-      FORQ_ASSIGN_OR_RETURN(Session * s, SessionLocked(req));
-      if (o.permits <= 0) {
-        p.park = true;
-        p.kind = WaitKind::kAcquire;
-        return r;
-      }
-      --o.permits;
-      ++o.held[s->id];
-      s->holdings.insert(name);
-      TouchLocked(name, o, "acquire", "", "", b);
-      r.flag = true;
-      break;
-    }
-    case ManagerOp::kRelease: {
-      Session* s = nullptr;
-      if (!req.session.empty()) {
-        FORQ_ASSIGN_OR_RETURN(s, SessionLocked(req));
-      }
-      auto h = s != nullptr ? o.held.find(s->id) : o.held.end();
-      if (h != o.held.end()) {
-        if (--h->second == 0) {
-          o.held.erase(h);
-          s->holdings.erase(name);
-        }
-      } else if (o.type == ManagerType::kBoundedSemaphore) {
-        int64_t held = 0;
-        for (const auto& [sid, k] : o.held) held += k;
-        if (o.permits + held >= o.initial) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "bounded semaphore '", name, "' released too many times (bound ",
-              o.initial, ")"));
-        }
-      }
-      ++o.permits;
-      TouchLocked(name, o, "release", "", "", b);
-      PumpLocked(name, o, b);
-      break;
-    }
-    case ManagerOp::kValue:
-      break;
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  r.length = o.permits;
-  return r;
-}
-
-absl::StatusOr<ObjectManager::Reply> ObjectManager::EventOpLocked(
-    const std::string& name, Object& o, Request& req, Parking& p, Batch& b) {
-  Reply r;
-  switch (req.op) {
-    case ManagerOp::kSet:
-      if (!o.is_set) {
-        o.is_set = true;
-        TouchLocked(name, o, "set", "", "", b);
-        PumpLocked(name, o, b);
-      }
-      break;
-    case ManagerOp::kClear:
-      if (o.is_set) {
-        o.is_set = false;
-        TouchLocked(name, o, "clear", "", "", b);
-      }
-      break;
-    case ManagerOp::kIsSet:
-      break;
-    case ManagerOp::kWait:
-      if (!o.is_set) {
-        p.park = true;
-        p.kind = WaitKind::kEventWait;
-        return r;
-      }
-      break;
-    default:
-      return Unsupported(o.type, req.op);
-  }
-  r.flag = o.is_set;
-  return r;
-}
-
 // ------------------------------------------------------------ waiters
 
 uint64_t ObjectManager::ParkLocked(const std::string& name, Object& o,
@@ -1336,6 +437,9 @@ uint64_t ObjectManager::ParkLocked(const std::string& name, Object& o,
       w.kind = WaitKind::kCondReacquire;
     } else {
       b.replies.emplace_back(std::move(w.done), TimeoutReplyLocked(w, &o));
+      if (w.kind == WaitKind::kBarrierWait) {
+        BreakBarrierLocked(name, o, /*broken=*/true, b);
+      }
       return 0;
     }
   } else if (timeout_ms > 0) {
@@ -1386,6 +490,9 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::TimeoutReplyLocked(
         r.length = o->permits;
       }
       return r;
+    case WaitKind::kBarrierWait:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "barrier '", name, "' broke: wait timed out (BrokenBarrierError)"));
     case WaitKind::kEventWait:
       r.flag = false;
       return r;
@@ -1417,11 +524,25 @@ void ObjectManager::OnWaiterTimer(uint64_t id) {
       if (taken) {
         b.replies.emplace_back(std::move(taken->done),
                                TimeoutReplyLocked(*taken, o));
+        // As in Python, a barrier wait that times out breaks the barrier
+        // for every party.
+        if (taken->kind == WaitKind::kBarrierWait && o != nullptr) {
+          BreakBarrierLocked(oit->first, *o, /*broken=*/true, b);
+        }
       }
     }
     UpdateGaugesLocked();
   }
   Finish(b);
+}
+
+void ObjectManager::BreakIfBarrierLocked(const Waiter& w, Batch& b) {
+  if (w.kind != WaitKind::kBarrierWait) return;
+  // A party that left can never arrive: the others would wait forever.
+  auto it = objects_.find(w.object);
+  if (it != objects_.end()) {
+    BreakBarrierLocked(it->first, it->second, /*broken=*/true, b);
+  }
 }
 
 void ObjectManager::Cancel(uint64_t waiter_id) {
@@ -1433,6 +554,7 @@ void ObjectManager::Cancel(uint64_t waiter_id) {
     if (!w) return;
     b.replies.emplace_back(std::move(w->done),
                            absl::CancelledError("manager operation cancelled"));
+    BreakIfBarrierLocked(*w, b);
     UpdateGaugesLocked();
   }
   Finish(b);
@@ -1454,6 +576,7 @@ int ObjectManager::CancelTagged(absl::string_view tag) {
       ++n;
       b.replies.emplace_back(std::move(w->done),
                              absl::CancelledError("task ended"));
+      BreakIfBarrierLocked(*w, b);
     }
     UpdateGaugesLocked();
   }
@@ -1461,136 +584,29 @@ int ObjectManager::CancelTagged(absl::string_view tag) {
   return n;
 }
 
+void ObjectManager::CompleteWaiterLocked(Waiter* w, Batch& b,
+                                         absl::StatusOr<Reply> reply) {
+  std::optional<Waiter> taken = TakeWaiterLocked(w->id, b);
+  b.replies.emplace_back(std::move(taken->done), std::move(reply));
+}
+
 void ObjectManager::PumpLocked(const std::string& name, Object& o, Batch& b) {
-  // Both helpers run only here, under PumpLocked's hold of mu_.
-  auto first = [&](auto pred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> Waiter* {
-    for (uint64_t id : o.waiters) {
-      Waiter& w = waiters_.at(id);
-      if (pred(w)) return &w;
-    }
-    return nullptr;
-  };
-  auto complete =
-      [&](Waiter* w, absl::StatusOr<Reply> reply)
-          ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-            std::optional<Waiter> taken = TakeWaiterLocked(w->id, b);
-            b.replies.emplace_back(std::move(taken->done), std::move(reply));
-          };
   switch (o.type) {
-    case ManagerType::kQueue: {
-      const size_t cap =
-          o.maxsize > 0 ? static_cast<size_t>(o.maxsize) : options_.max_entries;
-      bool progress = true;
-      while (progress) {
-        progress = false;
-        while (!o.items.empty()) {
-          Waiter* w = first(
-              [](const Waiter& x) { return x.kind == WaitKind::kQueueGet; });
-          if (w == nullptr) break;
-          Reply r;
-          r.value = std::move(o.items.front());
-          o.items.pop_front();
-          TouchLocked(name, o, "get", "", r.value, b);
-          QueueStats(o.items, o.maxsize, o.unfinished, r);
-          complete(w, std::move(r));
-          progress = true;
-        }
-        while (o.items.size() < cap) {
-          Waiter* w = first(
-              [](const Waiter& x) { return x.kind == WaitKind::kQueuePut; });
-          if (w == nullptr) break;
-          o.items.push_back(w->req.value);
-          ++o.unfinished;
-          TouchLocked(name, o, "put", "", w->req.value, b);
-          Reply r;
-          QueueStats(o.items, o.maxsize, o.unfinished, r);
-          complete(w, std::move(r));
-          progress = true;
-        }
-      }
-      if (o.unfinished == 0) {
-        while (Waiter* w = first([](const Waiter& x) {
-                 return x.kind == WaitKind::kQueueJoin;
-               })) {
-          Reply r;
-          QueueStats(o.items, o.maxsize, o.unfinished, r);
-          complete(w, std::move(r));
-        }
-      }
-      break;
-    }
+    case ManagerType::kQueue:
+      return PumpQueueLocked(name, o, b);
     case ManagerType::kPipe:
-      for (int end = 0; end < 2; ++end) {
-        while (!o.inbox[end].empty()) {
-          Waiter* w = first([end](const Waiter& x) {
-            return x.kind == WaitKind::kPipeRecv && x.req.end == end;
-          });
-          if (w == nullptr) break;
-          Reply r;
-          r.value = std::move(o.inbox[end].front());
-          o.inbox[end].pop_front();
-          TouchLocked(name, o, "recv", absl::StrCat(end), r.value, b);
-          complete(w, std::move(r));
-        }
-      }
-      break;
+      return PumpPipeLocked(name, o, b);
     case ManagerType::kLock:
     case ManagerType::kRLock:
     case ManagerType::kCondition:
-      while (o.holder_session.empty()) {
-        Waiter* w = first([](const Waiter& x) {
-          return x.kind == WaitKind::kAcquire ||
-                 x.kind == WaitKind::kCondReacquire;
-        });
-        if (w == nullptr) break;
-        auto sit = sessions_.find(w->req.session);
-        if (sit == sessions_.end()) {
-          complete(w, absl::FailedPreconditionError("session expired"));
-          continue;
-        }
-        const bool reacquire = w->kind == WaitKind::kCondReacquire;
-        GrantLockLocked(name, o, sit->second, w->req.owner,
-                        reacquire ? w->restore_count : 1);
-        TouchLocked(name, o, "acquire", "", "", b);
-        Reply r;
-        r.flag = reacquire ? w->notified : true;
-        r.token = o.token;
-        r.count = o.hold_count;
-        complete(w, std::move(r));
-      }
-      break;
+      return PumpLockLocked(name, o, b);
     case ManagerType::kSemaphore:
     case ManagerType::kBoundedSemaphore:
-      while (o.permits > 0) {
-        Waiter* w =
-            first([](const Waiter& x) { return x.kind == WaitKind::kAcquire; });
-        if (w == nullptr) break;
-        auto sit = sessions_.find(w->req.session);
-        if (sit == sessions_.end()) {
-          complete(w, absl::FailedPreconditionError("session expired"));
-          continue;
-        }
-        --o.permits;
-        ++o.held[sit->first];
-        sit->second.holdings.insert(name);
-        TouchLocked(name, o, "acquire", "", "", b);
-        Reply r;
-        r.flag = true;
-        r.length = o.permits;
-        complete(w, std::move(r));
-      }
-      break;
+      return PumpSemaphoreLocked(name, o, b);
     case ManagerType::kEvent:
-      if (o.is_set) {
-        while (Waiter* w = first([](const Waiter&) { return true; })) {
-          Reply r;
-          r.flag = true;
-          complete(w, std::move(r));
-        }
-      }
-      break;
+      return PumpEventLocked(name, o, b);
     default:
-      break;
+      return;
   }
 }
 
@@ -1598,7 +614,12 @@ void ObjectManager::TouchLocked(const std::string& name, Object& o,
                                 absl::string_view op, absl::string_view key,
                                 absl::string_view value, Batch& b) {
   ++o.version;
-  if (store_ != nullptr && Persistent(o.type)) b.dirty.insert(name);
+  if (store_ != nullptr && Persistent(o.type)) {
+    Dirty& d = b.dirty[name];
+    // An op that did not name its rows rewrites the whole object.
+    if (!b.op_marked) d.all = true;
+  }
+  b.op_marked = false;
   auto [lo, hi] = watchers_.equal_range(name);
   if (lo == hi) return;
   ManagerChange c;
@@ -1641,8 +662,8 @@ std::vector<ManagerObjectInfo> ObjectManager::ListObjects(
         info.size = static_cast<int64_t>(o.value.size());
         break;
       case ManagerType::kArray:
-        info.size = static_cast<int64_t>(o.typecode == 'i' ? o.ints.size()
-                                                           : o.doubles.size());
+        info.size = static_cast<int64_t>(
+            !IsFloatTypecode(o.typecode) ? o.ints.size() : o.doubles.size());
         break;
       case ManagerType::kQueue:
         info.size = static_cast<int64_t>(o.items.size());
@@ -1656,6 +677,9 @@ std::vector<ManagerObjectInfo> ObjectManager::ListObjects(
         break;
       case ManagerType::kEvent:
         info.size = o.is_set ? 1 : 0;
+        break;
+      case ManagerType::kBarrier:
+        info.size = o.permits;
         break;
       default:
         info.size = o.hold_count;
@@ -1686,12 +710,12 @@ absl::StatusOr<bool> ObjectManager::DeleteObject(absl::string_view name) {
     }
     for (auto& [sid, s] : sessions_) s.holdings.erase(key);
     const bool persistent = Persistent(it->second.type);
+    b.op_marked = true;  // no rows to write: they all go below
     TouchLocked(key, it->second, "delete", "", "", b);
-    objects_.erase(it);
     b.dirty.erase(key);
-    if (store_ != nullptr && persistent) {
-      b.writes.emplace_back(absl::StrCat(kObjectKeyPrefix, key), std::nullopt);
-    }
+    if (store_ != nullptr && persistent) DeleteRowsLocked(key, it->second, b);
+    total_bytes_ -= std::min(total_bytes_, ObjectBytes(it->second));
+    objects_.erase(it);
     QueueWritesLocked(b);
     UpdateGaugesLocked();
   }
@@ -1769,156 +793,6 @@ void ObjectManager::UpdateGaugesLocked() {
                           std::memory_order_relaxed);
   gauges_->objects.store(static_cast<int64_t>(objects_.size()),
                          std::memory_order_relaxed);
-}
-
-// ------------------------------------------------------------ persistence
-
-void ObjectManager::QueueWritesLocked(Batch& b) {
-  if (store_ == nullptr) return;
-  for (const std::string& name : b.dirty) {
-    auto it = objects_.find(name);
-    if (it == objects_.end()) continue;
-    const Object& o = it->second;
-    BlobWriter w;
-    w.Str("FQO1");
-    w.U64(static_cast<uint64_t>(o.type));
-    w.U64(o.version);
-    switch (o.type) {
-      case ManagerType::kDict:
-      case ManagerType::kNamespace:
-        w.U64(o.map.size());
-        for (const auto& [k, v] : o.map) {
-          w.Str(k);
-          w.Str(v);
-        }
-        break;
-      case ManagerType::kList:
-        w.U64(o.list.size());
-        for (const auto& v : o.list) w.Str(v);
-        break;
-      case ManagerType::kValue:
-        w.Str(o.value);
-        break;
-      case ManagerType::kArray:
-        w.U64(static_cast<uint64_t>(o.typecode));
-        if (o.typecode == 'i') {
-          w.U64(o.ints.size());
-          for (int64_t v : o.ints) w.U64(static_cast<uint64_t>(v));
-        } else {
-          w.U64(o.doubles.size());
-          for (double d : o.doubles) {
-            uint64_t v;
-            memcpy(&v, &d, sizeof(v));
-            w.U64(v);
-          }
-        }
-        break;
-      case ManagerType::kQueue:
-        w.U64(static_cast<uint64_t>(o.maxsize));
-        w.U64(static_cast<uint64_t>(o.unfinished));
-        w.U64(o.items.size());
-        for (const auto& v : o.items) w.Str(v);
-        break;
-      case ManagerType::kPipe:
-        w.U64(o.one_way ? 1 : 0);
-        for (const auto& inbox : o.inbox) {
-          w.U64(inbox.size());
-          for (const auto& v : inbox) w.Str(v);
-        }
-        break;
-      case ManagerType::kEvent:
-        w.U64(o.is_set ? 1 : 0);
-        break;
-      default:
-        continue;
-    }
-    b.writes.emplace_back(absl::StrCat(kObjectKeyPrefix, name),
-                          std::move(w.out()));
-  }
-  b.dirty.clear();
-  if (b.writes.empty()) return;
-  // Queued under mu_ so the store sees writes in the order changes happened;
-  // the replies ride along and are sent once the writes are durable.
-  MutexLock lock(&persist_mu_);
-  persist_queue_.push_back(
-      PersistGroup{std::move(b.writes), std::move(b.replies)});
-  b.writes.clear();
-  b.replies.clear();
-}
-
-void ObjectManager::Finish(Batch& b) {
-  for (uint64_t t : b.cancel_timers) timers_.Cancel(t);
-  DrainPersist();
-  for (auto& [done, reply] : b.replies) done(std::move(reply));
-  b.replies.clear();
-  for (auto& sink : b.flush) sink->Flush();
-}
-
-void ObjectManager::DrainPersist() {
-  if (store_ == nullptr) return;
-  while (true) {
-    std::deque<PersistGroup> groups;
-    {
-      MutexLock lock(&persist_mu_);
-      // One drainer at a time keeps the store calls in queue order.
-      if (persisting_ || persist_queue_.empty()) return;
-      persisting_ = true;
-      groups.swap(persist_queue_);
-    }
-    // Coalesce: only the last blob per key matters; every reply waits for
-    // all writes of the drained groups.
-    std::vector<std::pair<std::string, std::optional<std::string>>> writes;
-    std::map<std::string, size_t> pos;
-    auto replies = std::make_shared<std::vector<Completion>>();
-    for (PersistGroup& g : groups) {
-      for (auto& [key, blob] : g.writes) {
-        auto [it, fresh] = pos.emplace(key, writes.size());
-        if (fresh) {
-          writes.emplace_back(key, std::move(blob));
-        } else {
-          writes[it->second].second = std::move(blob);
-        }
-      }
-      for (auto& c : g.replies) replies->push_back(std::move(c));
-    }
-    struct Pending {
-      Mutex mu;
-      size_t left ABSL_GUARDED_BY(mu) = 0;
-      absl::Status status ABSL_GUARDED_BY(mu);
-    };
-    auto pending = std::make_shared<Pending>();
-    {
-      MutexLock lock(&pending->mu);
-      pending->left = writes.size();
-    }
-    auto on_done = [pending, replies](absl::Status s) {
-      absl::Status final_status;
-      {
-        MutexLock lock(&pending->mu);
-        if (!s.ok() && pending->status.ok()) pending->status = s;
-        if (--pending->left != 0) return;
-        final_status = pending->status;
-      }
-      for (auto& [done, reply] : *replies) {
-        if (!final_status.ok() && reply.ok()) {
-          done(absl::UnavailableError(
-              absl::StrCat("manager change applied but not persisted: ",
-                           final_status.message())));
-        } else {
-          done(std::move(reply));
-        }
-      }
-    };
-    for (auto& [key, blob] : writes) {
-      if (blob) {
-        store_->PutObject(key, std::move(*blob), on_done);
-      } else {
-        store_->DeleteObject(key, on_done);
-      }
-    }
-    MutexLock lock(&persist_mu_);
-    persisting_ = false;
-  }
 }
 
 }  // namespace forq::server

@@ -27,10 +27,11 @@
 #include "absl/time/time.h"
 
 #include "common/mutex.h"
+#include "server/manager/ordered_map.h"
 #include "server/manager/timer_queue.h"
 #include "server/metrics/metrics.h"
 #include "server/store/store.h"
-#include "worker/manager_client.h"
+#include "worker/manager_protocol.h"
 
 namespace forq::server {
 
@@ -75,6 +76,11 @@ struct ObjectManagerOptions {
   size_t max_sessions = 100000;
   // Entries (items, keys, elements, queued messages) per object.
   size_t max_entries = 1u << 20;
+  // Bytes of one value (dict value or key, list/queue item, message, ...).
+  size_t max_value_bytes = 1u << 20;
+  // Bytes of one object's keys and values, and of all objects together.
+  size_t max_object_bytes = 64u << 20;
+  size_t max_total_bytes = 512u << 20;
 };
 
 // Thread-safe. One mutex guards all objects and sessions (operations are
@@ -82,10 +88,16 @@ struct ObjectManagerOptions {
 // (`done`, sink Flush) are always invoked with no manager lock held, from
 // the calling thread, the timer thread or the store's writer thread.
 //
-// Persistence: after a change to a data object (dict, list, value, array,
-// namespace, queue, pipe, event) its whole state is written through
-// Store::PutObject, and the replies of that operation wait until the write
-// is durable (per the store's durability mode). Locks, RLocks, semaphores
+// Persistence: a change to a data object (dict, list, value, array,
+// namespace, queue, pipe, event) is written incrementally — its header row
+// plus the rows it touched (a dict key, a chunk of 32 list/queue/array
+// elements) — through Store::WriteObjects, one atomic batch at a time. The
+// replies of that operation wait until the batch is durable (per the
+// store's durability mode); so do reads of an object with changes still
+// in flight, so no client sees a value before it is durable. When a batch
+// fails, every object it (or any batch queued behind it) touched is
+// reloaded from the store and those replies fail with Unavailable: only
+// what was persisted stays applied. Locks, RLocks, semaphores
 // and conditions are not persisted: their owners are sessions, which do not
 // survive a restart. Fencing tokens are (epoch << 40 | grant counter) where
 // the epoch is persisted and bumped by Recover(), so tokens keep growing
@@ -161,6 +173,7 @@ class ObjectManager {
     kCondWait,       // waiting for notify
     kCondReacquire,  // notified or timed out; waiting for the lock again
     kEventWait,
+    kBarrierWait,  // restore_count holds the arrival index
   };
 
   struct Waiter {
@@ -178,10 +191,23 @@ class ObjectManager {
   struct Object {
     worker::ManagerType type = worker::ManagerType::kDict;
     uint64_t version = 0;
-    std::map<std::string, std::string> map;  // dict, namespace
-    std::vector<std::string> list;           // list
-    std::string value;                       // value
-    char typecode = 'i';                     // array
+    OrderedMap map;                 // dict, namespace
+    std::vector<std::string> list;  // list
+    // List and queue: the absolute position of element 0 in the store's
+    // rows (pop(0) and queue get advance it, so they rewrite one chunk).
+    int64_t head = 0;
+    // List, queue and pipe: bytes of their elements.
+    size_t seq_bytes = 0;
+    // The list/queue/array positions [stored_lo, stored_hi) the store has
+    // rows for, and the generation of dict/namespace key rows.
+    int64_t stored_lo = 0;
+    int64_t stored_hi = 0;
+    uint64_t gen = 0;
+    // Loaded from a whole-object blob of an older forqd: the next write
+    // rewrites every row.
+    bool needs_full_write = false;
+    std::string value;  // value
+    char typecode = 0;  // array; value: 0 = untyped bytes
     std::vector<int64_t> ints;
     std::vector<double> doubles;
     std::deque<std::string> items;  // queue
@@ -213,16 +239,31 @@ class ObjectManager {
   using Completion = std::pair<Done, absl::StatusOr<Reply>>;
 
   // What one locked section produced, acted on after unlocking.
+  // The rows one locked section changed in one object.
+  struct Dirty {
+    bool all = false;             // rewrite every row
+    std::set<std::string> keys;   // dict/namespace keys
+    std::set<int64_t> positions;  // list/queue/array positions
+    std::optional<int64_t> from;  // ... and every position from here on
+  };
+
   struct Batch {
     std::vector<Completion> replies;
-    std::set<std::string> dirty;
-    std::vector<std::pair<std::string, std::optional<std::string>>> writes;
+    std::map<std::string, Dirty> dirty;
+    // Set by Mark*Locked, consumed by TouchLocked: the op named its rows
+    // (otherwise the whole object is rewritten).
+    bool op_marked = false;
+    // The replies read data not yet durable: they wait for its batch.
+    bool hold = false;
+    std::vector<Store::ObjectWrite> writes;
+    std::vector<std::string> written;  // objects the writes belong to
     std::vector<std::shared_ptr<ManagerWatchSink>> flush;
     std::vector<uint64_t> cancel_timers;
   };
 
   struct PersistGroup {
-    std::vector<std::pair<std::string, std::optional<std::string>>> writes;
+    std::vector<Store::ObjectWrite> writes;
+    std::vector<std::string> objects;
     std::vector<Completion> replies;
   };
 
@@ -269,6 +310,18 @@ class ObjectManager {
   absl::StatusOr<Reply> EventOpLocked(const std::string& name, Object& o,
                                       Request& req, Parking& p, Batch& b)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Barrier state: initial = parties, permits = arrivals waiting, is_set =
+  // broken.
+  absl::StatusOr<Reply> BarrierOpLocked(const std::string& name, Object& o,
+                                        Request& req, Parking& p, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fails every waiter of the barrier with BrokenBarrier (FailedPrecondition)
+  // and resets its count; `broken` is its state afterwards.
+  void BreakBarrierLocked(const std::string& name, Object& o, bool broken,
+                          Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Breaks the barrier a cancelled waiter was waiting at, if any.
+  void BreakIfBarrierLocked(const Waiter& w, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Renews and returns the session named by `req`, NotFound if unknown.
   absl::StatusOr<Session*> SessionLocked(const Request& req)
@@ -279,8 +332,32 @@ class ObjectManager {
   int EndSessionLocked(const std::string& id, absl::string_view why, Batch& b)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Grants whatever the object's state now allows to its waiters.
+  // Grants whatever the object's state now allows to its waiters; one
+  // pump per family, dispatched by PumpLocked.
   void PumpLocked(const std::string& name, Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PumpQueueLocked(const std::string& name, Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PumpPipeLocked(const std::string& name, Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PumpLockLocked(const std::string& name, Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PumpSemaphoreLocked(const std::string& name, Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PumpEventLocked(const std::string& name, Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The first parked waiter of `o` (FIFO) that `pred` accepts, or null.
+  template <typename Pred>
+  Waiter* FirstWaiterLocked(Object& o, Pred pred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (uint64_t id : o.waiters) {
+      Waiter& w = waiters_.at(id);
+      if (pred(w)) return &w;
+    }
+    return nullptr;
+  }
+  // Unparks `w` and queues `reply` for it.
+  void CompleteWaiterLocked(Waiter* w, Batch& b, absl::StatusOr<Reply> reply)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void GrantLockLocked(const std::string& name, Object& o, Session& s,
                        const std::string& owner, int64_t count)
@@ -302,12 +379,53 @@ class ObjectManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t NextTokenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Serializes dirty objects into b.writes (under the lock, so writes are
-  // queued in the order the changes happened).
+  // Name the rows the running op changed (before its TouchLocked).
+  void MarkKeyLocked(Batch& b, const std::string& name, const std::string& key);
+  void MarkPosLocked(Batch& b, const std::string& name, int64_t pos);
+  void MarkFromLocked(Batch& b, const std::string& name, int64_t pos);
+  // The op changed only what the header holds.
+  static void MarkHeaderLocked(Batch& b) { b.op_marked = true; }
+
+  // Serializes the dirty rows into one group of writes (under the lock, so
+  // groups are queued in the order the changes happened).
   void QueueWritesLocked(Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RowWritesLocked(const std::string& name, Object& o, const Dirty& d,
+                       Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes that remove every row of `o` from the store.
+  void DeleteRowsLocked(const std::string& name, const Object& o, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Delivers a batch: timers, persistence, replies, watcher flushes.
   void Finish(Batch& b) ABSL_LOCKS_EXCLUDED(mu_);
+  // Sends the queued groups to the store as one atomic batch, unless one is
+  // in flight already.
   void DrainPersist() ABSL_LOCKS_EXCLUDED(mu_, persist_mu_);
+  void OnPersisted(absl::Status status,
+                   std::shared_ptr<std::vector<Completion>> replies,
+                   std::shared_ptr<std::vector<std::string>> objects)
+      ABSL_LOCKS_EXCLUDED(mu_, persist_mu_);
+  // Replaces `names` by what the store holds (a failed batch), failing the
+  // parked waiters of objects the store never had.
+  void RollbackLocked(const std::set<std::string>& names, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An object as the store holds it: its header blob and its rows (key
+  // suffix after "<name>|", blob).
+  struct StoredRows {
+    std::string header;
+    std::vector<std::pair<std::string, std::string>> rows;
+  };
+  // Groups LoadObjects output by object; the epoch blob goes to `epoch`.
+  static std::map<std::string, StoredRows> GroupRows(
+      std::vector<std::pair<std::string, std::string>> blobs,
+      std::string* epoch);
+  // Rebuilds an object; false when corrupt. Keys of rows that belong to no
+  // current generation are appended to `orphans`.
+  bool ParseStoredObject(const std::string& name, const StoredRows& in,
+                         Object* o, std::vector<std::string>* orphans) const;
+  // Request-size and byte-budget checks before an op runs.
+  absl::Status CheckBytesLocked(const Request& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Bytes an object holds (keys and values).
+  static size_t ObjectBytes(const Object& o);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Store* const store_;
@@ -329,6 +447,11 @@ class ObjectManager {
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t grants_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  // Bytes of all objects (ObjectBytes summed).
+  size_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Objects with writes queued or in flight (count of groups), whose reads
+  // wait for durability.
+  std::unordered_map<std::string, int> unpersisted_ ABSL_GUARDED_BY(mu_);
 
   // Lock order: mu_ before persist_mu_.
   Mutex persist_mu_;

@@ -106,9 +106,9 @@ TEST_F(ObjectManagerTest, DictOperations) {
   upd.items = {{"a", "1"}, {"b", "2"}};
   EXPECT_EQ(Run(upd)->length, 3);
   EXPECT_THAT(Run(Req(ManagerType::kDict, ManagerOp::kKeys, "cfg"))->values,
-              ElementsAre("a", "b", "k"));
+              ElementsAre("k", "a", "b"));  // insertion order, as Python
   EXPECT_THAT(Run(Req(ManagerType::kDict, ManagerOp::kItems, "cfg"))->items,
-              ElementsAre(Pair("a", "1"), Pair("b", "2"), Pair("k", "v")));
+              ElementsAre(Pair("k", "v"), Pair("a", "1"), Pair("b", "2")));
   ManagerRequest has = Req(ManagerType::kDict, ManagerOp::kContains, "cfg");
   has.key = "a";
   EXPECT_TRUE(Run(has)->found);

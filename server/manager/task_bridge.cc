@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "worker/manager_client.h"
+#include "worker/manager_protocol.h"
 
 namespace forq::server {
 

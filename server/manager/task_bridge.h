@@ -1,5 +1,5 @@
 // Serves Manager calls that tasks make through TaskContext::Call: decodes
-// the worker/manager_client.h wire format (untrusted), runs the request on
+// the worker/manager_protocol.h wire format (untrusted), runs the request on
 // the core, encodes the reply.
 #ifndef FORQ_SERVER_MANAGER_TASK_BRIDGE_H_
 #define FORQ_SERVER_MANAGER_TASK_BRIDGE_H_

@@ -25,11 +25,13 @@
 #define FORQ_CLIENT_MANAGER_H_
 
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -57,6 +59,25 @@ struct ManagerOptions {
   absl::Duration session_ttl = absl::Seconds(30);
   // Shown in forqd's logs.
   std::string client_name = "libforq";
+  // Send operations over one pipelined ManagerService.Session stream
+  // (many in flight, see Manager::Async); false = one unary Call each.
+  bool pipelined = true;
+};
+
+// The result of an operation sent with Manager::Async. Move-only.
+class ManagerFuture {
+ public:
+  ManagerFuture() = default;
+  // Blocks until the result arrives (or the stream breaks: Unavailable).
+  absl::StatusOr<v1::ManagerResult> Get();
+  // True once Get would not block.
+  bool Ready() const;
+
+ private:
+  friend class Manager;
+  explicit ManagerFuture(std::future<absl::StatusOr<v1::ManagerResult>> f)
+      : f_(std::move(f)) {}
+  std::future<absl::StatusOr<v1::ManagerResult>> f_;
 };
 
 // Proxies are cheap handles (the Manager plus a name), valid while their
@@ -69,8 +90,15 @@ class Dict {
   // True if the key was present.
   absl::StatusOr<bool> Delete(absl::string_view key) const;
   absl::StatusOr<bool> Contains(absl::string_view key) const;
+  // Keys, values and items in insertion order, as Python's dict.
   absl::StatusOr<std::vector<std::string>> Keys() const;
-  absl::StatusOr<std::map<std::string, std::string>> Items() const;
+  absl::StatusOr<std::vector<std::string>> Values() const;
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Items()
+      const;
+  // dict.copy(): a local snapshot of the entries.
+  absl::StatusOr<std::map<std::string, std::string>> Copy() const;
+  // Removes and returns the last inserted entry; NotFound when empty.
+  absl::StatusOr<std::pair<std::string, std::string>> PopItem() const;
   absl::StatusOr<int64_t> Len() const;
   absl::Status Update(const std::map<std::string, std::string>& items) const;
   absl::Status Clear() const;
@@ -82,6 +110,10 @@ class Dict {
   // dict.setdefault: returns the value stored after the call.
   absl::StatusOr<std::string> SetIfAbsent(absl::string_view key,
                                           absl::string_view value) const;
+  // Pipelined forms of Get and Set (see Manager::Async): the result's
+  // `value` is the value read.
+  ManagerFuture GetAsync(absl::string_view key) const;
+  ManagerFuture SetAsync(absl::string_view key, absl::string_view value) const;
 
  private:
   friend class Manager;
@@ -110,6 +142,27 @@ class List {
   // Atomically adds a decimal `delta` to the number at `index`; returns the
   // new value.
   absl::StatusOr<std::string> Add(int64_t index, absl::string_view delta) const;
+  // list.index(value, start, stop): NotFound when absent.
+  absl::StatusOr<int64_t> Index(absl::string_view value,
+                                std::optional<int64_t> start = {},
+                                std::optional<int64_t> stop = {}) const;
+  absl::StatusOr<int64_t> Count(absl::string_view value) const;
+  // `value in l`.
+  absl::StatusOr<bool> Contains(absl::string_view value) const;
+  absl::Status Reverse() const;
+  // list.sort(key=..., reverse=...) with a key the server computes: "bytes"
+  // (default), "int" or "float". InvalidArgument (list unchanged) if an
+  // item does not parse.
+  absl::Status Sort(absl::string_view key = "bytes",
+                    bool reverse = false) const;
+  // l *= n; returns the new length.
+  absl::StatusOr<int64_t> Repeat(int64_t n) const;
+  // l[start:stop] = values / del l[start:stop]; return the new length.
+  absl::StatusOr<int64_t> SetSlice(
+      std::optional<int64_t> start, std::optional<int64_t> stop,
+      const std::vector<std::string>& values) const;
+  absl::StatusOr<int64_t> DeleteSlice(std::optional<int64_t> start,
+                                      std::optional<int64_t> stop) const;
 
  private:
   friend class Manager;
@@ -129,12 +182,16 @@ class Value {
 
  private:
   friend class Manager;
-  Value(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Value(Manager* m, std::string name, std::string typecode = "")
+      : m_(m), name_(std::move(name)), typecode_(std::move(typecode)) {}
   Manager* m_;
   std::string name_;
+  std::string typecode_;
 };
 
-// Fixed-length numbers ("i" int64 or "d" double) as decimal text.
+// Fixed-length numbers as decimal text, typed by an `array` typecode
+// (b B h H i I l L q Q f d; none = "q", int64). Out-of-range elements fail
+// with OutOfRange, as Python's OverflowError.
 class Array {
  public:
   absl::StatusOr<std::string> Get(int64_t index) const;
@@ -144,16 +201,26 @@ class Array {
       std::optional<int64_t> start = {},
       std::optional<int64_t> stop = {}) const;
   absl::StatusOr<int64_t> Len() const;
+  // a[start:stop] = values; the count must match (InvalidArgument).
+  absl::Status SetSlice(std::optional<int64_t> start,
+                        std::optional<int64_t> stop,
+                        const std::vector<std::string>& values) const;
 
  private:
   friend class Manager;
-  Array(Manager* m, std::string name, int64_t length, std::string typecode)
-      : m_(m), name_(std::move(name)), length_(length), typecode_(typecode) {}
-  v1::ArrayRequest Base() const;
+  Array(Manager* m, std::string name, int64_t length, std::string typecode,
+        std::vector<std::string> initial = {})
+      : m_(m),
+        name_(std::move(name)),
+        length_(length),
+        typecode_(std::move(typecode)),
+        initial_(std::move(initial)) {}
+  v1::ManagerCall Base(absl::string_view op) const;
   Manager* m_;
   std::string name_;
   int64_t length_;
   std::string typecode_;
+  std::vector<std::string> initial_;
 };
 
 class Namespace {
@@ -182,6 +249,14 @@ class Queue {
   absl::StatusOr<v1::QueueResponse> Size() const;
   absl::Status TaskDone() const;
   absl::Status Join(absl::Duration timeout = absl::InfiniteDuration()) const;
+  // put_nowait / get_nowait: ResourceExhausted (Full) / DeadlineExceeded
+  // (Empty) instead of waiting.
+  absl::Status PutNowait(absl::string_view item) const {
+    return Put(item, absl::ZeroDuration());
+  }
+  absl::StatusOr<std::string> GetNowait() const {
+    return Get(absl::ZeroDuration());
+  }
 
  private:
   friend class Manager;
@@ -282,7 +357,7 @@ class Semaphore {
   friend class Manager;
   Semaphore(Manager* m, std::string name, int64_t initial, bool bounded)
       : m_(m), name_(std::move(name)), initial_(initial), bounded_(bounded) {}
-  v1::SemaphoreRequest Base() const;
+  v1::ManagerCall Base(absl::string_view op) const;
   Manager* m_;
   std::string name_;
   int64_t initial_;
@@ -305,6 +380,28 @@ class Event {
   std::string name_;
 };
 
+// multiprocessing.Barrier: Wait returns this party's arrival index (0 ..
+// parties-1); a broken barrier (a wait timed out, Abort, a party cancelled)
+// fails Wait with FailedPrecondition until Reset.
+class Barrier {
+ public:
+  absl::StatusOr<int64_t> Wait(
+      absl::Duration timeout = absl::InfiniteDuration()) const;
+  absl::Status Abort() const;
+  absl::Status Reset() const;
+  // parties / n_waiting / broken.
+  absl::StatusOr<v1::BarrierResponse> State() const;
+
+ private:
+  friend class Manager;
+  Barrier(Manager* m, std::string name, int64_t parties)
+      : m_(m), name_(std::move(name)), parties_(parties) {}
+  v1::ManagerCall Base(absl::string_view op) const;
+  Manager* m_;
+  std::string name_;
+  int64_t parties_;
+};
+
 // Condition with its own re-entrant lock; owner = session + thread.
 class Condition {
  public:
@@ -322,7 +419,7 @@ class Condition {
  private:
   friend class Manager;
   Condition(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  v1::ConditionRequest Base(absl::Duration timeout) const;
+  v1::ManagerCall Base(absl::string_view op, absl::Duration timeout) const;
   Manager* m_;
   std::string name_;
 };
@@ -343,10 +440,23 @@ class Manager {
   Dict dict(absl::string_view name) { return Dict(this, std::string(name)); }
   List list(absl::string_view name) { return List(this, std::string(name)); }
   Value value(absl::string_view name) { return Value(this, std::string(name)); }
+  // Value(typecode, 0): a number range-checked by `typecode`.
+  Value value(absl::string_view name, absl::string_view typecode) {
+    return Value(this, std::string(name), std::string(typecode));
+  }
   // `length` and `typecode` create the array on first use.
   Array array(absl::string_view name, int64_t length = 0,
               absl::string_view typecode = "") {
     return Array(this, std::string(name), length, std::string(typecode));
+  }
+  // Array(typecode, [initial values]).
+  Array array(absl::string_view name, absl::string_view typecode,
+              std::vector<std::string> initial) {
+    return Array(this, std::string(name), 0, std::string(typecode),
+                 std::move(initial));
+  }
+  Barrier barrier(absl::string_view name, int64_t parties = 0) {
+    return Barrier(this, std::string(name), parties);
   }
   Namespace ns(absl::string_view name) {
     return Namespace(this, std::string(name));
@@ -378,11 +488,24 @@ class Manager {
   absl::StatusOr<v1::ListObjectsResponse> ListObjects(absl::string_view prefix);
   absl::StatusOr<bool> DeleteObject(absl::string_view name);
 
+  // Runs any operation (type + op name + fields, see docs/manager.md) and
+  // waits for its result; the proxies above are shorthands for this.
+  // `wait` is how long the server may block it (infinite: no limit).
+  absl::StatusOr<v1::ManagerResult> Call(
+      const v1::ManagerCall& call, absl::Duration wait = absl::ZeroDuration());
+  // Sends an operation without waiting: with options.pipelined, any number
+  // may be in flight on the session stream and they complete in any order
+  // (a blocking one delays none of the others). Without it, runs the call
+  // now and returns a ready future.
+  ManagerFuture Async(const v1::ManagerCall& call);
+  // A call with type, op and name filled in.
+  static v1::ManagerCall MakeCall(v1::ObjectType type, absl::string_view op,
+                                  absl::string_view name);
+
   const ManagerOptions& options() const { return options_; }
 
-  // Internal: the RPC plumbing proxies use.
+  // Internal: the RPC plumbing.
   struct Rpc;
-  Rpc& rpc() { return *rpc_; }
 
  private:
   void KeepAliveLoop() ABSL_LOCKS_EXCLUDED(mu_);
