@@ -210,6 +210,9 @@ class FailingFinishStore : public Store {
   void DeleteObject(std::string name, WriteDone done) override {
     inner_->DeleteObject(std::move(name), std::move(done));
   }
+  void WriteObjects(std::vector<ObjectWrite> writes, WriteDone done) override {
+    inner_->WriteObjects(std::move(writes), std::move(done));
+  }
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> LoadObjects()
       override {
     return inner_->LoadObjects();
