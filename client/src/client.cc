@@ -195,6 +195,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
+  // Subchannels of its own: with gRPC's process-wide pool, a Client made
+  // right after forqd restarted could reuse a connection that another,
+  // still living Client (or its futures) holds to the old process, and see
+  // its first call fail with "Socket closed".
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto channel = grpc::CreateCustomChannel(
       options.address, grpc::InsecureChannelCredentials(), args);
   if (options.connect_timeout > absl::ZeroDuration() &&

@@ -162,7 +162,7 @@ TEST(RunningKillTest, RunningTaskWithoutAttemptsLeftIsDeadAfterForqdKill) {
   client = Connect(*forqd);
   ASSERT_NE(client, nullptr);
   absl::StatusOr<v1::Task> dead = AwaitTerminal(*client, last->id());
-  ASSERT_THAT(dead, IsOk());
+  ASSERT_THAT(dead, IsOk()) << forqd->LogTail();
   EXPECT_EQ(dead->state(), v1::DEAD) << dead->DebugString();
   EXPECT_EQ(dead->attempt(), 1);
   EXPECT_EQ(dead->error().reason(), v1::WORKER_LOST) << dead->DebugString();
