@@ -1,9 +1,12 @@
 // forqd: the forq server. See `forqd --help` and docs/operations.md.
 #include <signal.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -11,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
 #include "common/logging.h"
@@ -66,6 +70,23 @@ ABSL_FLAG(absl::Duration, retry_backoff, absl::Seconds(1),
           "backoff before the 2nd attempt; doubles per attempt, +-25% jitter");
 ABSL_FLAG(absl::Duration, retry_backoff_max, absl::Minutes(5),
           "longest backoff between attempts");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "file of 'TOKEN ROLE' or 'sha256:HEX ROLE' lines (roles: admin, "
+          "submit, read); clients then need 'Bearer TOKEN'");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve gRPC and HTTP over TLS (re-read on "
+          "SIGHUP)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mTLS)");
+ABSL_FLAG(bool, metrics_auth, true,
+          "with --auth_tokens_file, /metrics needs a read token");
+ABSL_FLAG(bool, insecure, false,
+          "allow a non-loopback listen address without tokens or TLS");
+ABSL_FLAG(int, http_max_connections, 4096,
+          "open HTTP connections in total; more get 503 and are closed");
+ABSL_FLAG(int, http_max_connections_per_client, 256,
+          "open HTTP connections per client address; more get 503");
 ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");
 
@@ -96,7 +117,15 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "drain_grace",
                                  "purge_interval",
                                  "retry_backoff",
-                                 "retry_backoff_max"};
+                                 "retry_backoff_max",
+                                 "auth_tokens_file",
+                                 "tls_cert",
+                                 "tls_key",
+                                 "tls_client_ca",
+                                 "metrics_auth",
+                                 "insecure",
+                                 "http_max_connections",
+                                 "http_max_connections_per_client"};
   for (const char* name : kNames) {
     std::string env = "FORQ_";
     for (const char* c = name; *c != '\0'; ++c) {
@@ -166,6 +195,16 @@ int main(int argc, char** argv) {
   o.scheduler.backoff_max = absl::GetFlag(FLAGS_retry_backoff_max);
   o.drain_grace = absl::GetFlag(FLAGS_drain_grace);
   o.ready_fd = absl::GetFlag(FLAGS_ready_fd);
+  o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.metrics_need_token = absl::GetFlag(FLAGS_metrics_auth);
+  o.insecure = absl::GetFlag(FLAGS_insecure);
+  o.http_max_connections = static_cast<size_t>(
+      std::max(1, absl::GetFlag(FLAGS_http_max_connections)));
+  o.http_max_connections_per_client = static_cast<size_t>(
+      std::max(1, absl::GetFlag(FLAGS_http_max_connections_per_client)));
   if (o.pool.workers < 0 || o.scheduler.default_max_attempts < 1 ||
       o.scheduler.max_queued < 1 || o.scheduler.max_payload_bytes < 1) {
     spdlog::critical(
@@ -178,8 +217,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<forq::server::Server>> server =
       forq::server::Server::Create(o);
   if (!server.ok()) {
-    spdlog::critical("cannot start the worker pool: {}",
-                     server.status().ToString());
+    spdlog::critical("cannot start forqd: {}", server.status().ToString());
     return 1;
   }
 
@@ -189,6 +227,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -199,8 +238,27 @@ int main(int argc, char** argv) {
     return 1;
   }
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    absl::Status r = (*server)->ReloadTls();
+    if (r.ok()) {
+      spdlog::info("SIGHUP: reloaded the TLS certificate and key");
+    } else {
+      spdlog::error("SIGHUP: TLS not reloaded, keeping the old files: {}",
+                    r.ToString());
+    }
+  }
   spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  // Shutdown must end even if some handler is stuck: past the drain grace
+  // plus a margin, exit anyway (the store is durable; tasks still running
+  // are re-queued at the next start as after a crash).
+  const absl::Duration limit = o.drain_grace + absl::Seconds(15);
+  std::thread([limit] {
+    absl::SleepFor(limit);
+    spdlog::critical("shutdown did not finish within {}; exiting now",
+                     absl::FormatDuration(limit));
+    spdlog::default_logger()->flush();
+    _exit(1);
+  }).detach();
   (*server)->Shutdown();
   // Exit code 3: the worker pool was lost; restart forqd (systemd's
   // Restart=on-failure, a container restart policy) to get a new one.

@@ -1,7 +1,12 @@
 #include "server/server.h"
 
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -10,6 +15,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "spdlog/spdlog.h"
 
+#include "server/auth/grpc_security.h"
+#include "server/auth/token_auth.h"
 #include "server/http/http_gateway.h"
 #include "server/manager/manager_service.h"
 #include "server/rpc/grpc_metrics.h"
@@ -30,8 +37,100 @@ Server::Server(ServerOptions options)
 
 Server::~Server() { Shutdown(); }
 
+namespace {
+
+// True for 127.0.0.0/8, ::1 and localhost (with or without a port).
+bool IsLoopbackAddress(const std::string& addr) {
+  if (absl::StartsWith(addr, "unix:")) return true;
+  std::string host = addr.substr(0, addr.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+// Idle connections must not starve the store, workers and health checks
+// of descriptors: take the whole hard limit (the soft one is often 1024).
+void RaiseFdLimit() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) {
+    return;
+  }
+  const rlim_t old = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    spdlog::debug("raised the open-files limit from {} to {}", old,
+                  rl.rlim_max);
+  }
+}
+
+}  // namespace
+
+absl::Status Server::SetUpSecurity() {
+  if (!options_.auth_tokens_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenTable>> t =
+        TokenTable::Load(options_.auth_tokens_file);
+    if (!t.ok()) return t.status();
+    tokens_ = std::move(*t);
+    spdlog::info("auth: {} token(s) from {}", tokens_->size(),
+                 options_.auth_tokens_file);
+  }
+  const TlsFiles& f = options_.tls;
+  if (!f.cert_file.empty() || !f.key_file.empty() ||
+      !f.client_ca_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TlsMaterial>> t = TlsMaterial::Load(f);
+    if (!t.ok()) return t.status();
+    tls_ = std::move(*t);
+    spdlog::info("tls: serving {} with {}{}",
+                 tls_->mutual() ? "mutual TLS" : "TLS", f.cert_file,
+                 tls_->mutual() ? absl::StrCat(", clients verified against ",
+                                               f.client_ca_file)
+                                : "");
+  }
+  for (const auto& [flag, addr] : {std::pair<const char*, const std::string&>{
+                                       "--grpc_addr", options_.grpc_addr},
+                                   {"--http_addr", options_.http_addr}}) {
+    if (IsLoopbackAddress(addr)) continue;
+    if (tokens_ == nullptr && tls_ == nullptr) {
+      if (!options_.insecure) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "refusing to listen on ", addr, " (", flag,
+            "): it is not a loopback address and neither "
+            "--auth_tokens_file nor --tls_cert is set, so anyone who "
+            "reaches the port could run tasks and read every result. Set "
+            "up tokens and/or TLS (docs/security.md), or pass --insecure "
+            "to accept the risk"));
+      }
+      spdlog::warn(
+          "{} {} is reachable from other hosts without tokens or "
+          "TLS (--insecure)",
+          flag, addr);
+    } else if (tokens_ == nullptr && !tls_->mutual()) {
+      spdlog::warn(
+          "{} {}: TLS without tokens or client certificates lets "
+          "every client that reaches the port in",
+          flag, addr);
+    }
+  }
+  grpc_security_ =
+      std::make_unique<GrpcServerSecurity>(tokens_.get(), tls_.get());
+  return absl::OkStatus();
+}
+
+absl::Status Server::ReloadTls() {
+  if (tls_ == nullptr) {
+    return absl::FailedPreconditionError("TLS is not configured");
+  }
+  return tls_->Reload();
+}
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   std::unique_ptr<Server> server(new Server(std::move(options)));
+  // Files forqd creates (store, WAL, sockets) are for its own user only.
+  umask(077);
+  RaiseFdLimit();
+  absl::Status s = server->SetUpSecurity();
+  if (!s.ok()) return s;
   absl::StatusOr<std::unique_ptr<worker::WorkerPool>> pool =
       worker::CreateForkPool(server->options_.pool);
   if (!pool.ok()) return pool.status();
@@ -43,6 +142,17 @@ absl::Status Server::Start() {
   absl::StatusOr<std::unique_ptr<Store>> store = OpenStore(options_.store);
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
+  if (options_.store.kind == "sqlite" && !options_.store.data_dir.empty()) {
+    // A data dir made by an older forqd or by hand may be world-readable.
+    std::error_code ec;
+    std::filesystem::permissions(options_.store.data_dir,
+                                 std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::replace, ec);
+    if (ec) {
+      spdlog::warn("cannot make {} private (chmod 700): {}",
+                   options_.store.data_dir, ec.message());
+    }
+  }
 
   manager_ = std::make_unique<ManagerService>(store_.get(), &metrics_);
   absl::Status s = manager_->Recover();
@@ -88,7 +198,21 @@ absl::Status Server::Start() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.grpc_addr,
-                           grpc::InsecureServerCredentials(), &grpc_port_);
+                           grpc_security_->PortCredentials(), &grpc_port_);
+  std::string gateway_target;
+  if (tls_ != nullptr) {
+    // The gateway cannot present the clients' TLS identity to the public
+    // port; it talks to gRPC over a unix socket in a private directory
+    // instead (tokens are still checked there).
+    char dir[] = "/tmp/forqd-XXXXXX";
+    if (mkdtemp(dir) == nullptr) {
+      return absl::InternalError("cannot create a private socket directory");
+    }
+    private_dir_ = dir;
+    gateway_target = absl::StrCat("unix:", private_dir_, "/grpc.sock");
+    builder.AddListeningPort(gateway_target,
+                             grpc_security_->PrivatePortCredentials());
+  }
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   builder.RegisterService(services_->tasks.get());
@@ -117,8 +241,15 @@ absl::Status Server::Start() {
   }
   HttpGatewayOptions http;
   http.listen = options_.http_addr;
-  http.grpc_target = absl::StrCat(grpc_host, ":", grpc_port_);
+  http.grpc_target = gateway_target.empty()
+                         ? absl::StrCat(grpc_host, ":", grpc_port_)
+                         : gateway_target;
   http.metrics = &metrics_;
+  http.tokens = tokens_.get();
+  http.metrics_need_token = options_.metrics_need_token;
+  http.tls = tls_.get();
+  http.max_connections = options_.http_max_connections;
+  http.max_connections_per_client = options_.http_max_connections_per_client;
   worker::WorkerPool* pool = pool_.get();
   HealthReporter* health = health_.get();
   http.readiness = [scheduler, health, pool] {
@@ -183,6 +314,10 @@ void Server::Shutdown() {
   }
   if (pool_ != nullptr) pool_->Shutdown();
   if (store_ != nullptr) store_->Close();
+  if (!private_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(private_dir_, ec);
+  }
   spdlog::info("forqd stopped");
 }
 

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+#include "server/auth/tls_material.h"
 #include "server/metrics/metrics.h"
 #include "server/scheduler/scheduler.h"
 #include "server/store/store.h"
@@ -23,8 +24,10 @@ class Server;
 
 namespace forq::server {
 class HealthReporter;
+class GrpcServerSecurity;
 class HttpGateway;
 class ManagerService;
+class TokenTable;
 }  // namespace forq::server
 
 namespace forq::server {
@@ -43,6 +46,20 @@ struct ServerOptions {
   int max_message_bytes = 64 << 20;
   // If >= 0, "grpc_port=N http_port=M\n" is written here once serving.
   int ready_fd = -1;
+
+  // Security (docs/security.md). Tokens file: `TOKEN ROLE` or
+  // `sha256:HEX ROLE` lines; empty = no token check.
+  std::string auth_tokens_file;
+  // TLS for both front ends when tls.cert_file is set; mTLS with
+  // tls.client_ca_file.
+  TlsFiles tls;
+  // With tokens: /metrics needs a read token (false: /metrics stays open).
+  bool metrics_need_token = true;
+  // Allows a non-loopback listen address with neither tokens nor TLS.
+  bool insecure = false;
+  // HTTP connection caps (HttpGatewayOptions).
+  size_t http_max_connections = 4096;
+  size_t http_max_connections_per_client = 256;
 };
 
 // Thread-safe after Start.
@@ -66,6 +83,9 @@ class Server {
   // stops as on SIGTERM and exits non-zero so it is restarted; every
   // acknowledged task is in the store and runs after the restart.
   bool pool_lost() const { return pool_lost_.load(); }
+  // SIGHUP: re-reads the TLS certificate, key and client CA; new
+  // connections use them, open ones keep theirs. On error the old ones stay.
+  absl::Status ReloadTls();
 
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_port_; }
@@ -73,8 +93,18 @@ class Server {
  private:
   explicit Server(ServerOptions options);
   struct Services;
+  // Loads tokens and TLS files and refuses an exposed, unprotected listen
+  // address.
+  absl::Status SetUpSecurity();
 
   ServerOptions options_;
+  // Used by gRPC for every call and handshake: declared before (destroyed
+  // after) the gRPC server and the HTTP gateway.
+  std::unique_ptr<TokenTable> tokens_;
+  std::unique_ptr<TlsMaterial> tls_;
+  std::unique_ptr<GrpcServerSecurity> grpc_security_;
+  // With TLS, the HTTP gateway reaches gRPC over a unix socket here.
+  std::string private_dir_;
   Metrics metrics_;
   std::unique_ptr<worker::WorkerPool> pool_;
   std::unique_ptr<Store> store_;

@@ -7,6 +7,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
 
+#include "client/src/channel_credentials.h"
 #include "client/src/wait_mux.h"
 #include "forq/v1/pool.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
@@ -200,8 +201,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   // still living Client (or its futures) holds to the old process, and see
   // its first call fail with "Socket closed".
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  auto channel = grpc::CreateCustomChannel(
-      options.address, grpc::InsecureChannelCredentials(), args);
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  auto creds = client_internal::MakeChannelCredentials(options);
+  if (!creds.ok()) return creds.status();
+  auto channel = grpc::CreateCustomChannel(options.address, *creds, args);
   if (options.connect_timeout > absl::ZeroDuration() &&
       !channel->WaitForConnected(
           absl::ToChronoTime(absl::Now() + options.connect_timeout))) {

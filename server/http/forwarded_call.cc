@@ -6,12 +6,16 @@ namespace forq::server {
 
 std::shared_ptr<ForwardedCall> ForwardedCall::Start(
     grpc::GenericStub* stub, CallTracker* tracker, const std::string& method,
-    std::vector<grpc::ByteBuffer> requests, Handlers handlers) {
+    std::vector<grpc::ByteBuffer> requests, Handlers handlers,
+    const std::string& authorization) {
   // The tracker owns the call until OnDone; the constructor is private so
   // make_shared cannot reach it.
   std::shared_ptr<ForwardedCall> call(
       new ForwardedCall(tracker, std::move(requests), std::move(handlers)));
   if (!tracker->Add(call)) return nullptr;
+  if (!authorization.empty()) {
+    call->context_.AddMetadata("authorization", authorization);
+  }
   stub->PrepareBidiStreamingCall(&call->context_, method, grpc::StubOptions(),
                                  call.get());
   // The hold keeps OnDone from running between a delivered message and the

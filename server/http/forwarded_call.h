@@ -45,10 +45,13 @@ class ForwardedCall final
   };
 
   // Starts `method` ("/pkg.Service/Method") with `requests` (at least one).
-  // Returns null when `tracker` is shutting down; then no handler runs.
+  // A non-empty `authorization` is sent as the call's authorization
+  // metadata. Returns null when `tracker` is shutting down; then no handler
+  // runs.
   static std::shared_ptr<ForwardedCall> Start(
       grpc::GenericStub* stub, CallTracker* tracker, const std::string& method,
-      std::vector<grpc::ByteBuffer> requests, Handlers handlers);
+      std::vector<grpc::ByteBuffer> requests, Handlers handlers,
+      const std::string& authorization = "");
 
   ForwardedCall(const ForwardedCall&) = delete;
   ForwardedCall& operator=(const ForwardedCall&) = delete;

@@ -20,10 +20,12 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/asio/post.hpp"
+#include "boost/asio/ssl.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "boost/asio/strand.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
+#include "boost/beast/ssl.hpp"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
@@ -31,6 +33,8 @@
 #include "spdlog/spdlog.h"
 
 #include "common/mutex.h"
+#include "server/auth/tls_material.h"
+#include "server/auth/token_auth.h"
 #include "server/http/forwarded_call.h"
 #include "server/http/http_errors.h"
 #include "server/http/json_transcoder.h"
@@ -48,7 +52,11 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
+constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 constexpr size_t kHeaderLimit = 16 * 1024;
+// Task ids, object names and keys are short; a longer one is a mistake, and
+// its echo in an error message would not fit gRPC's metadata limit.
+constexpr size_t kMaxPathVariableBytes = 1024;
 constexpr absl::string_view kJson = "application/json";
 constexpr absl::string_view kNdjson = "application/x-ndjson";
 constexpr absl::string_view kMetricsType =
@@ -120,6 +128,18 @@ absl::StatusOr<tcp::endpoint> ParseListen(const std::string& listen) {
 
 }  // namespace
 
+// What the gateway needs of a connection, whatever its transport.
+class SessionBase {
+ public:
+  virtual ~SessionBase() = default;
+  // The client's address, for per-client limits.
+  std::string peer;
+  // Closes the connection and cancels the current call. Runs on the strand.
+  virtual void Abort() = 0;
+  virtual net::any_io_executor executor() = 0;
+};
+
+template <class Stream>
 class Session;
 
 namespace http_internal {
@@ -146,9 +166,11 @@ class GatewayImpl {
     options_.metrics->HttpHandled(label, std::to_string(status), secs);
   }
 
-  void Unregister(Session* s) ABSL_LOCKS_EXCLUDED(mu_) {
+  void Unregister(SessionBase* s) ABSL_LOCKS_EXCLUDED(mu_) {
     MutexLock lock(&mu_);
-    sessions_.erase(s);
+    if (sessions_.erase(s) == 0) return;
+    auto it = per_client_.find(s->peer);
+    if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
   }
 
  private:
@@ -165,7 +187,14 @@ class GatewayImpl {
   Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-  std::map<Session*, std::weak_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<SessionBase*, std::weak_ptr<SessionBase>> sessions_
+      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, size_t> per_client_ ABSL_GUARDED_BY(mu_);
+  Clock::time_point last_refusal_log_ ABSL_GUARDED_BY(mu_);
+  // TLS: the context new connections use, rebuilt when the certificate
+  // files were reloaded.
+  std::shared_ptr<net::ssl::context> ssl_ctx_ ABSL_GUARDED_BY(mu_);
+  uint64_t ssl_generation_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Declared last and reset explicitly in Stop(): destroying the io_context
   // destroys pending handlers and with them sessions, which unregister
@@ -176,7 +205,15 @@ class GatewayImpl {
   std::unique_ptr<net::steady_timer> accept_retry_;
   std::vector<std::thread> threads_;
 
+  template <class Stream>
   friend class ::forq::server::Session;
+
+ public:
+  // The TLS context for a new connection; null on error (logged).
+  std::shared_ptr<net::ssl::context> SslContext() ABSL_LOCKS_EXCLUDED(mu_);
+  void Register(std::shared_ptr<SessionBase> session) ABSL_LOCKS_EXCLUDED(mu_);
+  // Why a new connection from `peer` must be refused; empty if it may stay.
+  std::string Refusal(const std::string& peer) ABSL_LOCKS_EXCLUDED(mu_);
 };
 
 }  // namespace http_internal
@@ -188,36 +225,68 @@ class GatewayImpl {
 // GatewayImpl::Stop() waits for. Nothing the session stores in itself (the
 // write queue's continuations) may own it: when Stop() abandons a pending
 // handler, destroying that handler must be enough to free the session.
-class Session : public std::enable_shared_from_this<Session> {
+// Stream is beast::tcp_stream (plain HTTP) or beast::ssl_stream of one.
+template <class Stream>
+class Session final : public SessionBase,
+                      public std::enable_shared_from_this<Session<Stream>> {
  public:
-  Session(tcp::socket socket, http_internal::GatewayImpl* gw)
-      : gw_(gw), stream_(std::move(socket)) {}
-  ~Session() { gw_->Unregister(this); }
+  static constexpr bool kTls = !std::is_same_v<Stream, beast::tcp_stream>;
+
+  template <class... Args>
+  Session(http_internal::GatewayImpl* gw,
+          std::shared_ptr<net::ssl::context> ssl_ctx, Args&&... args)
+      : gw_(gw),
+        ssl_ctx_(std::move(ssl_ctx)),
+        stream_(std::forward<Args>(args)...) {}
+  ~Session() override { gw_->Unregister(this); }
 
   void Run() {
-    net::dispatch(stream_.get_executor(),
-                  [self = shared_from_this()] { self->ReadRequest(); });
+    net::dispatch(stream_.get_executor(), [self = this->shared_from_this()] {
+      if constexpr (kTls) {
+        self->Handshake();
+      } else {
+        self->ReadRequest();
+      }
+    });
   }
 
-  // Closes the connection and cancels the current call. Runs on the strand.
-  void Abort() {
+  void Abort() override {
     closed_ = true;
     if (call_) call_->Cancel();
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close();
+    Lowest().socket().shutdown(tcp::socket::shutdown_both, ec);
+    Lowest().close();
   }
 
-  net::any_io_executor executor() { return stream_.get_executor(); }
+  net::any_io_executor executor() override { return stream_.get_executor(); }
 
  private:
+  using std::enable_shared_from_this<Session<Stream>>::shared_from_this;
+
+  beast::tcp_stream& Lowest() { return beast::get_lowest_layer(stream_); }
+
+  void Handshake() {
+    Lowest().expires_after(kHandshakeTimeout);
+    if constexpr (kTls) {
+      stream_.async_handshake(
+          net::ssl::stream_base::server,
+          [self = shared_from_this()](beast::error_code ec) {
+            if (ec) {
+              spdlog::debug("http: TLS handshake failed: {}", ec.message());
+              return self->Close();
+            }
+            self->ReadRequest();
+          });
+    }
+  }
+
   // ---- reading a request ----
   void ReadRequest() {
     if (closed_) return;
     parser_.emplace();
     parser_->header_limit(kHeaderLimit);
     parser_->body_limit(gw_->options().max_body_bytes);
-    stream_.expires_after(kIdleTimeout);
+    Lowest().expires_after(kIdleTimeout);
     http::async_read_header(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -230,11 +299,12 @@ class Session : public std::enable_shared_from_this<Session> {
     label_ = "malformed";
     if (ec) return OnReadError(ec);
     const auto& req = parser_->get();
+    if (!Authorized()) return;
     if (!parser_->is_done() &&
         beast::iequals(req[http::field::expect], "100-continue")) {
       // curl sends this for bodies over 1 KiB and would otherwise stall.
       continue_ = "HTTP/1.1 100 Continue\r\n\r\n";
-      stream_.expires_after(kWriteTimeout);
+      Lowest().expires_after(kWriteTimeout);
       net::async_write(
           stream_, net::buffer(continue_),
           [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -246,8 +316,50 @@ class Session : public std::enable_shared_from_this<Session> {
     ReadBody();
   }
 
+  // With tokens configured: answers 401/403 and returns false unless the
+  // request's token allows its route. Runs before the body is read, so an
+  // unauthenticated client cannot make forqd parse anything.
+  bool Authorized() {
+    const TokenTable* tokens = gw_->options().tokens;
+    if (tokens == nullptr) return true;
+    const auto& req = parser_->get();
+    const absl::string_view target(req.target().data(), req.target().size());
+    const absl::string_view path = target.substr(0, target.find('?'));
+    const absl::string_view method(req.method_string().data(),
+                                   req.method_string().size());
+    Role required = Role::kNone;
+    std::string what;
+    if (path == "/metrics") {
+      if (gw_->options().metrics_need_token) required = Role::kRead;
+      what = "/metrics";
+    } else if (path != "/healthz" && path != "/readyz" &&
+               path != "/openapi.yaml") {
+      const RouteMatch match = gw_->routes().Match(method, path);
+      // Unknown routes get their 404/405 from Handle(); a token is still
+      // needed to learn which routes exist.
+      required = match.kind == RouteMatch::Kind::kFound
+                     ? RequiredRole(match.route->grpc_method)
+                     : Role::kRead;
+      what = match.kind == RouteMatch::Kind::kFound
+                 ? match.route->grpc_method.substr(1)
+                 : std::string(path.substr(0, 200));
+    }
+    const auto header = req[http::field::authorization];
+    authorization_.assign(header.data(), header.size());
+    const absl::Status s = tokens->Authorize(authorization_, required, what);
+    if (s.ok()) return true;
+    label_ = "unauthorized";
+    keep_alive_ = false;  // the body, if any, stays unread
+    const bool unauthenticated = s.code() == absl::StatusCode::kUnauthenticated;
+    Headers extra;
+    if (unauthenticated) extra.emplace_back("WWW-Authenticate", "Bearer");
+    RespondError(unauthenticated ? 401 : 403,
+                 MakeHttpError(s.code(), s.message()), std::move(extra));
+    return false;
+  }
+
   void ReadBody() {
-    stream_.expires_after(kIdleTimeout);
+    Lowest().expires_after(kIdleTimeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
                        if (ec) return self->OnReadError(ec);
@@ -287,7 +399,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto& req = parser_->get();
     keep_alive_ = req.keep_alive();
     http10_ = req.version() < 11;
-    stream_.expires_never();
+    Lowest().expires_never();
     const absl::string_view target(req.target().data(), req.target().size());
     const absl::string_view method(req.method_string().data(),
                                    req.method_string().size());
@@ -320,6 +432,16 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     route_ = match.route;
     label_ = route_->label();
+    for (const auto& [var, value] : match.bindings) {
+      if (value.size() > kMaxPathVariableBytes) {
+        return RespondError(
+            400,
+            MakeHttpError(
+                absl::StatusCode::kInvalidArgument,
+                absl::StrCat("path variable '", var, "' is ", value.size(),
+                             " bytes; the limit is ", kMaxPathVariableBytes)));
+      }
+    }
 
     auto params = ParseQuery(query);
     if (!params.ok()) return RespondStatus(params.status());
@@ -398,7 +520,7 @@ class Session : public std::enable_shared_from_this<Session> {
     };
     call_ =
         ForwardedCall::Start(gw_->stub(), gw_->tracker(), route_->grpc_method,
-                             std::move(requests), std::move(h));
+                             std::move(requests), std::move(h), authorization_);
     if (!call_) {
       keep_alive_ = false;
       return RespondError(503, MakeHttpError(absl::StatusCode::kUnavailable,
@@ -410,7 +532,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // A long poll can outlive its client; watching the socket for EOF lets the
   // gRPC call be cancelled instead of running to its timeout.
   void WatchDisconnect(uint64_t seq) {
-    stream_.socket().async_wait(
+    Lowest().socket().async_wait(
         tcp::socket::wait_read,
         [self = shared_from_this(), seq](beast::error_code ec) {
           self->OnReadable(ec, seq);
@@ -421,7 +543,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (seq != seq_ || !call_ || closed_) return;
     if (!ec) {
       char c;
-      const ssize_t n = ::recv(stream_.socket().native_handle(), &c, 1,
+      const ssize_t n = ::recv(Lowest().socket().native_handle(), &c, 1,
                                MSG_PEEK | MSG_DONTWAIT);
       // Pipelined bytes of the next request: the client is still there.
       if (n > 0) return;
@@ -575,7 +697,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void WriteFront() {
     writing_ = true;
-    stream_.expires_after(kWriteTimeout);
+    Lowest().expires_after(kWriteTimeout);
     net::async_write(stream_, net::buffer(out_.front().first),
                      [self = shared_from_this()](beast::error_code ec, size_t) {
                        self->OnWritten(ec);
@@ -584,7 +706,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void OnWritten(beast::error_code ec) {
     writing_ = false;
-    stream_.expires_never();
+    Lowest().expires_never();
     if (ec) {
       out_.clear();
       if (call_) {
@@ -604,12 +726,14 @@ class Session : public std::enable_shared_from_this<Session> {
     closed_ = true;
     if (call_) call_->Cancel();
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.close();
+    Lowest().socket().shutdown(tcp::socket::shutdown_send, ec);
+    Lowest().close();
   }
 
   http_internal::GatewayImpl* const gw_;
-  beast::tcp_stream stream_;
+  // Outlives stream_, which refers to it (TLS only).
+  const std::shared_ptr<net::ssl::context> ssl_ctx_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string continue_;
@@ -623,6 +747,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string label_;
   bool keep_alive_ = true;
   bool http10_ = false;
+  std::string authorization_;
   const Route* route_ = nullptr;
   RenderOptions render_;
   std::shared_ptr<ForwardedCall> call_;
@@ -684,35 +809,131 @@ absl::StatusOr<int> http_internal::GatewayImpl::Start() {
 }
 
 void http_internal::GatewayImpl::Accept() {
-  acceptor_->async_accept(
-      net::make_strand(*ioc_), [this](beast::error_code ec, tcp::socket s) {
-        if (stopping() || !acceptor_->is_open()) return;
-        if (ec) {
-          // EMFILE and friends: back off instead of spinning.
-          spdlog::warn("http: accept failed: {}", ec.message());
-          accept_retry_->expires_after(std::chrono::milliseconds(100));
-          accept_retry_->async_wait([this](beast::error_code) {
-            if (!stopping()) Accept();
-          });
-          return;
-        }
-        beast::error_code ignored;
-        s.set_option(tcp::no_delay(true), ignored);
-        auto session = std::make_shared<Session>(std::move(s), this);
-        {
-          // Checked under mu_ so Stop() either sees this session or this
-          // handler sees stopped_.
-          MutexLock lock(&mu_);
-          if (stopped_) return;
-          sessions_.emplace(session.get(), session);
-        }
-        session->Run();
-        Accept();
+  acceptor_->async_accept(net::make_strand(*ioc_), [this](beast::error_code ec,
+                                                          tcp::socket s) {
+    if (stopping() || !acceptor_->is_open()) return;
+    if (ec) {
+      // EMFILE and friends: back off instead of spinning.
+      spdlog::warn("http: accept failed: {}", ec.message());
+      accept_retry_->expires_after(std::chrono::milliseconds(100));
+      accept_retry_->async_wait([this](beast::error_code) {
+        if (!stopping()) Accept();
       });
+      return;
+    }
+    beast::error_code ignored;
+    s.set_option(tcp::no_delay(true), ignored);
+    const auto remote = s.remote_endpoint(ignored);
+    const std::string peer = ignored ? "" : remote.address().to_string();
+    const std::string refusal = Refusal(peer);
+    if (!refusal.empty()) {
+      // Best effort, never blocking: a plain-HTTP client learns why.
+      if (options_.tls == nullptr) {
+        const std::string body =
+            MakeHttpError(absl::StatusCode::kResourceExhausted, refusal).body;
+        const std::string out =
+            absl::StrCat(Head(503, kJson,
+                              {{"Retry-After", "1"},
+                               {"Content-Length", std::to_string(body.size())}},
+                              false),
+                         "\r\n", body);
+        (void)::send(s.native_handle(), out.data(), out.size(),
+                     MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      s.shutdown(tcp::socket::shutdown_both, ignored);
+      s.close(ignored);
+      return Accept();
+    }
+    if (options_.tls != nullptr) {
+      std::shared_ptr<net::ssl::context> ctx = SslContext();
+      if (ctx != nullptr) {
+        auto session =
+            std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
+                this, ctx, std::move(s), *ctx);
+        session->peer = peer;
+        Register(session);
+        session->Run();
+      }
+    } else {
+      auto session = std::make_shared<Session<beast::tcp_stream>>(this, nullptr,
+                                                                  std::move(s));
+      session->peer = peer;
+      Register(session);
+      session->Run();
+    }
+    Accept();
+  });
+}
+
+void http_internal::GatewayImpl::Register(std::shared_ptr<SessionBase> s) {
+  // Checked under mu_ so Stop() either sees this session or this handler
+  // sees stopped_ (then the session dies with the last handler).
+  MutexLock lock(&mu_);
+  if (stopped_) {
+    net::post(s->executor(), [s] { s->Abort(); });
+    return;
+  }
+  if (sessions_.emplace(s.get(), s).second) ++per_client_[s->peer];
+}
+
+std::string http_internal::GatewayImpl::Refusal(const std::string& peer) {
+  MutexLock lock(&mu_);
+  std::string why;
+  if (sessions_.size() >= options_.max_connections) {
+    why = absl::StrCat("forqd has too many HTTP connections open (limit ",
+                       options_.max_connections, "); retry later");
+  } else if (auto it = per_client_.find(peer);
+             it != per_client_.end() &&
+             it->second >= options_.max_connections_per_client) {
+    why = absl::StrCat("too many HTTP connections from ", peer, " (limit ",
+                       options_.max_connections_per_client,
+                       " per client); close idle ones or retry later");
+  }
+  if (!why.empty() &&
+      Clock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
+    last_refusal_log_ = Clock::now();
+    spdlog::warn("http: refusing connections: {}", why);
+  }
+  return why;
+}
+
+std::shared_ptr<net::ssl::context> http_internal::GatewayImpl::SslContext() {
+  const uint64_t gen = options_.tls->generation();
+  {
+    MutexLock lock(&mu_);
+    if (ssl_ctx_ != nullptr && ssl_generation_ == gen) return ssl_ctx_;
+  }
+  std::shared_ptr<const TlsPems> pems = options_.tls->Current();
+  auto ctx = std::make_shared<net::ssl::context>(net::ssl::context::tls_server);
+  beast::error_code ec;
+  ctx->set_options(
+      net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+          net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+          net::ssl::context::no_tlsv1_1 | net::ssl::context::single_dh_use,
+      ec);
+  if (!ec) ctx->use_certificate_chain(net::buffer(pems->cert), ec);
+  if (!ec) {
+    ctx->use_private_key(net::buffer(pems->key), net::ssl::context::pem, ec);
+  }
+  if (!ec && !pems->client_ca.empty()) {
+    ctx->add_certificate_authority(net::buffer(pems->client_ca), ec);
+    if (!ec) {
+      ctx->set_verify_mode(
+          net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert, ec);
+    }
+  }
+  if (ec) {
+    spdlog::error("http: cannot use the TLS certificate: {}", ec.message());
+    return nullptr;
+  }
+  MutexLock lock(&mu_);
+  ssl_ctx_ = ctx;
+  ssl_generation_ = gen;
+  return ctx;
 }
 
 void http_internal::GatewayImpl::Stop() {
-  std::vector<std::shared_ptr<Session>> sessions;
+  std::vector<std::shared_ptr<SessionBase>> sessions;
   {
     MutexLock lock(&mu_);
     if (!started_ || stopped_) return;

@@ -17,6 +17,9 @@
 
 namespace forq::server {
 
+class TokenTable;
+class TlsMaterial;
+
 namespace http_internal {
 class GatewayImpl;
 }  // namespace http_internal
@@ -42,8 +45,23 @@ struct HttpGatewayOptions {
   // Called on an I/O thread for each /readyz; must be quick and must not
   // block. Null: /readyz answers 200 {"status":"ready"}.
   std::function<ReadyState()> readiness;
+  // Open connections in total and per client address; one more is
+  // answered 503 with a clear message and closed (plain HTTP) or closed
+  // (TLS). Bounds the descriptors and memory connections can take.
+  size_t max_connections = 4096;
+  size_t max_connections_per_client = 256;
   // Larger request bodies get 413.
   size_t max_body_bytes = 8 << 20;
+  // Borrowed, may be null (no tokens). When set, every REST route and
+  // (with metrics_need_token) /metrics need an `Authorization: Bearer`
+  // token whose role allows the route's RPC; /healthz, /readyz and
+  // /openapi.yaml stay open. Checked before the body is read.
+  const TokenTable* tokens = nullptr;
+  bool metrics_need_token = true;
+  // Borrowed, may be null (plain HTTP). When set, connections speak TLS
+  // with its current certificate (re-read after TlsMaterial::Reload), and
+  // require a client certificate when it has a client CA.
+  TlsMaterial* tls = nullptr;
   // I/O threads running the asynchronous HTTP server (1-2 are plenty: no
   // thread ever waits on a gRPC call).
   int threads = 2;

@@ -25,6 +25,18 @@ namespace forq::server {
 inline constexpr absl::string_view kTextParam = "text";
 inline constexpr absl::string_view kTextHeader = "X-Forq-Text";
 
+// Deepest JSON nesting a request may have; forq's messages need far less.
+inline constexpr int kMaxJsonDepth = 32;
+
+// InvalidArgument when `json` nests objects/arrays deeper than
+// kMaxJsonDepth. One pass, O(size), no allocation; malformed JSON passes
+// (the parser reports it).
+absl::Status CheckJsonNesting(absl::string_view json, absl::string_view what);
+
+// InvalidArgument naming the field when an enum field of `m` (recursively)
+// holds a number its enum does not define.
+absl::Status CheckEnumValues(const google::protobuf::Message& m);
+
 struct QueryParam {
   std::string key;
   std::string value;

@@ -41,6 +41,17 @@ struct ClientOptions {
   // futures). false: one Wait RPC per TaskFuture::Wait (forqd without
   // WaitStream).
   bool wait_stream = true;
+  // Bearer token sent with every call (forqd --auth_tokens_file).
+  std::string token;
+  // TLS: on when `tls` is set or any file below is given. ca_file holds the
+  // PEM roots that verify forqd (empty: the system's roots); cert_file and
+  // key_file are a client certificate for forqd --tls_client_ca.
+  bool tls = false;
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  // Name checked against forqd's certificate instead of the address's host.
+  std::string tls_server_name;
 };
 
 // Per-task options of Submit; zero values take the server defaults.

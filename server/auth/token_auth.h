@@ -1,0 +1,78 @@
+// Bearer-token authentication with roles for forqd's gRPC and HTTP front
+// ends. Tokens come from --auth_tokens_file; only their SHA-256 digests are
+// kept in memory and presented tokens are compared digest to digest with
+// CRYPTO_memcmp, so a lookup takes the same time whichever entry matches.
+#ifndef FORQ_SERVER_AUTH_TOKEN_AUTH_H_
+#define FORQ_SERVER_AUTH_TOKEN_AUTH_H_
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace forq::server {
+
+// Roles are ordered: each one allows everything the ones below it allow.
+enum class Role {
+  kNone = 0,    // as a requirement: the method is open to everyone
+  kRead = 1,    // Get, List, Wait, Watch, GetPool, Manager reads, /metrics
+  kSubmit = 2,  // + Submit, Cancel, Retry, Map, Manager data operations
+  kAdmin = 3,   // + Drain/Resume, Manager DeleteObject, anything unlisted
+};
+
+absl::string_view RoleName(Role role);
+// "admin", "submit" or "read" (case-insensitive).
+absl::StatusOr<Role> ParseRole(absl::string_view name);
+
+// The role a gRPC method ("/forq.v1.TaskService/Submit") requires. Health
+// checks are open; methods forq does not know need admin.
+Role RequiredRole(absl::string_view method);
+
+// SHA-256 of `data`, lower-case hex (for `sha256:HEX` lines).
+std::string Sha256Hex(absl::string_view data);
+
+// Immutable after construction; thread-safe.
+class TokenTable {
+ public:
+  // Parses a tokens file: one `TOKEN ROLE` or `sha256:HEX ROLE` pair per
+  // line; blank lines and lines starting with '#' are skipped. Clear tokens
+  // must be at least 16 characters. InvalidArgument names the bad line;
+  // NotFound/PermissionDenied when the file cannot be read.
+  static absl::StatusOr<std::unique_ptr<TokenTable>> Load(
+      const std::string& path);
+  static absl::StatusOr<std::unique_ptr<TokenTable>> Parse(
+      absl::string_view text, absl::string_view source = "tokens");
+
+  TokenTable(const TokenTable&) = delete;
+  TokenTable& operator=(const TokenTable&) = delete;
+
+  // The role of `token`, kNone when unknown. Hashes the token once and
+  // compares its digest with every entry without an early exit.
+  Role Lookup(absl::string_view token) const;
+
+  // Checks an `authorization` value ("Bearer TOKEN") against the role
+  // `method` needs: Unauthenticated when missing, malformed or unknown,
+  // PermissionDenied when the token's role is too low. `method` only
+  // appears in messages.
+  absl::Status Authorize(absl::string_view authorization, Role required,
+                         absl::string_view method) const;
+
+  size_t size() const { return entries_.size(); }
+
+ private:
+  struct Entry {
+    std::array<unsigned char, 32> digest;
+    Role role;
+  };
+  TokenTable() = default;
+
+  std::vector<Entry> entries_;
+};
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_AUTH_TOKEN_AUTH_H_
