@@ -85,7 +85,7 @@ ABSL_FLAG(bool, insecure, false,
           "allow a non-loopback listen address without tokens or TLS");
 ABSL_FLAG(int, http_max_connections, 4096,
           "open HTTP connections in total; more get 503 and are closed");
-ABSL_FLAG(int, http_max_connections_per_client, 256,
+ABSL_FLAG(int, http_max_connections_per_client, 1024,
           "open HTTP connections per client address; more get 503");
 ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");

@@ -59,7 +59,7 @@ struct ServerOptions {
   bool insecure = false;
   // HTTP connection caps (HttpGatewayOptions).
   size_t http_max_connections = 4096;
-  size_t http_max_connections_per_client = 256;
+  size_t http_max_connections_per_client = 1024;
 };
 
 // Thread-safe after Start.

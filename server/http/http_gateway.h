@@ -49,7 +49,7 @@ struct HttpGatewayOptions {
   // answered 503 with a clear message and closed (plain HTTP) or closed
   // (TLS). Bounds the descriptors and memory connections can take.
   size_t max_connections = 4096;
-  size_t max_connections_per_client = 256;
+  size_t max_connections_per_client = 1024;
   // Larger request bodies get 413.
   size_t max_body_bytes = 8 << 20;
   // Borrowed, may be null (no tokens). When set, every REST route and
