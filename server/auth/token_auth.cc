@@ -35,11 +35,11 @@ const absl::flat_hash_map<std::string, Role>& MethodRoles() {
   static const auto* roles = [] {
     auto* m = new absl::flat_hash_map<std::string, Role>;
     const std::string task = "/forq.v1.TaskService/";
-    for (const char* name : {"Get", "Wait", "List", "Watch"}) {
+    for (const char* name : {"Get", "Wait", "WaitStream", "List", "Watch"}) {
       (*m)[task + name] = Role::kRead;
     }
     for (const char* name :
-         {"Submit", "SubmitBatch", "Cancel", "Retry", "Map"}) {
+         {"Submit", "SubmitBatch", "Cancel", "Retry", "Map", "MapBatched"}) {
       (*m)[task + name] = Role::kSubmit;
     }
     const std::string pool = "/forq.v1.PoolService/";

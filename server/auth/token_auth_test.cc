@@ -68,6 +68,8 @@ TEST(RequiredRoleTest, ClassifiesEveryFamily) {
   EXPECT_EQ(RequiredRole("/forq.v1.TaskService/Watch"), Role::kRead);
   EXPECT_EQ(RequiredRole("/forq.v1.TaskService/Submit"), Role::kSubmit);
   EXPECT_EQ(RequiredRole("/forq.v1.TaskService/Map"), Role::kSubmit);
+  EXPECT_EQ(RequiredRole("/forq.v1.TaskService/MapBatched"), Role::kSubmit);
+  EXPECT_EQ(RequiredRole("/forq.v1.TaskService/WaitStream"), Role::kRead);
   EXPECT_EQ(RequiredRole("/forq.v1.PoolService/GetPool"), Role::kRead);
   EXPECT_EQ(RequiredRole("/forq.v1.PoolService/Drain"), Role::kAdmin);
   EXPECT_EQ(RequiredRole("/forq.v1.ManagerService/DictGet"), Role::kRead);
