@@ -1,7 +1,9 @@
 #include "worker/exec_runner.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -12,8 +14,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <utility>
+#include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -61,11 +67,28 @@ absl::StatusOr<std::vector<std::string>> ParseArgv(absl::string_view payload) {
   return argv;
 }
 
+// What the child applies to itself before execve.
+struct ChildSetup {
+  const rlimit* cpu = nullptr;
+  rlimit as{};
+  rlimit nofile{};
+  rlimit nproc{};
+  bool drop = false;  // switch to uid/gid (forqd runs as root)
+  uid_t uid = 0;
+  gid_t gid = 0;
+  const char* workdir = nullptr;
+};
+
+[[noreturn]] void ChildFail(int errpipe_w) {
+  int e = errno;
+  (void)!write(errpipe_w, &e, sizeof(e));
+  _exit(127);
+}
+
 // Child side: only async-signal-safe calls until execve.
 [[noreturn]] void ExecChild(pid_t parent, int out_w, int err_w, int errpipe_w,
                             char* const argv[], char* const envp[],
-                            const rlimit* cpu, const rlimit& as,
-                            const rlimit& nofile) {
+                            const ChildSetup& setup) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(127);
   // Own process group, so cancel and cleanup reach whatever it spawns.
@@ -81,16 +104,70 @@ absl::StatusOr<std::vector<std::string>> ParseArgv(absl::string_view payload) {
   // Keep only 0-2 and the CLOEXEC error pipe (closed by a successful exec).
   int keep[] = {0, 1, 2, errpipe_w};
   CloseFdsExcept(keep, 4);
-  if (cpu != nullptr) setrlimit(RLIMIT_CPU, cpu);
-  setrlimit(RLIMIT_AS, &as);
-  setrlimit(RLIMIT_NOFILE, &nofile);
+  if (setup.workdir != nullptr && chdir(setup.workdir) != 0) {
+    ChildFail(errpipe_w);
+  }
+  if (setup.cpu != nullptr) setrlimit(RLIMIT_CPU, setup.cpu);
+  setrlimit(RLIMIT_AS, &setup.as);
+  setrlimit(RLIMIT_NOFILE, &setup.nofile);
   rlimit no_core{0, 0};
   setrlimit(RLIMIT_CORE, &no_core);
+  if (setup.drop) {
+    // Groups first, uid last: afterwards nothing can be changed back.
+    setrlimit(RLIMIT_NPROC, &setup.nproc);
+    if (setgroups(0, nullptr) != 0 || setgid(setup.gid) != 0 ||
+        setuid(setup.uid) != 0) {
+      ChildFail(errpipe_w);
+    }
+  }
   ResetSignals();
   execve(argv[0], argv, envp);
   int e = errno;
   (void)!write(errpipe_w, &e, sizeof(e));
   _exit(127);
+}
+
+// Parent pid of `pid` from /proc, or -1.
+pid_t ParentOf(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return -1;
+  char state = 0;
+  int ppid = -1;
+  if (sscanf(stat.c_str() + paren + 1, " %c %d", &state, &ppid) != 2) {
+    return -1;
+  }
+  return ppid;
+}
+
+// Kills what the task left behind: its process group, then every process
+// reparented to this (subreaper) process, round after round, as killing one
+// hands its children to us.
+void KillLeftovers(pid_t pgid) {
+  kill(-pgid, SIGKILL);
+  const pid_t self = getpid();
+  for (int round = 0; round < 64; ++round) {
+    std::vector<pid_t> found;
+    DIR* proc = opendir("/proc");
+    if (proc == nullptr) return;
+    while (dirent* e = readdir(proc)) {
+      char* end = nullptr;
+      const long pid = strtol(e->d_name, &end, 10);
+      if (end == e->d_name || *end != '\0' || pid <= 0) continue;
+      if (ParentOf(static_cast<pid_t>(pid)) == self) {
+        found.push_back(static_cast<pid_t>(pid));
+      }
+    }
+    closedir(proc);
+    if (found.empty()) return;
+    for (pid_t p : found) kill(p, SIGKILL);
+    for (pid_t p : found) {
+      while (waitpid(p, nullptr, 0) < 0 && errno == EINTR) {
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -119,9 +196,32 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
     cpu_limit = rlimit{s, s + 1};
     cpu = &cpu_limit;
   }
-  const rlimit as{options.max_memory_bytes, options.max_memory_bytes};
-  const rlimit nofile{static_cast<rlim_t>(options.max_open_files),
-                      static_cast<rlim_t>(options.max_open_files)};
+  ChildSetup setup;
+  setup.cpu = cpu;
+  setup.as = rlimit{options.max_memory_bytes, options.max_memory_bytes};
+  setup.nofile = rlimit{static_cast<rlim_t>(options.max_open_files),
+                        static_cast<rlim_t>(options.max_open_files)};
+  setup.nproc = rlimit{static_cast<rlim_t>(options.max_processes),
+                       static_cast<rlim_t>(options.max_processes)};
+  setup.drop = geteuid() == 0;
+  setup.uid = options.run_as_uid;
+  setup.gid = options.run_as_gid;
+
+  // A private working directory; owned by the task's user.
+  std::string workdir = options.work_root + "/forq-exec-XXXXXX";
+  if (mkdtemp(workdir.data()) == nullptr) {
+    return ErrnoToStatus(errno, "exec: mkdtemp working directory");
+  }
+  absl::Cleanup remove_workdir = [&workdir] {
+    std::error_code ec;
+    std::filesystem::remove_all(workdir, ec);
+  };
+  if (setup.drop && chown(workdir.c_str(), setup.uid, setup.gid) != 0) {
+    return ErrnoToStatus(errno, "exec: chown working directory");
+  }
+  setup.workdir = workdir.c_str();
+  // Orphans of the program become our children, so none outlives the task.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
 
   int out[2], err[2], errpipe[2];
   if (pipe2(out, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "exec: pipe");
@@ -136,7 +236,7 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
   if (pid < 0) return ErrnoToStatus(errno, "exec: fork");
   if (pid == 0) {
     ExecChild(parent, out_w.get(), err_w.get(), errpipe_w.get(), argv.data(),
-              envp, cpu, as, nofile);
+              envp, setup);
   }
   setpgid(pid, pid);  // also here: the group exists before any kill(-pid)
   out_w.reset();
@@ -157,17 +257,36 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
 
   std::string stdout_data, stderr_tail;
   bool cancelled = false;
+  bool timed_out = false;
+  bool truncated = false;
+  bool exited = false;
+  int status = 0;
   char buf[65536];
   pollfd fds[2] = {{out_r.get(), POLLIN, 0}, {err_r.get(), POLLIN, 0}};
   int open_fds = 2;
   while (open_fds > 0) {
     int r = poll(fds, 2, kPollMs);
     if (r < 0 && errno != EINTR) break;
-    if (!cancelled && ctx.cancelled()) {
-      cancelled = true;
-      // The whole group: a grandchild holding the pipes open would
-      // otherwise keep us waiting for EOF.
-      kill(-pid, SIGKILL);
+    if (!cancelled && !timed_out) {
+      if (ctx.cancelled()) {
+        cancelled = true;
+      } else if (absl::Now() >= ctx.deadline()) {
+        timed_out = true;
+      }
+      if (cancelled || timed_out) {
+        // The whole tree: a grandchild holding the pipes open would
+        // otherwise keep us waiting for EOF.
+        KillLeftovers(pid);
+      }
+    }
+    if (!exited) {
+      const pid_t w = waitpid(pid, &status, WNOHANG);
+      if (w == pid) {
+        exited = true;
+        // The program is done; whatever it left running (holding our
+        // pipes, or detached with setsid) ends with it.
+        KillLeftovers(pid);
+      }
     }
     for (int i = 0; i < 2; ++i) {
       if (fds[i].fd < 0 || fds[i].revents == 0) continue;
@@ -185,6 +304,7 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
         // Output past the cap is drained and dropped, so the program
         // never blocks on a full pipe.
         stdout_data.append(buf, std::min(room, static_cast<size_t>(n)));
+        if (static_cast<size_t>(n) > room) truncated = true;
       } else {
         stderr_tail.append(buf, static_cast<size_t>(n));
         if (stderr_tail.size() > kStderrTail) {
@@ -193,12 +313,17 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
       }
     }
   }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  if (!exited) {
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
   }
   // Background leftovers of the program die with the task.
-  kill(-pid, SIGKILL);
+  KillLeftovers(pid);
   if (cancelled) return absl::CancelledError("exec: task cancelled");
+  if (timed_out) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("exec: '", program, "' passed the task's deadline"));
+  }
   if (WIFSIGNALED(status)) {
     return absl::AbortedError(
         absl::StrCat("exec: '", program, "' killed by signal ",
@@ -209,6 +334,11 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
     return absl::UnknownError(absl::StrCat("exec: '", program,
                                            "' exited with code ", code,
                                            "; stderr: ", stderr_tail));
+  }
+  if (truncated) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "exec: '", program, "' wrote more than ", options.max_output_bytes,
+        " bytes to stdout (the result limit)"));
   }
   *result = std::move(stdout_data);
   return absl::OkStatus();

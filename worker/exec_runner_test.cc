@@ -1,11 +1,17 @@
 #include "worker/exec_runner.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -103,13 +109,81 @@ TEST(ExecRunnerTest, NonZeroExitIsAnErrorWithCodeAndStderr) {
                ::testing::AllOf(HasSubstr("code 3"), HasSubstr("oops"))));
 }
 
-TEST(ExecRunnerTest, StdoutIsCapped) {
+// Defect 8: output over the cap used to be cut silently and the task
+// SUCCEEDED with a partial result.
+TEST(ExecRunnerTest, StdoutOverTheCapFailsTheTaskClearly) {
   ExecOptions o = Allow();
   o.max_output_bytes = 1000;
-  absl::StatusOr<std::string> out =
-      Exec(R"(["/usr/bin/head", "-c", "3000000", "/dev/zero"])", o);
+  EXPECT_THAT(Exec(R"(["/usr/bin/head", "-c", "3000000", "/dev/zero"])", o),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("more than 1000 bytes")));
+  EXPECT_EQ(Exec(R"(["/usr/bin/head", "-c", "1000", "/dev/zero"])", o)->size(),
+            1000u);
+}
+
+bool Alive(pid_t pid) {
+  // Reaped (ESRCH) or at least a zombie no longer running.
+  if (kill(pid, 0) != 0) return false;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  std::getline(in, stat);
+  const size_t paren = stat.rfind(')');
+  return paren != std::string::npos && stat.size() > paren + 2 &&
+         stat[paren + 2] != 'Z';
+}
+
+// Defect 7: a backgrounded or setsid'ed grandchild outlived its task.
+TEST(ExecRunnerTest, GrandchildrenDoNotOutliveTheTask) {
+  absl::StatusOr<std::string> out = Exec(
+      R"(["/bin/sh", "-c", "sleep 313 >/dev/null 2>&1 & echo $!; setsid sh -c 'sleep 314 & echo $!' </dev/null 2>/dev/null"])");
   ASSERT_THAT(out, IsOk());
-  EXPECT_EQ(out->size(), 1000u);
+  std::vector<std::string> pids = absl::StrSplit(*out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(pids.size(), 2u) << *out;
+  for (const std::string& p : pids) {
+    int pid = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(p, &pid)) << p;
+    EXPECT_FALSE(Alive(pid)) << "pid " << pid << " outlived the task";
+  }
+}
+
+TEST(ExecRunnerTest, DeadlineKillsTheProgramAndItsChildren) {
+  FakeContext ctx;
+  ctx.deadline_ = absl::Now() + absl::Milliseconds(500);
+  std::string out;
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(
+      RunExec(Allow(), ctx,
+              R"(["/bin/sh", "-c", "setsid sleep 60 & sleep 60"])", &out),
+      StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST(ExecRunnerTest, RunsInAPrivateDirectoryRemovedAfterwards) {
+  absl::StatusOr<std::string> out = Exec(R"(["/bin/sh", "-c", "pwd"])");
+  ASSERT_THAT(out, IsOk());
+  EXPECT_THAT(*out, ::testing::StartsWith("/tmp/forq-exec-"));
+  const std::string dir(absl::StripAsciiWhitespace(*out));
+  EXPECT_NE(access(dir.c_str(), F_OK), 0) << dir << " left behind";
+}
+
+// Defect 7: as root, tasks ran as root with every capability and could
+// write forqd's data.
+TEST(ExecRunnerTest, AsRootTheProgramRunsUnprivileged) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to switch users";
+  absl::StatusOr<std::string> out = Exec(
+      R"(["/bin/sh", "-c", "id -u; id -G; grep CapEff /proc/self/status"])");
+  ASSERT_THAT(out, IsOk());
+  EXPECT_THAT(*out, ::testing::StartsWith("65534\n65534\n"));
+  EXPECT_THAT(*out, HasSubstr("CapEff:\t0000000000000000"));
+  // A 0700 directory of forqd's user (like its data dir) is out of reach.
+  char dir[] = "/tmp/forq-private-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string file = std::string(dir) + "/forq.db";
+  std::ofstream(file) << "secret";
+  EXPECT_THAT(Exec(absl::StrCat(R"(["/bin/sh", "-c", "cat )", file, R"("])")),
+              StatusIs(absl::StatusCode::kUnknown, HasSubstr("denied")));
+  unlink(file.c_str());
+  rmdir(dir);
 }
 
 TEST(ExecRunnerTest, MalformedPayloadIsInvalidArgument) {
