@@ -33,8 +33,14 @@ enum class Durability {
 absl::StatusOr<Durability> ParseDurability(absl::string_view text);
 
 struct StoreOptions {
-  // "sqlite" (default, file in data_dir) or "memory" (nothing survives).
+  // "sqlite" (default, file in data_dir), "memory" (nothing survives), or
+  // a PostgreSQL libpq URI "postgres://user@host:port/db" (also in
+  // postgres_uri).
   std::string kind = "sqlite";
+  // PostgreSQL: the libpq connection URI and the most idle read
+  // connections kept open.
+  std::string postgres_uri;
+  int pool_size = 4;
   std::string data_dir = "./forq-data";
   Durability durability = Durability::kSync;
   // kBatch: longest time between commits.
@@ -110,6 +116,10 @@ class Store {
   // with Unavailable. Idempotent.
   virtual void Close() = 0;
 };
+
+// "sqlite in <data_dir>", "memory", or the PostgreSQL URI with any
+// password masked: for logs.
+std::string DescribeStore(const StoreOptions& options);
 
 // Opens the store described by `options` (creating data_dir if needed).
 absl::StatusOr<std::unique_ptr<Store>> OpenStore(const StoreOptions& options);

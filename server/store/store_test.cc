@@ -25,6 +25,7 @@
 
 #include "common/mutex.h"
 #include "server/store/test_latch.h"
+#include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -110,6 +111,14 @@ class StoreContractTest : public ::testing::TestWithParam<StoreParam> {
     options_.durability = GetParam().durability;
     options_.batch_interval = absl::Milliseconds(2);
     options_.data_dir = absl::StrCat(dir_.path(), "/data");
+    if (options_.kind == "postgres") {
+      // A schema of its own on the binary's PostgreSQL server.
+      auto server = forq::testing::PostgresServer::Shared();
+      ASSERT_THAT(server, IsOk());
+      auto uri = (*server)->NewSchemaUri("store");
+      ASSERT_THAT(uri, IsOk());
+      options_.postgres_uri = *uri;
+    }
     auto store = OpenStore(options_);
     ASSERT_THAT(store, IsOk());
     store_ = std::move(store).value();
@@ -620,6 +629,21 @@ TEST_P(StoreContractTest, CloseFlushesQueuedWrites) {
   }
 }
 
+#ifdef FORQ_STORE_TEST_POSTGRES
+// Built into postgres_store_test, which runs as one process against one
+// private PostgreSQL server (tests/testing/postgres_server.h).
+INSTANTIATE_TEST_SUITE_P(
+    Postgres, StoreContractTest,
+    ::testing::Values(StoreParam{"postgres", Durability::kSync},
+                      StoreParam{"postgres", Durability::kNone}),
+    ParamName);
+
+INSTANTIATE_TEST_SUITE_P(
+    Postgres, PersistentStoreContractTest,
+    ::testing::Values(StoreParam{"postgres", Durability::kSync},
+                      StoreParam{"postgres", Durability::kNone}),
+    ParamName);
+#else
 INSTANTIATE_TEST_SUITE_P(
     AllStores, StoreContractTest,
     ::testing::Values(StoreParam{"memory", Durability::kSync},
@@ -634,6 +658,7 @@ INSTANTIATE_TEST_SUITE_P(
                       StoreParam{"sqlite", Durability::kBatch},
                       StoreParam{"sqlite", Durability::kNone}),
     ParamName);
+#endif  // FORQ_STORE_TEST_POSTGRES
 
 TEST(ParseDurabilityTest, ParsesKnownNames) {
   EXPECT_EQ(ParseDurability("sync").value(), Durability::kSync);

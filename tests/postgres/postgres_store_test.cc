@@ -1,0 +1,73 @@
+// PostgresStore behaviour beyond the shared Store contract
+// (server/store/store_test.cc runs that contract on PostgreSQL too).
+#include "server/store/postgres_store.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+#include "server/store/store.h"
+#include "tests/testing/postgres_server.h"
+#include "tests/testing/status_matchers.h"
+
+namespace forq::server {
+namespace {
+
+using ::forq::testing::IsOk;
+using ::forq::testing::PostgresServer;
+using ::forq::testing::StatusIs;
+using ::testing::HasSubstr;
+
+PostgresServer& Server() {
+  auto server = PostgresServer::Shared();
+  EXPECT_THAT(server, IsOk());
+  return **server;
+}
+
+StoreOptions OptionsFor(const std::string& uri) {
+  StoreOptions options;
+  options.kind = uri;
+  return options;
+}
+
+TEST(PostgresStoreTest, SecondStoreOnSameSchemaIsRefusedUntilFirstCloses) {
+  FORQ_ASSERT_OK_AND_ASSIGN(std::string uri, Server().NewSchemaUri("lock"));
+  FORQ_ASSERT_OK_AND_ASSIGN(auto first, OpenStore(OptionsFor(uri)));
+  EXPECT_THAT(OpenStore(OptionsFor(uri)),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("in use by another forqd")));
+  first->Close();
+  EXPECT_THAT(OpenStore(OptionsFor(uri)), IsOk());
+}
+
+TEST(PostgresStoreTest, NewerSchemaVersionIsRefused) {
+  FORQ_ASSERT_OK_AND_ASSIGN(std::string uri, Server().NewSchemaUri("newer"));
+  { FORQ_ASSERT_OK_AND_ASSIGN(auto store, OpenStore(OptionsFor(uri))); }
+  const std::string schema = uri.substr(uri.rfind("%3D") + 3);
+  ASSERT_THAT(Server().Exec(absl::StrCat("UPDATE ", schema,
+                                         ".forq_schema_version SET version = ",
+                                         PostgresStore::kSchemaVersion + 1)),
+              IsOk());
+  EXPECT_THAT(OpenStore(OptionsFor(uri)),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("newer than this forqd")));
+}
+
+TEST(PostgresStoreTest, UnreachableServerIsUnavailable) {
+  // Port 1 on loopback: nothing listens there.
+  EXPECT_THAT(OpenStore(OptionsFor(
+                  "postgresql://forq@127.0.0.1:1/forq?connect_timeout=2")),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("connect")));
+}
+
+TEST(PostgresStoreTest, UnknownDatabaseIsAClearError) {
+  EXPECT_THAT(OpenStore(OptionsFor(absl::StrCat(
+                  "postgresql://forq@127.0.0.1:", Server().port(), "/nope"))),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("nope")));
+}
+
+}  // namespace
+}  // namespace forq::server
