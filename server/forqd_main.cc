@@ -28,8 +28,11 @@ ABSL_FLAG(int, workers, 0,
           "worker processes; 0 = online CPUs (respects the cgroup CPU quota)");
 ABSL_FLAG(std::string, data_dir, "./forq-data", "directory of the task store");
 ABSL_FLAG(std::string, store, "sqlite",
-          "task store: sqlite (durable, default) or memory (nothing survives "
-          "a restart)");
+          "task store: sqlite (durable, default), memory (nothing survives "
+          "a restart), or a PostgreSQL libpq URI postgres://user@host:port/db "
+          "(see docs/storage.md)");
+ABSL_FLAG(int, store_pool_size, 4,
+          "PostgreSQL store: idle read connections kept open");
 ABSL_FLAG(std::string, durability, "sync",
           "sqlite durability: sync (ack after fsync, group commit), batch "
           "(commit every few ms, acks wait), none (no fsync)");
@@ -169,6 +172,7 @@ int main(int argc, char** argv) {
   o.http_addr = absl::GetFlag(FLAGS_http_addr);
   o.store.kind = absl::GetFlag(FLAGS_store);
   o.store.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.store.pool_size = absl::GetFlag(FLAGS_store_pool_size);
   absl::StatusOr<forq::server::Durability> durability =
       forq::server::ParseDurability(absl::GetFlag(FLAGS_durability));
   if (!durability.ok()) {

@@ -283,9 +283,8 @@ absl::Status Server::Start() {
 
   spdlog::info(
       "forqd serving gRPC on port {} and HTTP on port {} with {} workers "
-      "(store: {} in {})",
-      grpc_port_, http_port_, pool_->size(), options_.store.kind,
-      options_.store.data_dir);
+      "(store: {})",
+      grpc_port_, http_port_, pool_->size(), DescribeStore(options_.store));
   if (options_.ready_fd >= 0) {
     std::string line =
         absl::StrCat("grpc_port=", grpc_port_, " http_port=", http_port_, "\n");
