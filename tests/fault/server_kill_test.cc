@@ -30,6 +30,7 @@
 #include "forq/client.h"
 #include "tests/fault/fault_util.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -290,11 +291,19 @@ TEST(ServerKillTest, AcknowledgedTasksSurviveKillNineUnderLoad) {
   std::cout << "ServerKillTest seed " << seed << " (FORQ_FAULT_SEED=" << seed
             << " replays it), kill points " << kill_points << std::endl;
   std::mt19937_64 rng(seed);
-  const bool have_sqlite3 = access(kSqlite3, X_OK) == 0;
-
   ForqdOptions options;
   options.workers = 2;
   options.flags = {"--retry_backoff=50ms"};
+#ifdef FORQ_TEST_POSTGRES
+  // postgres_server_kill_test: the same kills with the tasks in PostgreSQL
+  // (no SQLite file to check).
+  const bool have_sqlite3 = false;
+  absl::StatusOr<std::string> store = forq::testing::PostgresStoreFlag("kill");
+  ASSERT_THAT(store, IsOk());
+  options.flags.push_back(*store);
+#else
+  const bool have_sqlite3 = access(kSqlite3, X_OK) == 0;
+#endif
   absl::StatusOr<std::unique_ptr<ForqdProcess>> started =
       ForqdProcess::Start(options);
   ASSERT_THAT(started, IsOk());

@@ -15,6 +15,7 @@
 #include "forq/client.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -37,6 +38,12 @@ class TaskTest : public ::testing::Test {
     ForqdOptions o;
     o.workers = 2;
     o.flags = {"--retry_backoff=50ms", "--purge_interval=100ms"};
+#ifdef FORQ_TEST_POSTGRES
+    // postgres_task_test: the same tests with the tasks in PostgreSQL.
+    auto store = forq::testing::PostgresStoreFlag("task");
+    ASSERT_TRUE(store.ok()) << store.status();
+    o.flags.push_back(*store);
+#endif
     auto p = ForqdProcess::Start(o);
     ASSERT_TRUE(p.ok()) << p.status();
     forqd_ = p->release();

@@ -240,4 +240,12 @@ absl::StatusOr<std::string> PostgresServer::NewSchemaUri(
   return Uri(schema);
 }
 
+absl::StatusOr<std::string> PostgresStoreFlag(absl::string_view prefix) {
+  absl::StatusOr<PostgresServer*> server = PostgresServer::Shared();
+  if (!server.ok()) return server.status();
+  absl::StatusOr<std::string> uri = (*server)->NewSchemaUri(prefix);
+  if (!uri.ok()) return uri.status();
+  return absl::StrCat("--store=", *uri);
+}
+
 }  // namespace forq::testing

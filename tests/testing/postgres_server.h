@@ -54,6 +54,10 @@ class PostgresServer {
   int next_schema_ = 0;
 };
 
+// "--store=<uri>" of a fresh schema on the shared server, for a forqd
+// under test.
+absl::StatusOr<std::string> PostgresStoreFlag(absl::string_view prefix);
+
 }  // namespace forq::testing
 
 #endif  // FORQ_TESTS_TESTING_POSTGRES_SERVER_H_
