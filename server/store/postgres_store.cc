@@ -199,7 +199,18 @@ class Conn {
 
  private:
   Conn(std::string uri, Durability durability)
-      : conn_(PQconnectdb(uri.c_str())), durability_(durability) {}
+      : conn_(ConnectWithDefaults(uri)), durability_(durability) {}
+
+  // A connect attempt gives up after 5 s and TCP keepalives notice a dead
+  // server within ~20 s, unless the URI sets its own values (keywords
+  // after the expanded URI would override it, so they come first).
+  static PGconn* ConnectWithDefaults(const std::string& uri) {
+    const char* keys[] = {
+        "connect_timeout",  "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "dbname",          nullptr};
+    const char* values[] = {"5", "10", "5", "2", uri.c_str(), nullptr};
+    return PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+  }
 
   absl::Status Setup() {
     if (PQstatus(conn_) != CONNECTION_OK) {
