@@ -118,8 +118,6 @@ class WaitMux : public std::enable_shared_from_this<WaitMux> {
   // The stream new ids go to (nullptr: none, or it broke).
   Stream* current_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t next_gen_ ABSL_GUARDED_BY(mu_) = 1;
-  // True while one thread owns the next StartWrite on current_.
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
   // Counts stream breaks; a waiter whose id was reset by one fails.
   uint64_t breaks_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status last_break_ ABSL_GUARDED_BY(mu_);

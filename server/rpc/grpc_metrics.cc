@@ -96,8 +96,7 @@ void GrpcMetrics::Method::Record(grpc::StatusCode code,
 }
 
 GrpcMetrics::GrpcMetrics(Metrics* metrics)
-    : metrics_(metrics),
-      // Registry::Add merges by name: these are Metrics' own families.
+    :  // Registry::Add merges by name: these are Metrics' own families.
       calls_(prometheus::BuildCounter()
                  .Name("forq_grpc_requests_total")
                  .Help("gRPC calls handled, by method and code.")

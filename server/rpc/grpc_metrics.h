@@ -73,7 +73,6 @@ class GrpcMetrics {
  private:
   Method* Add(const std::string& name);
 
-  Metrics* const metrics_;
   prometheus::Family<prometheus::Counter>& calls_;
   prometheus::Family<prometheus::Histogram>& latency_;
   // Keyed by ":path"; filled in the constructor, read-only afterwards
