@@ -27,15 +27,19 @@ namespace {
 
 // The client end of one ManagerService.Session stream. Operations are
 // queued, written in batches (everything queued while the previous write
-// was in flight goes out as one message) and answered by id. Owned by
-// shared_ptr: a self-reference keeps it alive until gRPC's OnDone.
+// was in flight goes out as one message) and answered by id. Holds the
+// call open (AddHold) until it broke and no write of ours is in flight, so
+// a write started from a caller's thread never follows OnDone. Freed only by
+// Manager::Rpc's destructor after Close(), never on a gRPC callback thread:
+// its ClientContext holds a channel reference, and a channel released last
+// on a callback thread tears down the callback queue that thread runs on.
 class SessionStream final
     : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
   static std::shared_ptr<SessionStream> Open(Stub& stub) {
     auto s = std::shared_ptr<SessionStream>(new SessionStream());
-    s->self_ = s;
     stub.async()->Session(&s->ctx_, s.get());
+    s->AddHold();
     s->StartRead(&s->in_);
     s->StartCall();
     return s;
@@ -85,6 +89,10 @@ class SessionStream final
 
   // Cancels the call and waits until gRPC is done with it.
   void Close() {
+    {
+      MutexLock lock(&mu_);
+      if (done_) return;
+    }
     ctx_.TryCancel();
     MutexLock lock(&mu_);
     while (!done_) done_cv_.Wait(&mu_);
@@ -92,16 +100,19 @@ class SessionStream final
 
   void OnWriteDone(bool ok) override {
     bool start = false;
+    bool release = false;
     {
       MutexLock lock(&mu_);
       writing_ = false;
-      if (!ok) {
-        dead_ = true;
-        return;
+      if (!ok) dead_ = true;
+      if (dead_) {
+        release = !std::exchange(hold_released_, true);
+      } else {
+        start = TakePendingLocked();
       }
-      start = TakePendingLocked();
     }
     if (start) StartWrite(&out_);
+    if (release) RemoveHold();
   }
 
   void OnReadDone(bool ok) override {
@@ -134,14 +145,9 @@ class SessionStream final
   void OnDone(const grpc::Status& s) override {
     FailAll(s.ok() ? absl::UnavailableError("manager session stream closed")
                    : FromGrpcStatus(s));
-    std::shared_ptr<SessionStream> self;
-    {
-      MutexLock lock(&mu_);
-      done_ = true;
-      done_cv_.SignalAll();
-      self = std::move(self_);
-    }
-    // `self` may be the last reference: nothing touches members below.
+    MutexLock lock(&mu_);
+    done_ = true;
+    done_cv_.SignalAll();
   }
 
   // Drops the promise of `id` (its caller stopped waiting).
@@ -165,16 +171,18 @@ class SessionStream final
 
   void FailAll(const absl::Status& why) {
     std::unordered_map<uint64_t, Promise> failed;
+    bool release = false;
     {
       MutexLock lock(&mu_);
       dead_ = true;
       failed.swap(waiting_);
+      if (!writing_) release = !std::exchange(hold_released_, true);
     }
     for (auto& [id, p] : failed) p.set_value(why);
+    if (release) RemoveHold();
   }
 
   grpc::ClientContext ctx_;
-  std::shared_ptr<SessionStream> self_;
   v1::SessionRequest out_;
   v1::SessionResponse in_;
   Mutex mu_;
@@ -184,6 +192,7 @@ class SessionStream final
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool dead_ ABSL_GUARDED_BY(mu_) = false;
+  bool hold_released_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -194,15 +203,19 @@ struct Manager::Rpc {
   absl::Duration rpc_timeout;
   bool pipelined = true;
   Mutex mu;
+  // The stream new calls go to.
   std::shared_ptr<SessionStream> stream ABSL_GUARDED_BY(mu);
+  // Every stream opened (one more after each break); closed and freed here.
+  std::vector<std::shared_ptr<SessionStream>> streams ABSL_GUARDED_BY(mu);
 
   ~Rpc() {
-    std::shared_ptr<SessionStream> s;
+    std::vector<std::shared_ptr<SessionStream>> all;
     {
       MutexLock lock(&mu);
-      s = std::move(stream);
+      stream = nullptr;
+      all.swap(streams);
     }
-    if (s) s->Close();
+    for (const auto& s : all) s->Close();
   }
 
   // One unary call. `wait` is how long the server may block the call (its
@@ -231,10 +244,9 @@ struct Manager::Rpc {
     {
       MutexLock lock(&mu);
       if (stream == nullptr || stream->dead()) {
-        std::shared_ptr<SessionStream> old = std::move(stream);
+        // A broken stream finishes on its own; the destructor frees it.
         stream = SessionStream::Open(*stub);
-        // A broken stream finishes on its own; its reactor frees itself.
-        (void)old;
+        streams.push_back(stream);
       }
       s = stream;
     }
