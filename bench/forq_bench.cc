@@ -5,7 +5,8 @@
 //   forq_bench [--sections=submit,batch,e2e,rtt,map,cpu,startup,rss,manager]
 //              [--reps=3] [--seconds=2] [--n=20000] [--rtt_samples=1000]
 //              [--durability=sync,batch,none] [--workers=2] [--paused]
-//              [--wait=stream,rpc] [--map=batched,single] [--perf=auto|off]
+//              [--wait=stream,rpc] [--submit=unary,batch]
+//              [--map=batched,single] [--perf=auto|off]
 //
 // Every section starts its own forqd (fresh data dir on $TMPDIR, free
 // loopback ports) with the flags it needs, measures, and kills it. Each
@@ -66,6 +67,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -107,6 +109,9 @@ struct Flags {
   bool paused = false;
   // e2e: how futures wait ("stream": WaitStream; "rpc": a Wait RPC each).
   std::vector<std::string> waits = {"stream"};
+  // e2e: how tasks are submitted ("unary": Submit each; "batch":
+  // SubmitBatch of 100).
+  std::vector<std::string> submits = {"unary", "batch"};
   // map: "batched" (the client library: MapBatched, many inputs and
   // results per message) and/or "single" (one per message, the old way).
   std::vector<std::string> maps = {"batched"};
@@ -138,6 +143,11 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       f->waits = absl::StrSplit(a, ',', absl::SkipEmpty());
       for (const std::string& w : f->waits) {
         if (w != "stream" && w != "rpc") return false;
+      }
+    } else if (absl::ConsumePrefix(&a, "--submit=")) {
+      f->submits = absl::StrSplit(a, ',', absl::SkipEmpty());
+      for (const std::string& m : f->submits) {
+        if (m != "unary" && m != "batch") return false;
       }
     } else if (absl::ConsumePrefix(&a, "--map=")) {
       f->maps = absl::StrSplit(a, ',', absl::SkipEmpty());
@@ -641,6 +651,9 @@ int SectionE2E(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
     if (!Wanted(f, d)) continue;
     for (bool batched : {false, true}) {
+      if (!absl::c_linear_search(f.submits, batched ? "batch" : "unary")) {
+        continue;
+      }
       for (const std::string& wait : f.waits) {
         for (int rep = 0; rep < f.reps; ++rep) {
           auto s = StartServer(f.workers, d, wait == "stream");

@@ -8,7 +8,7 @@ PKGS=(build-essential cmake ninja-build pkg-config ccache
   libsqlite3-dev sqlite3 prometheus
   libspdlog-dev libcli11-dev libboost-dev libssl-dev clang-format curl
   clang-14 libclang-rt-14-dev clang-tidy-14
-  nlohmann-json3-dev python3-yaml postgresql-15 libpq-dev)
+  nlohmann-json3-dev python3-yaml postgresql-15 libpq-dev libjemalloc-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
