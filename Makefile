@@ -79,11 +79,13 @@ test-fault: build
 	FORQ_FAULT_LOOPS=30 ctest --test-dir $(BUILD) --output-on-failure -L fault
 
 # Builds the forqd image with podman (CONTAINER_ENGINE=docker works too) and
-# runs it: CLI through published ports, /metrics, drain on stop, restart from
-# the volume, non-root, --cpus. Not part of `make test` (minutes of CPU).
+# runs it with tokens: CLI through published ports, /metrics, drain on stop,
+# restart from the volume, non-root, --cpus; then the compose cluster
+# (test-compose). Not part of `make test` (minutes of CPU).
 .PHONY: test-container test-compose
 test-container: build
 	./tests/container/container_test.sh $(BUILD)/client/forq
+	./tests/container/compose_test.sh $(BUILD)/client/forq
 
 # docker-compose.yml under podman-compose: health, tasks on every node,
 # Prometheus targets and rules, dashboard expressions, drain on stop.

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # `make test-compose`: brings up docker-compose.yml with podman-compose (or
 # COMPOSE="docker compose") under a private project name and free host
-# ports, and checks from the host:
+# ports, with tokens made by deploy/make-tokens.sh, and checks from the host:
 #   - every service's healthcheck passes;
+#   - forqd answers /metrics 401 without a token;
 #   - a task submitted to each forqd node succeeds;
-#   - Prometheus's targets API shows every forqd node up, its rules API
+#   - Prometheus's targets API shows every forqd node up (scraped with the
+#     read token of the metrics-token secret), its rules API
 #     shows forq's alert rules loaded;
 #   - every Grafana dashboard expression returns data from that Prometheus;
 #   - `promtool test rules` passes.
@@ -23,12 +25,17 @@ project="forqtest$$"
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export FORQ_GRPC_PORT="$(free_port)" FORQ_HTTP_PORT="$(free_port)" PROMETHEUS_PORT="$(free_port)"
 PROM="http://127.0.0.1:$PROMETHEUS_PORT"
+tmp="$(mktemp -d)"
+export FORQ_SECRETS_DIR="$tmp/secrets"
+deploy/make-tokens.sh "$FORQ_SECRETS_DIR" 2>/dev/null
+export FORQ_TOKEN="$(cat "$FORQ_SECRETS_DIR/admin.token")"
 compose() { "${COMPOSE[@]}" -p "$project" -f docker-compose.yml "$@"; }
 
 cleanup() {
   compose down -v >/dev/null 2>&1 || true
   # podman-compose 1.0 leaves the project's network behind.
   "$ENGINE" network rm -f "${project}_default" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
 }
 trap cleanup EXIT
 fail() {
@@ -78,6 +85,10 @@ for s in $forqd_services; do
   [ "$out" = 148933 ] || fail "$s answered '$out'"
   ok "$s (127.0.0.1:$port): forq submit primes 2000000 --wait printed $out"
   addrs+=(--forq-addr "127.0.0.1:$port")
+  hport="$("$ENGINE" port "$c" 8080/tcp | head -1)"
+  code="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:${hport##*:}/metrics")"
+  [ "$code" = 401 ] || fail "$s answered /metrics without a token with $code"
+  ok "$s: /metrics without a token answers 401"
 done
 
 # Prometheus sees every node up.
@@ -92,7 +103,7 @@ print(sum(1 for x in t if x["labels"]["job"] == "forqd" and x["health"] == "up")
   [ $SECONDS -lt $deadline ] || fail "Prometheus shows $up of $n_nodes forqd targets up"
   sleep 1
 done
-ok "Prometheus targets API: $up/$n_nodes forqd nodes up"
+ok "Prometheus targets API: $up/$n_nodes forqd nodes up (scraped with the read token)"
 
 rules="$(curl -fsS "$PROM/api/v1/rules" | $PY -c '
 import json, sys

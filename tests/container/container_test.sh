@@ -2,8 +2,13 @@
 # `make test-container`: builds the forqd image with a real container engine
 # (podman by default, CONTAINER_ENGINE=docker works too), runs it with its
 # ports published on 127.0.0.1 and checks, from the host:
-#   - the host CLI's `forq submit primes 2000000 --wait` prints 148933;
-#   - /metrics is scraped from the host and passes `promtool check metrics`;
+#   - without a token file forqd refuses to start on 0.0.0.0, saying why;
+#   - with one (deploy/make-tokens.sh, mounted at /run/secrets/forq-tokens),
+#     calls without a token are refused, a read token cannot submit, and
+#     the host CLI's `forq submit primes 2000000 --wait` with the admin
+#     token (FORQ_TOKEN) prints 148933; the CLI inside the image works too;
+#   - /metrics is refused without a token (401), scraped from the host with
+#     the read token and passes `promtool check metrics`;
 #   - forqd runs as a non-root uid, the HEALTHCHECK passes, and ldd finds
 #     every library inside the image;
 #   - `stop` (SIGTERM) drains: a short running task finishes, a long one is
@@ -29,10 +34,13 @@ fi
 tag="forq-test-$$"
 vol="$tag-data"
 containers=()
+tmp="$(mktemp -d)"
+secrets="$tmp/secrets"  # deploy/make-tokens.sh
 
 cleanup() {
   for c in "${containers[@]}"; do quiet_engine rm -f -v "$c" >/dev/null 2>&1 || true; done
   "$ENGINE" volume rm -f "$vol" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
 }
 trap cleanup EXIT
 fail() {
@@ -76,6 +84,7 @@ run_forqd() {  # run_forqd NAME EXTRA_ARGS... ; publishes $GRPC/$HTTP
   containers+=("$name")
   quiet_engine run -d --name "$name" \
     -p "127.0.0.1:$GRPC:50051" -p "127.0.0.1:$HTTP:8080" \
+    -v "$secrets/forq-tokens:/run/secrets/forq-tokens:ro" \
     --read-only --stop-timeout 40 "$@" "$IMAGE" >/dev/null
 }
 
@@ -101,11 +110,26 @@ missing="$(quiet_engine run --rm --entrypoint /usr/bin/ldd "$IMAGE" /usr/local/b
 [ "$missing" = 0 ] || fail "forqd misses $missing libraries in the image"
 ok "ldd finds every forqd library inside the image"
 
-# ---- first start on a fresh volume
+# ---- without a token file forqd does not start on 0.0.0.0
+out="$("$ENGINE" run --rm --read-only "$IMAGE" 2>&1)" &&
+  fail "forqd started without its token file: $out"
+grep -q "cannot read --auth_tokens_file /run/secrets/forq-tokens" <<< "$out" ||
+  fail "no token file: forqd said '$out'"
+out="$("$ENGINE" run --rm --read-only -e FORQ_AUTH_TOKENS_FILE= "$IMAGE" 2>&1)" &&
+  fail "forqd listened on 0.0.0.0 without tokens or TLS: $out"
+grep -q "refusing to listen on 0.0.0.0:50051" <<< "$out" ||
+  fail "no tokens: forqd said '$out'"
+ok "without a token file forqd refuses to start (exit != 0): 'cannot read --auth_tokens_file', and with none configured 'refusing to listen on 0.0.0.0:50051'"
+
+# ---- first start on a fresh volume, with tokens
+deploy/make-tokens.sh "$secrets" 2>/dev/null
+ADMIN="$(cat "$secrets/admin.token")"
+READ="$(cat "$secrets/metrics.token")"
 "$ENGINE" volume create "$vol" >/dev/null
 GRPC="$(free_port)"
 HTTP="$(free_port)"
 export FORQ_ADDR="127.0.0.1:$GRPC"
+export FORQ_TOKEN="$ADMIN"
 t0="$(now)"
 run_forqd "$tag" -v "$vol:/data" -e FORQ_WORKERS=2 -e FORQ_DRAIN_GRACE=5s
 wait_ready "$HTTP"
@@ -123,17 +147,34 @@ else
 fi
 ok "HEALTHCHECK (/healthz) passes"
 
+notoken="$(FORQ_TOKEN= "$CLI" submit echo x 2>&1)" && fail "submit without a token succeeded: $notoken"
+grep -qi "requires a token" <<< "$notoken" || fail "submit without a token said '$notoken'"
+out="$(FORQ_TOKEN="$READ" "$CLI" submit echo x 2>&1)" && fail "a read token submitted: $out"
+grep -qi "permission" <<< "$out" || fail "submit with a read token said '$out'"
+ok "submit without a token refused: '$(head -1 <<< "$notoken" | cut -c1-100)'; with the read token: '$(head -1 <<< "$out" | cut -c1-100)'"
+
 out="$("$CLI" submit primes 2000000 --wait)" || fail "submit primes failed: $out"
 [ "$out" = 148933 ] || fail "forq submit primes 2000000 --wait printed '$out'"
 ok "forq submit primes 2000000 --wait printed $out"
 
-curl -fsS "http://127.0.0.1:$HTTP/metrics" > "/tmp/$tag.metrics" || fail "GET /metrics failed"
+code="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$HTTP/metrics")"
+[ "$code" = 401 ] || fail "GET /metrics without a token answered $code"
+curl -fsS -H "Authorization: Bearer $READ" "http://127.0.0.1:$HTTP/metrics" \
+  > "/tmp/$tag.metrics" || fail "GET /metrics with the read token failed"
 grep -q '^forq_tasks_finished_total{.*state="succeeded".*} 1$' "/tmp/$tag.metrics" ||
   fail "/metrics lacks the finished task: $(grep finished "/tmp/$tag.metrics")"
 lint="$(promtool check metrics < "/tmp/$tag.metrics" 2>&1)" || fail "promtool: $lint"
 [ -z "$lint" ] || fail "promtool check metrics: $lint"
 rm -f "/tmp/$tag.metrics"
-ok "/metrics scraped from the host: forq_tasks_finished_total{state=\"succeeded\"} 1, promtool clean"
+ok "/metrics: 401 without a token; scraped from the host with the read token: forq_tasks_finished_total{state=\"succeeded\"} 1, promtool clean"
+
+size_in="$("$ENGINE" exec -e FORQ_TOKEN="$ADMIN" "$tag" forq workers --json |
+  $PY -c 'import json,sys; print(json.load(sys.stdin).get("size", 0))')" ||
+  fail "the CLI inside the image failed with FORQ_TOKEN"
+[ "$size_in" = 2 ] || fail "forq workers inside the image says $size_in workers"
+"$ENGINE" exec "$tag" forq workers >/dev/null 2>&1 &&
+  fail "the CLI inside the image worked without a token"
+ok "the CLI inside the image (podman exec -e FORQ_TOKEN) sees $size_in workers; refused without FORQ_TOKEN"
 
 # ---- stop drains: the short task finishes, the long one is re-queued
 short="$("$CLI" submit sleep 1500)"

@@ -134,9 +134,23 @@ def main(root):
            "FORQ_DATA_DIR must be the data volume")
     expect("/tmp" in mounts, "read-only root: /tmp must be a volume")
     claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
-    volumes = {v["name"] for v in pod.get("volumes", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for path, vol in mounts.items():
         expect(vol in claims or vol in volumes, f"mount {path}: no volume {vol}")
+
+    # Listening on 0.0.0.0 needs tokens: the token file is a key of a
+    # mounted Secret.
+    tokens = env.get("FORQ_AUTH_TOKENS_FILE", {}).get("value", "")
+    tdir, tkey = os.path.dirname(tokens), os.path.basename(tokens)
+    tvol = volumes.get(mounts.get(tdir), {})
+    expect(tokens and "secret" in tvol,
+           f"FORQ_AUTH_TOKENS_FILE {tokens!r} must be in a mounted Secret")
+    items = tvol.get("secret", {}).get("items")
+    expect(items is None or any(i["path"] == tkey for i in items),
+           f"the Secret's items do not include {tkey}")
+    expect(not tdir.startswith(("/run/secrets/kubernetes.io", "/var/run")) and
+           tdir != "/run/secrets",
+           f"token mount {tdir} would hide the service-account mount")
 
     ann = spec["template"]["metadata"].get("annotations", {})
     expect(ann.get("prometheus.io/scrape") == "true" and
