@@ -135,6 +135,8 @@ class SqliteStore final : public Store {
   CondVar done_cv_;
   std::vector<Committed> done_ ABSL_GUARDED_BY(done_mu_);
   bool done_closing_ ABSL_GUARDED_BY(done_mu_) = false;
+  // The callback thread is running a batch taken from done_.
+  bool callbacks_running_ ABSL_GUARDED_BY(done_mu_) = false;
 
   Mutex close_mu_;  // Serialises Close() so the threads are joined once.
   std::thread writer_thread_ ABSL_GUARDED_BY(close_mu_);
