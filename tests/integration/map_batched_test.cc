@@ -14,43 +14,17 @@
 #include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
 namespace {
 
-using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
+using ::forq::testing::SharedForqdTest;
 using ::testing::HasSubstr;
 
-class MapBatchedTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    auto p = ForqdProcess::Start({.workers = 2});
-    ASSERT_TRUE(p.ok()) << p.status();
-    forqd_ = p->release();
-    auto c = Client::Connect({.address = forqd_->grpc_address()});
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete client_;
-    client_ = nullptr;
-    delete forqd_;
-    forqd_ = nullptr;
-  }
-  void TearDown() override {
-    if (HasFailure() && forqd_ != nullptr) {
-      ADD_FAILURE() << "forqd log tail:\n" << forqd_->LogTail();
-    }
-  }
-
-  static ForqdProcess* forqd_;
-  static Client* client_;
-};
-
-ForqdProcess* MapBatchedTest::forqd_ = nullptr;
-Client* MapBatchedTest::client_ = nullptr;
+class MapBatchedTest : public SharedForqdTest<MapBatchedTest> {};
 
 // A bad input (unknown kind) in the middle of a window: only it fails,
 // although its whole request message was refused as one batch first.

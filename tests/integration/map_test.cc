@@ -21,6 +21,7 @@
 #include "forq/executor.h"
 #include "forq/pool.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -29,39 +30,15 @@ namespace {
 using ::forq::testing::CommandResult;
 using ::forq::testing::ForqBinary;
 using ::forq::testing::ForqdOptions;
-using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunCommand;
+using ::forq::testing::SharedForqdTest;
 using ::forq::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-class MapTest : public ::testing::Test {
+class MapTest : public SharedForqdTest<MapTest> {
  protected:
-  static void SetUpTestSuite() {
-    ForqdOptions o;
-    o.workers = 2;
-    auto p = ForqdProcess::Start(o);
-    ASSERT_TRUE(p.ok()) << p.status();
-    forqd_ = p->release();
-    ClientOptions co;
-    co.address = forqd_->grpc_address();
-    auto c = Client::Connect(co);
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete client_;
-    client_ = nullptr;
-    delete forqd_;
-    forqd_ = nullptr;
-  }
-  void TearDown() override {
-    if (HasFailure() && forqd_ != nullptr) {
-      ADD_FAILURE() << "forqd log tail:\n" << forqd_->LogTail();
-    }
-  }
-
   CommandResult Forq(std::vector<std::string> args,
                      const std::string& stdin_data = "") {
     std::vector<std::string> argv = {ForqBinary(),
@@ -71,13 +48,7 @@ class MapTest : public ::testing::Test {
     EXPECT_THAT(r, IsOk());
     return r.ok() ? *r : CommandResult();
   }
-
-  static ForqdProcess* forqd_;
-  static Client* client_;
 };
-
-ForqdProcess* MapTest::forqd_ = nullptr;
-Client* MapTest::client_ = nullptr;
 
 std::vector<std::string> Seq(int n) {
   std::vector<std::string> v;

@@ -16,6 +16,7 @@
 #include "forq/v1/task.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/postgres_server.h"
+#include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -24,6 +25,7 @@ namespace {
 using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
+using ::forq::testing::SharedForqdTest;
 using ::forq::testing::StatusIs;
 using ::google::protobuf::util::TimeUtil;
 using ::testing::HasSubstr;
@@ -32,37 +34,21 @@ absl::Time T(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(ts));
 }
 
-class TaskTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
+class TaskTest : public SharedForqdTest<TaskTest> {
+ public:
+  static ForqdOptions Options() {
     ForqdOptions o;
-    o.workers = 2;
     o.flags = {"--retry_backoff=50ms", "--purge_interval=100ms"};
 #ifdef FORQ_TEST_POSTGRES
     // postgres_task_test: the same tests with the tasks in PostgreSQL.
     auto store = forq::testing::PostgresStoreFlag("task");
-    ASSERT_TRUE(store.ok()) << store.status();
-    o.flags.push_back(*store);
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (store.ok()) o.flags.push_back(*store);
 #endif
-    auto p = ForqdProcess::Start(o);
-    ASSERT_TRUE(p.ok()) << p.status();
-    forqd_ = p->release();
-    auto c = Client::Connect({.address = forqd_->grpc_address()});
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete client_;
-    client_ = nullptr;
-    delete forqd_;
-    forqd_ = nullptr;
-  }
-  void TearDown() override {
-    if (HasFailure() && forqd_ != nullptr) {
-      ADD_FAILURE() << "forqd log tail:\n" << forqd_->LogTail();
-    }
+    return o;
   }
 
+ protected:
   v1::Task RunToEnd(absl::string_view kind, absl::string_view payload,
                     const SubmitOptions& o = {}) {
     absl::StatusOr<TaskFuture> f = client_->Submit(kind, payload, o);
@@ -72,13 +58,7 @@ class TaskTest : public ::testing::Test {
     EXPECT_THAT(t, IsOk());
     return t.ok() ? *t : v1::Task();
   }
-
-  static ForqdProcess* forqd_;
-  static Client* client_;
 };
-
-ForqdProcess* TaskTest::forqd_ = nullptr;
-Client* TaskTest::client_ = nullptr;
 
 TEST_F(TaskTest, BuiltinsSucceedWithExpectedResults) {
   EXPECT_EQ(RunToEnd("echo", "hello").result(), "hello");

@@ -20,6 +20,7 @@
 #include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -28,31 +29,12 @@ namespace {
 using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
+using ::forq::testing::SharedForqdTest;
 using ::forq::testing::StatusIs;
 using ::testing::HasSubstr;
 
-class WaitStreamTest : public ::testing::Test {
+class WaitStreamTest : public SharedForqdTest<WaitStreamTest> {
  protected:
-  static void SetUpTestSuite() {
-    auto p = ForqdProcess::Start({.workers = 2});
-    ASSERT_TRUE(p.ok()) << p.status();
-    forqd_ = p->release();
-    auto c = Client::Connect({.address = forqd_->grpc_address()});
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = c->release();
-  }
-  static void TearDownTestSuite() {
-    delete client_;
-    client_ = nullptr;
-    delete forqd_;
-    forqd_ = nullptr;
-  }
-  void TearDown() override {
-    if (HasFailure() && forqd_ != nullptr) {
-      ADD_FAILURE() << "forqd log tail:\n" << forqd_->LogTail();
-    }
-  }
-
   // forq_grpc_requests_total of one method, all codes summed.
   static double Calls(const std::string& method) {
     auto r =
@@ -74,13 +56,7 @@ class WaitStreamTest : public ::testing::Test {
     return v1::TaskService::NewStub(grpc::CreateChannel(
         forqd_->grpc_address(), grpc::InsecureChannelCredentials()));
   }
-
-  static ForqdProcess* forqd_;
-  static Client* client_;
 };
-
-ForqdProcess* WaitStreamTest::forqd_ = nullptr;
-Client* WaitStreamTest::client_ = nullptr;
 
 TEST_F(WaitStreamTest, ManyFuturesResolveWithoutOneWaitCallPerTask) {
   const double waits_before = Calls("forq.v1.TaskService/Wait");
