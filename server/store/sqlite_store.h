@@ -96,9 +96,9 @@ class SqliteStore final : public Store {
                    std::vector<Committed>& unsynced);
   // Fsyncs the WAL, then runs the callbacks in `unsynced` and clears it.
   void SyncWal(std::vector<Committed>& unsynced);
-  // Hands finished writes to the callback thread, which runs their
-  // callbacks in commit order: what callers do in them (answer RPCs, fan
-  // out results) then never delays the next commit.
+  // Runs the callbacks of finished writes in commit order: on the callback
+  // thread when more writes wait (what callers do in them, answering RPCs
+  // and fanning out results, then never delays the next commit), else here.
   void Deliver(std::vector<Committed> done) ABSL_LOCKS_EXCLUDED(done_mu_);
   void CallbackLoop() ABSL_LOCKS_EXCLUDED(done_mu_);
   // Applies `group` in one transaction, each call's status in `statuses`.
