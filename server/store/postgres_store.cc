@@ -1,18 +1,24 @@
 #include "server/store/postgres_store.h"
 
+#include <poll.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <optional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "spdlog/spdlog.h"
 
@@ -285,24 +291,112 @@ CREATE TABLE IF NOT EXISTS objects(
   data BYTEA NOT NULL);
 )sql";
 
+// Version 2 (cluster mode): the attempt, its owner and lease, and
+// not_before on the database clock live in columns, so claims, heartbeats
+// and the reaper are single statements. Single-node forqd keeps attempt
+// and not_before current too, so a schema can move to cluster mode.
+constexpr const char* kSchemaV2 = R"sql(
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner_node TEXT;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner_incarnation BIGINT;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS lease_until TIMESTAMPTZ;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS not_before TIMESTAMPTZ;
+CREATE INDEX IF NOT EXISTS tasks_claimable
+  ON tasks(priority DESC, id) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS tasks_by_owner
+  ON tasks(owner_incarnation) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS tasks_by_lease
+  ON tasks(lease_until) WHERE state = 2;
+CREATE SEQUENCE IF NOT EXISTS forq_incarnation;
+CREATE TABLE IF NOT EXISTS nodes(
+  node_id TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+  incarnation BIGINT NOT NULL,
+  started_at TIMESTAMPTZ NOT NULL,
+  heartbeat_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS task_events(
+  seq BIGSERIAL PRIMARY KEY,
+  task_id TEXT COLLATE "C" NOT NULL,
+  attempt INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  node_id TEXT,
+  reason TEXT NOT NULL,
+  at TIMESTAMPTZ NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS task_events_by_task ON task_events(task_id, seq);
+)sql";
+
+// $10 attempt, $11 delay in microseconds from now (NULL: claimable at
+// once), so delays are measured on the database clock.
 const std::string kInsertBulk =
     "INSERT INTO tasks(id, queue, kind, state, priority, idempotency_key, "
-    "finished_at_us, expires_at_us, data) SELECT * FROM unnest($1::text[], "
-    "$2::text[], $3::text[], $4::int4[], $5::int4[], $6::text[], $7::int8[], "
-    "$8::int8[], $9::bytea[])";
+    "finished_at_us, expires_at_us, data, attempt, not_before) SELECT u.id, "
+    "u.queue, u.kind, u.state, u.priority, u.key, u.fin, u.exp, u.data, "
+    "u.attempt, now() + u.delay * interval '1 microsecond' FROM "
+    "unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], "
+    "$6::text[], $7::int8[], $8::int8[], $9::bytea[], $10::int4[], "
+    "$11::int8[]) AS u(id, queue, kind, state, priority, key, fin, exp, "
+    "data, attempt, delay)";
 const std::string kInsertKeyed =
     "INSERT INTO tasks(id, queue, kind, state, priority, idempotency_key, "
-    "finished_at_us, expires_at_us, data) VALUES($1, $2, $3, $4, $5, $6, $7, "
-    "$8, $9) ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL "
-    "DO NOTHING";
+    "finished_at_us, expires_at_us, data, attempt, not_before) VALUES($1, "
+    "$2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::int8 * interval '1 "
+    "microsecond') ON CONFLICT (idempotency_key) WHERE idempotency_key IS "
+    "NOT NULL DO NOTHING";
 const std::string kFindByKey =
     "SELECT data FROM tasks WHERE idempotency_key = $1";
-// Queue, kind, priority and idempotency key never change after insert.
-const std::string kUpdateBulk =
-    "UPDATE tasks AS t SET state = u.state, finished_at_us = u.fin, "
-    "expires_at_us = u.exp, data = u.data FROM unnest($1::text[], "
-    "$2::int4[], $3::int8[], $4::int8[], $5::bytea[]) AS u(id, state, fin, "
-    "exp, data) WHERE t.id = u.id";
+// Queue, kind, priority and idempotency key never change after insert. A
+// write that is not an owned attempt's clears any lease.
+constexpr const char* kUpdateColumns =
+    "state = u.state, finished_at_us = u.fin, expires_at_us = u.exp, data = "
+    "u.data, attempt = u.attempt, not_before = now() + u.delay * interval "
+    "'1 microsecond'";
+constexpr const char* kUpdateFrom =
+    " FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[], "
+    "$5::bytea[], $6::int4[], $7::int8[], $8::int4[]) AS u(id, state, fin, "
+    "exp, data, attempt, delay, fence) WHERE t.id = u.id";
+const std::string kUpdateBulk = absl::StrCat(
+    "UPDATE tasks AS t SET ", kUpdateColumns,
+    ", owner_node = NULL, owner_incarnation = NULL, lease_until = NULL",
+    kUpdateFrom);
+// Cluster mode, a write that is no attempt of this node's (Retry of a
+// finished task): never over a row some node is running.
+const std::string kUpdateUnowned = kUpdateBulk + " AND t.state <> 2";
+// Cluster mode: a write of an attempt this node claimed applies only while
+// the row still is that attempt, RUNNING, owned by this incarnation ($9).
+// A write that keeps it RUNNING keeps the lease.
+const std::string kUpdateFenced = absl::StrCat(
+    "UPDATE tasks AS t SET ", kUpdateColumns,
+    ", owner_node = CASE WHEN u.state = 2 THEN t.owner_node END, "
+    "owner_incarnation = CASE WHEN u.state = 2 THEN t.owner_incarnation END, "
+    "lease_until = CASE WHEN u.state = 2 THEN t.lease_until END",
+    kUpdateFrom,
+    " AND t.attempt = u.fence AND t.state = 2 AND t.owner_incarnation = "
+    "$9::int8 RETURNING t.id");
+// $1 node, $2 incarnation, $3 lease in microseconds, $4 how many.
+const std::string kClaim =
+    "UPDATE tasks AS t SET state = 2, attempt = t.attempt + 1, owner_node = "
+    "$1, owner_incarnation = $2::int8, lease_until = now() + $3::int8 * "
+    "interval '1 microsecond' FROM (SELECT id FROM tasks WHERE state = 1 AND "
+    "(not_before IS NULL OR not_before <= now()) ORDER BY priority DESC, id "
+    "FOR UPDATE SKIP LOCKED LIMIT $4) AS c WHERE t.id = c.id RETURNING "
+    "t.data, t.attempt::text";
+const std::string kHeartbeat =
+    "WITH n AS (UPDATE nodes SET heartbeat_at = now() WHERE node_id = $1) "
+    "UPDATE tasks SET lease_until = now() + $3::int8 * interval '1 "
+    "microsecond' WHERE owner_incarnation = $2::int8 AND state = 2 "
+    "RETURNING id, attempt::text";
+const std::string kRegister =
+    "INSERT INTO nodes(node_id, incarnation, started_at, heartbeat_at) "
+    "VALUES($1, nextval('forq_incarnation'), now(), now()) ON CONFLICT "
+    "(node_id) DO UPDATE SET incarnation = excluded.incarnation, started_at "
+    "= now(), heartbeat_at = now() RETURNING incarnation::text";
+const std::string kReapSelect =
+    "SELECT id, data, attempt::text, COALESCE(owner_node, '') FROM tasks "
+    "WHERE state = 2 AND lease_until < now() ORDER BY lease_until LIMIT 500 "
+    "FOR UPDATE SKIP LOCKED";
+const std::string kLostEvents =
+    "INSERT INTO task_events(task_id, attempt, state, node_id, reason) "
+    "SELECT * FROM unnest($1::text[], $2::int4[], $3::int4[], $4::text[], "
+    "$5::text[])";
 const std::string kPutObject =
     "INSERT INTO objects(name, data) VALUES($1, $2) ON CONFLICT (name) DO "
     "UPDATE SET data = excluded.data";
@@ -331,6 +425,44 @@ Param OptionalInt(std::optional<int64_t> value) {
   return value.has_value() ? Param::Int(*value) : Param::Null();
 }
 
+// How long from now a QUEUED task waits (its not_before, by this node's
+// clock); the database adds it to its own clock. nullopt: claimable now.
+std::optional<int64_t> DelayMicros(const v1::Task& task) {
+  if (task.state() != v1::QUEUED || !task.has_not_before()) {
+    return std::nullopt;
+  }
+  const int64_t at = task.not_before().seconds() * 1'000'000 +
+                     task.not_before().nanos() / 1000;
+  return std::max<int64_t>(0, at - absl::ToUnixMicros(absl::Now()));
+}
+
+std::string TextValue(const PGresult* res, int row, int column) {
+  return std::string(PQgetvalue(res, row, column),
+                     PQgetlength(res, row, column));
+}
+
+int IntValue(const PGresult* res, int row, int column) {
+  int v = 0;
+  (void)absl::SimpleAtoi(TextValue(res, row, column), &v);
+  return v;
+}
+
+// Retry backoff: base * 2^(attempt-1), capped, +-25% jitter.
+absl::Duration LostBackoff(const ClusterOptions& o, int attempt) {
+  thread_local absl::BitGen gen;
+  double base = absl::ToDoubleSeconds(o.backoff_base) *
+                std::pow(2.0, std::max(0, attempt - 1));
+  base = std::min(base, absl::ToDoubleSeconds(o.backoff_max));
+  return absl::Seconds(base * absl::Uniform(gen, 0.75, 1.25));
+}
+
+std::string DefaultNodeId() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
+  return absl::StrCat(host[0] != 0 ? host : "forqd", "-", getpid(), "-",
+                      absl::ToUnixSeconds(absl::Now()));
+}
+
 absl::StatusOr<int64_t> AffectedRows(const Result& res) {
   int64_t n = 0;
   if (!absl::SimpleAtoi(PQcmdTuples(res.get()), &n)) {
@@ -352,6 +484,19 @@ struct PostgresStore::PendingWrite {
   WriteDone write_done;
   std::vector<bool> superseded;
   std::vector<InsertResult> results;
+  // Cluster mode, filled by Apply: the write queued claimable work; tasks
+  // it finished (for NOTIFY); owned attempts it wrote out of RUNNING or
+  // that the fence refused.
+  bool queued = false;
+  std::vector<std::string> finished;
+  std::vector<AttemptRef> released;
+  std::vector<AttemptRef> fenced;
+  void ClearEffects() {
+    queued = false;
+    finished.clear();
+    released.clear();
+    fenced.clear();
+  }
 
   void Finish(absl::Status status) {
     if (type == Type::kInsert) {
@@ -412,6 +557,29 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
     }
     if (version < kSchemaVersion) {
       FORQ_RETURN_IF_ERROR(writer->Command(kSchema, "create schema"));
+      FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV2, "migrate schema to v2"));
+      if (version == 1) {
+        // Version 1 kept the attempt only inside `data`: copy it out for
+        // the unfinished tasks (finished ones are never claimed again
+        // except through Retry, which writes the column).
+        FORQ_ASSIGN_OR_RETURN(
+            Result rows,
+            writer->Run("migrate_read",
+                        absl::StrCat("SELECT data FROM tasks WHERE state IN (",
+                                     static_cast<int>(v1::QUEUED), ", ",
+                                     static_cast<int>(v1::RUNNING), ")"),
+                        {}, "read unfinished tasks to migrate"));
+        for (int r = 0; r < PQntuples(rows.get()); ++r) {
+          FORQ_ASSIGN_OR_RETURN(v1::Task task, ParseTask(rows.get(), r, 0));
+          FORQ_RETURN_IF_ERROR(
+              writer
+                  ->Run("migrate_attempt",
+                        "UPDATE tasks SET attempt = $2 WHERE id = $1",
+                        {Param::Text(task.id()), Param::Int(task.attempt())},
+                        "migrate attempt")
+                  .status());
+        }
+      }
       FORQ_RETURN_IF_ERROR(writer->Command(
           absl::StrCat("DELETE FROM forq_schema_version; INSERT INTO "
                        "forq_schema_version VALUES(",
@@ -423,25 +591,50 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
     FORQ_RETURN_IF_ERROR(writer->Command("COMMIT", "commit migration"));
   }
   // One writer per database and schema: a second forqd would load the same
-  // unfinished tasks and run them twice. The lock is the session's, so it
-  // goes away with the connection (kill -9 leaves nothing stale).
+  // unfinished tasks and run them twice. Cluster nodes share the lock (they
+  // coordinate through leases); a single-node forqd and a cluster never
+  // mix. The lock is the session's, so it goes away with the connection
+  // (kill -9 leaves nothing stale).
   FORQ_ASSIGN_OR_RETURN(
       std::unique_ptr<Conn> lock,
       Conn::Connect(options.postgres_uri, options.durability));
   {
-    FORQ_ASSIGN_OR_RETURN(Result res,
-                          lock->Run("lock",
-                                    absl::StrCat("SELECT pg_try_advisory_lock(",
-                                                 kLockKey, ", 1)::text"),
-                                    {}, "take the store lock"));
+    const bool shared = options.cluster.enabled;
+    FORQ_ASSIGN_OR_RETURN(
+        Result res, lock->Run(shared ? "lock_shared" : "lock",
+                              absl::StrCat("SELECT pg_try_advisory_lock",
+                                           shared ? "_shared(" : "(", kLockKey,
+                                           ", 1)::text"),
+                              {}, "take the store lock"));
     if (absl::string_view(PQgetvalue(res.get(), 0, 0)) != "true") {
       return absl::FailedPreconditionError(
-          "postgres store: the database schema is in use by another forqd "
-          "or store (advisory lock held)");
+          shared ? "postgres store: the database schema is in use by a "
+                   "single-node forqd (advisory lock held); cluster nodes "
+                   "cannot share it"
+                 : "postgres store: the database schema is in use by another "
+                   "forqd or store (advisory lock held)");
     }
   }
   auto store = std::unique_ptr<PostgresStore>(
       new PostgresStore(options, std::move(writer), std::move(lock)));
+  if (options.cluster.enabled) {
+    FORQ_ASSIGN_OR_RETURN(
+        std::unique_ptr<Conn> claim,
+        Conn::Connect(options.postgres_uri, options.durability));
+    FORQ_ASSIGN_OR_RETURN(
+        std::unique_ptr<Conn> upkeep,
+        Conn::Connect(options.postgres_uri, options.durability));
+    FORQ_RETURN_IF_ERROR(store->Register(*upkeep));
+    {
+      MutexLock l(&store->claim_mu_);
+      store->claim_conn_ = std::move(claim);
+    }
+    MutexLock l(&store->upkeep_mu_);
+    store->upkeep_conn_ = std::move(upkeep);
+    spdlog::info("cluster node {} incarnation {} (lease {})", store->node_id_,
+                 store->incarnation(),
+                 absl::FormatDuration(options.cluster.lease));
+  }
   spdlog::info("postgres store {}:{}/{} open (schema v{}, durability {})",
                PQhost(store->writer_->get()), PQport(store->writer_->get()),
                PQdb(store->writer_->get()), kSchemaVersion,
@@ -455,7 +648,14 @@ PostgresStore::PostgresStore(const StoreOptions& options,
     : uri_(options.postgres_uri),
       durability_(options.durability),
       pool_size_(static_cast<size_t>(std::max(1, options.pool_size))),
-      writer_(std::move(writer)) {
+      writer_(std::move(writer)),
+      cluster_(options.cluster),
+      node_id_(options.cluster.node_id.empty() ? DefaultNodeId()
+                                               : options.cluster.node_id) {
+  {
+    MutexLock l(&owned_mu_);
+    last_heartbeat_ = absl::Now();
+  }
   MutexLock l(&close_mu_);
   lock_ = std::move(lock);
   writer_thread_ = std::thread([this] {
@@ -559,6 +759,48 @@ void PostgresStore::CommitGroup(
     Deliver(std::move(done));
     return;
   }
+  if (cluster_.enabled) {
+    // Committed: attempts written out of RUNNING (or refused) are no longer
+    // this node's. The refusals are reported before any ack, so the
+    // scheduler drops those outcomes instead of announcing them.
+    std::vector<AttemptRef> fenced;
+    {
+      MutexLock lock(&owned_mu_);
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (!statuses[i].ok()) continue;
+        for (const AttemptRef& a : group[i]->released) {
+          auto it = owned_.find(a.task_id);
+          if (it != owned_.end() && it->second.attempt == a.attempt) {
+            owned_.erase(it);
+          }
+        }
+        // Refused ones stay fenced: a later write of the same attempt must
+        // not pass as a plain write.
+        for (const AttemptRef& a : group[i]->fenced) {
+          auto it = owned_.find(a.task_id);
+          if (it != owned_.end() && it->second.attempt == a.attempt &&
+              !it->second.lost) {
+            it->second.lost = true;
+            it->second.lost_at = absl::Now();
+          }
+        }
+        fenced.insert(fenced.end(), group[i]->fenced.begin(),
+                      group[i]->fenced.end());
+      }
+    }
+    if (!fenced.empty()) {
+      fenced_writes_.fetch_add(static_cast<int64_t>(fenced.size()),
+                               std::memory_order_relaxed);
+      for (const AttemptRef& a : fenced) {
+        spdlog::warn(
+            "write of task {} attempt {} refused: the attempt is no longer "
+            "this node's",
+            a.task_id, a.attempt);
+      }
+      Callbacks cb = callbacks();
+      if (cb.fenced) cb.fenced(fenced);
+    }
+  }
   for (size_t i = 0; i < group.size(); ++i) {
     PendingWrite& op = *group[i];
     if (op.type == PendingWrite::Type::kInsert && statuses[i].ok()) {
@@ -582,7 +824,9 @@ absl::Status PostgresStore::RunGroup(
       txn_status = writer_->Command("SAVEPOINT w", "savepoint");
       if (!txn_status.ok()) break;
     }
+    group[i]->ClearEffects();
     absl::Status status = Apply(*group[i]);
+    if (!status.ok()) group[i]->ClearEffects();
     if (!status.ok() && writer_->bad()) {
       txn_status = status;  // Connection lost: the whole group fails.
       break;
@@ -598,6 +842,32 @@ absl::Status PostgresStore::RunGroup(
       txn_status = writer_->Command("RELEASE SAVEPOINT w", "release");
     }
     statuses[i] = std::move(status);
+  }
+  if (txn_status.ok() && cluster_.enabled) {
+    // Delivered to the other nodes' LISTEN connections at commit: claimable
+    // work (forq_work) and finished tasks for their waiters (forq_done,
+    // comma-separated ids, payloads under PostgreSQL's 8000-byte limit).
+    bool queued = false;
+    std::vector<std::string> payloads;
+    for (size_t i = 0; i < group.size(); ++i) {
+      if (!statuses[i].ok()) continue;
+      queued = queued || group[i]->queued;
+      for (const std::string& id : group[i]->finished) {
+        if (payloads.empty() || payloads.back().size() + id.size() > 7000) {
+          payloads.emplace_back();
+        } else {
+          payloads.back().push_back(',');
+        }
+        payloads.back().append(id);
+      }
+    }
+    if (queued) txn_status = writer_->Command("NOTIFY forq_work", "notify");
+    for (size_t i = 0; txn_status.ok() && i < payloads.size(); ++i) {
+      txn_status = writer_
+                       ->Run("notify_done", "SELECT pg_notify('forq_done', $1)",
+                             {Param::Text(payloads[i])}, "notify")
+                       .status();
+    }
   }
   if (txn_status.ok()) {
     // With synchronous_commit=on COMMIT returns once the commit record is
@@ -654,7 +924,7 @@ absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
   // Tasks without an idempotency key go in one multi-row statement; keyed
   // ones one by one, in order, each seeing the rows before it.
   ArrayLiteral ids, queues, kinds, states, priorities, keys, finished, expires,
-      datas;
+      datas, attempts, delays;
   int bulk = 0;
   std::string scratch;
   for (const v1::Task& task : op.tasks) {
@@ -665,6 +935,7 @@ absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
       return absl::InternalError(
           absl::StrCat("postgres store: cannot serialise task ", task.id()));
     }
+    if (task.state() == v1::QUEUED) op.queued = true;
     if (!task.idempotency_key().empty()) continue;
     ids.AddText(task.id());
     queues.AddText(task.queue());
@@ -675,6 +946,8 @@ absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
     finished.AddInt(FinishedAtMicros(task));
     expires.AddInt(ExpiresAtMicros(task));
     datas.AddBytes(scratch);
+    attempts.AddInt(task.attempt());
+    delays.AddInt(DelayMicros(task));
     ++bulk;
   }
   auto duplicate_id = [](absl::Status status) {
@@ -695,7 +968,9 @@ absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
                       Param::Text(std::move(keys).Finish()),
                       Param::Text(std::move(finished).Finish()),
                       Param::Text(std::move(expires).Finish()),
-                      Param::Text(std::move(datas).Finish())},
+                      Param::Text(std::move(datas).Finish()),
+                      Param::Text(std::move(attempts).Finish()),
+                      Param::Text(std::move(delays).Finish())},
                      "insert tasks");
     if (!res.ok()) return duplicate_id(res.status());
   }
@@ -712,7 +987,8 @@ absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
          Param::Text(task.kind()), Param::Int(static_cast<int>(task.state())),
          Param::Int(task.priority()), Param::Text(task.idempotency_key()),
          OptionalInt(FinishedAtMicros(task)),
-         OptionalInt(ExpiresAtMicros(task)), Param::Bytes(scratch)},
+         OptionalInt(ExpiresAtMicros(task)), Param::Bytes(scratch),
+         Param::Int(task.attempt()), OptionalInt(DelayMicros(task))},
         absl::StrCat("insert ", task.id()));
     if (!res.ok()) return duplicate_id(res.status());
     FORQ_ASSIGN_OR_RETURN(int64_t inserted, AffectedRows(*res));
@@ -742,7 +1018,22 @@ absl::Status PostgresStore::ApplyUpdate(PendingWrite& op) {
     last[op.tasks[i].id()] = i;
   }
   if (last.empty()) return absl::OkStatus();
-  ArrayLiteral ids, states, finished, expires, datas;
+  // In cluster mode the writes of attempts this node claimed are fenced;
+  // other writes (Retry of a finished task, say) are plain.
+  absl::flat_hash_map<std::string, int> fence;
+  if (cluster_.enabled) {
+    MutexLock lock(&owned_mu_);
+    for (const auto& [id, i] : last) {
+      auto it = owned_.find(id);
+      if (it != owned_.end()) fence.emplace(it->first, it->second.attempt);
+    }
+  }
+  struct Batch {
+    ArrayLiteral ids, states, finished, expires, datas, attempts, delays,
+        fences;
+    std::vector<size_t> rows;
+  };
+  Batch plain, fenced;
   std::string scratch;
   for (size_t i = 0; i < op.tasks.size(); ++i) {
     const v1::Task& task = op.tasks[i];
@@ -752,25 +1043,79 @@ absl::Status PostgresStore::ApplyUpdate(PendingWrite& op) {
       return absl::InternalError(
           absl::StrCat("postgres store: cannot serialise task ", task.id()));
     }
-    ids.AddText(task.id());
-    states.AddInt(static_cast<int>(task.state()));
-    finished.AddInt(FinishedAtMicros(task));
-    expires.AddInt(ExpiresAtMicros(task));
-    datas.AddBytes(scratch);
+    auto f = fence.find(task.id());
+    Batch& b = f != fence.end() ? fenced : plain;
+    b.ids.AddText(task.id());
+    b.states.AddInt(static_cast<int>(task.state()));
+    b.finished.AddInt(FinishedAtMicros(task));
+    b.expires.AddInt(ExpiresAtMicros(task));
+    b.datas.AddBytes(scratch);
+    b.attempts.AddInt(task.attempt());
+    b.delays.AddInt(DelayMicros(task));
+    b.fences.AddInt(f != fence.end() ? f->second : 0);
+    b.rows.push_back(i);
   }
-  FORQ_ASSIGN_OR_RETURN(Result res,
-                        writer_->Run("update_bulk", kUpdateBulk,
-                                     {Param::Text(std::move(ids).Finish()),
-                                      Param::Text(std::move(states).Finish()),
-                                      Param::Text(std::move(finished).Finish()),
-                                      Param::Text(std::move(expires).Finish()),
-                                      Param::Text(std::move(datas).Finish())},
-                                     "update tasks"));
-  FORQ_ASSIGN_OR_RETURN(int64_t updated, AffectedRows(res));
-  if (updated != static_cast<int64_t>(last.size())) {
-    return absl::NotFoundError(absl::StrCat(
-        "postgres store: update of unknown task(s): ", last.size() - updated,
-        " of ", last.size(), " ids not stored"));
+  auto params = [](Batch& b) {
+    return std::vector<Param>{Param::Text(std::move(b.ids).Finish()),
+                              Param::Text(std::move(b.states).Finish()),
+                              Param::Text(std::move(b.finished).Finish()),
+                              Param::Text(std::move(b.expires).Finish()),
+                              Param::Text(std::move(b.datas).Finish()),
+                              Param::Text(std::move(b.attempts).Finish()),
+                              Param::Text(std::move(b.delays).Finish()),
+                              Param::Text(std::move(b.fences).Finish())};
+  };
+  auto note = [&op](const v1::Task& task) {
+    if (task.state() == v1::QUEUED) op.queued = true;
+    if (store_internal::IsTerminal(task.state())) {
+      op.finished.push_back(task.id());
+    }
+  };
+  if (!plain.rows.empty()) {
+    FORQ_ASSIGN_OR_RETURN(Result res,
+                          cluster_.enabled
+                              ? writer_->Run("update_unowned", kUpdateUnowned,
+                                             params(plain), "update tasks")
+                              : writer_->Run("update_bulk", kUpdateBulk,
+                                             params(plain), "update tasks"));
+    FORQ_ASSIGN_OR_RETURN(int64_t updated, AffectedRows(res));
+    if (cluster_.enabled &&
+        updated != static_cast<int64_t>(plain.rows.size())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "postgres store: ", plain.rows.size() - updated, " of ",
+          plain.rows.size(),
+          " tasks not written: unknown, or running on a cluster node"));
+    }
+    if (updated != static_cast<int64_t>(plain.rows.size())) {
+      return absl::NotFoundError(
+          absl::StrCat("postgres store: update of unknown task(s): ",
+                       plain.rows.size() - updated, " of ", plain.rows.size(),
+                       " ids not stored"));
+    }
+    for (size_t i : plain.rows) note(op.tasks[i]);
+  }
+  if (!fenced.rows.empty()) {
+    std::vector<Param> p = params(fenced);
+    p.push_back(Param::Int(incarnation()));
+    FORQ_ASSIGN_OR_RETURN(
+        Result res,
+        writer_->Run("update_fenced", kUpdateFenced, p, "update attempts"));
+    absl::flat_hash_set<std::string> applied;
+    for (int r = 0; r < PQntuples(res.get()); ++r) {
+      applied.insert(TextValue(res.get(), r, 0));
+    }
+    for (size_t i : fenced.rows) {
+      const v1::Task& task = op.tasks[i];
+      const int attempt = fence[task.id()];
+      if (!applied.contains(task.id())) {
+        op.fenced.push_back(AttemptRef{task.id(), attempt});
+        continue;
+      }
+      note(task);
+      if (task.state() != v1::RUNNING) {
+        op.released.push_back(AttemptRef{task.id(), attempt});
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -947,7 +1292,388 @@ PostgresStore::LoadObjects() {
   return out;
 }
 
+absl::Status PostgresStore::Register(Conn& conn) {
+  FORQ_RETURN_IF_ERROR(conn.EnsureOk());
+  FORQ_ASSIGN_OR_RETURN(Result res,
+                        conn.Run("register", kRegister, {Param::Text(node_id_)},
+                                 "register node"));
+  int64_t inc = 0;
+  if (PQntuples(res.get()) != 1 ||
+      !absl::SimpleAtoi(TextValue(res.get(), 0, 0), &inc)) {
+    return absl::InternalError("postgres store: no incarnation returned");
+  }
+  incarnation_.store(inc, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+PostgresStore::Callbacks PostgresStore::callbacks() {
+  MutexLock lock(&callbacks_mu_);
+  return callbacks_;
+}
+
+absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(int n) {
+  if (!cluster_.enabled) {
+    return absl::FailedPreconditionError("postgres store: not in cluster mode");
+  }
+  std::vector<v1::Task> out;
+  if (n <= 0) return out;
+  {
+    MutexLock lock(&owned_mu_);
+    if (self_fenced_) return out;
+  }
+  MutexLock lock(&claim_mu_);
+  FORQ_RETURN_IF_ERROR(claim_conn_->EnsureOk());
+  const int64_t inc = incarnation();
+  FORQ_ASSIGN_OR_RETURN(
+      Result res,
+      claim_conn_->Run("claim", kClaim,
+                       {Param::Text(node_id_), Param::Int(inc),
+                        Param::Int(absl::ToInt64Microseconds(cluster_.lease)),
+                        Param::Int(n)},
+                       "claim tasks"));
+  const int rows = PQntuples(res.get());
+  out.reserve(rows);
+  for (int r = 0; r < rows; ++r) {
+    FORQ_ASSIGN_OR_RETURN(v1::Task task, ParseTask(res.get(), r, 0));
+    task.set_attempt(IntValue(res.get(), r, 1));
+    out.push_back(std::move(task));
+  }
+  // RETURNING keeps no order: priority, then FIFO, as claimed.
+  std::sort(out.begin(), out.end(), [](const v1::Task& a, const v1::Task& b) {
+    if (a.priority() != b.priority()) return a.priority() > b.priority();
+    return a.id() < b.id();
+  });
+  {
+    MutexLock owned(&owned_mu_);
+    if (incarnation() != inc || self_fenced_) {
+      // Fenced while claiming: these leases expire unrenewed and the
+      // reaper gives the tasks back.
+      out.clear();
+    } else {
+      for (const v1::Task& t : out) owned_[t.id()] = Owned{t.attempt()};
+    }
+  }
+  return out;
+}
+
+absl::Status PostgresStore::Heartbeat() {
+  std::vector<AttemptRef> before;
+  bool fenced = false;
+  {
+    MutexLock lock(&owned_mu_);
+    for (const auto& [id, o] : owned_) {
+      if (!o.lost) before.push_back(AttemptRef{id, o.attempt});
+    }
+    fenced = self_fenced_;
+  }
+  const absl::Time sent = absl::Now();
+  MutexLock lock(&upkeep_mu_);
+  if (fenced) {
+    // Back after a self-fence: a new incarnation, so nothing written under
+    // the old one can pass the fence; its leases expire and are reaped.
+    FORQ_RETURN_IF_ERROR(Register(*upkeep_conn_));
+    MutexLock owned(&owned_mu_);
+    self_fenced_ = false;
+    last_heartbeat_ = sent;
+    spdlog::warn("cluster node {} reconnected as incarnation {}", node_id_,
+                 incarnation());
+    return absl::OkStatus();
+  }
+  FORQ_RETURN_IF_ERROR(upkeep_conn_->EnsureOk());
+  const int64_t inc = incarnation();
+  FORQ_ASSIGN_OR_RETURN(
+      Result res,
+      upkeep_conn_->Run("heartbeat", kHeartbeat,
+                        {Param::Text(node_id_), Param::Int(inc),
+                         Param::Int(absl::ToInt64Microseconds(cluster_.lease))},
+                        "heartbeat"));
+  absl::flat_hash_map<std::string, int> extended;
+  for (int r = 0; r < PQntuples(res.get()); ++r) {
+    extended[TextValue(res.get(), r, 0)] = IntValue(res.get(), r, 1);
+  }
+  std::vector<AttemptRef> lost;
+  {
+    MutexLock owned(&owned_mu_);
+    if (incarnation() != inc || self_fenced_) return absl::OkStatus();
+    last_heartbeat_ = sent;
+    for (const AttemptRef& a : before) {
+      auto e = extended.find(a.task_id);
+      if (e != extended.end() && e->second == a.attempt) continue;
+      // Still ours locally (no write took it out of RUNNING meanwhile) but
+      // not in the database any more: reclaimed by the reaper.
+      auto it = owned_.find(a.task_id);
+      if (it == owned_.end() || it->second.attempt != a.attempt ||
+          it->second.lost) {
+        continue;
+      }
+      it->second.lost = true;
+      it->second.lost_at = sent;
+      lost.push_back(a);
+    }
+    // Lost attempts whose outcome never came are forgotten after a while.
+    absl::erase_if(owned_, [&](const auto& entry) {
+      return entry.second.lost &&
+             entry.second.lost_at + 10 * cluster_.lease < sent;
+    });
+  }
+  if (!lost.empty()) {
+    spdlog::warn("{} attempts lost their lease; stopping them", lost.size());
+    Callbacks cb = callbacks();
+    if (cb.lost) cb.lost(lost);
+  }
+  return absl::OkStatus();
+}
+
+bool PostgresStore::CheckSelfFence() {
+  std::vector<AttemptRef> lost;
+  {
+    MutexLock lock(&owned_mu_);
+    if (self_fenced_) return true;
+    if (absl::Now() - last_heartbeat_ <= cluster_.lease / 2) return false;
+    self_fenced_ = true;
+    for (auto& [id, o] : owned_) {
+      if (o.lost) continue;
+      lost.push_back(AttemptRef{id, o.attempt});
+      o.lost = true;
+      o.lost_at = absl::Now();
+    }
+  }
+  spdlog::error(
+      "cluster node {}: no heartbeat for {}; fencing itself: {} attempts "
+      "stopped, no claims until the database answers",
+      node_id_, absl::FormatDuration(cluster_.lease / 2), lost.size());
+  Callbacks cb = callbacks();
+  if (cb.lost && !lost.empty()) cb.lost(lost);
+  return true;
+}
+
+absl::StatusOr<int> PostgresStore::ReapExpired() {
+  MutexLock lock(&upkeep_mu_);
+  Conn& conn = *upkeep_conn_;
+  FORQ_RETURN_IF_ERROR(conn.EnsureOk());
+  FORQ_RETURN_IF_ERROR(conn.Command("BEGIN", "begin reap"));
+  absl::Cleanup rollback = [&] {
+    if (!conn.bad()) (void)conn.Command("ROLLBACK", "rollback reap");
+  };
+  FORQ_ASSIGN_OR_RETURN(
+      Result res, conn.Run("reap_select", kReapSelect, {}, "find lost leases"));
+  const int rows = PQntuples(res.get());
+  if (rows == 0) return 0;
+  const absl::Time now = absl::Now();
+  ArrayLiteral ids, states, finished, expires, datas, attempts, delays, fences;
+  ArrayLiteral ev_ids, ev_attempts, ev_states, ev_nodes, ev_reasons;
+  bool queued = false;
+  std::vector<std::string> done;
+  std::string scratch;
+  for (int r = 0; r < rows; ++r) {
+    FORQ_ASSIGN_OR_RETURN(v1::Task t, ParseTask(res.get(), r, 1));
+    const int attempt = IntValue(res.get(), r, 2);
+    const std::string owner = TextValue(res.get(), r, 3);
+    t.set_attempt(attempt);
+    v1::TaskError* e = t.mutable_error();
+    e->set_code(static_cast<int>(absl::StatusCode::kUnavailable));
+    e->set_message(absl::StrCat("lease expired (LOST): node ", owner,
+                                " stopped renewing attempt ", attempt));
+    e->set_reason(v1::WORKER_LOST);
+    e->set_signal(0);
+    if (t.cancel_requested()) {
+      t.set_state(v1::CANCELLED);
+    } else if (attempt - t.attempt_base() >= t.max_attempts()) {
+      t.set_state(v1::DEAD);
+    } else {
+      t.set_state(v1::QUEUED);
+      const absl::Time at = now + LostBackoff(cluster_, attempt);
+      t.mutable_not_before()->set_seconds(absl::ToUnixSeconds(at));
+      t.mutable_not_before()->set_nanos(
+          static_cast<int32_t>(absl::ToUnixNanos(at) % 1'000'000'000));
+      queued = true;
+    }
+    if (t.state() != v1::QUEUED) {
+      t.mutable_finished_at()->set_seconds(absl::ToUnixSeconds(now));
+      t.mutable_finished_at()->set_nanos(
+          static_cast<int32_t>(absl::ToUnixNanos(now) % 1'000'000'000));
+      done.push_back(t.id());
+    }
+    if (!t.SerializeToString(&scratch)) {
+      return absl::InternalError("postgres store: cannot serialise task");
+    }
+    ids.AddText(t.id());
+    states.AddInt(static_cast<int>(t.state()));
+    finished.AddInt(FinishedAtMicros(t));
+    expires.AddInt(ExpiresAtMicros(t));
+    datas.AddBytes(scratch);
+    attempts.AddInt(attempt);
+    delays.AddInt(DelayMicros(t));
+    fences.AddInt(0);
+    ev_ids.AddText(t.id());
+    ev_attempts.AddInt(attempt);
+    ev_states.AddInt(static_cast<int>(t.state()));
+    ev_nodes.AddNullableText(owner);
+    ev_reasons.AddText("LOST");
+  }
+  FORQ_RETURN_IF_ERROR(conn.Run("update_bulk", kUpdateBulk,
+                                {Param::Text(std::move(ids).Finish()),
+                                 Param::Text(std::move(states).Finish()),
+                                 Param::Text(std::move(finished).Finish()),
+                                 Param::Text(std::move(expires).Finish()),
+                                 Param::Text(std::move(datas).Finish()),
+                                 Param::Text(std::move(attempts).Finish()),
+                                 Param::Text(std::move(delays).Finish()),
+                                 Param::Text(std::move(fences).Finish())},
+                                "requeue lost attempts")
+                           .status());
+  FORQ_RETURN_IF_ERROR(conn.Run("lost_events", kLostEvents,
+                                {Param::Text(std::move(ev_ids).Finish()),
+                                 Param::Text(std::move(ev_attempts).Finish()),
+                                 Param::Text(std::move(ev_states).Finish()),
+                                 Param::Text(std::move(ev_nodes).Finish()),
+                                 Param::Text(std::move(ev_reasons).Finish())},
+                                "record lost attempts")
+                           .status());
+  if (queued) FORQ_RETURN_IF_ERROR(conn.Command("NOTIFY forq_work", "notify"));
+  if (!done.empty()) {
+    FORQ_RETURN_IF_ERROR(
+        conn.Run("notify_done", "SELECT pg_notify('forq_done', $1)",
+                 {Param::Text(absl::StrJoin(done, ","))}, "notify")
+            .status());
+  }
+  std::move(rollback).Cancel();
+  FORQ_RETURN_IF_ERROR(conn.Command("COMMIT", "commit reap"));
+  spdlog::warn("reaped {} attempts whose lease expired", rows);
+  return rows;
+}
+
+absl::Status PostgresStore::StartCluster(Callbacks callbacks) {
+  if (!cluster_.enabled) {
+    return absl::FailedPreconditionError("postgres store: not in cluster mode");
+  }
+  {
+    MutexLock lock(&callbacks_mu_);
+    callbacks_ = std::move(callbacks);
+  }
+  if (!cluster_.background) return absl::OkStatus();
+  MutexLock lock(&close_mu_);
+  if (upkeep_thread_.joinable()) return absl::OkStatus();
+  upkeep_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-cluster");
+    UpkeepLoop();
+  });
+  return absl::OkStatus();
+}
+
+void PostgresStore::StopCluster() {
+  std::thread t;
+  {
+    MutexLock lock(&close_mu_);
+    t = std::move(upkeep_thread_);
+  }
+  {
+    MutexLock lock(&upkeep_stop_mu_);
+    upkeep_stop_ = true;
+  }
+  if (t.joinable()) t.join();
+  MutexLock lock(&callbacks_mu_);
+  callbacks_ = Callbacks();
+}
+
+// One thread: the LISTEN connection (woken by notifications, waited on
+// with poll() so the timers below keep running), the heartbeat every
+// lease/3, the self-fence check, the reaper every lease/2, and the
+// fallback polls for work and for finished tasks.
+void PostgresStore::UpkeepLoop() {
+  std::unique_ptr<Conn> listen;
+  absl::Time next_listen_try = absl::InfinitePast();
+  absl::Time next_heartbeat = absl::Now() + cluster_.lease / 3;
+  absl::Time next_reap = absl::Now();
+  absl::Time next_poll = absl::Now() + cluster_.poll_interval;
+  absl::Time next_recheck = absl::Now() + absl::Seconds(1);
+  for (;;) {
+    {
+      MutexLock lock(&upkeep_stop_mu_);
+      if (upkeep_stop_) return;
+    }
+    Callbacks cb = callbacks();
+    absl::Time now = absl::Now();
+    if (listen == nullptr || listen->bad()) {
+      if (now >= next_listen_try) {
+        next_listen_try = now + absl::Seconds(1);
+        listen.reset();
+        absl::StatusOr<std::unique_ptr<Conn>> c =
+            Conn::Connect(uri_, durability_);
+        if (c.ok() &&
+            (*c)->Command("LISTEN forq_work; LISTEN forq_done", "listen")
+                .ok()) {
+          listen = std::move(*c);
+          // Notifications sent while not listening are lost: look again.
+          if (cb.wake) cb.wake();
+          if (cb.finished) cb.finished({});
+        }
+      }
+    }
+    // Waits for a notification or the next timer (at most the poll
+    // interval, so a stop request is seen soon).
+    absl::Time until = std::min({next_heartbeat, next_reap, next_poll});
+    absl::Duration wait = std::max(absl::ZeroDuration(), until - now);
+    if (listen != nullptr && !listen->bad()) {
+      struct pollfd pfd = {PQsocket(listen->get()), POLLIN, 0};
+      int ms = static_cast<int>(absl::ToInt64Milliseconds(wait));
+      if (poll(&pfd, 1, ms) > 0) {
+        PQconsumeInput(listen->get());
+        bool work = false;
+        std::vector<std::string> finished;
+        while (PGnotify* n = PQnotifies(listen->get())) {
+          if (absl::string_view(n->relname) == "forq_work") {
+            work = true;
+          } else {
+            for (absl::string_view id :
+                 absl::StrSplit(n->extra, ',', absl::SkipEmpty())) {
+              finished.emplace_back(id);
+            }
+          }
+          PQfreemem(n);
+        }
+        if (work && cb.wake) cb.wake();
+        if (!finished.empty() && cb.finished) cb.finished(finished);
+      }
+    } else if (wait > absl::ZeroDuration()) {
+      MutexLock lock(&upkeep_stop_mu_);
+      // Nothing signals this: it is a timed wait, not synchronisation.
+      CondVar idle;
+      idle.WaitWithTimeout(&upkeep_stop_mu_, wait);
+    }
+    now = absl::Now();
+    if (now >= next_poll) {
+      next_poll = now + cluster_.poll_interval;
+      if (cb.wake) cb.wake();
+    }
+    if (now >= next_recheck) {
+      next_recheck = now + absl::Seconds(1);
+      if (cb.finished) cb.finished({});
+    }
+    CheckSelfFence();
+    if (now >= next_heartbeat) {
+      absl::Status s = Heartbeat();
+      // After a failure try again soon: the self-fence deadline is lease/2.
+      next_heartbeat =
+          absl::Now() + (s.ok() ? cluster_.lease / 3 : cluster_.lease / 10);
+      if (!s.ok()) spdlog::error("cluster heartbeat: {}", s.ToString());
+      CheckSelfFence();
+    }
+    if (now >= next_reap) {
+      absl::StatusOr<int> n = ReapExpired();
+      // Every lease/2, at most 500 ms: an expired lease is taken back
+      // well within a second.
+      next_reap = absl::Now() +
+                  ((n.ok() && *n == 500)
+                       ? absl::ZeroDuration()
+                       : std::min(cluster_.lease / 2, absl::Milliseconds(500)));
+      if (!n.ok()) spdlog::error("cluster reaper: {}", n.status().ToString());
+    }
+  }
+}
+
 void PostgresStore::Close() {
+  StopCluster();
   MutexLock close_lock(&close_mu_);
   {
     MutexLock lock(&queue_mu_);

@@ -4,10 +4,13 @@
 // when one of them fails), a callback thread runs the acks in commit order,
 // and reads use a pool of connections. Every statement is prepared; a
 // group's task rows go to the server as multi-row statements (unnest of
-// arrays). docs/storage.md describes the schema.
+// arrays). docs/storage.md describes the schema. In cluster mode it is also
+// the node's WorkSource: claims, leases with a heartbeat, the reaper of
+// expired leases, fenced writes and LISTEN/NOTIFY wake-ups.
 #ifndef FORQ_SERVER_STORE_POSTGRES_STORE_H_
 #define FORQ_SERVER_STORE_POSTGRES_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -17,12 +20,14 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 #include "common/mutex.h"
+#include "server/store/cluster.h"
 #include "server/store/store.h"
 
 namespace forq::server {
@@ -36,11 +41,11 @@ class Conn;
 // flushed on the server (synchronous_commit=on); kNone acks after the
 // commit without waiting for the flush (synchronous_commit=off: a crash of
 // the database server, not of forqd, may lose the last moments).
-class PostgresStore final : public Store {
+class PostgresStore final : public Store, public WorkSource {
  public:
   // Version in forq_schema_version. A database with a larger version was
-  // written by a newer forqd and is refused.
-  static constexpr int kSchemaVersion = 1;
+  // written by a newer forqd and is refused; version 1 is migrated.
+  static constexpr int kSchemaVersion = 2;
 
   // True for "postgres://..." and "postgresql://..." (libpq URIs).
   static bool IsUri(absl::string_view text);
@@ -49,8 +54,11 @@ class PostgresStore final : public Store {
   // the connection's current schema, so one database can hold several
   // forq stores), and takes the store's single-writer lock (a session
   // advisory lock: a second forqd on the same database and schema is
-  // refused with FailedPrecondition). Unavailable if the server cannot be
-  // reached, FailedPrecondition if the schema is newer than this code.
+  // refused with FailedPrecondition). In cluster mode the lock is shared
+  // by every cluster node (a single-node forqd is still refused) and the
+  // node registers itself with a new incarnation. Unavailable if the
+  // server cannot be reached, FailedPrecondition if the schema is newer
+  // than this code.
   static absl::StatusOr<std::unique_ptr<PostgresStore>> Open(
       const StoreOptions& options);
 
@@ -70,6 +78,36 @@ class PostgresStore final : public Store {
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> LoadObjects()
       override;
   void Close() override;
+  WorkSource* work_source() override {
+    return cluster_.enabled ? this : nullptr;
+  }
+
+  // WorkSource (cluster mode).
+  absl::Status StartCluster(Callbacks callbacks) override;
+  void StopCluster() override;
+  absl::StatusOr<std::vector<v1::Task>> Claim(int n) override;
+  const std::string& node_id() const override { return node_id_; }
+  int64_t incarnation() const override {
+    return incarnation_.load(std::memory_order_acquire);
+  }
+
+  // Cluster upkeep, run by the upkeep thread (or by tests when
+  // ClusterOptions.background is false). Heartbeat extends the leases of
+  // this node's attempts in one statement and reports those it could not
+  // extend as lost; after a self-fence it registers a new incarnation.
+  absl::Status Heartbeat() ABSL_LOCKS_EXCLUDED(upkeep_mu_);
+  // Fences the node if no heartbeat succeeded for lease/2: its attempts
+  // are reported lost and claims stop until a heartbeat succeeds. True if
+  // the node is fenced.
+  bool CheckSelfFence() ABSL_LOCKS_EXCLUDED(owned_mu_);
+  // Expired leases (any node's) go back to QUEUED with backoff, or DEAD
+  // when no attempts are left; failure reason WORKER_LOST, "lease
+  // expired". Returns how many were reaped (at most 500 per call).
+  absl::StatusOr<int> ReapExpired() ABSL_LOCKS_EXCLUDED(upkeep_mu_);
+  // Writes refused by the attempt fence so far.
+  int64_t fenced_writes() const {
+    return fenced_writes_.load(std::memory_order_relaxed);
+  }
 
  private:
   struct PendingWrite;
@@ -88,6 +126,9 @@ class PostgresStore final : public Store {
   absl::Status Apply(PendingWrite& op);
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
+  absl::Status Register(Conn& conn);
+  void UpkeepLoop();
+  Callbacks callbacks() ABSL_LOCKS_EXCLUDED(callbacks_mu_);
   void Deliver(std::vector<Committed> done) ABSL_LOCKS_EXCLUDED(done_mu_);
   void CallbackLoop() ABSL_LOCKS_EXCLUDED(done_mu_);
   void Refuse(std::unique_ptr<PendingWrite> op);
@@ -121,6 +162,35 @@ class PostgresStore final : public Store {
 
   Mutex pool_mu_;
   std::vector<std::unique_ptr<Conn>> idle_readers_ ABSL_GUARDED_BY(pool_mu_);
+
+  // Cluster mode.
+  const ClusterOptions cluster_;
+  const std::string node_id_;
+  std::atomic<int64_t> incarnation_{0};
+  std::atomic<int64_t> fenced_writes_{0};
+  // Attempts this node claimed and has not yet written out of RUNNING (or
+  // had a write refused): the fence of their writes. `lost` ones were
+  // reported lost and are no longer heart-beaten, but their late writes
+  // are still fenced (never written as if they were not attempts).
+  struct Owned {
+    int attempt = 0;
+    bool lost = false;
+    // When it was reported lost or refused; forgotten 10 leases later.
+    absl::Time lost_at;
+  };
+  Mutex owned_mu_;
+  absl::flat_hash_map<std::string, Owned> owned_ ABSL_GUARDED_BY(owned_mu_);
+  bool self_fenced_ ABSL_GUARDED_BY(owned_mu_) = false;
+  absl::Time last_heartbeat_ ABSL_GUARDED_BY(owned_mu_);
+  Mutex claim_mu_;
+  std::unique_ptr<Conn> claim_conn_ ABSL_GUARDED_BY(claim_mu_);
+  Mutex upkeep_mu_;
+  std::unique_ptr<Conn> upkeep_conn_ ABSL_GUARDED_BY(upkeep_mu_);
+  Mutex callbacks_mu_;
+  Callbacks callbacks_ ABSL_GUARDED_BY(callbacks_mu_);
+  Mutex upkeep_stop_mu_;
+  bool upkeep_stop_ ABSL_GUARDED_BY(upkeep_stop_mu_) = false;
+  std::thread upkeep_thread_ ABSL_GUARDED_BY(close_mu_);
 };
 
 }  // namespace forq::server

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 
 #include "forq/v1/task.pb.h"
+#include "server/store/cluster.h"
 
 namespace forq::server {
 
@@ -45,6 +46,8 @@ struct StoreOptions {
   Durability durability = Durability::kSync;
   // kBatch: longest time between commits.
   absl::Duration batch_interval = absl::Milliseconds(5);
+  // PostgreSQL only: several forqd nodes share the store as one queue.
+  ClusterOptions cluster;
 };
 
 struct InsertResult {
@@ -115,6 +118,14 @@ class Store {
   // Flushes pending writes and stops the writer thread; later writes fail
   // with Unavailable. Idempotent.
   virtual void Close() = 0;
+
+  // The shared queue of a cluster store (StoreOptions.cluster.enabled);
+  // null for a single-node store, whose scheduler keeps the queue in
+  // memory. In cluster mode Update fences the writes of attempts this node
+  // claimed: a write for an attempt that is no longer this node's is
+  // refused (WorkSource::Callbacks::fenced) and the rest of the call
+  // applied.
+  virtual WorkSource* work_source() { return nullptr; }
 };
 
 // "sqlite in <data_dir>", "memory", or the PostgreSQL URI with any

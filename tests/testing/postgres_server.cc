@@ -231,6 +231,27 @@ absl::Status PostgresServer::Exec(absl::string_view sql) const {
   return status;
 }
 
+absl::StatusOr<std::string> PostgresServer::Query(absl::string_view sql) const {
+  PGconn* conn = PQconnectdb(Uri().c_str());
+  absl::StatusOr<std::string> out;
+  if (PQstatus(conn) != CONNECTION_OK) {
+    out = absl::UnavailableError(PQerrorMessage(conn));
+  } else {
+    PGresult* res = PQexec(conn, std::string(sql).c_str());
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+      out = absl::InternalError(
+          absl::StrCat(sql, ": ", PQresultErrorMessage(res)));
+    } else if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
+      out = std::string();
+    } else {
+      out = std::string(PQgetvalue(res, 0, 0));
+    }
+    PQclear(res);
+  }
+  PQfinish(conn);
+  return out;
+}
+
 absl::StatusOr<std::string> PostgresServer::NewSchemaUri(
     absl::string_view prefix) {
   const std::string schema =

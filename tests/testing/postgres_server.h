@@ -36,6 +36,9 @@ class PostgresServer {
   absl::StatusOr<std::string> NewSchemaUri(absl::string_view prefix);
   // Runs `sql` on the test database.
   absl::Status Exec(absl::string_view sql) const;
+  // Runs the query `sql`; the first column of its first row as text ("" for
+  // no row or NULL).
+  absl::StatusOr<std::string> Query(absl::string_view sql) const;
 
   // Stops the server (-m immediate: like a crash, no shutdown checkpoint)
   // and starts it again on the same port and directory.

@@ -1,0 +1,89 @@
+// Cluster mode: several forqd nodes share one PostgreSQL store and act as
+// one queue. A node does not hold the queue in memory; it claims work from
+// the shared store (WorkSource) when its workers are idle, keeps the
+// claimed attempts alive with leases, and learns from the store when an
+// attempt it runs is no longer its own. docs/storage.md, "Cluster mode".
+#ifndef FORQ_SERVER_STORE_CLUSTER_H_
+#define FORQ_SERVER_STORE_CLUSTER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+#include "forq/v1/task.pb.h"
+
+namespace forq::server {
+
+struct ClusterOptions {
+  // False: single-node store (the default; one forqd per database schema).
+  bool enabled = false;
+  // This node's name; empty = hostname-pid-starttime.
+  std::string node_id;
+  // How long a claimed attempt stays this node's without a heartbeat. The
+  // heartbeat runs every lease/3; a node that cannot reach the database for
+  // lease/2 fences itself (kills its attempts, stops claiming).
+  absl::Duration lease = absl::Seconds(10);
+  // Fallback poll for claimable work and for finished tasks that remote
+  // waiters wait for, when a notification is missed.
+  absl::Duration poll_interval = absl::Milliseconds(100);
+  // Backoff of an attempt whose lease expired (as the scheduler's retry
+  // backoff: base * 2^(attempt-1), capped, +-25% jitter).
+  absl::Duration backoff_base = absl::Seconds(1);
+  absl::Duration backoff_max = absl::Minutes(5);
+  // False: no upkeep thread (heartbeat, reaper, notifications); tests call
+  // the store's Heartbeat() and ReapExpired() themselves.
+  bool background = true;
+};
+
+// An attempt of a task run by this node.
+struct AttemptRef {
+  std::string task_id;
+  int attempt = 0;
+};
+
+// Where the scheduler of a cluster node gets its tasks. Thread-safe.
+// Callbacks run on the source's own threads, never while the scheduler
+// calls into the source; they must not block for long.
+class WorkSource {
+ public:
+  struct Callbacks {
+    // Claimable work may exist (a task was inserted or re-queued somewhere,
+    // or the poll interval passed).
+    std::function<void()> wake;
+    // These attempts are not this node's any more (lease lost, reclaimed,
+    // or the node fenced itself): stop them and never announce their
+    // outcome.
+    std::function<void(const std::vector<AttemptRef>&)> lost;
+    // A write of these attempts' outcomes was refused by the attempt fence
+    // (a newer attempt owns the task). Runs before the write's callback.
+    std::function<void(const std::vector<AttemptRef>&)> fenced;
+    // These tasks reached a terminal state (on any node): local waiters of
+    // tasks this node does not run may read them now.
+    std::function<void(const std::vector<std::string>&)> finished;
+  };
+
+  virtual ~WorkSource() = default;
+
+  // Starts the heartbeat, reaper and notification threads.
+  virtual absl::Status StartCluster(Callbacks callbacks) = 0;
+  // Stops them; running attempts keep their leases until they expire.
+  virtual void StopCluster() = 0;
+  // Claims up to `n` claimable tasks (priority, then FIFO; not_before on
+  // the database clock) for this node: they are RUNNING in the store with
+  // the attempt counted and a lease. The returned tasks carry the new
+  // attempt number. Empty when nothing is claimable or the node is fenced.
+  // Blocks on a database round trip.
+  virtual absl::StatusOr<std::vector<v1::Task>> Claim(int n) = 0;
+  virtual const std::string& node_id() const = 0;
+  virtual int64_t incarnation() const = 0;
+};
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_STORE_CLUSTER_H_
