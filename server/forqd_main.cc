@@ -19,6 +19,7 @@
 
 #include "common/logging.h"
 #include "server/server.h"
+#include "server/store/postgres_store.h"
 
 ABSL_FLAG(std::string, grpc_addr, "127.0.0.1:50051",
           "gRPC listen address (host:port; port 0 = any free port)");
@@ -33,6 +34,16 @@ ABSL_FLAG(std::string, store, "sqlite",
           "(see docs/storage.md)");
 ABSL_FLAG(int, store_pool_size, 4,
           "PostgreSQL store: idle read connections kept open");
+ABSL_FLAG(bool, cluster, false,
+          "PostgreSQL store only: run as one node of a cluster that shares "
+          "the database as one queue (docs/storage.md, Cluster mode)");
+ABSL_FLAG(std::string, node_id, "",
+          "cluster node name; empty = hostname-pid-starttime");
+ABSL_FLAG(absl::Duration, cluster_lease, absl::Seconds(10),
+          "cluster: lease of a claimed attempt; heartbeat every lease/3, "
+          "self-fence after lease/2 without the database");
+ABSL_FLAG(absl::Duration, cluster_poll, absl::Milliseconds(100),
+          "cluster: fallback poll for work when a notification is missed");
 ABSL_FLAG(std::string, durability, "sync",
           "sqlite durability: sync (ack after fsync, group commit), batch "
           "(commit every few ms, acks wait), none (no fsync)");
@@ -104,6 +115,10 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "workers",
                                  "data_dir",
                                  "store",
+                                 "cluster",
+                                 "node_id",
+                                 "cluster_lease",
+                                 "cluster_poll",
                                  "durability",
                                  "log_level",
                                  "plugin",
@@ -180,6 +195,24 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.store.durability = *durability;
+  o.store.cluster.enabled = absl::GetFlag(FLAGS_cluster);
+  o.store.cluster.node_id = absl::GetFlag(FLAGS_node_id);
+  o.store.cluster.lease = absl::GetFlag(FLAGS_cluster_lease);
+  o.store.cluster.poll_interval = absl::GetFlag(FLAGS_cluster_poll);
+  o.store.cluster.backoff_base = absl::GetFlag(FLAGS_retry_backoff);
+  o.store.cluster.backoff_max = absl::GetFlag(FLAGS_retry_backoff_max);
+  if (o.store.cluster.enabled &&
+      !forq::server::PostgresStore::IsUri(o.store.kind)) {
+    spdlog::critical(
+        "--cluster needs a PostgreSQL store (--store=postgres://...); got "
+        "--store={}",
+        o.store.kind);
+    return 2;
+  }
+  if (o.store.cluster.lease < absl::Milliseconds(300)) {
+    spdlog::critical("--cluster_lease must be at least 300ms");
+    return 2;
+  }
   o.pool.workers = absl::GetFlag(FLAGS_workers);
   o.pool.plugins = absl::GetFlag(FLAGS_plugin);
   o.pool.exec_allow = absl::GetFlag(FLAGS_exec_allow);

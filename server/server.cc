@@ -158,6 +158,9 @@ absl::Status Server::Start() {
   absl::Status s = manager_->Recover();
   if (!s.ok()) return s;
 
+  // Cluster mode: the scheduler claims shared work instead of keeping a
+  // queue in memory.
+  options_.scheduler.work_source = store_->work_source();
   scheduler_ = std::make_unique<Scheduler>(options_.scheduler, *store_, *pool_,
                                            metrics_);
   ManagerService* manager = manager_.get();

@@ -52,6 +52,11 @@ Metrics::Metrics()
                  .Help("Completions refused because their attempt was no "
                        "longer current.")
                  .Register(*registry_)),
+      fenced_(BuildCounter()
+                  .Name("forq_store_fenced_completions_total")
+                  .Help("Cluster mode: completions refused because the "
+                        "attempt's lease had been reclaimed.")
+                  .Register(*registry_)),
       duration_(BuildHistogram()
                     .Name("forq_task_duration_seconds")
                     .Help("Run time of task attempts in a worker.")
@@ -178,6 +183,7 @@ void Metrics::TaskQueueWait(absl::string_view queue, double seconds) {
 }
 
 void Metrics::StaleCompletion() { stale_.Add({}).Increment(); }
+void Metrics::FencedCompletion(int n) { fenced_.Add({}).Increment(n); }
 
 void Metrics::SetQueueDepth(absl::string_view queue, absl::string_view state,
                             double value) {

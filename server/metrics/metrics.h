@@ -70,6 +70,9 @@ class Metrics {
                    absl::string_view outcome, double seconds);
   void TaskQueueWait(absl::string_view queue, double seconds);
   void StaleCompletion();
+  // Cluster mode: a completion refused because another node's newer
+  // attempt owns the task (forq_store_fenced_completions_total).
+  void FencedCompletion(int n = 1);
   void SetQueueDepth(absl::string_view queue, absl::string_view state,
                      double value);
   void SetQueueOldestAge(absl::string_view queue, double seconds);
@@ -103,6 +106,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Family<prometheus::Counter>& retries_;
   prometheus::Family<prometheus::Counter>& stale_;
+  prometheus::Family<prometheus::Counter>& fenced_;
   prometheus::Family<prometheus::Histogram>& duration_;
   prometheus::Family<prometheus::Histogram>& queue_wait_;
   prometheus::Family<prometheus::Gauge>& queue_depth_;

@@ -114,7 +114,8 @@ Scheduler::Scheduler(SchedulerOptions options, Store& store,
       clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()),
       store_(store),
       pool_(pool),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      work_source_(options_.work_source) {}
 
 Scheduler::~Scheduler() { Shutdown(absl::ZeroDuration()); }
 
@@ -139,7 +140,10 @@ absl::Status Scheduler::Start() {
   for (const std::string& k : pool_.Kinds()) kinds_.insert(k);
 
   // Recovery: RUNNING tasks lost their worker when the previous forqd died.
-  absl::StatusOr<std::vector<v1::Task>> unfinished = store_.LoadUnfinished();
+  // A cluster node holds no queue; the reaper takes back lost leases.
+  absl::StatusOr<std::vector<v1::Task>> unfinished =
+      work_source_ != nullptr ? std::vector<v1::Task>()
+                              : store_.LoadUnfinished();
   if (!unfinished.ok()) return unfinished.status();
   const absl::Time now = clock_.Now();
   std::vector<v1::Task> updates;
@@ -212,6 +216,10 @@ absl::Status Scheduler::Start() {
   absl::Status s = pool_.Start(std::move(cb));
   if (!s.ok()) return s;
   metrics_.AddRefreshHook([this] { RefreshMetrics(); });
+  if (work_source_ != nullptr) {
+    s = StartCluster();
+    if (!s.ok()) return s;
+  }
   started_ = true;
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "forq-scheduler");
@@ -241,6 +249,7 @@ void Scheduler::Shutdown(absl::Duration grace) {
     WakeLocked();
   }
   if (thread_.joinable()) thread_.join();
+  if (work_source_ != nullptr) work_source_->StopCluster();
   pool_.Shutdown();
 
   // Interrupted by us, not by the task: back to QUEUED, no attempt used.
@@ -249,10 +258,12 @@ void Scheduler::Shutdown(absl::Duration grace) {
   {
     MutexLock lock(&mu_);
     for (auto& [id, e] : tasks_) {
-      if (e.task.state() == v1::RUNNING && !e.finishing) {
+      if (e.task.state() == v1::RUNNING && !e.finishing && !e.abandoned) {
         e.task.set_state(v1::QUEUED);
         e.task.set_attempt(e.task.attempt() - 1);
         requeue.push_back(e.task);
+      } else if (work_source_ != nullptr && e.task.state() == v1::QUEUED) {
+        requeue.push_back(e.task);  // claimed, never started: give back
       }
     }
     for (WaitDone& done : waits_.TakeAll()) {
@@ -412,7 +423,7 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
         return;
       }
     }
-    if (!keyed) {
+    if (!keyed && work_source_ == nullptr) {
       // The tasks are queued (and may run) while their insert commits: the
       // insert is queued first, under mu_, so every later write of them
       // (RUNNING, terminal) follows it, and the store turns an insert and
@@ -443,14 +454,22 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
     }
   }
   d.Run();
-  if (!keyed) return;
+  if (!keyed && work_source_ == nullptr) return;
   // With idempotency keys the store decides which tasks are new: they are
-  // queued once it answered.
+  // queued once it answered. In cluster mode every node claims them from
+  // the store (its commit notifies them).
   store_.Insert(std::move(tasks),
                 [this, done = std::move(done)](
                     absl::StatusOr<std::vector<InsertResult>> results) {
                   if (!results.ok()) {
                     done(results.status());
+                    return;
+                  }
+                  if (work_source_ != nullptr) {
+                    for (const InsertResult& r : *results) {
+                      if (!r.existing) metrics_.TaskSubmitted(r.task.queue());
+                    }
+                    done(std::move(results));
                     return;
                   }
                   Deferred d;
@@ -630,6 +649,12 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
       auto it = tasks_.find(id);
       if (it == tasks_.end()) continue;
       Entry& e = it->second;
+      if (e.abandoned) {
+        // Refused by the cluster's attempt fence: the task's result is the
+        // newer attempt's; waiters get it from the store.
+        tasks_.erase(it);
+        continue;
+      }
       for (WaitDone& done : waits_.TakeTask(id)) {
         d.Add([done = std::move(done), task = e.task] { done(task, true); });
       }
@@ -681,6 +706,7 @@ void Scheduler::OnTurnEnd() {
     MutexLock lock(&mu_);
     FlushFinishesLocked(d);
     DispatchLocked(clock_.Now(), d);
+    if (work_source_ != nullptr) WantClaimLocked();
   }
   d.Run();
 }
@@ -798,6 +824,8 @@ void Scheduler::OnOutcome(worker::Outcome o) {
     --running_;
     if (running_ == 0 && !idle_waiters_.empty()) WakeLocked();
     if (e.abandoned) {  // never acknowledged nor stored: nothing to record
+      // (or, in a cluster, its lease is gone: a late completion, refused)
+      if (e.lease_lost) metrics_.FencedCompletion();
       tasks_.erase(it);
       return;
     }
@@ -807,6 +835,13 @@ void Scheduler::OnOutcome(worker::Outcome o) {
       t.set_state(v1::QUEUED);
       t.set_attempt(t.attempt() - 1);
       t.clear_started_at();
+      if (work_source_ != nullptr) {
+        // Its place is the shared queue: give the claim back.
+        PersistAsync(t);
+        tasks_.erase(it);
+        WantClaimLocked();
+        return;
+      }
       ++queued_by_queue_[t.queue()];
       e.ready_seq = e.last_seq;
       ready_.insert(ReadyKey{-t.priority(), e.ready_seq, t.id()});
@@ -904,10 +939,16 @@ void Scheduler::OnOutcome(worker::Outcome o) {
         t.set_state(v1::QUEUED);
         *t.mutable_not_before() = ToProto(now + Backoff(t.attempt()));
         metrics_.TaskRetried(t.queue());
-        EnqueueLocked(e, now);
-        WakeAtLocked(FromProto(t.not_before()));
         EmitLocked(t, v1::TaskEvent::STATE, d);
         PersistAsync(t);  // under mu_, so before the next attempt's writes
+        if (work_source_ != nullptr) {
+          // Back to the shared queue: any node may run the next attempt.
+          tasks_.erase(it);
+          WantClaimLocked();
+        } else {
+          EnqueueLocked(e, now);
+          WakeAtLocked(FromProto(t.not_before()));
+        }
       } else {
         t.set_state(v1::DEAD);
         FinishLocked(e, v1::RUNNING);
@@ -955,7 +996,17 @@ void Scheduler::RunDueLocked(absl::Time now, Deferred& d) {
   for (auto& [id, done] : waits_.TakeExpired(now)) {
     auto it = tasks_.find(id);
     v1::Task task;
-    if (it != tasks_.end()) task = VisibleLocked(it->second);
+    if (it != tasks_.end()) {
+      task = VisibleLocked(it->second);
+    } else if (work_source_ != nullptr) {
+      // A remote wait: answer with the stored state (outside mu_).
+      d.Add([this, done = std::move(done), id = std::move(id)] {
+        absl::StatusOr<v1::Task> t = store_.Get(id);
+        const bool terminal = t.ok() && IsTerminal(t->state());
+        done(std::move(t), terminal);
+      });
+      continue;
+    }
     d.Add([done = std::move(done), task = std::move(task)] {
       done(task, false);
     });
@@ -1011,6 +1062,7 @@ void Scheduler::Loop() {
       }
     }
     d.Run();
+    if (work_source_ != nullptr) ClaimForIdleWorkers();
 
     if (purge) {
       absl::StatusOr<int64_t> n = store_.PurgeExpired(clock_.Now());
@@ -1024,7 +1076,7 @@ void Scheduler::Loop() {
 
     MutexLock lock(&mu_);
     if (stop_) break;
-    if (!wake_) {
+    if (!wake_ && !claim_wanted_) {
       absl::Time next = clock_.Now() + absl::Seconds(1);
       next = std::min({next, next_purge, next_finish_retry_});
       if (!delayed_.empty()) next = std::min(next, delayed_.begin()->first);
@@ -1048,7 +1100,12 @@ absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
     const std::string key(id);
     auto it = tasks_.find(key);
     if (it != tasks_.end()) return VisibleLocked(it->second);
-    if (std::optional<v1::Task> t = RecentLocked(key, clock_.Now())) return *t;
+    // (In a cluster another node may have retried it since: read the store.)
+    if (work_source_ == nullptr) {
+      if (std::optional<v1::Task> t = RecentLocked(key, clock_.Now())) {
+        return *t;
+      }
+    }
   }
   return store_.Get(id);
 }
@@ -1094,6 +1151,15 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
   absl::StatusOr<v1::Task> t = store_.Get(id);
   if (!t.ok()) {
     done(t.status(), false);
+  } else if (work_source_ != nullptr && !IsTerminal(t->state()) &&
+             timeout > absl::ZeroDuration()) {
+    // Queued in the shared store or run by another node: wait for its
+    // terminal state here (OnRemoteFinished), or for this node to run it.
+    MutexLock lock(&mu_);
+    const absl::Time deadline = clock_.Now() + timeout;
+    const uint64_t h = waits_.Add(std::string(id), deadline, std::move(done));
+    WakeAtLocked(deadline);
+    return h;
   } else {
     bool terminal = IsTerminal(t->state());
     done(std::move(t), terminal);
@@ -1148,6 +1214,13 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
     done(t.status());
     return;
   }
+  if (work_source_ != nullptr && !IsTerminal(t->state())) {
+    done(absl::FailedPreconditionError(absl::StrCat(
+        "task ", id, " is ", v1::TaskState_Name(t->state()),
+        " in the cluster but not running on this node; cancel it on the "
+        "node that runs it (cluster-wide cancel is not supported yet)")));
+    return;
+  }
   done(AlreadyFinished(id, t->state()));
 }
 
@@ -1181,6 +1254,15 @@ void Scheduler::Retry(absl::string_view id, TaskDone done) {
   store_.Update({task}, [this, task, done](absl::Status s) {
     if (!s.ok()) {
       done(s);
+      return;
+    }
+    if (work_source_ != nullptr) {
+      {
+        MutexLock lock(&mu_);
+        recent_.erase(task.id());
+        WantClaimLocked();  // queued in the shared store
+      }
+      done(task);
       return;
     }
     Deferred d;
@@ -1231,6 +1313,7 @@ void Scheduler::SetDraining(bool draining) {
     draining_ = draining;
     if (!draining) drain_redispatch_.clear();
     DispatchLocked(clock_.Now(), d);
+    if (work_source_ != nullptr) WantClaimLocked();
     WakeLocked();
   }
   d.Run();

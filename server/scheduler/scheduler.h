@@ -59,6 +59,10 @@ struct SchedulerOptions {
   // Time source for delays, backoffs, deadlines and timestamps; null = the
   // real clock. Must outlive the scheduler.
   Clock* clock = nullptr;
+  // Cluster mode (the store's work_source()): queued tasks live in the
+  // shared store, not in memory; idle workers are filled by claims. Null =
+  // single node. Must outlive the scheduler.
+  WorkSource* work_source = nullptr;
 };
 
 // Thread-safe. Callbacks passed in are run without the scheduler's lock held,
@@ -147,8 +151,10 @@ class Scheduler {
     bool finish_failed = false;
     // The current attempt's RUNNING record was handed to the store.
     bool running_written = false;
-    // Its insert failed after it was dispatched: drop, never write.
+    // Its insert failed after it was dispatched, or (cluster) its lease
+    // was lost: drop, never write.
     bool abandoned = false;
+    bool lease_lost = false;
     v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;
     // Position in ready_ (0 = not there); kept through dispatch, so a task
@@ -237,6 +243,18 @@ class Scheduler {
   // before sleeping, so one that is awake needs nothing).
   void WakeAtLocked(absl::Time t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshMetrics();
+  // Cluster mode (scheduler_cluster.cc).
+  absl::Status StartCluster() ABSL_LOCKS_EXCLUDED(mu_);
+  // Asks the loop to claim work when workers are idle beyond the local
+  // ready set.
+  void WantClaimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs on the loop thread without mu_: one claim for the idle workers.
+  void ClaimForIdleWorkers() ABSL_LOCKS_EXCLUDED(mu_);
+  void OnLostAttempts(const std::vector<AttemptRef>& attempts, bool fenced)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Tasks finished elsewhere (empty: re-check every remote wait).
+  void OnRemoteFinished(const std::vector<std::string>& ids)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const SchedulerOptions options_;
   Clock& clock_;
@@ -260,6 +278,10 @@ class Scheduler {
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool store_failing_ ABSL_GUARDED_BY(mu_) = false;
+  WorkSource* const work_source_;
+  bool claim_wanted_ ABSL_GUARDED_BY(mu_) = false;
+  // Loop thread only: when a failing claim was last logged.
+  absl::Time claim_error_logged_ = absl::InfinitePast();
   Mutex abandon_mu_;
   std::vector<std::string> abandoned_ ABSL_GUARDED_BY(abandon_mu_);
   std::atomic<bool> abandon_pending_{false};

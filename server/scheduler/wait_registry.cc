@@ -87,4 +87,11 @@ absl::Time WaitRegistry::NextDeadline() const {
                             : deadlines_.begin()->first;
 }
 
+std::vector<std::string> WaitRegistry::TaskIds() const {
+  std::vector<std::string> ids;
+  ids.reserve(by_task_.size());
+  for (const auto& [id, handles] : by_task_) ids.push_back(id);
+  return ids;
+}
+
 }  // namespace forq::server

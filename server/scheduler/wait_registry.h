@@ -45,6 +45,11 @@ class WaitRegistry {
   // Earliest deadline, or InfiniteFuture.
   absl::Time NextDeadline() const;
 
+  // Whether `task_id` has waits, and every task that has.
+  bool Has(const std::string& task_id) const {
+    return by_task_.count(task_id) > 0;
+  }
+  std::vector<std::string> TaskIds() const;
   size_t size() const { return waits_.size(); }
   size_t deadlines() const { return deadlines_.size(); }
 
