@@ -4,6 +4,10 @@ BUILD_TYPE ?= RelWithDebInfo
 ASAN_BUILD ?= build-asan
 CHECK_BUILD ?= build-check
 TSAN_BUILD ?= build-tsan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_TARGETS = fuzz_frame_decoder fuzz_manager_codec fuzz_rest_json fuzz_route_match
 CLANG_CC ?= clang-14
 CLANG_CXX ?= clang++-14
 CLANG_TIDY ?= run-clang-tidy-14
@@ -78,6 +82,22 @@ lint: check-configure
 test-fault: build
 	FORQ_FAULT_LOOPS=30 ctest --test-dir $(BUILD) --output-on-failure -L fault
 
+# libFuzzer targets (fuzz/) built with clang-14, ASan and UBSan; each runs
+# FUZZ_SECONDS (default 60) from the committed corpus. fuzz-smoke: 30 s each.
+# Not part of `make test` (which replays the corpus only).
+.PHONY: fuzz-build fuzz fuzz-smoke
+fuzz-build: deps
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=$(CLANG_CC) -DCMAKE_CXX_COMPILER=$(CLANG_CXX) \
+	  -DFORQ_SANITIZE=address,undefined -DFORQ_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	./fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_ONLY)
+
+fuzz-smoke: fuzz-build
+	./fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SMOKE_SECONDS) $(FUZZ_ONLY)
+
 # Builds the forqd image with podman (CONTAINER_ENGINE=docker works too) and
 # runs it with tokens: CLI through published ports, /metrics, drain on stop,
 # restart from the volume, non-root, --cpus; then the compose cluster
@@ -102,4 +122,4 @@ check-format:
 	git ls-files '*.h' '*.cc' | xargs clang-format --dry-run --Werror
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(CHECK_BUILD) $(TSAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(CHECK_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
