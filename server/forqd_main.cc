@@ -101,6 +101,28 @@ ABSL_FLAG(int, http_max_connections, 4096,
           "open HTTP connections in total; more get 503 and are closed");
 ABSL_FLAG(int, http_max_connections_per_client, 1024,
           "open HTTP connections per client address; more get 503");
+ABSL_FLAG(absl::Duration, http_idle_timeout, absl::Seconds(75),
+          "HTTP: time to send a whole request header, and idle time between "
+          "requests, before the connection is closed");
+ABSL_FLAG(int, grpc_max_concurrent_streams, 1000,
+          "gRPC calls in progress per connection; more wait in the client");
+ABSL_FLAG(absl::Duration, grpc_max_connection_idle, absl::Minutes(10),
+          "gRPC: close (GOAWAY) a connection without calls for this long");
+ABSL_FLAG(absl::Duration, grpc_max_connection_age, absl::ZeroDuration(),
+          "gRPC: close (GOAWAY) connections older than this; 0 = never");
+ABSL_FLAG(absl::Duration, grpc_max_connection_age_grace, absl::Minutes(1),
+          "gRPC: time calls get to end after a connection's max age");
+ABSL_FLAG(absl::Duration, grpc_min_ping_interval, absl::Seconds(10),
+          "gRPC: clients pinging more often are disconnected (too_many_pings)");
+ABSL_FLAG(absl::Duration, grpc_keepalive_time, absl::Minutes(1),
+          "gRPC: ping a connection idle for this long, to find dead peers");
+ABSL_FLAG(absl::Duration, grpc_keepalive_timeout, absl::Seconds(20),
+          "gRPC: drop a connection whose ping is not answered within this");
+ABSL_FLAG(double, submit_rate, 10000,
+          "tasks per second each client (token, else address) may submit; "
+          "0 = no limit");
+ABSL_FLAG(double, submit_burst, 20000,
+          "tasks a client may submit at once above --submit_rate");
 ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");
 
@@ -143,7 +165,17 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "metrics_auth",
                                  "insecure",
                                  "http_max_connections",
-                                 "http_max_connections_per_client"};
+                                 "http_max_connections_per_client",
+                                 "http_idle_timeout",
+                                 "grpc_max_concurrent_streams",
+                                 "grpc_max_connection_idle",
+                                 "grpc_max_connection_age",
+                                 "grpc_max_connection_age_grace",
+                                 "grpc_min_ping_interval",
+                                 "grpc_keepalive_time",
+                                 "grpc_keepalive_timeout",
+                                 "submit_rate",
+                                 "submit_burst"};
   for (const char* name : kNames) {
     std::string env = "FORQ_";
     for (const char* c = name; *c != '\0'; ++c) {
@@ -242,6 +274,32 @@ int main(int argc, char** argv) {
       std::max(1, absl::GetFlag(FLAGS_http_max_connections)));
   o.http_max_connections_per_client = static_cast<size_t>(
       std::max(1, absl::GetFlag(FLAGS_http_max_connections_per_client)));
+  o.http_idle_timeout = absl::GetFlag(FLAGS_http_idle_timeout);
+  o.grpc_max_concurrent_streams =
+      absl::GetFlag(FLAGS_grpc_max_concurrent_streams);
+  o.grpc_max_connection_idle = absl::GetFlag(FLAGS_grpc_max_connection_idle);
+  o.grpc_max_connection_age = absl::GetFlag(FLAGS_grpc_max_connection_age);
+  o.grpc_max_connection_age_grace =
+      absl::GetFlag(FLAGS_grpc_max_connection_age_grace);
+  o.grpc_min_ping_interval = absl::GetFlag(FLAGS_grpc_min_ping_interval);
+  o.grpc_keepalive_time = absl::GetFlag(FLAGS_grpc_keepalive_time);
+  o.grpc_keepalive_timeout = absl::GetFlag(FLAGS_grpc_keepalive_timeout);
+  o.submit_rate = absl::GetFlag(FLAGS_submit_rate);
+  o.submit_burst = absl::GetFlag(FLAGS_submit_burst);
+  if (o.grpc_max_concurrent_streams < 1 ||
+      o.http_idle_timeout <= absl::ZeroDuration() ||
+      o.grpc_max_connection_idle <= absl::ZeroDuration() ||
+      o.grpc_max_connection_age < absl::ZeroDuration() ||
+      o.grpc_keepalive_time <= absl::ZeroDuration() ||
+      o.grpc_keepalive_timeout <= absl::ZeroDuration() || o.submit_rate < 0 ||
+      o.submit_burst < 0) {
+    spdlog::critical(
+        "--grpc_max_concurrent_streams must be >= 1; --http_idle_timeout, "
+        "--grpc_max_connection_idle, --grpc_keepalive_time/_timeout must be "
+        "> 0; --grpc_max_connection_age, --submit_rate and --submit_burst "
+        "must be >= 0");
+    return 2;
+  }
   if (o.pool.workers < 0 || o.scheduler.default_max_attempts < 1 ||
       o.scheduler.max_queued < 1 || o.scheduler.max_payload_bytes < 1) {
     spdlog::critical(
@@ -276,12 +334,23 @@ int main(int argc, char** argv) {
   }
   int sig = 0;
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
-    absl::Status r = (*server)->ReloadTls();
-    if (r.ok()) {
-      spdlog::info("SIGHUP: reloaded the TLS certificate and key");
-    } else {
-      spdlog::error("SIGHUP: TLS not reloaded, keeping the old files: {}",
-                    r.ToString());
+    if (!o.tls.cert_file.empty()) {
+      absl::Status r = (*server)->ReloadTls();
+      if (r.ok()) {
+        spdlog::info("SIGHUP: reloaded the TLS certificate and key");
+      } else {
+        spdlog::error("SIGHUP: TLS not reloaded, keeping the old files: {}",
+                      r.ToString());
+      }
+    }
+    if (!o.auth_tokens_file.empty()) {
+      absl::Status r = (*server)->ReloadTokens();
+      if (r.ok()) {
+        spdlog::info("SIGHUP: reloaded the tokens");
+      } else {
+        spdlog::error("SIGHUP: tokens not reloaded, keeping the old ones: {}",
+                      r.ToString());
+      }
     }
   }
   spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");

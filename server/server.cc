@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 
@@ -16,6 +19,7 @@
 #include "spdlog/spdlog.h"
 
 #include "server/auth/grpc_security.h"
+#include "server/auth/rate_limit.h"
 #include "server/auth/token_auth.h"
 #include "server/http/http_gateway.h"
 #include "server/manager/manager_service.h"
@@ -124,6 +128,18 @@ absl::Status Server::ReloadTls() {
   return tls_->Reload();
 }
 
+absl::Status Server::ReloadTokens() {
+  if (tokens_ == nullptr) {
+    return absl::FailedPreconditionError("--auth_tokens_file is not set");
+  }
+  absl::Status s = tokens_->Reload(options_.auth_tokens_file);
+  if (s.ok()) {
+    spdlog::info("auth: {} token(s) from {}", tokens_->size(),
+                 options_.auth_tokens_file);
+  }
+  return s;
+}
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   std::unique_ptr<Server> server(new Server(std::move(options)));
   // Files forqd creates (store, WAL, sockets) are for its own user only.
@@ -194,6 +210,13 @@ absl::Status Server::Start() {
       v1::TaskService::service_full_name());
   services_->tasks = std::make_unique<TaskServiceImpl>(
       *scheduler_, services_->grpc_metrics.get());
+  if (options_.submit_rate > 0) {
+    limiter_ = std::make_unique<SubmitRateLimiter>(
+        RateLimitOptions{.rate = options_.submit_rate,
+                         .burst = std::max(options_.submit_burst, 1.0),
+                         .by_token = tokens_ != nullptr});
+    services_->tasks->SetSubmitLimiter(limiter_.get());
+  }
   services_->pool =
       std::make_unique<PoolServiceImpl>(*scheduler_, *pool_, *health_);
 
@@ -217,6 +240,28 @@ absl::Status Server::Start() {
                              grpc_security_->PrivatePortCredentials());
   }
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  auto ms = [](absl::Duration d) {
+    return static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(d), INT32_MAX));
+  };
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             std::max(1, options_.grpc_max_concurrent_streams));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             ms(options_.grpc_max_connection_idle));
+  if (options_.grpc_max_connection_age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               ms(options_.grpc_max_connection_age));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               ms(options_.grpc_max_connection_age_grace));
+  }
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+      ms(options_.grpc_min_ping_interval));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             ms(options_.grpc_keepalive_time));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             ms(options_.grpc_keepalive_timeout));
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   builder.RegisterService(services_->tasks.get());
   builder.RegisterService(services_->pool.get());
@@ -253,6 +298,7 @@ absl::Status Server::Start() {
   http.tls = tls_.get();
   http.max_connections = options_.http_max_connections;
   http.max_connections_per_client = options_.http_max_connections_per_client;
+  http.idle_timeout = options_.http_idle_timeout;
   worker::WorkerPool* pool = pool_.get();
   HealthReporter* health = health_.get();
   http.readiness = [scheduler, health, pool] {

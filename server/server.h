@@ -28,6 +28,7 @@ class GrpcServerSecurity;
 class HttpGateway;
 class ManagerService;
 class TokenTable;
+class SubmitRateLimiter;
 }  // namespace forq::server
 
 namespace forq::server {
@@ -60,6 +61,27 @@ struct ServerOptions {
   // HTTP connection caps (HttpGatewayOptions).
   size_t http_max_connections = 4096;
   size_t http_max_connections_per_client = 1024;
+  // An HTTP connection must deliver a whole request header within this
+  // time, and is closed after this long idle between requests.
+  absl::Duration http_idle_timeout = absl::Seconds(75);
+  // gRPC limits: concurrent calls per connection (more wait in the
+  // client), GOAWAY after a connection had no call for `idle` or (if not
+  // zero) lived for `age` (+ `age_grace` for its calls to end), and the
+  // keepalive policy: pings closer than `min_ping_interval` count as
+  // strikes (2 strikes: GOAWAY "too_many_pings"); forqd pings an idle peer
+  // every `keepalive_time` and drops it after `keepalive_timeout`.
+  int grpc_max_concurrent_streams = 1000;
+  absl::Duration grpc_max_connection_idle = absl::Minutes(10);
+  absl::Duration grpc_max_connection_age = absl::ZeroDuration();
+  absl::Duration grpc_max_connection_age_grace = absl::Minutes(1);
+  absl::Duration grpc_min_ping_interval = absl::Seconds(10);
+  absl::Duration grpc_keepalive_time = absl::Minutes(1);
+  absl::Duration grpc_keepalive_timeout = absl::Seconds(20);
+  // Tasks per second each client (token, else address) may submit through
+  // Submit, SubmitBatch, Map and MapBatched, with bursts up to
+  // `submit_burst`; 0 = no limit.
+  double submit_rate = 10000;
+  double submit_burst = 20000;
 };
 
 // Thread-safe after Start.
@@ -86,6 +108,9 @@ class Server {
   // SIGHUP: re-reads the TLS certificate, key and client CA; new
   // connections use them, open ones keep theirs. On error the old ones stay.
   absl::Status ReloadTls();
+  // SIGHUP: re-reads --auth_tokens_file; calls checked afterwards see only
+  // the new tokens. On error the old tokens stay.
+  absl::Status ReloadTokens();
 
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_port_; }
@@ -101,6 +126,7 @@ class Server {
   // Used by gRPC for every call and handshake: declared before (destroyed
   // after) the gRPC server and the HTTP gateway.
   std::unique_ptr<TokenTable> tokens_;
+  std::unique_ptr<SubmitRateLimiter> limiter_;
   std::unique_ptr<TlsMaterial> tls_;
   std::unique_ptr<GrpcServerSecurity> grpc_security_;
   // With TLS, the HTTP gateway reaches gRPC over a unix socket here.

@@ -38,8 +38,7 @@ absl::string_view View(const grpc_slice& s) {
 }
 
 // Runs inline in gRPC's server auth filter, once per call, before the call
-// reaches any service. Consumes the authorization entry so handlers never
-// see the token.
+// reaches any service.
 void ProcessAuth(void* state, grpc_auth_context* /*context*/,
                  const grpc_metadata* md, size_t num_md,
                  grpc_process_auth_metadata_done_cb cb, void* user_data) {
@@ -65,8 +64,9 @@ void ProcessAuth(void* state, grpc_auth_context* /*context*/,
       auth == nullptr ? absl::string_view() : View(auth->value),
       RequiredRole(path), path);
   if (s.ok()) {
-    cb(user_data, auth, auth == nullptr ? 0 : 1, nullptr, 0, GRPC_STATUS_OK,
-       nullptr);
+    // The authorization entry stays: per-client limits key on the token
+    // (ClientKey), which this check has just proven valid.
+    cb(user_data, nullptr, 0, nullptr, 0, GRPC_STATUS_OK, nullptr);
     return;
   }
   const std::string message(s.message());

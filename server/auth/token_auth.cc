@@ -147,6 +147,7 @@ absl::StatusOr<std::unique_ptr<TokenTable>> TokenTable::Load(
 absl::StatusOr<std::unique_ptr<TokenTable>> TokenTable::Parse(
     absl::string_view text, absl::string_view source) {
   std::unique_ptr<TokenTable> table(new TokenTable());
+  std::vector<Entry> entries;
   int line_no = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_no;
@@ -181,19 +182,43 @@ absl::StatusOr<std::unique_ptr<TokenTable>> TokenTable::Parse(
       }
       e.digest = Sha256(fields[0]);
     }
-    for (const Entry& other : table->entries_) {
+    for (const Entry& other : entries) {
       if (other.digest == e.digest) return bad("duplicate token");
     }
-    table->entries_.push_back(e);
+    entries.push_back(e);
   }
-  if (table->entries_.empty()) {
+  if (entries.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(source, " holds no tokens"));
   }
+  absl::MutexLock lock(&table->mu_);
+  table->entries_ = std::move(entries);
   return table;
 }
 
+absl::Status TokenTable::Reload(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<TokenTable>> fresh = Load(path);
+  if (!fresh.ok()) return fresh.status();
+  std::vector<Entry> entries;
+  {
+    absl::MutexLock lock(&(*fresh)->mu_);
+    entries = std::move((*fresh)->entries_);
+  }
+  absl::MutexLock lock(&mu_);
+  entries_ = std::move(entries);
+  return absl::OkStatus();
+}
+
+size_t TokenTable::size() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return entries_.size();
+}
+
 Role TokenTable::Lookup(absl::string_view token) const {
-  const Digest d = Sha256(token);
+  return LookupDigest(Sha256(token));
+}
+
+Role TokenTable::LookupDigest(const Digest& d) const {
+  absl::ReaderMutexLock lock(&mu_);
   int found = 0;
   for (const Entry& e : entries_) {
     // No early exit and no branch on the data: every entry is compared.
@@ -218,8 +243,9 @@ absl::Status TokenTable::Authorize(absl::string_view authorization,
     return absl::UnauthenticatedError(
         "the authorization header must be 'Bearer TOKEN'");
   }
-  const Role role =
-      Lookup(absl::StripAsciiWhitespace(authorization.substr(kBearer.size())));
+  const Digest digest =
+      Sha256(absl::StripAsciiWhitespace(authorization.substr(kBearer.size())));
+  const Role role = LookupDigest(digest);
   if (role == Role::kNone) {
     return absl::UnauthenticatedError("unknown token");
   }

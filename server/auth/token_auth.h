@@ -10,9 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace forq::server {
 
@@ -35,7 +37,7 @@ Role RequiredRole(absl::string_view method);
 // SHA-256 of `data`, lower-case hex (for `sha256:HEX` lines).
 std::string Sha256Hex(absl::string_view data);
 
-// Immutable after construction; thread-safe.
+// Thread-safe. The entries change only by Reload (SIGHUP).
 class TokenTable {
  public:
   // Parses a tokens file: one `TOKEN ROLE` or `sha256:HEX ROLE` pair per
@@ -52,7 +54,7 @@ class TokenTable {
 
   // The role of `token`, kNone when unknown. Hashes the token once and
   // compares its digest with every entry without an early exit.
-  Role Lookup(absl::string_view token) const;
+  Role Lookup(absl::string_view token) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Checks an `authorization` value ("Bearer TOKEN") against the role
   // `method` needs: Unauthenticated when missing, malformed or unknown,
@@ -61,7 +63,12 @@ class TokenTable {
   absl::Status Authorize(absl::string_view authorization, Role required,
                          absl::string_view method) const;
 
-  size_t size() const { return entries_.size(); }
+  // Re-reads `path` (as Load) and, if it parses, replaces every entry at
+  // once: calls checked afterwards see only the new tokens. On error the
+  // old entries stay and the error says why.
+  absl::Status Reload(const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
+
+  size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Entry {
@@ -69,8 +76,11 @@ class TokenTable {
     Role role;
   };
   TokenTable() = default;
+  Role LookupDigest(const std::array<unsigned char, 32>& digest) const
+      ABSL_LOCKS_EXCLUDED(mu_);
 
-  std::vector<Entry> entries_;
+  mutable absl::Mutex mu_;
+  std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace forq::server

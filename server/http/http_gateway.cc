@@ -50,7 +50,6 @@ namespace http = beast::http;
 using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kIdleTimeout = std::chrono::seconds(75);
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 constexpr size_t kHeaderLimit = 16 * 1024;
@@ -286,7 +285,8 @@ class Session final : public SessionBase,
     parser_.emplace();
     parser_->header_limit(kHeaderLimit);
     parser_->body_limit(gw_->options().max_body_bytes);
-    Lowest().expires_after(kIdleTimeout);
+    Lowest().expires_after(
+        absl::ToChronoMilliseconds(gw_->options().idle_timeout));
     http::async_read_header(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -359,7 +359,8 @@ class Session final : public SessionBase,
   }
 
   void ReadBody() {
-    Lowest().expires_after(kIdleTimeout);
+    Lowest().expires_after(
+        absl::ToChronoMilliseconds(gw_->options().idle_timeout));
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
                        if (ec) return self->OnReadError(ec);

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 #include "server/metrics/metrics.h"
 
@@ -50,6 +51,9 @@ struct HttpGatewayOptions {
   // (TLS). Bounds the descriptors and memory connections can take.
   size_t max_connections = 4096;
   size_t max_connections_per_client = 1024;
+  // A connection must deliver a whole request header within this time and
+  // is closed after this long idle between requests (slowloris bound).
+  absl::Duration idle_timeout = absl::Seconds(75);
   // Larger request bodies get 413.
   size_t max_body_bytes = 8 << 20;
   // Borrowed, may be null (no tokens). When set, every REST route and

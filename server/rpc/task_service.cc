@@ -482,9 +482,12 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
   // A MapResults message is closed once its results hold about this much.
   static constexpr size_t kMaxMessageBytes = 4 << 20;
 
-  MapReactor(Scheduler& scheduler, Meter meter)
+  MapReactor(Scheduler& scheduler, Meter meter,
+             SubmitRateLimiter* limiter = nullptr, std::string client = "")
       : scheduler_(scheduler),
         meter_(meter),
+        limiter_(limiter),
+        client_(std::move(client)),
         guard_(std::make_shared<ReactorGuard<MapReactor>>()) {
     MutexLock lock(&guard_->mu);
     guard_->reactor = this;
@@ -522,6 +525,13 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
       FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                 "the first Map message must be a header"));
       return;
+    }
+    if (limiter_ != nullptr) {
+      const int64_t n = req_.has_input() ? 1 : req_.inputs().inputs_size();
+      if (absl::Status s = limiter_->Admit(client_, n); n > 0 && !s.ok()) {
+        FinishLocked(RateLimitedGrpcStatus(s));
+        return;
+      }
     }
     if (req_.has_input()) {
       SubmitLocked({&req_.input()});
@@ -751,6 +761,8 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
 
   Scheduler& scheduler_;
   const Meter meter_;
+  SubmitRateLimiter* const limiter_;
+  const std::string client_;
   Guard guard_;
   v1::MapRequest req_;
   v1::MapHeader header_;
@@ -801,6 +813,13 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
     v1::SubmitResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   Meter meter(submit_);
+  if (limiter_ != nullptr) {
+    if (absl::Status s = limiter_->Admit(limiter_->ClientKey(*ctx), 1);
+        !s.ok()) {
+      meter.Finish(reactor, RateLimitedGrpcStatus(s));
+      return reactor;
+    }
+  }
   scheduler_.Submit(
       {req->task()},
       [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
@@ -820,6 +839,14 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
     v1::SubmitBatchResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   Meter meter(submit_batch_);
+  if (limiter_ != nullptr) {
+    if (absl::Status s =
+            limiter_->Admit(limiter_->ClientKey(*ctx), req->tasks_size());
+        !s.ok()) {
+      meter.Finish(reactor, RateLimitedGrpcStatus(s));
+      return reactor;
+    }
+  }
   std::vector<v1::TaskSpec> specs(req->tasks().begin(), req->tasks().end());
   scheduler_.Submit(
       std::move(specs),
@@ -913,12 +940,16 @@ TaskServiceImpl::WaitStream(grpc::CallbackServerContext* ctx) {
 
 grpc::ServerBidiReactor<v1::MapRequest, v1::MapResult>* TaskServiceImpl::Map(
     grpc::CallbackServerContext* ctx) {
-  return new MapReactor<v1::MapResult>(scheduler_, Meter(map_));
+  return new MapReactor<v1::MapResult>(
+      scheduler_, Meter(map_), limiter_,
+      limiter_ != nullptr ? limiter_->ClientKey(*ctx) : "");
 }
 
 grpc::ServerBidiReactor<v1::MapRequest, v1::MapResults>*
 TaskServiceImpl::MapBatched(grpc::CallbackServerContext* ctx) {
-  return new MapReactor<v1::MapResults>(scheduler_, Meter(map_batched_));
+  return new MapReactor<v1::MapResults>(
+      scheduler_, Meter(map_batched_), limiter_,
+      limiter_ != nullptr ? limiter_->ClientKey(*ctx) : "");
 }
 
 }  // namespace forq::server

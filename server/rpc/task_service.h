@@ -4,6 +4,7 @@
 #define FORQ_SERVER_RPC_TASK_SERVICE_H_
 
 #include "forq/v1/task.grpc.pb.h"
+#include "server/auth/rate_limit.h"
 #include "server/rpc/grpc_metrics.h"
 #include "server/scheduler/scheduler.h"
 
@@ -16,6 +17,10 @@ class TaskServiceImpl final : public v1::TaskService::CallbackService {
  public:
   explicit TaskServiceImpl(Scheduler& scheduler,
                            GrpcMetrics* metrics = nullptr);
+
+  // Submit and SubmitBatch take one token per task from the caller's
+  // bucket (ClientKey); borrowed, may be null (no limit). Before serving.
+  void SetSubmitLimiter(SubmitRateLimiter* limiter) { limiter_ = limiter; }
 
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* ctx,
                                    const v1::SubmitRequest* req,
@@ -52,6 +57,7 @@ class TaskServiceImpl final : public v1::TaskService::CallbackService {
   GrpcMetrics::Method* M(const char* method) const;
 
   Scheduler& scheduler_;
+  SubmitRateLimiter* limiter_ = nullptr;
   GrpcMetrics* const metrics_;
   GrpcMetrics::Method* const submit_;
   GrpcMetrics::Method* const submit_batch_;
