@@ -17,6 +17,7 @@
 #include "api/forq/v1/manager_ops.h"
 #include "forq/v1/manager.grpc.pb.h"
 #include "forq/v1/manager.pb.h"
+#include "server/auth/request_checks.h"
 #include "server/manager/task_bridge.h"
 
 namespace forq::server {
@@ -415,6 +416,13 @@ v1::ObjectType ToProtoType(Type t) {
   return static_cast<v1::ObjectType>(static_cast<int>(t));
 }
 
+// A Watch refused before it started.
+class FailedWatch final : public grpc::ServerWriteReactor<v1::ManagerEvent> {
+ public:
+  explicit FailedWatch(grpc::Status s) { Finish(std::move(s)); }
+  void OnDone() override { delete this; }
+};
+
 // Streams ManagerChanges of one object. Kept alive by shared_ptr (a
 // self-reference dropped in OnDone) rather than `delete this`, because the
 // core may still be running Flush on another thread when gRPC is done.
@@ -759,6 +767,15 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
   grpc::ServerWriteReactor<v1::ManagerEvent>* Watch(
       grpc::CallbackServerContext*,
       const v1::ManagerWatchRequest* req) override {
+    // Every object has a name: "" would watch nothing, silently.
+    if (req->name().empty() || req->name().size() > kMaxIdBytes) {
+      return new FailedWatch(grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          req->name().empty()
+              ? "name: the object to watch must be named"
+              : absl::StrCat("name is ", req->name().size(),
+                             " bytes; the limit is ", kMaxIdBytes)));
+    }
     return WatchReactor::Start(core_, req->name());
   }
 

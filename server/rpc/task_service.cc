@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "common/mutex.h"
+#include "server/auth/request_checks.h"
 #include "server/rpc/status_util.h"
 #include "server/scheduler/task_proto.h"
 
@@ -373,6 +374,11 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
                           "set exactly one of task_id or queue (\"*\" = all)"));
       return;
     }
+    if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+      meter_.Done(grpc::StatusCode::INVALID_ARGUMENT);
+      Finish(ToGrpcStatus(bad));
+      return;
+    }
     {
       MutexLock lock(&guard_->mu);
       guard_->reactor = this;
@@ -474,7 +480,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
 // the window on both sides. `Resp` is MapResult (Map: one result per
 // message) or MapResults (MapBatched: every result ready at once).
 template <typename Resp>
-class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
+//
+// The stream carries raw bytes (the service marks Map and MapBatched raw) and
+// the reactor parses each message itself: gRPC's typed reader reports a
+// message that does not parse exactly like the client's half-close, which
+// would end the stream OK and silently drop the inputs still to come.
+class MapReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   static constexpr bool kBatched = std::is_same_v<Resp, v1::MapResults>;
   static constexpr int kDefaultWindow = 256;
@@ -501,6 +513,23 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
     if (!ok) {
       reads_done_ = true;
       MaybeFinishLocked();
+      return;
+    }
+    ++messages_read_;
+    req_.Clear();
+    if (grpc::Status parsed =
+            grpc::SerializationTraits<v1::MapRequest>::Deserialize(&in_buf_,
+                                                                   &req_);
+        !parsed.ok()) {
+      FinishLocked(grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("Map message ", messages_read_,
+                       " is not a forq.v1.MapRequest (", parsed.error_message(),
+                       "); the stream is ended")));
+      return;
+    }
+    if (absl::Status bad = CheckRequestFields(req_); !bad.ok()) {
+      FinishLocked(ToGrpcStatus(bad));
       return;
     }
     if (req_.has_header()) {
@@ -724,8 +753,17 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
       written_ = 1;
     }
     if (written_ == 0) return;
+    bool own_buffer = false;
+    out_buf_.Clear();
+    if (!grpc::SerializationTraits<Resp>::Serialize(out_, &out_buf_,
+                                                    &own_buffer)
+             .ok()) {
+      FinishLocked(grpc::Status(grpc::StatusCode::INTERNAL,
+                                "cannot serialize a Map result"));
+      return;
+    }
     writing_ = true;
-    this->StartWrite(&out_);
+    this->StartWrite(&out_buf_);
   }
 
   void MaybeReadLocked() {
@@ -733,7 +771,7 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
     if (reading_ || reads_done_ || finished_ || fail_now_) return;
     if (have_header_ && in_flight_ >= window_) return;
     reading_ = true;
-    this->StartRead(&req_);
+    this->StartRead(&in_buf_);
   }
 
   // Submissions run with the lock released; the lock is re-taken after.
@@ -764,6 +802,9 @@ class MapReactor final : public grpc::ServerBidiReactor<v1::MapRequest, Resp> {
   SubmitRateLimiter* const limiter_;
   const std::string client_;
   Guard guard_;
+  grpc::ByteBuffer in_buf_;
+  grpc::ByteBuffer out_buf_;
+  int64_t messages_read_ = 0;
   v1::MapRequest req_;
   v1::MapHeader header_;
   Resp out_;
@@ -813,6 +854,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
     v1::SubmitResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   Meter meter(submit_);
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    meter.Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   if (limiter_ != nullptr) {
     if (absl::Status s = limiter_->Admit(limiter_->ClientKey(*ctx), 1);
         !s.ok()) {
@@ -839,6 +884,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
     v1::SubmitBatchResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   Meter meter(submit_batch_);
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    meter.Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   if (limiter_ != nullptr) {
     if (absl::Status s =
             limiter_->Admit(limiter_->ClientKey(*ctx), req->tasks_size());
@@ -869,6 +918,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Get(grpc::CallbackServerContext* ctx,
                                                v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
   Meter meter(get_);
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    meter.Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   absl::StatusOr<v1::Task> t = scheduler_.Get(req->id());
   if (!t.ok()) {
     meter.Finish(reactor, ToGrpcStatus(t.status()));
@@ -882,6 +935,11 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Get(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* TaskServiceImpl::Wait(
     grpc::CallbackServerContext* ctx, const v1::WaitTaskRequest* req,
     v1::WaitTaskResponse* resp) {
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    auto* reactor = ctx->DefaultReactor();
+    Meter(wait_).Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   return new WaitReactor(scheduler_, ctx, req, resp, Meter(wait_));
 }
 
@@ -889,6 +947,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Cancel(
     grpc::CallbackServerContext* ctx, const v1::CancelTaskRequest* req,
     v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    Meter(cancel_).Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   scheduler_.Cancel(req->id(), FinishWithTask(reactor, resp, Meter(cancel_)));
   return reactor;
 }
@@ -898,6 +960,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::List(
     v1::ListTasksResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   Meter meter(list_);
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    meter.Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   if (req->page_size() < 0) {
     meter.Finish(reactor, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                        "page_size must not be negative"));
@@ -924,6 +990,10 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Retry(
     grpc::CallbackServerContext* ctx, const v1::RetryTaskRequest* req,
     v1::Task* resp) {
   auto* reactor = ctx->DefaultReactor();
+  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+    Meter(retry_).Finish(reactor, ToGrpcStatus(bad));
+    return reactor;
+  }
   scheduler_.Retry(req->id(), FinishWithTask(reactor, resp, Meter(retry_)));
   return reactor;
 }
@@ -938,14 +1008,14 @@ TaskServiceImpl::WaitStream(grpc::CallbackServerContext* ctx) {
   return new WaitStreamReactor(scheduler_, Meter(wait_stream_));
 }
 
-grpc::ServerBidiReactor<v1::MapRequest, v1::MapResult>* TaskServiceImpl::Map(
-    grpc::CallbackServerContext* ctx) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
+TaskServiceImpl::Map(grpc::CallbackServerContext* ctx) {
   return new MapReactor<v1::MapResult>(
       scheduler_, Meter(map_), limiter_,
       limiter_ != nullptr ? limiter_->ClientKey(*ctx) : "");
 }
 
-grpc::ServerBidiReactor<v1::MapRequest, v1::MapResults>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 TaskServiceImpl::MapBatched(grpc::CallbackServerContext* ctx) {
   return new MapReactor<v1::MapResults>(
       scheduler_, Meter(map_batched_), limiter_,

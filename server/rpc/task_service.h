@@ -13,7 +13,26 @@ namespace forq::server {
 // Thread-safe; borrows the scheduler, which must outlive the gRPC server.
 // With `metrics`, every call is counted by its handler when it finishes (no
 // interceptor needed: see GrpcMetrics::CountedByHandlers).
-class TaskServiceImpl final : public v1::TaskService::CallbackService {
+// TaskService::CallbackService with Map and MapBatched taking raw bytes, so
+// their reactor can tell a message that does not parse from the end of the
+// stream (see MapReactor in task_service.cc).
+using TaskServiceBase = v1::TaskService::WithCallbackMethod_Submit<
+    v1::TaskService::WithCallbackMethod_SubmitBatch<
+        v1::TaskService::WithCallbackMethod_Get<
+            v1::TaskService::WithCallbackMethod_Wait<
+                v1::TaskService::WithCallbackMethod_Cancel<
+                    v1::TaskService::WithCallbackMethod_List<
+                        v1::TaskService::WithCallbackMethod_Retry<
+                            v1::TaskService::WithCallbackMethod_Watch<
+                                v1::TaskService::WithRawCallbackMethod_Map<
+                                    v1::TaskService::
+                                        WithRawCallbackMethod_MapBatched<
+                                            v1::TaskService::
+                                                WithCallbackMethod_WaitStream<
+                                                    v1::TaskService::
+                                                        Service>>>>>>>>>>>;
+
+class TaskServiceImpl final : public TaskServiceBase {
  public:
   explicit TaskServiceImpl(Scheduler& scheduler,
                            GrpcMetrics* metrics = nullptr);
@@ -47,9 +66,9 @@ class TaskServiceImpl final : public v1::TaskService::CallbackService {
       grpc::CallbackServerContext* ctx, const v1::WatchRequest* req) override;
   grpc::ServerBidiReactor<v1::WaitStreamRequest, v1::WaitStreamResponse>*
   WaitStream(grpc::CallbackServerContext* ctx) override;
-  grpc::ServerBidiReactor<v1::MapRequest, v1::MapResult>* Map(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Map(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerBidiReactor<v1::MapRequest, v1::MapResults>* MapBatched(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MapBatched(
       grpc::CallbackServerContext* ctx) override;
 
  private:

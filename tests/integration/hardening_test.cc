@@ -22,9 +22,13 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/ip/tcp.hpp"
 #include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
+#include "forq/v1/manager.grpc.pb.h"
+#include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
 #include "tests/testing/forqd_process.h"
 
@@ -221,6 +225,164 @@ TEST(HardeningTest, ConnectionsBeyondThePerClientCapGetAClearError) {
   }
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 200);
+}
+
+// Defect 8, gRPC side: what REST refuses with 400, gRPC refuses too, naming
+// the field (before: a 10 KB id answered NOT_FOUND, state=99 an empty list,
+// a Duration of {1s, -5ns} was accepted, Watch of "" watched nothing).
+TEST(HardeningTest, GrpcRequestsWithInvalidFieldsGetInvalidArgument) {
+  auto forqd = Start({"--durability=none"});
+  ASSERT_NE(forqd, nullptr);
+  auto channel = grpc::CreateChannel(forqd->grpc_address(),
+                                     grpc::InsecureChannelCredentials());
+  auto tasks = v1::TaskService::NewStub(channel);
+  auto deadline = [] {
+    return std::chrono::system_clock::now() + std::chrono::seconds(20);
+  };
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::GetTaskRequest req;
+    req.set_id(std::string(10240, 'x'));
+    v1::Task resp;
+    grpc::Status s = tasks->Get(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("'id' is 10240 bytes"));
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::ListTasksRequest req;
+    req.set_state(static_cast<v1::TaskState>(99));
+    v1::ListTasksResponse resp;
+    grpc::Status s = tasks->List(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("'state': 99 is not a TaskState"));
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::SubmitRequest req;
+    req.mutable_task()->set_kind("echo");
+    req.mutable_task()->mutable_timeout()->set_seconds(1);
+    req.mutable_task()->mutable_timeout()->set_nanos(-5);
+    v1::SubmitResponse resp;
+    grpc::Status s = tasks->Submit(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(),
+                HasSubstr("'task.timeout' is not a valid Duration"));
+  }
+  {
+    // A Map header with the same bad Duration ends the stream at once.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    auto stream = tasks->Map(&ctx);
+    v1::MapRequest header;
+    header.mutable_header()->set_kind("echo");
+    header.mutable_header()->mutable_timeout()->set_seconds(-1);
+    header.mutable_header()->mutable_timeout()->set_nanos(5);
+    stream->Write(header);
+    stream->WritesDone();
+    v1::MapResult r;
+    while (stream->Read(&r)) {
+    }
+    grpc::Status s = stream->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("not a valid Duration"));
+  }
+  {
+    auto manager = v1::ManagerService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    v1::ManagerWatchRequest req;  // name ""
+    auto reader = manager->Watch(&ctx, req);
+    v1::ManagerEvent ev;
+    EXPECT_FALSE(reader->Read(&ev));
+    grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("must be named"));
+  }
+  // Valid requests still work.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline());
+  v1::SubmitRequest req;
+  req.mutable_task()->set_kind("echo");
+  req.mutable_task()->mutable_timeout()->set_seconds(10);
+  req.mutable_task()->mutable_timeout()->set_nanos(5);
+  v1::SubmitResponse resp;
+  grpc::Status s = tasks->Submit(&ctx, req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
+// Defect 8: a Map stream with one message that does not parse answered OK
+// and silently dropped the inputs after it.
+TEST(HardeningTest, MapStreamWithAGarbageMessageFailsClearly) {
+  auto forqd = Start({"--durability=none"});
+  ASSERT_NE(forqd, nullptr);
+  auto channel = grpc::CreateChannel(forqd->grpc_address(),
+                                     grpc::InsecureChannelCredentials());
+  auto bytes = [](const std::string& s) {
+    grpc::Slice slice(s);
+    return grpc::ByteBuffer(&slice, 1);
+  };
+  v1::MapRequest header;
+  header.mutable_header()->set_kind("echo");
+  v1::MapRequest input;
+  input.mutable_input()->set_payload("after the garbage");
+
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto call = stub.PrepareCall(&ctx, "/forq.v1.TaskService/Map", &cq);
+  auto step = [&](int tag) {
+    void* got = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&got, &ok));
+    EXPECT_EQ(got, reinterpret_cast<void*>(static_cast<intptr_t>(tag)));
+    return ok;
+  };
+  auto tag = [](int t) {
+    return reinterpret_cast<void*>(static_cast<intptr_t>(t));
+  };
+  call->StartCall(tag(1));
+  ASSERT_TRUE(step(1));
+  call->Write(bytes(header.SerializeAsString()), tag(2));
+  step(2);
+  call->Write(bytes("\xff\xff\xff\xff garbage"), tag(3));
+  step(3);
+  call->Write(bytes(input.SerializeAsString()), tag(4));
+  step(4);
+  call->WritesDone(tag(5));
+  step(5);
+  grpc::ByteBuffer result;
+  int results = 0;
+  while (true) {
+    call->Read(&result, tag(6));
+    if (!step(6)) break;
+    ++results;
+  }
+  grpc::Status status;
+  call->Finish(&status, tag(7));
+  step(7);
+  EXPECT_EQ(results, 0);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << status.error_message();
+  EXPECT_THAT(status.error_message(),
+              HasSubstr("Map message 2 is not a forq.v1.MapRequest"));
+  cq.Shutdown();
+  void* got;
+  bool ok;
+  while (cq.Next(&got, &ok)) {
+  }
+  // Well-formed streams still work through the raw handler.
+  ClientOptions o;
+  o.address = forqd->grpc_address();
+  auto c = Client::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto f = (*c)->Submit("echo", "still serving");
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(*f->Get(absl::Seconds(30)), "still serving");
 }
 
 }  // namespace

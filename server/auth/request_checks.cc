@@ -1,0 +1,110 @@
+#include "server/auth/request_checks.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/descriptor.h"
+
+namespace forq::server {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Message;
+using google::protobuf::Reflection;
+
+// Identifier-like string fields (not payloads, messages or values).
+bool IsIdentifier(const FieldDescriptor* f) {
+  if (f->type() != FieldDescriptor::TYPE_STRING) return false;
+  const std::string& n = f->name();
+  return n == "id" || n == "ids" || absl::EndsWith(n, "_id") ||
+         absl::EndsWith(n, "_ids") || n == "queue" || n == "kind" ||
+         n == "name" || n == "session" || n == "owner" ||
+         n == "idempotency_key" || n == "prefix";
+}
+
+// google.protobuf.Duration / Timestamp rules (duration.proto).
+absl::Status CheckTime(const Message& m, const std::string& path) {
+  const Descriptor* d = m.GetDescriptor();
+  const Reflection* r = m.GetReflection();
+  const FieldDescriptor* sf = d->FindFieldByName("seconds");
+  const FieldDescriptor* nf = d->FindFieldByName("nanos");
+  if (sf == nullptr || nf == nullptr) return absl::OkStatus();
+  const int64_t s = r->GetInt64(m, sf);
+  const int32_t n = r->GetInt32(m, nf);
+  if (d->full_name() == "google.protobuf.Duration") {
+    constexpr int64_t kMax = 315576000000;  // 10,000 years
+    if (s < -kMax || s > kMax || n <= -1000000000 || n >= 1000000000 ||
+        (s > 0 && n < 0) || (s < 0 && n > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", path, "' is not a valid Duration (seconds ", s, ", nanos ", n,
+          "): nanos must be in (-1e9, 1e9) with the sign of seconds"));
+    }
+  } else if (d->full_name() == "google.protobuf.Timestamp") {
+    // 0001-01-01 .. 9999-12-31
+    if (s < -62135596800 || s > 253402300799 || n < 0 || n >= 1000000000) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "' is not a valid Timestamp (seconds ", s,
+                       ", nanos ", n, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Check(const Message& m, const std::string& prefix, int depth) {
+  if (depth > 16) return absl::OkStatus();
+  const Reflection* r = m.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    const std::string path =
+        prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+    const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    if (f->type() == FieldDescriptor::TYPE_ENUM) {
+      for (int i = 0; i < n; ++i) {
+        const int v = f->is_repeated() ? r->GetRepeatedEnumValue(m, f, i)
+                                       : r->GetEnumValue(m, f);
+        if (f->enum_type()->FindValueByNumber(v) == nullptr) {
+          std::vector<std::string> names;
+          for (int k = 0; k < f->enum_type()->value_count(); ++k) {
+            names.push_back(f->enum_type()->value(k)->name());
+          }
+          return absl::InvalidArgumentError(absl::StrCat(
+              "'", path, "': ", v, " is not a ", f->enum_type()->name(),
+              " (one of ", absl::StrJoin(names, ", "), ")"));
+        }
+      }
+    } else if (IsIdentifier(f)) {
+      for (int i = 0; i < n; ++i) {
+        std::string scratch;
+        const std::string& v =
+            f->is_repeated() ? r->GetRepeatedStringReference(m, f, i, &scratch)
+                             : r->GetStringReference(m, f, &scratch);
+        if (v.size() > kMaxIdBytes) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("'", path, "' is ", v.size(),
+                           " bytes; the limit is ", kMaxIdBytes));
+        }
+      }
+    } else if (f->type() == FieldDescriptor::TYPE_MESSAGE && !f->is_map()) {
+      for (int i = 0; i < n; ++i) {
+        const Message& sub = f->is_repeated() ? r->GetRepeatedMessage(m, f, i)
+                                              : r->GetMessage(m, f);
+        absl::Status s = CheckTime(sub, path);
+        if (s.ok()) s = Check(sub, path, depth + 1);
+        if (!s.ok()) return s;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckRequestFields(const Message& m) { return Check(m, "", 0); }
+
+}  // namespace forq::server

@@ -1,0 +1,25 @@
+// Field checks every gRPC request of forq's services gets before a handler
+// acts on it, so gRPC answers what REST answers: INVALID_ARGUMENT naming the
+// field for an undefined enum number (proto3 enums are open), an invalid
+// google.protobuf.Duration or Timestamp, and an identifier longer than
+// kMaxIdBytes.
+#ifndef FORQ_SERVER_AUTH_REQUEST_CHECKS_H_
+#define FORQ_SERVER_AUTH_REQUEST_CHECKS_H_
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "google/protobuf/message.h"
+
+namespace forq::server {
+
+// Task ids, queue names, kinds, object names and keys: longer ones are
+// mistakes (the REST gateway has the same bound for path variables).
+inline constexpr size_t kMaxIdBytes = 1024;
+
+// Walks `m` (and its sub-messages, except map values) by reflection.
+absl::Status CheckRequestFields(const google::protobuf::Message& m);
+
+}  // namespace forq::server
+
+#endif  // FORQ_SERVER_AUTH_REQUEST_CHECKS_H_
