@@ -21,6 +21,9 @@ PY=/usr/bin/python3
 if [ "$ENGINE" = podman ] && [ -z "${CONTAINERS_CONF:-}" ]; then
   export CONTAINERS_CONF="$PWD/deploy/podman/containers.conf"
 fi
+# podman-compose builds without --format; docker format keeps HEALTHCHECK
+# and shares the layer cache with container_test.sh's build of the image.
+[ "$ENGINE" = podman ] && export BUILDAH_FORMAT=docker
 project="forqtest$$"
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export FORQ_GRPC_PORT="$(free_port)" FORQ_HTTP_PORT="$(free_port)" PROMETHEUS_PORT="$(free_port)"
