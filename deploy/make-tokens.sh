@@ -7,11 +7,16 @@
 #                      (FORQ_TOKEN="$(cat DIR/admin.token)").
 #   DIR/metrics.token  a read token in clear, for Prometheus's scrapes of
 #                      /metrics (mounted into the Prometheus container).
+#   DIR/postgres-password, DIR/forq.pgpass
+#                      the compose cluster's PostgreSQL password: for the
+#                      PostgreSQL container's first start, and as a libpq
+#                      password file for forqd (PGPASSFILE).
 # DIR (default ./secrets) is created with mode 0700 and is never
 # overwritten: remove it to make new tokens.
 #
 # The container processes must be able to read their file: forqd runs as
-# uid 10001, the Prometheus image (deploy/prometheus) as uid 10002. As root
+# uid 10001, the Prometheus image (deploy/prometheus) as uid 10002, the
+# PostgreSQL image (deploy/postgres) as uid 10003. As root
 # (rootful docker/podman) the files are given to those uids; as a user with
 # rootless podman, `podman unshare chown` does the same in the user
 # namespace. Otherwise the two files become world-readable inside the 0700
@@ -22,6 +27,7 @@ set -euo pipefail
 dir="${1:-secrets}"
 FORQD_UID=10001
 PROMETHEUS_UID=10002
+POSTGRES_UID=10003
 
 if [ -e "$dir/forq-tokens" ]; then
   echo "make-tokens.sh: $dir/forq-tokens exists; remove $dir to make new tokens" >&2
@@ -41,6 +47,7 @@ mkdir -p "$dir"
 chmod 0700 "$dir"
 admin="$(new_token)"
 metrics="$(new_token)"
+pgpass="$(new_token)"
 printf '%s\n' "$admin" > "$dir/admin.token"
 printf '%s\n' "$metrics" > "$dir/metrics.token"
 {
@@ -49,6 +56,8 @@ printf '%s\n' "$metrics" > "$dir/metrics.token"
   echo "sha256:$(digest "$admin") admin"
   echo "sha256:$(digest "$metrics") read"
 } > "$dir/forq-tokens"
+printf '%s\n' "$pgpass" > "$dir/postgres-password"
+printf '*:*:forq:forq:%s\n' "$pgpass" > "$dir/forq.pgpass"
 
 # give UID FILE: makes FILE readable by UID inside a container.
 give() {
@@ -65,4 +74,6 @@ give() {
 }
 give "$FORQD_UID" "$dir/forq-tokens"
 give "$PROMETHEUS_UID" "$dir/metrics.token"
+give "$POSTGRES_UID" "$dir/postgres-password"
+give "$FORQD_UID" "$dir/forq.pgpass"
 echo "make-tokens.sh: tokens in $dir; for the CLI: export FORQ_TOKEN=\"\$(cat $dir/admin.token)\"" >&2

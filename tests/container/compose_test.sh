@@ -5,6 +5,9 @@
 #   - every service's healthcheck passes;
 #   - forqd answers /metrics 401 without a token;
 #   - a task submitted to each forqd node succeeds;
+#   - with several nodes on the shared PostgreSQL store: tasks submitted to
+#     the first node run on the workers of more than one node, each once,
+#     and a Wait on the last node returns them;
 #   - Prometheus's targets API shows every forqd node up (scraped with the
 #     read token of the metrics-token secret), its rules API
 #     shows forq's alert rules loaded;
@@ -27,11 +30,15 @@ fi
 project="forqtest$$"
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export FORQ_GRPC_PORT="$(free_port)" FORQ_HTTP_PORT="$(free_port)" PROMETHEUS_PORT="$(free_port)"
+for n in 2 3; do
+  export "FORQ_GRPC_PORT_$n=$(free_port)" "FORQ_HTTP_PORT_$n=$(free_port)"
+done
 PROM="http://127.0.0.1:$PROMETHEUS_PORT"
 tmp="$(mktemp -d)"
 export FORQ_SECRETS_DIR="$tmp/secrets"
 deploy/make-tokens.sh "$FORQ_SECRETS_DIR" 2>/dev/null
 export FORQ_TOKEN="$(cat "$FORQ_SECRETS_DIR/admin.token")"
+READ="$(cat "$FORQ_SECRETS_DIR/metrics.token")"
 compose() { "${COMPOSE[@]}" -p "$project" -f docker-compose.yml "$@"; }
 
 cleanup() {
@@ -78,6 +85,7 @@ done
 # A task on each node (one node publishes the FORQ_*_PORT ports; nodes
 # added to the file publish their own, see docs/deploy.md).
 addrs=()
+http_ports=()
 for s in $forqd_services; do
   c="$("$ENGINE" ps --filter "label=com.docker.compose.project=$project" \
         --filter "label=com.docker.compose.service=$s" --format '{{.Names}}' | head -1)"
@@ -89,13 +97,44 @@ for s in $forqd_services; do
   ok "$s (127.0.0.1:$port): forq submit primes 2000000 --wait printed $out"
   addrs+=(--forq-addr "127.0.0.1:$port")
   hport="$("$ENGINE" port "$c" 8080/tcp | head -1)"
+  http_ports+=("${hport##*:}")
   code="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:${hport##*:}/metrics")"
   [ "$code" = 401 ] || fail "$s answered /metrics without a token with $code"
   ok "$s: /metrics without a token answers 401"
 done
 
-# Prometheus sees every node up.
+# One queue: tasks submitted to the first node run on several nodes'
+# workers (attempts counted by each node's /metrics), each exactly once,
+# and a Wait on the last node sees them finish.
 n_nodes="$(echo "$forqd_services" | wc -w)"
+if [ "$n_nodes" -gt 1 ]; then
+  attempts() {  # attempts HTTP_PORT: attempts run by that node's workers
+    curl -fsS -H "Authorization: Bearer $READ" "http://127.0.0.1:$1/metrics" |
+      awk '/^forq_task_duration_seconds_count/ { s += $2 } END { print s + 0 }'
+  }
+  before=()
+  for p in "${http_ports[@]}"; do before+=("$(attempts "$p")"); done
+  first="${addrs[1]}" last="${addrs[$((${#addrs[@]} - 1))]}"
+  ids=()
+  for i in $(seq 1 12); do ids+=("$(FORQ_ADDR="$first" "$CLI" submit sleep 400)") ||
+    fail "submit $i to $first"; done
+  for id in "${ids[@]}"; do
+    FORQ_ADDR="$last" "$CLI" wait "$id" --timeout 120 >/dev/null ||
+      fail "wait on $last for task $id submitted to $first"
+  done
+  ran=() total=0 busy=0
+  for i in "${!http_ports[@]}"; do
+    d=$(( $(attempts "${http_ports[$i]}") - ${before[$i]} ))
+    ran+=("$d")
+    total=$((total + d))
+    [ "$d" -gt 0 ] && busy=$((busy + 1))
+  done
+  [ "$total" = 12 ] || fail "12 tasks took $total attempts (per node: ${ran[*]})"
+  [ "$busy" -ge 2 ] || fail "12 tasks submitted to $first ran on $busy node(s): ${ran[*]}"
+  ok "12 tasks submitted to $first, waited for on $last: attempts per node ${ran[*]} ($busy of $n_nodes nodes ran some, 12 attempts in all)"
+fi
+
+# Prometheus sees every node up.
 deadline=$((SECONDS + 60))
 while :; do
   up="$(curl -fsS "$PROM/api/v1/targets" 2>/dev/null | $PY -c '
