@@ -13,9 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/notification.h"
 #include "spdlog/spdlog.h"
 
+#include "common/notification.h"
 #include "server/scheduler/task_proto.h"
 
 namespace forq::server {
@@ -176,7 +176,7 @@ absl::Status Scheduler::Start() {
     }
   }
   if (!updates.empty()) {
-    absl::Notification persisted;
+    Notification persisted;
     absl::Status status;
     store_.Update(updates, [&](absl::Status s) {
       status = s;
@@ -234,7 +234,7 @@ void Scheduler::Shutdown(absl::Duration grace) {
   StopIntake();
   SetDraining(true);
   if (started_) {
-    absl::Notification idle;
+    Notification idle;
     bool drained = false;
     WhenIdle(grace, [&](bool d) {
       drained = d;
@@ -272,7 +272,7 @@ void Scheduler::Shutdown(absl::Duration grace) {
     }
   }
   if (!requeue.empty()) {
-    absl::Notification persisted;
+    Notification persisted;
     store_.Update(requeue, [&](absl::Status s) {
       if (!s.ok())
         spdlog::error("re-queue at shutdown failed: {}", s.ToString());

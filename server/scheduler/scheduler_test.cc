@@ -4,12 +4,12 @@
 #include <deque>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/clock.h"
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "server/scheduler/task_proto.h"
 #include "tests/testing/status_matchers.h"
 
@@ -107,7 +107,7 @@ TEST(SchedulerTest, FinishedWaitsLeaveNoTimeoutsBehind) {
 
   constexpr int kTasks = 500;
   std::atomic<int> done{0};
-  absl::Notification all_done;
+  Notification all_done;
   for (int i = 0; i < kTasks; ++i) {
     v1::TaskSpec spec;
     spec.set_kind("echo");
@@ -139,7 +139,7 @@ TEST(SchedulerTest, CancelledWaitLeavesNoTimeoutBehind) {
   spec.set_kind("echo");
   *spec.mutable_delay() = google::protobuf::Duration();
   spec.mutable_delay()->set_seconds(3600);
-  absl::Notification submitted;
+  Notification submitted;
   std::string id;
   scheduler.Submit({spec}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
     ASSERT_TRUE(r.ok());
@@ -167,7 +167,7 @@ class FailingFinishStore : public Store {
   std::atomic<int> fail_finishes{0};
   // Makes every Get fail, as if the store could not be read.
   std::atomic<bool> fail_reads{false};
-  absl::Notification failed;
+  Notification failed;
 
   // Makes every Insert fail at once, on the caller's thread, as a closed
   // store does.
@@ -231,7 +231,7 @@ std::string SubmitEcho(Scheduler& scheduler, absl::string_view payload) {
   v1::TaskSpec spec;
   spec.set_kind("echo");
   spec.set_payload(std::string(payload));
-  absl::Notification submitted;
+  Notification submitted;
   std::string id;
   scheduler.Submit({spec}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
     EXPECT_TRUE(r.ok()) << r.status();
@@ -258,7 +258,7 @@ TEST(SchedulerTest, FailedTerminalWriteIsNotAnnouncedAndIsRetried) {
   spec.set_payload("hello");
   *spec.mutable_delay() = google::protobuf::Duration();
   spec.mutable_delay()->set_nanos(100'000'000);
-  absl::Notification submitted;
+  Notification submitted;
   std::string id;
   scheduler.Submit({spec}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
     ASSERT_TRUE(r.ok());
@@ -267,7 +267,7 @@ TEST(SchedulerTest, FailedTerminalWriteIsNotAnnouncedAndIsRetried) {
   });
   submitted.WaitForNotification();
   std::atomic<bool> answered{false};
-  absl::Notification finished;
+  Notification finished;
   v1::Task seen;
   scheduler.Wait(id, absl::Minutes(1),
                  [&](absl::StatusOr<v1::Task> t, bool terminal) {
@@ -305,7 +305,7 @@ TEST(SchedulerTest, RevokedAssignmentRunsAgainWithoutUsingAnAttempt) {
   Scheduler scheduler(SchedulerOptions(), *store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
   const std::string id = SubmitEcho(scheduler, "again");
-  absl::Notification finished;
+  Notification finished;
   v1::Task seen;
   scheduler.Wait(id, absl::Minutes(1), [&](absl::StatusOr<v1::Task> t, bool) {
     ASSERT_TRUE(t.ok());
@@ -327,7 +327,7 @@ TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
   Scheduler scheduler(SchedulerOptions(), store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
   const std::string id = SubmitEcho(scheduler, "kept");
-  absl::Notification finished;
+  Notification finished;
   scheduler.Wait(id, absl::Minutes(1),
                  [&](absl::StatusOr<v1::Task>, bool) { finished.Notify(); });
   ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
@@ -426,7 +426,7 @@ class SchedulerTransitionTest : public ::testing::Test {
     store_ = NewMemoryStore();
     ASSERT_NE(store_, nullptr);
     if (!stored.empty()) {
-      absl::Notification inserted;
+      Notification inserted;
       store_->Insert(stored, [&](auto) { inserted.Notify(); });
       inserted.WaitForNotification();
     }
@@ -438,7 +438,7 @@ class SchedulerTransitionTest : public ::testing::Test {
   }
   std::string Submit(v1::TaskSpec spec) {
     if (spec.kind().empty()) spec.set_kind("echo");
-    absl::Notification done;
+    Notification done;
     std::string id;
     scheduler_->Submit({spec},
                        [&](absl::StatusOr<std::vector<InsertResult>> r) {
@@ -456,7 +456,7 @@ class SchedulerTransitionTest : public ::testing::Test {
   }
   // The terminal task, once durable.
   v1::Task AwaitEnd(const std::string& id) {
-    absl::Notification done;
+    Notification done;
     v1::Task task;
     scheduler_->Wait(id, absl::Minutes(1),
                      [&](absl::StatusOr<v1::Task> t, bool terminal) {
@@ -562,7 +562,7 @@ TEST_F(SchedulerTransitionTest, LastFailedAttemptMakesTheTaskDead) {
 
 TEST_F(SchedulerTransitionTest, CancelOfAQueuedTaskNeverRunsIt) {
   const std::string id = Submit(v1::TaskSpec());
-  absl::Notification cancelled;
+  Notification cancelled;
   scheduler_->Cancel(id, [&](absl::StatusOr<v1::Task> t) {
     ASSERT_THAT(t, IsOk());
     EXPECT_EQ(t->state(), v1::CANCELLED);
@@ -577,7 +577,7 @@ TEST_F(SchedulerTransitionTest, CancelOfAQueuedTaskNeverRunsIt) {
 TEST_F(SchedulerTransitionTest, CancelOfARunningTaskGoesThroughThePool) {
   pool_.AddRoom(1);
   const std::string id = Submit(v1::TaskSpec());
-  absl::Notification answered;
+  Notification answered;
   scheduler_->Cancel(id, [&](absl::StatusOr<v1::Task> t) {
     ASSERT_THAT(t, IsOk());
     EXPECT_TRUE(t->cancel_requested());
