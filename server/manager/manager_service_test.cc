@@ -9,12 +9,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include <grpcpp/grpcpp.h>
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "forq/v1/manager.grpc.pb.h"
 #include "tests/testing/status_matchers.h"
 
@@ -132,7 +132,7 @@ TEST_F(ManagerServiceTest, ExplicitTimeoutAndCancel) {
   grpc::ClientContext cancel_ctx;
   v1::EventRequest wait;
   wait.set_name("e");
-  absl::Notification done;
+  Notification done;
   grpc::Status status;
   stub_->async()->EventWait(&cancel_ctx, &wait, &resp, [&](grpc::Status s) {
     status = s;

@@ -7,11 +7,11 @@
 #include <string>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "server/manager/object_manager.h"
 #include "server/manager/task_bridge.h"
 #include "tests/testing/status_matchers.h"
@@ -36,7 +36,7 @@ class BridgeContext : public worker::TaskContext {
   bool cancelled() const override { return false; }
   void Progress(double, absl::string_view) override {}
   absl::StatusOr<std::string> Call(absl::string_view request) override {
-    absl::Notification done;
+    Notification done;
     absl::StatusOr<std::string> out = absl::UnknownError("no reply");
     HandleManagerTaskCall(core_, id_, request,
                           [&](absl::StatusOr<std::string> r) {
@@ -74,7 +74,7 @@ class MpHandlersTest : public ::testing::Test {
   void RunPair(const std::string& a, const std::string& b,
                absl::StatusOr<std::string>* ra,
                absl::StatusOr<std::string>* rb) {
-    absl::Notification go;
+    Notification go;
     std::thread t1([&] {
       go.WaitForNotification();
       *ra = Run("mp.counter", a, "t1");

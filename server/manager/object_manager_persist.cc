@@ -21,9 +21,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/notification.h"
 #include "spdlog/spdlog.h"
 
+#include "common/notification.h"
 #include "server/manager/object_manager.h"
 #include "server/manager/object_util.h"
 
@@ -389,7 +389,7 @@ absl::Status ObjectManager::Recover() {
   BlobWriter w;
   w.U64(stored_epoch + 1);
   cleanup.push_back({kEpochKey, std::move(w.out())});
-  absl::Notification written;
+  Notification written;
   absl::Status write_status;
   const size_t orphans = cleanup.size() - 1;
   store_->WriteObjects(std::move(cleanup),

@@ -8,11 +8,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "server/manager/object_manager.h"
 #include "server/store/memory_store.h"
 #include "tests/testing/status_matchers.h"
@@ -97,7 +97,7 @@ class ManagerPersistTest : public ::testing::Test {
     ASSERT_THAT(mgr_->Recover(), IsOk());
   }
   absl::StatusOr<ManagerReply> Run(ManagerRequest r) {
-    absl::Notification done;
+    Notification done;
     Mutex mu;
     absl::StatusOr<ManagerReply> out = absl::UnknownError("pending");
     mgr_->Execute(std::move(r), [&](absl::StatusOr<ManagerReply> rep) {

@@ -4,11 +4,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "server/store/memory_store.h"
 #include "tests/testing/status_matchers.h"
 
@@ -52,7 +52,7 @@ class Call {
   }
 
  private:
-  absl::Notification done_;
+  Notification done_;
   Mutex mu_;
   absl::StatusOr<ManagerReply> result_ = absl::UnknownError("pending");
 };

@@ -3,10 +3,10 @@
 #include <random>
 #include <string>
 
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "common/notification.h"
 #include "server/manager/object_manager.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/manager_client.h"
@@ -201,7 +201,7 @@ TEST(ManagerCodecTest, RandomMutationsNeverCrash) {
 
 absl::StatusOr<std::string> CallBridge(ObjectManager& core,
                                        const std::string& raw) {
-  absl::Notification done;
+  Notification done;
   absl::StatusOr<std::string> out = absl::UnknownError("pending");
   HandleManagerTaskCall(core, "task-1", raw,
                         [&](absl::StatusOr<std::string> r) {
@@ -242,7 +242,7 @@ TEST(TaskBridgeTest, ParkedTaskCallIsCancelledByTag) {
   get.type = ManagerType::kQueue;
   get.op = ManagerOp::kGet;
   get.name = "q";
-  absl::Notification done;
+  Notification done;
   absl::Status status;
   HandleManagerTaskCall(core, "task-9", EncodeManagerRequest(get),
                         [&](absl::StatusOr<std::string> r) {
