@@ -12,10 +12,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "common/notification.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/fork_pool.h"
 
@@ -223,7 +223,7 @@ TEST(ExecRunnerPoolTest, ExecKindRunsInWorkers) {
   options.exec_allow = {"/bin/echo"};
   FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
                             CreateForkPool(options));
-  absl::Notification idle, done;
+  Notification idle, done;
   Outcome outcome;
   PoolCallbacks cb;
   cb.on_worker_idle = [&] {
@@ -251,7 +251,7 @@ TEST(ExecRunnerPoolTest, ExecKindIsOffWithoutAllowList) {
   options.workers = 1;
   FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
                             CreateForkPool(options));
-  absl::Notification idle, done;
+  Notification idle, done;
   Outcome outcome;
   PoolCallbacks cb;
   cb.on_worker_idle = [&] {

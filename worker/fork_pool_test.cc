@@ -17,13 +17,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq::worker {
@@ -581,7 +581,7 @@ TEST(ForkPoolHygieneTest, WorkersDoNotInheritOtherFds) {
   ForkPoolOptions options = Options(1);
   FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
                             CreateForkPool(options));
-  absl::Notification idle;
+  Notification idle;
   PoolCallbacks cb;
   cb.on_worker_idle = [&] {
     if (!idle.HasBeenNotified()) idle.Notify();
