@@ -21,10 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
+#include "common/notification.h"
 #include "forq/client.h"
 #include "forq/map.h"
 #include "tests/testing/forqd_process.h"
@@ -137,7 +137,7 @@ int Run(int argc, char** argv) {
 
   const int64_t rss_before = flags.pid > 0 ? RssBytes(flags.pid) : 0;
   std::atomic<int64_t> rss_peak{rss_before};
-  absl::Notification done;
+  Notification done;
   std::thread sampler([&] {
     while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(100))) {
       int64_t r = flags.pid > 0 ? RssBytes(flags.pid) : 0;

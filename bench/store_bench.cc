@@ -23,9 +23,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/notification.h"
 #include "spdlog/spdlog.h"
 
+#include "common/notification.h"
 #include "server/store/store.h"
 
 namespace forq::server {
@@ -90,7 +90,7 @@ Result RunOnce(const Config& config, const std::string& kind,
   std::atomic<int64_t> failures{0};
   std::vector<std::vector<double>> latencies(config.threads);
   std::vector<std::thread> threads;
-  absl::Notification start;
+  Notification start;
   for (int t = 0; t < config.threads; ++t) {
     threads.emplace_back([&, t] {
       start.WaitForNotification();
@@ -100,7 +100,7 @@ Result RunOnce(const Config& config, const std::string& kind,
         for (int i = 0; i < config.batch; ++i) {
           tasks.push_back(MakeTask());
         }
-        absl::Notification acked;
+        Notification acked;
         bool ok = false;
         const auto begin = std::chrono::steady_clock::now();
         store->Insert(std::move(tasks),

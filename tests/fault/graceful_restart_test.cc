@@ -17,7 +17,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -25,6 +24,7 @@
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "forq/client.h"
 #include "tests/fault/fault_util.h"
 #include "tests/testing/forqd_process.h"
@@ -200,7 +200,7 @@ TEST(GracefulRestartTest, SigtermDrainsRefusesIntakeAndLosesNothing) {
   Ledger ledger;
   std::atomic<bool> sigterm_sent{false};
   std::vector<std::thread> threads;
-  absl::Notification go;
+  Notification go;
   // On an early ASSERT return: stop the load (a dead forqd refuses it) and
   // join, so no thread outlives what it points to.
   absl::Cleanup join_all = [&] {

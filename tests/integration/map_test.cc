@@ -13,10 +13,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "common/notification.h"
 #include "forq/client.h"
 #include "forq/executor.h"
 #include "forq/pool.h"
@@ -141,7 +141,7 @@ TEST_F(MapTest, WindowBoundsInputsInFlight) {
   // Meanwhile, sample the server: tasks of the map not yet finished.
   std::atomic<int> max_live{0};
   std::atomic<int> samples_with_live{0};
-  absl::Notification stop;
+  Notification stop;
   std::thread sampler([&] {
     while (!stop.HasBeenNotified()) {
       // One List call, so a task moving from QUEUED to RUNNING between two
