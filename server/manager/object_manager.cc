@@ -38,6 +38,10 @@ ObjectManager::ObjectManager(Store* store, Metrics* metrics,
 
 ObjectManager::~ObjectManager() {
   Shutdown();
+  {
+    MutexLock lock(&persist_mu_);
+    while (persist_callbacks_ > 0) persist_callbacks_done_.Wait(&persist_mu_);
+  }
   timers_.Stop();
 }
 

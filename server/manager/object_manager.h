@@ -109,7 +109,8 @@ class ObjectManager {
   // `store` and `metrics` are borrowed, may be null, and must outlive this.
   ObjectManager(Store* store, Metrics* metrics,
                 ObjectManagerOptions options = {});
-  // Shuts down (parked waiters fail with Unavailable).
+  // Shuts down (parked waiters fail with Unavailable) and waits for store
+  // writes in flight to call back.
   ~ObjectManager();
   ObjectManager(const ObjectManager&) = delete;
   ObjectManager& operator=(const ObjectManager&) = delete;
@@ -457,6 +458,10 @@ class ObjectManager {
   Mutex persist_mu_;
   std::deque<PersistGroup> persist_queue_ ABSL_GUARDED_BY(persist_mu_);
   bool persisting_ ABSL_GUARDED_BY(persist_mu_) = false;
+  // Store write callbacks not yet returned: they use `this` after they
+  // deliver their replies, so the destructor waits for them.
+  int persist_callbacks_ ABSL_GUARDED_BY(persist_mu_) = 0;
+  CondVar persist_callbacks_done_;
 
   // Declared last: destroyed (thread joined) first.
   TimerQueue timers_;

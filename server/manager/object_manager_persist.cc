@@ -619,9 +619,19 @@ void ObjectManager::DrainPersist() {
     OnPersisted(absl::OkStatus(), std::move(replies), std::move(objects));
     return;
   }
+  {
+    MutexLock lock(&persist_mu_);
+    ++persist_callbacks_;
+  }
   store_->WriteObjects(std::move(writes),
                        [this, replies, objects](absl::Status s) {
+                         // OnPersisted answers callers, who may then destroy
+                         // the manager, and goes on using it: the destructor
+                         // waits for this count.
                          OnPersisted(std::move(s), replies, objects);
+                         MutexLock lock(&persist_mu_);
+                         --persist_callbacks_;
+                         persist_callbacks_done_.SignalAll();
                        });
 }
 
