@@ -41,20 +41,30 @@ test-unit: build
 
 # Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFORQ_SANITIZE=address,undefined
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFORQ_SANITIZE=address,undefined \
+	  -DFORQ_BUILD_BENCH=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
 
 # Unit and integration tests (forqd too) under ThreadSanitizer, built with
 # clang. tests/tsan.supp silences only Debian's uninstrumented libraries.
+# Every process (tests, forqd, its workers, the CLI) writes its reports to
+# $(TSAN_BUILD)/tsan-reports/; any report fails the target, also one from a
+# forqd whose test passed.
+TSAN_REPORTS = $(CURDIR)/$(TSAN_BUILD)/tsan-reports
 test-tsan: deps
 	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=$(CLANG_CC) -DCMAKE_CXX_COMPILER=$(CLANG_CXX) \
-	  -DFORQ_SANITIZE=thread
+	  -DFORQ_SANITIZE=thread -DFORQ_BUILD_BENCH=OFF
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
-	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
+	rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp second_deadlock_stack=1 log_path=$(TSAN_REPORTS)/report" \
 	  ctest --test-dir $(TSAN_BUILD) --output-on-failure -j $(CTEST_JOBS) \
-	  -L 'unit|integration' --timeout 900
+	  -L 'unit|integration' --timeout 900; rc=$$?; \
+	reports=$$(grep -l ThreadSanitizer $(TSAN_REPORTS)/* 2>/dev/null); \
+	if [ -n "$$reports" ]; then cat $$reports; \
+	  echo "test-tsan: ThreadSanitizer reports in $(TSAN_REPORTS)"; exit 1; fi; \
+	echo "test-tsan: no ThreadSanitizer reports"; exit $$rc
 
 # A clang tree for check and lint: configured, proto headers generated.
 check-configure: deps
