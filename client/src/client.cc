@@ -30,11 +30,6 @@ void SetDeadline(grpc::ClientContext& ctx, absl::Duration d) {
 
 }  // namespace
 
-bool IsTerminal(v1::TaskState state) {
-  return state == v1::SUCCEEDED || state == v1::FAILED || state == v1::DEAD ||
-         state == v1::CANCELLED;
-}
-
 absl::string_view StateName(v1::TaskState state) {
   switch (state) {
     case v1::QUEUED:

@@ -181,8 +181,7 @@ class FailingFinishStore : public Store {
     inner_->Insert(std::move(tasks), std::move(done));
   }
   void Update(std::vector<v1::Task> tasks, WriteDone done) override {
-    const bool terminal =
-        !tasks.empty() && IsTerminalState(tasks.front().state());
+    const bool terminal = !tasks.empty() && IsTerminal(tasks.front().state());
     if (terminal && fail_finishes > 0) {
       --fail_finishes;
       done(absl::ResourceExhaustedError("disk full"));
@@ -220,10 +219,6 @@ class FailingFinishStore : public Store {
   void Close() override { inner_->Close(); }
 
  private:
-  static bool IsTerminalState(v1::TaskState s) {
-    return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::DEAD ||
-           s == v1::CANCELLED;
-  }
   std::unique_ptr<Store> inner_;
 };
 

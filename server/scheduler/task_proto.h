@@ -1,5 +1,6 @@
 // Small conversions shared by the scheduler and the gRPC edge: absl time
-// types to and from protobuf's, and the terminal-state test.
+// types to and from protobuf's, and the terminal-state test (one
+// definition for forqd and the client, in forq/v1/task_state.h).
 #ifndef FORQ_SERVER_SCHEDULER_TASK_PROTO_H_
 #define FORQ_SERVER_SCHEDULER_TASK_PROTO_H_
 
@@ -9,6 +10,7 @@
 #include "google/protobuf/util/time_util.h"
 
 #include "forq/v1/task.pb.h"
+#include "forq/v1/task_state.h"
 
 namespace forq::server {
 
@@ -32,11 +34,7 @@ inline absl::Duration FromProto(const google::protobuf::Duration& d) {
       google::protobuf::util::TimeUtil::DurationToNanoseconds(d));
 }
 
-// True for SUCCEEDED, FAILED, DEAD and CANCELLED.
-inline bool IsTerminal(v1::TaskState s) {
-  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::DEAD ||
-         s == v1::CANCELLED;
-}
+using v1::IsTerminal;
 
 }  // namespace forq::server
 

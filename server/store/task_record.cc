@@ -6,18 +6,6 @@
 
 namespace forq::server::store_internal {
 
-bool IsTerminal(v1::TaskState state) {
-  switch (state) {
-    case v1::SUCCEEDED:
-    case v1::FAILED:
-    case v1::DEAD:
-    case v1::CANCELLED:
-      return true;
-    default:
-      return false;
-  }
-}
-
 std::optional<int64_t> FinishedAtMicros(const v1::Task& task) {
   if (!task.has_finished_at()) {
     return std::nullopt;

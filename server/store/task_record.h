@@ -1,6 +1,6 @@
-// Helpers shared by the Store implementations: which states are terminal,
-// when a finished task expires, and the opaque List page token.
-// Internal to server/store/; other modules use store.h.
+// Helpers shared by the Store implementations: when a finished task expires,
+// and the opaque List page token. Internal to server/store/; other modules use
+// store.h.
 #ifndef FORQ_SERVER_STORE_TASK_RECORD_H_
 #define FORQ_SERVER_STORE_TASK_RECORD_H_
 
@@ -12,6 +12,7 @@
 #include "absl/strings/string_view.h"
 
 #include "forq/v1/task.pb.h"
+#include "forq/v1/task_state.h"
 
 namespace forq::server::store_internal {
 
@@ -19,8 +20,7 @@ namespace forq::server::store_internal {
 inline constexpr int kMaxPageSize = 1000;
 inline constexpr int kDefaultPageSize = 100;
 
-// True for SUCCEEDED, FAILED, DEAD and CANCELLED.
-bool IsTerminal(v1::TaskState state);
+using v1::IsTerminal;
 
 // Microseconds since the Unix epoch at which `task` may be purged, or
 // nullopt if it never expires: the task is not terminal, has no

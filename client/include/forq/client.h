@@ -21,6 +21,7 @@
 #include "forq/map.h"
 #include "forq/v1/pool.pb.h"
 #include "forq/v1/task.pb.h"
+#include "forq/v1/task_state.h"
 
 namespace grpc {
 class Channel;
@@ -65,8 +66,9 @@ struct SubmitOptions {
   std::map<std::string, std::string> labels;
 };
 
-// True for SUCCEEDED, FAILED, DEAD and CANCELLED.
-bool IsTerminal(v1::TaskState state);
+// True for SUCCEEDED, FAILED, DEAD and CANCELLED (forqd uses the same
+// definition).
+using v1::IsTerminal;
 // "QUEUED", "SUCCEEDED", ...
 absl::string_view StateName(v1::TaskState state);
 // Parses a state name, case-insensitive ("dead", "DEAD").
