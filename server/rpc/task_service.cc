@@ -19,6 +19,11 @@
 namespace forq::server {
 namespace {
 
+// Streamed messages that batch tasks or results are closed once they hold
+// about this many bytes: small next to the server's max_message_bytes (64
+// MiB by default), and big enough to amortise a write.
+constexpr size_t kBatchMessageBytes = 4 << 20;
+
 // Time left before the client's deadline (capped to a day).
 absl::Duration TimeLeft(grpc::CallbackServerContext* ctx) {
   absl::Time deadline = absl::FromChrono(ctx->deadline());
@@ -151,8 +156,6 @@ class WaitStreamReactor final
  public:
   // Pending ids per stream; more are answered RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxPending = 1'000'000;
-  // A message is closed once its tasks hold about this many bytes.
-  static constexpr size_t kMaxMessageBytes = 4 << 20;
   // A wait that ends non-terminal sooner than this (rather than by timing
   // out) is answered ABORTED: the client sends the id again.
   static constexpr absl::Duration kMinRearmInterval = absl::Seconds(1);
@@ -317,7 +320,7 @@ class WaitStreamReactor final
     if (writing_ || finished_ || (ready_.empty() && errors_.empty())) return;
     out_.Clear();
     size_t bytes = 0, n = 0;
-    for (; n < ready_.size() && (n == 0 || bytes < kMaxMessageBytes); ++n) {
+    for (; n < ready_.size() && (n == 0 || bytes < kBatchMessageBytes); ++n) {
       bytes += ready_[n].result().size() + ready_[n].payload().size() + 128;
       *out_.add_tasks() = std::move(ready_[n]);
     }
@@ -361,10 +364,9 @@ class WaitStreamReactor final
 // Watch: streams task events; a task watch ends after its terminal state.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
  public:
-  static constexpr size_t kMaxBacklog = 10'000;
-
   WatchReactor(Scheduler& scheduler, const v1::WatchRequest* req, Meter meter)
       : scheduler_(scheduler),
+        max_backlog_(scheduler.options().max_watch_backlog),
         meter_(meter),
         guard_(std::make_shared<ReactorGuard<WatchReactor>>()),
         task_id_(req->task_id()) {
@@ -435,7 +437,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
  private:
   void PushLocked(const v1::TaskEvent& e) {
     if (finished_) return;
-    if (backlog_.size() >= kMaxBacklog) {
+    if (backlog_.size() >= max_backlog_) {
       FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                 "watcher too slow: event backlog full"));
       return;
@@ -463,6 +465,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
   }
 
   Scheduler& scheduler_;
+  // SchedulerOptions::max_watch_backlog: events buffered before the
+  // watcher is dropped as too slow.
+  const size_t max_backlog_;
   const Meter meter_;
   std::shared_ptr<ReactorGuard<WatchReactor>> guard_;
   const std::string task_id_;
@@ -491,8 +496,6 @@ class MapReactor final
   static constexpr bool kBatched = std::is_same_v<Resp, v1::MapResults>;
   static constexpr int kDefaultWindow = 256;
   static constexpr int kMaxWindow = 10'000;
-  // A MapResults message is closed once its results hold about this much.
-  static constexpr size_t kMaxMessageBytes = 4 << 20;
 
   MapReactor(Scheduler& scheduler, Meter meter,
              SubmitRateLimiter* limiter = nullptr, std::string client = "")
@@ -664,7 +667,9 @@ class MapReactor final
 
   static void WaitTerminal(Scheduler& scheduler, Guard guard, uint64_t index,
                            std::string id) {
-    scheduler.Wait(id, absl::Minutes(5),
+    // The longest wait the scheduler holds (max_wait); a wait that ends
+    // non-terminal is parked again below.
+    scheduler.Wait(id, scheduler.options().max_wait,
                    [&scheduler, guard, index, id](absl::StatusOr<v1::Task> t,
                                                   bool terminal) {
                      if (!t.ok()) {
@@ -739,7 +744,7 @@ class MapReactor final
     if constexpr (kBatched) {
       out_.Clear();
       size_t bytes = 0;
-      while (!fail_now_ && bytes < kMaxMessageBytes) {
+      while (!fail_now_ && bytes < kBatchMessageBytes) {
         v1::MapResult* r = out_.add_results();
         if (!TakeNextLocked(r)) {
           out_.mutable_results()->RemoveLast();
@@ -973,7 +978,8 @@ grpc::ServerUnaryReactor* TaskServiceImpl::List(
   q.queue = req->queue();
   q.state = req->state();
   q.kind = req->kind();
-  q.page_size = req->page_size() == 0 ? 100 : std::min(req->page_size(), 1000);
+  // The store maps 0 to its default page and caps the size (ListQuery).
+  q.page_size = req->page_size();
   q.page_token = req->page_token();
   absl::StatusOr<ListPage> page = scheduler_.List(std::move(q));
   if (!page.ok()) {

@@ -90,6 +90,8 @@ class Scheduler {
   // Pending waits end with Unavailable. Idempotent.
   void Shutdown(absl::Duration grace);
 
+  const SchedulerOptions& options() const { return options_; }
+
   // Validates and stores tasks (all or none); `done` runs once they are
   // durable. InvalidArgument for bad specs (message names the field and
   // limit), ResourceExhausted when a queue is full, Unavailable when intake
@@ -97,7 +99,8 @@ class Scheduler {
   void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done);
   absl::StatusOr<v1::Task> Get(absl::string_view id);
   // Calls `done` once: when the task is terminal (and durable), or after
-  // `timeout` with its current state. Returns a handle for CancelWait.
+  // `timeout` (at most options().max_wait) with its current state. Returns a
+  // handle for CancelWait.
   uint64_t Wait(absl::string_view id, absl::Duration timeout, WaitDone done);
   // Drops a pending wait without calling it. False if it already fired.
   bool CancelWait(uint64_t handle);

@@ -60,7 +60,8 @@ struct ListQuery {
   std::string queue;                                 // "" = any
   v1::TaskState state = v1::TASK_STATE_UNSPECIFIED;  // unspecified = any
   std::string kind;                                  // "" = any
-  int page_size = 100;
+  // 0 = the default page (100); larger sizes are capped at 1000.
+  int page_size = 0;
   // Opaque, from a previous ListPage; "" = first page. Results are ordered
   // by task id (creation order).
   std::string page_token;
