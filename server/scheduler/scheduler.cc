@@ -1095,19 +1095,34 @@ void Scheduler::Loop() {
 }
 
 absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
+  std::optional<v1::Task> live;
   {
     MutexLock lock(&mu_);
     const std::string key(id);
     auto it = tasks_.find(key);
-    if (it != tasks_.end()) return VisibleLocked(it->second);
-    // (In a cluster another node may have retried it since: read the store.)
-    if (work_source_ == nullptr) {
+    if (it != tasks_.end()) {
+      live = VisibleLocked(it->second);
+    } else if (work_source_ == nullptr) {
+      // (In a cluster another node may have retried it since: read the
+      // store.)
       if (std::optional<v1::Task> t = RecentLocked(key, clock_.Now())) {
         return *t;
       }
     }
   }
-  return store_.Get(id);
+  if (!live.has_value()) return store_.Get(id);
+  // worker_pid is "current or last attempt", but the pool reports the pid
+  // with the outcome; while the attempt runs, the pool knows it. Asked
+  // outside mu_: Workers() may read /proc.
+  if (live->state() == v1::RUNNING) {
+    for (const worker::WorkerInfo& w : pool_.Workers()) {
+      if (w.current_task_id == live->id()) {
+        live->set_worker_pid(w.pid);
+        break;
+      }
+    }
+  }
+  return *std::move(live);
 }
 
 uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,

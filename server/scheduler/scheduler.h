@@ -97,6 +97,8 @@ class Scheduler {
   // limit), ResourceExhausted when a queue is full, Unavailable when intake
   // is stopped.
   void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done);
+  // The task as it is now. A RUNNING task carries the pid of the worker
+  // running its current attempt (once a worker has taken it).
   absl::StatusOr<v1::Task> Get(absl::string_view id);
   // Calls `done` once: when the task is terminal (and durable), or after
   // `timeout` (at most options().max_wait) with its current state. Returns a

@@ -139,6 +139,39 @@ TEST_F(TaskTest, CancelOfRunningTaskStopsIt) {
   EXPECT_EQ(t->state(), v1::CANCELLED);
 }
 
+TEST_F(TaskTest, GetOfRunningTaskShowsItsWorkerPid) {
+  absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "60000");
+  ASSERT_THAT(f, IsOk());
+  // worker_pid is "current or last attempt": it is there while the attempt
+  // runs, not only after it ended.
+  v1::Task running;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<v1::Task> t = client_->Get(f->id());
+    ASSERT_THAT(t, IsOk());
+    running = *t;
+    if (t->state() == v1::RUNNING && t->worker_pid() > 0) break;
+    (void)client_->Wait(f->id(), absl::Milliseconds(20));
+  }
+  EXPECT_EQ(running.state(), v1::RUNNING);
+  ASSERT_GT(running.worker_pid(), 0);
+  absl::StatusOr<v1::PoolStatus> pool = client_->GetPool();
+  ASSERT_THAT(pool, IsOk());
+  bool found = false;
+  for (const v1::Worker& w : pool->workers()) {
+    if (w.pid() == running.worker_pid()) {
+      found = true;
+      EXPECT_EQ(w.current_task_id(), f->id());
+    }
+  }
+  EXPECT_TRUE(found) << "pid " << running.worker_pid() << " is no worker";
+  ASSERT_THAT(f->Cancel(), IsOk());
+  absl::StatusOr<v1::Task> done = f->WaitFor(absl::Seconds(20));
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->state(), v1::CANCELLED);
+  EXPECT_EQ(done->worker_pid(), running.worker_pid());
+}
+
 TEST_F(TaskTest, HundredConcurrentWaitersAllGetTheResult) {
   absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "500");
   ASSERT_THAT(f, IsOk());
