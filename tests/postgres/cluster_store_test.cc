@@ -8,12 +8,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 #include "common/mutex.h"
+#include "common/notification.h"
 #include "server/store/postgres_store.h"
 #include "server/store/store.h"
 #include "tests/testing/postgres_server.h"
@@ -101,7 +101,7 @@ class ClusterStoreTest : public ::testing::Test {
   }
 
   static absl::Status Insert(Store& store, std::vector<v1::Task> tasks) {
-    absl::Notification done;
+    Notification done;
     absl::Status status;
     store.Insert(std::move(tasks),
                  [&](absl::StatusOr<std::vector<InsertResult>> r) {
@@ -113,7 +113,7 @@ class ClusterStoreTest : public ::testing::Test {
   }
 
   static absl::Status Update(Store& store, std::vector<v1::Task> tasks) {
-    absl::Notification done;
+    Notification done;
     absl::Status status;
     store.Update(std::move(tasks), [&](absl::Status s) {
       status = s;
