@@ -1202,12 +1202,26 @@ absl::StatusOr<int64_t> PostgresStore::PurgeExpired(absl::Time now) {
   }
 }
 
+template <typename Fn>
+auto PostgresStore::WithReader(Fn fn) -> decltype(fn(std::declval<Conn&>())) {
+  for (int attempt = 0;; ++attempt) {
+    absl::StatusOr<std::unique_ptr<Conn>> conn = AcquireReader();
+    if (!conn.ok()) return conn.status();
+    auto out = fn(**conn);
+    const bool lost = !out.ok() && (*conn)->bad();
+    ReleaseReader(std::move(*conn));
+    if (!lost || attempt == 1) return out;
+    MutexLock lock(&pool_mu_);
+    idle_readers_.clear();
+  }
+}
+
 absl::StatusOr<v1::Task> PostgresStore::Get(absl::string_view id) {
-  FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, AcquireReader());
-  absl::Cleanup release = [&] { ReleaseReader(std::move(conn)); };
-  FORQ_ASSIGN_OR_RETURN(Result res,
-                        conn->Run("get", kGet, {Param::Text(std::string(id))},
-                                  absl::StrCat("get ", id)));
+  FORQ_ASSIGN_OR_RETURN(Result res, WithReader([&](Conn& conn) {
+                          return conn.Run("get", kGet,
+                                          {Param::Text(std::string(id))},
+                                          absl::StrCat("get ", id));
+                        }));
   if (PQntuples(res.get()) == 0) {
     return absl::NotFoundError(absl::StrCat("task ", id, " not found"));
   }
@@ -1244,10 +1258,9 @@ absl::StatusOr<ListPage> PostgresStore::List(const ListQuery& query) {
   params.push_back(Param::Int(limit + 1));
   absl::StrAppend(&sql, " ORDER BY id LIMIT $", params.size());
 
-  FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Conn> conn, AcquireReader());
-  absl::Cleanup release = [&] { ReleaseReader(std::move(conn)); };
-  FORQ_ASSIGN_OR_RETURN(Result res,
-                        conn->Run(name.c_str(), sql, params, "list"));
+  FORQ_ASSIGN_OR_RETURN(Result res, WithReader([&](Conn& conn) {
+                          return conn.Run(name.c_str(), sql, params, "list");
+                        }));
   ListPage page;
   const int rows = PQntuples(res.get());
   for (int r = 0; r < rows; ++r) {

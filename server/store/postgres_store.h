@@ -136,6 +136,11 @@ class PostgresStore final : public Store, public WorkSource {
   absl::StatusOr<std::unique_ptr<Conn>> AcquireReader()
       ABSL_LOCKS_EXCLUDED(pool_mu_);
   void ReleaseReader(std::unique_ptr<Conn> conn) ABSL_LOCKS_EXCLUDED(pool_mu_);
+  // Runs `fn(conn)` on a read connection; if the connection turns out to
+  // be lost (the server restarted: every idle connection is stale), drops
+  // the idle ones and runs it once more on a fresh connection.
+  template <typename Fn>
+  auto WithReader(Fn fn) -> decltype(fn(std::declval<Conn&>()));
 
   const std::string uri_;
   const Durability durability_;
