@@ -1328,7 +1328,13 @@ void Scheduler::SetDraining(bool draining) {
     draining_ = draining;
     if (!draining) drain_redispatch_.clear();
     DispatchLocked(clock_.Now(), d);
-    if (work_source_ != nullptr) WantClaimLocked();
+    if (work_source_ != nullptr) {
+      if (draining) {
+        ReleaseClaimedLocked();
+      } else {
+        WantClaimLocked();
+      }
+    }
     WakeLocked();
   }
   d.Run();

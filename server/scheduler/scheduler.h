@@ -253,6 +253,8 @@ class Scheduler {
   // Asks the loop to claim work when workers are idle beyond the local
   // ready set.
   void WantClaimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Claimed tasks no worker has taken go back to the shared queue (drain).
+  void ReleaseClaimedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs on the loop thread without mu_: one claim for the idle workers.
   void ClaimForIdleWorkers() ABSL_LOCKS_EXCLUDED(mu_);
   void OnLostAttempts(const std::vector<AttemptRef>& attempts, bool fenced)

@@ -90,6 +90,20 @@ void Scheduler::ClaimForIdleWorkers() {
   d.Run();
 }
 
+void Scheduler::ReleaseClaimedLocked() {
+  std::vector<std::string> ids;
+  for (const ReadyKey& k : ready_) ids.push_back(k.id);
+  for (const std::string& id : ids) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    RemoveQueuedLocked(it->second);
+    // QUEUED at the attempt before the claimed one: the fenced write gives
+    // the claim back without counting an attempt.
+    PersistAsync(it->second.task);
+    tasks_.erase(it);
+  }
+}
+
 void Scheduler::OnLostAttempts(const std::vector<AttemptRef>& attempts,
                                bool fenced) {
   std::vector<AttemptRef> cancel;
