@@ -23,6 +23,7 @@
 #include "forq/client.h"
 #include "tests/fault/fault_util.h"
 #include "tests/postgres/cluster_nodes.h"
+#include "tests/postgres/tcp_proxy.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -117,8 +118,9 @@ TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
     if (lost.count(t.id()) > 0) {
       // Attempt 1 died with node a; attempt 2 ran on b.
       EXPECT_EQ(t.attempt(), 2) << t.id();
-      const absl::Time started = absl::FromUnixSeconds(t.started_at().seconds()) +
-                                 absl::Nanoseconds(t.started_at().nanos());
+      const absl::Time started =
+          absl::FromUnixSeconds(t.started_at().seconds()) +
+          absl::Nanoseconds(t.started_at().nanos());
       worst_restart = std::max(worst_restart, started - killed);
     } else {
       EXPECT_EQ(t.attempt(), 1) << t.id();
@@ -127,7 +129,8 @@ TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
   std::cout << "acknowledged " << ids.size() << ", succeeded " << succeeded
             << ", lost " << ids.size() - succeeded
             << "; lost attempts restarted on b within "
-            << absl::FormatDuration(worst_restart) << " of the kill (lease 2s)\n";
+            << absl::FormatDuration(worst_restart)
+            << " of the kill (lease 2s)\n";
   EXPECT_LE(worst_restart, absl::Seconds(3));  // lease + 1 s
   // The history names the lost attempts.
   std::string history;
@@ -259,9 +262,9 @@ TEST(ClusterKillTest, KillOneOfThreeNodesUnderSubmitLoadLosesNothing) {
     }
     auto done = survivor->client->WaitAll(ids, absl::Seconds(60));
     ASSERT_THAT(done, IsOk()) << "loop " << loop;
-    auto events = nodes->Query(absl::StrCat(
-        "SELECT string_agg(task_id, ',') FROM ", nodes->schema(),
-        ".task_events WHERE reason = 'LOST'"));
+    auto events = nodes->Query(
+        absl::StrCat("SELECT string_agg(task_id, ',') FROM ", nodes->schema(),
+                     ".task_events WHERE reason = 'LOST'"));
     ASSERT_THAT(events, IsOk());
     std::map<std::string, int> lost_attempts;
     for (absl::string_view id :
@@ -283,6 +286,139 @@ TEST(ClusterKillTest, KillOneOfThreeNodesUnderSubmitLoadLosesNothing) {
               << ", refused while down " << refused.load() << "\n";
     EXPECT_EQ(static_cast<size_t>(succeeded), ids.size());
   }
+}
+
+// Node a reaches the database through a proxy; stopping the proxy cuts it
+// off. a fences itself within lease/2 (its running attempt is stopped) and
+// b takes the task over once the lease expires.
+TEST(ClusterKillTest, NodeCutOffFromTheDatabaseFencesItselfAndOthersTakeOver) {
+  auto nodes = ClusterNodes::Create("partition");
+  ASSERT_THAT(nodes, IsOk());
+  auto proxy = testing::TcpProxy::Start(nodes->server().port());
+  ASSERT_THAT(proxy, IsOk());
+  auto a = nodes->Start(
+      "a", "2s",
+      {absl::StrCat("--store=", nodes->UriViaPort((*proxy)->port()))});
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b", "2s");
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());
+  auto f = (*a)->client->Submit("sleep", "5000");
+  ASSERT_THAT(f, IsOk());
+  auto running_on_a = [&]() -> absl::StatusOr<bool> {
+    auto pool = (*a)->client->GetPool();
+    if (!pool.ok()) return pool.status();
+    for (const v1::Worker& w : pool->workers()) {
+      if (w.current_task_id() == f->id()) return true;
+    }
+    return false;
+  };
+  absl::Time until = absl::Now() + absl::Seconds(20);
+  absl::StatusOr<bool> running = false;
+  while (running.ok() && !*running && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));  // poll interval
+    running = running_on_a();
+  }
+  ASSERT_THAT(running, IsOk());
+  ASSERT_TRUE(*running) << (*a)->process->LogTail(40);
+
+  (*proxy)->Stop();
+  const absl::Time cut = absl::Now();
+  until = cut + absl::Seconds(20);
+  while (running.ok() && *running && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+    running = running_on_a();
+  }
+  ASSERT_THAT(running, IsOk());
+  const absl::Duration stopped_after = absl::Now() - cut;
+  EXPECT_FALSE(*running);
+  std::cout
+      << "node a cut off: its attempt stopped after "
+      << absl::FormatDuration(stopped_after)
+      << " (lease 2s: self-fence at lease/2, then --cancel_grace 200ms)\n";
+  // lease/2 + cancel grace + polling and a loaded machine's slack.
+  EXPECT_LE(stopped_after, absl::Milliseconds(2000));
+
+  ASSERT_THAT((*b)->client->Resume(), IsOk());
+  auto done = (*b)->client->Wait(f->id(), absl::Seconds(30));
+  ASSERT_THAT(done, IsOk());
+  EXPECT_TRUE(done->done());
+  EXPECT_EQ(done->task().state(), v1::SUCCEEDED);
+  EXPECT_EQ(done->task().attempt(), 2);
+  EXPECT_EQ(nodes->NodeOfPid(done->task().worker_pid()), "b");
+}
+
+// PostgreSQL stopped (-m immediate, like a crash) and started again while
+// two threads submit to two nodes: submits fail with UNAVAILABLE while it
+// is down, the nodes reconnect by themselves, and every acknowledged task
+// ends SUCCEEDED. Runs last: it restarts the shared test server.
+TEST(ClusterKillTest, ZDatabaseRestartUnderLoadLosesNothing) {
+  auto nodes = ClusterNodes::Create("pgrestart");
+  ASSERT_THAT(nodes, IsOk());
+  std::vector<ClusterNode*> n;
+  for (const char* name : {"a", "b"}) {
+    auto node = nodes->Start(name, "2s");
+    ASSERT_THAT(node, IsOk());
+    n.push_back(*node);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<bool> restarted{false};
+  std::atomic<int> unavailable{0}, other_errors{0}, acked_after{0};
+  Mutex mu;
+  std::vector<std::string> acked;  // guarded by mu
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < 2; ++t) {
+    submitters.emplace_back([&, t] {
+      while (!stop.load()) {
+        auto f = n[t]->client->Submit("sleep", "20");
+        if (f.ok()) {
+          MutexLock lock(&mu);
+          acked.push_back(f->id());
+          if (restarted.load()) ++acked_after;
+        } else if (f.status().code() == absl::StatusCode::kUnavailable) {
+          ++unavailable;
+        } else {
+          ++other_errors;
+          ADD_FAILURE() << f.status();
+        }
+        // Load shaping, not synchronisation.
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  ASSERT_THAT(nodes->server().StopImmediate(), IsOk());
+  absl::SleepFor(absl::Seconds(1));  // the outage
+  ASSERT_THAT(nodes->server().StartAgain(), IsOk());
+  restarted = true;
+  // Until both nodes acknowledge again (they reconnect by themselves).
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (acked_after.load() < 20 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));  // poll interval
+  }
+  stop = true;
+  for (std::thread& t : submitters) t.join();
+  EXPECT_GE(acked_after.load(), 20);
+
+  std::vector<std::string> ids;
+  {
+    MutexLock lock(&mu);
+    ids = acked;
+  }
+  auto done = n[0]->client->WaitAll(ids, absl::Seconds(90));
+  ASSERT_THAT(done, IsOk()) << n[0]->process->LogTail(40);
+  int succeeded = 0;
+  for (const v1::Task& t : *done) {
+    EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+    succeeded += t.state() == v1::SUCCEEDED;
+  }
+  std::cout << "database restart: acknowledged " << ids.size() << ", lost "
+            << ids.size() - succeeded << ", UNAVAILABLE while down "
+            << unavailable.load() << ", acknowledged after restart "
+            << acked_after.load() << "\n";
+  EXPECT_GT(unavailable.load(), 0);
+  EXPECT_EQ(other_errors.load(), 0);
+  EXPECT_EQ(static_cast<size_t>(succeeded), ids.size());
 }
 
 }  // namespace

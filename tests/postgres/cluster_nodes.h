@@ -50,10 +50,12 @@ class ClusterNodes {
                                      std::vector<std::string> flags = {}) {
     ForqdOptions o;
     o.workers = 2;
-    o.flags = {absl::StrCat("--store=", uri_), "--cluster",
+    o.flags = {absl::StrCat("--store=", uri_),
+               "--cluster",
                absl::StrCat("--node_id=", name),
                absl::StrCat("--cluster_lease=", lease),
-               "--retry_backoff=50ms", "--cancel_grace=200ms"};
+               "--retry_backoff=50ms",
+               "--cancel_grace=200ms"};
     o.flags.insert(o.flags.end(), flags.begin(), flags.end());
     absl::StatusOr<std::unique_ptr<ForqdProcess>> p = ForqdProcess::Start(o);
     if (!p.ok()) return p.status();
@@ -86,6 +88,11 @@ class ClusterNodes {
     return server_->Query(sql_with_schema);
   }
   const std::string& schema() const { return schema_; }
+  // The store URI of this cluster with another port (a proxy's).
+  std::string UriViaPort(int port) const {
+    return absl::StrCat("postgresql://forq@127.0.0.1:", port,
+                        "/forq?options=-csearch_path%3D", schema_);
+  }
   PostgresServer& server() const { return *server_; }
 
  private:

@@ -1,6 +1,7 @@
 // Several real forqd nodes in cluster mode on one PostgreSQL database:
 // work submitted to one node runs on every node's workers, exactly once,
 // and a Wait on any node returns a task another node finished.
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -58,11 +59,10 @@ TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   EXPECT_GT(by_node["b"], 0);
   EXPECT_EQ(by_node["a"] + by_node["b"], kTasks);
   // Exactly once: every task ran one attempt, no event of a lost one.
-  EXPECT_THAT(nodes->Query(absl::StrCat("SELECT count(*) FROM ",
-                                        nodes->schema(),
-                                        ".tasks WHERE state = 3 AND attempt = 1")),
-              ::testing::Eq(absl::StatusOr<std::string>(
-                  absl::StrCat(kTasks))));
+  EXPECT_THAT(
+      nodes->Query(absl::StrCat("SELECT count(*) FROM ", nodes->schema(),
+                                ".tasks WHERE state = 3 AND attempt = 1")),
+      ::testing::Eq(absl::StatusOr<std::string>(absl::StrCat(kTasks))));
 }
 
 TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
@@ -103,6 +103,47 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   EXPECT_EQ(parked->task().state(), v1::SUCCEEDED);
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   EXPECT_NE(nodes->NodeOfPid(parked->task().worker_pid()), "a");
+}
+
+// The time a parked Wait takes to return after the task finished, on the
+// node that ran it and on another node (woken by NOTIFY). Prints both
+// medians; the added cross-node latency is their difference.
+TEST(ClusterTest, CrossNodeWaitAddsLittleLatency) {
+  auto nodes = ClusterNodes::Create("latency");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a");
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b");
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());  // b runs all
+  constexpr int kRounds = 30;
+  auto measure = [&](Client& waiter) {
+    std::vector<absl::Duration> lat;
+    for (int i = 0; i < kRounds; ++i) {
+      auto f = (*b)->client->Submit("sleep", "30");
+      EXPECT_THAT(f, IsOk());
+      if (!f.ok()) break;
+      auto w = waiter.Wait(f->id(), absl::Seconds(20));
+      const absl::Time returned = absl::Now();
+      EXPECT_THAT(w, IsOk());
+      if (!w.ok()) break;
+      EXPECT_TRUE(w->done());
+      const auto& fin = w->task().finished_at();
+      const absl::Time finished =
+          absl::FromUnixSeconds(fin.seconds()) + absl::Nanoseconds(fin.nanos());
+      lat.push_back(returned - finished);
+    }
+    std::sort(lat.begin(), lat.end());
+    return lat.empty() ? absl::InfiniteDuration() : lat[lat.size() / 2];
+  };
+  const absl::Duration same = measure(*(*b)->client);
+  const absl::Duration cross = measure(*(*a)->client);
+  std::cout << "Wait return after finish, p50 of " << kRounds << ": same node "
+            << absl::FormatDuration(same) << ", other node "
+            << absl::FormatDuration(cross) << ", added "
+            << absl::FormatDuration(cross - same) << "\n";
+  // Loose bound (a loaded 2-core machine); the figure is what matters.
+  EXPECT_LT(cross - same, absl::Milliseconds(100));
 }
 
 TEST(ClusterTest, ClusterFlagNeedsAPostgresStore) {
