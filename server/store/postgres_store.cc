@@ -141,9 +141,14 @@ class ArrayLiteral {
 // again after a reconnect).
 class Conn {
  public:
-  static absl::StatusOr<std::unique_ptr<Conn>> Connect(const std::string& uri,
-                                                       Durability durability) {
-    std::unique_ptr<Conn> conn(new Conn(uri, durability));
+  // `idle_txn_timeout` > 0 (cluster mode): the server ends this session if
+  // it sits in an open transaction that long, so a node that is paused
+  // (SIGSTOP, a stalled VM) mid-transaction cannot hold row locks that keep
+  // other nodes from reaping its leases.
+  static absl::StatusOr<std::unique_ptr<Conn>> Connect(
+      const std::string& uri, Durability durability,
+      absl::Duration idle_txn_timeout = absl::ZeroDuration()) {
+    std::unique_ptr<Conn> conn(new Conn(uri, durability, idle_txn_timeout));
     FORQ_RETURN_IF_ERROR(conn->Setup());
     return conn;
   }
@@ -204,8 +209,10 @@ class Conn {
   }
 
  private:
-  Conn(std::string uri, Durability durability)
-      : conn_(ConnectWithDefaults(uri)), durability_(durability) {}
+  Conn(std::string uri, Durability durability, absl::Duration idle_txn_timeout)
+      : conn_(ConnectWithDefaults(uri)),
+        durability_(durability),
+        idle_txn_timeout_(idle_txn_timeout) {}
 
   // A connect attempt gives up after 5 s and TCP keepalives notice a dead
   // server within ~20 s, unless the URI sets its own values (keywords
@@ -237,11 +244,19 @@ class Conn {
       FORQ_RETURN_IF_ERROR(
           Command("SET synchronous_commit = off", "set synchronous_commit"));
     }
+    if (idle_txn_timeout_ > absl::ZeroDuration()) {
+      FORQ_RETURN_IF_ERROR(
+          Command(absl::StrCat("SET idle_in_transaction_session_timeout = ",
+                               absl::ToInt64Milliseconds(idle_txn_timeout_))
+                      .c_str(),
+                  "set idle_in_transaction_session_timeout"));
+    }
     return absl::OkStatus();
   }
 
   PGconn* const conn_;
   const Durability durability_;
+  const absl::Duration idle_txn_timeout_;
   absl::flat_hash_set<std::string> prepared_;
 };
 
@@ -456,6 +471,12 @@ absl::Duration LostBackoff(const ClusterOptions& o, int attempt) {
   return absl::Seconds(base * absl::Uniform(gen, 0.75, 1.25));
 }
 
+// Cluster mode: lease/2, so a paused node's open transaction is ended
+// (and its row locks released) before its leases expire.
+absl::Duration IdleTxnTimeout(const ClusterOptions& cluster) {
+  return cluster.enabled ? cluster.lease / 2 : absl::ZeroDuration();
+}
+
 std::string DefaultNodeId() {
   char host[256] = {0};
   if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
@@ -522,9 +543,9 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
     return absl::InvalidArgumentError(
         "postgres store: want a postgres://user@host:port/db URI");
   }
-  FORQ_ASSIGN_OR_RETURN(
-      std::unique_ptr<Conn> writer,
-      Conn::Connect(options.postgres_uri, options.durability));
+  FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Conn> writer,
+                        Conn::Connect(options.postgres_uri, options.durability,
+                                      IdleTxnTimeout(options.cluster)));
   // Schema: created or migrated under a transaction-scoped advisory lock,
   // so nodes starting together do it once.
   {
@@ -595,9 +616,9 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   // coordinate through leases); a single-node forqd and a cluster never
   // mix. The lock is the session's, so it goes away with the connection
   // (kill -9 leaves nothing stale).
-  FORQ_ASSIGN_OR_RETURN(
-      std::unique_ptr<Conn> lock,
-      Conn::Connect(options.postgres_uri, options.durability));
+  FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Conn> lock,
+                        Conn::Connect(options.postgres_uri, options.durability,
+                                      IdleTxnTimeout(options.cluster)));
   {
     const bool shared = options.cluster.enabled;
     FORQ_ASSIGN_OR_RETURN(
@@ -620,10 +641,12 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   if (options.cluster.enabled) {
     FORQ_ASSIGN_OR_RETURN(
         std::unique_ptr<Conn> claim,
-        Conn::Connect(options.postgres_uri, options.durability));
+        Conn::Connect(options.postgres_uri, options.durability,
+                      IdleTxnTimeout(options.cluster)));
     FORQ_ASSIGN_OR_RETURN(
         std::unique_ptr<Conn> upkeep,
-        Conn::Connect(options.postgres_uri, options.durability));
+        Conn::Connect(options.postgres_uri, options.durability,
+                      IdleTxnTimeout(options.cluster)));
     FORQ_RETURN_IF_ERROR(store->Register(*upkeep));
     {
       MutexLock l(&store->claim_mu_);
@@ -1172,7 +1195,7 @@ absl::StatusOr<std::unique_ptr<Conn>> PostgresStore::AcquireReader() {
       if (conn->EnsureOk().ok()) return conn;
     }
   }
-  return Conn::Connect(uri_, durability_);
+  return Conn::Connect(uri_, durability_, IdleTxnTimeout(cluster_));
 }
 
 void PostgresStore::ReleaseReader(std::unique_ptr<Conn> conn) {
@@ -1612,7 +1635,7 @@ void PostgresStore::UpkeepLoop() {
         next_listen_try = now + absl::Seconds(1);
         listen.reset();
         absl::StatusOr<std::unique_ptr<Conn>> c =
-            Conn::Connect(uri_, durability_);
+            Conn::Connect(uri_, durability_, IdleTxnTimeout(cluster_));
         if (c.ok() &&
             (*c)->Command("LISTEN forq_work; LISTEN forq_done", "listen")
                 .ok()) {

@@ -44,9 +44,11 @@ class ClusterNodes {
     return nodes;
   }
 
-  // Starts node `name` (2 workers) with `lease` and extra flags.
+  // Starts node `name` (2 workers) with `lease` and extra flags. Tests
+  // without faults keep the default lease: a loaded machine can stall a
+  // node past a short one, and a reclaimed attempt runs twice.
   absl::StatusOr<ClusterNode*> Start(const std::string& name,
-                                     const std::string& lease = "1s",
+                                     const std::string& lease = "10s",
                                      std::vector<std::string> flags = {}) {
     ForqdOptions o;
     o.workers = 2;
