@@ -1,5 +1,6 @@
 #include "server/rpc/task_service.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -364,6 +365,10 @@ class WaitStreamReactor final
 // Watch: streams task events; a task watch ends after its terminal state.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
  public:
+  // Events carry whole tasks (payload and result included), so the count
+  // alone would let one unread watcher hold gigabytes.
+  static constexpr size_t kMaxBacklogBytes = 4 << 20;
+
   WatchReactor(Scheduler& scheduler, const v1::WatchRequest* req, Meter meter)
       : scheduler_(scheduler),
         max_backlog_(scheduler.options().max_watch_backlog),
@@ -403,6 +408,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
       first.set_type(v1::TaskEvent::STATE);
       *first.mutable_task() = std::move(*t);
       *first.mutable_time() = ToProto(absl::Now());
+      backlog_bytes_ += first.ByteSizeLong();
       backlog_.push_front(std::move(first));
       MaybeWriteLocked();
     }
@@ -437,11 +443,18 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
  private:
   void PushLocked(const v1::TaskEvent& e) {
     if (finished_) return;
-    if (backlog_.size() >= max_backlog_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                "watcher too slow: event backlog full"));
+    const size_t bytes = e.ByteSizeLong();
+    if (backlog_.size() >= max_backlog_ ||
+        backlog_bytes_ + bytes > kMaxBacklogBytes) {
+      FinishLocked(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("watcher too slow: event backlog full (",
+                       backlog_.size(), " events, ", backlog_bytes_,
+                       " bytes; limits ", max_backlog_, " events, ",
+                       kMaxBacklogBytes, " bytes)")));
       return;
     }
+    backlog_bytes_ += bytes;
     backlog_.push_back(e);
     MaybeWriteLocked();
   }
@@ -450,6 +463,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
     if (writing_ || finished_ || backlog_.empty()) return;
     current_ = std::move(backlog_.front());
     backlog_.pop_front();
+    backlog_bytes_ -= std::min(backlog_bytes_, current_.ByteSizeLong());
     last_written_terminal_ = !task_id_.empty() &&
                              current_.type() == v1::TaskEvent::STATE &&
                              IsTerminal(current_.task().state());
@@ -473,6 +487,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
   const std::string task_id_;
   uint64_t handle_ = 0;
   std::deque<v1::TaskEvent> backlog_;
+  size_t backlog_bytes_ = 0;
   v1::TaskEvent current_;
   bool writing_ = false;
   bool finished_ = false;

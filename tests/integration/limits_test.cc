@@ -321,5 +321,42 @@ TEST(LimitsTest, TokensAreReloadedOnSighup) {
   EXPECT_EQ(get_pool(kTokenA), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// A Watch whose client does not read holds at most 4 MiB of events in
+// forqd (events carry whole tasks), then ends with RESOURCE_EXHAUSTED.
+TEST(LimitsTest, AnUnreadWatchEndsAtItsBacklogBound) {
+  auto forqd = Start({});
+  ASSERT_NE(forqd, nullptr);
+  auto channel = Channel(*forqd);
+  auto stub = v1::TaskService::NewStub(channel);
+  grpc::ClientContext wctx;
+  wctx.set_deadline(In(std::chrono::seconds(120)));
+  v1::WatchRequest watch;
+  watch.set_queue("*");
+  auto reader = stub->Watch(&wctx, watch);
+  // ~100 MB of events (3 per task, each with a 128 KiB payload).
+  auto other = v1::TaskService::NewStub(Channel(*forqd));
+  for (int b = 0; b < 25; ++b) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(std::chrono::seconds(60)));
+    v1::SubmitBatchRequest req;
+    for (int i = 0; i < 10; ++i) {
+      v1::TaskSpec* t = req.add_tasks();
+      t->set_kind("echo");
+      t->set_payload(std::string(128 << 10, 'p'));
+    }
+    v1::SubmitBatchResponse resp;
+    grpc::Status s = other->SubmitBatch(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  v1::TaskEvent ev;
+  int events = 0;
+  while (reader->Read(&ev)) ++events;
+  grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << s.error_message() << " after " << events << " events";
+  EXPECT_THAT(s.error_message(), HasSubstr("event backlog full"));
+  EXPECT_LT(events, 750);
+}
+
 }  // namespace
 }  // namespace forq
