@@ -147,6 +147,7 @@ void Scheduler::OnRemoteFinished(const std::vector<std::string>& ids) {
   {
     MutexLock lock(&mu_);
     auto remote = [&](const std::string& id) {
+      mu_.AssertHeld();  // Called only below, under the lock.
       auto it = tasks_.find(id);
       return it == tasks_.end() || it->second.abandoned;
     };
