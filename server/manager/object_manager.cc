@@ -14,6 +14,11 @@ namespace forq::server {
 
 using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
 
+namespace {
+// How long Shutdown waits for queued object writes to reach the store.
+constexpr absl::Duration kShutdownPersistWait = absl::Seconds(5);
+}  // namespace
+
 // ------------------------------------------------------------ lifecycle
 
 ObjectManager::ObjectManager(Store* store, Metrics* metrics,
@@ -65,6 +70,18 @@ void ObjectManager::Shutdown() {
     UpdateGaugesLocked();
   }
   Finish(b);
+  // Changes already answered (DeleteObject answers before its rows are
+  // gone) reach the store before the manager goes away; bounded, in case
+  // the store is failing.
+  const absl::Time give_up = absl::Now() + kShutdownPersistWait;
+  MutexLock lock(&persist_mu_);
+  while ((persisting_ || !persist_queue_.empty()) && absl::Now() < give_up) {
+    persist_cv_.WaitWithTimeout(&persist_mu_, give_up - absl::Now());
+  }
+  if (persisting_ || !persist_queue_.empty()) {
+    spdlog::warn("manager: store writes still pending at shutdown after {}",
+                 absl::FormatDuration(kShutdownPersistWait));
+  }
 }
 
 // ------------------------------------------------------------ execute

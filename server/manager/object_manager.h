@@ -462,6 +462,8 @@ class ObjectManager {
   // deliver their replies, so the destructor waits for them.
   int persist_callbacks_ ABSL_GUARDED_BY(persist_mu_) = 0;
   CondVar persist_callbacks_done_;
+  // Signalled when a batch is done persisting (Shutdown waits for the last).
+  CondVar persist_cv_;
 
   // Declared last: destroyed (thread joined) first.
   TimerQueue timers_;

@@ -675,6 +675,7 @@ void ObjectManager::OnPersisted(
   {
     MutexLock lock(&persist_mu_);
     persisting_ = false;
+    persist_cv_.SignalAll();
   }
   Finish(b);
 }
