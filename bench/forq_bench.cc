@@ -766,6 +766,20 @@ int SectionRtt(const Flags& f) {
       }
       g_results->Add(op + " p50", "us", Pct(us, 50));
       g_results->Add(op + " p99", "us", Pct(us, 99));
+      // The same round trip as one call (Submit with wait: pool.apply).
+      const std::string aop = absl::StrCat("Apply() echo RTT ", d);
+      {
+        Probe probe(s->forqd->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples, [&] { return c->Apply("echo", "x").ok(); },
+                &us)) {
+          std::cerr << "Apply failed\n";
+          return 1;
+        }
+        probe.Report(aop, "forqd tree", f.rtt_samples + 100);
+      }
+      g_results->Add(aop + " p50", "us", Pct(us, 50));
+      g_results->Add(aop + " p99", "us", Pct(us, 99));
       // Baseline: a unary call that touches neither store nor workers.
       const std::string bop =
           absl::StrCat("GetPool() RTT (unary baseline) ", d);

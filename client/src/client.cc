@@ -212,9 +212,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   return std::unique_ptr<Client>(new Client(std::move(options), channel));
 }
 
-absl::StatusOr<TaskFuture> Client::Submit(absl::string_view kind,
-                                          absl::string_view payload,
-                                          const SubmitOptions& o) {
+namespace {
+
+v1::TaskSpec SpecOf(absl::string_view kind, absl::string_view payload,
+                    const SubmitOptions& o) {
   v1::TaskSpec spec;
   spec.set_kind(std::string(kind));
   spec.set_payload(std::string(payload));
@@ -227,7 +228,37 @@ absl::StatusOr<TaskFuture> Client::Submit(absl::string_view kind,
   if (o.delay > absl::ZeroDuration()) *spec.mutable_delay() = ToProto(o.delay);
   spec.set_idempotency_key(o.idempotency_key);
   for (const auto& [k, v] : o.labels) (*spec.mutable_labels())[k] = v;
-  return Submit(spec);
+  return spec;
+}
+
+}  // namespace
+
+absl::StatusOr<TaskFuture> Client::Submit(absl::string_view kind,
+                                          absl::string_view payload,
+                                          const SubmitOptions& o) {
+  return Submit(SpecOf(kind, payload, o));
+}
+
+absl::StatusOr<v1::Task> Client::Run(const v1::TaskSpec& spec) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, kMaxWaitPerCall + options_.rpc_timeout);
+  v1::SubmitRequest req;
+  *req.mutable_task() = spec;
+  *req.mutable_wait() = ToProto(kMaxWaitPerCall);
+  v1::SubmitResponse resp;
+  grpc::Status s = stubs_->tasks->Submit(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpcStatus(s);
+  if (resp.done()) return std::move(*resp.mutable_task());
+  // Still running after a whole wait: go on as a future would.
+  return AwaitTask(resp.task().id(), absl::InfiniteFuture());
+}
+
+absl::StatusOr<std::string> Client::Apply(absl::string_view kind,
+                                          absl::string_view payload,
+                                          const SubmitOptions& o) {
+  absl::StatusOr<v1::Task> t = Run(SpecOf(kind, payload, o));
+  if (!t.ok()) return t.status();
+  return TaskResult(*t);
 }
 
 absl::StatusOr<TaskFuture> Client::Submit(const v1::TaskSpec& spec) {

@@ -19,19 +19,34 @@ Executor::~Executor() {
   }
 }
 
-absl::StatusOr<TaskFuture> Executor::Submit(absl::string_view kind,
-                                            absl::string_view payload) {
-  if (!tracker_->BeginSubmit()) {
-    return absl::UnavailableError("executor is shut down");
-  }
+SubmitOptions Executor::TaskOptions() const {
   SubmitOptions so;
   so.queue = options_.queue;
   so.priority = options_.priority;
   so.max_attempts = options_.max_attempts;
   so.timeout = options_.timeout;
-  absl::StatusOr<TaskFuture> f = client_.Submit(kind, payload, so);
+  return so;
+}
+
+absl::StatusOr<TaskFuture> Executor::Submit(absl::string_view kind,
+                                            absl::string_view payload) {
+  if (!tracker_->BeginSubmit()) {
+    return absl::UnavailableError("executor is shut down");
+  }
+  absl::StatusOr<TaskFuture> f = client_.Submit(kind, payload, TaskOptions());
   tracker_->EndSubmit(f.ok() ? f->id() : std::string());
   return f;
+}
+
+absl::StatusOr<std::string> Executor::Run(absl::string_view kind,
+                                          absl::string_view payload) {
+  if (!tracker_->BeginSubmit()) {
+    return absl::UnavailableError("executor is shut down");
+  }
+  // Finished when it returns: nothing for Shutdown to wait for.
+  absl::StatusOr<std::string> r = client_.Apply(kind, payload, TaskOptions());
+  tracker_->EndSubmit(std::string());
+  return r;
 }
 
 MapStream Executor::OpenMap(absl::string_view kind, MapSource inputs,

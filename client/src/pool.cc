@@ -20,9 +20,7 @@ absl::StatusOr<TaskFuture> Pool::ApplyAsync(absl::string_view kind,
 
 absl::StatusOr<std::string> Pool::Apply(absl::string_view kind,
                                         absl::string_view payload) {
-  absl::StatusOr<TaskFuture> f = ApplyAsync(kind, payload);
-  if (!f.ok()) return f.status();
-  return f->Get();
+  return executor_.Run(kind, payload);
 }
 
 absl::StatusOr<std::vector<std::string>> Pool::Map(absl::string_view kind,

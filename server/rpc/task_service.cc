@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 #include "common/mutex.h"
 #include "server/auth/request_checks.h"
@@ -80,25 +81,35 @@ std::function<void(absl::StatusOr<v1::Task>)> FinishWithTask(
   };
 }
 
-// Wait: long poll that parks in the scheduler, no thread held.
-class WaitReactor final : public grpc::ServerUnaryReactor {
+// A unary call that ends by waiting for a task: Wait, and Submit with
+// `wait`. Parks in the scheduler (no thread held); `fill` writes the task
+// and whether it is terminal into the response.
+class TaskWaitReactor final : public grpc::ServerUnaryReactor {
  public:
-  WaitReactor(Scheduler& scheduler, grpc::CallbackServerContext* ctx,
-              const v1::WaitTaskRequest* req, v1::WaitTaskResponse* resp,
-              Meter meter)
+  using Fill = std::function<void(v1::Task, bool terminal)>;
+
+  TaskWaitReactor(Scheduler& scheduler, Meter meter, Fill fill)
       : scheduler_(scheduler),
         meter_(meter),
-        resp_(resp),
-        guard_(std::make_shared<ReactorGuard<WaitReactor>>()) {
+        fill_(std::move(fill)),
+        guard_(std::make_shared<ReactorGuard<TaskWaitReactor>>()) {
+    MutexLock lock(&guard_->mu);
+    guard_->reactor = this;
+  }
+
+  // Parks until `id` is terminal or `timeout` has passed.
+  void Start(absl::string_view id, absl::Duration timeout) {
     {
       MutexLock lock(&guard_->mu);
-      guard_->reactor = this;
+      if (finished_) return;
+      if (cancelled_) {
+        FinishLocked(
+            grpc::Status(grpc::StatusCode::CANCELLED, "wait cancelled"));
+        return;
+      }
     }
-    absl::Duration timeout = TimeLeft(ctx);
-    if (req->has_timeout())
-      timeout = std::min(timeout, FromProto(req->timeout()));
     uint64_t handle = scheduler_.Wait(
-        req->id(), timeout,
+        id, timeout,
         [guard = guard_](absl::StatusOr<v1::Task> task, bool terminal) {
           MutexLock lock(&guard->mu);
           if (guard->reactor != nullptr) {
@@ -109,13 +120,18 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
     handle_ = handle;
   }
 
+  // Ends the call with `status` (when no wait is needed, or on an error).
+  void End(grpc::Status status) {
+    MutexLock lock(&guard_->mu);
+    FinishLocked(std::move(status));
+  }
+
   void OnCancel() override {
     MutexLock lock(&guard_->mu);
+    cancelled_ = true;
     if (finished_) return;
     if (handle_ != 0 && scheduler_.CancelWait(handle_)) {
-      finished_ = true;
-      meter_.Done(grpc::StatusCode::CANCELLED);
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "wait cancelled"));
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "wait cancelled"));
     }
   }
 
@@ -126,26 +142,32 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
   }
 
  private:
-  void CompleteLocked(absl::StatusOr<v1::Task> task, bool terminal) {
+  void FinishLocked(grpc::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (finished_) return;
     finished_ = true;
+    meter_.Done(status.error_code());
+    Finish(std::move(status));
+  }
+
+  void CompleteLocked(absl::StatusOr<v1::Task> task, bool terminal)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
+    if (finished_) return;
     if (!task.ok()) {
-      meter_.Done(static_cast<grpc::StatusCode>(task.status().code()));
-      Finish(ToGrpcStatus(task.status()));
+      FinishLocked(ToGrpcStatus(task.status()));
       return;
     }
-    *resp_->mutable_task() = std::move(*task);
-    resp_->set_done(terminal);
-    meter_.Done(grpc::StatusCode::OK);
-    Finish(grpc::Status::OK);
+    fill_(std::move(*task), terminal);
+    FinishLocked(grpc::Status::OK);
   }
 
   Scheduler& scheduler_;
   const Meter meter_;
-  v1::WaitTaskResponse* resp_;
-  std::shared_ptr<ReactorGuard<WaitReactor>> guard_;
-  uint64_t handle_ = 0;
-  bool finished_ = false;
+  const Fill fill_;
+  std::shared_ptr<ReactorGuard<TaskWaitReactor>> guard_;
+  uint64_t handle_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool cancelled_ ABSL_GUARDED_BY(guard_->mu) = false;
 };
 
 // WaitStream: many waits on one call. Each id read is parked in the
@@ -872,29 +894,58 @@ GrpcMetrics::Method* TaskServiceImpl::M(const char* method) const {
 grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
     grpc::CallbackServerContext* ctx, const v1::SubmitRequest* req,
     v1::SubmitResponse* resp) {
-  auto* reactor = ctx->DefaultReactor();
   Meter meter(submit_);
-  if (absl::Status bad = CheckRequestFields(*req); !bad.ok()) {
+  absl::Status bad = CheckRequestFields(*req);
+  if (bad.ok() && (req->wait().seconds() < 0 || req->wait().nanos() < 0)) {
+    bad = absl::InvalidArgumentError("wait must not be negative");
+  }
+  if (!bad.ok()) {
+    auto* reactor = ctx->DefaultReactor();
     meter.Finish(reactor, ToGrpcStatus(bad));
     return reactor;
   }
   if (limiter_ != nullptr) {
     if (absl::Status s = limiter_->Admit(limiter_->ClientKey(*ctx), 1);
         !s.ok()) {
+      auto* reactor = ctx->DefaultReactor();
       meter.Finish(reactor, RateLimitedGrpcStatus(s));
       return reactor;
     }
   }
+  if (!req->has_wait()) {
+    auto* reactor = ctx->DefaultReactor();
+    scheduler_.Submit(
+        {req->task()},
+        [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
+          if (!r.ok()) {
+            meter.Finish(reactor, ToGrpcStatus(r.status()));
+            return;
+          }
+          *resp->mutable_task() = std::move((*r)[0].task);
+          resp->set_existing((*r)[0].existing);
+          meter.Finish(reactor, grpc::Status::OK);
+        });
+    return reactor;
+  }
+  // Submit and wait in one call: the reply carries the terminal task, or
+  // the task as it stands when `wait` (or the deadline) runs out.
+  auto* reactor = new TaskWaitReactor(scheduler_, meter,
+                                      [resp](v1::Task task, bool terminal) {
+                                        *resp->mutable_task() = std::move(task);
+                                        resp->set_done(terminal);
+                                      });
+  const absl::Duration timeout =
+      std::min(TimeLeft(ctx), FromProto(req->wait()));
   scheduler_.Submit(
       {req->task()},
-      [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
+      [reactor, resp, timeout](absl::StatusOr<std::vector<InsertResult>> r) {
         if (!r.ok()) {
-          meter.Finish(reactor, ToGrpcStatus(r.status()));
+          reactor->End(ToGrpcStatus(r.status()));
           return;
         }
-        *resp->mutable_task() = std::move((*r)[0].task);
         resp->set_existing((*r)[0].existing);
-        meter.Finish(reactor, grpc::Status::OK);
+        *resp->mutable_task() = (*r)[0].task;
+        reactor->Start((*r)[0].task.id(), timeout);
       });
   return reactor;
 }
@@ -960,7 +1011,17 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Wait(
     Meter(wait_).Finish(reactor, ToGrpcStatus(bad));
     return reactor;
   }
-  return new WaitReactor(scheduler_, ctx, req, resp, Meter(wait_));
+  auto* reactor = new TaskWaitReactor(scheduler_, Meter(wait_),
+                                      [resp](v1::Task task, bool terminal) {
+                                        *resp->mutable_task() = std::move(task);
+                                        resp->set_done(terminal);
+                                      });
+  absl::Duration timeout = TimeLeft(ctx);
+  if (req->has_timeout()) {
+    timeout = std::min(timeout, FromProto(req->timeout()));
+  }
+  reactor->Start(req->id(), timeout);
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* TaskServiceImpl::Cancel(

@@ -83,6 +83,46 @@ TEST_F(TaskTest, FailingTaskReportsFailedWithItsMessage) {
                                       HasSubstr("disk is on fire")));
 }
 
+// Submit with `wait`: one call answers with the finished task.
+TEST_F(TaskTest, ApplySubmitsAndWaitsInOneCall) {
+  absl::StatusOr<std::string> r = client_->Apply("echo", "one call");
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(*r, "one call");
+  EXPECT_THAT(
+      client_->Apply("fail", "no luck"),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no luck")));
+  EXPECT_THAT(client_->Apply("no-such-kind", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A wait shorter than the task: the reply is the unfinished task
+// (done=false), which still finishes; a negative wait is refused.
+TEST_F(TaskTest, SubmitWaitShorterThanTheTaskAnswersUnfinished) {
+  auto stub = v1::TaskService::NewStub(client_->channel());
+  v1::SubmitRequest req;
+  req.mutable_task()->set_kind("sleep");
+  req.mutable_task()->set_payload("2000");
+  *req.mutable_wait() = TimeUtil::MillisecondsToDuration(50);
+  v1::SubmitResponse resp;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Submit(&ctx, req, &resp).ok());
+  }
+  EXPECT_FALSE(resp.done());
+  EXPECT_FALSE(resp.task().id().empty());
+  EXPECT_THAT(resp.task().state(), ::testing::AnyOf(v1::QUEUED, v1::RUNNING));
+  absl::StatusOr<std::vector<v1::Task>> end =
+      client_->WaitAll({resp.task().id()}, absl::Seconds(60));
+  ASSERT_THAT(end, IsOk());
+  EXPECT_EQ((*end)[0].state(), v1::SUCCEEDED);
+
+  *req.mutable_wait() = TimeUtil::MillisecondsToDuration(-5);
+  grpc::ClientContext ctx;
+  grpc::Status s = stub->Submit(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("wait"));
+}
+
 TEST_F(TaskTest, CrashingWorkerDoesNotTakeForqdDown) {
   v1::Task t = RunToEnd("crash", "", {.max_attempts = 2});
   EXPECT_EQ(t.state(), v1::DEAD);

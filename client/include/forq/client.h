@@ -148,6 +148,13 @@ class Client {
                                     absl::string_view payload,
                                     const SubmitOptions& options = {});
   absl::StatusOr<TaskFuture> Submit(const v1::TaskSpec& spec);
+  // Submits and waits in one call (pool.apply, or apply_async().get() in
+  // one round trip): the terminal task.
+  absl::StatusOr<v1::Task> Run(const v1::TaskSpec& spec);
+  // Run, then the result or the task's error (as TaskFuture::Get).
+  absl::StatusOr<std::string> Apply(absl::string_view kind,
+                                    absl::string_view payload,
+                                    const SubmitOptions& options = {});
   // Stores all tasks or none.
   absl::StatusOr<std::vector<TaskFuture>> SubmitBatch(
       const std::vector<v1::TaskSpec>& specs);

@@ -56,6 +56,10 @@ class Executor {
   // errors are the server's (e.g. InvalidArgument for an unknown kind).
   absl::StatusOr<TaskFuture> Submit(absl::string_view kind,
                                     absl::string_view payload);
+  // Submits and waits in one call: the result or the task's error.
+  // Unavailable after Shutdown.
+  absl::StatusOr<std::string> Run(absl::string_view kind,
+                                  absl::string_view payload);
 
   // executor.map: results in input order, inputs pulled lazily with a
   // bounded window (see forq/map.h). After Shutdown the stream is empty and
@@ -76,6 +80,8 @@ class Executor {
 
  private:
   friend class Pool;
+  // The options of this executor's tasks.
+  SubmitOptions TaskOptions() const;
   MapStream OpenMap(absl::string_view kind, MapSource inputs, bool ordered,
                     bool fail_fast);
 
