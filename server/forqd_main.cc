@@ -118,10 +118,10 @@ ABSL_FLAG(absl::Duration, grpc_keepalive_time, absl::Minutes(1),
           "gRPC: ping a connection idle for this long, to find dead peers");
 ABSL_FLAG(absl::Duration, grpc_keepalive_timeout, absl::Seconds(20),
           "gRPC: drop a connection whose ping is not answered within this");
-ABSL_FLAG(double, submit_rate, 10000,
+ABSL_FLAG(double, submit_rate, 100000,
           "tasks per second each client (token, else address) may submit; "
           "0 = no limit");
-ABSL_FLAG(double, submit_burst, 20000,
+ABSL_FLAG(double, submit_burst, 200000,
           "tasks a client may submit at once above --submit_rate");
 ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");
