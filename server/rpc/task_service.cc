@@ -150,8 +150,10 @@ class TaskWaitReactor final : public grpc::ServerUnaryReactor {
     Finish(std::move(status));
   }
 
-  void CompleteLocked(absl::StatusOr<v1::Task> task, bool terminal)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
+  // Called with guard_->mu held, through the guard (which the analysis
+  // cannot tie to guard_).
+  void CompleteLocked(absl::StatusOr<v1::Task> task, bool terminal) {
+    guard_->mu.AssertHeld();
     if (finished_) return;
     if (!task.ok()) {
       FinishLocked(ToGrpcStatus(task.status()));
