@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -44,6 +46,14 @@ ABSL_FLAG(absl::Duration, cluster_lease, absl::Seconds(10),
           "self-fence after lease/2 without the database");
 ABSL_FLAG(absl::Duration, cluster_poll, absl::Milliseconds(100),
           "cluster: fallback poll for work when a notification is missed");
+ABSL_FLAG(std::string, advertise_addr, "",
+          "cluster: host:port where other nodes reach this node's gRPC port "
+          "(Manager calls are forwarded to the node that owns the Manager); "
+          "empty = --grpc_addr's host (the host name for 0.0.0.0) and port");
+ABSL_FLAG(std::string, cluster_token_file, "",
+          "cluster with --auth_tokens_file: file holding the token (first "
+          "line) this node sends with its tasks' Manager calls when it "
+          "forwards them to the owner node");
 ABSL_FLAG(std::string, durability, "sync",
           "sqlite durability: sync (ack after fsync, group commit), batch "
           "(commit every few ms, acks wait), none (no fsync)");
@@ -141,6 +151,8 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "node_id",
                                  "cluster_lease",
                                  "cluster_poll",
+                                 "advertise_addr",
+                                 "cluster_token_file",
                                  "durability",
                                  "log_level",
                                  "plugin",
@@ -265,6 +277,17 @@ int main(int argc, char** argv) {
   o.drain_grace = absl::GetFlag(FLAGS_drain_grace);
   o.ready_fd = absl::GetFlag(FLAGS_ready_fd);
   o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  o.advertise_addr = absl::GetFlag(FLAGS_advertise_addr);
+  if (const std::string path = absl::GetFlag(FLAGS_cluster_token_file);
+      !path.empty()) {
+    std::ifstream in(path);
+    std::getline(in, o.cluster_token);
+    o.cluster_token = std::string(absl::StripAsciiWhitespace(o.cluster_token));
+    if (!in && o.cluster_token.empty()) {
+      spdlog::critical("--cluster_token_file {}: cannot read a token", path);
+      return 2;
+    }
+  }
   o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

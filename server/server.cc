@@ -27,6 +27,8 @@
 #include "server/rpc/health.h"
 #include "server/rpc/pool_service.h"
 #include "server/rpc/task_service.h"
+#include "server/store/cluster_manager_owner.h"
+#include "server/store/postgres_store.h"
 
 namespace forq::server {
 
@@ -154,6 +156,38 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   return server;
 }
 
+absl::Status Server::StartManagerElection() {
+  ManagerOwnerOptions o;
+  o.uri = PostgresStore::IsUri(options_.store.kind)
+              ? options_.store.kind
+              : options_.store.postgres_uri;
+  o.node_id = store_->work_source()->node_id();
+  o.lease = options_.store.cluster.lease;
+  o.address = options_.advertise_addr;
+  if (o.address.empty()) {
+    std::string host =
+        options_.grpc_addr.substr(0, options_.grpc_addr.rfind(':'));
+    if (host.empty() || host == "0.0.0.0" || host == "[::]") {
+      char name[256] = {};
+      host = gethostname(name, sizeof(name) - 1) == 0 ? name : "localhost";
+    }
+    o.address = absl::StrCat(host, ":", grpc_port_);
+  }
+  ManagerRouter* router = &manager_->router();
+  ManagerOwnerCallbacks cb;
+  cb.acquired = [router] { return router->BecomeOwner(); };
+  cb.lost = [router] { router->StepDown(); };
+  cb.follow = [router](const std::string& node, const std::string& address) {
+    router->Follow(node, address);
+  };
+  absl::StatusOr<std::unique_ptr<ManagerOwnerElection>> e =
+      ManagerOwnerElection::Start(std::move(o), std::move(cb));
+  if (!e.ok()) return e.status();
+  manager_owner_ = *std::move(e);
+  manager_owner_ptr_.store(manager_owner_.get());
+  return absl::OkStatus();
+}
+
 absl::Status Server::Start() {
   absl::StatusOr<std::unique_ptr<Store>> store = OpenStore(options_.store);
   if (!store.ok()) return store.status();
@@ -170,9 +204,36 @@ absl::Status Server::Start() {
     }
   }
 
-  manager_ = std::make_unique<ManagerService>(store_.get(), &metrics_);
-  absl::Status s = manager_->Recover();
-  if (!s.ok()) return s;
+  absl::Status s;
+  if (store_->work_source() != nullptr) {
+    // Cluster: one node owns the Manager objects (elected once the gRPC
+    // port is up, below); the others forward to it.
+    ManagerForwarding f;
+    f.node_id = store_->work_source()->node_id();
+    f.token = options_.cluster_token;
+    if (tls_ != nullptr) {
+      std::shared_ptr<const TlsPems> pems = tls_->Current();
+      grpc::SslCredentialsOptions ssl;
+      if (tls_->mutual()) {
+        // Nodes are clients of each other: the client CA vouches for the
+        // owner's certificate too, and this node presents its own.
+        ssl.pem_root_certs = pems->client_ca;
+        ssl.pem_private_key = pems->key;
+        ssl.pem_cert_chain = pems->cert;
+      }
+      f.credentials = grpc::SslCredentials(ssl);
+    }
+    std::atomic<ManagerOwnerElection*>* election = &manager_owner_ptr_;
+    f.on_unreachable = [election] {
+      if (ManagerOwnerElection* e = election->load()) e->Refresh();
+    };
+    manager_ =
+        std::make_unique<ManagerService>(store_.get(), &metrics_, std::move(f));
+  } else {
+    manager_ = std::make_unique<ManagerService>(store_.get(), &metrics_);
+    s = manager_->Recover();
+    if (!s.ok()) return s;
+  }
 
   // Cluster mode: the scheduler claims shared work instead of keeping a
   // queue in memory.
@@ -281,6 +342,11 @@ absl::Status Server::Start() {
   // not list answer NOT_FOUND.
   health_->Attach(grpc_server_->GetHealthCheckService());
 
+  if (store_->work_source() != nullptr) {
+    s = StartManagerElection();
+    if (!s.ok()) return s;
+  }
+
   // REST is a gateway onto the gRPC port: one code path for both front ends.
   std::string grpc_host =
       options_.grpc_addr.substr(0, options_.grpc_addr.rfind(':'));
@@ -352,6 +418,9 @@ void Server::Shutdown() {
                absl::FormatDuration(options_.drain_grace));
   if (health_ != nullptr) health_->SetStopping();
   if (scheduler_ != nullptr) scheduler_->Shutdown(options_.drain_grace);
+  // A Manager owner hands the objects over (another node takes the lock
+  // within its poll) before it stops answering.
+  if (manager_owner_ != nullptr) manager_owner_->Stop();
   if (manager_ != nullptr) manager_->Shutdown();
   if (http_ != nullptr) http_->Stop();
   if (grpc_server_ != nullptr) {

@@ -26,6 +26,7 @@ namespace forq::server {
 class HealthReporter;
 class GrpcServerSecurity;
 class HttpGateway;
+class ManagerOwnerElection;
 class ManagerService;
 class TokenTable;
 class SubmitRateLimiter;
@@ -47,6 +48,16 @@ struct ServerOptions {
   int max_message_bytes = 64 << 20;
   // If >= 0, "grpc_port=N http_port=M\n" is written here once serving.
   int ready_fd = -1;
+  // Cluster mode: host:port where the other nodes reach this node's gRPC
+  // port (they forward Manager calls to the node that owns the Manager).
+  // Empty: grpc_addr's host (the host name when it is 0.0.0.0 or [::])
+  // with the bound port.
+  std::string advertise_addr;
+  // Cluster mode with --auth_tokens_file: the token this node sends with
+  // the Manager calls of its tasks when it forwards them to the owner (it
+  // must be in every node's tokens file, role submit or admin). Calls of
+  // clients are forwarded with the client's own token.
+  std::string cluster_token;
 
   // Security (docs/security.md). Tokens file: `TOKEN ROLE` or
   // `sha256:HEX ROLE` lines; empty = no token check.
@@ -121,6 +132,8 @@ class Server {
   // Loads tokens and TLS files and refuses an exposed, unprotected listen
   // address.
   absl::Status SetUpSecurity();
+  // Cluster mode: joins the Manager owner election.
+  absl::Status StartManagerElection();
 
   ServerOptions options_;
   // Used by gRPC for every call and handshake: declared before (destroyed
@@ -136,6 +149,10 @@ class Server {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ManagerService> manager_;
+  // Cluster mode: the Manager owner election (after the gRPC port is up).
+  std::unique_ptr<ManagerOwnerElection> manager_owner_;
+  // The same, for forwarding callbacks that run on gRPC threads.
+  std::atomic<ManagerOwnerElection*> manager_owner_ptr_{nullptr};
   std::unique_ptr<HealthReporter> health_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<HttpGateway> http_;

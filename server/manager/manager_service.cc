@@ -35,6 +35,18 @@ grpc::Status ToGrpcStatus(const absl::Status& s) {
                       std::string(s.message()));
 }
 
+// The caller's credentials (forwarded with the call when another node owns
+// the Manager) and whether another node forwarded it here.
+ManagerCallOrigin OriginOf(grpc::CallbackServerContext* ctx) {
+  ManagerCallOrigin o;
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it != md.end())
+    o.authorization.assign(it->second.data(), it->second.size());
+  o.forwarded = md.find(kManagerForwardedHeader) != md.end();
+  return o;
+}
+
 // Milliseconds a blocking op may wait: the explicit timeout (absent = no
 // limit of its own) capped by the RPC deadline.
 int64_t TimeoutMs(grpc::CallbackServerContext* ctx, bool has_timeout,
@@ -383,20 +395,23 @@ void ToCloseSession(const ManagerReply& r, Op, v1::CloseSessionResponse* out) {
 // (in OnDone): gRPC owns the reactor's lifetime between the two.
 class OpReactor final : public grpc::ServerUnaryReactor {
  public:
-  OpReactor(ObjectManager& core, ManagerRequest request,
+  OpReactor(ManagerRouter& core, grpc::CallbackServerContext* ctx,
+            ManagerRequest request,
             std::function<void(const ManagerReply&)> fill)
       : core_(core), fill_(std::move(fill)) {
     // gRPC delivers OnCancel/OnDone only after the handler returns this
     // reactor, so waiter_ is set before OnCancel can read it.
-    waiter_.store(core_.Execute(std::move(request),
-                                [this](absl::StatusOr<ManagerReply> r) {
-                                  if (r.ok()) {
-                                    fill_(*r);
-                                    Finish(grpc::Status::OK);
-                                  } else {
-                                    Finish(ToGrpcStatus(r.status()));
-                                  }
-                                }),
+    waiter_.store(core_.Execute(
+                      std::move(request),
+                      [this](absl::StatusOr<ManagerReply> r) {
+                        if (r.ok()) {
+                          fill_(*r);
+                          Finish(grpc::Status::OK);
+                        } else {
+                          Finish(ToGrpcStatus(r.status()));
+                        }
+                      },
+                      "", OriginOf(ctx)),
                   std::memory_order_release);
   }
   // The client went away or its deadline passed: unpark, which finishes
@@ -407,7 +422,7 @@ class OpReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
-  ObjectManager& core_;
+  ManagerRouter& core_;
   std::function<void(const ManagerReply&)> fill_;
   std::atomic<uint64_t> waiter_{0};
 };
@@ -430,15 +445,16 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ManagerEvent>,
                            public ManagerWatchSink {
  public:
   static grpc::ServerWriteReactor<v1::ManagerEvent>* Start(
-      ObjectManager& core, const std::string& name) {
-    auto r = std::make_shared<WatchReactor>(core);
+      std::shared_ptr<ObjectManager> core, const std::string& name) {
+    auto r = std::make_shared<WatchReactor>(std::move(core));
     r->self_ = r;
-    r->watch_id_ = core.Watch(name, r);
+    r->watch_id_ = r->core_->Watch(name, r);
     r->Flush();
     return r.get();
   }
 
-  explicit WatchReactor(ObjectManager& core) : core_(core) {}
+  explicit WatchReactor(std::shared_ptr<ObjectManager> core)
+      : core_(std::move(core)) {}
 
   void Push(const ManagerChange& c) override {
     MutexLock lock(&mu_);
@@ -503,7 +519,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ManagerEvent>,
   }
 
   void OnDone() override {
-    core_.Unwatch(watch_id_);
+    core_->Unwatch(watch_id_);
     // May destroy this object (unless a Flush on another thread holds a
     // reference); nothing touches members afterwards.
     std::shared_ptr<WatchReactor> self = std::move(self_);
@@ -512,7 +528,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ManagerEvent>,
  private:
   static constexpr size_t kMaxBuffered = 10000;
 
-  ObjectManager& core_;
+  const std::shared_ptr<ObjectManager> core_;
   std::shared_ptr<WatchReactor> self_;
   uint64_t watch_id_ = 0;
   Mutex mu_;
@@ -537,14 +553,15 @@ class SessionReactor final
   static constexpr size_t kMaxInFlight = 100000;
 
   static grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
-  Start(ObjectManager& core) {
-    auto r = std::make_shared<SessionReactor>(core);
+  Start(ManagerRouter& core, ManagerCallOrigin origin) {
+    auto r = std::make_shared<SessionReactor>(core, std::move(origin));
     r->self_ = r;
     r->StartRead(&r->in_);
     return r.get();
   }
 
-  explicit SessionReactor(ObjectManager& core) : core_(core) {}
+  SessionReactor(ManagerRouter& core, ManagerCallOrigin origin)
+      : core_(core), origin_(std::move(origin)) {}
 
   void OnReadDone(bool ok) override {
     if (!ok) {
@@ -587,9 +604,11 @@ class SessionReactor final
         continue;
       }
       const uint64_t waiter = core_.Execute(
-          *std::move(req), [self, id](absl::StatusOr<ManagerReply> r) {
+          *std::move(req),
+          [self, id](absl::StatusOr<ManagerReply> r) {
             self->Complete(id, std::move(r), /*counted=*/true);
-          });
+          },
+          "", origin_);
       if (waiter != 0) {
         MutexLock lock(&mu_);
         // It may have completed between Execute and here; the entry is then
@@ -677,7 +696,8 @@ class SessionReactor final
     }
   }
 
-  ObjectManager& core_;
+  ManagerRouter& core_;
+  const ManagerCallOrigin origin_;
   std::shared_ptr<SessionReactor> self_;
   v1::SessionRequest in_;
   v1::SessionResponse current_;
@@ -697,14 +717,14 @@ class SessionReactor final
 // maps its message family onto a generic core request.
 class ManagerGrpcService final : public v1::ManagerService::CallbackService {
  public:
-  explicit ManagerGrpcService(ObjectManager& core) : core_(core) {}
+  explicit ManagerGrpcService(ManagerRouter& core) : core_(core) {}
 
 #define FORQ_MANAGER_RPC(Method, Msg, TYPE, OP)                        \
   grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx,   \
                                    const v1::Msg##Request* req,        \
                                    v1::Msg##Response* resp) override { \
     return new OpReactor(                                              \
-        core_, From##Msg(*req, TYPE, OP, ctx),                         \
+        core_, ctx, From##Msg(*req, TYPE, OP, ctx),                    \
         [resp](const ManagerReply& r) { To##Msg(r, OP, resp); });      \
   }
 
@@ -724,43 +744,53 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
       reactor->Finish(ToGrpcStatus(r.status()));
       return reactor;
     }
-    return new OpReactor(core_, *std::move(r), [resp](const ManagerReply& rep) {
-      ToResult(rep, resp);
-    });
+    return new OpReactor(
+        core_, ctx, *std::move(r),
+        [resp](const ManagerReply& rep) { ToResult(rep, resp); });
   }
 
   grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
-      grpc::CallbackServerContext*) override {
-    return SessionReactor::Start(core_);
+      grpc::CallbackServerContext* ctx) override {
+    return SessionReactor::Start(core_, OriginOf(ctx));
   }
 
   grpc::ServerUnaryReactor* ListObjects(
       grpc::CallbackServerContext* ctx, const v1::ListObjectsRequest* req,
       v1::ListObjectsResponse* resp) override {
-    for (const ManagerObjectInfo& info : core_.ListObjects(req->prefix())) {
-      v1::ObjectInfo* o = resp->add_objects();
-      o->set_name(info.name);
-      o->set_type(ToProtoType(info.type));
-      o->set_size(info.size);
-      o->set_waiters(info.waiters);
-      o->set_version(info.version);
-    }
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    core_.ListObjects(
+        req->prefix(), OriginOf(ctx),
+        [reactor, resp](absl::StatusOr<std::vector<ManagerObjectInfo>> infos) {
+          if (!infos.ok()) {
+            reactor->Finish(ToGrpcStatus(infos.status()));
+            return;
+          }
+          for (const ManagerObjectInfo& info : *infos) {
+            v1::ObjectInfo* o = resp->add_objects();
+            o->set_name(info.name);
+            o->set_type(ToProtoType(info.type));
+            o->set_size(info.size);
+            o->set_waiters(info.waiters);
+            o->set_version(info.version);
+          }
+          reactor->Finish(grpc::Status::OK);
+        });
     return reactor;
   }
 
   grpc::ServerUnaryReactor* DeleteObject(
       grpc::CallbackServerContext* ctx, const v1::DeleteObjectRequest* req,
       v1::DeleteObjectResponse* resp) override {
-    absl::StatusOr<bool> deleted = core_.DeleteObject(req->name());
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    if (deleted.ok()) {
-      resp->set_deleted(*deleted);
-      reactor->Finish(grpc::Status::OK);
-    } else {
-      reactor->Finish(ToGrpcStatus(deleted.status()));
-    }
+    core_.DeleteObject(req->name(), OriginOf(ctx),
+                       [reactor, resp](absl::StatusOr<bool> deleted) {
+                         if (deleted.ok()) {
+                           resp->set_deleted(*deleted);
+                           reactor->Finish(grpc::Status::OK);
+                         } else {
+                           reactor->Finish(ToGrpcStatus(deleted.status()));
+                         }
+                       });
     return reactor;
   }
 
@@ -776,34 +806,54 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
               : absl::StrCat("name is ", req->name().size(),
                              " bytes; the limit is ", kMaxIdBytes)));
     }
-    return WatchReactor::Start(core_, req->name());
+    std::shared_ptr<ObjectManager> local = core_.local();
+    if (local == nullptr) {
+      return new FailedWatch(grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("manager: Watch is served by the node that owns the "
+                       "Manager",
+                       core_.owner_address().empty()
+                           ? " (none yet)"
+                           : absl::StrCat(", at ", core_.owner_address()),
+                       "; watch there")));
+    }
+    return WatchReactor::Start(std::move(local), req->name());
   }
 
  private:
-  ObjectManager& core_;
+  ManagerRouter& core_;
 };
 
 ManagerService::ManagerService(Store* store, Metrics* metrics,
                                ObjectManagerOptions options)
-    : core_(std::make_unique<ObjectManager>(store, metrics, options)),
-      grpc_(std::make_unique<ManagerGrpcService>(*core_)) {}
+    : router_(std::make_unique<ManagerRouter>(store, metrics, options)),
+      grpc_(std::make_unique<ManagerGrpcService>(*router_)) {}
+
+ManagerService::ManagerService(Store* store, Metrics* metrics,
+                               ManagerForwarding forwarding,
+                               ObjectManagerOptions options)
+    : router_(std::make_unique<ManagerRouter>(store, metrics, options,
+                                              std::move(forwarding))),
+      grpc_(std::make_unique<ManagerGrpcService>(*router_)) {}
 
 ManagerService::~ManagerService() { Shutdown(); }
 
-absl::Status ManagerService::Recover() { return core_->Recover(); }
+absl::Status ManagerService::Recover() { return router_->Recover(); }
 
 grpc::Service* ManagerService::grpc_service() { return grpc_.get(); }
 
 void ManagerService::HandleTaskCall(
     absl::string_view task_id, std::string request,
     std::function<void(absl::StatusOr<std::string>)> reply) {
-  HandleManagerTaskCall(*core_, task_id, request, std::move(reply));
+  HandleManagerTaskCall(*router_, task_id, request, std::move(reply));
 }
 
 void ManagerService::CancelTaskCalls(absl::string_view task_id) {
-  core_->CancelTagged(task_id);
+  router_->CancelTagged(task_id);
 }
 
-void ManagerService::Shutdown() { core_->Shutdown(); }
+void ManagerService::Shutdown() { router_->Shutdown(); }
+
+ObjectManager& ManagerService::core() { return *router_->local(); }
 
 }  // namespace forq::server

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
+#include "server/manager/manager_router.h"
 #include "server/manager/object_manager.h"
 #include "server/metrics/metrics.h"
 #include "server/store/store.h"
@@ -38,13 +39,18 @@ class ManagerService {
   // borrowed and must outlive this object.
   ManagerService(Store* store, Metrics* metrics,
                  ObjectManagerOptions options = {});
+  // A cluster node: serves nothing until router().BecomeOwner() or
+  // router().Follow() (docs/cluster.md, "Manager objects").
+  ManagerService(Store* store, Metrics* metrics, ManagerForwarding forwarding,
+                 ObjectManagerOptions options = {});
   // Shuts down. The gRPC server must be shut down before destruction.
   ~ManagerService();
   ManagerService(const ManagerService&) = delete;
   ManagerService& operator=(const ManagerService&) = delete;
 
   // Loads persisted objects and advances the fencing-token epoch. Locks and
-  // sessions do not survive a restart: every lock starts free.
+  // sessions do not survive a restart: every lock starts free. (A cluster
+  // node does this when it becomes the Manager owner.)
   absl::Status Recover();
   // The ManagerService callback service, for ServerBuilder::RegisterService.
   // Owned by this object.
@@ -62,10 +68,13 @@ class ManagerService {
   // Fails parked waiters with Unavailable; later calls fail the same way.
   void Shutdown();
 
-  ObjectManager& core() { return *core_; }
+  // The core serving locally; only when there is one (a single node, or
+  // the owner).
+  ObjectManager& core();
+  ManagerRouter& router() { return *router_; }
 
  private:
-  std::unique_ptr<ObjectManager> core_;
+  std::unique_ptr<ManagerRouter> router_;
   std::unique_ptr<ManagerGrpcService> grpc_;
 };
 

@@ -21,6 +21,11 @@ constexpr absl::Duration kShutdownPersistWait = absl::Seconds(5);
 
 // ------------------------------------------------------------ lifecycle
 
+uint64_t NextManagerCallId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 ObjectManager::ObjectManager(Store* store, Metrics* metrics,
                              ObjectManagerOptions options)
     : store_(store),
@@ -68,6 +73,10 @@ void ObjectManager::Shutdown() {
     }
     for (auto& [id, s] : sessions_) b.cancel_timers.push_back(s.timer);
     UpdateGaugesLocked();
+    // A shut-down core serves nothing: its gauges read 0 (a cluster node
+    // that handed the Manager over reports no objects).
+    gauges_->sessions.store(0, std::memory_order_relaxed);
+    gauges_->objects.store(0, std::memory_order_relaxed);
   }
   Finish(b);
   // Changes already answered (DeleteObject answers before its rows are
@@ -443,7 +452,7 @@ uint64_t ObjectManager::ParkLocked(const std::string& name, Object& o,
                                    Request req, const Parking& p, Done done,
                                    absl::string_view tag, Batch& b) {
   Waiter w;
-  w.id = next_waiter_id_++;
+  w.id = NextManagerCallId();
   w.object = name;
   w.kind = p.kind;
   w.done = std::move(done);

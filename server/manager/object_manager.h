@@ -102,6 +102,12 @@ struct ObjectManagerOptions {
 // survive a restart. Fencing tokens are (epoch << 40 | grant counter) where
 // the epoch is persisted and bumped by Recover(), so tokens keep growing
 // across restarts.
+// A process-wide id for a parked Manager call: unique across every
+// ObjectManager (a cluster node replaces its core when it becomes the
+// Manager owner again) and the calls a ManagerRouter forwards, so a late
+// Cancel never reaches another call. Never 0.
+uint64_t NextManagerCallId();
+
 class ObjectManager {
  public:
   using Done = std::function<void(absl::StatusOr<worker::ManagerReply>)>;
@@ -443,7 +449,6 @@ class ObjectManager {
   std::multimap<std::string,
                 std::pair<uint64_t, std::shared_ptr<ManagerWatchSink>>>
       watchers_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_watch_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t grants_ ABSL_GUARDED_BY(mu_) = 0;

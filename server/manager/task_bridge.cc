@@ -5,10 +5,11 @@
 #include "worker/manager_protocol.h"
 
 namespace forq::server {
+namespace {
 
-void HandleManagerTaskCall(
-    ObjectManager& core, absl::string_view task_id, absl::string_view request,
-    std::function<void(absl::StatusOr<std::string>)> reply) {
+template <typename Core>
+void Handle(Core& core, absl::string_view task_id, absl::string_view request,
+            std::function<void(absl::StatusOr<std::string>)> reply) {
   absl::StatusOr<worker::ManagerRequest> req =
       worker::DecodeManagerRequest(request);
   if (!req.ok()) {
@@ -25,6 +26,20 @@ void HandleManagerTaskCall(
         }
       },
       task_id);
+}
+
+}  // namespace
+
+void HandleManagerTaskCall(
+    ObjectManager& core, absl::string_view task_id, absl::string_view request,
+    std::function<void(absl::StatusOr<std::string>)> reply) {
+  Handle(core, task_id, request, std::move(reply));
+}
+
+void HandleManagerTaskCall(
+    ManagerRouter& router, absl::string_view task_id, absl::string_view request,
+    std::function<void(absl::StatusOr<std::string>)> reply) {
+  Handle(router, task_id, request, std::move(reply));
 }
 
 }  // namespace forq::server

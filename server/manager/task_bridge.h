@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
+#include "server/manager/manager_router.h"
 #include "server/manager/object_manager.h"
 
 namespace forq::server {
@@ -20,6 +21,11 @@ namespace forq::server {
 // input gets InvalidArgument and never reaches the core.
 void HandleManagerTaskCall(
     ObjectManager& core, absl::string_view task_id, absl::string_view request,
+    std::function<void(absl::StatusOr<std::string>)> reply);
+// The same through a router: on a cluster node that does not own the
+// Manager the call is forwarded to the owner (with the node's token).
+void HandleManagerTaskCall(
+    ManagerRouter& router, absl::string_view task_id, absl::string_view request,
     std::function<void(absl::StatusOr<std::string>)> reply);
 
 }  // namespace forq::server
