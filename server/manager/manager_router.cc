@@ -54,7 +54,8 @@ v1::ManagerCall ToCall(const ManagerRequest& r) {
   c.set_one_way(r.one_way);
   c.set_end(static_cast<int32_t>(r.end));
   c.set_n(static_cast<int32_t>(r.n));
-  if (r.ttl_ms > 0) *c.mutable_ttl() = TimeUtil::MillisecondsToDuration(r.ttl_ms);
+  if (r.ttl_ms > 0)
+    *c.mutable_ttl() = TimeUtil::MillisecondsToDuration(r.ttl_ms);
   c.set_reverse(r.reverse);
   return c;
 }
@@ -82,7 +83,8 @@ ManagerReply FromResult(v1::ManagerResult& in) {
 
 absl::Status Unavailable(absl::string_view why) {
   return absl::UnavailableError(
-      absl::StrCat("manager: ", why, "; retry (the cluster is handing the "
+      absl::StrCat("manager: ", why,
+                   "; retry (the cluster is handing the "
                    "Manager over to another node)"));
 }
 
@@ -393,7 +395,8 @@ void ManagerRouter::ListObjects(const std::string& prefix,
         for (const v1::ObjectInfo& o : call->response.objects()) {
           ManagerObjectInfo info;
           info.name = o.name();
-          info.type = static_cast<worker::ManagerType>(static_cast<int>(o.type()));
+          info.type =
+              static_cast<worker::ManagerType>(static_cast<int>(o.type()));
           info.size = o.size();
           info.waiters = o.waiters();
           info.version = o.version();
@@ -445,6 +448,20 @@ void ManagerRouter::DeleteObject(const std::string& name,
         done(call->response.deleted());
         End(0);
       });
+}
+
+absl::Status ManagerRouter::ForwardWatch(
+    const v1::ManagerWatchRequest& request, const ManagerCallOrigin& origin,
+    grpc::ClientContext* ctx,
+    grpc::ClientReadReactor<v1::ManagerEvent>* reactor) {
+  Route route = fixed_ != nullptr ? Route{.core = fixed_} : RouteFor(origin);
+  if (route.remote == nullptr) {
+    return Unavailable(route.core != nullptr ? "this node owns the Manager now"
+                                             : route.why);
+  }
+  Decorate(*ctx, origin, forwarding_);
+  route.remote->stub().async()->Watch(ctx, &request, reactor);
+  return absl::OkStatus();
 }
 
 std::shared_ptr<ObjectManager> ManagerRouter::local() {

@@ -27,7 +27,15 @@
 
 namespace grpc {
 class ChannelCredentials;
+class ClientContext;
+template <class Response>
+class ClientReadReactor;
 }  // namespace grpc
+
+namespace forq::v1 {
+class ManagerEvent;
+class ManagerWatchRequest;
+}  // namespace forq::v1
 
 namespace forq::server {
 
@@ -104,6 +112,15 @@ class ManagerRouter {
                    ListDone done) ABSL_LOCKS_EXCLUDED(mu_);
   void DeleteObject(const std::string& name, const ManagerCallOrigin& origin,
                     DeleteDone done) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Cluster, not the owner: binds `reactor` to the owner's Watch of
+  // `request` (which must outlive the call); the caller then starts it
+  // (StartRead, StartCall). Unavailable when there is no owner to ask.
+  absl::Status ForwardWatch(const v1::ManagerWatchRequest& request,
+                            const ManagerCallOrigin& origin,
+                            grpc::ClientContext* ctx,
+                            grpc::ClientReadReactor<v1::ManagerEvent>* reactor)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The core serving locally (a single node's, or the owner's); null on a
   // cluster node that does not own the Manager.

@@ -540,6 +540,70 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ManagerEvent>,
   bool overflow_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// A Watch on a cluster node that does not own the Manager: relays the
+// owner's event stream, one event at a time (the next read starts when the
+// client has taken the previous event, so a slow client slows the owner's
+// stream, whose own backlog bound then applies). Deletes itself when both
+// the client-side and the server-side call are done.
+class RelayWatch final : public grpc::ServerWriteReactor<v1::ManagerEvent> {
+ public:
+  static grpc::ServerWriteReactor<v1::ManagerEvent>* Start(
+      ManagerRouter& router, const v1::ManagerWatchRequest& request,
+      const ManagerCallOrigin& origin) {
+    auto* r = new RelayWatch(request);
+    absl::Status s =
+        router.ForwardWatch(r->request_, origin, &r->ctx_, &r->reader_);
+    if (!s.ok()) {
+      r->pending_.store(1);  // only the server side runs
+      r->Finish(ToGrpcStatus(s));
+      return r;
+    }
+    r->reader_.StartRead(&r->event_);
+    r->reader_.StartCall();
+    return r;
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (ok) {
+      reader_.StartRead(&event_);
+    } else {
+      ctx_.TryCancel();
+    }
+  }
+  void OnCancel() override { ctx_.TryCancel(); }
+  void OnDone() override { Release(); }
+
+ private:
+  class Reader final : public grpc::ClientReadReactor<v1::ManagerEvent> {
+   public:
+    explicit Reader(RelayWatch* relay) : relay_(relay) {}
+    void OnReadDone(bool ok) override {
+      // !ok: the owner's stream ended; OnDone brings its status.
+      if (ok) relay_->StartWrite(&relay_->event_);
+    }
+    void OnDone(const grpc::Status& s) override {
+      relay_->Finish(s);
+      relay_->Release();
+    }
+
+   private:
+    RelayWatch* const relay_;
+  };
+
+  explicit RelayWatch(const v1::ManagerWatchRequest& request)
+      : request_(request), reader_(this) {}
+  void Release() {
+    if (pending_.fetch_sub(1) == 1) delete this;
+  }
+
+  const v1::ManagerWatchRequest request_;
+  grpc::ClientContext ctx_;
+  v1::ManagerEvent event_;
+  Reader reader_;
+  // Sides still running: the server call and the client call.
+  std::atomic<int> pending_{2};
+};
+
 // The pipelined Session stream: reads batches of operations, runs each on
 // the core as it arrives (a parked one holds up nothing else), and writes
 // results back in completion order, coalescing whatever completed while the
@@ -795,7 +859,7 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
   }
 
   grpc::ServerWriteReactor<v1::ManagerEvent>* Watch(
-      grpc::CallbackServerContext*,
+      grpc::CallbackServerContext* ctx,
       const v1::ManagerWatchRequest* req) override {
     // Every object has a name: "" would watch nothing, silently.
     if (req->name().empty() || req->name().size() > kMaxIdBytes) {
@@ -808,14 +872,7 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
     }
     std::shared_ptr<ObjectManager> local = core_.local();
     if (local == nullptr) {
-      return new FailedWatch(grpc::Status(
-          grpc::StatusCode::UNAVAILABLE,
-          absl::StrCat("manager: Watch is served by the node that owns the "
-                       "Manager",
-                       core_.owner_address().empty()
-                           ? " (none yet)"
-                           : absl::StrCat(", at ", core_.owner_address()),
-                       "; watch there")));
+      return RelayWatch::Start(core_, *req, OriginOf(ctx));
     }
     return WatchReactor::Start(std::move(local), req->name());
   }

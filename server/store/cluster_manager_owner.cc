@@ -6,11 +6,11 @@
 #include <utility>
 #include <vector>
 
-#include <libpq-fe.h>
-#include <spdlog/spdlog.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include <spdlog/spdlog.h>
+
+#include <libpq-fe.h>
 
 namespace forq::server {
 namespace {
@@ -44,16 +44,15 @@ class ManagerOwnerElection::Session {
  public:
   static absl::StatusOr<std::unique_ptr<Session>> Connect(
       const std::string& uri, absl::Duration lease) {
-    const char* keys[] = {"connect_timeout",  "keepalives_idle",
-                          "keepalives_interval", "keepalives_count",
-                          "dbname",           nullptr};
+    const char* keys[] = {
+        "connect_timeout",  "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "dbname",          nullptr};
     const char* values[] = {"5", "5", "1", "3", uri.c_str(), nullptr};
     std::unique_ptr<Session> s(
         new Session(PQconnectdbParams(keys, values, /*expand_dbname=*/1)));
     if (PQstatus(s->conn_) != CONNECTION_OK) {
-      return absl::UnavailableError(
-          absl::StrCat("manager owner election: connect: ",
-                       PgMessage(s->conn_, nullptr)));
+      return absl::UnavailableError(absl::StrCat(
+          "manager owner election: connect: ", PgMessage(s->conn_, nullptr)));
     }
     PQsetNoticeProcessor(
         s->conn_, [](void*, const char*) {}, nullptr);
@@ -66,9 +65,9 @@ class ManagerOwnerElection::Session {
          {absl::StrCat("SET tcp_keepalives_idle = ", idle_s),
           std::string("SET tcp_keepalives_interval = 1"),
           std::string("SET tcp_keepalives_count = 2"),
-          absl::StrCat("SET tcp_user_timeout = ",
-                       std::max<int64_t>(1000, absl::ToInt64Milliseconds(
-                                                   lease / 2)))}) {
+          absl::StrCat(
+              "SET tcp_user_timeout = ",
+              std::max<int64_t>(1000, absl::ToInt64Milliseconds(lease / 2)))}) {
       absl::StatusOr<std::vector<std::string>> r =
           s->Query(set, {}, absl::Seconds(5));
       if (!r.ok()) return r.status();
@@ -110,11 +109,11 @@ class ManagerOwnerElection::Session {
             "manager owner election: no answer from the database within ",
             absl::FormatDuration(timeout)));
       }
-      pollfd p{PQsocket(conn_), static_cast<short>(POLLIN | (flushed ? POLLOUT : 0)),
-               0};
+      pollfd p{PQsocket(conn_),
+               static_cast<short>(POLLIN | (flushed ? POLLOUT : 0)), 0};
       (void)poll(&p, 1,
-                 static_cast<int>(std::max<int64_t>(
-                     1, absl::ToInt64Milliseconds(left))));
+                 static_cast<int>(
+                     std::max<int64_t>(1, absl::ToInt64Milliseconds(left))));
     }
     absl::Status error;
     std::vector<std::string> row;
@@ -130,15 +129,15 @@ class ManagerOwnerElection::Session {
           }
         }
       } else if (st != PGRES_COMMAND_OK && error.ok()) {
-        error = absl::UnavailableError(absl::StrCat(
-            "manager owner election: ", PgMessage(conn_, res)));
+        error = absl::UnavailableError(
+            absl::StrCat("manager owner election: ", PgMessage(conn_, res)));
       }
       PQclear(res);
     }
     if (!got_result || PQstatus(conn_) != CONNECTION_OK) {
-      return absl::UnavailableError(absl::StrCat(
-          "manager owner election: connection lost: ",
-          PgMessage(conn_, nullptr)));
+      return absl::UnavailableError(
+          absl::StrCat("manager owner election: connection lost: ",
+                       PgMessage(conn_, nullptr)));
     }
     if (!error.ok()) return error;
     return row;
@@ -156,10 +155,10 @@ ManagerOwnerElection::Start(ManagerOwnerOptions options,
     absl::StatusOr<std::unique_ptr<Session>> s =
         Session::Connect(options.uri, options.lease);
     if (!s.ok()) return s.status();
-    absl::StatusOr<std::vector<std::string>> r = (*s)->Query(
-        absl::StrCat("BEGIN; SELECT pg_advisory_xact_lock(", kSchemaLock, "); ",
-                     kCreateTable, "; COMMIT"),
-        {}, absl::Seconds(30));
+    absl::StatusOr<std::vector<std::string>> r =
+        (*s)->Query(absl::StrCat("BEGIN; SELECT pg_advisory_xact_lock(",
+                                 kSchemaLock, "); ", kCreateTable, "; COMMIT"),
+                    {}, absl::Seconds(30));
     if (!r.ok()) {
       (void)(*s)->Query("ROLLBACK", {}, absl::Seconds(5));
       return r.status();
@@ -232,9 +231,9 @@ bool ManagerOwnerElection::Round(Session& s) {
     if (!loaded.ok()) {
       spdlog::error("manager: node {} cannot take over the Manager: {}",
                     options_.node_id, loaded.ToString());
-      absl::StatusOr<std::vector<std::string>> r = s.Query(
-          absl::StrCat("SELECT pg_advisory_unlock(", kOwnerLock, ")"), {},
-          check);
+      absl::StatusOr<std::vector<std::string>> r =
+          s.Query(absl::StrCat("SELECT pg_advisory_unlock(", kOwnerLock, ")"),
+                  {}, check);
       return r.ok();
     }
     absl::StatusOr<std::vector<std::string>> term = s.Query(
@@ -256,9 +255,9 @@ bool ManagerOwnerElection::Round(Session& s) {
                  options_.address);
     return true;
   }
-  absl::StatusOr<std::vector<std::string>> row = s.Query(
-      "SELECT node_id, address FROM forq_manager_owner WHERE id = 1", {},
-      check);
+  absl::StatusOr<std::vector<std::string>> row =
+      s.Query("SELECT node_id, address FROM forq_manager_owner WHERE id = 1",
+              {}, check);
   if (!row.ok()) return false;
   std::string node = row->size() == 2 ? (*row)[0] : "";
   std::string address = row->size() == 2 ? (*row)[1] : "";

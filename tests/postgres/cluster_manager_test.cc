@@ -18,10 +18,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
 #include "forq/manager.h"
+#include "forq/v1/manager.grpc.pb.h"
 #include "tests/postgres/cluster_nodes.h"
 #include "tests/testing/status_matchers.h"
 
@@ -108,10 +110,9 @@ TEST(ClusterManagerTest, LockViaOneNodeBlocksAcquireViaAnotherQueueCrosses) {
   auto held = via_a.lock("shared").Acquire(absl::Seconds(5));
   ASSERT_THAT(held, IsOk());
   ASSERT_TRUE(held->acquired);
-  std::future<absl::StatusOr<LockGrant>> waiting =
-      std::async(std::launch::async, [&] {
-        return via_b.lock("shared").Acquire(absl::Seconds(60));
-      });
+  std::future<absl::StatusOr<LockGrant>> waiting = std::async(
+      std::launch::async,
+      [&] { return via_b.lock("shared").Acquire(absl::Seconds(60)); });
   // b's acquire is parked on the owner: the lock shows one waiter, seen
   // through c.
   int64_t waiters = 0;
@@ -166,6 +167,28 @@ TEST(ClusterManagerTest, LockViaOneNodeBlocksAcquireViaAnotherQueueCrosses) {
               ::testing::Eq(absl::StatusOr<std::string>("v")));
   EXPECT_THAT(via_a.dict("cfg").Get("k"),
               ::testing::Eq(absl::StatusOr<std::string>("v")));
+
+  // A Watch through c (relayed from the owner) sees a change made through
+  // b.
+  auto stub = v1::ManagerService::NewStub(grpc::CreateChannel(
+      t->c->process->grpc_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext watch_ctx;
+  watch_ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+  v1::ManagerWatchRequest watch;
+  watch.set_name("cfg");
+  std::unique_ptr<grpc::ClientReader<v1::ManagerEvent>> events =
+      stub->Watch(&watch_ctx, watch);
+  v1::ManagerEvent event;
+  ASSERT_TRUE(events->Read(&event)) << events->Finish().error_message();
+  EXPECT_EQ(event.op(), "snapshot");
+  ASSERT_THAT(via_b.dict("cfg").Set("k", "w"), IsOk());
+  ASSERT_TRUE(events->Read(&event));
+  EXPECT_EQ(event.op(), "set");
+  EXPECT_EQ(event.key(), "k");
+  EXPECT_EQ(event.value(), "w");
+  watch_ctx.TryCancel();
+  events->Finish();
 }
 
 TEST(ClusterManagerTest, TasksOnANonOwnerShareALockAndCounterWithClients) {
@@ -198,9 +221,8 @@ TEST(ClusterManagerTest, TasksOnANonOwnerShareALockAndCounterWithClients) {
     ASSERT_THAT(guard, IsOk());
     auto v = via_c.list("counter").Get(0);
     ASSERT_THAT(v, IsOk());
-    ASSERT_THAT(
-        via_c.list("counter").Set(0, absl::StrCat(std::stoll(*v) + 1)),
-        IsOk());
+    ASSERT_THAT(via_c.list("counter").Set(0, absl::StrCat(std::stoll(*v) + 1)),
+                IsOk());
   }
   auto done = t->c->client->WaitAll(ids, absl::Seconds(120));
   ASSERT_THAT(done, IsOk());
@@ -254,8 +276,8 @@ TEST(ClusterManagerTest, KilledOwnerIsReplacedAndPersistedObjectsSurvive) {
   const absl::Duration handover = absl::Now() - killed;
   EXPECT_EQ(value, "before");
   const std::string new_owner = OwnerNode(*t->nodes);
-  std::cout << "hand-over after kill -9 of a: " << handover
-            << ", new owner " << new_owner << ", " << unavailable
+  std::cout << "hand-over after kill -9 of a: " << handover << ", new owner "
+            << new_owner << ", " << unavailable
             << " Unavailable answers meanwhile\n";
   EXPECT_TRUE(new_owner == "b" || new_owner == "c") << new_owner;
   EXPECT_LT(handover, absl::Seconds(15));
