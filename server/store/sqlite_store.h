@@ -42,8 +42,8 @@ namespace forq::server {
 class SqliteStore final : public Store {
  public:
   // Schema version kept in PRAGMA user_version. A file with a larger version
-  // was written by a newer forqd and is refused.
-  static constexpr int kSchemaVersion = 1;
+  // was written by a newer forqd and is refused; version 1 is migrated.
+  static constexpr int kSchemaVersion = 2;
 
   // Creates options.data_dir if needed, locks it (flock on
   // <data_dir>/forq.lock, so two stores or two forqd never share one

@@ -176,6 +176,62 @@ TEST(SqliteStoreTest, SchemaVersionIsRecorded) {
   sqlite3_close(db);
 }
 
+// A version 1 file (queue and kind indexes) opens as version 2: the two
+// indexes are dropped, its tasks stay, and List by queue and kind still
+// finds them.
+TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
+  TempDir dir;
+  {
+    FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                              SqliteStore::Open(OptionsFor(dir.path())));
+    v1::Task other = MakeTask("b");
+    other.set_queue("other");
+    other.set_kind("sleep");
+    ASSERT_THAT(InsertSync(*store, {MakeTask("a"), other}), IsOk());
+  }
+  const std::string path = dir.path() + "/forq.db";
+  auto exec = [&](const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  };
+  exec(
+      "CREATE INDEX tasks_by_queue ON tasks(queue, id);"
+      "CREATE INDEX tasks_by_kind ON tasks(kind, id);"
+      "PRAGMA user_version=1");
+  FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                            SqliteStore::Open(OptionsFor(dir.path())));
+  ListQuery by_queue;
+  by_queue.queue = "other";
+  FORQ_ASSERT_OK_AND_ASSIGN(ListPage page, store->List(by_queue));
+  ASSERT_EQ(page.tasks.size(), 1u);
+  EXPECT_EQ(page.tasks[0].id(), "b");
+  ListQuery by_kind;
+  by_kind.kind = "echo";
+  FORQ_ASSERT_OK_AND_ASSIGN(page, store->List(by_kind));
+  ASSERT_EQ(page.tasks.size(), 1u);
+  EXPECT_EQ(page.tasks[0].id(), "a");
+  store.reset();
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "SELECT (SELECT count(*) FROM sqlite_master "
+                               "WHERE name IN ('tasks_by_queue', "
+                               "'tasks_by_kind')), "
+                               "(SELECT user_version FROM pragma_user_version)",
+                               -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 2);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
 // A write error (here EFBIG from RLIMIT_FSIZE, standing in for ENOSPC/EIO)
 // fails the calls in that transaction with an error naming the store; the
 // writer keeps running and later writes succeed without a restart.
