@@ -701,7 +701,10 @@ class MapReactor final
           for (size_t i = 0; i < r->size(); ++i) {
             WaitTerminal(scheduler, guard, first + i, (*r)[i].task.id());
           }
-        });
+        },
+        // A Map acknowledges an input only with its result: the store
+        // writes each task once, finished.
+        Scheduler::Ack::kDeferred);
   }
 
   static void WaitTerminal(Scheduler& scheduler, Guard guard, uint64_t index,

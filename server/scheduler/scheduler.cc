@@ -253,7 +253,9 @@ void Scheduler::Shutdown(absl::Duration grace) {
   pool_.Shutdown();
 
   // Interrupted by us, not by the task: back to QUEUED, no attempt used.
-  std::vector<v1::Task> requeue;
+  // Deferred tasks never written are inserted, so they run after restart
+  // like any other accepted task.
+  std::vector<v1::Task> requeue, unwritten;
   std::vector<std::pair<WaitDone, absl::Status>> to_fail;
   {
     MutexLock lock(&mu_);
@@ -261,11 +263,14 @@ void Scheduler::Shutdown(absl::Duration grace) {
       if (e.task.state() == v1::RUNNING && !e.finishing && !e.abandoned) {
         e.task.set_state(v1::QUEUED);
         e.task.set_attempt(e.task.attempt() - 1);
-        requeue.push_back(e.task);
+        (e.stored ? requeue : unwritten).push_back(e.task);
       } else if (work_source_ != nullptr && e.task.state() == v1::QUEUED) {
         requeue.push_back(e.task);  // claimed, never started: give back
+      } else if (!e.stored && !e.finishing && !e.abandoned) {
+        unwritten.push_back(e.task);
       }
     }
+    deferred_.clear();
     for (WaitDone& done : waits_.TakeAll()) {
       to_fail.emplace_back(std::move(done),
                            absl::UnavailableError("forqd is shutting down"));
@@ -281,6 +286,22 @@ void Scheduler::Shutdown(absl::Duration grace) {
     persisted.WaitForNotification();
     spdlog::info("{} running tasks re-queued for the next start",
                  requeue.size());
+  }
+  if (!unwritten.empty()) {
+    Notification persisted;
+    const size_t n = unwritten.size();
+    store_.Insert(std::move(unwritten),
+                  [&](absl::StatusOr<std::vector<InsertResult>> r) {
+                    if (!r.ok()) {
+                      spdlog::error(
+                          "insert of {} unwritten tasks at "
+                          "shutdown failed: {}",
+                          n, r.status().ToString());
+                    }
+                    persisted.Notify();
+                  });
+    persisted.WaitForNotification();
+    spdlog::info("{} unwritten Map tasks stored for the next start", n);
   }
   for (auto& [done, status] : to_fail) {
     if (done) done(status, false);
@@ -378,7 +399,8 @@ absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
   return t;
 }
 
-void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
+void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
+                       Ack ack) {
   if (specs.empty()) {
     done(absl::InvalidArgumentError("no tasks given"));
     return;
@@ -404,6 +426,9 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
   }
   bool keyed = false;
   for (const v1::Task& t : tasks) keyed = keyed || !t.idempotency_key().empty();
+  const bool deferred =
+      ack == Ack::kDeferred && !keyed && work_source_ == nullptr;
+  std::vector<InsertResult> accepted;
   Deferred d;
   {
     MutexLock lock(&mu_);
@@ -430,12 +455,16 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
       // the updates that reach the same group commit into one row.
       // Nothing is announced before it is durable: the acknowledgement
       // waits for the insert, a terminal state for its own write.
+      // Deferred tasks skip the insert: their first write is normally the
+      // terminal one (QueueFinishLocked), else InsertDeferredLocked's.
       const absl::Time now = clock_.Now();
       std::vector<std::string> ids;
       ids.reserve(tasks.size());
       for (const v1::Task& t : tasks) {
         Entry& e = tasks_[t.id()];
         e.task = t;
+        e.stored = !deferred;
+        if (deferred) deferred_.emplace_back(now, t.id());
         EnqueueLocked(e, now);
         EmitLocked(e.task, v1::TaskEvent::STATE, d);
         ids.push_back(t.id());
@@ -443,17 +472,29 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done) {
       for (const auto& [queue, n] : adding) {
         metrics_.TaskSubmitted(queue, static_cast<int>(n));
       }
-      store_.Insert(std::move(tasks),
-                    [this, ids = std::move(ids), done = std::move(done)](
-                        absl::StatusOr<std::vector<InsertResult>> results) {
-                      if (!results.ok()) Abandon(ids);
-                      done(std::move(results));
-                    });
+      if (deferred) {
+        if (deferred_.size() == tasks.size()) {
+          WakeAtLocked(now + options_.deferred_insert_limit);
+        }
+        accepted.reserve(tasks.size());
+        for (v1::Task& t : tasks) accepted.push_back({std::move(t), false});
+      } else {
+        store_.Insert(std::move(tasks),
+                      [this, ids = std::move(ids), done = std::move(done)](
+                          absl::StatusOr<std::vector<InsertResult>> results) {
+                        if (!results.ok()) Abandon(ids);
+                        done(std::move(results));
+                      });
+      }
       DispatchLocked(now, d);
       if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
     }
   }
   d.Run();
+  if (deferred) {
+    done(std::move(accepted));
+    return;
+  }
   if (!keyed && work_source_ == nullptr) return;
   // With idempotency keys the store decides which tasks are new: they are
   // queued once it answered. In cluster mode every node claims them from
@@ -502,7 +543,7 @@ void Scheduler::Abandon(const std::vector<std::string>& ids) {
   abandon_pending_.store(true, std::memory_order_release);
 }
 
-void Scheduler::DropAbandonedLocked() {
+void Scheduler::DropAbandonedLocked(Deferred& d) {
   std::vector<std::string> ids;
   {
     MutexLock lock(&abandon_mu_);
@@ -512,6 +553,13 @@ void Scheduler::DropAbandonedLocked() {
   for (const std::string& id : ids) {
     auto it = tasks_.find(id);
     if (it == tasks_.end()) continue;
+    for (WaitDone& done : waits_.TakeTask(id)) {
+      d.Add([done = std::move(done), id] {
+        done(absl::UnavailableError(absl::StrCat(
+                 "task ", id, " was dropped: the store refused its insert")),
+             false);
+      });
+    }
     Entry& e = it->second;
     if (e.task.state() == v1::QUEUED) {
       RemoveQueuedLocked(e);
@@ -597,29 +645,82 @@ void Scheduler::FinishLocked(Entry& e, v1::TaskState prev) {
   e.prev_state = prev;
   *e.task.mutable_finished_at() = ToProto(clock_.Now());
   metrics_.TaskFinished(e.task.queue(), StateLabel(e.task.state()));
-  pending_finishes_.push_back(e.task);
+  QueueFinishLocked(e);
+}
+
+void Scheduler::QueueFinishLocked(Entry& e) {
+  if (e.stored) {
+    pending_finishes_.push_back(e.task);
+  } else {
+    e.stored = true;
+    pending_finish_inserts_.push_back(e.task);
+  }
 }
 
 void Scheduler::FlushFinishesLocked(Deferred& d) {
-  if (pending_finishes_.empty()) return;
-  std::vector<std::string> ids;
-  ids.reserve(pending_finishes_.size());
-  for (const v1::Task& t : pending_finishes_) ids.push_back(t.id());
+  auto ids_of = [](const std::vector<v1::Task>& tasks) {
+    std::vector<std::string> ids;
+    ids.reserve(tasks.size());
+    for (const v1::Task& t : tasks) ids.push_back(t.id());
+    return ids;
+  };
   // Queued outside mu_ (the store may answer a closed store at once, and
   // the answer takes mu_). No other write of these tasks can follow: they
   // are finishing, so nothing else persists them.
-  d.Add([this, tasks = std::move(pending_finishes_),
-         ids = std::move(ids)]() mutable {
-    store_.Update(std::move(tasks),
-                  [this, ids = std::move(ids)](absl::Status s) {
-                    OnFinishPersisted(ids, std::move(s));
-                  });
-  });
-  pending_finishes_.clear();
+  if (!pending_finishes_.empty()) {
+    d.Add([this, ids = ids_of(pending_finishes_),
+           tasks = std::move(pending_finishes_)]() mutable {
+      store_.Update(std::move(tasks),
+                    [this, ids = std::move(ids)](absl::Status s) {
+                      OnFinishPersisted(ids, std::move(s), false);
+                    });
+    });
+    pending_finishes_.clear();
+  }
+  if (!pending_finish_inserts_.empty()) {
+    d.Add([this, ids = ids_of(pending_finish_inserts_),
+           tasks = std::move(pending_finish_inserts_)]() mutable {
+      store_.Insert(std::move(tasks),
+                    [this, ids = std::move(ids)](
+                        absl::StatusOr<std::vector<InsertResult>> r) {
+                      OnFinishPersisted(ids, r.status(), true);
+                    });
+    });
+    pending_finish_inserts_.clear();
+  }
+}
+
+void Scheduler::InsertDeferredLocked(absl::Time cutoff) {
+  std::vector<v1::Task> tasks;
+  std::vector<std::string> ids;
+  while (!deferred_.empty() && deferred_.front().first <= cutoff) {
+    auto it = tasks_.find(deferred_.front().second);
+    deferred_.pop_front();
+    if (it == tasks_.end()) continue;
+    Entry& e = it->second;
+    if (e.stored || e.finishing || e.abandoned) continue;
+    e.stored = true;
+    // Recorded RUNNING: a crash now counts the attempt, as for any task.
+    e.running_written = e.task.state() == v1::RUNNING;
+    tasks.push_back(e.task);
+    ids.push_back(e.task.id());
+  }
+  if (tasks.empty()) return;
+  // Under mu_, so every later write of these tasks follows the insert.
+  store_.Insert(std::move(tasks),
+                [this, ids = std::move(ids)](
+                    absl::StatusOr<std::vector<InsertResult>> r) {
+                  if (r.ok()) return;
+                  spdlog::error(
+                      "store insert of {} unfinished Map tasks "
+                      "failed ({}); they are dropped",
+                      ids.size(), r.status().ToString());
+                  Abandon(ids);
+                });
 }
 
 void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
-                                  absl::Status status) {
+                                  absl::Status status, bool inserted) {
   Deferred d;
   {
     MutexLock lock(&mu_);
@@ -635,6 +736,7 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
         auto it = tasks_.find(id);
         if (it == tasks_.end() || it->second.finish_failed) continue;
         it->second.finish_failed = true;
+        if (inserted) it->second.stored = false;  // tried again as an insert
         failed_finishes_.push_back(id);
       }
       store_failing_ = true;
@@ -779,8 +881,10 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     *t.mutable_started_at() = ToProto(now);
     ++running_;
     metrics_.TaskQueueWait(t.queue(), absl::ToDoubleSeconds(now - e.ready_at));
-    e.running_written = true;
-    running.push_back(t);
+    if (e.stored) {
+      e.running_written = true;
+      running.push_back(t);
+    }
     EmitLocked(t, v1::TaskEvent::STATE, d);
   }
   if (!running.empty()) {
@@ -940,7 +1044,8 @@ void Scheduler::OnOutcome(worker::Outcome o) {
         *t.mutable_not_before() = ToProto(now + Backoff(t.attempt()));
         metrics_.TaskRetried(t.queue());
         EmitLocked(t, v1::TaskEvent::STATE, d);
-        PersistAsync(t);  // under mu_, so before the next attempt's writes
+        // Under mu_, so before the next attempt's writes.
+        if (e.stored) PersistAsync(t);
         if (work_source_ != nullptr) {
           // Back to the shared queue: any node may run the next attempt.
           tasks_.erase(it);
@@ -979,7 +1084,15 @@ void Scheduler::OnProgress(absl::string_view id, int attempt, double fraction,
 }
 
 void Scheduler::RunDueLocked(absl::Time now, Deferred& d) {
-  if (abandon_pending_.load(std::memory_order_acquire)) DropAbandonedLocked();
+  if (abandon_pending_.load(std::memory_order_acquire)) {
+    DropAbandonedLocked(d);
+  }
+  if (!deferred_.empty() &&
+      deferred_.front().first + options_.deferred_insert_limit <= now) {
+    // Also the younger half, so the loop wakes for this at most twice per
+    // limit however many tasks are deferred.
+    InsertDeferredLocked(now - options_.deferred_insert_limit / 2);
+  }
   // Delayed tasks whose time came.
   while (!delayed_.empty() && delayed_.begin()->first <= now) {
     std::string id = std::move(delayed_.begin()->second);
@@ -1028,7 +1141,7 @@ void Scheduler::RunDueLocked(absl::Time now, Deferred& d) {
       auto it = tasks_.find(id);
       if (it == tasks_.end() || !it->second.finishing) continue;
       it->second.finish_failed = false;
-      pending_finishes_.push_back(it->second.task);
+      QueueFinishLocked(it->second);
     }
     failed_finishes_.clear();
     FlushFinishesLocked(d);
@@ -1080,6 +1193,10 @@ void Scheduler::Loop() {
       absl::Time next = clock_.Now() + absl::Seconds(1);
       next = std::min({next, next_purge, next_finish_retry_});
       if (!delayed_.empty()) next = std::min(next, delayed_.begin()->first);
+      if (!deferred_.empty()) {
+        next = std::min(
+            next, deferred_.front().first + options_.deferred_insert_limit);
+      }
       next = std::min(next, waits_.NextDeadline());
       for (const IdleWaiter& w : idle_waiters_)
         next = std::min(next, w.deadline);
@@ -1214,7 +1331,7 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
         t.set_cancel_requested(true);
         // Queued under the lock, so before the write of whatever outcome
         // the attempt has (see Loop).
-        PersistAsync(t);
+        if (e.stored) PersistAsync(t);
         d.Add([this, task = t] { pool_.Cancel(task.id(), task.attempt()); });
         d.Add([done, task = t] { done(task); });
       }

@@ -56,6 +56,10 @@ struct SchedulerOptions {
   size_t recent_finished = 4096;
   // How often a terminal write that failed is tried again.
   absl::Duration finish_retry_interval = absl::Seconds(1);
+  // Tasks submitted without a durable acknowledgement (Map inputs) are
+  // written once, with their final state, if they finish within this; one
+  // still unfinished after it is inserted as it stands.
+  absl::Duration deferred_insert_limit = absl::Milliseconds(100);
   // Time source for delays, backoffs, deadlines and timestamps; null = the
   // real clock. Must outlive the scheduler.
   Clock* clock = nullptr;
@@ -96,7 +100,18 @@ class Scheduler {
   // durable. InvalidArgument for bad specs (message names the field and
   // limit), ResourceExhausted when a queue is full, Unavailable when intake
   // is stopped.
-  void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done);
+  //
+  // kDeferred is for submitters that acknowledge nothing before a task's
+  // result (a Map stream hands out a task's id with its result): `done`
+  // runs at once with the new tasks, and each task is written to the store
+  // once, with its terminal state, when it finishes within
+  // options().deferred_insert_limit (else it is inserted then, as it
+  // stands). Until written, a task is in Get and Wait but not in List, and
+  // a crash of forqd drops it. Single-node only; with idempotency keys or
+  // in a cluster it acts as kDurable.
+  enum class Ack { kDurable, kDeferred };
+  void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
+              Ack ack = Ack::kDurable);
   // The task as it is now. A RUNNING task carries the pid of the worker
   // running its current attempt (once a worker has taken it).
   absl::StatusOr<v1::Task> Get(absl::string_view id);
@@ -156,6 +171,9 @@ class Scheduler {
     bool finish_failed = false;
     // The current attempt's RUNNING record was handed to the store.
     bool running_written = false;
+    // Its insert was handed to the store (false: submitted with
+    // Ack::kDeferred and not written yet; no write may be an update).
+    bool stored = true;
     // Its insert failed after it was dispatched, or (cluster) its lease
     // was lost: drop, never write.
     bool abandoned = false;
@@ -205,7 +223,8 @@ class Scheduler {
   // scheduler's thread does it (DropAbandonedLocked).
   void Abandon(const std::vector<std::string>& ids)
       ABSL_LOCKS_EXCLUDED(abandon_mu_);
-  void DropAbandonedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Their waiters end with Unavailable (run by `d`).
+  void DropAbandonedLocked(Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The timer work of one loop turn (see Poke).
   void RunDueLocked(absl::Time now, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -219,6 +238,12 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues one store write for the terminal records of the last batch.
   void FlushFinishesLocked(Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds the terminal record of `e` to the next FlushFinishesLocked.
+  void QueueFinishLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Inserts the deferred tasks submitted before `cutoff` that are still
+  // unwritten (see Ack::kDeferred).
+  void InsertDeferredLocked(absl::Time cutoff)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The task as readers may see it: a terminal state only once durable.
   v1::Task VisibleLocked(const Entry& e) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -237,8 +262,9 @@ class Scheduler {
   // `prev` is the state readers see until the terminal record is durable.
   void FinishLocked(Entry& e, v1::TaskState prev)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `inserted`: the records were inserts of deferred tasks.
   void OnFinishPersisted(const std::vector<std::string>& ids,
-                         absl::Status status);
+                         absl::Status status, bool inserted);
   void EmitLocked(const v1::Task& task, v1::TaskEvent::Type type, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistAsync(const v1::Task& task);
@@ -295,8 +321,13 @@ class Scheduler {
   // Tasks a worker had taken but gave back unrun while draining: a drain
   // finishes what workers had taken, so these are sent again.
   std::vector<ReadyKey> drain_redispatch_ ABSL_GUARDED_BY(mu_);
-  // Terminal records of the current batch, not yet handed to the store.
+  // Terminal records of the current batch, not yet handed to the store:
+  // updates, and inserts of tasks never written (Ack::kDeferred).
   std::vector<v1::Task> pending_finishes_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::Task> pending_finish_inserts_ ABSL_GUARDED_BY(mu_);
+  // Tasks submitted with Ack::kDeferred, oldest first, with the time they
+  // were submitted; entries already written are skipped when popped.
+  std::deque<std::pair<absl::Time, std::string>> deferred_ ABSL_GUARDED_BY(mu_);
   // Tasks whose terminal write failed, to be written again.
   std::vector<std::string> failed_finishes_ ABSL_GUARDED_BY(mu_);
   absl::Time next_finish_retry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();

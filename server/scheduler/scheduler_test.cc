@@ -173,7 +173,12 @@ class FailingFinishStore : public Store {
   // store does.
   std::atomic<bool> refuse_inserts{false};
 
+  // Rows written by Insert and Update calls that reached the inner store.
+  std::atomic<int> inserted_rows{0};
+  std::atomic<int> updated_rows{0};
+
   void Insert(std::vector<v1::Task> tasks, InsertDone done) override {
+    inserted_rows += static_cast<int>(tasks.size());
     if (refuse_inserts) {
       done(absl::UnavailableError("store closed"));
       return;
@@ -188,6 +193,7 @@ class FailingFinishStore : public Store {
       if (!failed.HasBeenNotified()) failed.Notify();
       return;
     }
+    updated_rows += static_cast<int>(tasks.size());
     inner_->Update(std::move(tasks), std::move(done));
   }
   absl::StatusOr<v1::Task> Get(absl::string_view id) override {
@@ -677,6 +683,102 @@ TEST_F(SchedulerTransitionTest, RecoveryCountsARunningTaskAsALostAttempt) {
   pool_.AddRoom(1);
   ASSERT_EQ(pool_.assigned().size(), 1u);
   EXPECT_EQ(pool_.assigned()[0].attempt, 2);
+}
+
+// Submits one echo with Ack::kDeferred; `done` runs before returning.
+std::string SubmitDeferred(Scheduler& scheduler, absl::Duration delay) {
+  v1::TaskSpec spec;
+  spec.set_kind("echo");
+  spec.set_payload("deferred");
+  if (delay > absl::ZeroDuration()) {
+    spec.mutable_delay()->set_seconds(absl::ToInt64Seconds(delay));
+  }
+  std::string id;
+  scheduler.Submit(
+      {spec},
+      [&](absl::StatusOr<std::vector<InsertResult>> r) {
+        ASSERT_TRUE(r.ok()) << r.status();
+        id = (*r)[0].task.id();
+      },
+      Scheduler::Ack::kDeferred);
+  EXPECT_FALSE(id.empty());
+  return id;
+}
+
+// A deferred task that finishes costs one row: its terminal record,
+// inserted; nothing was written before.
+TEST(SchedulerTest, DeferredTaskIsWrittenOnceFinished) {
+  FailingFinishStore store(NewMemoryStore());
+  EchoPool pool;
+  Metrics metrics;
+  SchedulerOptions options;
+  options.deferred_insert_limit = absl::Hours(1);
+  Scheduler scheduler(options, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  const std::string id = SubmitDeferred(scheduler, absl::ZeroDuration());
+  Notification finished;
+  v1::Task seen;
+  scheduler.Wait(id, absl::Minutes(1), [&](absl::StatusOr<v1::Task> t, bool) {
+    ASSERT_TRUE(t.ok());
+    seen = *t;
+    finished.Notify();
+  });
+  ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(seen.state(), v1::SUCCEEDED);
+  absl::StatusOr<v1::Task> stored = store.Get(id);
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->state(), v1::SUCCEEDED);
+  EXPECT_EQ(stored->result(), "deferred");
+  EXPECT_EQ(stored->attempt(), 1);
+  EXPECT_EQ(store.inserted_rows.load(), 1);
+  EXPECT_EQ(store.updated_rows.load(), 0);
+  scheduler.Shutdown(absl::Seconds(1));
+}
+
+// One still unfinished after deferred_insert_limit is inserted as it
+// stands, so it is listed and survives a crash like any task.
+TEST(SchedulerTest, DeferredTaskStillQueuedIsInsertedAfterTheLimit) {
+  FailingFinishStore store(NewMemoryStore());
+  EchoPool pool;
+  Metrics metrics;
+  SchedulerOptions options;
+  options.deferred_insert_limit = absl::Milliseconds(20);
+  Scheduler scheduler(options, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  const std::string id = SubmitDeferred(scheduler, absl::Hours(1));
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  absl::StatusOr<v1::Task> stored = store.Get(id);
+  while (!stored.ok() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling the store, not timing
+    stored = store.Get(id);
+  }
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->state(), v1::QUEUED);
+  EXPECT_EQ(store.inserted_rows.load(), 1);
+  absl::StatusOr<ListPage> page = scheduler.List(ListQuery());
+  ASSERT_THAT(page, IsOk());
+  ASSERT_EQ(page->tasks.size(), 1u);
+  EXPECT_EQ(page->tasks[0].id(), id);
+  scheduler.Shutdown(absl::Seconds(1));
+}
+
+// Stopping forqd stores what was accepted and never written, so it runs
+// after the restart.
+TEST(SchedulerTest, ShutdownInsertsUnwrittenDeferredTasks) {
+  FailingFinishStore store(NewMemoryStore());
+  EchoPool pool;
+  Metrics metrics;
+  SchedulerOptions options;
+  options.deferred_insert_limit = absl::Hours(1);
+  Scheduler scheduler(options, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  const std::string id = SubmitDeferred(scheduler, absl::Hours(1));
+  EXPECT_FALSE(store.Get(id).ok());
+  scheduler.Shutdown(absl::Seconds(1));
+  absl::StatusOr<v1::Task> stored = store.Get(id);
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->state(), v1::QUEUED);
+  EXPECT_EQ(stored->attempt(), 0);
 }
 
 }  // namespace
