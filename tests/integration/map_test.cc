@@ -136,7 +136,9 @@ TEST_F(MapTest, WindowBoundsInputsInFlight) {
     if (pulled.load() == 8) return std::nullopt;
     int ahead = ++pulled - delivered.load();
     max_ahead.store(std::max(max_ahead.load(), ahead));
-    return MapInput("60");
+    // Longer than the scheduler's deferred_insert_limit (100 ms): a Map task
+    // is listed once it is written, which a shorter one is only when done.
+    return MapInput("200");
   });
   // Meanwhile, sample the server: tasks of the map not yet finished.
   std::atomic<int> max_live{0};
