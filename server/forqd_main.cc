@@ -52,8 +52,8 @@ ABSL_FLAG(std::string, advertise_addr, "",
           "empty = --grpc_addr's host (the host name for 0.0.0.0) and port");
 ABSL_FLAG(std::string, cluster_token_file, "",
           "cluster with --auth_tokens_file: file holding the token (first "
-          "line) this node sends with its tasks' Manager calls when it "
-          "forwards them to the owner node");
+          "line, role admin) this node sends with the Manager calls it "
+          "forwards to the owner node");
 ABSL_FLAG(std::string, durability, "sync",
           "sqlite durability: sync (ack after fsync, group commit), batch "
           "(commit every few ms, acks wait), none (no fsync)");

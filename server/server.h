@@ -54,9 +54,10 @@ struct ServerOptions {
   // with the bound port.
   std::string advertise_addr;
   // Cluster mode with --auth_tokens_file: the token this node sends with
-  // the Manager calls of its tasks when it forwards them to the owner (it
-  // must be in every node's tokens file, role submit or admin). Calls of
-  // clients are forwarded with the client's own token.
+  // the Manager calls it forwards to the owner (it must be in every node's
+  // tokens file with role admin: it carries calls of every role, each
+  // checked by this node first). Empty: a client's call is forwarded with
+  // the client's token, a task's call with none.
   std::string cluster_token;
 
   // Security (docs/security.md). Tokens file: `TOKEN ROLE` or

@@ -134,10 +134,13 @@ namespace {
 // Credentials and the loop guard for one forwarded call.
 void Decorate(grpc::ClientContext& ctx, const ManagerCallOrigin& origin,
               const ManagerForwarding& f) {
-  if (!origin.authorization.empty()) {
-    ctx.AddMetadata("authorization", origin.authorization);
-  } else if (!f.token.empty()) {
+  // This node has checked the caller's role for the method it called; the
+  // owner sees the generic Call (which needs role submit), so the node's
+  // own token vouches for the call when there is one.
+  if (!f.token.empty()) {
     ctx.AddMetadata("authorization", absl::StrCat("Bearer ", f.token));
+  } else if (!origin.authorization.empty()) {
+    ctx.AddMetadata("authorization", origin.authorization);
   }
   ctx.AddMetadata(kManagerForwardedHeader, f.node_id);
   // A forwarded call waits for the owner to be reachable only briefly: a

@@ -44,7 +44,8 @@ namespace forq::server {
 // answers Unavailable instead of forwarding again, so calls never loop.
 inline constexpr char kManagerForwardedHeader[] = "forq-manager-forwarded-by";
 
-// Who made a call: its credentials are forwarded with it.
+// Who made a call (its credentials are forwarded when the node has no
+// token of its own).
 struct ManagerCallOrigin {
   // The caller's `authorization` metadata ("" for tasks and open servers).
   std::string authorization;
@@ -57,8 +58,9 @@ struct ManagerForwarding {
   std::string node_id;
   // Insecure when null.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
-  // Sent as "Bearer TOKEN" with calls that carry no caller credentials
-  // (task calls); "" = none.
+  // Sent as "Bearer TOKEN" with every forwarded call: this node checked
+  // the caller's role already. "" = forward the caller's own
+  // `authorization` (tasks' calls then carry none).
   std::string token;
   // Called (without locks held) when the owner could not be reached, so
   // the election re-reads who owns the Manager now.

@@ -8,6 +8,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <fstream>
 #include <future>
 #include <map>
 #include <memory>
@@ -26,6 +27,7 @@
 #include "forq/v1/manager.grpc.pb.h"
 #include "tests/postgres/cluster_nodes.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace forq {
 namespace {
@@ -296,6 +298,89 @@ TEST(ClusterManagerTest, KilledOwnerIsReplacedAndPersistedObjectsSurvive) {
   // b's old session is gone with a: its release is refused, not applied.
   EXPECT_FALSE(via_b->lock("held").Release().ok());
   via_b.reset();
+}
+
+// With --auth_tokens_file on every node: the node forwarding a call checks
+// the caller's role, then vouches for it with its --cluster_token_file
+// token, for clients' calls (a read token may read through it, not write)
+// and its tasks' calls alike.
+TEST(ClusterManagerTest, ForwardedCallsAreCheckedThenCarryTheNodesToken) {
+  auto nodes = ClusterNodes::Create("mgrauth");
+  ASSERT_THAT(nodes, IsOk());
+  forq::testing::TempDir dir("forq-mgr-auth");
+  const std::string kAdmin = "admin-token-0123456789";
+  const std::string kRead = "read-token-0123456789";
+  const std::string kNode = "node-token-0123456789";
+  std::ofstream(dir.path() + "/tokens") << kAdmin << " admin\n"
+                                        << kRead << " read\n"
+                                        << kNode << " admin\n";
+  std::ofstream(dir.path() + "/node-token") << kNode << "\n";
+  auto start = [&](const std::string& name) {
+    forq::testing::ForqdOptions o;
+    o.workers = 2;
+    o.flags = {
+        absl::StrCat("--store=", nodes->UriViaPort(nodes->server().port())),
+        "--cluster", absl::StrCat("--node_id=", name),
+        absl::StrCat("--auth_tokens_file=", dir.path(), "/tokens"),
+        absl::StrCat("--cluster_token_file=", dir.path(), "/node-token")};
+    return forq::testing::ForqdProcess::Start(o);
+  };
+  auto a = start("a");
+  ASSERT_THAT(a, IsOk());
+  ASSERT_TRUE(AwaitOwner(*nodes, "a"));
+  auto b = start("b");
+  ASSERT_THAT(b, IsOk());
+
+  auto admin_b =
+      Client::Connect({.address = (*b)->grpc_address(), .token = kAdmin});
+  ASSERT_THAT(admin_b, IsOk());
+  auto admin_a =
+      Client::Connect({.address = (*a)->grpc_address(), .token = kAdmin});
+  ASSERT_THAT(admin_a, IsOk());
+  Manager m_b(**admin_b);
+  Manager m_a(**admin_a);
+  ASSERT_THAT(AwaitServing(m_b), IsOk());
+  // Written through b, read through a.
+  ASSERT_THAT(m_b.list("counter").Append("0"), IsOk());
+  EXPECT_THAT(m_a.list("counter").Get(0),
+              ::testing::Eq(absl::StatusOr<std::string>("0")));
+  // A read token may read through b (ListGet, a read method), not write.
+  {
+    auto stub = v1::ManagerService::NewStub(grpc::CreateChannel(
+        (*b)->grpc_address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + kRead);
+    v1::ListRequest get;
+    get.set_name("counter");
+    get.set_index(0);
+    v1::ListResponse got;
+    grpc::Status s = stub->ListGet(&ctx, get, &got);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(got.value(), "0");
+  }
+  {
+    auto stub = v1::ManagerService::NewStub(grpc::CreateChannel(
+        (*b)->grpc_address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + kRead);
+    v1::ListRequest append;
+    append.set_name("counter");
+    append.set_value("1");
+    v1::ListResponse appended;
+    EXPECT_EQ(stub->ListAppend(&ctx, append, &appended).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+
+  // A task on b (a drained) reaches the owner with b's node token.
+  ASSERT_THAT((*admin_a)->Drain(absl::Seconds(5)), IsOk());
+  auto f = (*admin_b)->Submit("mp.counter", "list=counter delta=1 n=10");
+  ASSERT_THAT(f, IsOk());
+  auto done = (*admin_b)->Wait(f->id(), absl::Seconds(60));
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->task().state(), v1::SUCCEEDED)
+      << done->task().ShortDebugString();
+  EXPECT_THAT(m_a.list("counter").Get(0),
+              ::testing::Eq(absl::StatusOr<std::string>("10")));
 }
 
 }  // namespace
