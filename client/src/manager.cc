@@ -332,6 +332,7 @@ absl::Status Ok(const absl::StatusOr<T>& r) {
 
 constexpr const char* OpName(v1::ManagerOp op) { return v1::ManagerOpName(op); }
 using Op = v1::ManagerOp;
+using Type = v1::ManagerType;
 
 std::vector<std::string> ResultValues(const v1::ManagerResult& r) {
   return {r.values().begin(), r.values().end()};
@@ -451,6 +452,54 @@ v1::ManagerCall ListCall(const std::string& name, Op op) {
 }
 
 }  // namespace
+
+// ---- references to objects (shared objects inside shared objects).
+
+std::string Dict::Ref() const { return v1::MakeManagerRef(Type::kDict, name_); }
+std::string List::Ref() const { return v1::MakeManagerRef(Type::kList, name_); }
+std::string Value::Ref() const {
+  return v1::MakeManagerRef(Type::kValue, name_);
+}
+std::string Array::Ref() const {
+  return v1::MakeManagerRef(Type::kArray, name_);
+}
+std::string Namespace::Ref() const {
+  return v1::MakeManagerRef(Type::kNamespace, name_);
+}
+std::string Queue::Ref() const {
+  return v1::MakeManagerRef(Type::kQueue, name_);
+}
+std::string Pipe::Ref() const { return v1::MakeManagerRef(Type::kPipe, name_); }
+std::string Lock::Ref() const { return v1::MakeManagerRef(Type::kLock, name_); }
+std::string RLock::Ref() const {
+  return v1::MakeManagerRef(Type::kRLock, name_);
+}
+std::string Semaphore::Ref() const {
+  return v1::MakeManagerRef(
+      bounded_ ? Type::kBoundedSemaphore : Type::kSemaphore, name_);
+}
+std::string Event::Ref() const {
+  return v1::MakeManagerRef(Type::kEvent, name_);
+}
+std::string Barrier::Ref() const {
+  return v1::MakeManagerRef(Type::kBarrier, name_);
+}
+std::string Condition::Ref() const {
+  return v1::MakeManagerRef(Type::kCondition, name_);
+}
+
+std::optional<Manager::ObjectRef> Manager::ParseRef(absl::string_view value) {
+  Type type{};
+  std::string_view name;
+  if (!v1::ParseManagerRef(std::string_view(value.data(), value.size()), &type,
+                           &name)) {
+    return std::nullopt;
+  }
+  ObjectRef r;
+  r.type = static_cast<v1::ObjectType>(static_cast<int>(type));
+  r.name = std::string(name);
+  return r;
+}
 
 absl::StatusOr<std::string> Dict::Get(absl::string_view key) const {
   auto r = m_->Call(DictCall(name_, Op::kGet, key));

@@ -109,9 +109,10 @@ uint64_t ObjectManager::Execute(Request req, Done done, absl::string_view tag) {
     auto before_it = objects_.find(name);
     const size_t before =
         before_it == objects_.end() ? 0 : ObjectBytes(before_it->second);
-    const absl::Status admitted =
+    absl::Status admitted =
         shutdown_ ? absl::UnavailableError("manager shutting down")
                   : CheckBytesLocked(req);
+    if (admitted.ok()) admitted = CheckRefsLocked(req);
     absl::StatusOr<Reply> reply =
         admitted.ok() ? RunLocked(req, p, b) : absl::StatusOr<Reply>(admitted);
     b.op_marked = false;
@@ -728,6 +729,13 @@ absl::StatusOr<bool> ObjectManager::DeleteObject(absl::string_view name) {
     auto it = objects_.find(std::string(name));
     if (it == objects_.end()) return false;
     const std::string key(name);
+    // Refused rather than reference-counted: a stored reference never
+    // dangles, and nothing is deleted behind a holder's back.
+    if (std::string by = ReferrerLocked(key); !by.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("'", key, "' is referred to by ", by,
+                       "; remove that reference first"));
+    }
     std::vector<uint64_t> ids(it->second.waiters.begin(),
                               it->second.waiters.end());
     for (uint64_t id : ids) {

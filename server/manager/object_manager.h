@@ -429,6 +429,14 @@ class ObjectManager {
   bool ParseStoredObject(const std::string& name, const StoredRows& in,
                          Object* o, std::vector<std::string>* orphans) const;
   // Request-size and byte-budget checks before an op runs.
+  // A mutating request's values that are references (kManagerRefPrefix)
+  // must name existing objects of their type.
+  absl::Status CheckRefsLocked(const Request& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // "list 'outer'" when a stored value of another object refers to `name`,
+  // else "".
+  std::string ReferrerLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckBytesLocked(const Request& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Bytes an object holds (keys and values).

@@ -521,4 +521,57 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::ArrayOpLocked(
   return r;
 }
 
+// ------------------------------------------------------------ references
+
+absl::Status ObjectManager::CheckRefsLocked(const Request& req) {
+  const v1::ManagerOpSpec* spec = v1::FindManagerOp(req.type, req.op);
+  if (spec == nullptr || !spec->mutates()) return absl::OkStatus();
+  std::vector<const std::string*> values = {&req.value};
+  for (const std::string& v : req.values) values.push_back(&v);
+  for (const auto& [k, v] : req.items) values.push_back(&v);
+  for (const std::string* v : values) {
+    worker::ManagerType type{};
+    std::string_view view;
+    if (!v1::ParseManagerRef(*v, &type, &view)) continue;
+    const std::string name(view);
+    auto it = objects_.find(name);
+    if (it == objects_.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "the value refers to ", worker::ManagerTypeName(type), " '", name,
+          "', which does not exist (use it once to create it)"));
+    }
+    if (it->second.type != type) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the value refers to ", worker::ManagerTypeName(type),
+                       " '", name, "', but '", name, "' is a ",
+                       worker::ManagerTypeName(it->second.type)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string ObjectManager::ReferrerLocked(const std::string& name) {
+  auto refers = [&](const std::string& v) {
+    worker::ManagerType type{};
+    std::string_view to;
+    return v.size() > v1::kManagerRefPrefix.size() &&
+           v1::ParseManagerRef(v, &type, &to) && to == name;
+  };
+  for (const auto& [other, o] : objects_) {
+    bool found = refers(o.value);
+    o.map.ForEach([&](const std::string&, const std::string& v) {
+      found = found || refers(v);
+    });
+    for (const std::string& v : o.list) found = found || refers(v);
+    for (const std::string& v : o.items) found = found || refers(v);
+    for (const auto& inbox : o.inbox) {
+      for (const std::string& v : inbox) found = found || refers(v);
+    }
+    if (found) {
+      return absl::StrCat(worker::ManagerTypeName(o.type), " '", other, "'");
+    }
+  }
+  return "";
+}
+
 }  // namespace forq::server

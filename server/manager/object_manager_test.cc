@@ -677,5 +677,63 @@ TEST(ObjectManagerPersistenceTest, ObjectsAndTokenEpochSurviveRestart) {
   EXPECT_EQ(m.epoch(), 2u);
 }
 
+// Shared objects inside shared objects: a stored reference must name an
+// existing object of its type, and a referenced object cannot be deleted.
+TEST_F(ObjectManagerTest, ReferencesNeverDangle) {
+  const std::string inner = v1::MakeManagerRef(ManagerType::kDict, "inner");
+  ManagerRequest append = Req(ManagerType::kList, ManagerOp::kAppend, "outer");
+  append.value = inner;
+  EXPECT_THAT(Run(append), StatusIs(absl::StatusCode::kNotFound));
+
+  ManagerRequest set = Req(ManagerType::kDict, ManagerOp::kSet, "inner");
+  set.key = "k";
+  set.value = "v";
+  ASSERT_THAT(Run(set), IsOk());
+  ManagerRequest wrong = append;
+  wrong.value = v1::MakeManagerRef(ManagerType::kList, "inner");
+  EXPECT_THAT(Run(wrong), StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_THAT(Run(append), IsOk());
+  // Also as a dict value and a queue item.
+  ManagerRequest in_dict = Req(ManagerType::kDict, ManagerOp::kSet, "by_key");
+  in_dict.key = "child";
+  in_dict.value = inner;
+  ASSERT_THAT(Run(in_dict), IsOk());
+  ManagerRequest put = Req(ManagerType::kQueue, ManagerOp::kPut, "q");
+  put.value = inner;
+  put.timeout_ms = 0;
+  ASSERT_THAT(Run(put), IsOk());
+
+  // The list element reads back as the reference.
+  ManagerRequest get = Req(ManagerType::kList, ManagerOp::kGet, "outer");
+  get.has_index = true;
+  get.index = 0;
+  auto got = Run(get);
+  ASSERT_THAT(got, IsOk());
+  ManagerType type{};
+  std::string_view name;
+  ASSERT_TRUE(v1::ParseManagerRef(got->value, &type, &name));
+  EXPECT_EQ(type, ManagerType::kDict);
+  EXPECT_EQ(name, "inner");
+
+  // Deleting it is refused while any of the three refers to it.
+  EXPECT_THAT(mgr_->DeleteObject("inner"),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ASSERT_THAT(Run(Req(ManagerType::kList, ManagerOp::kClear, "outer")), IsOk());
+  ManagerRequest del = Req(ManagerType::kDict, ManagerOp::kDelete, "by_key");
+  del.key = "child";
+  ASSERT_THAT(Run(del), IsOk());
+  EXPECT_THAT(mgr_->DeleteObject("inner"),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  ManagerRequest take = Req(ManagerType::kQueue, ManagerOp::kGet, "q");
+  take.timeout_ms = 0;
+  ASSERT_THAT(Run(take), IsOk());
+  EXPECT_THAT(mgr_->DeleteObject("inner"),
+              ::testing::Eq(absl::StatusOr<bool>(true)));
+  // A value that merely starts like a reference but names no type is data.
+  ManagerRequest plain = Req(ManagerType::kValue, ManagerOp::kSet, "raw");
+  plain.value = std::string(v1::kManagerRefPrefix) + "nonsense";
+  EXPECT_THAT(Run(plain), IsOk());
+}
+
 }  // namespace
 }  // namespace forq::server

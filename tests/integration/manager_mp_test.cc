@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -112,6 +113,64 @@ TEST_F(MpManagerTest, ContainersList) {
   EXPECT_THAT(*b.Slice(),
               ElementsAre("0", "1", "2", "3", "4", "0", "1", "2", "3", "4"));
   EXPECT_THAT(*a.Slice(), ::testing::ContainerEq(Range(10)));
+}
+
+// _TestContainers.test_dict_proxy_nested: dicts inside a dict and a list,
+// reached through the references the outer objects hold. (C++ proxies
+// resolve a stored reference with Manager::ParseRef.)
+TEST_F(MpManagerTest, ContainersDictProxyNested) {
+  Dict pets = m_->dict(N("pets"));
+  ASSERT_THAT(pets.Update({{"ferrets", "2"}, {"hamsters", "4"}}), IsOk());
+  Dict supplies = m_->dict(N("supplies"));
+  ASSERT_THAT(supplies.Update({{"water", "10"}, {"feed", "3"}}), IsOk());
+  Dict d = m_->dict(N("d"));
+  ASSERT_THAT(d.Update({{"pets", pets.Ref()}, {"supplies", supplies.Ref()}}),
+              IsOk());
+  auto at = [&](Dict& outer, const std::string& key) {
+    absl::StatusOr<std::string> v = outer.Get(key);
+    EXPECT_THAT(v, IsOk());
+    std::optional<Manager::ObjectRef> r = Manager::ParseRef(v.ok() ? *v : "");
+    EXPECT_TRUE(r.has_value() && r->type == v1::OBJECT_TYPE_DICT);
+    return m_->dict(r ? r->name : "missing");
+  };
+  EXPECT_EQ(*supplies.Get("water"), "10");
+  EXPECT_EQ(*at(d, "supplies").Get("water"), "10");
+  ASSERT_THAT(at(d, "supplies").Set("blankets", "5"), IsOk());
+  EXPECT_EQ(*supplies.Get("blankets"), "5");
+  EXPECT_EQ(*at(d, "supplies").Get("blankets"), "5");
+  ASSERT_THAT(at(d, "supplies").Set("water", "7"), IsOk());
+  EXPECT_EQ(*supplies.Get("water"), "7");
+  EXPECT_EQ(*at(d, "pets").Get("ferrets"), "2");
+  Dict pets2 = at(d, "pets");
+  Dict supplies2 = at(d, "supplies");
+  ASSERT_THAT(d.Clear(), IsOk());
+  EXPECT_EQ(*d.Len(), 0);
+  EXPECT_EQ(*supplies2.Get("water"), "7");
+  EXPECT_EQ(*pets2.Get("hamsters"), "4");
+  List l = m_->list(N("l"));
+  ASSERT_THAT(l.Extend({pets2.Ref(), supplies2.Ref()}), IsOk());
+  auto item = [&](List& outer, int64_t i) {
+    absl::StatusOr<std::string> v = outer.Get(i);
+    EXPECT_THAT(v, IsOk());
+    std::optional<Manager::ObjectRef> r = Manager::ParseRef(v.ok() ? *v : "");
+    EXPECT_TRUE(r.has_value());
+    return r ? r->name : "missing";
+  };
+  ASSERT_THAT(m_->dict(item(l, 0)).Set("marmots", "1"), IsOk());
+  EXPECT_EQ(*pets2.Get("marmots"), "1");
+  // outer = [[88, 99], l]: a plain value next to a list reference.
+  List outer = m_->list(N("outer"));
+  ASSERT_THAT(outer.Extend({"[88, 99]", l.Ref()}), IsOk());
+  EXPECT_FALSE(Manager::ParseRef(*outer.Get(0)).has_value());
+  List inner = m_->list(item(outer, -1));
+  EXPECT_EQ(*m_->dict(item(inner, -1)).Get("feed"), "3");
+  // Deleting an object a stored value refers to is refused (forq's choice
+  // over reference counting: nothing disappears behind a holder's back).
+  EXPECT_THAT(m_->DeleteObject(N("supplies")),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // Storing a reference to an object that does not exist is refused.
+  EXPECT_THAT(l.Append(m_->dict(N("never-used")).Ref()),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 // _TestContainers.test_list_isinstance / index, count, reverse, sort,

@@ -11,6 +11,7 @@
 #define FORQ_API_FORQ_V1_MANAGER_OPS_H_
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace forq::v1 {
@@ -294,6 +295,37 @@ constexpr bool ParseManagerOp(std::string_view name, ManagerOp* op) {
   FORQ_MANAGER_OP_NAMES(FORQ_X)
 #undef FORQ_X
   return false;
+}
+
+// Shared objects inside shared objects (as Python's `l.append(
+// manager.dict())`): a stored value that is exactly kManagerRefPrefix +
+// type name + ":" + object name refers to that object. The server refuses
+// to store a reference to an object that does not exist or has another
+// type, and to delete an object while a stored value refers to it.
+inline constexpr std::string_view kManagerRefPrefix{"\0forq.ref:", 10};
+
+inline std::string MakeManagerRef(ManagerType type, std::string_view name) {
+  std::string r(kManagerRefPrefix);
+  r.append(ManagerTypeName(type));
+  r.push_back(':');
+  r.append(name);
+  return r;
+}
+
+// True when `value` is a reference (then `type` and `name` are set).
+constexpr bool ParseManagerRef(std::string_view value, ManagerType* type,
+                               std::string_view* name) {
+  if (value.substr(0, kManagerRefPrefix.size()) != kManagerRefPrefix) {
+    return false;
+  }
+  value.remove_prefix(kManagerRefPrefix.size());
+  const size_t colon = value.find(':');
+  if (colon == std::string_view::npos ||
+      !ParseManagerType(value.substr(0, colon), type)) {
+    return false;
+  }
+  *name = value.substr(colon + 1);
+  return true;
 }
 
 }  // namespace forq::v1

@@ -84,6 +84,10 @@ class ManagerFuture {
 // Manager lives. Thread-safe.
 class Dict {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   // NotFound when the key is absent.
   absl::StatusOr<std::string> Get(absl::string_view key) const;
   absl::Status Set(absl::string_view key, absl::string_view value) const;
@@ -124,6 +128,10 @@ class Dict {
 
 class List {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   // Mutators return the length afterwards.
   absl::StatusOr<int64_t> Append(absl::string_view value) const;
   absl::StatusOr<int64_t> Extend(const std::vector<std::string>& values) const;
@@ -173,6 +181,10 @@ class List {
 
 class Value {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::StatusOr<std::string> Get() const;
   absl::Status Set(absl::string_view value) const;
   absl::StatusOr<std::string> Add(absl::string_view delta) const;
@@ -194,6 +206,10 @@ class Value {
 // with OutOfRange, as Python's OverflowError.
 class Array {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::StatusOr<std::string> Get(int64_t index) const;
   absl::Status Set(int64_t index, absl::string_view value) const;
   absl::StatusOr<std::string> Add(int64_t index, absl::string_view delta) const;
@@ -225,6 +241,10 @@ class Array {
 
 class Namespace {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::StatusOr<std::string> Get(absl::string_view attr) const;
   absl::Status Set(absl::string_view attr, absl::string_view value) const;
   absl::Status Delete(absl::string_view attr) const;
@@ -239,6 +259,10 @@ class Namespace {
 
 class Queue {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   // Blocks while full; ResourceExhausted after `timeout` (zero = no wait).
   absl::Status Put(absl::string_view item,
                    absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -270,6 +294,10 @@ class Queue {
 // End 0 and end 1; each sends to the other.
 class Pipe {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::Status Send(int end, absl::string_view message) const;
   absl::StatusOr<std::string> Recv(
       int end, absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -313,6 +341,10 @@ struct LockGrant {
 
 class Lock {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   // acquired = false when `timeout` passed first.
   absl::StatusOr<LockGrant> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -331,6 +363,10 @@ class Lock {
 // Re-entrant per calling thread (the owner is session + thread).
 class RLock {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::StatusOr<LockGrant> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
   absl::Status Release() const;
@@ -346,6 +382,10 @@ class RLock {
 
 class Semaphore {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   // False when `timeout` passed first.
   absl::StatusOr<bool> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -366,6 +406,10 @@ class Semaphore {
 
 class Event {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::Status Set() const;
   absl::Status Clear() const;
   absl::StatusOr<bool> IsSet() const;
@@ -385,6 +429,10 @@ class Event {
 // fails Wait with FailedPrecondition until Reset.
 class Barrier {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::StatusOr<int64_t> Wait(
       absl::Duration timeout = absl::InfiniteDuration()) const;
   absl::Status Abort() const;
@@ -405,6 +453,10 @@ class Barrier {
 // Condition with its own re-entrant lock; owner = session + thread.
 class Condition {
  public:
+  // A value that refers to this object, to store inside another object
+  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
+  // object must exist (any operation creates it) when the value is stored.
+  std::string Ref() const;
   absl::StatusOr<bool> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
   absl::Status Release() const;
@@ -479,6 +531,16 @@ class Manager {
   Condition condition(absl::string_view name) {
     return Condition(this, std::string(name));
   }
+
+  // The object a stored value refers to (a proxy's Ref()); nullopt for a
+  // plain value. Resolve it with the accessor of its type, e.g.
+  //   auto r = Manager::ParseRef(*outer.Get(0));
+  //   if (r && r->type == v1::OBJECT_TYPE_DICT) manager.dict(r->name).Set(..);
+  struct ObjectRef {
+    v1::ObjectType type = v1::OBJECT_TYPE_UNSPECIFIED;
+    std::string name;
+  };
+  static std::optional<ObjectRef> ParseRef(absl::string_view value);
 
   // The session id, opening the session (and the keepalive thread) if
   // needed.
