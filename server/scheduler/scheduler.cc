@@ -11,7 +11,6 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "spdlog/spdlog.h"
 
@@ -104,8 +103,16 @@ std::string NewTaskId() {
   static const uint32_t salt = std::random_device{}();
   const uint64_t ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
   const uint32_t n = seq.fetch_add(1, std::memory_order_relaxed);
-  return absl::StrFormat("%012x%08x%04x", ms & 0xffffffffffffULL, n,
-                         (salt ^ (n * 2654435761u)) & 0xffff);
+  // "%012x%08x%04x" of (ms, n, salted n), written by hand: one per task.
+  std::string id(24, '0');
+  auto put = [&id](size_t end, size_t digits, uint64_t v) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (size_t i = 0; i < digits; ++i, v >>= 4) id[end - i - 1] = kHex[v & 15];
+  };
+  put(12, 12, ms);
+  put(20, 8, n);
+  put(24, 4, salt ^ (n * 2654435761u));
+  return id;
 }
 
 Scheduler::Scheduler(SchedulerOptions options, Store& store,
@@ -459,15 +466,26 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
       // terminal one (QueueFinishLocked), else InsertDeferredLocked's.
       const absl::Time now = clock_.Now();
       std::vector<std::string> ids;
-      ids.reserve(tasks.size());
-      for (const v1::Task& t : tasks) {
+      if (deferred) {
+        accepted.reserve(tasks.size());
+      } else {
+        ids.reserve(tasks.size());
+      }
+      for (v1::Task& t : tasks) {
         Entry& e = tasks_[t.id()];
-        e.task = t;
         e.stored = !deferred;
-        if (deferred) deferred_.emplace_back(now, t.id());
+        if (deferred) {
+          // The task lives only here until written; the submitter gets its
+          // id.
+          deferred_.emplace_back(now, t.id());
+          accepted.emplace_back().task.set_id(t.id());
+          e.task = std::move(t);
+        } else {
+          e.task = t;
+          ids.push_back(t.id());
+        }
         EnqueueLocked(e, now);
         EmitLocked(e.task, v1::TaskEvent::STATE, d);
-        ids.push_back(t.id());
       }
       for (const auto& [queue, n] : adding) {
         metrics_.TaskSubmitted(queue, static_cast<int>(n));
@@ -476,8 +494,6 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
         if (deferred_.size() == tasks.size()) {
           WakeAtLocked(now + options_.deferred_insert_limit);
         }
-        accepted.reserve(tasks.size());
-        for (v1::Task& t : tasks) accepted.push_back({std::move(t), false});
       } else {
         store_.Insert(std::move(tasks),
                       [this, ids = std::move(ids), done = std::move(done)](
@@ -649,12 +665,13 @@ void Scheduler::FinishLocked(Entry& e, v1::TaskState prev) {
 }
 
 void Scheduler::QueueFinishLocked(Entry& e) {
-  if (e.stored) {
-    pending_finishes_.push_back(e.task);
-  } else {
-    e.stored = true;
-    pending_finish_inserts_.push_back(e.task);
-  }
+  std::vector<v1::Task>& batch =
+      e.stored ? pending_finishes_ : pending_finish_inserts_;
+  e.stored = true;
+  // Task's move constructor is not noexcept, so a growing vector copies
+  // every element: start with room for a turn's worth.
+  if (batch.capacity() == 0) batch.reserve(64);
+  batch.push_back(e.task);
 }
 
 void Scheduler::FlushFinishesLocked(Deferred& d) {
@@ -758,7 +775,9 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
         continue;
       }
       for (WaitDone& done : waits_.TakeTask(id)) {
-        d.Add([done = std::move(done), task = e.task] { done(task, true); });
+        d.Add([done = std::move(done), task = e.task]() mutable {
+          done(std::move(task), true);
+        });
       }
       EmitLocked(e.task, v1::TaskEvent::STATE, d);
       RememberLocked(std::move(e.task));

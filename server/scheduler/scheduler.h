@@ -103,7 +103,8 @@ class Scheduler {
   //
   // kDeferred is for submitters that acknowledge nothing before a task's
   // result (a Map stream hands out a task's id with its result): `done`
-  // runs at once with the new tasks, and each task is written to the store
+  // runs at once (InsertResult::task holds only the id), and each task is
+  // written to the store
   // once, with its terminal state, when it finishes within
   // options().deferred_insert_limit (else it is inserted then, as it
   // stands). Until written, a task is in Get and Wait but not in List, and

@@ -685,6 +685,21 @@ TEST_F(SchedulerTransitionTest, RecoveryCountsARunningTaskAsALostAttempt) {
   EXPECT_EQ(pool_.assigned()[0].attempt, 2);
 }
 
+TEST(NewTaskIdTest, TwentyFourHexDigitsInCreationOrder) {
+  std::string prev;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string id = NewTaskId();
+    ASSERT_EQ(id.size(), 24u) << id;
+    EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), std::string::npos)
+        << id;
+    EXPECT_LT(prev, id);
+    prev = id;
+  }
+  // The first 12 digits are the Unix time in milliseconds.
+  const int64_t ms = std::stoll(prev.substr(0, 12), nullptr, 16);
+  EXPECT_LE(std::abs(ms - absl::ToUnixMillis(absl::Now())), 60'000);
+}
+
 // Submits one echo with Ack::kDeferred; `done` runs before returning.
 std::string SubmitDeferred(Scheduler& scheduler, absl::Duration delay) {
   v1::TaskSpec spec;
