@@ -30,13 +30,18 @@ bool IsIdentifier(const FieldDescriptor* f) {
 // google.protobuf.Duration / Timestamp rules (duration.proto).
 absl::Status CheckTime(const Message& m, const std::string& path) {
   const Descriptor* d = m.GetDescriptor();
+  const Descriptor::WellKnownType type = d->well_known_type();
+  if (type != Descriptor::WELLKNOWNTYPE_DURATION &&
+      type != Descriptor::WELLKNOWNTYPE_TIMESTAMP) {
+    return absl::OkStatus();
+  }
   const Reflection* r = m.GetReflection();
   const FieldDescriptor* sf = d->FindFieldByName("seconds");
   const FieldDescriptor* nf = d->FindFieldByName("nanos");
   if (sf == nullptr || nf == nullptr) return absl::OkStatus();
   const int64_t s = r->GetInt64(m, sf);
   const int32_t n = r->GetInt32(m, nf);
-  if (d->full_name() == "google.protobuf.Duration") {
+  if (type == Descriptor::WELLKNOWNTYPE_DURATION) {
     constexpr int64_t kMax = 315576000000;  // 10,000 years
     if (s < -kMax || s > kMax || n <= -1000000000 || n >= 1000000000 ||
         (s > 0 && n < 0) || (s < 0 && n > 0)) {
@@ -44,7 +49,7 @@ absl::Status CheckTime(const Message& m, const std::string& path) {
           "'", path, "' is not a valid Duration (seconds ", s, ", nanos ", n,
           "): nanos must be in (-1e9, 1e9) with the sign of seconds"));
     }
-  } else if (d->full_name() == "google.protobuf.Timestamp") {
+  } else {
     // 0001-01-01 .. 9999-12-31
     if (s < -62135596800 || s > 253402300799 || n < 0 || n >= 1000000000) {
       return absl::InvalidArgumentError(
@@ -61,8 +66,11 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
   std::vector<const FieldDescriptor*> fields;
   r->ListFields(m, &fields);
   for (const FieldDescriptor* f : fields) {
-    const std::string path =
-        prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+    // Built only for an error message or a sub-message's prefix: this runs
+    // for every field of every request.
+    auto path = [&] {
+      return prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+    };
     const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
     if (f->type() == FieldDescriptor::TYPE_ENUM) {
       for (int i = 0; i < n; ++i) {
@@ -74,7 +82,7 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
             names.push_back(f->enum_type()->value(k)->name());
           }
           return absl::InvalidArgumentError(absl::StrCat(
-              "'", path, "': ", v, " is not a ", f->enum_type()->name(),
+              "'", path(), "': ", v, " is not a ", f->enum_type()->name(),
               " (one of ", absl::StrJoin(names, ", "), ")"));
         }
       }
@@ -86,16 +94,17 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
                              : r->GetStringReference(m, f, &scratch);
         if (v.size() > kMaxIdBytes) {
           return absl::InvalidArgumentError(
-              absl::StrCat("'", path, "' is ", v.size(),
+              absl::StrCat("'", path(), "' is ", v.size(),
                            " bytes; the limit is ", kMaxIdBytes));
         }
       }
     } else if (f->type() == FieldDescriptor::TYPE_MESSAGE && !f->is_map()) {
+      const std::string sub_path = path();
       for (int i = 0; i < n; ++i) {
         const Message& sub = f->is_repeated() ? r->GetRepeatedMessage(m, f, i)
                                               : r->GetMessage(m, f);
-        absl::Status s = CheckTime(sub, path);
-        if (s.ok()) s = Check(sub, path, depth + 1);
+        absl::Status s = CheckTime(sub, sub_path);
+        if (s.ok()) s = Check(sub, sub_path, depth + 1);
         if (!s.ok()) return s;
       }
     }

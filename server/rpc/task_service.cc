@@ -88,10 +88,14 @@ class TaskWaitReactor final : public grpc::ServerUnaryReactor {
  public:
   using Fill = std::function<void(v1::Task, bool terminal)>;
 
-  TaskWaitReactor(Scheduler& scheduler, Meter meter, Fill fill)
+  // `persist`: the task was submitted with Scheduler::Ack::kDeferred, so an
+  // answer that it is unfinished must wait until it is stored.
+  TaskWaitReactor(Scheduler& scheduler, Meter meter, Fill fill,
+                  bool persist = false)
       : scheduler_(scheduler),
         meter_(meter),
         fill_(std::move(fill)),
+        persist_(persist),
         guard_(std::make_shared<ReactorGuard<TaskWaitReactor>>()) {
     MutexLock lock(&guard_->mu);
     guard_->reactor = this;
@@ -108,13 +112,29 @@ class TaskWaitReactor final : public grpc::ServerUnaryReactor {
         return;
       }
     }
+    auto complete = [guard = guard_](absl::StatusOr<v1::Task> task,
+                                     bool terminal) {
+      MutexLock lock(&guard->mu);
+      if (guard->reactor != nullptr) {
+        guard->reactor->CompleteLocked(std::move(task), terminal);
+      }
+    };
     uint64_t handle = scheduler_.Wait(
         id, timeout,
-        [guard = guard_](absl::StatusOr<v1::Task> task, bool terminal) {
-          MutexLock lock(&guard->mu);
-          if (guard->reactor != nullptr) {
-            guard->reactor->CompleteLocked(std::move(task), terminal);
+        [complete, persist = persist_, &scheduler = scheduler_,
+         id = std::string(id)](absl::StatusOr<v1::Task> task, bool terminal) {
+          if (!persist || terminal || !task.ok()) {
+            complete(std::move(task), terminal);
+            return;
           }
+          scheduler.Persist(id, [complete, task = *std::move(task)](
+                                    absl::Status stored) mutable {
+            if (stored.ok()) {
+              complete(std::move(task), false);
+            } else {
+              complete(stored, false);
+            }
+          });
         });
     MutexLock lock(&guard_->mu);
     handle_ = handle;
@@ -166,6 +186,7 @@ class TaskWaitReactor final : public grpc::ServerUnaryReactor {
   Scheduler& scheduler_;
   const Meter meter_;
   const Fill fill_;
+  const bool persist_;
   std::shared_ptr<ReactorGuard<TaskWaitReactor>> guard_;
   uint64_t handle_ ABSL_GUARDED_BY(guard_->mu) = 0;
   bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
@@ -934,11 +955,16 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
   }
   // Submit and wait in one call: the reply carries the terminal task, or
   // the task as it stands when `wait` (or the deadline) runs out.
-  auto* reactor = new TaskWaitReactor(scheduler_, meter,
-                                      [resp](v1::Task task, bool terminal) {
-                                        *resp->mutable_task() = std::move(task);
-                                        resp->set_done(terminal);
-                                      });
+  // The reply is the task's acknowledgement: a task that finishes within
+  // the wait is written once, finished (Ack::kDeferred); one that does not
+  // is stored before the reply says so.
+  auto* reactor = new TaskWaitReactor(
+      scheduler_, meter,
+      [resp](v1::Task task, bool terminal) {
+        *resp->mutable_task() = std::move(task);
+        resp->set_done(terminal);
+      },
+      /*persist=*/true);
   const absl::Duration timeout =
       std::min(TimeLeft(ctx), FromProto(req->wait()));
   scheduler_.Submit(
@@ -949,9 +975,9 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
           return;
         }
         resp->set_existing((*r)[0].existing);
-        *resp->mutable_task() = (*r)[0].task;
         reactor->Start((*r)[0].task.id(), timeout);
-      });
+      },
+      Scheduler::Ack::kDeferred);
   return reactor;
 }
 

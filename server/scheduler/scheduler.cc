@@ -736,6 +736,41 @@ void Scheduler::InsertDeferredLocked(absl::Time cutoff) {
                 });
 }
 
+void Scheduler::Persist(absl::string_view id,
+                        std::function<void(absl::Status)> done) {
+  {
+    MutexLock lock(&mu_);
+    auto it = tasks_.find(std::string(id));
+    if (it != tasks_.end()) {
+      Entry& e = it->second;
+      if (e.finishing) {
+        // Its terminal write may not be queued yet: wait for it.
+        waits_.Add(
+            std::string(id), absl::InfiniteFuture(),
+            [done](absl::StatusOr<v1::Task> t, bool) { done(t.status()); });
+        return;
+      }
+      // Under mu_, so the write is queued before any later one of the
+      // task; the callbacks take no scheduler lock.
+      if (!e.stored) {
+        e.stored = true;
+        e.running_written = e.task.state() == v1::RUNNING;
+        store_.Insert({e.task},
+                      [this, done, id = std::string(id)](
+                          absl::StatusOr<std::vector<InsertResult>> r) {
+                        if (!r.ok()) Abandon({id});
+                        done(r.status());
+                      });
+      } else {
+        // Written or being written: an empty write is a barrier behind it.
+        store_.Update({}, std::move(done));
+      }
+      return;
+    }
+  }
+  done(absl::OkStatus());  // finished and durable, or unknown
+}
+
 void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
                                   absl::Status status, bool inserted) {
   Deferred d;
@@ -790,11 +825,17 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
 
 void Scheduler::RememberLocked(v1::Task task) {
   if (options_.recent_finished == 0) return;
+  const size_t bytes = task.payload().size() + task.result().size() +
+                       task.error().message().size() + 512;
   std::string id = task.id();
   recent_[id] = std::move(task);
-  recent_order_.push_back(std::move(id));
-  while (recent_order_.size() > options_.recent_finished) {
-    recent_.erase(recent_order_.front());
+  recent_order_.emplace_back(std::move(id), bytes);
+  recent_bytes_ += bytes;
+  while (recent_order_.size() > options_.recent_finished ||
+         (recent_bytes_ > options_.recent_finished_bytes &&
+          recent_order_.size() > 1)) {
+    recent_.erase(recent_order_.front().first);
+    recent_bytes_ -= recent_order_.front().second;
     recent_order_.pop_front();
   }
 }

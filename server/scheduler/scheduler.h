@@ -52,8 +52,12 @@ struct SchedulerOptions {
   absl::Duration max_wait = absl::Minutes(5);
   // Events buffered per watcher before it is dropped as too slow.
   size_t max_watch_backlog = 10'000;
-  // Finished tasks kept in memory (beyond the store) for Get and Wait.
-  size_t recent_finished = 4096;
+  // Finished tasks kept in memory (beyond the store) for Get and Wait, at
+  // most this many and about this many bytes (payload, result and error
+  // message, plus 512 per task), the oldest dropped first. A waiter that
+  // comes after its task left reads the store.
+  size_t recent_finished = 65536;
+  size_t recent_finished_bytes = 64 << 20;
   // How often a terminal write that failed is tried again.
   absl::Duration finish_retry_interval = absl::Seconds(1);
   // Tasks submitted without a durable acknowledgement (Map inputs) are
@@ -113,6 +117,10 @@ class Scheduler {
   enum class Ack { kDurable, kDeferred };
   void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
               Ack ack = Ack::kDurable);
+  // For an answer that hands out the id of an unfinished task submitted
+  // with Ack::kDeferred: `done` runs once the task has a durable row (it is
+  // inserted now if it has none). At once for a task forqd no longer holds.
+  void Persist(absl::string_view id, std::function<void(absl::Status)> done);
   // The task as it is now. A RUNNING task carries the pid of the worker
   // running its current attempt (once a worker has taken it).
   absl::StatusOr<v1::Task> Get(absl::string_view id);
@@ -334,7 +342,8 @@ class Scheduler {
   absl::Time next_finish_retry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Recently finished tasks (durable), oldest first in recent_order_.
   std::unordered_map<std::string, v1::Task> recent_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> recent_order_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::string, size_t>> recent_order_ ABSL_GUARDED_BY(mu_);
+  size_t recent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   WaitRegistry waits_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);

@@ -348,6 +348,30 @@ TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
   scheduler.Shutdown(absl::Seconds(1));
 }
 
+// The memory of finished tasks is bounded in bytes too: large results push
+// the oldest out, and those are read from the store.
+TEST(SchedulerTest, RecentlyFinishedMemoryIsBoundedInBytes) {
+  FailingFinishStore store(NewMemoryStore());
+  EchoPool pool;
+  Metrics metrics;
+  SchedulerOptions options;
+  options.recent_finished_bytes = 10'000;  // ~2 of the tasks below
+  Scheduler scheduler(options, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(SubmitEcho(scheduler, std::string(2000, 'a' + i)));
+    Notification finished;
+    scheduler.Wait(ids.back(), absl::Minutes(1),
+                   [&](absl::StatusOr<v1::Task>, bool) { finished.Notify(); });
+    ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  }
+  store.fail_reads = true;
+  EXPECT_THAT(scheduler.Get(ids.back()), IsOk());  // kept in memory
+  EXPECT_FALSE(scheduler.Get(ids.front()).ok());   // dropped: a store read
+  scheduler.Shutdown(absl::Seconds(1));
+}
+
 // A pool the test drives: it takes assignments while it has room and
 // reports the outcomes the test chooses, on the test's thread.
 class ManualPool : public worker::WorkerPool {

@@ -19,9 +19,11 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
+#include "forq/v1/task.grpc.pb.h"
 #include "tests/fault/fault_util.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/status_matchers.h"
@@ -139,6 +141,41 @@ TEST(RunningKillTest, TasksRunningWhenForqdIsKilledRunAgainAsAttemptTwo) {
     }
   }
   if (HasFailure()) ADD_FAILURE() << "forqd log tail:\n" << forqd->LogTail();
+}
+
+// Submit with `wait` acknowledges a task with its answer. A task that
+// finishes within the wait is written once, finished; one that does not is
+// stored before the answer says it is unfinished, so that answer survives
+// kill -9 like any acknowledgement.
+TEST(RunningKillTest, UnfinishedAnswerOfSubmitWithWaitSurvivesKill) {
+  std::unique_ptr<ForqdProcess> forqd = StartForqd();
+  ASSERT_NE(forqd, nullptr);
+  std::unique_ptr<Client> client = Connect(*forqd);
+  ASSERT_NE(client, nullptr);
+  auto stub = v1::TaskService::NewStub(client->channel());
+  v1::SubmitRequest req;
+  req.mutable_task()->set_kind("sleep");
+  req.mutable_task()->set_payload("1500");
+  req.mutable_wait()->set_nanos(30'000'000);
+  v1::SubmitResponse resp;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->Submit(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  ASSERT_FALSE(resp.done());
+  const std::string id = resp.task().id();
+  ASSERT_FALSE(id.empty());
+  stub.reset();
+  client.reset();
+  ASSERT_THAT(forqd->Kill(SIGKILL), IsOk());
+  ASSERT_THAT(forqd->Restart(), IsOk()) << forqd->LogTail();
+  client = Connect(*forqd);
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<v1::Task> t = AwaitTerminal(*client, id);
+  ASSERT_THAT(t, IsOk()) << forqd->LogTail();
+  EXPECT_EQ(t->state(), v1::SUCCEEDED) << t->DebugString();
+  EXPECT_EQ(t->result(), "1500");
 }
 
 TEST(RunningKillTest, RunningTaskWithoutAttemptsLeftIsDeadAfterForqdKill) {
