@@ -4,10 +4,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/node_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/descriptor.h"
+
+#include "common/mutex.h"
 
 namespace forq::server {
 namespace {
@@ -60,12 +63,36 @@ absl::Status CheckTime(const Message& m, const std::string& path) {
   return absl::OkStatus();
 }
 
+// The fields of a message type that have something to check (enums,
+// identifiers, sub-messages other than maps), found once per type: every
+// request's messages are walked, a SubmitBatch's hundreds of TaskSpecs too.
+const std::vector<const FieldDescriptor*>& CheckedFields(const Descriptor* d) {
+  static Mutex mu;
+  // Node-based: a found entry stays put while other types are added.
+  static auto* const plans =
+      new absl::node_hash_map<const Descriptor*,
+                              std::vector<const FieldDescriptor*>>();
+  MutexLock lock(&mu);
+  auto [it, inserted] = plans->try_emplace(d);
+  if (inserted) {
+    for (int i = 0; i < d->field_count(); ++i) {
+      const FieldDescriptor* f = d->field(i);
+      if (f->type() == FieldDescriptor::TYPE_ENUM || IsIdentifier(f) ||
+          (f->type() == FieldDescriptor::TYPE_MESSAGE && !f->is_map())) {
+        it->second.push_back(f);
+      }
+    }
+  }
+  return it->second;  // complete before any other caller can see it
+}
+
 absl::Status Check(const Message& m, const std::string& prefix, int depth) {
   if (depth > 16) return absl::OkStatus();
   const Reflection* r = m.GetReflection();
-  std::vector<const FieldDescriptor*> fields;
-  r->ListFields(m, &fields);
-  for (const FieldDescriptor* f : fields) {
+  for (const FieldDescriptor* f : CheckedFields(m.GetDescriptor())) {
+    if (f->is_repeated() ? r->FieldSize(m, f) == 0 : !r->HasField(m, f)) {
+      continue;
+    }
     // Built only for an error message or a sub-message's prefix: this runs
     // for every field of every request.
     auto path = [&] {
