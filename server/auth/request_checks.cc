@@ -8,9 +8,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "google/protobuf/descriptor.h"
 
-#include "common/mutex.h"
+#include "forq/v1/task.pb.h"
 
 namespace forq::server {
 namespace {
@@ -67,13 +68,12 @@ absl::Status CheckTime(const Message& m, const std::string& path) {
 // identifiers, sub-messages other than maps), found once per type: every
 // request's messages are walked, a SubmitBatch's hundreds of TaskSpecs too.
 const std::vector<const FieldDescriptor*>& CheckedFields(const Descriptor* d) {
-  static Mutex mu;
-  // Node-based: a found entry stays put while other types are added.
-  static auto* const plans =
-      new absl::node_hash_map<const Descriptor*,
-                              std::vector<const FieldDescriptor*>>();
-  MutexLock lock(&mu);
-  auto [it, inserted] = plans->try_emplace(d);
+  // Per thread (a few gRPC threads, a few dozen request types): no lock.
+  // Node-based: the caller iterates an entry while recursion adds others.
+  thread_local absl::node_hash_map<const Descriptor*,
+                                   std::vector<const FieldDescriptor*>>
+      plans;
+  auto [it, inserted] = plans.try_emplace(d);
   if (inserted) {
     for (int i = 0; i < d->field_count(); ++i) {
       const FieldDescriptor* f = d->field(i);
@@ -83,11 +83,42 @@ const std::vector<const FieldDescriptor*>& CheckedFields(const Descriptor* d) {
       }
     }
   }
-  return it->second;  // complete before any other caller can see it
+  return it->second;
+}
+
+absl::Status CheckId(absl::string_view value, const std::string& prefix,
+                     absl::string_view name) {
+  if (value.size() <= kMaxIdBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "'", prefix.empty() ? "" : absl::StrCat(prefix, "."), name, "' is ",
+      value.size(), " bytes; the limit is ", kMaxIdBytes));
+}
+
+// The rules of Check for a TaskSpec, without reflection: a SubmitBatch or a
+// Map message carries hundreds of them, and each reflective HasField costs
+// about 300 instructions.
+absl::Status CheckTaskSpec(const v1::TaskSpec& spec,
+                           const std::string& prefix) {
+  absl::Status s = CheckId(spec.kind(), prefix, "kind");
+  if (s.ok()) s = CheckId(spec.queue(), prefix, "queue");
+  if (s.ok()) s = CheckId(spec.idempotency_key(), prefix, "idempotency_key");
+  auto time = [&](bool has, const Message& m, absl::string_view name) {
+    if (!s.ok() || !has) return;
+    s = CheckTime(m, prefix.empty() ? std::string(name)
+                                    : absl::StrCat(prefix, ".", name));
+  };
+  time(spec.has_timeout(), spec.timeout(), "timeout");
+  time(spec.has_not_before(), spec.not_before(), "not_before");
+  time(spec.has_delay(), spec.delay(), "delay");
+  time(spec.has_result_ttl(), spec.result_ttl(), "result_ttl");
+  return s;
 }
 
 absl::Status Check(const Message& m, const std::string& prefix, int depth) {
   if (depth > 16) return absl::OkStatus();
+  if (const auto* spec = dynamic_cast<const v1::TaskSpec*>(&m)) {
+    return CheckTaskSpec(*spec, prefix);
+  }
   const Reflection* r = m.GetReflection();
   for (const FieldDescriptor* f : CheckedFields(m.GetDescriptor())) {
     if (f->is_repeated() ? r->FieldSize(m, f) == 0 : !r->HasField(m, f)) {
