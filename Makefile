@@ -15,7 +15,7 @@ JOBS ?= $(shell nproc)
 CTEST_JOBS ?= 2
 FORQD_FLAGS ?=
 
-.PHONY: all deps configure build run test test-unit test-asan test-tsan test-fault bench format check-format check check-configure lint clean
+.PHONY: all deps configure build build-forq run test test-unit test-asan test-tsan test-fault bench format check-format check check-configure lint clean
 
 all: build
 
@@ -27,16 +27,22 @@ $(BUILD)/build.ninja: | deps
 
 configure: deps $(BUILD)/build.ninja
 
+# Everything, the benchmarks included.
 build: configure
+	cmake --build $(BUILD) -j $(JOBS) --target all benchmarks
+
+# forqd, the CLI, the libraries, examples and tests: not the benchmarks
+# (what `make run` and `make test`, hence CI, need).
+build-forq: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+run: build-forq
 	./$(BUILD)/server/forqd $(FORQD_FLAGS)
 
-test: build
+test: build-forq
 	ctest --test-dir $(BUILD) --output-on-failure -j $(CTEST_JOBS) --timeout 600
 
-test-unit: build
+test-unit: build-forq
 	ctest --test-dir $(BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
 
 # Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -94,7 +100,7 @@ lint: check-configure
 	  '^$(CURDIR)/(common|worker|server|client|tests|bench|examples)/.*\.cc$$'
 
 # Long fault-injection loops (kill -9 of forqd and workers); not part of `make test`.
-test-fault: build
+test-fault: build-forq
 	FORQ_FAULT_LOOPS=30 ctest --test-dir $(BUILD) --output-on-failure -L fault
 
 # libFuzzer targets (fuzz/) built with clang-14, ASan and UBSan; each runs
