@@ -7,11 +7,14 @@
 
 namespace forq {
 
-absl::Status ErrnoToStatus(int err, absl::string_view what) {
+std::string ErrnoText(int err) {
   char buf[256];
   // GNU strerror_r returns a pointer that may or may not be buf.
-  const char* text = strerror_r(err, buf, sizeof(buf));
-  std::string msg = absl::StrCat(what, ": ", text);
+  return strerror_r(err, buf, sizeof(buf));
+}
+
+absl::Status ErrnoToStatus(int err, absl::string_view what) {
+  std::string msg = absl::StrCat(what, ": ", ErrnoText(err));
   switch (err) {
     case ENOENT:
     case ESRCH:

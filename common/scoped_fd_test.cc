@@ -27,7 +27,8 @@ TEST(ScopedFdTest, MoveTransfersOwnershipAndReleaseKeepsFdOpen) {
   ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
   ScopedFd a(fds[0]);
   ScopedFd b(std::move(a));
-  EXPECT_FALSE(a.valid());
+  // A moved-from ScopedFd is documented as empty.
+  EXPECT_FALSE(a.valid());  // NOLINT(bugprone-use-after-move)
   EXPECT_EQ(b.get(), fds[0]);
   int raw = b.release();
   EXPECT_FALSE(b.valid());

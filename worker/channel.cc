@@ -26,10 +26,7 @@ void WriteEventFd(int fd) {
 
 Channel::Channel(ShmRing tx, ShmRing rx, ChannelFds fds,
                  uint64_t max_spill_bytes)
-    : tx_(std::move(tx)),
-      rx_(std::move(rx)),
-      fds_(fds),
-      max_spill_bytes_(max_spill_bytes) {}
+    : tx_(tx), rx_(rx), fds_(fds), max_spill_bytes_(max_spill_bytes) {}
 
 absl::Status Channel::Send(uint16_t type, absl::string_view body, bool wake) {
   if (body.size() <= tx_.max_body()) {

@@ -152,7 +152,8 @@ void KillLeftovers(pid_t pgid) {
     std::vector<pid_t> found;
     DIR* proc = opendir("/proc");
     if (proc == nullptr) return;
-    while (dirent* e = readdir(proc)) {
+    // readdir is safe on a DIR* no other thread uses.
+    while (dirent* e = readdir(proc)) {  // NOLINT(concurrency-mt-unsafe)
       char* end = nullptr;
       const long pid = strtol(e->d_name, &end, 10);
       if (end == e->d_name || *end != '\0' || pid <= 0) continue;
@@ -252,7 +253,7 @@ absl::Status RunExec(const ExecOptions& options, TaskContext& ctx,
     while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        "exec: cannot run '", program, "': ", strerror(exec_errno)));
+        "exec: cannot run '", program, "': ", ErrnoText(exec_errno)));
   }
 
   std::string stdout_data, stderr_tail;

@@ -48,7 +48,7 @@ ExecOptions Allow() {
 }
 
 absl::StatusOr<std::string> Exec(absl::string_view payload,
-                                 ExecOptions options = Allow()) {
+                                 const ExecOptions& options = Allow()) {
   FakeContext ctx;
   std::string out;
   absl::Status s = RunExec(options, ctx, payload, &out);

@@ -134,7 +134,7 @@ struct ReplyGate {
 
 std::string DescribeWait(int status) {
   if (WIFSIGNALED(status)) {
-    const char* name = strsignal(WTERMSIG(status));
+    const char* name = sigdescr_np(WTERMSIG(status));  // thread-safe
     return absl::StrCat("killed by signal ", WTERMSIG(status), " (",
                         name != nullptr ? name : "?", ")");
   }
@@ -180,7 +180,8 @@ class ForkPool : public WorkerPool {
   // Sends the reply of a TaskContext::Call, if the calling attempt is still
   // running in the same worker.
   void DeliverCallReply(int slot, uint64_t generation, uint64_t task_seq,
-                        uint64_t call_id, absl::StatusOr<std::string> reply)
+                        uint64_t call_id,
+                        const absl::StatusOr<std::string>& reply)
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -1157,11 +1158,10 @@ void ForkPool::HandleCallLocked(Slot& s, const Message& m, Todo& todo,
   std::function<void(absl::StatusOr<std::string>)> reply =
       [gate = gate_, slot = s.index, generation = s.generation,
        task_seq = c->task_seq,
-       call_id = c->call_id](absl::StatusOr<std::string> r) {
+       call_id = c->call_id](const absl::StatusOr<std::string>& r) {
         MutexLock g(&gate->mu);
         if (gate->pool != nullptr) {
-          gate->pool->DeliverCallReply(slot, generation, task_seq, call_id,
-                                       std::move(r));
+          gate->pool->DeliverCallReply(slot, generation, task_seq, call_id, r);
         }
       };
   todo.push_back([cb = callbacks_.on_call, id = s.queue.head().task_id,
@@ -1173,7 +1173,7 @@ void ForkPool::HandleCallLocked(Slot& s, const Message& m, Todo& todo,
 
 void ForkPool::DeliverCallReply(int slot, uint64_t generation,
                                 uint64_t task_seq, uint64_t call_id,
-                                absl::StatusOr<std::string> reply) {
+                                const absl::StatusOr<std::string>& reply) {
   MutexLock l(&mu_);
   if (slot < 0 || slot >= static_cast<int>(slots_.size())) return;
   Slot& s = *slots_[slot];

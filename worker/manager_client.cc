@@ -26,7 +26,8 @@ int64_t ManagerClient::TimeoutMs(absl::Duration timeout) const {
   return absl::ToInt64Milliseconds(absl::Ceil(timeout, absl::Milliseconds(1)));
 }
 
-absl::StatusOr<ManagerReply> ManagerClient::Call(ManagerRequest request) {
+absl::StatusOr<ManagerReply> ManagerClient::Call(
+    const ManagerRequest& request) {
   FORQ_ASSIGN_OR_RETURN(std::string raw,
                         ctx_.Call(EncodeManagerRequest(request)));
   return DecodeManagerReply(raw);
@@ -39,7 +40,7 @@ absl::StatusOr<std::string> ManagerClient::Session() {
   r.op = ManagerOp::kOpen;
   r.ttl_ms = absl::ToInt64Milliseconds(options_.session_ttl);
   r.key = absl::StrCat("task ", ctx_.task_id());
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   session_ = reply.value;
   return session_;
 }
@@ -50,7 +51,7 @@ absl::Status ManagerClient::CloseSession() {
   r.type = ManagerType::kSession;
   r.op = ManagerOp::kClose;
   r.session = std::exchange(session_, "");
-  return Call(std::move(r)).status();
+  return Call(r).status();
 }
 
 absl::StatusOr<std::string> ManagerClient::DictGet(absl::string_view name,
@@ -60,7 +61,7 @@ absl::StatusOr<std::string> ManagerClient::DictGet(absl::string_view name,
   r.op = ManagerOp::kGet;
   r.name = std::string(name);
   r.key = std::string(key);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return std::move(reply.value);
 }
 
@@ -73,7 +74,7 @@ absl::Status ManagerClient::DictSet(absl::string_view name,
   r.name = std::string(name);
   r.key = std::string(key);
   r.value = std::string(value);
-  return Call(std::move(r)).status();
+  return Call(r).status();
 }
 
 absl::StatusOr<std::string> ManagerClient::ListGet(absl::string_view name,
@@ -84,7 +85,7 @@ absl::StatusOr<std::string> ManagerClient::ListGet(absl::string_view name,
   r.name = std::string(name);
   r.has_index = true;
   r.index = index;
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return std::move(reply.value);
 }
 
@@ -97,7 +98,7 @@ absl::Status ManagerClient::ListSet(absl::string_view name, int64_t index,
   r.has_index = true;
   r.index = index;
   r.value = std::string(value);
-  return Call(std::move(r)).status();
+  return Call(r).status();
 }
 
 absl::StatusOr<int64_t> ManagerClient::ListAppend(absl::string_view name,
@@ -107,7 +108,7 @@ absl::StatusOr<int64_t> ManagerClient::ListAppend(absl::string_view name,
   r.op = ManagerOp::kAppend;
   r.name = std::string(name);
   r.value = std::string(value);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return reply.length;
 }
 
@@ -121,7 +122,7 @@ absl::StatusOr<std::string> ManagerClient::ListAdd(absl::string_view name,
   r.has_index = true;
   r.index = index;
   r.delta = std::string(delta);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return std::move(reply.value);
 }
 
@@ -132,7 +133,7 @@ absl::StatusOr<std::string> ManagerClient::ValueAdd(absl::string_view name,
   r.op = ManagerOp::kAdd;
   r.name = std::string(name);
   r.delta = std::string(delta);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return std::move(reply.value);
 }
 
@@ -145,7 +146,7 @@ absl::Status ManagerClient::QueuePut(absl::string_view name,
   r.name = std::string(name);
   r.value = std::string(item);
   r.timeout_ms = TimeoutMs(timeout);
-  return Call(std::move(r)).status();
+  return Call(r).status();
 }
 
 absl::StatusOr<std::string> ManagerClient::QueueGet(absl::string_view name,
@@ -155,7 +156,7 @@ absl::StatusOr<std::string> ManagerClient::QueueGet(absl::string_view name,
   r.op = ManagerOp::kGet;
   r.name = std::string(name);
   r.timeout_ms = TimeoutMs(timeout);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return std::move(reply.value);
 }
 
@@ -168,7 +169,7 @@ absl::StatusOr<uint64_t> ManagerClient::LockAcquire(absl::string_view name,
   r.name = std::string(name);
   r.session = std::move(session);
   r.timeout_ms = TimeoutMs(timeout);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   if (!reply.flag) {
     return absl::DeadlineExceededError(
         absl::StrCat("lock '", name, "' not acquired in time"));
@@ -186,7 +187,7 @@ absl::Status ManagerClient::LockRelease(absl::string_view name) {
   r.op = ManagerOp::kRelease;
   r.name = std::string(name);
   r.session = session_;
-  return Call(std::move(r)).status();
+  return Call(r).status();
 }
 
 absl::Status ManagerClient::EventSet(absl::string_view name) {
@@ -194,7 +195,7 @@ absl::Status ManagerClient::EventSet(absl::string_view name) {
   r.type = ManagerType::kEvent;
   r.op = ManagerOp::kSet;
   r.name = std::string(name);
-  return Call(std::move(r)).status();
+  return Call(r).status();
 }
 
 absl::StatusOr<bool> ManagerClient::EventWait(absl::string_view name,
@@ -204,7 +205,7 @@ absl::StatusOr<bool> ManagerClient::EventWait(absl::string_view name,
   r.op = ManagerOp::kWait;
   r.name = std::string(name);
   r.timeout_ms = TimeoutMs(timeout);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(std::move(r)));
+  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return reply.flag;
 }
 

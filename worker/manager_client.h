@@ -37,7 +37,7 @@ class ManagerClient {
   ManagerClient& operator=(const ManagerClient&) = delete;
 
   // Sends any request (the typed helpers below are shorthands).
-  absl::StatusOr<ManagerReply> Call(ManagerRequest request);
+  absl::StatusOr<ManagerReply> Call(const ManagerRequest& request);
 
   absl::StatusOr<std::string> DictGet(absl::string_view name,
                                       absl::string_view key);

@@ -78,8 +78,9 @@ class Writer {
   void Bytes(uint8_t tag, absl::string_view data) {
     out_.push_back(static_cast<char>(tag));
     uint32_t len = static_cast<uint32_t>(data.size());
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 4; ++i) {
       out_.push_back(static_cast<char>(len >> (8 * i)));
+    }
     out_.append(data.data(), data.size());
   }
   void BytesIfSet(uint8_t tag, absl::string_view data) {
@@ -189,8 +190,9 @@ struct RepeatedState {
 };
 
 absl::Status AddEntry(RepeatedState& st) {
-  if (++st.entries > kMaxManagerEntries)
+  if (++st.entries > kMaxManagerEntries) {
     return Reader::Error("too many entries");
+  }
   return absl::OkStatus();
 }
 

@@ -64,11 +64,12 @@ class Supervisor {
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     prctl(PR_SET_NAME, "forq-supervisor");
     ResetSignals();
-    signal(SIGPIPE, SIG_IGN);
+    // The supervisor is single-threaded.
+    signal(SIGPIPE, SIG_IGN);  // NOLINT(concurrency-mt-unsafe)
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, nullptr);
+    sigprocmask(SIG_BLOCK, &chld, nullptr);  // NOLINT(concurrency-mt-unsafe)
     for (const auto& [addr, len] : config_.unmap) munmap(addr, len);
 
     const size_t n = config_.slots.size();

@@ -31,7 +31,9 @@ char* FindSlotMapping() {
     if (strstr(line, "forq-worker-slot") == nullptr) continue;
     unsigned long start = 0;
     if (sscanf(line, "%lx-", &start) == 1) {
-      base = reinterpret_cast<char*>(start);
+      // An address read from /proc/self/maps: the cast is the point.
+      base =
+          reinterpret_cast<char*>(start);  // NOLINT(performance-no-int-to-ptr)
       break;
     }
   }
