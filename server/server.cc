@@ -25,6 +25,7 @@
 #include "server/manager/manager_service.h"
 #include "server/rpc/grpc_metrics.h"
 #include "server/rpc/health.h"
+#include "server/rpc/malformed_request.h"
 #include "server/rpc/pool_service.h"
 #include "server/rpc/task_service.h"
 #include "server/store/cluster_manager_owner.h"
@@ -330,6 +331,8 @@ absl::Status Server::Start() {
   std::vector<
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
+  // First, so the metrics interceptor counts the status it corrects.
+  interceptors.push_back(MakeMalformedRequestInterceptorFactory());
   interceptors.push_back(services_->grpc_metrics->MakeInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_server_ = builder.BuildAndStart();
