@@ -31,6 +31,10 @@ RATIOS = [
     ("Submit+Get RTT p50 none vs apply_async().get() p50 (lower is better)",
      r"^Submit\(\)\.Get\(\) echo RTT none p50$", "mp.Pool(2)",
      r"^apply_async\(\)\.get\(\) noop RTT p50$", False, "<= 1.6"),
+    # Client::Apply: submit and wait in one call, like Pool.apply.
+    ("Apply() RTT p50 none vs apply_async().get() p50 (lower is better)",
+     r"^Apply\(\) echo RTT none p50$", "mp.Pool(2)",
+     r"^apply_async\(\)\.get\(\) noop RTT p50$", False, "<= 1.6"),
     ("Manager dict get (1 client) vs mp.Manager",
      r"^Manager dict get \(1 client, --durability=none\)$", "mp.Manager",
      r"^dict d\[k\] get \(1 client proc\)$", True, ">= 0.6"),
