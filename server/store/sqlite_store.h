@@ -42,8 +42,9 @@ namespace forq::server {
 class SqliteStore final : public Store {
  public:
   // Schema version kept in PRAGMA user_version. A file with a larger version
-  // was written by a newer forqd and is refused; version 1 is migrated.
-  static constexpr int kSchemaVersion = 2;
+  // was written by a newer forqd and is refused; versions 1 and 2 are
+  // migrated.
+  static constexpr int kSchemaVersion = 3;
 
   // Creates options.data_dir if needed, locks it (flock on
   // <data_dir>/forq.lock, so two stores or two forqd never share one

@@ -176,9 +176,9 @@ TEST(SqliteStoreTest, SchemaVersionIsRecorded) {
   sqlite3_close(db);
 }
 
-// A version 1 file (queue and kind indexes) opens as version 2: the two
-// indexes are dropped, its tasks stay, and List by queue and kind still
-// finds them.
+// A version 1 file (queue, kind and state indexes) opens as version 3: the
+// three are dropped for the partial tasks_unfinished, its tasks stay, and
+// List by queue, kind and state still finds them.
 TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
   TempDir dir;
   {
@@ -198,6 +198,8 @@ TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
     sqlite3_close(db);
   };
   exec(
+      "DROP INDEX tasks_unfinished;"
+      "CREATE INDEX tasks_by_state ON tasks(state, id);"
       "CREATE INDEX tasks_by_queue ON tasks(queue, id);"
       "CREATE INDEX tasks_by_kind ON tasks(kind, id);"
       "PRAGMA user_version=1");
@@ -213,6 +215,10 @@ TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
   FORQ_ASSERT_OK_AND_ASSIGN(page, store->List(by_kind));
   ASSERT_EQ(page.tasks.size(), 1u);
   EXPECT_EQ(page.tasks[0].id(), "a");
+  ListQuery queued;
+  queued.state = v1::QUEUED;
+  FORQ_ASSERT_OK_AND_ASSIGN(page, store->List(queued));
+  EXPECT_EQ(page.tasks.size(), 2u);
   store.reset();
 
   sqlite3* db = nullptr;
@@ -221,13 +227,16 @@ TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
   ASSERT_EQ(sqlite3_prepare_v2(db,
                                "SELECT (SELECT count(*) FROM sqlite_master "
                                "WHERE name IN ('tasks_by_queue', "
-                               "'tasks_by_kind')), "
+                               "'tasks_by_kind', 'tasks_by_state')), "
+                               "(SELECT count(*) FROM sqlite_master "
+                               "WHERE name = 'tasks_unfinished'), "
                                "(SELECT user_version FROM pragma_user_version)",
                                -1, &stmt, nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
   EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 2);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 1);
+  EXPECT_EQ(sqlite3_column_int(stmt, 2), 3);
   sqlite3_finalize(stmt);
   sqlite3_close(db);
 }
