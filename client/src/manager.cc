@@ -117,7 +117,16 @@ class SessionStream final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      FailAll(absl::UnavailableError("manager session stream closed"));
+      // The stream ended. OnDone (once no write of ours is in flight)
+      // fails what is left with the stream's status: PERMISSION_DENIED
+      // stays that, not a retryable UNAVAILABLE.
+      bool release = false;
+      {
+        MutexLock lock(&mu_);
+        dead_ = true;
+        if (!writing_) release = !std::exchange(hold_released_, true);
+      }
+      if (release) RemoveHold();
       return;
     }
     std::vector<std::pair<Promise, Result>> ready;

@@ -388,6 +388,17 @@ TEST(ClusterManagerTest, ForwardedCallsAreCheckedThenCarryTheNodesToken) {
               grpc::StatusCode::PERMISSION_DENIED);
   }
 
+  // The pipelined client with a read token: the Session stream needs role
+  // submit, and the client says so rather than "unavailable, retry".
+  {
+    auto read_b =
+        Client::Connect({.address = (*b)->grpc_address(), .token = kRead});
+    ASSERT_THAT(read_b, IsOk());
+    Manager r_b(**read_b);
+    EXPECT_EQ(r_b.list("counter").Append("1").status().code(),
+              absl::StatusCode::kPermissionDenied);
+  }
+
   // A task on b (a drained) reaches the owner with b's node token.
   ASSERT_THAT((*admin_a)->Drain(absl::Seconds(5)), IsOk());
   auto f = (*admin_b)->Submit("mp.counter", "list=counter delta=1 n=10");
