@@ -308,7 +308,10 @@ void Scheduler::Shutdown(absl::Duration grace) {
                     persisted.Notify();
                   });
     persisted.WaitForNotification();
-    spdlog::info("{} unwritten Map tasks stored for the next start", n);
+    spdlog::info(
+        "{} accepted tasks never written (Map, Submit with wait) stored for "
+        "the next start",
+        n);
   }
   for (auto& [done, status] : to_fail) {
     if (done) done(status, false);
@@ -729,7 +732,7 @@ void Scheduler::InsertDeferredLocked(absl::Time cutoff) {
                     absl::StatusOr<std::vector<InsertResult>> r) {
                   if (r.ok()) return;
                   spdlog::error(
-                      "store insert of {} unfinished Map tasks "
+                      "store insert of {} deferred tasks "
                       "failed ({}); they are dropped",
                       ids.size(), r.status().ToString());
                   Abandon(ids);
