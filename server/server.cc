@@ -356,11 +356,14 @@ absl::Status Server::Start() {
   if (grpc_host.empty() || grpc_host == "0.0.0.0" || grpc_host == "[::]") {
     grpc_host = "127.0.0.1";
   }
+  // A Unix socket (--grpc_addr=unix:PATH) is its own target: gRPC reports
+  // no port for it.
+  const bool grpc_unix = absl::StartsWith(options_.grpc_addr, "unix:");
   HttpGatewayOptions http;
   http.listen = options_.http_addr;
-  http.grpc_target = gateway_target.empty()
-                         ? absl::StrCat(grpc_host, ":", grpc_port_)
-                         : gateway_target;
+  http.grpc_target = !gateway_target.empty() ? gateway_target
+                     : grpc_unix             ? options_.grpc_addr
+                                 : absl::StrCat(grpc_host, ":", grpc_port_);
   http.metrics = &metrics_;
   http.tokens = tokens_.get();
   http.metrics_need_token = options_.metrics_need_token;
@@ -400,9 +403,10 @@ absl::Status Server::Start() {
   http_port_ = *http_port;
 
   spdlog::info(
-      "forqd serving gRPC on port {} and HTTP on port {} with {} workers "
+      "forqd serving gRPC on {} and HTTP on port {} with {} workers "
       "(store: {})",
-      grpc_port_, http_port_, pool_->size(), DescribeStore(options_.store));
+      grpc_unix ? options_.grpc_addr : absl::StrCat("port ", grpc_port_),
+      http_port_, pool_->size(), DescribeStore(options_.store));
   if (options_.ready_fd >= 0) {
     std::string line =
         absl::StrCat("grpc_port=", grpc_port_, " http_port=", http_port_, "\n");

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -25,6 +26,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 
+#include "forq/client.h"
 #include "forq/v1/task.pb.h"
 #include "server/http/http_test_client.h"
 #include "tests/testing/forqd_process.h"
@@ -33,6 +35,7 @@
 namespace forq {
 namespace {
 
+using ::forq::Client;
 using ::forq::server::testing::HttpCall;
 using ::forq::server::testing::HttpResponse;
 using ::forq::testing::ForqdProcess;
@@ -117,6 +120,34 @@ class HttpTest : public ::testing::Test {
 };
 
 ForqdProcess* HttpTest::forqd_ = nullptr;
+
+// gRPC on a Unix socket (--grpc_addr=unix:PATH): clients connect to it and
+// the REST gateway reaches it there too.
+TEST(HttpUnixSocketTest, GrpcOnAUnixSocketServesClientsAndRest) {
+  const std::string dir = forq::testing::MakeTempDir("forqd-uds");
+  ASSERT_FALSE(dir.empty());
+  const std::string address = absl::StrCat("unix:", dir, "/forqd.sock");
+  forq::testing::ForqdOptions opts;
+  opts.flags = {absl::StrCat("--grpc_addr=", address)};
+  auto forqd = ForqdProcess::Start(opts);
+  ASSERT_THAT(forqd, IsOk());
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect({.address = address});
+  ASSERT_THAT(client, IsOk());
+  absl::StatusOr<std::string> echo = (*client)->Apply("echo", "over a socket");
+  ASSERT_THAT(echo, IsOk());
+  EXPECT_EQ(*echo, "over a socket");
+
+  auto r = RunCommand(
+      {"/usr/bin/curl", "-sS", "-H", "Content-Type: application/json",
+       "--data-binary", R"({"kind":"echo","payload_text":"rest"})",
+       absl::StrCat("http://", (*forqd)->http_address(), "/v1/tasks")});
+  ASSERT_THAT(r, IsOk());
+  // The reply is the acknowledged task (any state: an echo may be done).
+  EXPECT_THAT(r->out, HasSubstr("\"kind\":\"echo\"")) << r->out << r->err;
+  EXPECT_THAT(r->out, HasSubstr("\"id\":\"")) << r->out << r->err;
+  std::filesystem::remove_all(dir);
+}
 
 TEST_F(HttpTest, CurlSubmitWaitGetListCancel) {
   Curl c = RunCurl("POST", "/v1/tasks",
