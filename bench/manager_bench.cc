@@ -3,7 +3,9 @@
 // a real forqd on loopback. Prints lines in the peers' format:
 //   RESULT <tab> system <tab> operation <tab> unit <tab> value
 // Usage: manager_bench [--seconds S] [--inflight N] [--clients N]
-//                      [--durability none|batch|sync]
+//                      [--durability none|batch|sync] [--unix]
+//   --unix: forqd serves gRPC on a Unix socket (--grpc_addr=unix:PATH) and
+//           every client connects there instead of to 127.0.0.1
 //        manager_bench --child ADDRESS SECONDS INFLIGHT   (internal)
 #include <stdio.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -112,6 +115,7 @@ int Main(int argc, char** argv) {
   int inflight = 64;
   int clients = 16;
   std::string durability = "none";
+  bool unix_socket = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -135,6 +139,8 @@ int Main(int argc, char** argv) {
       if (!absl::SimpleAtoi(next(), &clients)) Die({}, "--clients");
     } else if (a == "--durability") {
       durability = next();
+    } else if (a == "--unix") {
+      unix_socket = true;
     } else {
       Die(absl::InvalidArgumentError(a), "unknown flag");
     }
@@ -143,10 +149,18 @@ int Main(int argc, char** argv) {
   testing::ForqdOptions o;
   o.workers = 1;
   o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
+  std::string socket_dir;
+  if (unix_socket) {
+    socket_dir = testing::MakeTempDir("manager-bench");
+    if (socket_dir.empty()) Die(absl::InternalError("mkdtemp"), "--unix");
+    o.flags.push_back(absl::StrCat("--grpc_addr=unix:", socket_dir, "/s"));
+  }
   absl::StatusOr<std::unique_ptr<testing::ForqdProcess>> forqd =
       testing::ForqdProcess::Start(o);
   if (!forqd.ok()) Die(forqd.status(), "start forqd");
-  const std::string address = (*forqd)->grpc_address();
+  const std::string address = unix_socket
+                                  ? absl::StrCat("unix:", socket_dir, "/s")
+                                  : (*forqd)->grpc_address();
   std::fprintf(stderr, "# forqd at %s, --durability=%s, %d in flight\n",
                address.c_str(), durability.c_str(), inflight);
 
@@ -205,6 +219,11 @@ int Main(int argc, char** argv) {
     Result(absl::StrCat("dict d[k] get (pipelined, ", clients,
                         " client procs, total)"),
            "ops/s", total);
+  }
+  forqd->reset();
+  if (!socket_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(socket_dir, ec);
   }
   return 0;
 }
