@@ -2,26 +2,46 @@
 // and 3 forqd nodes of 2 workers each on this machine and one private
 // PostgreSQL (tests/testing/postgres_server.h).
 //
-//   cluster_bench [--nodes=1,2,3] [--noop=2000] [--sleep=240]
+//   cluster_bench [--nodes=1,2,3] [--noop=20000] [--map=20000] [--sleep=240]
+//                 [--latency=200] [--fsync] [--pg_options='-c ...']
+//                 [--pg_stats]
 //
-// noop   echo tasks, SubmitBatch of 100 spread over the nodes, all waited
-//        for on node 1 (WaitAll): tasks/s from first submit to last result.
-// sleep  sleep(50 ms) tasks the same way: execution capacity, which should
-//        grow with the number of nodes (2 workers each).
+// noop     echo tasks, SubmitBatch of 100 spread over the nodes, all waited
+//          for on node 1 (WaitAll): tasks/s from first submit to last result.
+// map      echo tasks through one Map stream (window 256) on node 1.
+// sleep    sleep(50 ms) tasks the same way as noop: execution capacity,
+//          which should grow with the number of nodes (2 workers each).
+// latency  (2+ nodes) sleep(20 ms) tasks run on node 2 (node 1 drained),
+//          each waited for at once on node 2 (same node) and node 1 (other
+//          node): p50 of the time from the task's finish to each Wait's
+//          return, and of the difference (the added cross-node latency).
+// fsync    the server runs with fsync=on (the tests' server has it off);
+//          synchronous_commit is on either way.
+// pg_stats prints PostgreSQL's busiest statements (pg_stat_statements)
+//          after each node count.
+// keep_logs=DIR copies each node's log there (at --log_level, default
+//          warn) after each node count.
+#include <algorithm>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 #include "forq/client.h"
+#include "forq/map.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/postgres_server.h"
+
+#include <libpq-fe.h>
 
 namespace {
 
@@ -38,6 +58,7 @@ struct Node {
 // Runs `n` tasks of `kind`/`payload` through `nodes`; returns tasks/s.
 double Run(std::vector<Node>& nodes, const std::string& kind,
            const std::string& payload, int n) {
+  if (n <= 0) return 0;
   std::vector<std::string> ids;
   const absl::Time start = absl::Now();
   for (int i = 0, node = 0; i < n; i += 100, ++node) {
@@ -67,11 +88,131 @@ double Run(std::vector<Node>& nodes, const std::string& kind,
   return n / absl::ToDoubleSeconds(absl::Now() - start);
 }
 
+// `n` echo tasks through one Map stream on node 1; tasks/s.
+double RunMap(Node& node, int n) {
+  if (n <= 0) return 0;
+  int next = 0;
+  forq::MapSource inputs([&]() -> std::optional<forq::MapInput> {
+    if (next == n) return std::nullopt;
+    return forq::MapInput(absl::StrCat(next++));
+  });
+  forq::MapOptions o;
+  o.window = 256;
+  const absl::Time start = absl::Now();
+  forq::MapStream stream = node.client->Map("echo", std::move(inputs), o);
+  int got = 0;
+  for (const forq::MapItem& r : stream) {
+    if (!r.ok()) {
+      std::cerr << "map item failed\n";
+      return 0;
+    }
+    ++got;
+  }
+  if (!stream.status().ok() || got != n) {
+    std::cerr << "map: " << stream.status() << ", " << got << " of " << n
+              << "\n";
+    return 0;
+  }
+  return n / absl::ToDoubleSeconds(absl::Now() - start);
+}
+
+absl::Time FinishedAt(const forq::v1::Task& t) {
+  return absl::FromUnixSeconds(t.finished_at().seconds()) +
+         absl::Nanoseconds(t.finished_at().nanos());
+}
+
+absl::Duration Median(std::vector<absl::Duration> v) {
+  if (v.empty()) return absl::InfiniteDuration();
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Node 1 drained, node 2 runs every task; each task is waited for on both
+// nodes at once. Prints the medians.
+void Latency(std::vector<Node>& nodes, int rounds) {
+  if (rounds <= 0 || nodes.size() < 2) return;
+  Client& other = *nodes[0].client;
+  Client& runner = *nodes[1].client;
+  if (auto d = other.Drain(absl::Seconds(10)); !d.ok()) {
+    std::cerr << "drain: " << d.status() << "\n";
+    return;
+  }
+  std::vector<absl::Duration> same, cross, added;
+  for (int i = 0; i < rounds; ++i) {
+    auto f = runner.Submit("sleep", "20");
+    if (!f.ok()) {
+      std::cerr << "submit: " << f.status() << "\n";
+      return;
+    }
+    const std::string id = f->id();
+    absl::StatusOr<forq::v1::WaitTaskResponse> on_other;
+    absl::Time other_back;
+    std::thread t([&] {
+      on_other = other.Wait(id, absl::Seconds(30));
+      other_back = absl::Now();
+    });
+    auto on_same = runner.Wait(id, absl::Seconds(30));
+    const absl::Time same_back = absl::Now();
+    t.join();
+    if (!on_same.ok() || !on_other.ok() || !on_same->done() ||
+        !on_other->done()) {
+      std::cerr << "wait failed in round " << i << "\n";
+      return;
+    }
+    // Only tasks still running when both waits arrived count: the 20 ms
+    // sleep makes that the rule.
+    const absl::Time fin = FinishedAt(on_same->task());
+    same.push_back(same_back - fin);
+    cross.push_back(other_back - fin);
+    added.push_back(other_back - same_back);
+  }
+  (void)other.Resume();
+  std::cout << absl::StrFormat(
+      "Wait return after the task finished, p50 of %d: same node %.2f ms, "
+      "other node %.2f ms; added by the other node p50 %.2f ms\n",
+      rounds, absl::ToDoubleMilliseconds(Median(same)),
+      absl::ToDoubleMilliseconds(Median(cross)),
+      absl::ToDoubleMilliseconds(Median(added)));
+}
+
+// The busiest statements since the last call (pg_stat_statements).
+void PrintStatements(const std::string& uri) {
+  PGconn* conn = PQconnectdb(uri.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    std::cerr << "pg_stats: " << PQerrorMessage(conn);
+    PQfinish(conn);
+    return;
+  }
+  PGresult* res = PQexec(
+      conn,
+      "SELECT calls, round(total_exec_time::numeric, 1), rows, "
+      "round((total_exec_time / greatest(calls, 1))::numeric * 1000, 1), "
+      "left(regexp_replace(query, '\\s+', ' ', 'g'), 110) FROM "
+      "pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15");
+  if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+    std::cout << "calls | total ms | rows | us/call | statement\n";
+    for (int r = 0; r < PQntuples(res); ++r) {
+      std::cout << PQgetvalue(res, r, 0) << " | " << PQgetvalue(res, r, 1)
+                << " | " << PQgetvalue(res, r, 2) << " | "
+                << PQgetvalue(res, r, 3) << " | " << PQgetvalue(res, r, 4)
+                << "\n";
+    }
+  } else {
+    std::cerr << "pg_stats: " << PQresultErrorMessage(res);
+  }
+  PQclear(res);
+  PQclear(PQexec(conn, "SELECT pg_stat_statements_reset()"));
+  PQfinish(conn);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<int> counts = {1, 2, 3};
-  int noop = 2000, sleep = 240;
+  int noop = 20000, map = 20000, sleep = 240, latency = 200;
+  bool fsync = false, pg_stats = false;
+  std::string keep_logs, log_level = "warn";
+  std::string pg_options;
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--nodes=")) {
@@ -82,18 +223,49 @@ int main(int argc, char** argv) {
       }
     } else if (absl::ConsumePrefix(&a, "--noop=")) {
       (void)absl::SimpleAtoi(a, &noop);
+    } else if (absl::ConsumePrefix(&a, "--map=")) {
+      (void)absl::SimpleAtoi(a, &map);
     } else if (absl::ConsumePrefix(&a, "--sleep=")) {
       (void)absl::SimpleAtoi(a, &sleep);
+    } else if (absl::ConsumePrefix(&a, "--latency=")) {
+      (void)absl::SimpleAtoi(a, &latency);
+    } else if (absl::ConsumePrefix(&a, "--pg_options=")) {
+      pg_options = std::string(a);
+    } else if (a == "--fsync") {
+      fsync = true;
+    } else if (absl::ConsumePrefix(&a, "--keep_logs=")) {
+      keep_logs = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--log_level=")) {
+      log_level = std::string(a);
+    } else if (a == "--pg_stats") {
+      pg_stats = true;
+    } else {
+      std::cerr << "unknown flag " << a << "\n";
+      return 2;
     }
   }
-  auto server = PostgresServer::Start();
+  if (fsync) pg_options += " -c fsync=on";
+  if (pg_stats) {
+    pg_options += " -c shared_preload_libraries=pg_stat_statements";
+  }
+  auto server = PostgresServer::Start(pg_options);
   if (!server.ok()) {
     std::cerr << "postgres: " << server.status() << "\n";
     return 1;
   }
-  std::cout << "| nodes (2 workers each) | no-op tasks/s (SubmitBatch 100) "
-               "| sleep(50 ms) tasks/s | sleep speed-up vs 1 node |\n"
-               "|---:|---:|---:|---:|\n";
+  if (pg_stats) {
+    if (auto s = (*server)->Exec("CREATE EXTENSION pg_stat_statements");
+        !s.ok()) {
+      std::cerr << "pg_stat_statements: " << s << "\n";
+      return 1;
+    }
+  }
+  std::cout << "PostgreSQL: fsync " << (fsync ? "on" : "off")
+            << ", synchronous_commit on\n"
+            << "| nodes (2 workers each) | no-op tasks/s (SubmitBatch 100) "
+               "| no-op tasks/s (Map, node 1) | sleep(50 ms) tasks/s | sleep "
+               "speed-up vs 1 node |\n"
+               "|---:|---:|---:|---:|---:|\n";
   double sleep_one = 0;
   for (int count : counts) {
     auto uri = (*server)->NewSchemaUri("bench");
@@ -103,7 +275,8 @@ int main(int argc, char** argv) {
       ForqdOptions o;
       o.workers = 2;
       o.flags = {absl::StrCat("--store=", *uri), "--cluster",
-                 absl::StrCat("--node_id=n", i), "--log_level=warn"};
+                 absl::StrCat("--node_id=n", i),
+                 absl::StrCat("--log_level=", log_level)};
       auto p = ForqdProcess::Start(o);
       if (!p.ok()) {
         std::cerr << "forqd: " << p.status() << "\n";
@@ -113,12 +286,28 @@ int main(int argc, char** argv) {
       if (!c.ok()) return 1;
       nodes.push_back(Node{std::move(*p), std::move(*c)});
     }
+    if (pg_stats) PrintStatements((*server)->Uri());
     const double noop_rate = Run(nodes, "echo", "x", noop);
+    const double map_rate = RunMap(nodes[0], map);
     const double sleep_rate = Run(nodes, "sleep", "50", sleep);
     if (count == 1) sleep_one = sleep_rate;
-    std::cout << "| " << count << " | " << static_cast<int>(noop_rate)
-              << " | " << static_cast<int>(sleep_rate) << " | "
-              << (sleep_one > 0 ? sleep_rate / sleep_one : 0) << "x |\n";
+    std::cout << "| " << count << " | " << static_cast<int>(noop_rate) << " | "
+              << static_cast<int>(map_rate) << " | "
+              << static_cast<int>(sleep_rate) << " | "
+              << absl::StrFormat("%.2f",
+                                 sleep_one > 0 ? sleep_rate / sleep_one : 0)
+              << "x |\n";
+    if (pg_stats) PrintStatements((*server)->Uri());
+    if (count >= 2) Latency(nodes, latency);
+    if (!keep_logs.empty()) {
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        std::error_code ec;
+        std::filesystem::copy_file(
+            nodes[i].process->log_path(),
+            absl::StrCat(keep_logs, "/forqd-", count, "-n", i, ".log"),
+            std::filesystem::copy_options::overwrite_existing, ec);
+      }
+    }
   }
   return 0;
 }

@@ -118,8 +118,10 @@ absl::Status PostgresServer::Run(const std::vector<std::string>& argv) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() {
+absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(
+    std::string extra_options) {
   std::unique_ptr<PostgresServer> server(new PostgresServer());
+  server->extra_options_ = std::move(extra_options);
   server->bindir_ = FindBindir();
   if (server->bindir_.empty()) {
     return absl::FailedPreconditionError(
@@ -180,7 +182,8 @@ absl::Status PostgresServer::PgCtlStart() {
            dir_ + "/postgres.log", "-w", "-t", "60", "-o",
            absl::StrCat("-p ", port_, " -k ", dir_,
                         " -c listen_addresses=127.0.0.1 -c fsync=off"
-                        " -c full_page_writes=off -c max_connections=300"),
+                        " -c full_page_writes=off -c max_connections=300 ",
+                        extra_options_),
            "start"});
   running_ = s.ok();
   return s;

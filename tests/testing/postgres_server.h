@@ -20,8 +20,10 @@ class PostgresServer {
  public:
   // The process-wide server, started on first call and stopped at exit.
   static absl::StatusOr<PostgresServer*> Shared();
-  // A server owned by the caller.
-  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start();
+  // A server owned by the caller. `extra_options` are appended to the
+  // server's command line (e.g. "-c fsync=on"; later -c settings win).
+  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(
+      std::string extra_options = "");
   // pg_ctl stop -m immediate, then removes the directory.
   ~PostgresServer();
   PostgresServer(const PostgresServer&) = delete;
@@ -55,6 +57,7 @@ class PostgresServer {
   int port_ = 0;
   bool running_ = false;
   int next_schema_ = 0;
+  std::string extra_options_;
 };
 
 // "--store=<uri>" of a fresh schema on the shared server, for a forqd
