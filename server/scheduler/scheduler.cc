@@ -254,8 +254,10 @@ void Scheduler::Shutdown(absl::Duration grace) {
     MutexLock lock(&mu_);
     stop_ = true;
     WakeLocked();
+    remote_cv_.SignalAll();
   }
   if (thread_.joinable()) thread_.join();
+  if (remote_thread_.joinable()) remote_thread_.join();
   if (work_source_ != nullptr) work_source_->StopCluster();
   pool_.Shutdown();
 
@@ -950,7 +952,9 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     }
     EmitLocked(t, v1::TaskEvent::STATE, d);
   }
-  if (!running.empty()) {
+  // A cluster node writes no RUNNING record: its claim already made the
+  // row RUNNING at this attempt, with a lease.
+  if (!running.empty() && work_source_ == nullptr) {
     // One write for the batch, queued under mu_ so it precedes the terminal
     // writes of these attempts; the store coalesces a RUNNING record with
     // the terminal one when both reach the same group commit, so a short
@@ -1342,19 +1346,24 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
     done(std::move(*finished), true);
     return 0;
   }
+  if (work_source_ != nullptr && timeout > absl::ZeroDuration()) {
+    // Queued in the shared store, run by another node, finished or unknown:
+    // parked here at once; the remote-wait thread reads it (with other new
+    // waits, in one query) and answers it if it is terminal or unknown. A
+    // terminal state reached later arrives by notification or, if this
+    // node runs it, as a local finish.
+    MutexLock lock(&mu_);
+    const absl::Time deadline = clock_.Now() + timeout;
+    const uint64_t h = waits_.Add(std::string(id), deadline, std::move(done));
+    remote_check_.emplace_back(id);
+    remote_cv_.Signal();
+    WakeAtLocked(deadline);
+    return h;
+  }
   // Not in memory: finished (or unknown). Terminal states are final.
   absl::StatusOr<v1::Task> t = store_.Get(id);
   if (!t.ok()) {
     done(t.status(), false);
-  } else if (work_source_ != nullptr && !IsTerminal(t->state()) &&
-             timeout > absl::ZeroDuration()) {
-    // Queued in the shared store or run by another node: wait for its
-    // terminal state here (OnRemoteFinished), or for this node to run it.
-    MutexLock lock(&mu_);
-    const absl::Time deadline = clock_.Now() + timeout;
-    const uint64_t h = waits_.Add(std::string(id), deadline, std::move(done));
-    WakeAtLocked(deadline);
-    return h;
   } else {
     bool terminal = IsTerminal(t->state());
     done(std::move(t), terminal);

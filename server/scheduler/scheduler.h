@@ -297,6 +297,14 @@ class Scheduler {
   // Tasks finished elsewhere (empty: re-check every remote wait).
   void OnRemoteFinished(const std::vector<std::string>& ids)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A wait on a task this node does not hold: none of its attempts runs
+  // here (or the one that did was abandoned).
+  bool RemoteLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Thread of the remote waits: reads the tasks of queued checks in
+  // batches and answers the waits of those that are terminal or unknown.
+  void RemoteWaitLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void CheckRemoteWaits(const std::vector<std::string>& ids)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const SchedulerOptions options_;
   Clock& clock_;
@@ -324,6 +332,14 @@ class Scheduler {
   bool claim_wanted_ ABSL_GUARDED_BY(mu_) = false;
   // Loop thread only: when a failing claim was last logged.
   absl::Time claim_error_logged_ = absl::InfinitePast();
+  // Cluster mode: remote waits to check against the store (new ones, and
+  // those a notification named); `remote_check_all_`: every remote wait.
+  std::vector<std::string> remote_check_ ABSL_GUARDED_BY(mu_);
+  bool remote_check_all_ ABSL_GUARDED_BY(mu_) = false;
+  CondVar remote_cv_;
+  std::thread remote_thread_;
+  // Remote-wait thread only.
+  absl::Time remote_error_logged_ = absl::InfinitePast();
   Mutex abandon_mu_;
   std::vector<std::string> abandoned_ ABSL_GUARDED_BY(abandon_mu_);
   std::atomic<bool> abandon_pending_{false};

@@ -2,9 +2,13 @@
 // workers, attempts whose lease was lost or whose write was fenced, and
 // waits on tasks that other nodes finish. Single-node forqd never runs
 // this code (work_source_ is null).
+#include <pthread.h>
+
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
 #include "server/scheduler/scheduler.h"
@@ -28,11 +32,14 @@ absl::Status Scheduler::StartCluster() {
     OnRemoteFinished(ids);
   };
   absl::Status s = work_source_->StartCluster(std::move(cb));
-  if (s.ok()) {
-    spdlog::info("cluster mode: node {} incarnation {} claims shared work",
-                 work_source_->node_id(), work_source_->incarnation());
-  }
-  return s;
+  if (!s.ok()) return s;
+  remote_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-remote-wait");
+    RemoteWaitLoop();
+  });
+  spdlog::info("cluster mode: node {} incarnation {} claims shared work",
+               work_source_->node_id(), work_source_->incarnation());
+  return absl::OkStatus();
 }
 
 void Scheduler::WantClaimLocked() {
@@ -142,34 +149,92 @@ void Scheduler::OnLostAttempts(const std::vector<AttemptRef>& attempts,
   }
 }
 
+bool Scheduler::RemoteLocked(const std::string& id) {
+  auto it = tasks_.find(id);
+  return it == tasks_.end() || it->second.abandoned;
+}
+
 void Scheduler::OnRemoteFinished(const std::vector<std::string>& ids) {
-  std::vector<std::string> check;
+  // Runs on the store's notification thread: the reads happen on the
+  // remote-wait thread, so heartbeats never wait for them.
+  MutexLock lock(&mu_);
+  if (ids.empty()) {
+    remote_check_all_ = true;
+  } else {
+    for (const std::string& id : ids) {
+      if (waits_.Has(id) && RemoteLocked(id)) remote_check_.push_back(id);
+    }
+  }
+  if (remote_check_all_ || !remote_check_.empty()) remote_cv_.Signal();
+}
+
+void Scheduler::RemoteWaitLoop() {
+  // Ids per query: a few milliseconds of database work each.
+  constexpr size_t kBatch = 1000;
+  for (;;) {
+    std::vector<std::string> ids;
+    {
+      MutexLock lock(&mu_);
+      while (!stop_ && remote_check_.empty() && !remote_check_all_) {
+        remote_cv_.Wait(&mu_);
+      }
+      if (stop_) return;
+      if (remote_check_all_) {
+        remote_check_all_ = false;
+        remote_check_.clear();
+        for (std::string& id : waits_.TaskIds()) {
+          if (RemoteLocked(id)) ids.push_back(std::move(id));
+        }
+      } else {
+        ids.swap(remote_check_);
+      }
+    }
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    for (size_t i = 0; i < ids.size(); i += kBatch) {
+      CheckRemoteWaits(std::vector<std::string>(
+          ids.begin() + i, ids.begin() + std::min(ids.size(), i + kBatch)));
+    }
+  }
+}
+
+void Scheduler::CheckRemoteWaits(const std::vector<std::string>& ids) {
+  absl::StatusOr<std::vector<v1::Task>> read = work_source_->ReadTasks(ids);
+  if (!read.ok()) {
+    // The waits stay parked: the periodic re-check of every remote wait
+    // (or their timeout) answers them.
+    const absl::Time now = absl::Now();
+    if (now - remote_error_logged_ > absl::Seconds(5)) {
+      remote_error_logged_ = now;
+      spdlog::error("reading tasks of remote waits failed: {}",
+                    read.status().ToString());
+    }
+    return;
+  }
+  absl::flat_hash_map<std::string, v1::Task*> found;
+  for (v1::Task& t : *read) found[t.id()] = &t;
+  std::vector<std::pair<WaitDone, absl::StatusOr<v1::Task>>> answers;
   {
     MutexLock lock(&mu_);
-    auto remote = [&](const std::string& id) {
-      mu_.AssertHeld();  // Called only below, under the lock.
-      auto it = tasks_.find(id);
-      return it == tasks_.end() || it->second.abandoned;
-    };
-    if (ids.empty()) {
-      for (std::string& id : waits_.TaskIds()) {
-        if (remote(id)) check.push_back(std::move(id));
-      }
-    } else {
-      for (const std::string& id : ids) {
-        if (waits_.Has(id) && remote(id)) check.push_back(id);
+    for (const std::string& id : ids) {
+      if (!waits_.Has(id) || !RemoteLocked(id)) continue;
+      auto f = found.find(id);
+      if (f == found.end()) {
+        for (WaitDone& done : waits_.TakeTask(id)) {
+          answers.emplace_back(
+              std::move(done),
+              absl::NotFoundError(absl::StrCat("task ", id, " not found")));
+        }
+      } else if (IsTerminal(f->second->state())) {
+        for (WaitDone& done : waits_.TakeTask(id)) {
+          answers.emplace_back(std::move(done), *f->second);
+        }
       }
     }
   }
-  for (const std::string& id : check) {
-    absl::StatusOr<v1::Task> t = store_.Get(id);
-    if (!t.ok() || !IsTerminal(t->state())) continue;
-    std::vector<WaitDone> waiters;
-    {
-      MutexLock lock(&mu_);
-      waiters = waits_.TakeTask(id);
-    }
-    for (WaitDone& done : waiters) done(*t, true);
+  for (auto& [done, task] : answers) {
+    const bool terminal = task.ok();
+    done(std::move(task), terminal);
   }
 }
 

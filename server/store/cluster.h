@@ -80,6 +80,10 @@ class WorkSource {
   // attempt number. Empty when nothing is claimable or the node is fenced.
   // Blocks on a database round trip.
   virtual absl::StatusOr<std::vector<v1::Task>> Claim(int n) = 0;
+  // The stored tasks among `ids` (unknown ids are left out), in any order,
+  // in one database round trip. Blocks.
+  virtual absl::StatusOr<std::vector<v1::Task>> ReadTasks(
+      const std::vector<std::string>& ids) = 0;
   virtual const std::string& node_id() const = 0;
   virtual int64_t incarnation() const = 0;
 };

@@ -145,10 +145,13 @@ class Conn {
   // it sits in an open transaction that long, so a node that is paused
   // (SIGSTOP, a stalled VM) mid-transaction cannot hold row locks that keep
   // other nodes from reaping its leases.
+  // `session_sql` runs after every (re)connect (session settings).
   static absl::StatusOr<std::unique_ptr<Conn>> Connect(
       const std::string& uri, Durability durability,
-      absl::Duration idle_txn_timeout = absl::ZeroDuration()) {
-    std::unique_ptr<Conn> conn(new Conn(uri, durability, idle_txn_timeout));
+      absl::Duration idle_txn_timeout = absl::ZeroDuration(),
+      std::string session_sql = "") {
+    std::unique_ptr<Conn> conn(
+        new Conn(uri, durability, idle_txn_timeout, std::move(session_sql)));
     FORQ_RETURN_IF_ERROR(conn->Setup());
     return conn;
   }
@@ -209,10 +212,12 @@ class Conn {
   }
 
  private:
-  Conn(std::string uri, Durability durability, absl::Duration idle_txn_timeout)
+  Conn(std::string uri, Durability durability, absl::Duration idle_txn_timeout,
+       std::string session_sql)
       : conn_(ConnectWithDefaults(uri)),
         durability_(durability),
-        idle_txn_timeout_(idle_txn_timeout) {}
+        idle_txn_timeout_(idle_txn_timeout),
+        session_sql_(std::move(session_sql)) {}
 
   // A connect attempt gives up after 5 s and TCP keepalives notice a dead
   // server within ~20 s, unless the URI sets its own values (keywords
@@ -244,6 +249,14 @@ class Conn {
       FORQ_RETURN_IF_ERROR(
           Command("SET synchronous_commit = off", "set synchronous_commit"));
     }
+    // Every statement is written for index access by primary key or a
+    // partial index. With custom plans (PostgreSQL's default for a prepared
+    // statement's first runs) the planner sees the real length of an
+    // unnest() array and, on a table whose statistics are stale, may pick
+    // a hash join over a scan of the whole table; the generic plan keeps
+    // the nested loop over the key and saves the planning on every call.
+    FORQ_RETURN_IF_ERROR(Command("SET plan_cache_mode = force_generic_plan",
+                                 "set plan_cache_mode"));
     if (idle_txn_timeout_ > absl::ZeroDuration()) {
       FORQ_RETURN_IF_ERROR(
           Command(absl::StrCat("SET idle_in_transaction_session_timeout = ",
@@ -251,12 +264,16 @@ class Conn {
                       .c_str(),
                   "set idle_in_transaction_session_timeout"));
     }
+    if (!session_sql_.empty()) {
+      FORQ_RETURN_IF_ERROR(Command(session_sql_.c_str(), "session settings"));
+    }
     return absl::OkStatus();
   }
 
   PGconn* const conn_;
   const Durability durability_;
   const absl::Duration idle_txn_timeout_;
+  const std::string session_sql_;
   absl::flat_hash_set<std::string> prepared_;
 };
 
@@ -377,15 +394,19 @@ const std::string kUpdateBulk = absl::StrCat(
 const std::string kUpdateUnowned = kUpdateBulk + " AND t.state <> 2";
 // Cluster mode: a write of an attempt this node claimed applies only while
 // the row still is that attempt, RUNNING, owned by this incarnation ($9).
-// A write that keeps it RUNNING keeps the lease.
+// A write that keeps it RUNNING keeps the lease. The "+ 0" keeps the
+// planner off tasks_by_owner (and the other state = 2 partial indexes):
+// driving the join from there scans every attempt the node has claimed
+// since the last vacuum for each row written. The join must run from the
+// rows given, by primary key.
 const std::string kUpdateFenced = absl::StrCat(
     "UPDATE tasks AS t SET ", kUpdateColumns,
     ", owner_node = CASE WHEN u.state = 2 THEN t.owner_node END, "
     "owner_incarnation = CASE WHEN u.state = 2 THEN t.owner_incarnation END, "
     "lease_until = CASE WHEN u.state = 2 THEN t.lease_until END",
     kUpdateFrom,
-    " AND t.attempt = u.fence AND t.state = 2 AND t.owner_incarnation = "
-    "$9::int8 RETURNING t.id");
+    " AND t.attempt = u.fence AND t.state + 0 = 2 AND t.owner_incarnation + "
+    "0 = $9::int8 RETURNING t.id");
 // $1 node, $2 incarnation, $3 lease in microseconds, $4 how many.
 const std::string kClaim =
     "UPDATE tasks AS t SET state = 2, attempt = t.attempt + 1, owner_node = "
@@ -394,11 +415,20 @@ const std::string kClaim =
     "(not_before IS NULL OR not_before <= now()) ORDER BY priority DESC, id "
     "FOR UPDATE SKIP LOCKED LIMIT $4) AS c WHERE t.id = c.id RETURNING "
     "t.data, t.attempt::text";
+// Extends the leases of the node's RUNNING attempts and returns them all.
+// Rows another transaction holds are skipped rather than waited for: the
+// writer finishing them (its lock held across a group commit) would
+// otherwise stall the heartbeat, and updating them in another order than
+// the writer deadlocks. The final SELECT reads the statement's snapshot,
+// so a row being finished still counts as this node's; a row a reaper is
+// taking back is seen as lost by the next heartbeat.
 const std::string kHeartbeat =
-    "WITH n AS (UPDATE nodes SET heartbeat_at = now() WHERE node_id = $1) "
-    "UPDATE tasks SET lease_until = now() + $3::int8 * interval '1 "
-    "microsecond' WHERE owner_incarnation = $2::int8 AND state = 2 "
-    "RETURNING id, attempt::text";
+    "WITH n AS (UPDATE nodes SET heartbeat_at = now() WHERE node_id = $1), "
+    "x AS (UPDATE tasks SET lease_until = now() + $3::int8 * interval '1 "
+    "microsecond' WHERE id IN (SELECT id FROM tasks WHERE owner_incarnation "
+    "= $2::int8 AND state = 2 FOR UPDATE SKIP LOCKED)) SELECT id, "
+    "attempt::text FROM tasks WHERE owner_incarnation = $2::int8 AND state = "
+    "2";
 const std::string kRegister =
     "INSERT INTO nodes(node_id, incarnation, started_at, heartbeat_at) "
     "VALUES($1, nextval('forq_incarnation'), now(), now()) ON CONFLICT "
@@ -408,6 +438,9 @@ const std::string kReapSelect =
     "SELECT id, data, attempt::text, COALESCE(owner_node, '') FROM tasks "
     "WHERE state = 2 AND lease_until < now() ORDER BY lease_until LIMIT 500 "
     "FOR UPDATE SKIP LOCKED";
+// One statement for every notification of a transaction.
+const std::string kNotify =
+    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)";
 const std::string kLostEvents =
     "INSERT INTO task_events(task_id, attempt, state, node_id, reason) "
     "SELECT * FROM unnest($1::text[], $2::int4[], $3::int4[], $4::text[], "
@@ -416,7 +449,12 @@ const std::string kPutObject =
     "INSERT INTO objects(name, data) VALUES($1, $2) ON CONFLICT (name) DO "
     "UPDATE SET data = excluded.data";
 const std::string kDeleteObject = "DELETE FROM objects WHERE name = $1";
-const std::string kGet = "SELECT data FROM tasks WHERE id = $1";
+// Reads return the state and attempt columns beside `data` (TaskFromRow).
+const std::string kGet =
+    "SELECT data, state::text, attempt::text FROM tasks WHERE id = $1";
+const std::string kGetMany =
+    "SELECT data, state::text, attempt::text FROM tasks WHERE id = "
+    "ANY($1::text[])";
 const std::string kUnfinished = absl::StrCat(
     "SELECT data FROM tasks WHERE state IN (", static_cast<int>(v1::QUEUED),
     ", ", static_cast<int>(v1::RUNNING), ") ORDER BY id");
@@ -460,6 +498,20 @@ int IntValue(const PGresult* res, int row, int column) {
   int v = 0;
   (void)absl::SimpleAtoi(TextValue(res, row, column), &v);
   return v;
+}
+
+// A row of (data, state, attempt). A cluster node writes no RUNNING
+// record: its claim sets the state and attempt columns and leaves `data` as
+// it was queued, so a claimed task reads as RUNNING at the claimed attempt.
+absl::StatusOr<v1::Task> TaskFromRow(const PGresult* res, int row) {
+  FORQ_ASSIGN_OR_RETURN(v1::Task task, ParseTask(res, row, 0));
+  if (IntValue(res, row, 1) == static_cast<int>(v1::RUNNING) &&
+      task.state() != v1::RUNNING) {
+    task.set_state(v1::RUNNING);
+    task.set_attempt(IntValue(res, row, 2));
+    task.clear_not_before();
+  }
+  return task;
 }
 
 // Retry backoff: base * 2^(attempt-1), capped, +-25% jitter.
@@ -510,8 +562,11 @@ struct PostgresStore::PendingWrite {
   // that the fence refused.
   bool queued = false;
   std::vector<std::string> finished;
-  std::vector<AttemptRef> released;
-  std::vector<AttemptRef> fenced;
+  // With the claim (Owned::claim) the write was fenced by: a give-back
+  // writes the attempt before the claimed one, so a new claim of the task
+  // can carry the same attempt number as the write it follows.
+  std::vector<std::pair<AttemptRef, uint64_t>> released;
+  std::vector<std::pair<AttemptRef, uint64_t>> fenced;
   void ClearEffects() {
     queued = false;
     finished.clear();
@@ -639,10 +694,16 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   auto store = std::unique_ptr<PostgresStore>(
       new PostgresStore(options, std::move(writer), std::move(lock)));
   if (options.cluster.enabled) {
+    // The claim reads the head of the partial index tasks_claimable in
+    // index order. On a table whose statistics are stale (a new schema,
+    // autovacuum not yet run) the planner may instead pick a bitmap scan of
+    // every queued row plus a sort: each claim would cost O(queue length).
+    // This connection runs only the claim, so the settings are its own.
     FORQ_ASSIGN_OR_RETURN(
         std::unique_ptr<Conn> claim,
         Conn::Connect(options.postgres_uri, options.durability,
-                      IdleTxnTimeout(options.cluster)));
+                      IdleTxnTimeout(options.cluster),
+                      "SET enable_bitmapscan = off; SET enable_seqscan = off"));
     FORQ_ASSIGN_OR_RETURN(
         std::unique_ptr<Conn> upkeep,
         Conn::Connect(options.postgres_uri, options.durability,
@@ -782,6 +843,7 @@ void PostgresStore::CommitGroup(
     Deliver(std::move(done));
     return;
   }
+  if (after_commit_hook_) after_commit_hook_();
   if (cluster_.enabled) {
     // Committed: attempts written out of RUNNING (or refused) are no longer
     // this node's. The refusals are reported before any ack, so the
@@ -791,24 +853,25 @@ void PostgresStore::CommitGroup(
       MutexLock lock(&owned_mu_);
       for (size_t i = 0; i < group.size(); ++i) {
         if (!statuses[i].ok()) continue;
-        for (const AttemptRef& a : group[i]->released) {
+        // Only the claim the write was fenced by: the task may have been
+        // claimed again since the commit (a give-back re-claimed at once).
+        for (const auto& [a, claim] : group[i]->released) {
           auto it = owned_.find(a.task_id);
-          if (it != owned_.end() && it->second.attempt == a.attempt) {
+          if (it != owned_.end() && it->second.claim == claim) {
             owned_.erase(it);
           }
         }
         // Refused ones stay fenced: a later write of the same attempt must
         // not pass as a plain write.
-        for (const AttemptRef& a : group[i]->fenced) {
+        for (const auto& [a, claim] : group[i]->fenced) {
           auto it = owned_.find(a.task_id);
-          if (it != owned_.end() && it->second.attempt == a.attempt &&
+          if (it != owned_.end() && it->second.claim == claim &&
               !it->second.lost) {
             it->second.lost = true;
             it->second.lost_at = absl::Now();
           }
+          fenced.push_back(a);
         }
-        fenced.insert(fenced.end(), group[i]->fenced.begin(),
-                      group[i]->fenced.end());
       }
     }
     if (!fenced.empty()) {
@@ -842,11 +905,16 @@ absl::Status PostgresStore::RunGroup(
     std::vector<std::unique_ptr<PendingWrite>>& group,
     std::vector<absl::Status>& statuses, bool isolated) {
   absl::Status txn_status = writer_->Command("BEGIN", "begin transaction");
-  for (size_t i = 0; txn_status.ok() && i < group.size(); ++i) {
-    if (isolated) {
-      txn_status = writer_->Command("SAVEPOINT w", "savepoint");
-      if (!txn_status.ok()) break;
-    }
+  if (txn_status.ok() && !isolated) {
+    // Every call of the group at once: the task rows of all its inserts in
+    // one statement, of all its updates in one (two with fenced attempts),
+    // so a group costs a handful of round trips however many calls it
+    // holds. If anything fails, the group runs again call by call.
+    txn_status = ApplyMerged(group);
+  }
+  for (size_t i = 0; isolated && txn_status.ok() && i < group.size(); ++i) {
+    txn_status = writer_->Command("SAVEPOINT w", "savepoint");
+    if (!txn_status.ok()) break;
     group[i]->ClearEffects();
     absl::Status status = Apply(*group[i]);
     if (!status.ok()) group[i]->ClearEffects();
@@ -854,14 +922,10 @@ absl::Status PostgresStore::RunGroup(
       txn_status = status;  // Connection lost: the whole group fails.
       break;
     }
-    if (!status.ok() && !isolated) {
-      txn_status = absl::AbortedError("a call of the group failed");
-      break;
-    }
     if (!status.ok()) {
       txn_status = writer_->Command("ROLLBACK TO SAVEPOINT w", "rollback to");
     }
-    if (isolated && txn_status.ok()) {
+    if (txn_status.ok()) {
       txn_status = writer_->Command("RELEASE SAVEPOINT w", "release");
     }
     statuses[i] = std::move(status);
@@ -869,7 +933,8 @@ absl::Status PostgresStore::RunGroup(
   if (txn_status.ok() && cluster_.enabled) {
     // Delivered to the other nodes' LISTEN connections at commit: claimable
     // work (forq_work) and finished tasks for their waiters (forq_done,
-    // comma-separated ids, payloads under PostgreSQL's 8000-byte limit).
+    // comma-separated ids, payloads under PostgreSQL's 8000-byte limit),
+    // all in one statement.
     bool queued = false;
     std::vector<std::string> payloads;
     for (size_t i = 0; i < group.size(); ++i) {
@@ -884,11 +949,21 @@ absl::Status PostgresStore::RunGroup(
         payloads.back().append(id);
       }
     }
-    if (queued) txn_status = writer_->Command("NOTIFY forq_work", "notify");
-    for (size_t i = 0; txn_status.ok() && i < payloads.size(); ++i) {
+    if (queued || !payloads.empty()) {
+      ArrayLiteral channels, texts;
+      if (queued) {
+        channels.AddText("forq_work");
+        texts.AddText("");
+      }
+      for (const std::string& p : payloads) {
+        channels.AddText("forq_done");
+        texts.AddText(p);
+      }
       txn_status = writer_
-                       ->Run("notify_done", "SELECT pg_notify('forq_done', $1)",
-                             {Param::Text(payloads[i])}, "notify")
+                       ->Run("notify", kNotify,
+                             {Param::Text(std::move(channels).Finish()),
+                              Param::Text(std::move(texts).Finish())},
+                             "notify")
                        .status();
     }
   }
@@ -902,12 +977,36 @@ absl::Status PostgresStore::RunGroup(
   return txn_status;
 }
 
+absl::Status PostgresStore::ApplyMerged(
+    std::vector<std::unique_ptr<PendingWrite>>& group) {
+  std::vector<PendingWrite*> inserts, updates;
+  absl::Status status;
+  for (auto& op : group) {
+    op->ClearEffects();
+    if (op->type == PendingWrite::Type::kInsert) {
+      inserts.push_back(op.get());
+    } else if (op->type == PendingWrite::Type::kUpdate) {
+      updates.push_back(op.get());
+    } else if (status.ok()) {
+      status = Apply(*op);  // Manager objects, in queue order.
+    }
+  }
+  // Inserts before updates: a task inserted and updated in one group
+  // (single-node forqd) is written in that order.
+  if (status.ok()) status = ApplyInsert(inserts);
+  if (status.ok()) status = ApplyUpdate(updates);
+  if (status.ok()) return status;
+  for (auto& op : group) op->ClearEffects();
+  if (writer_->bad()) return status;  // Connection lost: the group fails.
+  return absl::AbortedError("a call of the group failed");
+}
+
 absl::Status PostgresStore::Apply(PendingWrite& op) {
   switch (op.type) {
     case PendingWrite::Type::kInsert:
-      return ApplyInsert(op);
+      return ApplyInsert({&op});
     case PendingWrite::Type::kUpdate:
-      return ApplyUpdate(op);
+      return ApplyUpdate({&op});
     case PendingWrite::Type::kPutObject:
       return writer_
           ->Run("put_object", kPutObject,
@@ -942,36 +1041,38 @@ absl::Status PostgresStore::Apply(PendingWrite& op) {
   return absl::InternalError("postgres store: unknown write type");
 }
 
-absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
-  op.results.assign(op.tasks.size(), InsertResult());
+absl::Status PostgresStore::ApplyInsert(const std::vector<PendingWrite*>& ops) {
   // Tasks without an idempotency key go in one multi-row statement; keyed
   // ones one by one, in order, each seeing the rows before it.
   ArrayLiteral ids, queues, kinds, states, priorities, keys, finished, expires,
       datas, attempts, delays;
   int bulk = 0;
   std::string scratch;
-  for (const v1::Task& task : op.tasks) {
-    if (task.id().empty()) {
-      return absl::InvalidArgumentError("postgres store: task without id");
+  for (PendingWrite* op : ops) {
+    op->results.assign(op->tasks.size(), InsertResult());
+    for (const v1::Task& task : op->tasks) {
+      if (task.id().empty()) {
+        return absl::InvalidArgumentError("postgres store: task without id");
+      }
+      if (task.state() == v1::QUEUED) op->queued = true;
+      if (!task.idempotency_key().empty()) continue;
+      if (!task.SerializeToString(&scratch)) {
+        return absl::InternalError(
+            absl::StrCat("postgres store: cannot serialise task ", task.id()));
+      }
+      ids.AddText(task.id());
+      queues.AddText(task.queue());
+      kinds.AddText(task.kind());
+      states.AddInt(static_cast<int>(task.state()));
+      priorities.AddInt(task.priority());
+      keys.AddNullableText("");
+      finished.AddInt(FinishedAtMicros(task));
+      expires.AddInt(ExpiresAtMicros(task));
+      datas.AddBytes(scratch);
+      attempts.AddInt(task.attempt());
+      delays.AddInt(DelayMicros(task));
+      ++bulk;
     }
-    if (!task.SerializeToString(&scratch)) {
-      return absl::InternalError(
-          absl::StrCat("postgres store: cannot serialise task ", task.id()));
-    }
-    if (task.state() == v1::QUEUED) op.queued = true;
-    if (!task.idempotency_key().empty()) continue;
-    ids.AddText(task.id());
-    queues.AddText(task.queue());
-    kinds.AddText(task.kind());
-    states.AddInt(static_cast<int>(task.state()));
-    priorities.AddInt(task.priority());
-    keys.AddNullableText("");
-    finished.AddInt(FinishedAtMicros(task));
-    expires.AddInt(ExpiresAtMicros(task));
-    datas.AddBytes(scratch);
-    attempts.AddInt(task.attempt());
-    delays.AddInt(DelayMicros(task));
-    ++bulk;
   }
   auto duplicate_id = [](absl::Status status) {
     if (status.code() == absl::StatusCode::kAlreadyExists) {
@@ -997,86 +1098,95 @@ absl::Status PostgresStore::ApplyInsert(PendingWrite& op) {
                      "insert tasks");
     if (!res.ok()) return duplicate_id(res.status());
   }
-  for (size_t i = 0; i < op.tasks.size(); ++i) {
-    const v1::Task& task = op.tasks[i];
-    if (task.idempotency_key().empty()) continue;
-    if (!task.SerializeToString(&scratch)) {
-      return absl::InternalError(
-          absl::StrCat("postgres store: cannot serialise task ", task.id()));
+  for (PendingWrite* op : ops) {
+    for (size_t i = 0; i < op->tasks.size(); ++i) {
+      const v1::Task& task = op->tasks[i];
+      if (task.idempotency_key().empty()) continue;
+      if (!task.SerializeToString(&scratch)) {
+        return absl::InternalError(
+            absl::StrCat("postgres store: cannot serialise task ", task.id()));
+      }
+      absl::StatusOr<Result> res = writer_->Run(
+          "insert_keyed", kInsertKeyed,
+          {Param::Text(task.id()), Param::Text(task.queue()),
+           Param::Text(task.kind()), Param::Int(static_cast<int>(task.state())),
+           Param::Int(task.priority()), Param::Text(task.idempotency_key()),
+           OptionalInt(FinishedAtMicros(task)),
+           OptionalInt(ExpiresAtMicros(task)), Param::Bytes(scratch),
+           Param::Int(task.attempt()), OptionalInt(DelayMicros(task))},
+          absl::StrCat("insert ", task.id()));
+      if (!res.ok()) return duplicate_id(res.status());
+      FORQ_ASSIGN_OR_RETURN(int64_t inserted, AffectedRows(*res));
+      if (inserted == 1) continue;
+      // The key is taken: by an earlier call, an earlier task of this call,
+      // or a concurrent writer whose commit the insert waited for.
+      FORQ_ASSIGN_OR_RETURN(Result found,
+                            writer_->Run("find_by_key", kFindByKey,
+                                         {Param::Text(task.idempotency_key())},
+                                         "look up idempotency key"));
+      if (PQntuples(found.get()) != 1) {
+        return absl::UnavailableError(
+            "postgres store: idempotency key conflict with a row that is "
+            "gone; retry");
+      }
+      FORQ_ASSIGN_OR_RETURN(op->results[i].task, ParseTask(found.get(), 0, 0));
+      op->results[i].existing = true;
     }
-    absl::StatusOr<Result> res = writer_->Run(
-        "insert_keyed", kInsertKeyed,
-        {Param::Text(task.id()), Param::Text(task.queue()),
-         Param::Text(task.kind()), Param::Int(static_cast<int>(task.state())),
-         Param::Int(task.priority()), Param::Text(task.idempotency_key()),
-         OptionalInt(FinishedAtMicros(task)),
-         OptionalInt(ExpiresAtMicros(task)), Param::Bytes(scratch),
-         Param::Int(task.attempt()), OptionalInt(DelayMicros(task))},
-        absl::StrCat("insert ", task.id()));
-    if (!res.ok()) return duplicate_id(res.status());
-    FORQ_ASSIGN_OR_RETURN(int64_t inserted, AffectedRows(*res));
-    if (inserted == 1) continue;
-    // The key is taken: by an earlier call, an earlier task of this call,
-    // or a concurrent writer whose commit the insert waited for.
-    FORQ_ASSIGN_OR_RETURN(Result found,
-                          writer_->Run("find_by_key", kFindByKey,
-                                       {Param::Text(task.idempotency_key())},
-                                       "look up idempotency key"));
-    if (PQntuples(found.get()) != 1) {
-      return absl::UnavailableError(
-          "postgres store: idempotency key conflict with a row that is gone; "
-          "retry");
-    }
-    FORQ_ASSIGN_OR_RETURN(op.results[i].task, ParseTask(found.get(), 0, 0));
-    op.results[i].existing = true;
   }
   return absl::OkStatus();
 }
 
-absl::Status PostgresStore::ApplyUpdate(PendingWrite& op) {
-  // Within one call a later version of a task wins, as in order.
-  absl::flat_hash_map<absl::string_view, size_t> last;
-  for (size_t i = 0; i < op.tasks.size(); ++i) {
-    if (i < op.superseded.size() && op.superseded[i]) continue;
-    last[op.tasks[i].id()] = i;
+absl::Status PostgresStore::ApplyUpdate(const std::vector<PendingWrite*>& ops) {
+  // A row of the calls: (call, task index). A later version of a task wins,
+  // as in order (CommitGroup marked the earlier ones of other calls
+  // superseded).
+  using Row = std::pair<PendingWrite*, size_t>;
+  absl::flat_hash_map<absl::string_view, Row> last;
+  for (PendingWrite* op : ops) {
+    for (size_t i = 0; i < op->tasks.size(); ++i) {
+      if (i < op->superseded.size() && op->superseded[i]) continue;
+      last[op->tasks[i].id()] = Row{op, i};
+    }
   }
   if (last.empty()) return absl::OkStatus();
   // In cluster mode the writes of attempts this node claimed are fenced;
   // other writes (Retry of a finished task, say) are plain.
-  absl::flat_hash_map<std::string, int> fence;
+  absl::flat_hash_map<std::string, Owned> fence;
   if (cluster_.enabled) {
     MutexLock lock(&owned_mu_);
-    for (const auto& [id, i] : last) {
+    for (const auto& [id, row] : last) {
       auto it = owned_.find(id);
-      if (it != owned_.end()) fence.emplace(it->first, it->second.attempt);
+      if (it != owned_.end()) fence.emplace(it->first, it->second);
     }
   }
   struct Batch {
     ArrayLiteral ids, states, finished, expires, datas, attempts, delays,
         fences;
-    std::vector<size_t> rows;
+    std::vector<Row> rows;
   };
   Batch plain, fenced;
   std::string scratch;
-  for (size_t i = 0; i < op.tasks.size(); ++i) {
-    const v1::Task& task = op.tasks[i];
-    auto it = last.find(task.id());
-    if (it == last.end() || it->second != i) continue;
-    if (!task.SerializeToString(&scratch)) {
-      return absl::InternalError(
-          absl::StrCat("postgres store: cannot serialise task ", task.id()));
+  for (PendingWrite* op : ops) {
+    for (size_t i = 0; i < op->tasks.size(); ++i) {
+      const v1::Task& task = op->tasks[i];
+      auto it = last.find(task.id());
+      if (it == last.end() || it->second != Row{op, i}) continue;
+      if (!task.SerializeToString(&scratch)) {
+        return absl::InternalError(
+            absl::StrCat("postgres store: cannot serialise task ", task.id()));
+      }
+      auto f = fence.find(task.id());
+      Batch& b = f != fence.end() ? fenced : plain;
+      b.ids.AddText(task.id());
+      b.states.AddInt(static_cast<int>(task.state()));
+      b.finished.AddInt(FinishedAtMicros(task));
+      b.expires.AddInt(ExpiresAtMicros(task));
+      b.datas.AddBytes(scratch);
+      b.attempts.AddInt(task.attempt());
+      b.delays.AddInt(DelayMicros(task));
+      b.fences.AddInt(f != fence.end() ? f->second.attempt : 0);
+      b.rows.push_back(Row{op, i});
     }
-    auto f = fence.find(task.id());
-    Batch& b = f != fence.end() ? fenced : plain;
-    b.ids.AddText(task.id());
-    b.states.AddInt(static_cast<int>(task.state()));
-    b.finished.AddInt(FinishedAtMicros(task));
-    b.expires.AddInt(ExpiresAtMicros(task));
-    b.datas.AddBytes(scratch);
-    b.attempts.AddInt(task.attempt());
-    b.delays.AddInt(DelayMicros(task));
-    b.fences.AddInt(f != fence.end() ? f->second : 0);
-    b.rows.push_back(i);
   }
   auto params = [](Batch& b) {
     return std::vector<Param>{Param::Text(std::move(b.ids).Finish()),
@@ -1088,10 +1198,11 @@ absl::Status PostgresStore::ApplyUpdate(PendingWrite& op) {
                               Param::Text(std::move(b.delays).Finish()),
                               Param::Text(std::move(b.fences).Finish())};
   };
-  auto note = [&op](const v1::Task& task) {
-    if (task.state() == v1::QUEUED) op.queued = true;
+  auto note = [](const Row& row) {
+    const v1::Task& task = row.first->tasks[row.second];
+    if (task.state() == v1::QUEUED) row.first->queued = true;
     if (store_internal::IsTerminal(task.state())) {
-      op.finished.push_back(task.id());
+      row.first->finished.push_back(task.id());
     }
   };
   if (!plain.rows.empty()) {
@@ -1115,7 +1226,7 @@ absl::Status PostgresStore::ApplyUpdate(PendingWrite& op) {
                        plain.rows.size() - updated, " of ", plain.rows.size(),
                        " ids not stored"));
     }
-    for (size_t i : plain.rows) note(op.tasks[i]);
+    for (const Row& row : plain.rows) note(row);
   }
   if (!fenced.rows.empty()) {
     std::vector<Param> p = params(fenced);
@@ -1127,16 +1238,18 @@ absl::Status PostgresStore::ApplyUpdate(PendingWrite& op) {
     for (int r = 0; r < PQntuples(res.get()); ++r) {
       applied.insert(TextValue(res.get(), r, 0));
     }
-    for (size_t i : fenced.rows) {
-      const v1::Task& task = op.tasks[i];
-      const int attempt = fence[task.id()];
+    for (const Row& row : fenced.rows) {
+      const v1::Task& task = row.first->tasks[row.second];
+      const Owned& owned = fence[task.id()];
       if (!applied.contains(task.id())) {
-        op.fenced.push_back(AttemptRef{task.id(), attempt});
+        row.first->fenced.emplace_back(AttemptRef{task.id(), owned.attempt},
+                                       owned.claim);
         continue;
       }
-      note(task);
+      note(row);
       if (task.state() != v1::RUNNING) {
-        op.released.push_back(AttemptRef{task.id(), attempt});
+        row.first->released.emplace_back(AttemptRef{task.id(), owned.attempt},
+                                         owned.claim);
       }
     }
   }
@@ -1248,7 +1361,27 @@ absl::StatusOr<v1::Task> PostgresStore::Get(absl::string_view id) {
   if (PQntuples(res.get()) == 0) {
     return absl::NotFoundError(absl::StrCat("task ", id, " not found"));
   }
-  return ParseTask(res.get(), 0, 0);
+  return TaskFromRow(res.get(), 0);
+}
+
+absl::StatusOr<std::vector<v1::Task>> PostgresStore::ReadTasks(
+    const std::vector<std::string>& ids) {
+  std::vector<v1::Task> out;
+  if (ids.empty()) return out;
+  ArrayLiteral array;
+  for (const std::string& id : ids) array.AddText(id);
+  const std::string literal = std::move(array).Finish();
+  FORQ_ASSIGN_OR_RETURN(Result res, WithReader([&](Conn& conn) {
+                          return conn.Run("get_many", kGetMany,
+                                          {Param::Text(literal)}, "get tasks");
+                        }));
+  const int rows = PQntuples(res.get());
+  out.reserve(rows);
+  for (int r = 0; r < rows; ++r) {
+    FORQ_ASSIGN_OR_RETURN(v1::Task task, TaskFromRow(res.get(), r));
+    out.push_back(std::move(task));
+  }
+  return out;
 }
 
 absl::StatusOr<ListPage> PostgresStore::List(const ListQuery& query) {
@@ -1259,7 +1392,8 @@ absl::StatusOr<ListPage> PostgresStore::List(const ListQuery& query) {
   const bool by_kind = !query.kind.empty();
   // Only the filters in use appear in the SQL, so the planner can use the
   // (filter, id) index that also yields id order.
-  std::string sql = "SELECT data FROM tasks WHERE id > $1";
+  std::string sql =
+      "SELECT data, state::text, attempt::text FROM tasks WHERE id > $1";
   std::vector<Param> params = {Param::Text(std::move(after))};
   std::string name = "list";
   if (by_queue) {
@@ -1291,7 +1425,7 @@ absl::StatusOr<ListPage> PostgresStore::List(const ListQuery& query) {
       page.next_page_token = EncodePageToken(page.tasks.back().id());
       break;
     }
-    FORQ_ASSIGN_OR_RETURN(v1::Task task, ParseTask(res.get(), r, 0));
+    FORQ_ASSIGN_OR_RETURN(v1::Task task, TaskFromRow(res.get(), r));
     page.tasks.push_back(std::move(task));
   }
   return page;
@@ -1386,7 +1520,9 @@ absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(int n) {
       // reaper gives the tasks back.
       out.clear();
     } else {
-      for (const v1::Task& t : out) owned_[t.id()] = Owned{t.attempt()};
+      for (const v1::Task& t : out) {
+        owned_[t.id()] = Owned{t.attempt(), ++last_claim_};
+      }
     }
   }
   return out;

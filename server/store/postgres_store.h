@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -86,6 +87,8 @@ class PostgresStore final : public Store, public WorkSource {
   absl::Status StartCluster(Callbacks callbacks) override;
   void StopCluster() override;
   absl::StatusOr<std::vector<v1::Task>> Claim(int n) override;
+  absl::StatusOr<std::vector<v1::Task>> ReadTasks(
+      const std::vector<std::string>& ids) override;
   const std::string& node_id() const override { return node_id_; }
   int64_t incarnation() const override {
     return incarnation_.load(std::memory_order_acquire);
@@ -104,6 +107,12 @@ class PostgresStore final : public Store, public WorkSource {
   // when no attempts are left; failure reason WORKER_LOST, "lease
   // expired". Returns how many were reaped (at most 500 per call).
   absl::StatusOr<int> ReapExpired() ABSL_LOCKS_EXCLUDED(upkeep_mu_);
+  // Tests only: runs on the writer thread after each committed group, before
+  // the group's effects on this node's attempts are recorded. Set before
+  // any write.
+  void SetAfterCommitHookForTest(std::function<void()> hook) {
+    after_commit_hook_ = std::move(hook);
+  }
   // Writes refused by the attempt fence so far.
   int64_t fenced_writes() const {
     return fenced_writes_.load(std::memory_order_relaxed);
@@ -123,9 +132,12 @@ class PostgresStore final : public Store, public WorkSource {
   void CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group);
   absl::Status RunGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
                         std::vector<absl::Status>& statuses, bool isolated);
+  // Applies every call of `group` in the open transaction, the task rows
+  // of all of them in one statement per kind; Aborted if one failed.
+  absl::Status ApplyMerged(std::vector<std::unique_ptr<PendingWrite>>& group);
   absl::Status Apply(PendingWrite& op);
-  absl::Status ApplyInsert(PendingWrite& op);
-  absl::Status ApplyUpdate(PendingWrite& op);
+  absl::Status ApplyInsert(const std::vector<PendingWrite*>& ops);
+  absl::Status ApplyUpdate(const std::vector<PendingWrite*>& ops);
   absl::Status Register(Conn& conn);
   void UpkeepLoop();
   Callbacks callbacks() ABSL_LOCKS_EXCLUDED(callbacks_mu_);
@@ -148,6 +160,7 @@ class PostgresStore final : public Store, public WorkSource {
 
   // Used only by the writer thread (and by Open before it starts).
   const std::unique_ptr<Conn> writer_;
+  std::function<void()> after_commit_hook_;
 
   Mutex queue_mu_;
   CondVar queue_cv_;
@@ -179,6 +192,8 @@ class PostgresStore final : public Store, public WorkSource {
   // are still fenced (never written as if they were not attempts).
   struct Owned {
     int attempt = 0;
+    // Which claim of this node (last_claim_) made it this node's.
+    uint64_t claim = 0;
     bool lost = false;
     // When it was reported lost or refused; forgotten 10 leases later.
     absl::Time lost_at;
@@ -186,6 +201,7 @@ class PostgresStore final : public Store, public WorkSource {
   Mutex owned_mu_;
   absl::flat_hash_map<std::string, Owned> owned_ ABSL_GUARDED_BY(owned_mu_);
   bool self_fenced_ ABSL_GUARDED_BY(owned_mu_) = false;
+  uint64_t last_claim_ ABSL_GUARDED_BY(owned_mu_) = 0;
   absl::Time last_heartbeat_ ABSL_GUARDED_BY(owned_mu_);
   Mutex claim_mu_;
   std::unique_ptr<Conn> claim_conn_ ABSL_GUARDED_BY(claim_mu_);

@@ -199,6 +199,50 @@ TEST_F(ClusterStoreTest, TwoNodesNeverClaimTheSameTask) {
   EXPECT_EQ(all.size(), 200u);
 }
 
+// A give-back (QUEUED at the attempt before the claimed one) can be
+// claimed again by the same node, at the same attempt number, right after
+// it commits. The release of the old claim must not take the new one with
+// it: the new attempt's completion is written, not refused.
+TEST_F(ClusterStoreTest, GiveBackClaimedAgainAtOnceKeepsTheNewClaim) {
+  Reports ra;
+  auto a = OpenNode("a", ra);
+  ASSERT_NE(a, nullptr);
+  ASSERT_THAT(Insert(*a, {Queued("t1")}), IsOk());
+  auto first = a->Claim(1);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(*first, SizeIs(1));
+  ASSERT_EQ((*first)[0].attempt(), 1);
+
+  // The re-claim happens between the give-back's commit and the writer's
+  // bookkeeping of it.
+  absl::StatusOr<std::vector<v1::Task>> again;
+  bool claimed = false;
+  a->SetAfterCommitHookForTest([&] {
+    if (claimed) return;
+    claimed = true;
+    again = a->Claim(1);
+  });
+  v1::Task back = (*first)[0];
+  back.set_state(v1::QUEUED);
+  back.set_attempt(0);
+  ASSERT_THAT(Update(*a, {back}), IsOk());
+  ASSERT_TRUE(claimed);
+  ASSERT_THAT(again, IsOk());
+  ASSERT_THAT(*again, SizeIs(1));
+  EXPECT_EQ((*again)[0].attempt(), 1);
+
+  v1::Task done = (*again)[0];
+  done.set_state(v1::SUCCEEDED);
+  done.set_result("ok");
+  done.mutable_finished_at()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+  EXPECT_THAT(Update(*a, {done}), IsOk());
+  EXPECT_EQ(a->fenced_writes(), 0);
+  auto stored = a->Get("t1");
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->state(), v1::SUCCEEDED);
+  EXPECT_EQ(stored->result(), "ok");
+}
+
 TEST_F(ClusterStoreTest, LateCompletionOfAReclaimedAttemptIsRefused) {
   Reports ra, rb;
   auto a = OpenNode("a", ra);
@@ -233,7 +277,10 @@ TEST_F(ClusterStoreTest, LateCompletionOfAReclaimedAttemptIsRefused) {
   }
   auto stored = b->Get("t1");
   ASSERT_THAT(stored, IsOk());
-  EXPECT_EQ(stored->state(), v1::QUEUED);  // b's RUNNING not written yet
+  // b's claim: RUNNING at attempt 2 (read from the row's columns; no
+  // RUNNING record is written), and no result.
+  EXPECT_EQ(stored->state(), v1::RUNNING);
+  EXPECT_EQ(stored->attempt(), 2);
   EXPECT_EQ(stored->result(), "");
 
   // b's completion of the current attempt is the one that counts.
