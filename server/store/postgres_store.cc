@@ -1859,7 +1859,12 @@ void PostgresStore::Close() {
     done_cv_.SignalAll();
   }
   if (callback_thread_.joinable()) callback_thread_.join();
-  // Releases the store lock: another store may open the schema now.
+  // Releases the store lock: another store may open the schema now. An
+  // explicit unlock, because the server drops a closed session's locks
+  // only when its backend notices the disconnect, a moment later.
+  if (lock_ != nullptr && !lock_->bad()) {
+    (void)lock_->Command("SELECT pg_advisory_unlock_all()", "release lock");
+  }
   lock_.reset();
   MutexLock lock(&pool_mu_);
   idle_readers_.clear();
