@@ -89,6 +89,10 @@ Metrics::Metrics()
                        .Name("forq_manager_ops_total")
                        .Help("Manager operations by object type and op.")
                        .Register(*registry_)),
+      task_waits_(BuildGauge()
+                      .Name("forq_task_waits")
+                      .Help("Waits parked for a task's terminal state.")
+                      .Register(*registry_)),
       manager_waiters_(BuildGauge()
                            .Name("forq_manager_waiters")
                            .Help("Blocked Manager calls (locks, queues, ...).")
@@ -209,6 +213,8 @@ void Metrics::SetWorkerRssBytes(double total) {
 void Metrics::ManagerOp(absl::string_view type, absl::string_view op) {
   manager_ops_.Add({{"type", S(type)}, {"op", S(op)}}).Increment();
 }
+
+void Metrics::SetTaskWaits(double value) { task_waits_.Add({}).Set(value); }
 
 void Metrics::SetManagerWaiters(double value) {
   manager_waiters_.Add({}).Set(value);

@@ -82,6 +82,10 @@ class Metrics {
   void SetWorkers(absl::string_view state, double value);
   void SetWorkerRssBytes(double total);
 
+  // Waits parked for a task's terminal state (Wait, WaitStream, Submit
+  // with wait, Map results).
+  void SetTaskWaits(double value);
+
   // Manager.
   void ManagerOp(absl::string_view type, absl::string_view op);
   void SetManagerWaiters(double value);
@@ -115,6 +119,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& workers_;
   prometheus::Family<prometheus::Gauge>& worker_rss_;
   prometheus::Family<prometheus::Counter>& manager_ops_;
+  prometheus::Family<prometheus::Gauge>& task_waits_;
   prometheus::Family<prometheus::Gauge>& manager_waiters_;
   prometheus::Family<prometheus::Gauge>& manager_sessions_;
   prometheus::Family<prometheus::Gauge>& manager_objects_;

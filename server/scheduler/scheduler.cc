@@ -1586,6 +1586,7 @@ void Scheduler::RefreshMetrics() {
   std::map<std::string, Depth> depth;
   {
     MutexLock lock(&mu_);
+    metrics_.SetTaskWaits(static_cast<double>(waits_.size()));
     for (const auto& [q, n] : queued_by_queue_) depth[q];
     for (const auto& [id, e] : tasks_) {
       Depth& dq = depth[e.task.queue()];

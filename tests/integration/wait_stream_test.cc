@@ -206,6 +206,20 @@ TEST_F(WaitStreamTest, LegacyPerTaskWaitStillWorks) {
 
 // forqd killed while futures wait: they fail promptly with Unavailable; after
 // a restart the same futures resolve (over a new stream).
+// forqd's forq_task_waits gauge, or -1 if /metrics cannot be read.
+double TaskWaits(const ForqdProcess& forqd) {
+  auto r = server::testing::HttpCall(forqd.http_address(), "GET", "/metrics");
+  if (!r.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+    double v = 0;
+    if (absl::ConsumePrefix(&line, "forq_task_waits ") &&
+        absl::SimpleAtod(absl::StripAsciiWhitespace(line), &v)) {
+      return v;
+    }
+  }
+  return -1;
+}
+
 TEST(WaitStreamRestartTest, WaitersFailClearlyWhenForqdDiesAndResumeAfter) {
   auto p = ForqdProcess::Start({.workers = 2});
   ASSERT_THAT(p, IsOk());
@@ -223,6 +237,13 @@ TEST(WaitStreamRestartTest, WaitersFailClearlyWhenForqdDiesAndResumeAfter) {
   }
   absl::StatusOr<v1::Task> seen;
   std::thread waiter([&] { seen = f->WaitFor(absl::Seconds(60)); });
+  // The kill must find the wait parked in forqd (else the client is still
+  // dialing and there is no stream to fail).
+  const absl::Time parked_by = absl::Now() + absl::Seconds(20);
+  while (TaskWaits(forqd) < 1 && absl::Now() < parked_by) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling /metrics
+  }
+  EXPECT_GE(TaskWaits(forqd), 1) << "the waiter's wait never reached forqd";
   const absl::Time killed = absl::Now();
   ASSERT_THAT(forqd.Kill(SIGKILL), IsOk());
   waiter.join();
