@@ -74,6 +74,18 @@ void Scheduler::ClaimForIdleWorkers() {
   {
     MutexLock lock(&mu_);
     const absl::Time now = clock_.Now();
+    if (stop_ || draining_) {
+      // Drained (or stopping) while the claim ran: a drained node runs
+      // nothing new, so the claim goes back to the shared queue at once
+      // (ReleaseClaimedLocked ran before these arrived).
+      for (v1::Task& t : *claimed) {
+        t.set_state(v1::QUEUED);
+        t.set_attempt(t.attempt() - 1);
+        t.clear_not_before();
+        PersistAsync(t);
+      }
+      return;
+    }
     for (v1::Task& t : *claimed) {
       Entry& e = tasks_[t.id()];
       if (e.task.state() == v1::RUNNING && !e.finishing) {

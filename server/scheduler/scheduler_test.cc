@@ -11,6 +11,7 @@
 #include "common/mutex.h"
 #include "common/notification.h"
 #include "server/scheduler/task_proto.h"
+#include "server/store/cluster.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq::server {
@@ -318,6 +319,113 @@ TEST(SchedulerTest, RevokedAssignmentRunsAgainWithoutUsingAnAttempt) {
   EXPECT_EQ(seen.result(), "again");
   EXPECT_EQ(seen.attempt(), 1);  // three give-backs, one real attempt
   EXPECT_EQ(pool.revoke_next.load(), 0);
+  scheduler.Shutdown(absl::Seconds(1));
+}
+
+// A work source whose claims block until released, and return the tasks
+// it was given (marked with a label, as the store does not have it).
+class BlockingWorkSource : public WorkSource {
+ public:
+  absl::Status StartCluster(Callbacks cb) override {
+    MutexLock lock(&mu_);
+    cb_ = std::move(cb);
+    return absl::OkStatus();
+  }
+  void StopCluster() override {}
+  absl::StatusOr<std::vector<v1::Task>> Claim(int) override {
+    MutexLock lock(&mu_);
+    in_claim_ = true;
+    cv_.SignalAll();
+    while (!released_) cv_.Wait(&mu_);
+    std::vector<v1::Task> out = std::move(give_);
+    give_.clear();
+    return out;
+  }
+  absl::StatusOr<std::vector<v1::Task>> ReadTasks(
+      const std::vector<std::string>&) override {
+    return std::vector<v1::Task>();
+  }
+  const std::string& node_id() const override { return node_id_; }
+  int64_t incarnation() const override { return 1; }
+
+  // Asks the scheduler to claim; the claim returns `tasks` once Release()d.
+  void Offer(std::vector<v1::Task> tasks) {
+    Callbacks cb;
+    {
+      MutexLock lock(&mu_);
+      give_ = std::move(tasks);
+      cb = cb_;
+    }
+    cb.wake();
+  }
+  void AwaitClaim() {
+    MutexLock lock(&mu_);
+    while (!in_claim_) cv_.Wait(&mu_);
+  }
+  void Release() {
+    MutexLock lock(&mu_);
+    released_ = true;
+    cv_.SignalAll();
+  }
+
+ private:
+  const std::string node_id_ = "n";
+  Mutex mu_;
+  CondVar cv_;
+  Callbacks cb_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::Task> give_ ABSL_GUARDED_BY(mu_);
+  bool in_claim_ ABSL_GUARDED_BY(mu_) = false;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Cluster mode: a claim that returns after the node was drained gives its
+// tasks back to the shared queue instead of holding them unrun.
+TEST(SchedulerTest, ClaimReturningAfterDrainIsGivenBack) {
+  std::unique_ptr<Store> store = NewMemoryStore();
+  ASSERT_NE(store, nullptr);
+  v1::Task t;
+  t.set_id("t1");
+  t.set_queue("default");
+  t.set_kind("echo");
+  t.set_state(v1::QUEUED);
+  t.set_max_attempts(5);
+  Notification inserted;
+  store->Insert({t}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
+    EXPECT_TRUE(r.ok());
+    inserted.Notify();
+  });
+  inserted.WaitForNotification();
+
+  EchoPool pool;
+  Metrics metrics;
+  BlockingWorkSource source;
+  SchedulerOptions o;
+  o.work_source = &source;
+  Scheduler scheduler(o, *store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  v1::Task claimed = t;
+  claimed.set_state(v1::RUNNING);
+  claimed.set_attempt(1);
+  (*claimed.mutable_labels())["claimed"] = "yes";
+  source.Offer({claimed});
+  source.AwaitClaim();
+  scheduler.SetDraining(true);
+  source.Release();
+
+  // Given back: the scheduler's copy (with the label) is written QUEUED at
+  // the attempt before the claimed one.
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<v1::Task> stored = store->Get("t1");
+  while (stored.ok() && stored->labels().count("claimed") == 0 &&
+         absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(5));  // poll interval
+    stored = store->Get("t1");
+  }
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->labels().count("claimed"), 1u);
+  EXPECT_EQ(stored->state(), v1::QUEUED);
+  EXPECT_EQ(stored->attempt(), 0);
+  EXPECT_EQ(scheduler.running(), 0);
   scheduler.Shutdown(absl::Seconds(1));
 }
 
