@@ -244,6 +244,19 @@ std::string SubmitEcho(Scheduler& scheduler, absl::string_view payload) {
   return id;
 }
 
+// A started scheduler over an EchoPool and an in-memory store wrapped in
+// FailingFinishStore (for its row counters).
+struct EchoScheduler {
+  explicit EchoScheduler(SchedulerOptions options)
+      : store(NewMemoryStore()), scheduler(options, store, pool, metrics) {
+    EXPECT_THAT(scheduler.Start(), IsOk());
+  }
+  FailingFinishStore store;
+  EchoPool pool;
+  Metrics metrics;
+  Scheduler scheduler;
+};
+
 TEST(SchedulerTest, FailedTerminalWriteIsNotAnnouncedAndIsRetried) {
   FailingFinishStore store(NewMemoryStore());
   store.fail_finishes = 2;
@@ -459,13 +472,11 @@ TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
 // The memory of finished tasks is bounded in bytes too: large results push
 // the oldest out, and those are read from the store.
 TEST(SchedulerTest, RecentlyFinishedMemoryIsBoundedInBytes) {
-  FailingFinishStore store(NewMemoryStore());
-  EchoPool pool;
-  Metrics metrics;
   SchedulerOptions options;
   options.recent_finished_bytes = 10'000;  // ~2 of the tasks below
-  Scheduler scheduler(options, store, pool, metrics);
-  ASSERT_THAT(scheduler.Start(), IsOk());
+  EchoScheduler s(options);
+  FailingFinishStore& store = s.store;
+  Scheduler& scheduler = s.scheduler;
   std::vector<std::string> ids;
   for (int i = 0; i < 5; ++i) {
     ids.push_back(SubmitEcho(scheduler, std::string(2000, 'a' + i)));
@@ -855,13 +866,11 @@ std::string SubmitDeferred(Scheduler& scheduler, absl::Duration delay) {
 // A deferred task that finishes costs one row: its terminal record,
 // inserted; nothing was written before.
 TEST(SchedulerTest, DeferredTaskIsWrittenOnceFinished) {
-  FailingFinishStore store(NewMemoryStore());
-  EchoPool pool;
-  Metrics metrics;
   SchedulerOptions options;
   options.deferred_insert_limit = absl::Hours(1);
-  Scheduler scheduler(options, store, pool, metrics);
-  ASSERT_THAT(scheduler.Start(), IsOk());
+  EchoScheduler s(options);
+  FailingFinishStore& store = s.store;
+  Scheduler& scheduler = s.scheduler;
   const std::string id = SubmitDeferred(scheduler, absl::ZeroDuration());
   Notification finished;
   v1::Task seen;
@@ -885,13 +894,11 @@ TEST(SchedulerTest, DeferredTaskIsWrittenOnceFinished) {
 // One still unfinished after deferred_insert_limit is inserted as it
 // stands, so it is listed and survives a crash like any task.
 TEST(SchedulerTest, DeferredTaskStillQueuedIsInsertedAfterTheLimit) {
-  FailingFinishStore store(NewMemoryStore());
-  EchoPool pool;
-  Metrics metrics;
   SchedulerOptions options;
   options.deferred_insert_limit = absl::Milliseconds(20);
-  Scheduler scheduler(options, store, pool, metrics);
-  ASSERT_THAT(scheduler.Start(), IsOk());
+  EchoScheduler s(options);
+  FailingFinishStore& store = s.store;
+  Scheduler& scheduler = s.scheduler;
   const std::string id = SubmitDeferred(scheduler, absl::Hours(1));
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   absl::StatusOr<v1::Task> stored = store.Get(id);
@@ -912,13 +919,11 @@ TEST(SchedulerTest, DeferredTaskStillQueuedIsInsertedAfterTheLimit) {
 // Stopping forqd stores what was accepted and never written, so it runs
 // after the restart.
 TEST(SchedulerTest, ShutdownInsertsUnwrittenDeferredTasks) {
-  FailingFinishStore store(NewMemoryStore());
-  EchoPool pool;
-  Metrics metrics;
   SchedulerOptions options;
   options.deferred_insert_limit = absl::Hours(1);
-  Scheduler scheduler(options, store, pool, metrics);
-  ASSERT_THAT(scheduler.Start(), IsOk());
+  EchoScheduler s(options);
+  FailingFinishStore& store = s.store;
+  Scheduler& scheduler = s.scheduler;
   const std::string id = SubmitDeferred(scheduler, absl::Hours(1));
   EXPECT_FALSE(store.Get(id).ok());
   scheduler.Shutdown(absl::Seconds(1));
