@@ -96,6 +96,20 @@ std::string OutcomeLabel(worker::OutcomeKind k) {
   }
 }
 
+// Runs `write` (a store call, given the callback that ends it) and waits
+// for its status: for the writes of start-up and shutdown.
+absl::Status AwaitWrite(
+    const std::function<void(std::function<void(absl::Status)>)>& write) {
+  Notification persisted;
+  absl::Status status;
+  write([&](absl::Status s) {
+    status = std::move(s);
+    persisted.Notify();
+  });
+  persisted.WaitForNotification();
+  return status;
+}
+
 }  // namespace
 
 std::string NewTaskId() {
@@ -183,13 +197,10 @@ absl::Status Scheduler::Start() {
     }
   }
   if (!updates.empty()) {
-    Notification persisted;
-    absl::Status status;
-    store_.Update(updates, [&](absl::Status s) {
-      status = s;
-      persisted.Notify();
-    });
-    persisted.WaitForNotification();
+    absl::Status status =
+        AwaitWrite([&](std::function<void(absl::Status)> done) {
+          store_.Update(updates, std::move(done));
+        });
     if (!status.ok()) return status;
   }
   spdlog::info(
@@ -286,30 +297,26 @@ void Scheduler::Shutdown(absl::Duration grace) {
     }
   }
   if (!requeue.empty()) {
-    Notification persisted;
-    store_.Update(requeue, [&](absl::Status s) {
-      if (!s.ok())
-        spdlog::error("re-queue at shutdown failed: {}", s.ToString());
-      persisted.Notify();
+    absl::Status s = AwaitWrite([&](std::function<void(absl::Status)> done) {
+      store_.Update(requeue, std::move(done));
     });
-    persisted.WaitForNotification();
+    if (!s.ok()) spdlog::error("re-queue at shutdown failed: {}", s.ToString());
     spdlog::info("{} running tasks re-queued for the next start",
                  requeue.size());
   }
   if (!unwritten.empty()) {
-    Notification persisted;
     const size_t n = unwritten.size();
-    store_.Insert(std::move(unwritten),
-                  [&](absl::StatusOr<std::vector<InsertResult>> r) {
-                    if (!r.ok()) {
-                      spdlog::error(
-                          "insert of {} unwritten tasks at "
-                          "shutdown failed: {}",
-                          n, r.status().ToString());
-                    }
-                    persisted.Notify();
-                  });
-    persisted.WaitForNotification();
+    absl::Status s = AwaitWrite([&](std::function<void(absl::Status)> done) {
+      store_.Insert(std::move(unwritten),
+                    [done = std::move(done)](
+                        absl::StatusOr<std::vector<InsertResult>> r) {
+                      done(r.status());
+                    });
+    });
+    if (!s.ok()) {
+      spdlog::error("insert of {} unwritten tasks at shutdown failed: {}", n,
+                    s.ToString());
+    }
     spdlog::info(
         "{} accepted tasks never written (Map, Submit with wait) stored for "
         "the next start",
