@@ -5,7 +5,7 @@
 //   forq_bench [--sections=submit,batch,e2e,rtt,map,cpu,startup,rss,manager]
 //              [--reps=3] [--seconds=2] [--n=20000] [--rtt_samples=1000]
 //              [--durability=sync,batch,none] [--workers=2] [--paused]
-//              [--wait=stream,rpc] [--submit=unary,batch]
+//              [--wait=stream,rpc] [--submit=unary,batch,async]
 //              [--map=batched,single] [--perf=auto|off]
 //
 // Every section starts its own forqd (fresh data dir on $TMPDIR, free
@@ -20,7 +20,9 @@
 //   batch    SubmitBatch of 100 from 4/64 threads, per durability
 //            (--paused: Drain first, so workers take nothing: ingest only)
 //   e2e      N x Submit(echo) from one thread, then Get() of every future
-//            (apply_async x N then get all); also with SubmitBatch(100).
+//            (apply_async x N then get all); also with SubmitBatch(100)
+//            ("batch": each batch waits for its ack) and with
+//            SubmitBatchAsync(100), 8 batches in flight ("async").
 //            --wait: futures wait on the client's WaitStream ("stream", the
 //            default) and/or with one Wait RPC each ("rpc", the old way)
 //   rtt      Submit(echo) then Get(), --rtt_samples times: p50/p99; the
@@ -54,6 +56,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -111,7 +114,7 @@ struct Flags {
   std::vector<std::string> waits = {"stream"};
   // e2e: how tasks are submitted ("unary": Submit each; "batch":
   // SubmitBatch of 100).
-  std::vector<std::string> submits = {"unary", "batch"};
+  std::vector<std::string> submits = {"unary", "batch", "async"};
   // map: "batched" (the client library: MapBatched, many inputs and
   // results per message) and/or "single" (one per message, the old way).
   std::vector<std::string> maps = {"batched"};
@@ -147,7 +150,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     } else if (absl::ConsumePrefix(&a, "--submit=")) {
       f->submits = absl::StrSplit(a, ',', absl::SkipEmpty());
       for (const std::string& m : f->submits) {
-        if (m != "unary" && m != "batch") return false;
+        if (m != "unary" && m != "batch" && m != "async") return false;
       }
     } else if (absl::ConsumePrefix(&a, "--map=")) {
       f->maps = absl::StrSplit(a, ',', absl::SkipEmpty());
@@ -650,10 +653,10 @@ bool Wanted(const Flags& f, const std::string& durability) {
 int SectionE2E(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
     if (!Wanted(f, d)) continue;
-    for (bool batched : {false, true}) {
-      if (!absl::c_linear_search(f.submits, batched ? "batch" : "unary")) {
-        continue;
-      }
+    for (const std::string mode : {"unary", "batch", "async"}) {
+      if (!absl::c_linear_search(f.submits, mode)) continue;
+      const bool batched = mode != "unary";
+      const bool async = mode == "async";
       for (const std::string& wait : f.waits) {
         for (int rep = 0; rep < f.reps; ++rep) {
           auto s = StartServer(f.workers, d, wait == "stream");
@@ -668,6 +671,21 @@ int SectionE2E(const Flags& f) {
           const double self0 = CpuSeconds({getpid()});
           const auto t0 = Clock::now();
           if (batched) {
+            // "async": up to kBatchesInFlight batches travel at once
+            // (apply_async does not wait for each task either); "batch":
+            // each waits for its acknowledgement before the next is sent.
+            constexpr size_t kBatchesInFlight = 8;
+            std::deque<PendingBatch> pending;
+            auto await_front = [&]() {
+              auto r = pending.front().Wait();
+              pending.pop_front();
+              if (!r.ok()) {
+                std::cerr << "SubmitBatch: " << r.status() << "\n";
+                return false;
+              }
+              for (auto& fu : *r) futs.push_back(std::move(fu));
+              return true;
+            };
             std::vector<v1::TaskSpec> specs;
             for (int i = 0; i < f.n; ++i) {
               v1::TaskSpec spec;
@@ -675,14 +693,14 @@ int SectionE2E(const Flags& f) {
               spec.set_payload(absl::StrCat(i));
               specs.push_back(std::move(spec));
               if (specs.size() == 100 || i == f.n - 1) {
-                auto r = c->SubmitBatch(specs);
-                if (!r.ok()) {
-                  std::cerr << "SubmitBatch: " << r.status() << "\n";
-                  return 1;
-                }
-                for (auto& fu : *r) futs.push_back(std::move(fu));
+                pending.push_back(c->SubmitBatchAsync(specs));
                 specs.clear();
+                const size_t limit = async ? kBatchesInFlight : 1;
+                if (pending.size() >= limit && !await_front()) return 1;
               }
+            }
+            while (!pending.empty()) {
+              if (!await_front()) return 1;
             }
           } else {
             for (int i = 0; i < f.n; ++i) {
@@ -707,7 +725,10 @@ int SectionE2E(const Flags& f) {
             return 1;
           }
           const std::string how =
-              absl::StrCat(batched ? "SubmitBatch(100) x N/100" : "Submit x N",
+              absl::StrCat(!batched ? "Submit x N"
+                           : async  ? "SubmitBatchAsync(100) x N/100 (8 in "
+                                      "flight)"
+                                    : "SubmitBatch(100) x N/100",
                            wait == "rpc" ? " (Wait RPC per task)" : "");
           const std::string op = absl::StrCat(f.n, " echo: ", how, ", ", d);
           g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ", d,

@@ -9,6 +9,7 @@
 
 #include "client/src/channel_credentials.h"
 #include "client/src/wait_mux.h"
+#include "common/notification.h"
 #include "forq/v1/pool.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
 
@@ -283,11 +284,56 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitBatch(
   v1::SubmitBatchResponse resp;
   grpc::Status s = stubs_->tasks->SubmitBatch(&ctx, req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
+  return FuturesOf(resp);
+}
+
+std::vector<TaskFuture> Client::FuturesOf(v1::SubmitBatchResponse& resp) {
   std::vector<v1::Task> tasks(
       std::make_move_iterator(resp.mutable_tasks()->begin()),
       std::make_move_iterator(resp.mutable_tasks()->end()));
   std::vector<bool> existing(resp.existing().begin(), resp.existing().end());
   return MakeFutures(std::move(tasks), existing);
+}
+
+namespace client_internal {
+// One SubmitBatch call on gRPC's callback API; shared by the PendingBatch
+// and the call's completion, whichever ends last frees it.
+struct PendingBatchState {
+  grpc::ClientContext ctx;
+  v1::SubmitBatchRequest req;
+  v1::SubmitBatchResponse resp;
+  grpc::Status status;  // Written before `done` is notified.
+  Notification done;
+};
+}  // namespace client_internal
+
+PendingBatch Client::SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs) {
+  auto state = std::make_shared<client_internal::PendingBatchState>();
+  SetDeadline(state->ctx, options_.rpc_timeout);
+  state->req.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
+  for (const auto& spec : specs) *state->req.add_tasks() = spec;
+  stubs_->tasks->async()->SubmitBatch(&state->ctx, &state->req, &state->resp,
+                                      [state](grpc::Status s) {
+                                        state->status = std::move(s);
+                                        state->done.Notify();
+                                      });
+  return PendingBatch(this, std::move(state));
+}
+
+PendingBatch::PendingBatch(
+    Client* client, std::shared_ptr<client_internal::PendingBatchState> state)
+    : client_(client), state_(std::move(state)) {}
+
+PendingBatch::~PendingBatch() = default;
+
+absl::StatusOr<std::vector<TaskFuture>> PendingBatch::Wait() {
+  if (state_ == nullptr) {
+    return absl::FailedPreconditionError("PendingBatch::Wait called twice");
+  }
+  std::shared_ptr<client_internal::PendingBatchState> state = std::move(state_);
+  state->done.WaitForNotification();
+  if (!state->status.ok()) return FromGrpcStatus(state->status);
+  return client_->FuturesOf(state->resp);
 }
 
 absl::StatusOr<v1::Task> Client::Get(absl::string_view id) {

@@ -324,6 +324,42 @@ TEST_F(TaskTest, BatchIsAllOrNone) {
   for (const TaskFuture& f : *ok) EXPECT_THAT(f.Get(absl::Seconds(30)), IsOk());
 }
 
+TEST_F(TaskTest, AsyncBatchesInFlightTogetherAllRunAndAnErrorStaysItsOwn) {
+  std::vector<PendingBatch> pending;
+  for (int b = 0; b < 4; ++b) {
+    std::vector<v1::TaskSpec> specs(25);
+    for (int i = 0; i < 25; ++i) {
+      specs[i].set_kind(b == 2 && i == 7 ? "no.such.kind" : "echo");
+      specs[i].set_queue("batch-async");
+      specs[i].set_payload(absl::StrCat(b, "-", i));
+    }
+    pending.push_back(client_->SubmitBatchAsync(specs));
+  }
+  for (int b = 0; b < 4; ++b) {
+    absl::StatusOr<std::vector<TaskFuture>> r = pending[b].Wait();
+    if (b == 2) {
+      // The bad batch fails whole, as SubmitBatch would; the others do not.
+      EXPECT_THAT(
+          r, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("task 7")));
+      continue;
+    }
+    ASSERT_THAT(r, IsOk());
+    ASSERT_EQ(r->size(), 25u);
+    for (int i = 0; i < 25; ++i) {
+      absl::StatusOr<std::string> got = (*r)[i].Get(absl::Seconds(30));
+      ASSERT_THAT(got, IsOk());
+      EXPECT_EQ(*got, absl::StrCat(b, "-", i));
+    }
+  }
+  EXPECT_THAT(pending[0].Wait(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  v1::ListTasksRequest req;
+  req.set_queue("batch-async");
+  absl::StatusOr<v1::ListTasksResponse> l = client_->List(req);
+  ASSERT_THAT(l, IsOk());
+  EXPECT_EQ(l->tasks_size(), 75);
+}
+
 TEST_F(TaskTest, FinishedTaskIsPurgedAfterItsTtl) {
   v1::TaskSpec spec;
   spec.set_kind("echo");

@@ -80,8 +80,10 @@ absl::StatusOr<std::string> TaskResult(const v1::Task& task);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 class Client;
+class PendingBatch;
 
 namespace client_internal {
+struct PendingBatchState;
 class WaitMux;
 class WaitRef;
 }  // namespace client_internal
@@ -133,6 +135,28 @@ class TaskFuture {
   std::shared_ptr<client_internal::WaitRef> ref_;
 };
 
+// A SubmitBatch in flight (Client::SubmitBatchAsync). Move-only; the
+// Client must outlive it. Dropping it without Wait leaves the tasks stored
+// (or not) as forqd decides; nothing waits for them.
+class PendingBatch {
+ public:
+  PendingBatch(PendingBatch&&) = default;
+  PendingBatch& operator=(PendingBatch&&) = default;
+  ~PendingBatch();
+
+  // Blocks until forqd answered; the futures of the stored tasks, or
+  // SubmitBatch's error. Call at most once.
+  absl::StatusOr<std::vector<TaskFuture>> Wait();
+
+ private:
+  friend class Client;
+  PendingBatch(Client* client,
+               std::shared_ptr<client_internal::PendingBatchState> state);
+
+  Client* client_;
+  std::shared_ptr<client_internal::PendingBatchState> state_;
+};
+
 // A connection to one forqd. Thread-safe; share one per process.
 class Client {
  public:
@@ -158,6 +182,12 @@ class Client {
   // Stores all tasks or none.
   absl::StatusOr<std::vector<TaskFuture>> SubmitBatch(
       const std::vector<v1::TaskSpec>& specs);
+  // SubmitBatch without waiting for forqd's answer (apply_async for a
+  // batch): returns at once; PendingBatch::Wait gives SubmitBatch's result.
+  // Several batches may be in flight on one Client, so a producer's next
+  // batch travels while forqd stores the previous one. The acknowledgement
+  // keeps SubmitBatch's meaning (all stored, or none).
+  PendingBatch SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs);
 
   // imap: submits each input as a task of `kind` (lazily, at most
   // options.window in flight) and yields results in input order. See
@@ -198,6 +228,7 @@ class Client {
 
  private:
   friend class TaskFuture;
+  friend class PendingBatch;
   struct Stubs;
   Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
   // Waits for one task until `deadline` (the stream, or Wait RPCs).
@@ -206,6 +237,8 @@ class Client {
   // The future of a task just submitted (tracked on the stream).
   std::vector<TaskFuture> MakeFutures(std::vector<v1::Task> tasks,
                                       const std::vector<bool>& existing);
+  // The futures of a SubmitBatch answer (its tasks are moved out).
+  std::vector<TaskFuture> FuturesOf(v1::SubmitBatchResponse& resp);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
