@@ -88,6 +88,10 @@ ABSL_FLAG(int64_t, max_payload_bytes, 1 << 20,
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
           "on SIGTERM, how long running tasks may finish before they are "
           "re-queued");
+ABSL_FLAG(absl::Duration, running_write_delay, absl::Milliseconds(100),
+          "a task's RUNNING state is stored only when its attempt runs "
+          "longer than this (after a crash of forqd, a younger attempt is "
+          "not counted); 0 stores it at dispatch");
 ABSL_FLAG(absl::Duration, purge_interval, absl::Minutes(1),
           "how often finished tasks past their result TTL are deleted");
 ABSL_FLAG(absl::Duration, retry_backoff, absl::Seconds(1),
@@ -167,6 +171,7 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "max_queued",
                                  "max_payload_bytes",
                                  "drain_grace",
+                                 "running_write_delay",
                                  "purge_interval",
                                  "retry_backoff",
                                  "retry_backoff_max",
@@ -272,6 +277,7 @@ int main(int argc, char** argv) {
   o.scheduler.max_payload_bytes =
       static_cast<size_t>(absl::GetFlag(FLAGS_max_payload_bytes));
   o.scheduler.purge_interval = absl::GetFlag(FLAGS_purge_interval);
+  o.scheduler.running_write_delay = absl::GetFlag(FLAGS_running_write_delay);
   o.scheduler.backoff_base = absl::GetFlag(FLAGS_retry_backoff);
   o.scheduler.backoff_max = absl::GetFlag(FLAGS_retry_backoff_max);
   o.drain_grace = absl::GetFlag(FLAGS_drain_grace);

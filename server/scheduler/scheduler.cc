@@ -748,6 +748,31 @@ void Scheduler::InsertDeferredLocked(absl::Time cutoff) {
                 });
 }
 
+void Scheduler::WriteRunningLocked(absl::Time cutoff) {
+  std::vector<v1::Task> running;
+  while (!unwritten_running_.empty() &&
+         unwritten_running_.front().first <= cutoff) {
+    auto it = tasks_.find(unwritten_running_.front().second);
+    unwritten_running_.pop_front();
+    if (it == tasks_.end()) continue;
+    Entry& e = it->second;
+    if (!e.stored || e.finishing || e.abandoned || e.running_written ||
+        e.task.state() != v1::RUNNING) {
+      continue;
+    }
+    e.running_written = true;
+    running.push_back(e.task);
+  }
+  if (running.empty()) return;
+  // Queued under mu_ before the attempt's terminal write can be (the task
+  // is not finishing), so the rows follow the order of the states.
+  store_.Update(std::move(running), [](absl::Status s) {
+    if (!s.ok()) {
+      spdlog::error("store write of running tasks failed: {}", s.ToString());
+    }
+  });
+}
+
 void Scheduler::Persist(absl::string_view id,
                         std::function<void(absl::Status)> done) {
   {
@@ -931,8 +956,6 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
   keys.resize(kept);
   const size_t sent = batch.empty() ? 0 : pool_.DispatchMany(batch);
   std::vector<ReadyKey> refused;
-  std::vector<v1::Task> running;
-  running.reserve(sent);
   for (size_t i = 0; i < keys.size(); ++i) {
     Entry& e = *entries[i];
     if (i >= sent) {
@@ -953,24 +976,19 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     *t.mutable_started_at() = ToProto(now);
     ++running_;
     metrics_.TaskQueueWait(t.queue(), absl::ToDoubleSeconds(now - e.ready_at));
-    if (e.stored) {
-      e.running_written = true;
-      running.push_back(t);
+    // The RUNNING record waits (WriteRunningLocked): most attempts end
+    // first, and their terminal write is then their only one. A cluster
+    // node writes none: its claim already made the row RUNNING.
+    if (e.stored && work_source_ == nullptr) {
+      if (unwritten_running_.empty()) {
+        WakeAtLocked(now + options_.running_write_delay);
+      }
+      unwritten_running_.emplace_back(now, t.id());
     }
     EmitLocked(t, v1::TaskEvent::STATE, d);
   }
-  // A cluster node writes no RUNNING record: its claim already made the
-  // row RUNNING at this attempt, with a lease.
-  if (!running.empty() && work_source_ == nullptr) {
-    // One write for the batch, queued under mu_ so it precedes the terminal
-    // writes of these attempts; the store coalesces a RUNNING record with
-    // the terminal one when both reach the same group commit, so a short
-    // attempt usually costs one row.
-    store_.Update(std::move(running), [](absl::Status s) {
-      if (!s.ok()) {
-        spdlog::error("store write of running tasks failed: {}", s.ToString());
-      }
-    });
+  if (options_.running_write_delay <= absl::ZeroDuration()) {
+    WriteRunningLocked(now);
   }
   return refused;
 }
@@ -1167,6 +1185,10 @@ void Scheduler::RunDueLocked(absl::Time now, Deferred& d) {
     // limit however many tasks are deferred.
     InsertDeferredLocked(now - options_.deferred_insert_limit / 2);
   }
+  if (!unwritten_running_.empty() &&
+      unwritten_running_.front().first + options_.running_write_delay <= now) {
+    WriteRunningLocked(now - options_.running_write_delay / 2);
+  }
   // Delayed tasks whose time came.
   while (!delayed_.empty() && delayed_.begin()->first <= now) {
     std::string id = std::move(delayed_.begin()->second);
@@ -1270,6 +1292,10 @@ void Scheduler::Loop() {
       if (!deferred_.empty()) {
         next = std::min(
             next, deferred_.front().first + options_.deferred_insert_limit);
+      }
+      if (!unwritten_running_.empty()) {
+        next = std::min(next, unwritten_running_.front().first +
+                                  options_.running_write_delay);
       }
       next = std::min(next, waits_.NextDeadline());
       for (const IdleWaiter& w : idle_waiters_)

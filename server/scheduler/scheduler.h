@@ -64,6 +64,11 @@ struct SchedulerOptions {
   // written once, with their final state, if they finish within this; one
   // still unfinished after it is inserted as it stands.
   absl::Duration deferred_insert_limit = absl::Milliseconds(100);
+  // A stored task's RUNNING record is written only when its attempt still
+  // runs after this (most short attempts end first, so their terminal write
+  // is their only one). After a crash of forqd an attempt younger than this
+  // is not counted: its row still says QUEUED.
+  absl::Duration running_write_delay = absl::Milliseconds(100);
   // Time source for delays, backoffs, deadlines and timestamps; null = the
   // real clock. Must outlive the scheduler.
   Clock* clock = nullptr;
@@ -253,6 +258,9 @@ class Scheduler {
   // unwritten (see Ack::kDeferred).
   void InsertDeferredLocked(absl::Time cutoff)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the RUNNING record of the tasks sent before `cutoff` whose
+  // attempt still runs (see SchedulerOptions::running_write_delay).
+  void WriteRunningLocked(absl::Time cutoff) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The task as readers may see it: a terminal state only once durable.
   v1::Task VisibleLocked(const Entry& e) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -353,6 +361,10 @@ class Scheduler {
   // Tasks submitted with Ack::kDeferred, oldest first, with the time they
   // were submitted; entries already written are skipped when popped.
   std::deque<std::pair<absl::Time, std::string>> deferred_ ABSL_GUARDED_BY(mu_);
+  // Stored tasks sent to a worker whose RUNNING record is not written yet,
+  // oldest first, with the time they were sent (WriteRunningLocked).
+  std::deque<std::pair<absl::Time, std::string>> unwritten_running_
+      ABSL_GUARDED_BY(mu_);
   // Tasks whose terminal write failed, to be written again.
   std::vector<std::string> failed_finishes_ ABSL_GUARDED_BY(mu_);
   absl::Time next_finish_retry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();

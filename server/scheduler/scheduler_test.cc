@@ -809,6 +809,51 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// An attempt's RUNNING record waits for running_write_delay: a short
+// attempt's terminal write is its only update; one still running then is
+// recorded RUNNING, so a crash of forqd counts it.
+TEST(SchedulerTest, RunningIsRecordedOnlyForAnAttemptThatOutlivesTheDelay) {
+  FailingFinishStore store(NewMemoryStore());
+  ManualPool pool;
+  Metrics metrics;
+  FakeClock clock;
+  SchedulerOptions options;
+  options.clock = &clock;
+  options.running_write_delay = absl::Milliseconds(100);
+  Scheduler scheduler(options, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  pool.AddRoom(2);
+  const std::string quick = SubmitEcho(scheduler, "quick");
+  const std::string slow = SubmitEcho(scheduler, "slow");
+  ASSERT_EQ(pool.assigned().size(), 2u);
+  scheduler.Poke();
+  EXPECT_EQ(store.updated_rows.load(), 0);
+  pool.Finish(pool.assigned()[0], worker::OutcomeKind::kSucceeded,
+              absl::OkStatus(), "quick");
+  EXPECT_EQ(store.updated_rows.load(), 1);  // quick's terminal record
+  clock.Advance(absl::Milliseconds(99));
+  scheduler.Poke();
+  EXPECT_EQ(store.updated_rows.load(), 1);
+  clock.Advance(absl::Milliseconds(1));
+  scheduler.Poke();
+  EXPECT_EQ(store.updated_rows.load(), 2);  // slow's RUNNING record
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  absl::StatusOr<v1::Task> stored = store.Get(slow);
+  while (absl::Now() < deadline &&
+         !(stored.ok() && stored->state() == v1::RUNNING)) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling the store, not timing
+    stored = store.Get(slow);
+  }
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->state(), v1::RUNNING);
+  EXPECT_EQ(stored->attempt(), 1);
+  // Written once: later turns do not write it again.
+  clock.Advance(absl::Seconds(1));
+  scheduler.Poke();
+  EXPECT_EQ(store.updated_rows.load(), 2);
+  scheduler.Shutdown(absl::ZeroDuration());
+}
+
 TEST_F(SchedulerTransitionTest, RecoveryCountsARunningTaskAsALostAttempt) {
   scheduler_->Shutdown(absl::ZeroDuration());
   v1::Task t;

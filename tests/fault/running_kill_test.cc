@@ -51,7 +51,9 @@ SubmitOptions MaxAttempts(int n) {
 std::unique_ptr<ForqdProcess> StartForqd() {
   ForqdOptions o;
   o.workers = 2;
-  o.flags = {"--retry_backoff=50ms"};
+  // RUNNING stored at dispatch: every attempt running at a kill of forqd
+  // counts, whatever its age.
+  o.flags = {"--retry_backoff=50ms", "--running_write_delay=0"};
   absl::StatusOr<std::unique_ptr<ForqdProcess>> p = ForqdProcess::Start(o);
   EXPECT_THAT(p, IsOk());
   return p.ok() ? std::move(*p) : nullptr;

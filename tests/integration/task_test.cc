@@ -470,8 +470,11 @@ TEST(QueueLimitTest, FullQueueIsResourceExhausted) {
 
 // kill -9 of forqd while tasks run: after a restart they run again
 // (attempt 2) and succeed; finished results stay readable.
+// With --running_write_delay=0 the RUNNING state is stored at dispatch, so
+// every attempt running at the kill is counted.
 TEST(RecoveryTest, TasksRunningAtKillRunAgainAfterRestart) {
-  auto p = ForqdProcess::Start({.workers = 2});
+  auto p =
+      ForqdProcess::Start({.workers = 2, .flags = {"--running_write_delay=0"}});
   ASSERT_THAT(p, IsOk());
   ForqdProcess& forqd = **p;
   std::string done_id;
