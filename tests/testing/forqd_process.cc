@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,10 +95,19 @@ absl::Status ForqdProcess::Spawn() {
   if (log_fd < 0) return ErrnoToStatus(errno, "open forqd log");
   ScopedFd log(log_fd);
 
+  // forqd dies with the test or benchmark that started it, so a killed or
+  // timed-out run leaves no forqd behind. The signal follows the death of
+  // the forking *thread*: only the main thread lives as long as the process.
+  const bool from_main_thread = gettid() == getpid();
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return ErrnoToStatus(errno, "fork");
   if (pid == 0) {
     // Child: only async-signal-safe calls until exec.
+    if (from_main_thread) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);  // it died before prctl
+    }
     dup2(write_end.get(), 3);  // dup2 clears FD_CLOEXEC on the copy
     dup2(log.get(), 1);
     dup2(log.get(), 2);
