@@ -779,15 +779,30 @@ TEST_F(SchedulerTransitionTest, StaleCompletionIsRefused) {
   EXPECT_EQ(AwaitEnd(id).result(), "real");
 }
 
-TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
-  FailingFinishStore store(NewMemoryStore());
+// A started scheduler over a ManualPool, a FakeClock and a memory store
+// wrapped in FailingFinishStore (for its row counters).
+struct ManualScheduler {
+  explicit ManualScheduler(SchedulerOptions options = {})
+      : store(NewMemoryStore()),
+        scheduler(WithClock(std::move(options), &clock), store, pool, metrics) {
+    EXPECT_THAT(scheduler.Start(), IsOk());
+  }
+  static SchedulerOptions WithClock(SchedulerOptions o, FakeClock* clock) {
+    o.clock = clock;
+    return o;
+  }
+  FailingFinishStore store;
   ManualPool pool;
   Metrics metrics;
   FakeClock clock;
-  SchedulerOptions options;
-  options.clock = &clock;
-  Scheduler scheduler(options, store, pool, metrics);
-  ASSERT_THAT(scheduler.Start(), IsOk());
+  Scheduler scheduler;
+};
+
+TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
+  ManualScheduler m;
+  FailingFinishStore& store = m.store;
+  ManualPool& pool = m.pool;
+  Scheduler& scheduler = m.scheduler;
   pool.AddRoom(1);
   store.refuse_inserts = true;
   v1::TaskSpec spec;
@@ -813,15 +828,13 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
 // attempt's terminal write is its only update; one still running then is
 // recorded RUNNING, so a crash of forqd counts it.
 TEST(SchedulerTest, RunningIsRecordedOnlyForAnAttemptThatOutlivesTheDelay) {
-  FailingFinishStore store(NewMemoryStore());
-  ManualPool pool;
-  Metrics metrics;
-  FakeClock clock;
   SchedulerOptions options;
-  options.clock = &clock;
   options.running_write_delay = absl::Milliseconds(100);
-  Scheduler scheduler(options, store, pool, metrics);
-  ASSERT_THAT(scheduler.Start(), IsOk());
+  ManualScheduler m(options);
+  FailingFinishStore& store = m.store;
+  ManualPool& pool = m.pool;
+  FakeClock& clock = m.clock;
+  Scheduler& scheduler = m.scheduler;
   pool.AddRoom(2);
   const std::string quick = SubmitEcho(scheduler, "quick");
   const std::string slow = SubmitEcho(scheduler, "slow");
