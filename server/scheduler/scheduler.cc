@@ -129,6 +129,78 @@ std::string NewTaskId() {
   return id;
 }
 
+// Writes the end of an attempt into `t` (state, result or error); true when
+// the failure may be retried (the caller decides whether attempts remain).
+// kRevoked never gets here.
+bool RecordOutcome(v1::Task& t, worker::Outcome& o) {
+  using worker::OutcomeKind;
+  bool retryable = false;
+  switch (o.kind) {
+    case OutcomeKind::kSucceeded:
+      t.set_state(v1::SUCCEEDED);
+      t.set_result(std::move(o.result));
+      t.clear_error();
+      t.set_progress(1.0);
+      break;
+    case OutcomeKind::kHandlerError:
+      SetError(t, o.status.code(), o.status.message(), v1::HANDLER_ERROR);
+      if (o.status.code() == absl::StatusCode::kCancelled &&
+          t.cancel_requested()) {
+        t.set_state(v1::CANCELLED);
+      } else if (IsPermanent(o.status.code())) {
+        t.set_state(v1::FAILED);
+      } else {
+        retryable = true;
+      }
+      break;
+    case OutcomeKind::kUnknownKind:
+      SetError(t, absl::StatusCode::kInvalidArgument,
+               absl::StrCat("no handler for kind '", t.kind(), "'"),
+               v1::UNKNOWN_KIND);
+      t.set_state(v1::FAILED);
+      break;
+    case OutcomeKind::kCancelled:
+      SetError(t, absl::StatusCode::kCancelled, "cancelled while running",
+               v1::CANCELLED_WHILE_RUNNING);
+      t.set_state(v1::CANCELLED);
+      break;
+    case OutcomeKind::kTimeout:
+      SetError(t, absl::StatusCode::kDeadlineExceeded,
+               absl::StrCat("attempt ran past its timeout of ",
+                            absl::FormatDuration(FromProto(t.timeout()))),
+               v1::TIMEOUT);
+      retryable = true;
+      break;
+    case OutcomeKind::kSignaled:
+      SetError(t, absl::StatusCode::kAborted,
+               absl::StrCat("worker ", o.worker_pid, " died from signal ",
+                            o.signal, " (", strsignal(o.signal), ")"),
+               v1::SIGNALED, o.signal);
+      retryable = true;
+      break;
+    case OutcomeKind::kOutOfMemory:
+      SetError(t, absl::StatusCode::kResourceExhausted,
+               "worker exceeded its memory limit", v1::OUT_OF_MEMORY);
+      retryable = true;
+      break;
+    case OutcomeKind::kProtocolViolation:
+      SetError(
+          t, absl::StatusCode::kInternal,
+          absl::StrCat("worker broke the pool protocol: ", o.status.message()),
+          v1::PROTOCOL_VIOLATION);
+      retryable = true;
+      break;
+    case OutcomeKind::kWorkerLost:
+    case OutcomeKind::kRevoked:  // handled above
+      SetError(t, absl::StatusCode::kUnavailable,
+               absl::StrCat("worker lost: ", o.status.message()),
+               v1::WORKER_LOST);
+      retryable = true;
+      break;
+  }
+  return retryable;
+}
+
 Scheduler::Scheduler(SchedulerOptions options, Store& store,
                      worker::WorkerPool& pool, Metrics& metrics)
     : options_(std::move(options)),
@@ -1001,6 +1073,35 @@ absl::Duration Scheduler::Backoff(int attempt) {
   return absl::Seconds(base * absl::Uniform(gen, 0.75, 1.25));
 }
 
+void Scheduler::RevokeLocked(TaskMap::iterator it) {
+  Entry& e = it->second;
+  v1::Task& t = e.task;
+  // Never started: back to its place in the queue, the attempt unused.
+  // OnTurnEnd dispatches it again.
+  t.set_state(v1::QUEUED);
+  t.set_attempt(t.attempt() - 1);
+  t.clear_started_at();
+  if (work_source_ != nullptr) {
+    // Its place is the shared queue: give the claim back.
+    PersistAsync(t);
+    tasks_.erase(it);
+    WantClaimLocked();
+    return;
+  }
+  ++queued_by_queue_[t.queue()];
+  e.ready_seq = e.last_seq;
+  ready_.insert(ReadyKey{-t.priority(), e.ready_seq, t.id()});
+  if (draining_) {
+    drain_redispatch_.push_back(ReadyKey{-t.priority(), e.ready_seq, t.id()});
+  }
+  // A RUNNING record on disk would count as a lost attempt after a
+  // crash: overwrite it.
+  if (e.running_written) {
+    e.running_written = false;
+    PersistAsync(t);
+  }
+}
+
 void Scheduler::OnOutcome(worker::Outcome o) {
   Deferred d;
   {
@@ -1026,31 +1127,7 @@ void Scheduler::OnOutcome(worker::Outcome o) {
       return;
     }
     if (o.kind == worker::OutcomeKind::kRevoked) {
-      // Never started: back to its place in the queue, the attempt unused.
-      // OnTurnEnd dispatches it again.
-      t.set_state(v1::QUEUED);
-      t.set_attempt(t.attempt() - 1);
-      t.clear_started_at();
-      if (work_source_ != nullptr) {
-        // Its place is the shared queue: give the claim back.
-        PersistAsync(t);
-        tasks_.erase(it);
-        WantClaimLocked();
-        return;
-      }
-      ++queued_by_queue_[t.queue()];
-      e.ready_seq = e.last_seq;
-      ready_.insert(ReadyKey{-t.priority(), e.ready_seq, t.id()});
-      if (draining_) {
-        drain_redispatch_.push_back(
-            ReadyKey{-t.priority(), e.ready_seq, t.id()});
-      }
-      // A RUNNING record on disk would count as a lost attempt after a
-      // crash: overwrite it.
-      if (e.running_written) {
-        e.running_written = false;
-        PersistAsync(t);
-      }
+      RevokeLocked(it);
       return;
     }
     if (attempt_end_handler_) {
@@ -1060,71 +1137,7 @@ void Scheduler::OnOutcome(worker::Outcome o) {
     metrics_.TaskAttempt(t.queue(), t.kind(), OutcomeLabel(o.kind),
                          absl::ToDoubleSeconds(o.runtime));
 
-    using worker::OutcomeKind;
-    bool retryable = false;
-    switch (o.kind) {
-      case OutcomeKind::kSucceeded:
-        t.set_state(v1::SUCCEEDED);
-        t.set_result(std::move(o.result));
-        t.clear_error();
-        t.set_progress(1.0);
-        break;
-      case OutcomeKind::kHandlerError:
-        SetError(t, o.status.code(), o.status.message(), v1::HANDLER_ERROR);
-        if (o.status.code() == absl::StatusCode::kCancelled &&
-            t.cancel_requested()) {
-          t.set_state(v1::CANCELLED);
-        } else if (IsPermanent(o.status.code())) {
-          t.set_state(v1::FAILED);
-        } else {
-          retryable = true;
-        }
-        break;
-      case OutcomeKind::kUnknownKind:
-        SetError(t, absl::StatusCode::kInvalidArgument,
-                 absl::StrCat("no handler for kind '", t.kind(), "'"),
-                 v1::UNKNOWN_KIND);
-        t.set_state(v1::FAILED);
-        break;
-      case OutcomeKind::kCancelled:
-        SetError(t, absl::StatusCode::kCancelled, "cancelled while running",
-                 v1::CANCELLED_WHILE_RUNNING);
-        t.set_state(v1::CANCELLED);
-        break;
-      case OutcomeKind::kTimeout:
-        SetError(t, absl::StatusCode::kDeadlineExceeded,
-                 absl::StrCat("attempt ran past its timeout of ",
-                              absl::FormatDuration(FromProto(t.timeout()))),
-                 v1::TIMEOUT);
-        retryable = true;
-        break;
-      case OutcomeKind::kSignaled:
-        SetError(t, absl::StatusCode::kAborted,
-                 absl::StrCat("worker ", o.worker_pid, " died from signal ",
-                              o.signal, " (", strsignal(o.signal), ")"),
-                 v1::SIGNALED, o.signal);
-        retryable = true;
-        break;
-      case OutcomeKind::kOutOfMemory:
-        SetError(t, absl::StatusCode::kResourceExhausted,
-                 "worker exceeded its memory limit", v1::OUT_OF_MEMORY);
-        retryable = true;
-        break;
-      case OutcomeKind::kProtocolViolation:
-        SetError(t, absl::StatusCode::kInternal,
-                 absl::StrCat("worker broke the pool protocol: ",
-                              o.status.message()),
-                 v1::PROTOCOL_VIOLATION);
-        retryable = true;
-        break;
-      case OutcomeKind::kWorkerLost:
-      case OutcomeKind::kRevoked:  // handled above
-        SetError(t, absl::StatusCode::kUnavailable,
-                 absl::StrCat("worker lost: ", o.status.message()),
-                 v1::WORKER_LOST);
-        retryable = true;
-        break;
-    }
+    bool retryable = RecordOutcome(t, o);
     if (retryable && t.cancel_requested()) {
       t.set_state(v1::CANCELLED);
       retryable = false;

@@ -199,6 +199,7 @@ class Scheduler {
     int64_t ready_seq = 0;
     int64_t last_seq = 0;
   };
+  using TaskMap = std::unordered_map<std::string, Entry>;
   struct ReadyKey {
     int32_t neg_priority;
     int64_t seq;
@@ -258,6 +259,9 @@ class Scheduler {
   // unwritten (see Ack::kDeferred).
   void InsertDeferredLocked(absl::Time cutoff)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A task the pool gave back unstarted (OutcomeKind::kRevoked): back to
+  // its place in the queue (or, in a cluster, to the shared queue).
+  void RevokeLocked(TaskMap::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes the RUNNING record of the tasks sent before `cutoff` whose
   // attempt still runs (see SchedulerOptions::running_write_delay).
   void WriteRunningLocked(absl::Time cutoff) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -329,7 +333,7 @@ class Scheduler {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
-  std::unordered_map<std::string, Entry> tasks_ ABSL_GUARDED_BY(mu_);
+  TaskMap tasks_ ABSL_GUARDED_BY(mu_);
   std::set<ReadyKey> ready_ ABSL_GUARDED_BY(mu_);
   std::multimap<absl::Time, std::string> delayed_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> queued_by_queue_ ABSL_GUARDED_BY(mu_);
