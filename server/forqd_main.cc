@@ -88,10 +88,11 @@ ABSL_FLAG(int64_t, max_payload_bytes, 1 << 20,
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
           "on SIGTERM, how long running tasks may finish before they are "
           "re-queued");
-ABSL_FLAG(absl::Duration, running_write_delay, absl::Milliseconds(100),
-          "a task's RUNNING state is stored only when its attempt runs "
-          "longer than this (after a crash of forqd, a younger attempt is "
-          "not counted); 0 stores it at dispatch");
+ABSL_FLAG(absl::Duration, running_write_delay, absl::ZeroDuration(),
+          "0: a task's RUNNING state is stored at dispatch, so a crash of "
+          "forqd counts every running attempt; above 0: stored only when "
+          "the attempt runs longer than this (fewer writes; after a crash "
+          "a younger attempt is not counted)");
 ABSL_FLAG(absl::Duration, purge_interval, absl::Minutes(1),
           "how often finished tasks past their result TTL are deleted");
 ABSL_FLAG(absl::Duration, retry_backoff, absl::Seconds(1),

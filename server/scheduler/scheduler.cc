@@ -835,6 +835,10 @@ void Scheduler::WriteRunningLocked(absl::Time cutoff) {
     e.running_written = true;
     running.push_back(e.task);
   }
+  StoreRunningLocked(std::move(running));
+}
+
+void Scheduler::StoreRunningLocked(std::vector<v1::Task> running) {
   if (running.empty()) return;
   // Queued under mu_ before the attempt's terminal write can be (the task
   // is not finishing), so the rows follow the order of the states.
@@ -1028,6 +1032,7 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
   keys.resize(kept);
   const size_t sent = batch.empty() ? 0 : pool_.DispatchMany(batch);
   std::vector<ReadyKey> refused;
+  std::vector<v1::Task> running;
   for (size_t i = 0; i < keys.size(); ++i) {
     Entry& e = *entries[i];
     if (i >= sent) {
@@ -1048,20 +1053,25 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     *t.mutable_started_at() = ToProto(now);
     ++running_;
     metrics_.TaskQueueWait(t.queue(), absl::ToDoubleSeconds(now - e.ready_at));
-    // The RUNNING record waits (WriteRunningLocked): most attempts end
-    // first, and their terminal write is then their only one. A cluster
-    // node writes none: its claim already made the row RUNNING.
+    // A cluster node writes no RUNNING record: its claim already made the
+    // row RUNNING. With a running_write_delay the record waits
+    // (WriteRunningLocked): most attempts end first.
     if (e.stored && work_source_ == nullptr) {
-      if (unwritten_running_.empty()) {
-        WakeAtLocked(now + options_.running_write_delay);
+      if (options_.running_write_delay <= absl::ZeroDuration()) {
+        e.running_written = true;
+        running.push_back(t);
+      } else {
+        if (unwritten_running_.empty()) {
+          WakeAtLocked(now + options_.running_write_delay);
+        }
+        unwritten_running_.emplace_back(now, t.id());
       }
-      unwritten_running_.emplace_back(now, t.id());
     }
     EmitLocked(t, v1::TaskEvent::STATE, d);
   }
-  if (options_.running_write_delay <= absl::ZeroDuration()) {
-    WriteRunningLocked(now);
-  }
+  // One write for the batch; the store coalesces a RUNNING record with the
+  // terminal one when both reach the same group commit.
+  StoreRunningLocked(std::move(running));
   return refused;
 }
 

@@ -64,11 +64,14 @@ struct SchedulerOptions {
   // written once, with their final state, if they finish within this; one
   // still unfinished after it is inserted as it stands.
   absl::Duration deferred_insert_limit = absl::Milliseconds(100);
-  // A stored task's RUNNING record is written only when its attempt still
-  // runs after this (most short attempts end first, so their terminal write
-  // is their only one). After a crash of forqd an attempt younger than this
-  // is not counted: its row still says QUEUED.
-  absl::Duration running_write_delay = absl::Milliseconds(100);
+  // Zero (the default): a stored task's RUNNING record is queued at
+  // dispatch (the store merges it with the terminal record when both reach
+  // one group commit), so a crash of forqd counts every running attempt.
+  // Above zero: it is written only when the attempt still runs after this,
+  // so most short attempts write only their terminal record, but after a
+  // crash an attempt younger than this is not counted (its row says
+  // QUEUED; the task runs again all the same).
+  absl::Duration running_write_delay = absl::ZeroDuration();
   // Time source for delays, backoffs, deadlines and timestamps; null = the
   // real clock. Must outlive the scheduler.
   Clock* clock = nullptr;
@@ -265,6 +268,9 @@ class Scheduler {
   // Writes the RUNNING record of the tasks sent before `cutoff` whose
   // attempt still runs (see SchedulerOptions::running_write_delay).
   void WriteRunningLocked(absl::Time cutoff) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues one store write of these RUNNING records (none if empty).
+  void StoreRunningLocked(std::vector<v1::Task> running)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The task as readers may see it: a terminal state only once durable.
   v1::Task VisibleLocked(const Entry& e) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

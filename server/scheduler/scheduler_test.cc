@@ -824,6 +824,17 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// By default the RUNNING record is queued at dispatch, so a crash of forqd
+// counts every running attempt.
+TEST(SchedulerTest, RunningIsRecordedAtDispatchByDefault) {
+  ManualScheduler m;
+  m.pool.AddRoom(1);
+  SubmitEcho(m.scheduler, "x");
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  EXPECT_EQ(m.store.updated_rows.load(), 1);
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
 // An attempt's RUNNING record waits for running_write_delay: a short
 // attempt's terminal write is its only update; one still running then is
 // recorded RUNNING, so a crash of forqd counts it.
