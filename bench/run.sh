@@ -13,6 +13,8 @@
 # multiprocessing.Pool(2) (bench_mp_pool.py pool) and mp.Manager
 # (bench_ipc.py manager) back to back, and prints the ratios (ratios.py):
 # the peers are measured minutes, not hours, from forq on the same machine.
+# PEER_REPS sets the repetitions (3); PEER_FORQ_FLAGS replaces forq_bench's
+# wait/submit/map choices.
 #
 # Output: $OUT (default <build dir>/bench-results/<UTC timestamp>) holds
 # machine.txt, one <program>.txt per program (stdout + stderr) and
@@ -132,8 +134,13 @@ run_peers() {
   local reps=${PEER_REPS:-3}
   local saved_only=$ONLY
   ONLY="forq_bench"
+  # PEER_FORQ_FLAGS narrows forq's side (e.g. "--wait=stream
+  # --submit=batch,async --map=batched" when fsync is slow: unary Submit x N
+  # in sync mode costs one fsync per task).
+  # shellcheck disable=SC2086  # word splitting of the flags is wanted
   run forq_bench_peers forq_bench --sections=e2e,rtt,map,manager \
-    --durability=sync,none --wait=stream,rpc --map=batched,single \
+    --durability=sync,none \
+    ${PEER_FORQ_FLAGS:---wait=stream,rpc --map=batched,single} \
     --reps="$reps"
   ONLY=$saved_only
   local t
