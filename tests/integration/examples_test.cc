@@ -40,6 +40,7 @@ const std::map<std::string, std::vector<std::string>>& Expectations() {
           {"process", {"ran in worker pid", "ok: exit state SUCCEEDED"}},
           {"apply_async",
            {"primes(100000) = 9592", "bad input", "ok: 4 results and 1 error"}},
+          {"map_async", {"ok: 1000 results in 10 chunks, sum 499500"}},
           {"close_join",
            {"drain: drained=1", "ok: close/join waited for every task"}},
           {"imap", {"item 7 -> 5", "ok: 8 results in input order"}},
@@ -103,6 +104,7 @@ TEST_F(ExamplesTest, EveryBuiltExampleHasExpectations) {
 TEST_F(ExamplesTest, PoolSize) { RunExample("pool_size"); }
 TEST_F(ExamplesTest, Process) { RunExample("process"); }
 TEST_F(ExamplesTest, ApplyAsync) { RunExample("apply_async"); }
+TEST_F(ExamplesTest, MapAsync) { RunExample("map_async"); }
 TEST_F(ExamplesTest, CloseJoin) { RunExample("close_join"); }
 TEST_F(ExamplesTest, Imap) { RunExample("imap"); }
 TEST_F(ExamplesTest, ImapUnordered) { RunExample("imap_unordered"); }
