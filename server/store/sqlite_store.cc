@@ -866,8 +866,10 @@ absl::Status SqliteStore::ApplyUpdate(PendingWrite& op) {
     BindOptionalInt(stmt, 4, ExpiresAtMicros(task));
     sqlite3_bind_blob(stmt, 5, writer_->scratch.data(),
                       static_cast<int>(writer_->scratch.size()), SQLITE_STATIC);
-    FORQ_RETURN_IF_ERROR(
-        StepDone(path_, db, use.get(), absl::StrCat("update ", task.id())));
+    // The error text is built only on failure: this runs once per row.
+    if (const int rc = sqlite3_step(use.get()); rc != SQLITE_DONE) {
+      return SqliteError(path_, db, rc, absl::StrCat("update ", task.id()));
+    }
     if (sqlite3_changes(db) == 0) {
       return absl::NotFoundError(absl::StrCat(
           "sqlite store ", path_, ": update of unknown task ", task.id()));
