@@ -83,10 +83,15 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 // ---- TaskFuture ----
 
 absl::StatusOr<v1::Task> TaskFuture::Wait() const {
+  // forqd answers a Submit with a terminal task only once that state is
+  // stored (an idempotency key of a finished task, or an attempt that ended
+  // within the insert's commit): nothing to wait for.
+  if (IsTerminal(task_.state())) return task_;
   return client_->AwaitTask(id(), absl::InfiniteFuture());
 }
 
 absl::StatusOr<v1::Task> TaskFuture::WaitFor(absl::Duration timeout) const {
+  if (IsTerminal(task_.state())) return task_;
   absl::StatusOr<v1::Task> t = client_->AwaitTask(id(), absl::Now() + timeout);
   if (!t.ok() && t.status().code() == absl::StatusCode::kDeadlineExceeded) {
     return absl::DeadlineExceededError(absl::StrCat(
@@ -108,6 +113,7 @@ absl::StatusOr<std::string> TaskFuture::Get(absl::Duration timeout) const {
 }
 
 absl::StatusOr<bool> TaskFuture::Ready() const {
+  if (IsTerminal(task_.state())) return true;
   if (ref_ != nullptr && client_->waits_->Arrived(id())) return true;
   absl::StatusOr<v1::Task> t = client_->Get(id());
   if (!t.ok()) return t.status();

@@ -472,6 +472,30 @@ TEST(QueueLimitTest, FullQueueIsResourceExhausted) {
 // (attempt 2) and succeed; finished results stay readable.
 // With --running_write_delay=0 the RUNNING state is stored at dispatch, so
 // every attempt running at the kill is counted.
+// A Submit answered with a finished task (its idempotency key matched) is
+// already complete: its future needs no call, even with forqd gone.
+TEST(TaskFutureTest, FinishedTaskInTheSubmitAnswerNeedsNoCall) {
+  auto p = ForqdProcess::Start({.workers = 2});
+  ASSERT_THAT(p, IsOk());
+  auto c = Client::Connect({.address = (*p)->grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  const SubmitOptions o{.idempotency_key = "finished-once"};
+  {
+    auto first = (*c)->Submit("echo", "kept", o);
+    ASSERT_THAT(first, IsOk());
+    ASSERT_THAT(first->Get(absl::Seconds(30)), IsOk());
+  }  // its streamed result goes with it
+  auto again = (*c)->Submit("echo", "ignored", o);
+  ASSERT_THAT(again, IsOk());
+  ASSERT_TRUE(again->existing());
+  ASSERT_EQ(again->submitted().state(), v1::SUCCEEDED);
+  ASSERT_THAT((*p)->Kill(SIGKILL), IsOk());
+  EXPECT_THAT(again->Ready(), IsOk());
+  absl::StatusOr<std::string> got = again->Get(absl::Seconds(5));
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(*got, "kept");
+}
+
 TEST(RecoveryTest, TasksRunningAtKillRunAgainAfterRestart) {
   auto p =
       ForqdProcess::Start({.workers = 2, .flags = {"--running_write_delay=0"}});
