@@ -110,25 +110,6 @@ absl::Status AwaitWrite(
   return status;
 }
 
-}  // namespace
-
-std::string NewTaskId() {
-  static std::atomic<uint32_t> seq{0};
-  static const uint32_t salt = std::random_device{}();
-  const uint64_t ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
-  const uint32_t n = seq.fetch_add(1, std::memory_order_relaxed);
-  // "%012x%08x%04x" of (ms, n, salted n), written by hand: one per task.
-  std::string id(24, '0');
-  auto put = [&id](size_t end, size_t digits, uint64_t v) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    for (size_t i = 0; i < digits; ++i, v >>= 4) id[end - i - 1] = kHex[v & 15];
-  };
-  put(12, 12, ms);
-  put(20, 8, n);
-  put(24, 4, salt ^ (n * 2654435761u));
-  return id;
-}
-
 // Writes the end of an attempt into `t` (state, result or error); true when
 // the failure may be retried (the caller decides whether attempts remain).
 // kRevoked never gets here.
@@ -199,6 +180,25 @@ bool RecordOutcome(v1::Task& t, worker::Outcome& o) {
       break;
   }
   return retryable;
+}
+
+}  // namespace
+
+std::string NewTaskId() {
+  static std::atomic<uint32_t> seq{0};
+  static const uint32_t salt = std::random_device{}();
+  const uint64_t ms = static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()));
+  const uint32_t n = seq.fetch_add(1, std::memory_order_relaxed);
+  // "%012x%08x%04x" of (ms, n, salted n), written by hand: one per task.
+  std::string id(24, '0');
+  auto put = [&id](size_t end, size_t digits, uint64_t v) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (size_t i = 0; i < digits; ++i, v >>= 4) id[end - i - 1] = kHex[v & 15];
+  };
+  put(12, 12, ms);
+  put(20, 8, n);
+  put(24, 4, salt ^ (n * 2654435761u));
+  return id;
 }
 
 Scheduler::Scheduler(SchedulerOptions options, Store& store,
