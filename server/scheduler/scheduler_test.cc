@@ -850,6 +850,7 @@ TEST(SchedulerTest, RunningIsRecordedOnlyForAnAttemptThatOutlivesTheDelay) {
   const std::string quick = SubmitEcho(scheduler, "quick");
   const std::string slow = SubmitEcho(scheduler, "slow");
   ASSERT_EQ(pool.assigned().size(), 2u);
+  ASSERT_EQ(pool.assigned()[0].task_id, quick);
   scheduler.Poke();
   EXPECT_EQ(store.updated_rows.load(), 0);
   pool.Finish(pool.assigned()[0], worker::OutcomeKind::kSucceeded,
