@@ -174,4 +174,12 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
 
 absl::Status CheckRequestFields(const Message& m) { return Check(m, "", 0); }
 
+absl::Status MalformedStreamMessage(absl::string_view method,
+                                    absl::string_view type, int64_t n) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "message ", n, " of ", method, " is not a valid ", type,
+      " message (bad protobuf wire format, or a string field that is not "
+      "valid UTF-8); the stream is ended"));
+}
+
 }  // namespace forq::server

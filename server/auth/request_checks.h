@@ -7,8 +7,10 @@
 #define FORQ_SERVER_AUTH_REQUEST_CHECKS_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "google/protobuf/message.h"
 
 namespace forq::server {
@@ -19,6 +21,15 @@ inline constexpr size_t kMaxIdBytes = 1024;
 
 // Walks `m` (and its sub-messages, except map values) by reflection.
 absl::Status CheckRequestFields(const google::protobuf::Message& m);
+
+// The answer to message `n` (counted from 1) of a client stream of `method`
+// ("/forq.v1.TaskService/WaitStream") whose bytes do not parse as `type`
+// ("forq.v1.WaitStreamRequest"): INVALID_ARGUMENT naming the method, the
+// type and n. forq's bidirectional streams read raw bytes and parse each
+// message themselves, because gRPC's typed reader reports a message that
+// does not parse exactly like the client's half-close.
+absl::Status MalformedStreamMessage(absl::string_view method,
+                                    absl::string_view type, int64_t n);
 
 }  // namespace forq::server
 

@@ -609,18 +609,22 @@ class RelayWatch final : public grpc::ServerWriteReactor<v1::ManagerEvent> {
 // results back in completion order, coalescing whatever completed while the
 // previous write was in flight into one message. Owned by shared_ptr (a
 // self-reference dropped in OnDone) because completion callbacks of parked
-// operations may run on other threads after gRPC is done with it.
+// operations may run on other threads after gRPC is done with it. The
+// stream carries raw bytes (the service marks Session raw) parsed here, so a
+// message that does not parse ends the stream INVALID_ARGUMENT (after the
+// operations read before it are answered; parked ones are cancelled)
+// instead of passing for the client's half-close.
 class SessionReactor final
-    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>,
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
       public std::enable_shared_from_this<SessionReactor> {
  public:
   static constexpr size_t kMaxInFlight = 100000;
 
-  static grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>*
-  Start(ManagerRouter& core, ManagerCallOrigin origin) {
+  static grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Start(
+      ManagerRouter& core, ManagerCallOrigin origin) {
     auto r = std::make_shared<SessionReactor>(core, std::move(origin));
     r->self_ = r;
-    r->StartRead(&r->in_);
+    r->StartRead(&r->in_buf_);
     return r.get();
   }
 
@@ -634,6 +638,16 @@ class SessionReactor final
         reading_ = false;
       }
       MaybeWrite();
+      return;
+    }
+    ++messages_read_;
+    in_.Clear();
+    if (!grpc::SerializationTraits<v1::SessionRequest>::Deserialize(&in_buf_,
+                                                                    &in_)
+             .ok()) {
+      EndWith(ToGrpcStatus(MalformedStreamMessage(
+          "/forq.v1.ManagerService/Session",
+          v1::SessionRequest::descriptor()->full_name(), messages_read_)));
       return;
     }
     std::shared_ptr<SessionReactor> self = shared_from_this();
@@ -681,7 +695,7 @@ class SessionReactor final
         parked_[id] = waiter;
       }
     }
-    StartRead(&in_);
+    StartRead(&in_buf_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -710,6 +724,20 @@ class SessionReactor final
   }
 
  private:
+  // Reads no more; cancels the parked operations and finishes with `status`
+  // once every operation read is answered.
+  void EndWith(grpc::Status status) {
+    std::vector<uint64_t> waiters;
+    {
+      MutexLock lock(&mu_);
+      reading_ = false;
+      end_status_ = std::move(status);
+      for (const auto& [id, w] : parked_) waiters.push_back(w);
+    }
+    for (uint64_t w : waiters) core_.Cancel(w);
+    MaybeWrite();
+  }
+
   void Complete(uint64_t id, absl::StatusOr<ManagerReply> r, bool counted) {
     v1::SessionResult res;
     res.set_id(id);
@@ -734,6 +762,7 @@ class SessionReactor final
   // every operation is answered. Never holds mu_ across gRPC calls.
   void MaybeWrite() {
     enum { kNothing, kWrite, kFinish } action = kNothing;
+    grpc::Status end;
     {
       MutexLock lock(&mu_);
       if (writing_ || finished_) return;
@@ -752,19 +781,40 @@ class SessionReactor final
         finished_ = true;
         action = kFinish;
       }
+      if (action == kFinish) end = end_status_;
     }
     if (action == kWrite) {
-      StartWrite(&current_);
+      bool own_buffer = false;
+      out_buf_.Clear();
+      if (!grpc::SerializationTraits<v1::SessionResponse>::Serialize(
+               current_, &out_buf_, &own_buffer)
+               .ok()) {
+        {
+          MutexLock lock(&mu_);
+          writing_ = false;
+          broken_ = true;
+          end_status_ = grpc::Status(grpc::StatusCode::INTERNAL,
+                                     "cannot serialize a Session response");
+        }
+        MaybeWrite();
+        return;
+      }
+      StartWrite(&out_buf_);
     } else if (action == kFinish) {
-      Finish(grpc::Status::OK);
+      Finish(std::move(end));
     }
   }
 
   ManagerRouter& core_;
   const ManagerCallOrigin origin_;
   std::shared_ptr<SessionReactor> self_;
+  // Touched only by OnReadDone (one read at a time).
+  grpc::ByteBuffer in_buf_;
+  int64_t messages_read_ = 0;
   v1::SessionRequest in_;
+  // Touched only by the writer (writing_ set).
   v1::SessionResponse current_;
+  grpc::ByteBuffer out_buf_;
   Mutex mu_;
   std::vector<v1::SessionResult> out_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, uint64_t> parked_ ABSL_GUARDED_BY(mu_);
@@ -773,6 +823,8 @@ class SessionReactor final
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // The status the stream ends with (OK unless a message did not parse).
+  grpc::Status end_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
@@ -781,7 +833,22 @@ class SessionReactor final
 // maps its message family onto a generic core request.
 class ManagerGrpcService final : public v1::ManagerService::CallbackService {
  public:
-  explicit ManagerGrpcService(ManagerRouter& core) : core_(core) {}
+  explicit ManagerGrpcService(ManagerRouter& core) : core_(core) {
+    // Session takes raw bytes (see SessionReactor). What the generated
+    // WithRawCallbackMethod_Session does, done here: that template cannot
+    // sit on CallbackService, whose typed Session has the same parameters.
+    const int session = v1::SessionRequest::descriptor()
+                            ->file()
+                            ->FindServiceByName("ManagerService")
+                            ->FindMethodByName("Session")
+                            ->index();
+    MarkMethodRawCallback(
+        session, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer,
+                                                         grpc::ByteBuffer>(
+                     [this](grpc::CallbackServerContext* ctx) {
+                       return SessionReactor::Start(core_, OriginOf(ctx));
+                     }));
+  }
 
 #define FORQ_MANAGER_RPC(Method, Msg, TYPE, OP)                        \
   grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx,   \
@@ -811,11 +878,6 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
     return new OpReactor(
         core_, ctx, *std::move(r),
         [resp](const ManagerReply& rep) { ToResult(rep, resp); });
-  }
-
-  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
-      grpc::CallbackServerContext* ctx) override {
-    return SessionReactor::Start(core_, OriginOf(ctx));
   }
 
   grpc::ServerUnaryReactor* ListObjects(

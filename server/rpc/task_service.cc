@@ -195,10 +195,11 @@ class TaskWaitReactor final : public grpc::ServerUnaryReactor {
 
 // WaitStream: many waits on one call. Each id read is parked in the
 // scheduler (Scheduler::Wait, no thread held); answers that become ready while
-// a write is in flight are coalesced into the next message.
+// a write is in flight are coalesced into the next message. Raw bytes, parsed
+// here (as for Map): a message that does not parse ends the stream
+// INVALID_ARGUMENT instead of passing for the client's half-close.
 class WaitStreamReactor final
-    : public grpc::ServerBidiReactor<v1::WaitStreamRequest,
-                                     v1::WaitStreamResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // Pending ids per stream; more are answered RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxPending = 1'000'000;
@@ -214,7 +215,7 @@ class WaitStreamReactor final
       MutexLock lock(&guard_->mu);
       guard_->reactor = this;
     }
-    StartRead(&req_);
+    StartRead(&in_buf_);
   }
 
   void OnReadDone(bool ok) override {
@@ -225,6 +226,16 @@ class WaitStreamReactor final
       if (!ok) {
         reads_done_ = true;
         MaybeFinishLocked();
+        return;
+      }
+      ++messages_read_;
+      req_.Clear();
+      if (!grpc::SerializationTraits<v1::WaitStreamRequest>::Deserialize(
+               &in_buf_, &req_)
+               .ok()) {
+        FinishLocked(ToGrpcStatus(MalformedStreamMessage(
+            "/forq.v1.TaskService/WaitStream",
+            v1::WaitStreamRequest::descriptor()->full_name(), messages_read_)));
         return;
       }
       for (const std::string& id : req_.cancel_ids()) {
@@ -252,7 +263,7 @@ class WaitStreamReactor final
     // Scheduler::Wait may answer inline, which takes our lock.
     for (auto& [id, gen] : arm) Arm(scheduler_, guard_, std::move(id), gen);
     MutexLock lock(&guard_->mu);
-    if (!finished_) StartRead(&req_);
+    if (!finished_) StartRead(&in_buf_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -373,8 +384,17 @@ class WaitStreamReactor final
     ready_.erase(ready_.begin(), ready_.begin() + n);
     for (auto& e : errors_) *out_.add_errors() = std::move(e);
     errors_.clear();
+    bool own_buffer = false;
+    out_buf_.Clear();
+    if (!grpc::SerializationTraits<v1::WaitStreamResponse>::Serialize(
+             out_, &out_buf_, &own_buffer)
+             .ok()) {
+      FinishLocked(grpc::Status(grpc::StatusCode::INTERNAL,
+                                "cannot serialize a WaitStream response"));
+      return;
+    }
     writing_ = true;
-    StartWrite(&out_);
+    StartWrite(&out_buf_);
   }
 
   void MaybeFinishLocked() {
@@ -396,12 +416,15 @@ class WaitStreamReactor final
   const std::shared_ptr<Guard> guard_;
   // Touched only by OnReadDone (one read at a time); the rest below is
   // guarded by guard_->mu.
+  grpc::ByteBuffer in_buf_;
+  int64_t messages_read_ = 0;
   v1::WaitStreamRequest req_;
   std::unordered_map<std::string, Pending> waits_;
   uint64_t next_gen_ = 0;
   std::vector<v1::Task> ready_;
   std::vector<v1::WaitStreamError> errors_;
   v1::WaitStreamResponse out_;
+  grpc::ByteBuffer out_buf_;
   bool writing_ = false;
   bool reads_done_ = false;
   bool finished_ = false;
@@ -1116,7 +1139,7 @@ grpc::ServerWriteReactor<v1::TaskEvent>* TaskServiceImpl::Watch(
   return new WatchReactor(scheduler_, req, Meter(watch_));
 }
 
-grpc::ServerBidiReactor<v1::WaitStreamRequest, v1::WaitStreamResponse>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 TaskServiceImpl::WaitStream(grpc::CallbackServerContext* ctx) {
   return new WaitStreamReactor(scheduler_, Meter(wait_stream_));
 }

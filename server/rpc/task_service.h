@@ -13,9 +13,9 @@ namespace forq::server {
 // Thread-safe; borrows the scheduler, which must outlive the gRPC server.
 // With `metrics`, every call is counted by its handler when it finishes (no
 // interceptor needed: see GrpcMetrics::CountedByHandlers).
-// TaskService::CallbackService with Map and MapBatched taking raw bytes, so
-// their reactor can tell a message that does not parse from the end of the
-// stream (see MapReactor in task_service.cc).
+// TaskService::CallbackService with Map, MapBatched and WaitStream taking
+// raw bytes, so their reactors can tell a message that does not parse from
+// the end of the stream (see MapReactor in task_service.cc).
 using TaskServiceBase = v1::TaskService::WithCallbackMethod_Submit<
     v1::TaskService::WithCallbackMethod_SubmitBatch<
         v1::TaskService::WithCallbackMethod_Get<
@@ -28,7 +28,7 @@ using TaskServiceBase = v1::TaskService::WithCallbackMethod_Submit<
                                     v1::TaskService::
                                         WithRawCallbackMethod_MapBatched<
                                             v1::TaskService::
-                                                WithCallbackMethod_WaitStream<
+                                                WithRawCallbackMethod_WaitStream<
                                                     v1::TaskService::
                                                         Service>>>>>>>>>>>;
 
@@ -64,8 +64,8 @@ class TaskServiceImpl final : public TaskServiceBase {
                                   v1::Task* resp) override;
   grpc::ServerWriteReactor<v1::TaskEvent>* Watch(
       grpc::CallbackServerContext* ctx, const v1::WatchRequest* req) override;
-  grpc::ServerBidiReactor<v1::WaitStreamRequest, v1::WaitStreamResponse>*
-  WaitStream(grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* WaitStream(
+      grpc::CallbackServerContext* ctx) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Map(
       grpc::CallbackServerContext* ctx) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MapBatched(

@@ -7,7 +7,6 @@
 #include <fstream>
 #include <memory>
 #include <random>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -105,10 +104,12 @@ int64_t RssKib(int pid, const char* field) {
   return -1;
 }
 
-// Sends `message` as the only request message of `method` (any kind of
-// method: gRPC's wire format is the same) and returns the call's status.
-grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method,
-                     const std::string& message) {
+// Sends `messages` as the request messages of `method` (any kind of method:
+// gRPC's wire format is the same), then half-closes, and returns the call's
+// status; `replies` (if not null) counts the messages answered.
+grpc::Status StreamCall(grpc::GenericStub& stub, const std::string& method,
+                        const std::vector<std::string>& messages,
+                        std::vector<grpc::ByteBuffer>* replies = nullptr) {
   grpc::CompletionQueue cq;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
@@ -124,9 +125,13 @@ grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method,
   call->StartCall(tag(1));
   grpc::Status status;
   if (step(tag(1))) {
-    grpc::Slice slice(message);
-    call->Write(grpc::ByteBuffer(&slice, 1), tag(2));
-    if (step(tag(2))) {
+    bool written = true;
+    for (const std::string& message : messages) {
+      grpc::Slice slice(message);
+      call->Write(grpc::ByteBuffer(&slice, 1), tag(2));
+      if (!(written = step(tag(2)))) break;
+    }
+    if (written) {
       call->WritesDone(tag(3));
       step(tag(3));
     }
@@ -134,6 +139,7 @@ grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method,
     while (true) {
       call->Read(&reply, tag(4));
       if (!step(tag(4))) break;
+      if (replies != nullptr) replies->push_back(reply);
     }
   }
   call->Finish(&status, tag(5));
@@ -144,6 +150,18 @@ grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method,
   while (cq.Next(&got, &ok)) {
   }
   return status;
+}
+
+grpc::Status RawCall(grpc::GenericStub& stub, const std::string& method,
+                     const std::string& message) {
+  return StreamCall(stub, method, {message});
+}
+
+template <typename Msg>
+Msg Parse(grpc::ByteBuffer& buffer) {
+  Msg m;
+  EXPECT_TRUE(grpc::SerializationTraits<Msg>::Deserialize(&buffer, &m).ok());
+  return m;
 }
 
 // gRPC decoded requests of unary and server-streaming methods before any
@@ -178,6 +196,91 @@ TEST(HostileInputTest, MalformedGrpcRequestIsInvalidArgumentNamingItsType) {
   // An unknown method stays UNIMPLEMENTED.
   s = RawCall(stub, "/forq.v1.TaskService/NoSuchMethod", "");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+// The bidirectional streams WaitStream and Session took typed messages, and
+// gRPC reported one that did not parse to their reactors as the client's
+// half-close: the call ended OK and the messages after it were dropped
+// unread. Now the stream ends INVALID_ARGUMENT naming the message, the
+// method and the type, after answering what was read before it.
+TEST(HostileInputTest, GarbageInABidiStreamEndsItWithInvalidArgument) {
+  auto forqd = Start();
+  ASSERT_NE(forqd, nullptr);
+  auto channel = grpc::CreateChannel(forqd->grpc_address(),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  const std::string garbage = "\xff\xff garbage";
+
+  v1::WaitStreamRequest wait;
+  wait.add_ids("no-such-task");
+  std::vector<grpc::ByteBuffer> replies;
+  grpc::Status s = StreamCall(
+      stub, "/forq.v1.TaskService/WaitStream",
+      {wait.SerializeAsString(), garbage, wait.SerializeAsString()}, &replies);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << s.error_message();
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("message 2 of /forq.v1.TaskService/WaitStream is not "
+                        "a valid forq.v1.WaitStreamRequest message"));
+  // The wait read before the garbage was answered (NOT_FOUND), at most once.
+  ASSERT_LE(replies.size(), 1u);
+  for (grpc::ByteBuffer& r : replies) {
+    const auto resp = Parse<v1::WaitStreamResponse>(r);
+    ASSERT_EQ(resp.errors_size(), 1);
+    EXPECT_EQ(resp.errors(0).code(), grpc::StatusCode::NOT_FOUND);
+  }
+
+  auto set = [](uint64_t id, const std::string& key) {
+    v1::SessionRequest req;
+    v1::SessionOp* op = req.add_ops();
+    op->set_id(id);
+    op->mutable_call()->set_type(v1::OBJECT_TYPE_DICT);
+    op->mutable_call()->set_op("set");
+    op->mutable_call()->set_name("garbage-stream");
+    op->mutable_call()->set_key(key);
+    op->mutable_call()->set_value("v");
+    return req.SerializeAsString();
+  };
+  replies.clear();
+  s = StreamCall(stub, "/forq.v1.ManagerService/Session",
+                 {set(1, "before"), garbage, set(3, "after")}, &replies);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << s.error_message();
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("message 2 of /forq.v1.ManagerService/Session is not "
+                        "a valid forq.v1.SessionRequest message"));
+  // The operation before the garbage was applied and answered; the one
+  // after it was never read.
+  int answered = 0;
+  for (grpc::ByteBuffer& r : replies) {
+    const auto resp = Parse<v1::SessionResponse>(r);
+    for (const auto& res : resp.results()) {
+      EXPECT_EQ(res.id(), 1u);
+      EXPECT_EQ(res.code(), 0) << res.message();
+      ++answered;
+    }
+  }
+  EXPECT_EQ(answered, 1);
+  const std::string http = forqd->http_address();
+  auto before =
+      HttpCall(http, "GET", "/v1/manager/dicts/garbage-stream/before");
+  ASSERT_THAT(before, IsOk());
+  EXPECT_EQ(before->status, 200) << before->body;
+  auto after = HttpCall(http, "GET", "/v1/manager/dicts/garbage-stream/after");
+  ASSERT_THAT(after, IsOk());
+  EXPECT_EQ(after->status, 404) << after->body;
+
+  // Well-formed streams still work: a Session op and a WaitStream wait.
+  replies.clear();
+  s = StreamCall(stub, "/forq.v1.ManagerService/Session", {set(4, "later")},
+                 &replies);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(replies.size(), 1u);
+  replies.clear();
+  s = StreamCall(stub, "/forq.v1.TaskService/WaitStream",
+                 {wait.SerializeAsString()}, &replies);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(replies.size(), 1u);
 }
 
 TEST(HostileInputTest, ThousandsOfHostileRequestsGetClearErrorsAndLoseNothing) {
@@ -300,23 +403,12 @@ TEST(HostileInputTest, ThousandsOfHostileRequestsGetClearErrorsAndLoseNothing) {
   EXPECT_THAT(big, HasSubstr("HTTP/1.1 413")) << big.substr(0, 300);
 
   // gRPC: bytes that are no message (field 31, wire type 7, then noise) to
-  // every method of every service. Two bidirectional streams still take
-  // typed messages, and gRPC reports a message that does not parse to their
-  // reactors as the end of the input: the call ends OK, with what was read
-  // before it answered. TODO(#15): raw handlers for them, as for Map.
-  const std::set<std::string> kTypedStreams = {
-      "/forq.v1.TaskService/WaitStream", "/forq.v1.ManagerService/Session"};
+  // every method of every service, streams included.
   auto channel = grpc::CreateChannel(forqd->grpc_address(),
                                      grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   int calls = 0;
   for (const auto* m : AllMethods()) {
-    if (kTypedStreams.count(GrpcPath(m)) != 0) {
-      // Sent all the same: forqd must survive it.
-      RawCall(stub, GrpcPath(m), "\xff garbage");
-      ++calls;
-      continue;
-    }
     for (int i = 0; i < 8; ++i) {
       const std::string bytes = "\xff" + random_bytes(200);
       grpc::Status s = RawCall(stub, GrpcPath(m), bytes);
