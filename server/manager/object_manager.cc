@@ -17,6 +17,10 @@ using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
 namespace {
 // How long Shutdown waits for queued object writes to reach the store.
 constexpr absl::Duration kShutdownPersistWait = absl::Seconds(5);
+// Longer timeouts (a task may send any int64) wait without a timer, as if
+// none was given: their deadline would overflow the steady clock's 64-bit
+// nanoseconds (about 292 years).
+constexpr int64_t kMaxTimerMs = int64_t{100} * 365 * 24 * 3600 * 1000;
 }  // namespace
 
 // ------------------------------------------------------------ lifecycle
@@ -473,7 +477,7 @@ uint64_t ObjectManager::ParkLocked(const std::string& name, Object& o,
       }
       return 0;
     }
-  } else if (timeout_ms > 0) {
+  } else if (timeout_ms > 0 && timeout_ms <= kMaxTimerMs) {
     w.timer =
         timers_.Schedule(Clock::now() + std::chrono::milliseconds(timeout_ms),
                          [this, id] { OnWaiterTimer(id); });

@@ -1,5 +1,7 @@
 #include "server/manager/object_manager.h"
 
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -323,6 +325,28 @@ TEST_F(ObjectManagerTest, QueueGetTimesOutThenWakesOnPut) {
   ASSERT_THAT(Run(put), IsOk());
   ASSERT_TRUE(g2->Wait());
   EXPECT_EQ(g2->result()->value, "second");
+}
+
+// A timeout too long for the clock (a task may send any int64) overflowed
+// the deadline: INT64_MAX ms wrapped to 1 ms in the past and the get gave
+// up at once (UBSan: signed overflow, found by fuzz_manager_codec). It now
+// waits as if no timeout was given.
+TEST_F(ObjectManagerTest, TimeoutBeyondTheClockWaitsWithoutGivingUp) {
+  ManagerRequest get = Req(ManagerType::kQueue, ManagerOp::kGet, "q");
+  get.timeout_ms = std::numeric_limits<int64_t>::max();
+  std::unique_ptr<Call> forever = Start(get);
+  // Timers fire in deadline order, each answering before the next runs:
+  // once this 20 ms one has, a deadline in the past would have fired too.
+  ManagerRequest other = Req(ManagerType::kQueue, ManagerOp::kGet, "other");
+  other.timeout_ms = 20;
+  EXPECT_THAT(Run(other), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_FALSE(forever->HasResult());
+  EXPECT_EQ(mgr_->waiter_count(), 1u);
+  ManagerRequest put = Req(ManagerType::kQueue, ManagerOp::kPut, "q");
+  put.value = "x";
+  ASSERT_THAT(Run(put), IsOk());
+  ASSERT_TRUE(forever->Wait());
+  EXPECT_EQ(forever->result()->value, "x");
 }
 
 TEST_F(ObjectManagerTest, QueueTaskDoneAndJoin) {
