@@ -4,7 +4,7 @@
 //
 //   cluster_bench [--nodes=1,2,3] [--noop=20000] [--map=20000] [--sleep=240]
 //                 [--latency=200] [--fsync] [--pg_options='-c ...']
-//                 [--pg_stats]
+//                 [--pg_stats] [--paused]
 //
 // noop     echo tasks, SubmitBatch of 100 spread over the nodes, all waited
 //          for on node 1 (WaitAll): tasks/s from first submit to last result.
@@ -19,6 +19,8 @@
 //          synchronous_commit is on either way.
 // pg_stats prints PostgreSQL's busiest statements (pg_stat_statements)
 //          after each node count.
+// paused   also runs the no-op tasks with the nodes drained while they are
+//          submitted (ingest alone), then resumed (claims and runs alone).
 // keep_logs=DIR copies each node's log there (at --log_level, default
 //          warn) after each node count.
 #include <algorithm>
@@ -56,10 +58,15 @@ struct Node {
 };
 
 // Runs `n` tasks of `kind`/`payload` through `nodes`; returns tasks/s.
+// `paused`: the nodes are drained while the tasks are submitted and
+// resumed after, and the submit and run phases are printed apart.
 double Run(std::vector<Node>& nodes, const std::string& kind,
-           const std::string& payload, int n) {
+           const std::string& payload, int n, bool paused = false) {
   if (n <= 0) return 0;
   std::vector<std::string> ids;
+  if (paused) {
+    for (Node& node : nodes) (void)node.client->Drain(absl::Seconds(10));
+  }
   const absl::Time start = absl::Now();
   for (int i = 0, node = 0; i < n; i += 100, ++node) {
     std::vector<forq::v1::TaskSpec> specs(std::min(100, n - i));
@@ -73,6 +80,17 @@ double Run(std::vector<Node>& nodes, const std::string& kind,
       return 0;
     }
     for (const auto& t : *f) ids.push_back(t.id());
+  }
+  if (paused) {
+    const absl::Time submitted = absl::Now();
+    for (Node& node : nodes) (void)node.client->Resume();
+    auto done = nodes[0].client->WaitAll(ids, absl::Minutes(5));
+    std::cout << absl::StrFormat(
+        "paused: submit %.0f tasks/s (nodes drained), then run %.0f "
+        "tasks/s\n",
+        n / absl::ToDoubleSeconds(submitted - start),
+        n / absl::ToDoubleSeconds(absl::Now() - submitted));
+    return done.ok() ? n / absl::ToDoubleSeconds(absl::Now() - start) : 0;
   }
   auto done = nodes[0].client->WaitAll(ids, absl::Minutes(5));
   if (!done.ok()) {
@@ -210,7 +228,7 @@ void PrintStatements(const std::string& uri) {
 int main(int argc, char** argv) {
   std::vector<int> counts = {1, 2, 3};
   int noop = 20000, map = 20000, sleep = 240, latency = 200;
-  bool fsync = false, pg_stats = false;
+  bool fsync = false, pg_stats = false, paused = false;
   std::string keep_logs, log_level = "warn";
   std::string pg_options;
   for (int i = 1; i < argc; ++i) {
@@ -239,6 +257,8 @@ int main(int argc, char** argv) {
       log_level = std::string(a);
     } else if (a == "--pg_stats") {
       pg_stats = true;
+    } else if (a == "--paused") {
+      paused = true;
     } else {
       std::cerr << "unknown flag " << a << "\n";
       return 2;
@@ -288,6 +308,7 @@ int main(int argc, char** argv) {
     }
     if (pg_stats) PrintStatements((*server)->Uri());
     const double noop_rate = Run(nodes, "echo", "x", noop);
+    if (paused) (void)Run(nodes, "echo", "x", noop, /*paused=*/true);
     const double map_rate = RunMap(nodes[0], map);
     const double sleep_rate = Run(nodes, "sleep", "50", sleep);
     if (count == 1) sleep_one = sleep_rate;

@@ -539,7 +539,9 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
         return;
       }
     }
-    if (!keyed && work_source_ == nullptr) {
+    if (!keyed && work_source_ != nullptr) {
+      SubmitClusterLocked(std::move(tasks), std::move(done), d);
+    } else if (!keyed) {
       // The tasks are queued (and may run) while their insert commits: the
       // insert is queued first, under mu_, so every later write of them
       // (RUNNING, terminal) follows it, and the store turns an insert and
@@ -595,7 +597,7 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
     done(std::move(accepted));
     return;
   }
-  if (!keyed && work_source_ == nullptr) return;
+  if (!keyed) return;
   // With idempotency keys the store decides which tasks are new: they are
   // queued once it answered. In cluster mode every node claims them from
   // the store (its commit notifies them).
@@ -727,11 +729,14 @@ void Scheduler::PersistAsync(const v1::Task& task) {
 
 void Scheduler::EmitLocked(const v1::Task& task, v1::TaskEvent::Type type,
                            Deferred& d) {
-  if (watchers_.empty()) return;
+  // Cluster: watchers on other nodes get it through the store.
+  const bool remote = work_source_ != nullptr && work_source_->Watched(task);
+  if (watchers_.empty() && !remote) return;
   auto event = std::make_shared<v1::TaskEvent>();
   event->set_type(type);
   *event->mutable_task() = task;
   *event->mutable_time() = ToProto(clock_.Now());
+  if (remote) work_source_->PublishEvent(*event);
   for (const auto& [h, w] : watchers_) {
     if (w.task_id == task.id() ||
         (w.task_id.empty() && (w.queue == "*" || w.queue == task.queue()))) {
@@ -1320,7 +1325,7 @@ void Scheduler::Loop() {
         next = std::min(next, unwritten_running_.front().first +
                                   options_.running_write_delay);
       }
-      next = std::min(next, waits_.NextDeadline());
+      next = std::min({next, waits_.NextDeadline(), stale_check_at_});
       for (const IdleWaiter& w : idle_waiters_)
         next = std::min(next, w.deadline);
       absl::Duration left = next - clock_.Now();
@@ -1469,16 +1474,13 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
     d.Run();
     return;
   }
+  if (work_source_ != nullptr) {
+    CancelRemote(id, std::move(done));  // queued or running elsewhere
+    return;
+  }
   absl::StatusOr<v1::Task> t = store_.Get(id);
   if (!t.ok()) {
     done(t.status());
-    return;
-  }
-  if (work_source_ != nullptr && !IsTerminal(t->state())) {
-    done(absl::FailedPreconditionError(absl::StrCat(
-        "task ", id, " is ", v1::TaskState_Name(t->state()),
-        " in the cluster but not running on this node; cancel it on the "
-        "node that runs it (cluster-wide cancel is not supported yet)")));
     return;
   }
   done(AlreadyFinished(id, t->state()));
@@ -1557,13 +1559,18 @@ uint64_t Scheduler::Subscribe(std::string task_id, std::string queue,
                               EventFn fn) {
   MutexLock lock(&mu_);
   uint64_t h = next_handle_++;
-  watchers_[h] = Watcher{std::move(task_id), std::move(queue), std::move(fn)};
+  Watcher& w = watchers_[h];
+  w = Watcher{std::move(task_id), std::move(queue), std::move(fn)};
+  if (work_source_ != nullptr) WatchRemoteLocked(w, true);
   return h;
 }
 
 void Scheduler::Unsubscribe(uint64_t handle) {
   MutexLock lock(&mu_);
-  watchers_.erase(handle);
+  auto it = watchers_.find(handle);
+  if (it == watchers_.end()) return;
+  if (work_source_ != nullptr) WatchRemoteLocked(it->second, false);
+  watchers_.erase(it);
 }
 
 void Scheduler::SetDraining(bool draining) {

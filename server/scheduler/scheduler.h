@@ -306,6 +306,17 @@ class Scheduler {
   // Asks the loop to claim work when workers are idle beyond the local
   // ready set.
   void WantClaimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Cluster Submit of tasks without idempotency keys: those the node's
+  // idle workers (and its local buffer) can take are inserted as its own
+  // attempts and queued here at once; the others go to the shared queue.
+  void SubmitClusterLocked(std::vector<v1::Task> tasks, SubmitDone done,
+                           Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many tasks the node holds at most (running or queued locally):
+  // its workers' room plus about 20 ms of the tasks it has been starting.
+  int LocalTargetLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives tasks that waited here too long beyond the workers' room back to
+  // the shared queue, and arms the loop to look again.
+  void GiveBackStaleLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Claimed tasks no worker has taken go back to the shared queue (drain).
   void ReleaseClaimedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs on the loop thread without mu_: one claim for the idle workers.
@@ -323,6 +334,19 @@ class Scheduler {
   void RemoteWaitLoop() ABSL_LOCKS_EXCLUDED(mu_);
   void CheckRemoteWaits(const std::vector<std::string>& ids)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Cancel of a task this node does not hold (queued in the shared store
+  // or running on another node).
+  void CancelRemote(absl::string_view id, TaskDone done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Cancels asked through other nodes for attempts this node runs.
+  void OnRemoteCancel(const std::vector<AttemptRef>& attempts)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Events of tasks other nodes run, for this node's watchers.
+  void OnRemoteEvents(const std::vector<v1::TaskEvent>& events)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // A watcher added (on) or removed: the other nodes send it their events.
+  void WatchRemoteLocked(const Watcher& w, bool on)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SchedulerOptions options_;
   Clock& clock_;
@@ -348,6 +372,17 @@ class Scheduler {
   bool store_failing_ ABSL_GUARDED_BY(mu_) = false;
   WorkSource* const work_source_;
   bool claim_wanted_ ABSL_GUARDED_BY(mu_) = false;
+  // The last claim found fewer claimable tasks than it asked for: new
+  // submits may be taken locally without passing older queued ones.
+  bool own_allowed_ ABSL_GUARDED_BY(mu_) = false;
+  // Tasks taken (claimed or inserted as own) since taken_since_, and the
+  // local buffer derived from their rate (LocalTargetLocked).
+  int64_t taken_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time taken_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int buffer_ ABSL_GUARDED_BY(mu_) = 0;
+  // When GiveBackStaleLocked looks next (InfiniteFuture: nothing held
+  // beyond the workers' room).
+  absl::Time stale_check_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Loop thread only: when a failing claim was last logged.
   absl::Time claim_error_logged_ = absl::InfinitePast();
   // Cluster mode: remote waits to check against the store (new ones, and
@@ -385,6 +420,9 @@ class Scheduler {
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   WaitRegistry waits_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);
+  // Cluster: task ids watched by watchers here (counts), whose terminal
+  // state the remote-wait thread reads like a remote wait's.
+  std::unordered_map<std::string, int> watched_ids_ ABSL_GUARDED_BY(mu_);
   std::vector<IdleWaiter> idle_waiters_ ABSL_GUARDED_BY(mu_);
   std::function<void(absl::string_view, std::string,
                      std::function<void(absl::StatusOr<std::string>)>)>

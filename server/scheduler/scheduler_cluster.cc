@@ -31,6 +31,12 @@ absl::Status Scheduler::StartCluster() {
   cb.finished = [this](const std::vector<std::string>& ids) {
     OnRemoteFinished(ids);
   };
+  cb.cancel = [this](const std::vector<AttemptRef>& attempts) {
+    OnRemoteCancel(attempts);
+  };
+  cb.events = [this](const std::vector<v1::TaskEvent>& events) {
+    OnRemoteEvents(events);
+  };
   absl::Status s = work_source_->StartCluster(std::move(cb));
   if (!s.ok()) return s;
   remote_thread_ = std::thread([this] {
@@ -42,11 +48,137 @@ absl::Status Scheduler::StartCluster() {
   return absl::OkStatus();
 }
 
+int Scheduler::LocalTargetLocked(absl::Time now) {
+  // The buffer follows the rate at which this node starts tasks (which its
+  // workers' speed bounds: a full buffer takes nothing more): short tasks
+  // come in claims (and inserts) of hundreds, long ones are not hoarded.
+  constexpr absl::Duration kWindow = absl::Milliseconds(100);
+  constexpr absl::Duration kHeld = absl::Milliseconds(20);
+  constexpr int kMaxBuffer = 1000;
+  if (now - taken_since_ >= kWindow) {
+    if (taken_since_ != absl::InfinitePast()) {
+      const double rate = static_cast<double>(taken_) /
+                          absl::ToDoubleSeconds(now - taken_since_);
+      buffer_ = std::clamp(
+          static_cast<int>(rate * absl::ToDoubleSeconds(kHeld)), 0, kMaxBuffer);
+    }
+    taken_ = 0;
+    taken_since_ = now;
+  }
+  return pool_.Room() + buffer_;
+}
+
+void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
+                                    SubmitDone done, Deferred& d) {
+  const absl::Time now = clock_.Now();
+  int budget = 0;
+  if (own_allowed_ && !stop_ && !draining_) {
+    budget = LocalTargetLocked(now) - static_cast<int>(ready_.size());
+  }
+  std::vector<bool> own(tasks.size(), false);
+  std::vector<size_t> asked;
+  for (size_t i = 0; i < tasks.size() && budget > 0; ++i) {
+    const v1::Task& t = tasks[i];
+    if (t.has_not_before() && FromProto(t.not_before()) > now) continue;
+    own[i] = true;
+    --budget;
+    // Queued here before the insert is, so every write of it follows the
+    // insert (a refused insert is dropped by Abandon).
+    Entry& e = tasks_[t.id()];
+    e = Entry();
+    e.task = t;
+    EnqueueLocked(e, now);
+    asked.push_back(i);
+  }
+  std::vector<std::string> mine;
+  mine.reserve(asked.size());
+  for (size_t i : asked) mine.push_back(tasks[i].id());
+  std::vector<bool> owned = work_source_->InsertOwned(
+      std::move(tasks), std::move(own),
+      [this, mine,
+       done = std::move(done)](absl::StatusOr<std::vector<v1::Task>> stored) {
+        if (!stored.ok()) {
+          if (!mine.empty()) Abandon(mine);
+          done(stored.status());
+          return;
+        }
+        std::vector<InsertResult> results(stored->size());
+        for (size_t i = 0; i < stored->size(); ++i) {
+          metrics_.TaskSubmitted((*stored)[i].queue());
+          results[i].task = std::move((*stored)[i]);
+        }
+        done(std::move(results));
+      });
+  for (size_t j = 0; j < asked.size(); ++j) {
+    auto it = tasks_.find(mine[j]);
+    if (it == tasks_.end()) continue;
+    if (asked[j] < owned.size() && owned[asked[j]]) {
+      ++taken_;
+      EmitLocked(it->second.task, v1::TaskEvent::STATE, d);
+    } else {
+      // Not this node's (it is fenced): the shared queue has it.
+      RemoveQueuedLocked(it->second);
+      tasks_.erase(it);
+    }
+  }
+  DispatchLocked(now, d);
+  GiveBackStaleLocked(now);  // arms its timer for what stays queued
+}
+
 void Scheduler::WantClaimLocked() {
   if (stop_ || draining_ || claim_wanted_) return;
-  if (pool_.Room() > static_cast<int>(ready_.size())) {
+  // When the workers have room the local queue cannot fill, or half the
+  // local buffer is used up.
+  const int room = pool_.Room();
+  LocalTargetLocked(clock_.Now());
+  if (static_cast<int>(ready_.size()) < room + buffer_ / 2) {
     claim_wanted_ = true;
     WakeLocked();
+  }
+}
+
+void Scheduler::GiveBackStaleLocked(absl::Time now) {
+  // Tasks held here for kStale without a worker taking them were taken on
+  // a rate that no longer holds (short tasks gave way to long ones): they
+  // go back to the shared queue, where idle nodes claim them, and the
+  // buffer starts again from nothing.
+  constexpr absl::Duration kStale = absl::Milliseconds(100);
+  const int room = pool_.Room();
+  if (static_cast<int>(ready_.size()) <= room) {
+    stale_check_at_ = absl::InfiniteFuture();
+    return;
+  }
+  if (now < stale_check_at_ && stale_check_at_ != absl::InfiniteFuture()) {
+    return;
+  }
+  // The loop wakes for the next look (Loop's sleep ends by then).
+  stale_check_at_ = now + kStale / 2;
+  WakeAtLocked(stale_check_at_);
+  std::vector<std::string> stale;
+  int kept = 0;
+  for (const ReadyKey& k : ready_) {
+    // The next ones the workers take stay.
+    if (kept++ < room) continue;
+    auto it = tasks_.find(k.id);
+    if (it != tasks_.end() && it->second.ready_at + kStale <= now) {
+      stale.push_back(k.id);
+    }
+  }
+  if (!stale.empty()) {
+    spdlog::debug("giving back {} tasks held for {} without a worker",
+                  stale.size(), absl::FormatDuration(kStale));
+    for (const std::string& id : stale) {
+      auto it = tasks_.find(id);
+      RemoveQueuedLocked(it->second);
+      // QUEUED at the attempt before the claimed one: the fenced write
+      // gives the claim back without counting an attempt.
+      PersistAsync(it->second.task);
+      tasks_.erase(it);
+    }
+    buffer_ = 0;
+    taken_ = 0;
+    taken_since_ = now;
+    own_allowed_ = false;
   }
 }
 
@@ -54,10 +186,11 @@ void Scheduler::ClaimForIdleWorkers() {
   int n = 0;
   {
     MutexLock lock(&mu_);
+    GiveBackStaleLocked(clock_.Now());
     const bool wanted = claim_wanted_;
     claim_wanted_ = false;
     if (!wanted || stop_ || draining_) return;
-    n = pool_.Room() - static_cast<int>(ready_.size());
+    n = LocalTargetLocked(clock_.Now()) - static_cast<int>(ready_.size());
   }
   if (n <= 0) return;
   absl::StatusOr<std::vector<v1::Task>> claimed = work_source_->Claim(n);
@@ -67,7 +200,15 @@ void Scheduler::ClaimForIdleWorkers() {
       claim_error_logged_ = now;
       spdlog::error("claiming tasks failed: {}", claimed.status().ToString());
     }
+    MutexLock lock(&mu_);
+    own_allowed_ = false;
     return;
+  }
+  {
+    MutexLock lock(&mu_);
+    // Short: nothing older is waiting in the shared queue for this node.
+    own_allowed_ = static_cast<int>(claimed->size()) < n;
+    taken_ += static_cast<int64_t>(claimed->size());
   }
   if (claimed->empty()) return;
   Deferred d;
@@ -103,6 +244,7 @@ void Scheduler::ClaimForIdleWorkers() {
       EnqueueLocked(e, now);
     }
     DispatchLocked(now, d);
+    GiveBackStaleLocked(now);  // arms its timer for what stays queued
     // A full claim suggests more is claimable.
     if (static_cast<int>(claimed->size()) == n) WantClaimLocked();
   }
@@ -174,7 +316,9 @@ void Scheduler::OnRemoteFinished(const std::vector<std::string>& ids) {
     remote_check_all_ = true;
   } else {
     for (const std::string& id : ids) {
-      if (waits_.Has(id) && RemoteLocked(id)) remote_check_.push_back(id);
+      if ((waits_.Has(id) || watched_ids_.count(id) > 0) && RemoteLocked(id)) {
+        remote_check_.push_back(id);
+      }
     }
   }
   if (remote_check_all_ || !remote_check_.empty()) remote_cv_.Signal();
@@ -196,6 +340,9 @@ void Scheduler::RemoteWaitLoop() {
         remote_check_.clear();
         for (std::string& id : waits_.TaskIds()) {
           if (RemoteLocked(id)) ids.push_back(std::move(id));
+        }
+        for (const auto& [id, n] : watched_ids_) {
+          if (RemoteLocked(id)) ids.push_back(id);
         }
       } else {
         ids.swap(remote_check_);
@@ -226,11 +373,31 @@ void Scheduler::CheckRemoteWaits(const std::vector<std::string>& ids) {
   absl::flat_hash_map<std::string, v1::Task*> found;
   for (v1::Task& t : *read) found[t.id()] = &t;
   std::vector<std::pair<WaitDone, absl::StatusOr<v1::Task>>> answers;
+  Deferred d;
   {
     MutexLock lock(&mu_);
     for (const std::string& id : ids) {
-      if (!waits_.Has(id) || !RemoteLocked(id)) continue;
+      if (!RemoteLocked(id)) continue;
       auto f = found.find(id);
+      if (f != found.end() && IsTerminal(f->second->state()) &&
+          watched_ids_.count(id) > 0) {
+        // Its watchers here end with the stored terminal state (complete,
+        // unlike a notified event, which may lack payload and result).
+        auto event = std::make_shared<v1::TaskEvent>();
+        event->set_type(v1::TaskEvent::STATE);
+        *event->mutable_task() = *f->second;
+        *event->mutable_time() = ToProto(clock_.Now());
+        for (auto w = watchers_.begin(); w != watchers_.end();) {
+          if (w->second.task_id != id) {
+            ++w;
+            continue;
+          }
+          d.Add([fn = w->second.fn, event] { fn(*event); });
+          WatchRemoteLocked(w->second, false);
+          w = watchers_.erase(w);
+        }
+      }
+      if (!waits_.Has(id)) continue;
       if (f == found.end()) {
         for (WaitDone& done : waits_.TakeTask(id)) {
           answers.emplace_back(
@@ -244,10 +411,90 @@ void Scheduler::CheckRemoteWaits(const std::vector<std::string>& ids) {
       }
     }
   }
+  d.Run();
   for (auto& [done, task] : answers) {
     const bool terminal = task.ok();
     done(std::move(task), terminal);
   }
+}
+
+void Scheduler::WatchRemoteLocked(const Watcher& w, bool on) {
+  if (!w.task_id.empty()) {
+    work_source_->SetWatched(absl::StrCat("t:", w.task_id), on);
+    if (on) {
+      ++watched_ids_[w.task_id];
+    } else if (auto it = watched_ids_.find(w.task_id);
+               it != watched_ids_.end() && --it->second <= 0) {
+      watched_ids_.erase(it);
+    }
+  } else {
+    work_source_->SetWatched(absl::StrCat("q:", w.queue), on);
+  }
+}
+
+void Scheduler::OnRemoteEvents(const std::vector<v1::TaskEvent>& events) {
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    for (const v1::TaskEvent& e : events) {
+      const v1::Task& t = e.task();
+      // Events of a task this node runs are its own to emit.
+      if (!RemoteLocked(t.id())) continue;
+      const bool terminal =
+          e.type() == v1::TaskEvent::STATE && IsTerminal(t.state());
+      std::shared_ptr<const v1::TaskEvent> event;
+      for (const auto& [h, w] : watchers_) {
+        // A task watcher's terminal event comes from the store
+        // (CheckRemoteWaits), complete and exactly once.
+        const bool match = w.task_id.empty()
+                               ? (w.queue == "*" || w.queue == t.queue())
+                               : (w.task_id == t.id() && !terminal);
+        if (!match) continue;
+        if (event == nullptr) event = std::make_shared<v1::TaskEvent>(e);
+        d.Add([fn = w.fn, event] { fn(*event); });
+      }
+    }
+  }
+  d.Run();
+}
+
+void Scheduler::OnRemoteCancel(const std::vector<AttemptRef>& attempts) {
+  std::vector<std::string> ids;
+  {
+    MutexLock lock(&mu_);
+    for (const AttemptRef& a : attempts) {
+      auto it = tasks_.find(a.task_id);
+      if (it == tasks_.end() || it->second.finishing || it->second.abandoned) {
+        continue;
+      }
+      const v1::Task& t = it->second.task;
+      // Running that attempt, or claimed for it and not started yet.
+      if ((t.state() == v1::RUNNING && t.attempt() == a.attempt) ||
+          (t.state() == v1::QUEUED && t.attempt() + 1 == a.attempt)) {
+        ids.push_back(a.task_id);
+      }
+    }
+  }
+  for (const std::string& id : ids) {
+    spdlog::info("task {}: cancel asked through another node", id);
+    Cancel(id, [](const absl::StatusOr<v1::Task>&) {});
+  }
+}
+
+void Scheduler::CancelRemote(absl::string_view id, TaskDone done) {
+  absl::StatusOr<WorkSource::CancelResult> r =
+      work_source_->CancelTask(std::string(id));
+  if (!r.ok()) {
+    done(r.status());
+    return;
+  }
+  if (!r->cancelled && !r->requested) {
+    done(absl::FailedPreconditionError(absl::StrCat(
+        "task ", id, " is already ", v1::TaskState_Name(r->task.state()))));
+    return;
+  }
+  if (r->cancelled) metrics_.TaskFinished(r->task.queue(), "cancelled");
+  done(std::move(r->task));
 }
 
 }  // namespace forq::server

@@ -358,6 +358,19 @@ class BlockingWorkSource : public WorkSource {
       const std::vector<std::string>&) override {
     return std::vector<v1::Task>();
   }
+  std::vector<bool> InsertOwned(
+      std::vector<v1::Task> tasks, std::vector<bool>,
+      std::function<void(absl::StatusOr<std::vector<v1::Task>>)> done)
+      override {
+    done(absl::UnimplementedError("not in this test"));
+    return std::vector<bool>(tasks.size(), false);
+  }
+  absl::StatusOr<CancelResult> CancelTask(const std::string&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  void SetWatched(const std::string&, bool) override {}
+  bool Watched(const v1::Task&) override { return false; }
+  void PublishEvent(const v1::TaskEvent&) override {}
   const std::string& node_id() const override { return node_id_; }
   int64_t incarnation() const override { return 1; }
 

@@ -66,6 +66,24 @@ class WorkSource {
     // These tasks reached a terminal state (on any node): local waiters of
     // tasks this node does not run may read them now.
     std::function<void(const std::vector<std::string>&)> finished;
+    // A cancel was requested (through another node) for these attempts,
+    // which the database holds as this node's: stop them as a local
+    // Cancel would. May repeat for the same attempt.
+    std::function<void(const std::vector<AttemptRef>&)> cancel;
+    // Task events from other nodes (TaskEvents of tasks this node's
+    // watchers asked for with SetWatched; see there).
+    std::function<void(const std::vector<v1::TaskEvent>&)> events;
+  };
+
+  // Outcome of CancelTask.
+  struct CancelResult {
+    // The task as stored after the call.
+    v1::Task task;
+    // It was QUEUED in the shared store and is CANCELLED now (durable).
+    bool cancelled = false;
+    // It is RUNNING (claimed by some node): its cancel_requested is set
+    // durably and the owner node was told to stop the attempt.
+    bool requested = false;
   };
 
   virtual ~WorkSource() = default;
@@ -80,6 +98,35 @@ class WorkSource {
   // attempt number. Empty when nothing is claimable or the node is fenced.
   // Blocks on a database round trip.
   virtual absl::StatusOr<std::vector<v1::Task>> Claim(int n) = 0;
+  // Stores new tasks as Store::Insert does (all or none; none may carry an
+  // idempotency key), those with own[i] set already claimed by this node:
+  // RUNNING in the store at their next attempt with a lease, as Claim
+  // leaves them, so a node with idle workers runs what it was given
+  // without a claim statement. Returns at once which tasks are this
+  // node's (none while it is fenced). The node may start them before
+  // `done` runs (their writes are queued behind the insert) and must drop
+  // them if the insert fails. `done` runs once the insert is durable, with
+  // the tasks as given.
+  virtual std::vector<bool> InsertOwned(
+      std::vector<v1::Task> tasks, std::vector<bool> own,
+      std::function<void(absl::StatusOr<std::vector<v1::Task>>)> done) = 0;
+  // Cancels a task this node does not hold, in one transaction: a QUEUED
+  // one becomes CANCELLED; a RUNNING one gets cancel_requested and its
+  // owner node is notified (its heartbeat also sees the flag, so a lost
+  // notification delays the stop by at most lease/3); a terminal one is
+  // left alone. NotFound for an unknown id. Blocks.
+  virtual absl::StatusOr<CancelResult> CancelTask(const std::string& id) = 0;
+  // Watches across nodes. `key` is "t:<task id>" or "q:<queue>" ("q:*" =
+  // every queue). While a key is watched here (count > 0), every node
+  // sends this node the events of matching tasks it runs (Callbacks
+  // events; not those of this node's own tasks). An event may be missed
+  // in the first milliseconds of a watch, before the other nodes heard of
+  // it.
+  virtual void SetWatched(const std::string& key, bool watched) = 0;
+  // Whether some other node watches events of this task (cheap; called for
+  // every event), and sends one to them (asynchronously, in order).
+  virtual bool Watched(const v1::Task& task) = 0;
+  virtual void PublishEvent(const v1::TaskEvent& event) = 0;
   // The stored tasks among `ids` (unknown ids are left out), in any order,
   // in one database round trip. Blocks.
   virtual absl::StatusOr<std::vector<v1::Task>> ReadTasks(

@@ -31,10 +31,17 @@
 #include "server/store/cluster.h"
 #include "server/store/store.h"
 
+struct pg_result;  // libpq's PGresult
+
 namespace forq::server {
 
 namespace postgres_internal {
 class Conn;
+struct Param;
+struct ResultDeleter {
+  void operator()(pg_result* res) const;
+};
+using Result = std::unique_ptr<pg_result, ResultDeleter>;
 }  // namespace postgres_internal
 
 // Thread-safe; the threading contract is SqliteStore's (see store.h).
@@ -45,8 +52,9 @@ class Conn;
 class PostgresStore final : public Store, public WorkSource {
  public:
   // Version in forq_schema_version. A database with a larger version was
-  // written by a newer forqd and is refused; version 1 is migrated.
-  static constexpr int kSchemaVersion = 2;
+  // written by a newer forqd and is refused; versions 1 and 2 are
+  // migrated.
+  static constexpr int kSchemaVersion = 3;
 
   // True for "postgres://..." and "postgresql://..." (libpq URIs).
   static bool IsUri(absl::string_view text);
@@ -87,8 +95,15 @@ class PostgresStore final : public Store, public WorkSource {
   absl::Status StartCluster(Callbacks callbacks) override;
   void StopCluster() override;
   absl::StatusOr<std::vector<v1::Task>> Claim(int n) override;
+  std::vector<bool> InsertOwned(
+      std::vector<v1::Task> tasks, std::vector<bool> own,
+      std::function<void(absl::StatusOr<std::vector<v1::Task>>)> done) override;
   absl::StatusOr<std::vector<v1::Task>> ReadTasks(
       const std::vector<std::string>& ids) override;
+  absl::StatusOr<CancelResult> CancelTask(const std::string& id) override;
+  void SetWatched(const std::string& key, bool watched) override;
+  bool Watched(const v1::Task& task) override;
+  void PublishEvent(const v1::TaskEvent& event) override;
   const std::string& node_id() const override { return node_id_; }
   int64_t incarnation() const override {
     return incarnation_.load(std::memory_order_acquire);
@@ -120,6 +135,7 @@ class PostgresStore final : public Store, public WorkSource {
 
  private:
   struct PendingWrite;
+  struct Owned;
   using Conn = postgres_internal::Conn;
   using Committed = std::pair<std::unique_ptr<PendingWrite>, absl::Status>;
 
@@ -138,12 +154,50 @@ class PostgresStore final : public Store, public WorkSource {
   absl::Status Apply(PendingWrite& op);
   absl::Status ApplyInsert(const std::vector<PendingWrite*>& ops);
   absl::Status ApplyUpdate(const std::vector<PendingWrite*>& ops);
+  // The pieces of ApplyInsert and ApplyUpdate (TaskWrites holds the
+  // statements' parameters and rows), also used by RunGroupPipelined.
+  struct TaskWrites;
+  absl::Status BuildInsert(const std::vector<PendingWrite*>& ops,
+                           TaskWrites& w);
+  absl::Status BuildUpdate(const std::vector<PendingWrite*>& ops, TaskWrites& w)
+      ABSL_LOCKS_EXCLUDED(owned_mu_);
+  absl::Status FinishPlainUpdate(TaskWrites& w,
+                                 const postgres_internal::Result& res);
+  void FinishFencedUpdate(TaskWrites& w, const postgres_internal::Result& res);
+  std::vector<postgres_internal::Param> FencedParams(TaskWrites& w);
+  static void NoteWritten(const std::pair<PendingWrite*, size_t>& row);
+  // A write of a task the same group inserts becomes the inserted row (its
+  // effects noted, as if applied): true if it did. `owned`: the attempt
+  // the write is fenced by, if it is one of this node's.
+  static bool Coalesce(TaskWrites& w,
+                       const std::pair<PendingWrite*, size_t>& row,
+                       const Owned* owned);
+  // A group of task inserts (no idempotency keys), task updates and
+  // notifications runs in two round trips (libpq pipeline mode).
+  static bool Pipelinable(
+      const std::vector<std::unique_ptr<PendingWrite>>& group);
+  absl::Status RunGroupPipelined(
+      std::vector<std::unique_ptr<PendingWrite>>& group);
+  // The notification statement's parameters for a group's successful
+  // calls; empty when there is nothing to notify.
+  std::vector<postgres_internal::Param> NotifyParams(
+      const std::vector<std::unique_ptr<PendingWrite>>& group,
+      const std::vector<absl::Status>& statuses);
   absl::Status Register(Conn& conn);
   void UpkeepLoop();
+  // Reads the LISTEN connection's notifications and hands them on.
+  void HandleNotifications(Conn& listen, const Callbacks& cb);
+  // Tells the other nodes again which keys this node watches, and forgets
+  // the other nodes' watches that were not refreshed.
+  void RefreshWatches() ABSL_LOCKS_EXCLUDED(watch_mu_);
   Callbacks callbacks() ABSL_LOCKS_EXCLUDED(callbacks_mu_);
   void Deliver(std::vector<Committed> done) ABSL_LOCKS_EXCLUDED(done_mu_);
   void CallbackLoop() ABSL_LOCKS_EXCLUDED(done_mu_);
   void Refuse(std::unique_ptr<PendingWrite> op);
+  // After the group of `op` committed (or failed): its attempts inserted as
+  // this node's become heart-beaten (or, without a row, fenced).
+  void SettleOwnedInserts(const PendingWrite& op, bool committed)
+      ABSL_LOCKS_EXCLUDED(owned_mu_);
 
   absl::StatusOr<std::unique_ptr<Conn>> AcquireReader()
       ABSL_LOCKS_EXCLUDED(pool_mu_);
@@ -197,6 +251,11 @@ class PostgresStore final : public Store, public WorkSource {
     bool lost = false;
     // When it was reported lost or refused; forgotten 10 leases later.
     absl::Time lost_at;
+    // Inserted as this node's (InsertOwned) and not committed yet: the
+    // heartbeat cannot see its row, so it does not count it as lost.
+    bool inserting = false;
+    // Its cancel_requested column was seen by a heartbeat and reported.
+    bool cancel_told = false;
   };
   Mutex owned_mu_;
   absl::flat_hash_map<std::string, Owned> owned_ ABSL_GUARDED_BY(owned_mu_);
@@ -212,6 +271,16 @@ class PostgresStore final : public Store, public WorkSource {
   Mutex upkeep_stop_mu_;
   bool upkeep_stop_ ABSL_GUARDED_BY(upkeep_stop_mu_) = false;
   std::thread upkeep_thread_ ABSL_GUARDED_BY(close_mu_);
+  // Watches across nodes (SetWatched): keys watched on this node, with
+  // counts; keys other nodes watch, until when (refreshed every
+  // kWatchRefresh, forgotten after three missed refreshes).
+  static constexpr absl::Duration kWatchRefresh = absl::Seconds(2);
+  Mutex watch_mu_;
+  absl::flat_hash_map<std::string, int> local_watches_
+      ABSL_GUARDED_BY(watch_mu_);
+  absl::flat_hash_map<std::string, absl::Time> remote_watches_
+      ABSL_GUARDED_BY(watch_mu_);
+  std::atomic<bool> any_remote_watch_{false};
 };
 
 }  // namespace forq::server

@@ -4,14 +4,17 @@
 #include <algorithm>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
+#include "forq/v1/task.grpc.pb.h"
 #include "tests/postgres/cluster_nodes.h"
 #include "tests/testing/status_matchers.h"
 
@@ -39,8 +42,11 @@ TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   auto b = nodes->Start("b");
   ASSERT_THAT(b, IsOk());
 
+  // a takes what its workers have room for at once and queues the rest
+  // for both; at 100 ms a task, a alone would need 2 s for them, so b
+  // claims some unless it is stalled that long.
   constexpr int kTasks = 40;
-  auto futures = (*a)->client->SubmitBatch(SleepSpecs(kTasks, 50));
+  auto futures = (*a)->client->SubmitBatch(SleepSpecs(kTasks, 100));
   ASSERT_THAT(futures, IsOk());
   std::vector<std::string> ids;
   for (const TaskFuture& f : *futures) ids.push_back(f.id());
@@ -144,6 +150,164 @@ TEST(ClusterTest, CrossNodeWaitAddsLittleLatency) {
             << absl::FormatDuration(cross - same) << "\n";
   // Loose bound (a loaded 2-core machine); the figure is what matters.
   EXPECT_LT(cross - same, absl::Milliseconds(100));
+}
+
+// Polls until a worker of `node` runs task `id` (or 20 s pass).
+bool AwaitRunningOn(ClusterNode& node, const std::string& id) {
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < until) {
+    auto pool = node.client->GetPool();
+    if (pool.ok()) {
+      for (const v1::Worker& w : pool->workers()) {
+        if (w.current_task_id() == id) return true;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+  }
+  return false;
+}
+
+// A task running on node a is cancelled through node b: b records the
+// request in the store and notifies a, whose attempt stops at once; the
+// task ends CANCELLED, seen from either node.
+TEST(ClusterTest, CancelThroughAnotherNodeStopsTheRunningAttempt) {
+  auto nodes = ClusterNodes::Create("cancel");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a");
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b");
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());  // a runs it
+  auto f = (*a)->client->Submit("sleep", "30000");
+  ASSERT_THAT(f, IsOk());
+  ASSERT_TRUE(AwaitRunningOn(**a, f->id())) << (*a)->process->LogTail(40);
+
+  const absl::Time asked = absl::Now();
+  auto cancelled = (*b)->client->Cancel(f->id());
+  ASSERT_THAT(cancelled, IsOk());
+  EXPECT_EQ(cancelled->state(), v1::RUNNING);
+  EXPECT_TRUE(cancelled->cancel_requested());
+  auto w = (*b)->client->Wait(f->id(), absl::Seconds(20));
+  ASSERT_THAT(w, IsOk());
+  ASSERT_TRUE(w->done()) << (*a)->process->LogTail(40);
+  const absl::Duration took = absl::Now() - asked;
+  EXPECT_EQ(w->task().state(), v1::CANCELLED) << w->task().ShortDebugString();
+  EXPECT_EQ(w->task().attempt(), 1);
+  EXPECT_EQ(nodes->NodeOfPid(w->task().worker_pid()), "a");
+  std::cout << "cancel through another node: CANCELLED after "
+            << absl::FormatDuration(took) << "\n";
+  // The 30 s sleep was stopped, not waited out.
+  EXPECT_LT(took, absl::Seconds(10));
+  auto again = (*b)->client->Cancel(f->id());
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition)
+      << again.status();
+  auto on_a = (*a)->client->Get(f->id());
+  ASSERT_THAT(on_a, IsOk());
+  EXPECT_EQ(on_a->state(), v1::CANCELLED);
+}
+
+// A task queued in the shared store (every node drained) is cancelled
+// through a node that never held it: CANCELLED at once, and never run.
+TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
+  auto nodes = ClusterNodes::Create("cancelq");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a");
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b");
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());
+  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());
+  auto f = (*a)->client->Submit("echo", "never");
+  ASSERT_THAT(f, IsOk());
+  auto cancelled = (*b)->client->Cancel(f->id());
+  ASSERT_THAT(cancelled, IsOk());
+  EXPECT_EQ(cancelled->state(), v1::CANCELLED);
+  EXPECT_EQ(cancelled->error().message(), "cancelled before it ran");
+  auto w = (*a)->client->Wait(f->id(), absl::Seconds(10));
+  ASSERT_THAT(w, IsOk());
+  ASSERT_TRUE(w->done());
+  EXPECT_EQ(w->task().state(), v1::CANCELLED);
+
+  // With both nodes claiming again, a later task runs; the cancelled one
+  // stays as it was.
+  ASSERT_THAT((*a)->client->Resume(), IsOk());
+  ASSERT_THAT((*b)->client->Resume(), IsOk());
+  auto later = (*a)->client->Submit("echo", "later");
+  ASSERT_THAT(later, IsOk());
+  auto done = (*b)->client->Wait(later->id(), absl::Seconds(20));
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->task().state(), v1::SUCCEEDED);
+  auto t = (*b)->client->Get(f->id());
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->state(), v1::CANCELLED);
+  EXPECT_EQ(t->attempt(), 0);
+}
+
+// A Watch through a node that does not run the task: the progress events
+// of the node that runs it, then the terminal state with the result; a
+// queue watch there sees them too.
+TEST(ClusterTest, WatchThroughAnotherNodeSeesTheEventsOfARemoteTask) {
+  auto nodes = ClusterNodes::Create("watch");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a");
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b");
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());  // b runs it
+  auto stub = v1::TaskService::NewStub((*a)->client->channel());
+
+  // The queue watch starts first, so it is in place before the task.
+  grpc::ClientContext queue_ctx;
+  queue_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::WatchRequest all;
+  all.set_queue("*");
+  auto queue_reader = stub->Watch(&queue_ctx, all);
+  auto f = (*b)->client->Submit("sleep", "1500");
+  ASSERT_THAT(f, IsOk());
+  int queue_progress = 0;
+  v1::TaskState queue_last = v1::TASK_STATE_UNSPECIFIED;
+  std::thread queue_thread([&] {
+    v1::TaskEvent e;
+    while (queue_reader->Read(&e)) {
+      if (e.task().id() != f->id()) continue;
+      if (e.type() == v1::TaskEvent::PROGRESS) ++queue_progress;
+      if (e.type() == v1::TaskEvent::STATE) queue_last = e.task().state();
+      if (queue_last == v1::SUCCEEDED) queue_ctx.TryCancel();
+    }
+  });
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::WatchRequest req;
+  req.set_task_id(f->id());
+  auto reader = stub->Watch(&ctx, req);
+  v1::TaskEvent e;
+  std::vector<v1::TaskEvent> events;
+  while (reader->Read(&e)) events.push_back(e);
+  EXPECT_TRUE(reader->Finish().ok());
+  queue_thread.join();
+  (void)queue_reader->Finish();
+
+  int progress = 0;
+  for (const v1::TaskEvent& ev : events) {
+    EXPECT_EQ(ev.task().id(), f->id());
+    if (ev.type() == v1::TaskEvent::PROGRESS) {
+      ++progress;
+      EXPECT_EQ(ev.task().progress_message(), "sleeping");
+    }
+  }
+  std::cout << "watch through the other node: " << events.size() << " events, "
+            << progress << " progress; queue watch " << queue_progress
+            << " progress\n";
+  ASSERT_GE(events.size(), 2u);
+  // Starts with the task as it was, ends (by itself) with its result.
+  EXPECT_EQ(events.front().type(), v1::TaskEvent::STATE);
+  EXPECT_EQ(events.back().type(), v1::TaskEvent::STATE);
+  EXPECT_EQ(events.back().task().state(), v1::SUCCEEDED);
+  EXPECT_EQ(events.back().task().result(), "1500");
+  EXPECT_GE(progress, 1);
+  EXPECT_GE(queue_progress, 1);
+  EXPECT_EQ(queue_last, v1::SUCCEEDED);
 }
 
 TEST(ClusterTest, ClusterFlagNeedsAPostgresStore) {
