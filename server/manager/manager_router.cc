@@ -356,6 +356,41 @@ int ManagerRouter::CancelTagged(absl::string_view tag) {
   return n;
 }
 
+template <typename Resp, typename Req, typename Issue, typename OnReply,
+          typename Fail>
+void ManagerRouter::ForwardToOwner(const std::shared_ptr<Remote>& remote,
+                                   const ManagerCallOrigin& origin, Req request,
+                                   Issue issue, OnReply on_reply, Fail fail) {
+  struct Call {
+    grpc::ClientContext ctx;
+    Req request;
+    Resp response;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = std::move(request);
+  Decorate(call->ctx, origin, forwarding_);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + kForwardDeadline);
+  if (!Begin()) {
+    fail(Unavailable("shutting down"));
+    return;
+  }
+  issue(remote->stub().async(), &call->ctx, &call->request, &call->response,
+        std::function<void(grpc::Status)>(
+            [this, call, remote, on_reply = std::move(on_reply),
+             fail = std::move(fail)](grpc::Status s) {
+              if (s.ok()) {
+                on_reply(call->response);
+              } else {
+                if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                    forwarding_.on_unreachable) {
+                  forwarding_.on_unreachable();
+                }
+                fail(FromGrpc(s, remote->node(), remote->address()));
+              }
+              End(0);
+            }));
+}
+
 void ManagerRouter::ListObjects(const std::string& prefix,
                                 const ManagerCallOrigin& origin,
                                 ListDone done) {
@@ -368,34 +403,15 @@ void ManagerRouter::ListObjects(const std::string& prefix,
     done(Unavailable(route.why));
     return;
   }
-  struct Call {
-    grpc::ClientContext ctx;
-    v1::ListObjectsRequest request;
-    v1::ListObjectsResponse response;
-  };
-  auto call = std::make_shared<Call>();
-  call->request.set_prefix(prefix);
-  Decorate(call->ctx, origin, forwarding_);
-  call->ctx.set_deadline(std::chrono::system_clock::now() + kForwardDeadline);
-  if (!Begin()) {
-    done(Unavailable("shutting down"));
-    return;
-  }
-  std::shared_ptr<Remote> remote = route.remote;
-  remote->stub().async()->ListObjects(
-      &call->ctx, &call->request, &call->response,
-      [this, call, remote, done = std::move(done)](grpc::Status s) {
-        if (!s.ok()) {
-          if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-              forwarding_.on_unreachable) {
-            forwarding_.on_unreachable();
-          }
-          done(FromGrpc(s, remote->node(), remote->address()));
-          End(0);
-          return;
-        }
+  v1::ListObjectsRequest request;
+  request.set_prefix(prefix);
+  auto shared_done = std::make_shared<ListDone>(std::move(done));
+  ForwardToOwner<v1::ListObjectsResponse>(
+      route.remote, origin, std::move(request),
+      [](auto* stub, auto... args) { stub->ListObjects(std::move(args)...); },
+      [shared_done](const v1::ListObjectsResponse& response) {
         std::vector<ManagerObjectInfo> out;
-        for (const v1::ObjectInfo& o : call->response.objects()) {
+        for (const v1::ObjectInfo& o : response.objects()) {
           ManagerObjectInfo info;
           info.name = o.name();
           info.type =
@@ -405,9 +421,9 @@ void ManagerRouter::ListObjects(const std::string& prefix,
           info.version = o.version();
           out.push_back(std::move(info));
         }
-        done(std::move(out));
-        End(0);
-      });
+        (*shared_done)(std::move(out));
+      },
+      [shared_done](absl::Status s) { (*shared_done)(std::move(s)); });
 }
 
 void ManagerRouter::DeleteObject(const std::string& name,
@@ -422,35 +438,16 @@ void ManagerRouter::DeleteObject(const std::string& name,
     done(Unavailable(route.why));
     return;
   }
-  struct Call {
-    grpc::ClientContext ctx;
-    v1::DeleteObjectRequest request;
-    v1::DeleteObjectResponse response;
-  };
-  auto call = std::make_shared<Call>();
-  call->request.set_name(name);
-  Decorate(call->ctx, origin, forwarding_);
-  call->ctx.set_deadline(std::chrono::system_clock::now() + kForwardDeadline);
-  if (!Begin()) {
-    done(Unavailable("shutting down"));
-    return;
-  }
-  std::shared_ptr<Remote> remote = route.remote;
-  remote->stub().async()->DeleteObject(
-      &call->ctx, &call->request, &call->response,
-      [this, call, remote, done = std::move(done)](grpc::Status s) {
-        if (!s.ok()) {
-          if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-              forwarding_.on_unreachable) {
-            forwarding_.on_unreachable();
-          }
-          done(FromGrpc(s, remote->node(), remote->address()));
-          End(0);
-          return;
-        }
-        done(call->response.deleted());
-        End(0);
-      });
+  v1::DeleteObjectRequest request;
+  request.set_name(name);
+  auto shared_done = std::make_shared<DeleteDone>(std::move(done));
+  ForwardToOwner<v1::DeleteObjectResponse>(
+      route.remote, origin, std::move(request),
+      [](auto* stub, auto... args) { stub->DeleteObject(std::move(args)...); },
+      [shared_done](const v1::DeleteObjectResponse& response) {
+        (*shared_done)(response.deleted());
+      },
+      [shared_done](absl::Status s) { (*shared_done)(std::move(s)); });
 }
 
 absl::Status ManagerRouter::ForwardWatch(

@@ -149,6 +149,15 @@ class ManagerRouter {
   bool Begin() ABSL_LOCKS_EXCLUDED(mu_);
   // Its callback ran; `id` (if any) leaves calls_.
   void End(uint64_t id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Forwards one non-blocking call (ListObjects, DeleteObject) to the
+  // owner with a bounded deadline: `issue` starts it on the owner's async
+  // stub, `on_reply` gets the response, `fail` the error (a shutdown, or
+  // the owner's answer). Defined and used in the .cc only.
+  template <typename Resp, typename Req, typename Issue, typename OnReply,
+            typename Fail>
+  void ForwardToOwner(const std::shared_ptr<Remote>& remote,
+                      const ManagerCallOrigin& origin, Req request, Issue issue,
+                      OnReply on_reply, Fail fail) ABSL_LOCKS_EXCLUDED(mu_);
 
   Store* const store_;
   Metrics* const metrics_;
