@@ -1,9 +1,17 @@
 // The Manager's multiprocessing-parity operations through forqd's REST
 // front end (routes generated from manager.proto), against a real forqd.
 // Repeated bytes travel as base64 in JSON ("YQ==" is "a").
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -46,6 +54,24 @@ class ManagerRestTest : public ::testing::Test {
     EXPECT_EQ(r->status, code) << method << " " << path << " " << body << "\n"
                                << r->body;
     return r->body;
+  }
+  // Polls the object list until `name` shows `waiters` parked operations
+  // (the gateway cancels a call in the background, so there is nothing to
+  // wait on but the server's own count).
+  bool AwaitWaiters(const std::string& name, int waiters) {
+    const std::string want = absl::StrCat(R"("name":")", name, R"(")");
+    const std::string count = absl::StrCat(R"("waiters":")", waiters, R"(")");
+    const absl::Time end = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < end) {
+      auto r = HttpCall(forqd_->http_address(), "GET",
+                        absl::StrCat("/v1/manager/objects?prefix=", name));
+      if (r.ok() && absl::StrContains(r->body, want) &&
+          absl::StrContains(r->body, count)) {
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
   }
   static ForqdProcess* forqd_;
   static std::string* start_error_;
@@ -132,6 +158,35 @@ TEST_F(ManagerRestTest, BarrierOfOne) {
   Do("POST", "/v1/manager/barriers/rb:reset", "{}");
   EXPECT_THAT(Do("GET", "/v1/manager/barriers/rb"),
               HasSubstr(R"("broken":false)"));
+}
+
+// A blocking op without `timeout` has no bound of its own over REST: it
+// waits until it succeeds or the HTTP client goes away, and then the
+// gateway cancels it, so an abandoned get takes no item.
+TEST_F(ManagerRestTest, UnboundedGetEndsWithItsHttpClient) {
+  Do("GET", "/v1/manager/queues/rq:size");  // creates it, empty
+  // A client that sends the request and then hangs up without waiting.
+  const std::string addr = forqd_->http_address();
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port =
+      htons(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+  ASSERT_EQ(inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr), 1);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  const std::string req =
+      "POST /v1/manager/queues/rq:get HTTP/1.1\r\nHost: x\r\n"
+      "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+  ASSERT_EQ(write(fd, req.data(), req.size()),
+            static_cast<ssize_t>(req.size()));
+  EXPECT_TRUE(AwaitWaiters("rq", 1)) << "the get did not park";
+  close(fd);
+  EXPECT_TRUE(AwaitWaiters("rq", 0)) << "the abandoned get stayed parked";
+  Do("POST", "/v1/manager/queues/rq:put", R"({"value_text":"a"})");
+  EXPECT_THAT(
+      Do("POST", "/v1/manager/queues/rq:get?text=true", R"({"timeout":"0s"})"),
+      HasSubstr(R"("value_text":"a")"));
 }
 
 TEST_F(ManagerRestTest, GenericCallNamesTypeAndOp) {
