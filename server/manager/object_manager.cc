@@ -40,6 +40,16 @@ ObjectManager::ObjectManager(Store* store, Metrics* metrics,
     std::shared_ptr<Gauges> g = gauges_;
     Metrics* m = metrics_;
     metrics_->AddRefreshHook([g, m] {
+      for (int t = 0; t < kOpCounterTypes; ++t) {
+        for (int op = 0; op < kOpCounterOps; ++op) {
+          const uint64_t n =
+              g->ops[t][op].exchange(0, std::memory_order_relaxed);
+          if (n == 0) continue;
+          m->ManagerOp(worker::ManagerTypeName(static_cast<ManagerType>(t)),
+                       worker::ManagerOpName(static_cast<ManagerOp>(op)),
+                       static_cast<double>(n));
+        }
+      }
       m->SetManagerWaiters(
           static_cast<double>(g->waiters.load(std::memory_order_relaxed)));
       m->SetManagerSessions(
@@ -87,11 +97,11 @@ void ObjectManager::Shutdown() {
   // gone) reach the store before the manager goes away; bounded, in case
   // the store is failing.
   const absl::Time give_up = absl::Now() + kShutdownPersistWait;
-  MutexLock lock(&persist_mu_);
-  while ((persisting_ || !persist_queue_.empty()) && absl::Now() < give_up) {
-    persist_cv_.WaitWithTimeout(&persist_mu_, give_up - absl::Now());
+  MutexLock lock(&mu_);
+  while ((persisting_ || !pending_.empty()) && absl::Now() < give_up) {
+    persist_cv_.WaitWithTimeout(&mu_, give_up - absl::Now());
   }
-  if (persisting_ || !persist_queue_.empty()) {
+  if (persisting_ || !pending_.empty()) {
     spdlog::warn("manager: store writes still pending at shutdown after {}",
                  absl::FormatDuration(kShutdownPersistWait));
   }
@@ -100,9 +110,10 @@ void ObjectManager::Shutdown() {
 // ------------------------------------------------------------ execute
 
 uint64_t ObjectManager::Execute(Request req, Done done, absl::string_view tag) {
-  if (metrics_ != nullptr) {
-    metrics_->ManagerOp(worker::ManagerTypeName(req.type),
-                        worker::ManagerOpName(req.op));
+  const auto type_index = static_cast<size_t>(req.type);
+  const auto op_index = static_cast<size_t>(req.op);
+  if (type_index < kOpCounterTypes && op_index < kOpCounterOps) {
+    gauges_->ops[type_index][op_index].fetch_add(1, std::memory_order_relaxed);
   }
   Batch b;
   uint64_t parked = 0;

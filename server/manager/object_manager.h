@@ -254,6 +254,31 @@ class ObjectManager {
     std::optional<int64_t> from;  // ... and every position from here on
   };
 
+  // The next group commit: changes made since the last batch went to the
+  // store. Rows are serialized from the objects' state when the batch goes
+  // out, so a row (and an object's header) changed by many operations is
+  // written once per batch.
+  struct PendingPersist {
+    std::map<std::string, Dirty> dirty;
+    // Writes serialized already (rows of deleted objects).
+    std::vector<Store::ObjectWrite> writes;
+    // Every object the batch touches (each counted once in unpersisted_).
+    std::set<std::string> objects;
+    // Replies released when the batch is durable.
+    std::vector<Completion> replies;
+    bool empty() const {
+      return dirty.empty() && writes.empty() && objects.empty() &&
+             replies.empty();
+    }
+  };
+
+  // A batch on its way to the store.
+  struct PersistSend {
+    std::vector<Store::ObjectWrite> writes;
+    std::vector<std::string> objects;
+    std::vector<Completion> replies;
+  };
+
   struct Batch {
     std::vector<Completion> replies;
     std::map<std::string, Dirty> dirty;
@@ -262,22 +287,26 @@ class ObjectManager {
     bool op_marked = false;
     // The replies read data not yet durable: they wait for its batch.
     bool hold = false;
+    // Rows of deleted objects, and the objects they belong to.
     std::vector<Store::ObjectWrite> writes;
-    std::vector<std::string> written;  // objects the writes belong to
+    std::vector<std::string> written;
+    // A batch for the store, sent by Finish.
+    std::shared_ptr<PersistSend> send;
     std::vector<std::shared_ptr<ManagerWatchSink>> flush;
     std::vector<uint64_t> cancel_timers;
   };
 
-  struct PersistGroup {
-    std::vector<Store::ObjectWrite> writes;
-    std::vector<std::string> objects;
-    std::vector<Completion> replies;
-  };
+  // Counts of operations per (type, op), added to forq_manager_ops_total
+  // when metrics are scraped (one relaxed increment per operation instead
+  // of a labelled lookup).
+  static constexpr int kOpCounterTypes = v1::kMaxManagerType + 1;
+  static constexpr int kOpCounterOps = v1::kMaxManagerOp + 1;
 
   struct Gauges {
     std::atomic<int64_t> waiters{0};
     std::atomic<int64_t> sessions{0};
     std::atomic<int64_t> objects{0};
+    std::atomic<uint64_t> ops[kOpCounterTypes][kOpCounterOps] = {};
   };
 
   // Op dispatch; each returns the immediate reply, or sets *park to wait.
@@ -393,22 +422,26 @@ class ObjectManager {
   // The op changed only what the header holds.
   static void MarkHeaderLocked(Batch& b) { b.op_marked = true; }
 
-  // Serializes the dirty rows into one group of writes (under the lock, so
-  // groups are queued in the order the changes happened).
+  // Adds the rows the locked section changed (and the replies that must
+  // wait for them) to the next group commit, and starts it unless a batch
+  // is in flight.
   void QueueWritesLocked(Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts `name` in the next group commit.
+  void PendObjectLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Serializes the next group commit into b.send, unless a batch is in
+  // flight or there is nothing to send.
+  void StartPersistLocked(Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RowWritesLocked(const std::string& name, Object& o, const Dirty& d,
-                       Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes that remove every row of `o` from the store.
-  void DeleteRowsLocked(const std::string& name, const Object& o, Batch& b)
+                       std::vector<Store::ObjectWrite>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes that remove every row of `o` from the store (after writing out
+  // what the next group commit holds for it, so no row is left behind).
+  void DeleteRowsLocked(const std::string& name, Object& o, Batch& b)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Delivers a batch: timers, persistence, replies, watcher flushes.
   void Finish(Batch& b) ABSL_LOCKS_EXCLUDED(mu_);
-  // Sends the queued groups to the store as one atomic batch, unless one is
-  // in flight already.
-  void DrainPersist() ABSL_LOCKS_EXCLUDED(mu_, persist_mu_);
-  void OnPersisted(absl::Status status,
-                   std::shared_ptr<std::vector<Completion>> replies,
-                   std::shared_ptr<std::vector<std::string>> objects)
+  void OnPersisted(absl::Status status, std::shared_ptr<PersistSend> sent)
       ABSL_LOCKS_EXCLUDED(mu_, persist_mu_);
   // Replaces `names` by what the store holds (a failed batch), failing the
   // parked waiters of objects the store never had.
@@ -463,20 +496,23 @@ class ObjectManager {
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   // Bytes of all objects (ObjectBytes summed).
   size_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  // Objects with writes queued or in flight (count of groups), whose reads
-  // wait for durability.
+  // Objects with writes pending or in flight (count of batches), whose
+  // reads wait for durability.
   std::unordered_map<std::string, int> unpersisted_ ABSL_GUARDED_BY(mu_);
+  // The next group commit, and whether a batch is in flight (one at a
+  // time: a failed batch must be rolled back before anything behind it
+  // reaches the store).
+  PendingPersist pending_ ABSL_GUARDED_BY(mu_);
+  bool persisting_ ABSL_GUARDED_BY(mu_) = false;
+  // Signalled (with mu_) when a batch is done (Shutdown waits for the last).
+  CondVar persist_cv_;
 
   // Lock order: mu_ before persist_mu_.
   Mutex persist_mu_;
-  std::deque<PersistGroup> persist_queue_ ABSL_GUARDED_BY(persist_mu_);
-  bool persisting_ ABSL_GUARDED_BY(persist_mu_) = false;
   // Store write callbacks not yet returned: they use `this` after they
   // deliver their replies, so the destructor waits for them.
   int persist_callbacks_ ABSL_GUARDED_BY(persist_mu_) = 0;
   CondVar persist_callbacks_done_;
-  // Signalled when a batch is done persisting (Shutdown waits for the last).
-  CondVar persist_cv_;
 
   // Declared last: destroyed (thread joined) first.
   TimerQueue timers_;

@@ -411,7 +411,8 @@ absl::Status ObjectManager::Recover() {
 // ------------------------------------------------------------ writes
 
 void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
-                                    const Dirty& dirty, Batch& b) {
+                                    const Dirty& dirty,
+                                    std::vector<Store::ObjectWrite>& out) {
   Dirty d = dirty;
   if (o.needs_full_write) {
     d.all = true;
@@ -428,12 +429,12 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
     for (const std::string& k : d.keys) {
       const std::string* v = o.map.Find(k);
       if (v == nullptr) {
-        b.writes.push_back({KeyRow(name, o.gen, k), std::nullopt});
+        out.push_back({KeyRow(name, o.gen, k), std::nullopt});
       } else {
         BlobWriter w;
         w.U64(o.map.Seq(k));
         w.Str(*v);
-        b.writes.push_back({KeyRow(name, o.gen, k), std::move(w.out())});
+        out.push_back({KeyRow(name, o.gen, k), std::move(w.out())});
       }
     }
   } else if (IsSequence(o.type)) {
@@ -465,7 +466,7 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
       const int64_t first = std::max(c * kChunk, lo);
       const int64_t last = std::min(c * kChunk + kChunk, hi);
       if (first >= last) {
-        b.writes.push_back({ChunkKey(name, o.gen, c), std::nullopt});
+        out.push_back({ChunkKey(name, o.gen, c), std::nullopt});
         continue;
       }
       BlobWriter w;
@@ -487,7 +488,7 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
                        0, w);
         }
       }
-      b.writes.push_back({ChunkKey(name, o.gen, c), std::move(w.out())});
+      out.push_back({ChunkKey(name, o.gen, c), std::move(w.out())});
     }
     o.stored_lo = lo;
     o.stored_hi = hi;
@@ -534,13 +535,19 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
     default:
       return;
   }
-  b.writes.push_back(
-      {absl::StrCat(kObjectKeyPrefix, name), std::move(w.out())});
-  b.written.push_back(name);
+  out.push_back({absl::StrCat(kObjectKeyPrefix, name), std::move(w.out())});
 }
 
-void ObjectManager::DeleteRowsLocked(const std::string& name, const Object& o,
+void ObjectManager::DeleteRowsLocked(const std::string& name, Object& o,
                                      Batch& b) {
+  // Rows the next group commit would have written (a removed dict key's
+  // tombstone, a new generation) are written first; the deletes below
+  // then cover every row the store may hold.
+  auto pending = pending_.dirty.find(name);
+  if (pending != pending_.dirty.end()) {
+    RowWritesLocked(name, o, pending->second, b.writes);
+    pending_.dirty.erase(pending);
+  }
   if (IsMap(o.type)) {
     o.map.ForEach([&](const std::string& k, const std::string&) {
       b.writes.push_back({KeyRow(name, o.gen, k), std::nullopt});
@@ -554,129 +561,161 @@ void ObjectManager::DeleteRowsLocked(const std::string& name, const Object& o,
   b.written.push_back(name);
 }
 
+void ObjectManager::PendObjectLocked(const std::string& name) {
+  if (pending_.objects.insert(name).second) ++unpersisted_[name];
+}
+
 void ObjectManager::QueueWritesLocked(Batch& b) {
   if (store_ == nullptr) {
     b.dirty.clear();
+    b.writes.clear();
+    b.written.clear();
     return;
   }
-  for (const auto& [name, d] : b.dirty) {
+  bool changed = false;
+  for (auto& [name, d] : b.dirty) {
     auto it = objects_.find(name);
     if (it == objects_.end() || !Persistent(it->second.type)) continue;
-    RowWritesLocked(name, it->second, d, b);
+    auto [pit, fresh] = pending_.dirty.try_emplace(name);
+    if (fresh) {
+      pit->second = std::move(d);
+    } else {
+      Dirty& into = pit->second;
+      into.all = into.all || d.all;
+      into.keys.merge(d.keys);
+      into.positions.merge(d.positions);
+      if (d.from)
+        into.from = into.from ? std::min(*into.from, *d.from) : d.from;
+    }
+    PendObjectLocked(name);
+    changed = true;
   }
   b.dirty.clear();
-  if (b.writes.empty() && !b.hold) return;
-  for (const std::string& name : b.written) ++unpersisted_[name];
-  // Queued under mu_ so the store sees writes in the order changes happened;
-  // the replies ride along and are sent once the writes are durable.
-  MutexLock lock(&persist_mu_);
-  persist_queue_.push_back(PersistGroup{
-      std::move(b.writes), std::move(b.written), std::move(b.replies)});
-  b.writes.clear();
-  b.written.clear();
-  b.replies.clear();
-  b.hold = false;
+  if (!b.writes.empty()) {
+    for (Store::ObjectWrite& w : b.writes)
+      pending_.writes.push_back(std::move(w));
+    for (const std::string& name : b.written) PendObjectLocked(name);
+    b.writes.clear();
+    b.written.clear();
+    changed = true;
+  }
+  if (changed || b.hold) {
+    // The replies ride along and are sent once the writes are durable.
+    for (Completion& c : b.replies) pending_.replies.push_back(std::move(c));
+    b.replies.clear();
+    b.hold = false;
+  }
+  StartPersistLocked(b);
+}
+
+void ObjectManager::StartPersistLocked(Batch& b) {
+  if (persisting_ || pending_.empty()) return;
+  auto send = std::make_shared<PersistSend>();
+  const bool deletes = !pending_.writes.empty();
+  send->writes = std::move(pending_.writes);
+  for (auto& [name, d] : pending_.dirty) {
+    auto it = objects_.find(name);
+    if (it == objects_.end() || !Persistent(it->second.type)) continue;
+    RowWritesLocked(name, it->second, d, send->writes);
+  }
+  if (deletes) {
+    // A row written after a delete of the same row wins; keep one of each.
+    std::map<std::string, size_t> pos;
+    std::vector<Store::ObjectWrite> unique;
+    for (Store::ObjectWrite& w : send->writes) {
+      auto [it, fresh] = pos.emplace(w.name, unique.size());
+      if (fresh) {
+        unique.push_back(std::move(w));
+      } else {
+        unique[it->second].blob = std::move(w.blob);
+      }
+    }
+    send->writes = std::move(unique);
+  }
+  send->objects.assign(pending_.objects.begin(), pending_.objects.end());
+  send->replies = std::move(pending_.replies);
+  pending_ = PendingPersist();
+  // With no rows to write (only reads waiting for earlier batches, which
+  // are durable by now) it completes at once, in Finish.
+  persisting_ = !send->writes.empty();
+  if (!persisting_) {
+    for (const std::string& name : send->objects) {
+      auto it = unpersisted_.find(name);
+      if (it != unpersisted_.end() && --it->second <= 0) unpersisted_.erase(it);
+    }
+  }
+  b.send = std::move(send);
 }
 
 void ObjectManager::Finish(Batch& b) {
   for (uint64_t t : b.cancel_timers) timers_.Cancel(t);
-  DrainPersist();
+  if (std::shared_ptr<PersistSend> send = std::move(b.send)) {
+    if (send->writes.empty()) {
+      for (auto& [done, reply] : send->replies) done(std::move(reply));
+    } else {
+      {
+        MutexLock lock(&persist_mu_);
+        ++persist_callbacks_;
+      }
+      std::vector<Store::ObjectWrite> writes = std::move(send->writes);
+      store_->WriteObjects(std::move(writes), [this, send](absl::Status s) {
+        // OnPersisted answers callers, who may then destroy the manager,
+        // and goes on using it: the destructor waits for this count.
+        OnPersisted(std::move(s), send);
+        MutexLock lock(&persist_mu_);
+        --persist_callbacks_;
+        persist_callbacks_done_.SignalAll();
+      });
+    }
+  }
   for (auto& [done, reply] : b.replies) done(std::move(reply));
   b.replies.clear();
   for (auto& sink : b.flush) sink->Flush();
 }
 
-void ObjectManager::DrainPersist() {
-  if (store_ == nullptr) return;
-  std::vector<Store::ObjectWrite> writes;
-  auto replies = std::make_shared<std::vector<Completion>>();
-  auto objects = std::make_shared<std::vector<std::string>>();
+void ObjectManager::OnPersisted(absl::Status status,
+                                std::shared_ptr<PersistSend> sent) {
+  Batch b;
+  std::vector<Completion> failed;
   {
-    MutexLock lock(&persist_mu_);
-    // One batch in flight at a time: a failed batch must be rolled back
-    // before anything queued behind it reaches the store, and everything
-    // queued meanwhile goes out together (group commit).
-    if (persisting_ || persist_queue_.empty()) return;
-    persisting_ = true;
-    // Only the last write of a row matters.
-    std::map<std::string, size_t> pos;
-    for (PersistGroup& g : persist_queue_) {
-      for (Store::ObjectWrite& w : g.writes) {
-        auto [it, fresh] = pos.emplace(w.name, writes.size());
-        if (fresh) {
-          writes.push_back(std::move(w));
-        } else {
-          writes[it->second].blob = std::move(w.blob);
+    MutexLock lock(&mu_);
+    persisting_ = false;
+    if (status.ok()) {
+      for (const std::string& name : sent->objects) {
+        auto it = unpersisted_.find(name);
+        if (it != unpersisted_.end() && --it->second <= 0) {
+          unpersisted_.erase(it);
         }
       }
-      for (auto& c : g.replies) replies->push_back(std::move(c));
-      for (auto& n : g.objects) objects->push_back(std::move(n));
-    }
-    persist_queue_.clear();
-  }
-  if (writes.empty()) {
-    // Only held reads: their data became durable with earlier batches.
-    OnPersisted(absl::OkStatus(), std::move(replies), std::move(objects));
-    return;
-  }
-  {
-    MutexLock lock(&persist_mu_);
-    ++persist_callbacks_;
-  }
-  store_->WriteObjects(std::move(writes),
-                       [this, replies, objects](absl::Status s) {
-                         // OnPersisted answers callers, who may then destroy
-                         // the manager, and goes on using it: the destructor
-                         // waits for this count.
-                         OnPersisted(std::move(s), replies, objects);
-                         MutexLock lock(&persist_mu_);
-                         --persist_callbacks_;
-                         persist_callbacks_done_.SignalAll();
-                       });
-}
-
-void ObjectManager::OnPersisted(
-    absl::Status status, std::shared_ptr<std::vector<Completion>> replies,
-    std::shared_ptr<std::vector<std::string>> objects) {
-  Batch b;
-  if (status.ok()) {
-    MutexLock lock(&mu_);
-    for (const std::string& name : *objects) {
-      auto it = unpersisted_.find(name);
-      if (it != unpersisted_.end() && --it->second <= 0) unpersisted_.erase(it);
-    }
-  } else {
-    spdlog::error("manager: store write failed, rolling back: {}",
-                  status.ToString());
-    MutexLock lock(&mu_);
-    // Everything queued behind the failed batch was computed on top of it.
-    std::set<std::string> names(objects->begin(), objects->end());
-    {
-      MutexLock plock(&persist_mu_);
-      for (PersistGroup& g : persist_queue_) {
-        for (auto& c : g.replies) replies->push_back(std::move(c));
-        names.insert(g.objects.begin(), g.objects.end());
-      }
-      persist_queue_.clear();
-    }
-    for (const std::string& name : names) unpersisted_.erase(name);
-    RollbackLocked(names, b);
-    QueueWritesLocked(b);
-    UpdateGaugesLocked();
-  }
-  for (auto& [done, reply] : *replies) {
-    if (!status.ok() && reply.ok()) {
-      done(absl::UnavailableError(absl::StrCat(
-          "manager change not persisted, so not applied: ", status.message())));
     } else {
-      done(std::move(reply));
+      spdlog::error("manager: store write failed, rolling back: {}",
+                    status.ToString());
+      // Everything pending behind the failed batch was computed on top of
+      // it.
+      std::set<std::string> names(sent->objects.begin(), sent->objects.end());
+      names.insert(pending_.objects.begin(), pending_.objects.end());
+      failed = std::move(pending_.replies);
+      pending_ = PendingPersist();
+      for (const std::string& name : names) unpersisted_.erase(name);
+      RollbackLocked(names, b);
+      UpdateGaugesLocked();
     }
-  }
-  {
-    MutexLock lock(&persist_mu_);
-    persisting_ = false;
+    QueueWritesLocked(b);
     persist_cv_.SignalAll();
   }
+  auto deliver = [&status](std::vector<Completion>& replies) {
+    for (auto& [done, reply] : replies) {
+      if (!status.ok() && reply.ok()) {
+        done(absl::UnavailableError(
+            absl::StrCat("manager change not persisted, so not applied: ",
+                         status.message())));
+      } else {
+        done(std::move(reply));
+      }
+    }
+  };
+  deliver(sent->replies);
+  deliver(failed);
   Finish(b);
 }
 

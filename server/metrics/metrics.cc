@@ -210,8 +210,9 @@ void Metrics::SetWorkerRssBytes(double total) {
   worker_rss_.Add({}).Set(total);
 }
 
-void Metrics::ManagerOp(absl::string_view type, absl::string_view op) {
-  manager_ops_.Add({{"type", S(type)}, {"op", S(op)}}).Increment();
+void Metrics::ManagerOp(absl::string_view type, absl::string_view op,
+                        double n) {
+  manager_ops_.Add({{"type", S(type)}, {"op", S(op)}}).Increment(n);
 }
 
 void Metrics::SetTaskWaits(double value) { task_waits_.Add({}).Set(value); }

@@ -87,7 +87,7 @@ class Metrics {
   void SetTaskWaits(double value);
 
   // Manager.
-  void ManagerOp(absl::string_view type, absl::string_view op);
+  void ManagerOp(absl::string_view type, absl::string_view op, double n = 1);
   void SetManagerWaiters(double value);
   void SetManagerSessions(double value);
   void SetManagerObjects(double value);
