@@ -4,9 +4,17 @@
 //   RESULT <tab> system <tab> operation <tab> unit <tab> value
 // Usage: manager_bench [--seconds S] [--inflight N] [--clients N]
 //                      [--durability none|batch|sync] [--unix]
+//                      [--address ADDR] [--ops N] [--only SECTION,...]
 //   --unix: forqd serves gRPC on a Unix socket (--grpc_addr=unix:PATH) and
 //           every client connects there instead of to 127.0.0.1
-//        manager_bench --child ADDRESS SECONDS INFLIGHT   (internal)
+//   --address: use a running forqd (e.g. one under callgrind) instead of
+//           starting one
+//   --ops: run each section for exactly N operations (pairs) instead of
+//           --seconds: a fixed amount of work for instruction counts
+//   --only: sections to run: set, get, get1, lock1, uget, ulock, clients
+//   The client processes of `clients` start together at one instant and
+//   count what completes in the same window, so their sum is a rate.
+//        manager_bench --child ADDRESS START_NS SECONDS INFLIGHT (internal)
 #include <stdio.h>
 #include <unistd.h>
 
@@ -17,11 +25,13 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -46,39 +56,63 @@ void Result(absl::string_view op, absl::string_view unit, double value) {
   std::exit(1);
 }
 
-// Keeps `inflight` operations outstanding for `seconds`; returns ops/s.
+// How long a section runs: until `end`, or exactly `ops` operations.
+struct Limit {
+  absl::Time end = absl::InfiniteFuture();
+  int64_t ops = 0;  // 0 = no count limit
+  bool Reached(int64_t done, int64_t mask) const {
+    if (ops > 0) return done >= ops;
+    // Checking the clock every op would cost more than the op itself.
+    return (done & mask) == 0 && absl::Now() >= end;
+  }
+};
+
+Limit For(double seconds, int64_t ops) {
+  Limit l;
+  l.ops = ops;
+  if (ops == 0) l.end = absl::Now() + absl::Seconds(seconds);
+  return l;
+}
+
+// Keeps `inflight` operations outstanding until `limit`; returns how many
+// completed (their results checked).
 template <typename Send>
-double Pipelined(double seconds, int inflight, Send send) {
+int64_t PipelinedCount(const Limit& limit, int inflight, Send send) {
   std::deque<ManagerFuture> window;
   int64_t done = 0;
-  const absl::Time start = absl::Now();
-  const absl::Time end = start + absl::Seconds(seconds);
   int64_t i = 0;
   while (true) {
-    while (static_cast<int>(window.size()) < inflight) {
+    while (static_cast<int>(window.size()) < inflight &&
+           (limit.ops == 0 || i < limit.ops)) {
       window.push_back(send(i++));
     }
     absl::StatusOr<v1::ManagerResult> r = window.front().Get();
     window.pop_front();
     if (!r.ok()) Die(r.status(), "pipelined op");
     ++done;
-    // Checking the clock every op would cost more than the op itself.
-    if ((done & 255) == 0 && absl::Now() >= end) break;
+    if (limit.Reached(done, 255)) break;
   }
   for (ManagerFuture& f : window) (void)f.Get();
+  return done;
+}
+
+template <typename Send>
+double Pipelined(double seconds, int64_t ops, int inflight, Send send) {
+  const absl::Time start = absl::Now();
+  const int64_t done = PipelinedCount(For(seconds, ops), inflight, send);
   return static_cast<double>(done) / absl::ToDoubleSeconds(absl::Now() - start);
 }
 
-// Runs `op` back to back for `seconds`; returns calls/s.
+// Runs `op` back to back; returns calls/s.
 template <typename Op>
-double Sequential(double seconds, Op op) {
+double Sequential(double seconds, int64_t ops, Op op) {
   int64_t done = 0;
   const absl::Time start = absl::Now();
-  const absl::Time end = start + absl::Seconds(seconds);
+  const Limit limit = For(seconds, ops);
   while (true) {
     op();
     ++done;
-    if ((done & 63) == 0 && absl::Now() >= end) break;
+    if (limit.Reached(done, 63)) break;
   }
   return static_cast<double>(done) / absl::ToDoubleSeconds(absl::Now() - start);
 }
@@ -101,12 +135,22 @@ void Fill(Manager& m) {
   if (!s.ok()) Die(s, "fill dict");
 }
 
-int Child(const std::string& address, double seconds, int inflight) {
+// One of the client processes: connects, waits for the common start
+// instant, then counts the gets that complete before the common end.
+int Child(const std::string& address, int64_t start_ns, double seconds,
+          int inflight) {
   std::unique_ptr<Manager> m = Connect(address, true);
   Dict d = m->dict("bench");
-  const double rate =
-      Pipelined(seconds, inflight, [&d](int64_t) { return d.GetAsync("7"); });
-  std::printf("%.6g\n", rate);
+  if (!d.Get("7").ok()) Die({}, "warm-up get");  // stream open
+  const absl::Time start = absl::FromUnixNanos(start_ns);
+  // A start line for the benchmark's processes, not synchronisation of
+  // the code under test.
+  if (absl::Now() < start) absl::SleepFor(start - absl::Now());
+  Limit limit;
+  limit.end = start + absl::Seconds(seconds);
+  const int64_t done = PipelinedCount(
+      limit, inflight, [&d](int64_t) { return d.GetAsync("7"); });
+  std::printf("%lld\n", static_cast<long long>(done));
   return 0;
 }
 
@@ -116,21 +160,27 @@ int Main(int argc, char** argv) {
   int clients = 16;
   std::string durability = "none";
   bool unix_socket = false;
+  std::string address;
+  int64_t ops = 0;
+  std::string only = "set,get,get1,lock1,uget,ulock,clients";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) Die(absl::InvalidArgumentError(a), "missing value");
       return argv[++i];
     };
-    if (a == "--child" && i + 3 < argc) {
+    if (a == "--child" && i + 4 < argc) {
+      int64_t start = 0;
       double s = 0;
       int n = 0;
-      if (!absl::SimpleAtod(argv[i + 2], &s) ||
-          !absl::SimpleAtoi(argv[i + 3], &n)) {
-        Die(absl::InvalidArgumentError("--child ADDRESS SECONDS INFLIGHT"),
+      if (!absl::SimpleAtoi(argv[i + 2], &start) ||
+          !absl::SimpleAtod(argv[i + 3], &s) ||
+          !absl::SimpleAtoi(argv[i + 4], &n)) {
+        Die(absl::InvalidArgumentError(
+                "--child ADDRESS START_NS SECONDS INFLIGHT"),
             "usage");
       }
-      return Child(argv[i + 1], s, n);
+      return Child(argv[i + 1], start, s, n);
     } else if (a == "--seconds") {
       if (!absl::SimpleAtod(next(), &seconds)) Die({}, "--seconds");
     } else if (a == "--inflight") {
@@ -141,26 +191,37 @@ int Main(int argc, char** argv) {
       durability = next();
     } else if (a == "--unix") {
       unix_socket = true;
+    } else if (a == "--address") {
+      address = next();
+    } else if (a == "--ops") {
+      if (!absl::SimpleAtoi(next(), &ops)) Die({}, "--ops");
+    } else if (a == "--only") {
+      only = next();
     } else {
       Die(absl::InvalidArgumentError(a), "unknown flag");
     }
   }
 
-  testing::ForqdOptions o;
-  o.workers = 1;
-  o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
+  const std::set<std::string> sections = absl::StrSplit(only, ',');
+  auto run = [&sections](const char* name) { return sections.count(name) > 0; };
+  std::unique_ptr<testing::ForqdProcess> forqd;
   std::string socket_dir;
-  if (unix_socket) {
-    socket_dir = testing::MakeTempDir("manager-bench");
-    if (socket_dir.empty()) Die(absl::InternalError("mkdtemp"), "--unix");
-    o.flags.push_back(absl::StrCat("--grpc_addr=unix:", socket_dir, "/s"));
+  if (address.empty()) {
+    testing::ForqdOptions o;
+    o.workers = 1;
+    o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
+    if (unix_socket) {
+      socket_dir = testing::MakeTempDir("manager-bench");
+      if (socket_dir.empty()) Die(absl::InternalError("mkdtemp"), "--unix");
+      o.flags.push_back(absl::StrCat("--grpc_addr=unix:", socket_dir, "/s"));
+    }
+    absl::StatusOr<std::unique_ptr<testing::ForqdProcess>> started =
+        testing::ForqdProcess::Start(o);
+    if (!started.ok()) Die(started.status(), "start forqd");
+    forqd = *std::move(started);
+    address = unix_socket ? absl::StrCat("unix:", socket_dir, "/s")
+                          : forqd->grpc_address();
   }
-  absl::StatusOr<std::unique_ptr<testing::ForqdProcess>> forqd =
-      testing::ForqdProcess::Start(o);
-  if (!forqd.ok()) Die(forqd.status(), "start forqd");
-  const std::string address = unix_socket
-                                  ? absl::StrCat("unix:", socket_dir, "/s")
-                                  : (*forqd)->grpc_address();
   std::fprintf(stderr, "# forqd at %s, --durability=%s, %d in flight\n",
                address.c_str(), durability.c_str(), inflight);
 
@@ -170,57 +231,73 @@ int Main(int argc, char** argv) {
     Dict d = m->dict("bench");
     const std::string label = absl::StrCat(" (pipelined session, 1 client, ",
                                            inflight, " in flight)");
-    Result(absl::StrCat("dict d[k]=v", label), "ops/s",
-           Pipelined(seconds, inflight, [&d](int64_t i) {
-             return d.SetAsync(absl::StrCat(i & 1023), absl::StrCat(i));
-           }));
-    Result(absl::StrCat("dict d[k] get", label), "ops/s",
-           Pipelined(seconds, inflight,
-                     [&d](int64_t) { return d.GetAsync("7"); }));
-    Result("dict d[k] get (session, 1 in flight)", "ops/s",
-           Sequential(seconds, [&d] {
-             if (!d.Get("7").ok()) Die({}, "get");
-           }));
+    if (run("set")) {
+      Result(absl::StrCat("dict d[k]=v", label), "ops/s",
+             Pipelined(seconds, ops, inflight, [&d](int64_t i) {
+               return d.SetAsync(absl::StrCat(i & 1023), absl::StrCat(i));
+             }));
+    }
+    if (run("get")) {
+      Result(absl::StrCat("dict d[k] get", label), "ops/s",
+             Pipelined(seconds, ops, inflight,
+                       [&d](int64_t) { return d.GetAsync("7"); }));
+    }
+    if (run("get1")) {
+      Result("dict d[k] get (session, 1 in flight)", "ops/s",
+             Sequential(seconds, ops, [&d] {
+               if (!d.Get("7").ok()) Die({}, "get");
+             }));
+    }
     Lock lk = m->lock("bench-lock");
-    Result("Lock acquire+release pair (session, 1 client)", "pairs/s",
-           Sequential(seconds, [&lk] {
-             if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
-           }));
+    if (run("lock1")) {
+      Result("Lock acquire+release pair (session, 1 client)", "pairs/s",
+             Sequential(seconds, ops, [&lk] {
+               if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
+             }));
+    }
   }
   {
     std::unique_ptr<Manager> m = Connect(address, false);
     Dict d = m->dict("bench");
-    Result("dict d[k] get (unary, 1 client)", "ops/s",
-           Sequential(seconds, [&d] {
-             if (!d.Get("7").ok()) Die({}, "get");
-           }));
+    if (run("uget")) {
+      Result("dict d[k] get (unary, 1 client)", "ops/s",
+             Sequential(seconds, ops, [&d] {
+               if (!d.Get("7").ok()) Die({}, "get");
+             }));
+    }
     Lock lk = m->lock("bench-lock");
-    Result("Lock acquire+release pair (unary, 1 client)", "pairs/s",
-           Sequential(seconds, [&lk] {
-             if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
-           }));
+    if (run("ulock")) {
+      Result("Lock acquire+release pair (unary, 1 client)", "pairs/s",
+             Sequential(seconds, ops, [&lk] {
+               if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
+             }));
+    }
   }
-  if (clients > 0) {
-    // Separate processes, as Python's bench runs separate client processes.
+  if (clients > 0 && run("clients")) {
+    // Separate processes, as Python's bench runs separate client processes;
+    // all count the same window, which starts once they all could connect.
+    const absl::Time start =
+        absl::Now() + absl::Milliseconds(500 + 100 * clients);
     std::vector<FILE*> kids;
-    const std::string cmd = absl::StrCat("/proc/", getpid(), "/exe --child ",
-                                         address, " ", seconds, " ", inflight);
+    const std::string cmd =
+        absl::StrCat("/proc/", getpid(), "/exe --child ", address, " ",
+                     absl::ToUnixNanos(start), " ", seconds, " ", inflight);
     for (int i = 0; i < clients; ++i) {
       FILE* f = popen(cmd.c_str(), "r");
       if (f == nullptr) Die(absl::InternalError("popen"), "spawn client");
       kids.push_back(f);
     }
-    double total = 0;
+    int64_t total = 0;
     for (FILE* f : kids) {
-      double rate = 0;
-      if (std::fscanf(f, "%lf", &rate) == 1) total += rate;
+      long long done = 0;
+      if (std::fscanf(f, "%lld", &done) == 1) total += done;
       pclose(f);
     }
     Result(absl::StrCat("dict d[k] get (pipelined, ", clients,
                         " client procs, total)"),
-           "ops/s", total);
+           "ops/s", static_cast<double>(total) / seconds);
   }
-  forqd->reset();
+  forqd.reset();
   if (!socket_dir.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(socket_dir, ec);
