@@ -15,7 +15,7 @@ namespace forq::server {
 // interceptor needed: see GrpcMetrics::CountedByHandlers).
 // TaskService::CallbackService with Map, MapBatched and WaitStream taking
 // raw bytes, so their reactors can tell a message that does not parse from
-// the end of the stream (see MapReactor in task_service.cc).
+// the end of the stream (see map_reactor.cc).
 using TaskServiceBase = v1::TaskService::WithCallbackMethod_Submit<
     v1::TaskService::WithCallbackMethod_SubmitBatch<
         v1::TaskService::WithCallbackMethod_Get<

@@ -1,0 +1,392 @@
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
+
+#include "common/mutex.h"
+#include "server/auth/request_checks.h"
+#include "server/rpc/status_util.h"
+#include "server/rpc/stream_reactors.h"
+
+namespace forq::server {
+namespace {
+
+// Map: imap / imap_unordered. Reads inputs while fewer than `window` are in
+// flight, submits the inputs of each message in one Scheduler::Submit, and
+// writes results in input order or as they complete. Memory is bounded by
+// the window on both sides. `Resp` is MapResult (Map: one result per
+// message) or MapResults (MapBatched: every result ready at once).
+template <typename Resp>
+//
+// The stream carries raw bytes (the service marks Map and MapBatched raw) and
+// the reactor parses each message itself: gRPC's typed reader reports a
+// message that does not parse exactly like the client's half-close, which
+// would end the stream OK and silently drop the inputs still to come.
+class MapReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  static constexpr bool kBatched = std::is_same_v<Resp, v1::MapResults>;
+  static constexpr int kDefaultWindow = 256;
+  static constexpr int kMaxWindow = 10'000;
+
+  MapReactor(Scheduler& scheduler, Meter meter,
+             SubmitRateLimiter* limiter = nullptr, std::string client = "")
+      : scheduler_(scheduler),
+        meter_(meter),
+        limiter_(limiter),
+        client_(std::move(client)),
+        guard_(std::make_shared<ReactorGuard<MapReactor>>()) {
+    MutexLock lock(&guard_->mu);
+    guard_->reactor = this;
+    MaybeReadLocked();
+  }
+
+  void OnReadDone(bool ok) override {
+    MutexLock lock(&guard_->mu);
+    reading_ = false;
+    if (finished_) return;
+    if (!ok) {
+      reads_done_ = true;
+      MaybeFinishLocked();
+      return;
+    }
+    ++messages_read_;
+    req_.Clear();
+    if (grpc::Status parsed =
+            grpc::SerializationTraits<v1::MapRequest>::Deserialize(&in_buf_,
+                                                                   &req_);
+        !parsed.ok()) {
+      FinishLocked(grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("Map message ", messages_read_,
+                       " is not a forq.v1.MapRequest (", parsed.error_message(),
+                       "); the stream is ended")));
+      return;
+    }
+    if (absl::Status bad = CheckRequestFields(req_); !bad.ok()) {
+      FinishLocked(ToGrpcStatus(bad));
+      return;
+    }
+    if (req_.has_header()) {
+      if (have_header_) {
+        FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "Map header sent twice"));
+        return;
+      }
+      have_header_ = true;
+      header_ = req_.header();
+      if (header_.window() < 0 || header_.window() > kMaxWindow) {
+        FinishLocked(grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            absl::StrCat("window must be in [0, ", kMaxWindow, "]")));
+        return;
+      }
+      window_ = header_.window() == 0 ? kDefaultWindow : header_.window();
+      MaybeReadLocked();
+      return;
+    }
+    if (!have_header_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                "the first Map message must be a header"));
+      return;
+    }
+    if (limiter_ != nullptr) {
+      const int64_t n = req_.has_input() ? 1 : req_.inputs().inputs_size();
+      if (absl::Status s = limiter_->Admit(client_, n); n > 0 && !s.ok()) {
+        FinishLocked(RateLimitedGrpcStatus(s));
+        return;
+      }
+    }
+    if (req_.has_input()) {
+      SubmitLocked({&req_.input()});
+    } else if (req_.has_inputs() && req_.inputs().inputs_size() > 0) {
+      SubmitLocked(std::vector<const v1::MapInput*>(
+          req_.inputs().inputs().pointer_begin(),
+          req_.inputs().inputs().pointer_end()));
+    }
+    MaybeReadLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    MutexLock lock(&guard_->mu);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+      return;
+    }
+    in_flight_ -= written_;
+    written_ = 0;
+    if (fail_now_) {
+      FinishLocked(fail_status_);
+      return;
+    }
+    MaybeWriteLocked();
+    MaybeReadLocked();
+    MaybeFinishLocked();
+  }
+
+  void OnCancel() override {
+    MutexLock lock(&guard_->mu);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "map cancelled"));
+  }
+
+  // gRPC callback reactors own themselves: deleted when gRPC is done.
+  void OnDone() override {
+    guard_->Detach();
+    delete this;
+  }
+
+ private:
+  using Guard = std::shared_ptr<ReactorGuard<MapReactor>>;
+
+  // Submits the inputs of one message as one batch (all or none; if the
+  // batch is refused for a bad spec, each input is submitted on its own so
+  // only the bad ones fail).
+  void SubmitLocked(const std::vector<const v1::MapInput*>& inputs) {
+    std::vector<v1::TaskSpec> specs;
+    specs.reserve(inputs.size());
+    const uint64_t first = next_index_;
+    for (const v1::MapInput* input : inputs) {
+      v1::TaskSpec& spec = specs.emplace_back();
+      spec.set_kind(input->kind().empty() ? header_.kind() : input->kind());
+      spec.set_payload(input->payload());
+      spec.set_payload_text(input->payload_text());
+      spec.set_queue(header_.queue());
+      spec.set_priority(header_.priority());
+      spec.set_max_attempts(header_.max_attempts());
+      *spec.mutable_timeout() = header_.timeout();
+    }
+    next_index_ += inputs.size();
+    in_flight_ += static_cast<int>(inputs.size());
+    Scheduler& scheduler = scheduler_;
+    Guard guard = guard_;
+    // The scheduler may answer inline, so it must not be called under our
+    // lock: hand the submission to a deferred list run after unlocking.
+    pending_submits_.push_back(
+        [&scheduler, guard, first, specs = std::move(specs)]() mutable {
+          SubmitBatch(scheduler, guard, first, std::move(specs));
+        });
+  }
+
+  static void SubmitBatch(Scheduler& scheduler, const Guard& guard,
+                          uint64_t first, std::vector<v1::TaskSpec> specs) {
+    const size_t n = specs.size();
+    // Kept for a retry one by one (only if the batch is refused).
+    std::vector<v1::TaskSpec> copy;
+    if (n > 1) copy = specs;
+    scheduler.Submit(
+        std::move(specs),
+        [&scheduler, guard, first, n, copy = std::move(copy)](
+            absl::StatusOr<std::vector<InsertResult>> r) mutable {
+          if (!r.ok()) {
+            if (n > 1 &&
+                r.status().code() == absl::StatusCode::kInvalidArgument) {
+              for (size_t i = 0; i < n; ++i) {
+                SubmitBatch(scheduler, guard, first + i, {std::move(copy[i])});
+              }
+              return;
+            }
+            for (size_t i = 0; i < n; ++i) {
+              Deliver(guard, first + i, r.status(), v1::Task());
+            }
+            return;
+          }
+          for (size_t i = 0; i < r->size(); ++i) {
+            WaitTerminal(scheduler, guard, first + i, (*r)[i].task.id());
+          }
+        },
+        // A Map acknowledges an input only with its result: the store
+        // writes each task once, finished.
+        Scheduler::Ack::kDeferred);
+  }
+
+  static void WaitTerminal(Scheduler& scheduler, Guard guard, uint64_t index,
+                           std::string id) {
+    // The longest wait the scheduler holds (max_wait); a wait that ends
+    // non-terminal is parked again below.
+    scheduler.Wait(id, scheduler.options().max_wait,
+                   [&scheduler, guard, index, id](absl::StatusOr<v1::Task> t,
+                                                  bool terminal) {
+                     if (!t.ok()) {
+                       Deliver(guard, index, t.status(), v1::Task());
+                     } else if (terminal) {
+                       Deliver(guard, index, absl::OkStatus(), *t);
+                     } else {
+                       {
+                         MutexLock lock(&guard->mu);
+                         if (guard->reactor == nullptr) return;
+                       }
+                       WaitTerminal(scheduler, guard, index, id);
+                     }
+                   });
+  }
+
+  static void Deliver(const Guard& guard, uint64_t index,
+                      const absl::Status& status, const v1::Task& task) {
+    MutexLock lock(&guard->mu);
+    if (guard->reactor == nullptr) return;
+    guard->reactor->DeliverLocked(index, status, task);
+  }
+
+  void DeliverLocked(uint64_t index, const absl::Status& status,
+                     const v1::Task& task) {
+    v1::MapResult r;
+    r.set_index(index);
+    if (!status.ok()) {
+      r.set_state(v1::FAILED);
+      r.mutable_error()->set_code(static_cast<int>(status.code()));
+      r.mutable_error()->set_message(std::string(status.message()));
+    } else {
+      r.set_task_id(task.id());
+      r.set_state(task.state());
+      r.set_result(task.result());
+      *r.mutable_error() = task.error();
+      r.set_attempt(task.attempt());
+    }
+    if (header_.ordered()) {
+      ordered_.emplace(index, std::move(r));
+    } else {
+      unordered_.push_back(std::move(r));
+    }
+    MaybeWriteLocked();
+  }
+
+  // The next result to write, if any is ready.
+  bool TakeNextLocked(v1::MapResult* out) {
+    if (header_.ordered()) {
+      auto it = ordered_.find(next_to_send_);
+      if (it == ordered_.end()) return false;
+      *out = std::move(it->second);
+      ordered_.erase(it);
+      ++next_to_send_;
+    } else {
+      if (unordered_.empty()) return false;
+      *out = std::move(unordered_.front());
+      unordered_.pop_front();
+    }
+    if (header_.fail_fast() && out->state() != v1::SUCCEEDED) {
+      fail_now_ = true;
+      fail_status_ = grpc::Status(grpc::StatusCode::ABORTED,
+                                  absl::StrCat("item ", out->index(), " ended ",
+                                               v1::TaskState_Name(out->state()),
+                                               ": ", out->error().message()));
+    }
+    return true;
+  }
+
+  void MaybeWriteLocked() {
+    if (writing_ || finished_ || fail_now_) return;
+    if constexpr (kBatched) {
+      out_.Clear();
+      size_t bytes = 0;
+      while (!fail_now_ && bytes < kBatchMessageBytes) {
+        v1::MapResult* r = out_.add_results();
+        if (!TakeNextLocked(r)) {
+          out_.mutable_results()->RemoveLast();
+          break;
+        }
+        bytes += r->result().size() + r->error().message().size() + 32;
+      }
+      written_ = out_.results_size();
+    } else {
+      if (!TakeNextLocked(&out_)) return;
+      written_ = 1;
+    }
+    if (written_ == 0) return;
+    bool own_buffer = false;
+    out_buf_.Clear();
+    if (!grpc::SerializationTraits<Resp>::Serialize(out_, &out_buf_,
+                                                    &own_buffer)
+             .ok()) {
+      FinishLocked(grpc::Status(grpc::StatusCode::INTERNAL,
+                                "cannot serialize a Map result"));
+      return;
+    }
+    writing_ = true;
+    this->StartWrite(&out_buf_);
+  }
+
+  void MaybeReadLocked() {
+    RunPendingSubmitsLocked();
+    if (reading_ || reads_done_ || finished_ || fail_now_) return;
+    if (have_header_ && in_flight_ >= window_) return;
+    reading_ = true;
+    this->StartRead(&in_buf_);
+  }
+
+  // Submissions run with the lock released; the lock is re-taken after.
+  void RunPendingSubmitsLocked() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (pending_submits_.empty()) return;
+    auto submits = std::move(pending_submits_);
+    pending_submits_.clear();
+    guard_->mu.Unlock();
+    for (auto& s : submits) s();
+    guard_->mu.Lock();
+  }
+
+  void MaybeFinishLocked() {
+    if (reads_done_ && in_flight_ == 0 && !writing_) {
+      FinishLocked(grpc::Status::OK);
+    }
+  }
+
+  void FinishLocked(grpc::Status status) {
+    if (finished_) return;
+    finished_ = true;
+    meter_.Done(status.error_code());
+    this->Finish(std::move(status));
+  }
+
+  Scheduler& scheduler_;
+  const Meter meter_;
+  SubmitRateLimiter* const limiter_;
+  const std::string client_;
+  Guard guard_;
+  grpc::ByteBuffer in_buf_;
+  grpc::ByteBuffer out_buf_;
+  int64_t messages_read_ = 0;
+  v1::MapRequest req_;
+  v1::MapHeader header_;
+  Resp out_;
+  // Results in out_ (counted off in_flight_ once written).
+  int written_ = 0;
+  bool have_header_ = false;
+  int window_ = kDefaultWindow;
+  uint64_t next_index_ = 0;
+  uint64_t next_to_send_ = 0;
+  int in_flight_ = 0;
+  bool reading_ = false;
+  bool writing_ = false;
+  bool reads_done_ = false;
+  bool finished_ = false;
+  bool fail_now_ = false;
+  grpc::Status fail_status_;
+  std::map<uint64_t, v1::MapResult> ordered_;
+  std::deque<v1::MapResult> unordered_;
+  std::vector<std::function<void()>> pending_submits_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewMapReactor(
+    Scheduler& scheduler, Meter meter, SubmitRateLimiter* limiter,
+    std::string client) {
+  return new MapReactor<v1::MapResult>(scheduler, meter, limiter,
+                                       std::move(client));
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
+NewMapBatchedReactor(Scheduler& scheduler, Meter meter,
+                     SubmitRateLimiter* limiter, std::string client) {
+  return new MapReactor<v1::MapResults>(scheduler, meter, limiter,
+                                        std::move(client));
+}
+
+}  // namespace forq::server
