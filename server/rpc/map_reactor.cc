@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 
@@ -149,7 +150,8 @@ class MapReactor final
   // Submits the inputs of one message as one batch (all or none; if the
   // batch is refused for a bad spec, each input is submitted on its own so
   // only the bad ones fail).
-  void SubmitLocked(const std::vector<const v1::MapInput*>& inputs) {
+  void SubmitLocked(const std::vector<const v1::MapInput*>& inputs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     std::vector<v1::TaskSpec> specs;
     specs.reserve(inputs.size());
     const uint64_t first = next_index_;
@@ -235,8 +237,11 @@ class MapReactor final
     guard->reactor->DeliverLocked(index, status, task);
   }
 
+  // Called with guard_->mu held, through the guard (which the analysis
+  // cannot tie to guard_).
   void DeliverLocked(uint64_t index, const absl::Status& status,
                      const v1::Task& task) {
+    guard_->mu.AssertHeld();
     v1::MapResult r;
     r.set_index(index);
     if (!status.ok()) {
@@ -259,7 +264,8 @@ class MapReactor final
   }
 
   // The next result to write, if any is ready.
-  bool TakeNextLocked(v1::MapResult* out) {
+  bool TakeNextLocked(v1::MapResult* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (header_.ordered()) {
       auto it = ordered_.find(next_to_send_);
       if (it == ordered_.end()) return false;
@@ -281,7 +287,7 @@ class MapReactor final
     return true;
   }
 
-  void MaybeWriteLocked() {
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (writing_ || finished_ || fail_now_) return;
     if constexpr (kBatched) {
       out_.Clear();
@@ -313,7 +319,7 @@ class MapReactor final
     this->StartWrite(&out_buf_);
   }
 
-  void MaybeReadLocked() {
+  void MaybeReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     RunPendingSubmitsLocked();
     if (reading_ || reads_done_ || finished_ || fail_now_) return;
     if (have_header_ && in_flight_ >= window_) return;
@@ -322,7 +328,8 @@ class MapReactor final
   }
 
   // Submissions run with the lock released; the lock is re-taken after.
-  void RunPendingSubmitsLocked() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  void RunPendingSubmitsLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (pending_submits_.empty()) return;
     auto submits = std::move(pending_submits_);
     pending_submits_.clear();
@@ -331,13 +338,14 @@ class MapReactor final
     guard_->mu.Lock();
   }
 
-  void MaybeFinishLocked() {
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (reads_done_ && in_flight_ == 0 && !writing_) {
       FinishLocked(grpc::Status::OK);
     }
   }
 
-  void FinishLocked(grpc::Status status) {
+  void FinishLocked(grpc::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (finished_) return;
     finished_ = true;
     meter_.Done(status.error_code());
@@ -349,28 +357,29 @@ class MapReactor final
   SubmitRateLimiter* const limiter_;
   const std::string client_;
   Guard guard_;
-  grpc::ByteBuffer in_buf_;
-  grpc::ByteBuffer out_buf_;
-  int64_t messages_read_ = 0;
-  v1::MapRequest req_;
-  v1::MapHeader header_;
-  Resp out_;
+  grpc::ByteBuffer in_buf_ ABSL_GUARDED_BY(guard_->mu);
+  grpc::ByteBuffer out_buf_ ABSL_GUARDED_BY(guard_->mu);
+  int64_t messages_read_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  v1::MapRequest req_ ABSL_GUARDED_BY(guard_->mu);
+  v1::MapHeader header_ ABSL_GUARDED_BY(guard_->mu);
+  Resp out_ ABSL_GUARDED_BY(guard_->mu);
   // Results in out_ (counted off in_flight_ once written).
-  int written_ = 0;
-  bool have_header_ = false;
-  int window_ = kDefaultWindow;
-  uint64_t next_index_ = 0;
-  uint64_t next_to_send_ = 0;
-  int in_flight_ = 0;
-  bool reading_ = false;
-  bool writing_ = false;
-  bool reads_done_ = false;
-  bool finished_ = false;
-  bool fail_now_ = false;
-  grpc::Status fail_status_;
-  std::map<uint64_t, v1::MapResult> ordered_;
-  std::deque<v1::MapResult> unordered_;
-  std::vector<std::function<void()>> pending_submits_;
+  int written_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  bool have_header_ ABSL_GUARDED_BY(guard_->mu) = false;
+  int window_ ABSL_GUARDED_BY(guard_->mu) = kDefaultWindow;
+  uint64_t next_index_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  uint64_t next_to_send_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  int in_flight_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  bool reading_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool writing_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool reads_done_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool fail_now_ ABSL_GUARDED_BY(guard_->mu) = false;
+  grpc::Status fail_status_ ABSL_GUARDED_BY(guard_->mu);
+  std::map<uint64_t, v1::MapResult> ordered_ ABSL_GUARDED_BY(guard_->mu);
+  std::deque<v1::MapResult> unordered_ ABSL_GUARDED_BY(guard_->mu);
+  std::vector<std::function<void()>> pending_submits_
+      ABSL_GUARDED_BY(guard_->mu);
 };
 
 }  // namespace

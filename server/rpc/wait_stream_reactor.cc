@@ -3,6 +3,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
@@ -147,21 +148,31 @@ class WaitStreamReactor final
                        });
     if (handle == 0) return;  // answered inline
     MutexLock lock(&guard->mu);
-    if (WaitStreamReactor* r = guard->reactor; r != nullptr) {
-      auto it = r->waits_.find(id);
-      if (it != r->waits_.end() && it->second.gen == gen) {
-        it->second.handle = handle;
-        return;
-      }
+    if (guard->reactor != nullptr &&
+        guard->reactor->SetHandleLocked(id, gen, handle)) {
+      return;
     }
     // Cancelled (or the stream ended) while this wait was being armed.
     scheduler.CancelWait(handle);
   }
 
+  // Records the scheduler's handle of an armed wait; false when that wait
+  // was cancelled meanwhile. Called with guard_->mu held, through the guard
+  // (which the analysis cannot tie to guard_).
+  bool SetHandleLocked(const std::string& id, uint64_t gen, uint64_t handle) {
+    guard_->mu.AssertHeld();
+    auto it = waits_.find(id);
+    if (it == waits_.end() || it->second.gen != gen) return false;
+    it->second.handle = handle;
+    return true;
+  }
+
   // Records the end of one wait; true when it timed out and must be re-armed.
+  // Called with guard_->mu held, through the guard.
   bool AnswerLocked(const std::string& id, uint64_t gen,
                     absl::StatusOr<v1::Task> t, bool terminal,
                     absl::Time armed) {
+    guard_->mu.AssertHeld();
     auto it = waits_.find(id);
     if (it == waits_.end() || it->second.gen != gen) return false;
     if (t.ok() && !terminal) {
@@ -187,7 +198,8 @@ class WaitStreamReactor final
     return false;
   }
 
-  void AddErrorLocked(const std::string& id, const absl::Status& status) {
+  void AddErrorLocked(const std::string& id, const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     v1::WaitStreamError e;
     e.set_id(id);
     e.set_code(static_cast<int>(status.code()));
@@ -195,7 +207,7 @@ class WaitStreamReactor final
     errors_.push_back(std::move(e));
   }
 
-  void MaybeWriteLocked() {
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (writing_ || finished_ || (ready_.empty() && errors_.empty())) return;
     out_.Clear();
     size_t bytes = 0, n = 0;
@@ -219,14 +231,15 @@ class WaitStreamReactor final
     StartWrite(&out_buf_);
   }
 
-  void MaybeFinishLocked() {
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (reads_done_ && waits_.empty() && !writing_ && ready_.empty() &&
         errors_.empty()) {
       FinishLocked(grpc::Status::OK);
     }
   }
 
-  void FinishLocked(grpc::Status status) {
+  void FinishLocked(grpc::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (finished_) return;
     finished_ = true;
     meter_.Done(status.error_code());
@@ -236,20 +249,19 @@ class WaitStreamReactor final
   Scheduler& scheduler_;
   const Meter meter_;
   const std::shared_ptr<Guard> guard_;
-  // Touched only by OnReadDone (one read at a time); the rest below is
-  // guarded by guard_->mu.
+  // Touched only by OnReadDone (one read at a time).
   grpc::ByteBuffer in_buf_;
   int64_t messages_read_ = 0;
   v1::WaitStreamRequest req_;
-  std::unordered_map<std::string, Pending> waits_;
-  uint64_t next_gen_ = 0;
-  std::vector<v1::Task> ready_;
-  std::vector<v1::WaitStreamError> errors_;
-  v1::WaitStreamResponse out_;
-  grpc::ByteBuffer out_buf_;
-  bool writing_ = false;
-  bool reads_done_ = false;
-  bool finished_ = false;
+  std::unordered_map<std::string, Pending> waits_ ABSL_GUARDED_BY(guard_->mu);
+  uint64_t next_gen_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  std::vector<v1::Task> ready_ ABSL_GUARDED_BY(guard_->mu);
+  std::vector<v1::WaitStreamError> errors_ ABSL_GUARDED_BY(guard_->mu);
+  v1::WaitStreamResponse out_ ABSL_GUARDED_BY(guard_->mu);
+  grpc::ByteBuffer out_buf_ ABSL_GUARDED_BY(guard_->mu);
+  bool writing_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool reads_done_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
@@ -95,7 +96,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
   }
 
  private:
+  // Called with guard_->mu held, through the guard (which the analysis
+  // cannot tie to guard_).
   void PushLocked(const v1::TaskEvent& e) {
+    guard_->mu.AssertHeld();
     if (finished_) return;
     const size_t bytes = e.ByteSizeLong();
     if (backlog_.size() >= max_backlog_ ||
@@ -113,7 +117,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
     MaybeWriteLocked();
   }
 
-  void MaybeWriteLocked() {
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (writing_ || finished_ || backlog_.empty()) return;
     current_ = std::move(backlog_.front());
     backlog_.pop_front();
@@ -125,7 +129,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
     StartWrite(&current_);
   }
 
-  void FinishLocked(grpc::Status status) {
+  void FinishLocked(grpc::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     if (finished_) return;
     finished_ = true;
     meter_.Done(status.error_code());
@@ -139,13 +144,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
   const Meter meter_;
   std::shared_ptr<ReactorGuard<WatchReactor>> guard_;
   const std::string task_id_;
+  // Set by the constructor, read by OnDone.
   uint64_t handle_ = 0;
-  std::deque<v1::TaskEvent> backlog_;
-  size_t backlog_bytes_ = 0;
-  v1::TaskEvent current_;
-  bool writing_ = false;
-  bool finished_ = false;
-  bool last_written_terminal_ = false;
+  std::deque<v1::TaskEvent> backlog_ ABSL_GUARDED_BY(guard_->mu);
+  size_t backlog_bytes_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  v1::TaskEvent current_ ABSL_GUARDED_BY(guard_->mu);
+  bool writing_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool finished_ ABSL_GUARDED_BY(guard_->mu) = false;
+  bool last_written_terminal_ ABSL_GUARDED_BY(guard_->mu) = false;
 };
 
 }  // namespace
