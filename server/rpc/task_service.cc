@@ -85,7 +85,7 @@ class TaskWaitReactor final : public grpc::ServerUnaryReactor {
             return;
           }
           scheduler.Persist(id, [complete, task = *std::move(task)](
-                                    absl::Status stored) mutable {
+                                    const absl::Status& stored) mutable {
             if (stored.ok()) {
               complete(std::move(task), false);
             } else {
