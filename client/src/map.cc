@@ -193,6 +193,7 @@ MapStream MapStream::Open(std::shared_ptr<grpc::Channel> channel,
   h->set_ordered(ordered);
   h->set_window(st->window);
   h->set_fail_fast(options.fail_fast);
+  h->set_keep_queued_on_cancel(options.keep_queued_on_cancel);
   if (!st->rpc->Write(header_req)) st->writes_closed = true;
   return MapStream(std::move(st));
 }

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,10 @@
 
 namespace forq::server {
 namespace {
+
+// The error of a Map input cancelled because its stream ended first.
+constexpr absl::string_view kAbandonedInput =
+    "cancelled before it ran: its Map stream ended (client cancelled or gone)";
 
 // Map: imap / imap_unordered. Reads inputs while fewer than `window` are in
 // flight, submits the inputs of each message in one Scheduler::Submit, and
@@ -139,9 +144,23 @@ class MapReactor final
   }
 
   // gRPC callback reactors own themselves: deleted when gRPC is done.
+  // An input still outstanding then ended without its result delivered
+  // (the client cancelled or went away, or the stream failed): those not
+  // started are cancelled, as Pool.terminate() would, unless the header
+  // asked to keep them.
   void OnDone() override {
     guard_->Detach();
+    std::vector<std::string> ids;
+    {
+      MutexLock lock(&guard_->mu);
+      if (!header_.keep_queued_on_cancel()) {
+        ids.reserve(outstanding_.size());
+        for (auto& [index, id] : outstanding_) ids.push_back(std::move(id));
+      }
+    }
+    Scheduler& scheduler = scheduler_;
     delete this;
+    if (!ids.empty()) scheduler.CancelQueued(ids, kAbandonedInput);
   }
 
  private:
@@ -171,27 +190,30 @@ class MapReactor final
     Guard guard = guard_;
     // The scheduler may answer inline, so it must not be called under our
     // lock: hand the submission to a deferred list run after unlocking.
+    const bool keep = header_.keep_queued_on_cancel();
     pending_submits_.push_back(
-        [&scheduler, guard, first, specs = std::move(specs)]() mutable {
-          SubmitBatch(scheduler, guard, first, std::move(specs));
+        [&scheduler, guard, first, keep, specs = std::move(specs)]() mutable {
+          SubmitBatch(scheduler, guard, first, std::move(specs), keep);
         });
   }
 
   static void SubmitBatch(Scheduler& scheduler, const Guard& guard,
-                          uint64_t first, std::vector<v1::TaskSpec> specs) {
+                          uint64_t first, std::vector<v1::TaskSpec> specs,
+                          bool keep) {
     const size_t n = specs.size();
     // Kept for a retry one by one (only if the batch is refused).
     std::vector<v1::TaskSpec> copy;
     if (n > 1) copy = specs;
     scheduler.Submit(
         std::move(specs),
-        [&scheduler, guard, first, n, copy = std::move(copy)](
+        [&scheduler, guard, first, n, keep, copy = std::move(copy)](
             absl::StatusOr<std::vector<InsertResult>> r) mutable {
           if (!r.ok()) {
             if (n > 1 &&
                 r.status().code() == absl::StatusCode::kInvalidArgument) {
               for (size_t i = 0; i < n; ++i) {
-                SubmitBatch(scheduler, guard, first + i, {std::move(copy[i])});
+                SubmitBatch(scheduler, guard, first + i, {std::move(copy[i])},
+                            keep);
               }
               return;
             }
@@ -201,7 +223,9 @@ class MapReactor final
             return;
           }
           for (size_t i = 0; i < r->size(); ++i) {
-            WaitTerminal(scheduler, guard, first + i, (*r)[i].task.id());
+            const std::string& id = (*r)[i].task.id();
+            if (!Track(scheduler, guard, first + i, id, keep)) continue;
+            WaitTerminal(scheduler, guard, first + i, id);
           }
         },
         // A Map acknowledges an input only with its result: the store
@@ -230,6 +254,27 @@ class MapReactor final
                    });
   }
 
+  // Records an input's task until its result is delivered. False when the
+  // stream is already over: its task is then cancelled if not started
+  // (unless `keep`) and nobody waits for it.
+  static bool Track(Scheduler& scheduler, const Guard& guard, uint64_t index,
+                    const std::string& id, bool keep) {
+    {
+      MutexLock lock(&guard->mu);
+      if (guard->reactor != nullptr) {
+        guard->reactor->TrackLocked(index, id);
+        return true;
+      }
+    }
+    if (!keep) scheduler.CancelQueued({id}, kAbandonedInput);
+    return false;
+  }
+
+  void TrackLocked(uint64_t index, const std::string& id) {
+    guard_->mu.AssertHeld();
+    outstanding_.emplace(index, id);
+  }
+
   static void Deliver(const Guard& guard, uint64_t index,
                       const absl::Status& status, const v1::Task& task) {
     MutexLock lock(&guard->mu);
@@ -242,6 +287,7 @@ class MapReactor final
   void DeliverLocked(uint64_t index, const absl::Status& status,
                      const v1::Task& task) {
     guard_->mu.AssertHeld();
+    outstanding_.erase(index);
     v1::MapResult r;
     r.set_index(index);
     if (!status.ok()) {
@@ -368,6 +414,9 @@ class MapReactor final
   bool have_header_ ABSL_GUARDED_BY(guard_->mu) = false;
   int window_ ABSL_GUARDED_BY(guard_->mu) = kDefaultWindow;
   uint64_t next_index_ ABSL_GUARDED_BY(guard_->mu) = 0;
+  // Task ids of the inputs submitted whose result is not delivered yet.
+  std::unordered_map<uint64_t, std::string> outstanding_
+      ABSL_GUARDED_BY(guard_->mu);
   uint64_t next_to_send_ ABSL_GUARDED_BY(guard_->mu) = 0;
   int in_flight_ ABSL_GUARDED_BY(guard_->mu) = 0;
   bool reading_ ABSL_GUARDED_BY(guard_->mu) = false;

@@ -1437,6 +1437,30 @@ bool Scheduler::CancelWait(uint64_t handle) {
   return waits_.Remove(handle);
 }
 
+int Scheduler::CancelQueued(const std::vector<std::string>& ids,
+                            absl::string_view why) {
+  Deferred d;
+  int cancelled = 0;
+  {
+    MutexLock lock(&mu_);
+    for (const std::string& id : ids) {
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) continue;
+      Entry& e = it->second;
+      if (e.finishing || e.abandoned || e.task.state() != v1::QUEUED) continue;
+      RemoveQueuedLocked(e);
+      e.task.set_state(v1::CANCELLED);
+      SetError(e.task, absl::StatusCode::kCancelled, why,
+               v1::FAILURE_REASON_UNSPECIFIED);
+      FinishLocked(e, v1::QUEUED);
+      ++cancelled;
+    }
+    if (cancelled > 0) FlushFinishesLocked(d);
+  }
+  d.Run();
+  return cancelled;
+}
+
 void Scheduler::Cancel(absl::string_view id, TaskDone done) {
   Deferred d;
   {

@@ -139,6 +139,11 @@ class Scheduler {
   // Drops a pending wait without calling it. False if it already fired.
   bool CancelWait(uint64_t handle);
   void Cancel(absl::string_view id, TaskDone done);
+  // Cancels those of `ids` that are still queued on this node (never
+  // started), with `why` as their error; started and finished tasks are
+  // left alone. What Pool.terminate() does to the inputs of an abandoned
+  // Map. Returns how many were cancelled.
+  int CancelQueued(const std::vector<std::string>& ids, absl::string_view why);
   // Re-queues a DEAD, FAILED or CANCELLED task with fresh attempts.
   void Retry(absl::string_view id, TaskDone done);
   absl::StatusOr<ListPage> List(ListQuery query);

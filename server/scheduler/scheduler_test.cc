@@ -837,6 +837,31 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// An abandoned Map's inputs: the queued ones end CANCELLED and never run;
+// a running one and an unknown id are left alone.
+TEST(SchedulerTest, CancelQueuedCancelsOnlyTasksNotStarted) {
+  ManualScheduler m;
+  const std::string a = SubmitEcho(m.scheduler, "a");
+  const std::string b = SubmitEcho(m.scheduler, "b");
+  const std::string c = SubmitEcho(m.scheduler, "c");
+  m.pool.AddRoom(1);
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  ASSERT_EQ(m.pool.assigned()[0].task_id, a);
+  EXPECT_EQ(m.scheduler.CancelQueued({a, b, c, "0000000000000000000000ff"},
+                                     "its Map stream was cancelled"),
+            2);
+  m.pool.AddRoom(5);
+  EXPECT_EQ(m.pool.assigned().size(), 1u);  // b and c never run
+  absl::StatusOr<v1::Task> tb = m.scheduler.Get(b);
+  ASSERT_THAT(tb, IsOk());
+  EXPECT_EQ(tb->state(), v1::CANCELLED);
+  EXPECT_EQ(tb->error().message(), "its Map stream was cancelled");
+  absl::StatusOr<v1::Task> ta = m.scheduler.Get(a);
+  ASSERT_THAT(ta, IsOk());
+  EXPECT_EQ(ta->state(), v1::RUNNING);
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
 // By default the RUNNING record is queued at dispatch, so a crash of forqd
 // counts every running attempt.
 TEST(SchedulerTest, RunningIsRecordedAtDispatchByDefault) {

@@ -30,6 +30,7 @@ namespace {
 using ::forq::testing::CommandResult;
 using ::forq::testing::ForqBinary;
 using ::forq::testing::ForqdOptions;
+using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunCommand;
 using ::forq::testing::SharedForqdTest;
@@ -197,6 +198,58 @@ TEST_F(MapTest, BreakingOutEarlyStopsPullingInputs) {
     }
   }
   EXPECT_LE(pulled, 10 + 4);
+}
+
+// With no prefetch, 2 workers and six 1.5 s sleeps: after the first
+// result, two run and two wait in forqd's queue. Leaving the stream then
+// cancels the two waiting (Pool.terminate()), unless the header keeps them.
+void LeaveMapAfterFirstResult(bool keep, int want_cancelled) {
+  auto p = ForqdProcess::Start(
+      {.workers = 2, .flags = {"--prefetch=0", "--log_level=warn"}});
+  ASSERT_THAT(p, IsOk());
+  auto c = Client::Connect({.address = (*p)->grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  const std::string queue = keep ? "map-kept" : "map-left";
+  MapOptions o;
+  o.queue = queue;
+  o.keep_queued_on_cancel = keep;
+  {
+    MapStream stream =
+        (*c)->Map("sleep", {"1500", "1500", "1500", "1500", "1500", "1500"}, o);
+    for (const MapItem& r : stream) {
+      ASSERT_TRUE(r.ok()) << r.status;
+      break;  // leaves the stream with four results not read
+    }
+  }
+  v1::ListTasksRequest req;
+  req.set_queue(queue);
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  int succeeded = 0, cancelled = 0;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<v1::ListTasksResponse> l = (*c)->List(req);
+    ASSERT_THAT(l, IsOk());
+    succeeded = cancelled = 0;
+    for (const v1::Task& t : l->tasks()) {
+      if (t.state() == v1::SUCCEEDED) ++succeeded;
+      if (t.state() == v1::CANCELLED) {
+        ++cancelled;
+        EXPECT_THAT(t.error().message(), HasSubstr("Map stream ended"));
+      }
+    }
+    if (succeeded + cancelled == 6) break;
+    // Polling forqd's list (its tasks end seconds apart), not timing.
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(cancelled, want_cancelled);
+  EXPECT_EQ(succeeded, 6 - want_cancelled);
+}
+
+TEST(MapCancelTest, LeftStreamCancelsInputsNotStarted) {
+  LeaveMapAfterFirstResult(/*keep=*/false, /*want_cancelled=*/2);
+}
+
+TEST(MapCancelTest, KeepQueuedOnCancelRunsThemAll) {
+  LeaveMapAfterFirstResult(/*keep=*/true, /*want_cancelled=*/0);
 }
 
 TEST_F(MapTest, InvalidWindowEndsStreamWithInvalidArgument) {

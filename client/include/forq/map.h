@@ -51,6 +51,10 @@ struct MapOptions {
   // End the stream after the first item that did not succeed: that item is
   // still delivered, then iteration stops and status() is Aborted.
   bool fail_fast = false;
+  // Breaking out of the loop or destroying the stream before its end
+  // cancels the inputs not yet started (CANCELLED, like Pool.terminate());
+  // true keeps them queued, to run with nobody reading their results.
+  bool keep_queued_on_cancel = false;
 };
 
 // One input of a Map: the payload, and optionally a kind that overrides the
