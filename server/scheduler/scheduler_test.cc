@@ -852,10 +852,18 @@ TEST(SchedulerTest, CancelQueuedCancelsOnlyTasksNotStarted) {
             2);
   m.pool.AddRoom(5);
   EXPECT_EQ(m.pool.assigned().size(), 1u);  // b and c never run
-  absl::StatusOr<v1::Task> tb = m.scheduler.Get(b);
-  ASSERT_THAT(tb, IsOk());
-  EXPECT_EQ(tb->state(), v1::CANCELLED);
-  EXPECT_EQ(tb->error().message(), "its Map stream was cancelled");
+  // Its CANCELLED state shows once durable: wait for it.
+  Notification ended;
+  v1::Task tb;
+  m.scheduler.Wait(b, absl::Minutes(1),
+                   [&](absl::StatusOr<v1::Task> t, bool terminal) {
+                     EXPECT_TRUE(t.ok() && terminal);
+                     if (t.ok()) tb = *t;
+                     ended.Notify();
+                   });
+  ASSERT_TRUE(ended.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(tb.state(), v1::CANCELLED);
+  EXPECT_EQ(tb.error().message(), "its Map stream was cancelled");
   absl::StatusOr<v1::Task> ta = m.scheduler.Get(a);
   ASSERT_THAT(ta, IsOk());
   EXPECT_EQ(ta->state(), v1::RUNNING);
