@@ -1,0 +1,308 @@
+// Scheduler: accepting tasks (checks, admission, the insert or the
+// deferred write) and dropping those whose insert failed.
+
+#include <atomic>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "spdlog/spdlog.h"
+
+#include "server/scheduler/scheduler.h"
+#include "server/scheduler/task_proto.h"
+
+namespace forq::server {
+
+namespace {
+
+bool ValidName(absl::string_view s, size_t max_len) {
+  if (s.empty() || s.size() > max_len) return false;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' ||
+          c == ':' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
+                                              absl::Time now) {
+  if (!ValidName(spec.kind(), 128)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task kind '", spec.kind().substr(0, 128),
+                     "' is invalid: want 1-128 characters of [A-Za-z0-9_.:-]"));
+  }
+  if (!kinds_.empty() && kinds_.count(spec.kind()) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown task kind '", spec.kind(),
+                     "'; known kinds: ", absl::StrJoin(kinds_, ", ")));
+  }
+  if (spec.queue().empty()) spec.set_queue("default");
+  if (!ValidName(spec.queue(), 64)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue name '", spec.queue().substr(0, 64),
+                     "' is invalid: want 1-64 characters of [A-Za-z0-9_.:-]"));
+  }
+  if (spec.priority() < -1000 || spec.priority() > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "priority ", spec.priority(), " is out of range [-1000, 1000]"));
+  }
+  if (!spec.payload_text().empty()) {
+    if (!spec.payload().empty()) {
+      return absl::InvalidArgumentError(
+          "set either payload or payload_text, not both");
+    }
+    spec.set_payload(std::move(*spec.mutable_payload_text()));
+  }
+  if (spec.payload().size() > options_.max_payload_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "payload is ", spec.payload().size(), " bytes; the limit is ",
+        options_.max_payload_bytes, " bytes (--max_payload_bytes)"));
+  }
+  int max_attempts = spec.max_attempts();
+  if (max_attempts == 0) max_attempts = options_.default_max_attempts;
+  if (max_attempts < 0 || max_attempts > options_.max_max_attempts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_attempts ", spec.max_attempts(),
+                     " is out of range [1, ", options_.max_max_attempts, "]"));
+  }
+  absl::Duration timeout = FromProto(spec.timeout());
+  if (timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("timeout must not be negative");
+  }
+  if (timeout == absl::ZeroDuration()) timeout = options_.default_timeout;
+  absl::Duration delay = FromProto(spec.delay());
+  if (delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("delay must not be negative");
+  }
+  absl::Duration ttl = FromProto(spec.result_ttl());
+  if (ttl < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("result_ttl must not be negative");
+  }
+  if (ttl == absl::ZeroDuration()) ttl = options_.default_result_ttl;
+  if (spec.idempotency_key().size() > 256) {
+    return absl::InvalidArgumentError(
+        "idempotency_key is longer than 256 bytes");
+  }
+  if (spec.labels_size() > 32) {
+    return absl::InvalidArgumentError("more than 32 labels");
+  }
+  for (const auto& [k, v] : spec.labels()) {
+    if (k.empty() || k.size() > 64 || v.size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "label '", k.substr(0, 64),
+          "' is invalid: keys 1-64 bytes, values up to 256 bytes"));
+    }
+  }
+
+  v1::Task t;
+  t.set_id(NewTaskId());
+  t.set_queue(spec.queue());
+  t.set_kind(spec.kind());
+  t.set_payload(std::move(*spec.mutable_payload()));
+  t.set_priority(spec.priority());
+  t.set_max_attempts(max_attempts);
+  *t.mutable_timeout() = ToProto(timeout);
+  t.set_state(v1::QUEUED);
+  *t.mutable_created_at() = ToProto(now);
+  if (spec.has_not_before()) {
+    *t.mutable_not_before() = spec.not_before();
+  } else if (delay > absl::ZeroDuration()) {
+    *t.mutable_not_before() = ToProto(now + delay);
+  }
+  t.set_idempotency_key(spec.idempotency_key());
+  *t.mutable_result_ttl() = ToProto(ttl);
+  *t.mutable_labels() = spec.labels();
+  return t;
+}
+
+void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
+                       Ack ack) {
+  if (specs.empty()) {
+    done(absl::InvalidArgumentError("no tasks given"));
+    return;
+  }
+  if (specs.size() > options_.max_batch) {
+    done(absl::InvalidArgumentError(absl::StrCat("batch of ", specs.size(),
+                                                 " tasks; the limit is ",
+                                                 options_.max_batch)));
+    return;
+  }
+  const absl::Time now = clock_.Now();
+  std::vector<v1::Task> tasks;
+  tasks.reserve(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    absl::StatusOr<v1::Task> t = BuildTask(std::move(specs[i]), now);
+    if (!t.ok()) {
+      std::string msg(t.status().message());
+      if (specs.size() > 1) msg = absl::StrCat("task ", i, ": ", msg);
+      done(absl::Status(t.status().code(), msg));
+      return;
+    }
+    tasks.push_back(std::move(*t));
+  }
+  bool keyed = false;
+  for (const v1::Task& t : tasks) keyed = keyed || !t.idempotency_key().empty();
+  const bool deferred =
+      ack == Ack::kDeferred && !keyed && work_source_ == nullptr;
+  std::vector<InsertResult> accepted;
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    if (!accepting_) {
+      done(absl::UnavailableError(
+          "forqd is shutting down; not accepting tasks"));
+      return;
+    }
+    std::map<std::string, int64_t> adding;
+    for (const v1::Task& t : tasks) ++adding[t.queue()];
+    for (const auto& [queue, n] : adding) {
+      int64_t have = queued_by_queue_[queue];
+      if (have + n > options_.max_queued) {
+        done(absl::ResourceExhaustedError(absl::StrCat(
+            "queue '", queue, "' is full (", have, " queued, limit ",
+            options_.max_queued, "); retry later")));
+        return;
+      }
+    }
+    if (!keyed && work_source_ != nullptr) {
+      SubmitClusterLocked(std::move(tasks), std::move(done), d);
+    } else if (!keyed) {
+      // The tasks are queued (and may run) while their insert commits: the
+      // insert is queued first, under mu_, so every later write of them
+      // (RUNNING, terminal) follows it, and the store turns an insert and
+      // the updates that reach the same group commit into one row.
+      // Nothing is announced before it is durable: the acknowledgement
+      // waits for the insert, a terminal state for its own write.
+      // Deferred tasks skip the insert: their first write is normally the
+      // terminal one (QueueFinishLocked), else InsertDeferredLocked's.
+      const absl::Time now = clock_.Now();
+      std::vector<std::string> ids;
+      if (deferred) {
+        accepted.reserve(tasks.size());
+      } else {
+        ids.reserve(tasks.size());
+      }
+      for (v1::Task& t : tasks) {
+        Entry& e = tasks_[t.id()];
+        e.stored = !deferred;
+        if (deferred) {
+          // The task lives only here until written; the submitter gets its
+          // id.
+          deferred_.emplace_back(now, t.id());
+          accepted.emplace_back().task.set_id(t.id());
+          e.task = std::move(t);
+        } else {
+          e.task = t;
+          ids.push_back(t.id());
+        }
+        EnqueueLocked(e, now);
+        EmitLocked(e.task, v1::TaskEvent::STATE, d);
+      }
+      for (const auto& [queue, n] : adding) {
+        metrics_.TaskSubmitted(queue, static_cast<int>(n));
+      }
+      if (deferred) {
+        if (deferred_.size() == tasks.size()) {
+          WakeAtLocked(now + options_.deferred_insert_limit);
+        }
+      } else {
+        store_.Insert(std::move(tasks),
+                      [this, ids = std::move(ids), done = std::move(done)](
+                          absl::StatusOr<std::vector<InsertResult>> results) {
+                        if (!results.ok()) Abandon(ids);
+                        done(std::move(results));
+                      });
+      }
+      DispatchLocked(now, d);
+      if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
+    }
+  }
+  d.Run();
+  if (deferred) {
+    done(std::move(accepted));
+    return;
+  }
+  if (!keyed) return;
+  // With idempotency keys the store decides which tasks are new: they are
+  // queued once it answered. In cluster mode every node claims them from
+  // the store (its commit notifies them).
+  store_.Insert(std::move(tasks),
+                [this, done = std::move(done)](
+                    absl::StatusOr<std::vector<InsertResult>> results) {
+                  if (!results.ok()) {
+                    done(results.status());
+                    return;
+                  }
+                  if (work_source_ != nullptr) {
+                    for (const InsertResult& r : *results) {
+                      if (!r.existing) metrics_.TaskSubmitted(r.task.queue());
+                    }
+                    done(std::move(results));
+                    return;
+                  }
+                  Deferred d;
+                  {
+                    MutexLock lock(&mu_);
+                    const absl::Time now = clock_.Now();
+                    for (const InsertResult& r : *results) {
+                      if (r.existing) continue;
+                      Entry& e = tasks_[r.task.id()];
+                      e.task = r.task;
+                      EnqueueLocked(e, now);
+                      metrics_.TaskSubmitted(r.task.queue());
+                      EmitLocked(e.task, v1::TaskEvent::STATE, d);
+                    }
+                    DispatchLocked(now, d);
+                    if (!delayed_.empty()) {
+                      WakeAtLocked(delayed_.begin()->first);
+                    }
+                  }
+                  d.Run();
+                  done(std::move(results));
+                });
+}
+
+void Scheduler::Abandon(const std::vector<std::string>& ids) {
+  // May run on Submit's thread with mu_ held (a closed store refuses at
+  // once), so the scheduler's thread does the work (RunDueLocked).
+  MutexLock lock(&abandon_mu_);
+  abandoned_.insert(abandoned_.end(), ids.begin(), ids.end());
+  abandon_pending_.store(true, std::memory_order_release);
+}
+
+void Scheduler::DropAbandonedLocked(Deferred& d) {
+  std::vector<std::string> ids;
+  {
+    MutexLock lock(&abandon_mu_);
+    ids.swap(abandoned_);
+    abandon_pending_.store(false, std::memory_order_relaxed);
+  }
+  for (const std::string& id : ids) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    for (WaitDone& done : waits_.TakeTask(id)) {
+      d.Add([done = std::move(done), id] {
+        done(absl::UnavailableError(absl::StrCat(
+                 "task ", id, " was dropped: the store refused its insert")),
+             false);
+      });
+    }
+    Entry& e = it->second;
+    if (e.task.state() == v1::QUEUED) {
+      RemoveQueuedLocked(e);
+      tasks_.erase(it);
+    } else {
+      // Running: its outcome is dropped (OnOutcome), never written.
+      e.abandoned = true;
+    }
+  }
+  if (!ids.empty()) {
+    spdlog::warn("{} submitted tasks dropped: their insert failed", ids.size());
+  }
+}
+
+}  // namespace forq::server
