@@ -138,8 +138,17 @@ struct SqliteStore::PendingWrite {
 struct SqliteStore::Writer {
   Db db;
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
-  Stmt insert_task, find_by_key, update_task, put_object, delete_object, purge;
+  Stmt insert_task, find_by_key, update_task, put_object, delete_object;
+  Stmt insert_expiry, expired, purge_task, delete_expiry;
   std::string scratch;  // Serialised task, reused across rows.
+  // The finished tasks written by the open transaction, by second of
+  // expiry: their ids (newline-separated) and latest expiry in that second,
+  // stored as one `expiry` row per second at commit.
+  struct Expiring {
+    int64_t max_us = 0;
+    std::string ids;
+  };
+  std::map<int64_t, Expiring> expiring;
 };
 
 // A read connection; List statements are cached per filter combination.

@@ -2,8 +2,13 @@
 
 #include <pthread.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "spdlog/spdlog.h"
 
 #include "common/status_macros.h"
@@ -271,6 +276,7 @@ absl::Status SqliteStore::RunGroup(
     StmtUse use(stmt);
     return StepDone(path_, db, stmt, what);
   };
+  writer_->expiring.clear();
   absl::Status txn_status = run(writer_->begin.get(), "begin transaction");
   for (size_t i = 0; txn_status.ok() && i < group.size(); ++i) {
     if (isolated) {
@@ -296,6 +302,9 @@ absl::Status SqliteStore::RunGroup(
       txn_status = run(writer_->release.get(), "release");
     }
     statuses[i] = std::move(status);
+  }
+  if (txn_status.ok()) {
+    txn_status = WriteExpiry();
   }
   if (txn_status.ok()) {
     txn_status = run(writer_->commit.get(), "commit");
@@ -347,13 +356,8 @@ absl::Status SqliteStore::Apply(PendingWrite& op) {
       }
       return absl::OkStatus();
     }
-    case PendingWrite::Type::kPurge: {
-      StmtUse use(writer_->purge.get());
-      sqlite3_bind_int64(use.get(), 1, op.now_us);
-      FORQ_RETURN_IF_ERROR(StepDone(path_, db, use.get(), "purge"));
-      op.purged = sqlite3_changes64(db);
-      return absl::OkStatus();
-    }
+    case PendingWrite::Type::kPurge:
+      return ApplyPurge(op);
   }
   return absl::InternalError("sqlite store: unknown write type");
 }
@@ -365,9 +369,9 @@ absl::Status SqliteStore::ApplyInsert(PendingWrite& op) {
   op.results.assign(op.tasks.size(), InsertResult());
   for (size_t i = 0; i < op.tasks.size(); ++i) {
     v1::Task& task = op.tasks[i];
-    if (task.id().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sqlite store ", path_, ": task without id"));
+    if (task.id().empty() || absl::StrContains(task.id(), '\n')) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sqlite store ", path_, ": task id is empty or holds a newline"));
     }
     if (!task.idempotency_key().empty()) {
       // Sees rows of earlier calls and of earlier tasks in this call, since
@@ -399,6 +403,7 @@ absl::Status SqliteStore::ApplyInsert(PendingWrite& op) {
     if (rc != SQLITE_DONE) {
       return SqliteError(path_, db, rc, absl::StrCat("insert ", task.id()));
     }
+    NoteExpiry(task);
   }
   return absl::OkStatus();
 }
@@ -428,8 +433,63 @@ absl::Status SqliteStore::ApplyUpdate(PendingWrite& op) {
       return absl::NotFoundError(absl::StrCat(
           "sqlite store ", path_, ": update of unknown task ", task.id()));
     }
+    NoteExpiry(task);
   }
   return absl::OkStatus();
+}
+
+void SqliteStore::NoteExpiry(const v1::Task& task) {
+  const std::optional<int64_t> expires_us = ExpiresAtMicros(task);
+  if (!expires_us.has_value()) return;
+  Writer::Expiring& second = writer_->expiring[*expires_us / 1000000];
+  if (!second.ids.empty()) second.ids.push_back('\n');
+  second.ids.append(task.id());
+  second.max_us = std::max(second.max_us, *expires_us);
+}
+
+absl::Status SqliteStore::WriteExpiry() {
+  for (const auto& [second, expiring] : writer_->expiring) {
+    StmtUse use(writer_->insert_expiry.get());
+    sqlite3_bind_int64(use.get(), 1, expiring.max_us);
+    BindText(use.get(), 2, expiring.ids);
+    FORQ_RETURN_IF_ERROR(
+        StepDone(path_, writer_->db.get(), use.get(), "record expiry"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::ApplyPurge(PendingWrite& op) {
+  sqlite3* db = writer_->db.get();
+  op.purged = 0;
+  for (;;) {
+    // Rows due, read before any is deleted (at most 256 per round).
+    std::vector<std::pair<int64_t, std::string>> due;
+    {
+      StmtUse use(writer_->expired.get());
+      sqlite3_bind_int64(use.get(), 1, op.now_us);
+      int rc;
+      while ((rc = sqlite3_step(use.get())) == SQLITE_ROW) {
+        const auto* ids =
+            reinterpret_cast<const char*>(sqlite3_column_text(use.get(), 1));
+        due.emplace_back(sqlite3_column_int64(use.get(), 0),
+                         ids == nullptr ? "" : ids);
+      }
+      if (rc != SQLITE_DONE) return SqliteError(path_, db, rc, "read expiry");
+    }
+    if (due.empty()) return absl::OkStatus();
+    for (const auto& [rowid, ids] : due) {
+      for (absl::string_view id : absl::StrSplit(ids, '\n')) {
+        StmtUse use(writer_->purge_task.get());
+        BindText(use.get(), 1, id);
+        sqlite3_bind_int64(use.get(), 2, op.now_us);
+        FORQ_RETURN_IF_ERROR(StepDone(path_, db, use.get(), "purge"));
+        op.purged += sqlite3_changes64(db);
+      }
+      StmtUse use(writer_->delete_expiry.get());
+      sqlite3_bind_int64(use.get(), 1, rowid);
+      FORQ_RETURN_IF_ERROR(StepDone(path_, db, use.get(), "purge expiry"));
+    }
+  }
 }
 
 void SqliteStore::Insert(std::vector<v1::Task> tasks, InsertDone done) {

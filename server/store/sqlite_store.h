@@ -42,9 +42,9 @@ namespace forq::server {
 class SqliteStore final : public Store {
  public:
   // Schema version kept in PRAGMA user_version. A file with a larger version
-  // was written by a newer forqd and is refused; versions 1 and 2 are
+  // was written by a newer forqd and is refused; versions 1 to 3 are
   // migrated.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Creates options.data_dir if needed, locks it (flock on
   // <data_dir>/forq.lock, so two stores or two forqd never share one
@@ -111,6 +111,11 @@ class SqliteStore final : public Store {
   absl::Status Apply(PendingWrite& op);
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
+  absl::Status ApplyPurge(PendingWrite& op);
+  // Adds a finished `task` to the expiry row of the open transaction.
+  void NoteExpiry(const v1::Task& task);
+  // Stores that row (none if no finished task was written).
+  absl::Status WriteExpiry();
 
   absl::StatusOr<std::unique_ptr<Reader>> AcquireReader()
       ABSL_LOCKS_EXCLUDED(pool_mu_);

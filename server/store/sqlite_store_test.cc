@@ -236,7 +236,69 @@ TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
   ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
   EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
   EXPECT_EQ(sqlite3_column_int(stmt, 1), 1);
-  EXPECT_EQ(sqlite3_column_int(stmt, 2), 3);
+  EXPECT_EQ(sqlite3_column_int(stmt, 2), SqliteStore::kSchemaVersion);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+// Version 3 indexed finished tasks by expiry; version 4 lists them in
+// `expiry` rows. Tasks finished under version 3 are still purged on time.
+TEST(SqliteStoreTest, VersionThreeExpiryIsMigrated) {
+  TempDir dir;
+  const absl::Time finished = absl::FromUnixSeconds(1800000000);
+  {
+    FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                              SqliteStore::Open(OptionsFor(dir.path())));
+    std::vector<v1::Task> tasks;
+    for (int i = 0; i < 3; ++i) {
+      v1::Task task = MakeTask(absl::StrCat("t", i));
+      task.set_state(v1::SUCCEEDED);
+      task.mutable_finished_at()->set_seconds(absl::ToUnixSeconds(finished));
+      task.mutable_result_ttl()->set_seconds(60 * (i + 1));
+      tasks.push_back(task);
+    }
+    ASSERT_THAT(InsertSync(*store, tasks), IsOk());
+  }
+  const std::string path = dir.path() + "/forq.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sqlite3_exec(db,
+                         "DROP TABLE expiry;"
+                         "CREATE INDEX tasks_by_expiry ON tasks(expires_at_us)"
+                         " WHERE expires_at_us IS NOT NULL;"
+                         "PRAGMA user_version=3",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  FORQ_ASSERT_OK_AND_ASSIGN(auto store,
+                            SqliteStore::Open(OptionsFor(dir.path())));
+  FORQ_ASSERT_OK_AND_ASSIGN(int64_t purged,
+                            store->PurgeExpired(finished + absl::Seconds(59)));
+  EXPECT_EQ(purged, 0);
+  FORQ_ASSERT_OK_AND_ASSIGN(purged,
+                            store->PurgeExpired(finished + absl::Seconds(120)));
+  EXPECT_EQ(purged, 2);
+  EXPECT_THAT(store->Get("t2"), IsOk());
+  FORQ_ASSERT_OK_AND_ASSIGN(purged,
+                            store->PurgeExpired(finished + absl::Seconds(180)));
+  EXPECT_EQ(purged, 1);
+  store.reset();
+
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "SELECT (SELECT count(*) FROM sqlite_master "
+                               "WHERE name = 'tasks_by_expiry'), "
+                               "(SELECT count(*) FROM expiry), "
+                               "(SELECT user_version FROM pragma_user_version)",
+                               -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 0);
+  EXPECT_EQ(sqlite3_column_int(stmt, 2), SqliteStore::kSchemaVersion);
   sqlite3_finalize(stmt);
   sqlite3_close(db);
 }

@@ -435,6 +435,32 @@ TEST_P(StoreContractTest, PurgeExpiredDeletesOnlyExpiredTerminalTasks) {
   EXPECT_FALSE(results[0].existing);
 }
 
+// A task that finished, was retried and finished again keeps its later
+// expiry: the purge due for its first finish leaves it.
+TEST_P(StoreContractTest, PurgeKeepsATaskFinishedAgainUntilItsLaterExpiry) {
+  const absl::Time first = absl::FromUnixSeconds(1800000000);
+  v1::Task task = MakeTask("retried");
+  task.set_state(v1::FAILED);
+  task.mutable_finished_at()->set_seconds(absl::ToUnixSeconds(first));
+  task.mutable_result_ttl()->set_seconds(60);
+  ASSERT_THAT(InsertSync(*store_, {task}), IsOk());
+  task.set_state(v1::QUEUED);
+  task.clear_finished_at();
+  ASSERT_THAT(UpdateSync(*store_, {task}), IsOk());
+  task.set_state(v1::SUCCEEDED);
+  task.mutable_finished_at()->set_seconds(absl::ToUnixSeconds(first) + 600);
+  ASSERT_THAT(UpdateSync(*store_, {task}), IsOk());
+
+  FORQ_ASSERT_OK_AND_ASSIGN(int64_t purged,
+                            store_->PurgeExpired(first + absl::Seconds(60)));
+  EXPECT_EQ(purged, 0);
+  EXPECT_THAT(store_->Get("retried"), IsOk());
+  FORQ_ASSERT_OK_AND_ASSIGN(purged,
+                            store_->PurgeExpired(first + absl::Seconds(660)));
+  EXPECT_EQ(purged, 1);
+  EXPECT_THAT(store_->Get("retried"), StatusIs(absl::StatusCode::kNotFound));
+}
+
 TEST_P(StoreContractTest, ObjectsPutReplaceDeleteLoad) {
   auto put = [&](std::string name, std::string blob) {
     return WriteSync([&](Store::WriteDone done) {
