@@ -148,19 +148,28 @@ Client::~Client() {
 
 std::vector<TaskFuture> Client::MakeFutures(std::vector<v1::Task> tasks,
                                             const std::vector<bool>& existing) {
+  // A task answered terminal (forqd stored that state before answering)
+  // needs no wait on the stream.
   std::vector<std::shared_ptr<client_internal::WaitRef>> refs;
   if (waits_ != nullptr) {
     std::vector<std::string> ids;
     ids.reserve(tasks.size());
-    for (const v1::Task& t : tasks) ids.push_back(t.id());
+    for (const v1::Task& t : tasks) {
+      if (!IsTerminal(t.state())) ids.push_back(t.id());
+    }
     refs = waits_->Track(ids);
   }
   std::vector<TaskFuture> futures;
   futures.reserve(tasks.size());
+  size_t next_ref = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
+    std::shared_ptr<client_internal::WaitRef> ref;
+    if (!IsTerminal(tasks[i].state()) && next_ref < refs.size()) {
+      ref = refs[next_ref++];
+    }
     futures.push_back(TaskFuture(this, std::move(tasks[i]),
                                  i < existing.size() && existing[i],
-                                 i < refs.size() ? refs[i] : nullptr));
+                                 std::move(ref)));
   }
   return futures;
 }

@@ -19,6 +19,48 @@
 namespace forq::server {
 namespace {
 
+// Finishes the answer of a Submit whose tasks are durable; `fresh` are the
+// answer's newly inserted tasks. One that has finished meanwhile (a short
+// task runs while its insert commits) is answered with its result once
+// that is durable, a group commit later: the client's future then needs no
+// wait call.
+void AnswerSubmit(Scheduler& scheduler, std::vector<v1::Task*> fresh,
+                  grpc::ServerUnaryReactor* reactor, const Meter& meter) {
+  struct Answer {
+    Answer(grpc::ServerUnaryReactor* r, const Meter& m)
+        : reactor(r), meter(m) {}
+    grpc::ServerUnaryReactor* const reactor;
+    const Meter meter;
+    Mutex mu;
+    int left ABSL_GUARDED_BY(mu) = 1;  // 1: the registering loop below
+    void Release() {
+      bool last;
+      {
+        MutexLock lock(&mu);
+        last = --left == 0;
+      }
+      if (last) meter.Finish(reactor, grpc::Status::OK);
+    }
+  };
+  auto answer = std::make_shared<Answer>(reactor, meter);
+  for (v1::Task* slot : fresh) {
+    Scheduler::WaitDone done = [answer, slot](absl::StatusOr<v1::Task> t,
+                                              bool terminal) {
+      if (t.ok() && terminal) {
+        MutexLock lock(&answer->mu);
+        *slot = *std::move(t);
+      }
+      answer->Release();
+    };
+    {
+      MutexLock lock(&answer->mu);
+      ++answer->left;
+    }
+    if (!scheduler.WaitIfFinishing(slot->id(), done)) answer->Release();
+  }
+  answer->Release();
+}
+
 // Time left before the client's deadline (capped to a day).
 absl::Duration TimeLeft(grpc::CallbackServerContext* ctx) {
   absl::Time deadline = absl::FromChrono(ctx->deadline());
@@ -197,15 +239,17 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
   if (!req->has_wait()) {
     auto* reactor = ctx->DefaultReactor();
     scheduler_.Submit(
-        {req->task()},
-        [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
+        {req->task()}, [this, reactor, resp,
+                        meter](absl::StatusOr<std::vector<InsertResult>> r) {
           if (!r.ok()) {
             meter.Finish(reactor, ToGrpcStatus(r.status()));
             return;
           }
           *resp->mutable_task() = std::move((*r)[0].task);
           resp->set_existing((*r)[0].existing);
-          meter.Finish(reactor, grpc::Status::OK);
+          std::vector<v1::Task*> fresh;
+          if (!resp->existing()) fresh.push_back(resp->mutable_task());
+          AnswerSubmit(scheduler_, std::move(fresh), reactor, meter);
         });
     return reactor;
   }
@@ -256,8 +300,8 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
   }
   std::vector<v1::TaskSpec> specs(req->tasks().begin(), req->tasks().end());
   scheduler_.Submit(
-      std::move(specs),
-      [reactor, resp, meter](absl::StatusOr<std::vector<InsertResult>> r) {
+      std::move(specs), [this, reactor, resp,
+                         meter](absl::StatusOr<std::vector<InsertResult>> r) {
         if (!r.ok()) {
           meter.Finish(reactor, ToGrpcStatus(r.status()));
           return;
@@ -266,7 +310,12 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
           *resp->add_tasks() = std::move(ir.task);
           resp->add_existing(ir.existing);
         }
-        meter.Finish(reactor, grpc::Status::OK);
+        std::vector<v1::Task*> fresh;
+        fresh.reserve(resp->tasks_size());
+        for (int i = 0; i < resp->tasks_size(); ++i) {
+          if (!resp->existing(i)) fresh.push_back(resp->mutable_tasks(i));
+        }
+        AnswerSubmit(scheduler_, std::move(fresh), reactor, meter);
       });
   return reactor;
 }

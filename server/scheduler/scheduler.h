@@ -136,6 +136,11 @@ class Scheduler {
   // `timeout` (at most options().max_wait) with its current state. Returns a
   // handle for CancelWait.
   uint64_t Wait(absl::string_view id, absl::Duration timeout, WaitDone done);
+  // For a Submit answer: when the task's terminal state is reached and its
+  // write is in flight, registers `done` as Wait does (it runs once that
+  // write is durable, normally the next group commit) and returns true, so
+  // the answer can carry the result. Otherwise false, `done` untouched.
+  bool WaitIfFinishing(absl::string_view id, WaitDone& done);
   // Drops a pending wait without calling it. False if it already fired.
   bool CancelWait(uint64_t handle);
   void Cancel(absl::string_view id, TaskDone done);

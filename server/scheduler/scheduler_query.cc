@@ -129,6 +129,17 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
   return 0;
 }
 
+bool Scheduler::WaitIfFinishing(absl::string_view id, WaitDone& done) {
+  MutexLock lock(&mu_);
+  if (stop_) return false;
+  auto it = tasks_.find(std::string(id));
+  if (it == tasks_.end() || !it->second.finishing) return false;
+  const absl::Time deadline = clock_.Now() + options_.max_wait;
+  waits_.Add(it->first, deadline, std::move(done));
+  WakeAtLocked(deadline);
+  return true;
+}
+
 bool Scheduler::CancelWait(uint64_t handle) {
   MutexLock lock(&mu_);
   return waits_.Remove(handle);

@@ -186,8 +186,27 @@ class FailingFinishStore : public Store {
     }
     inner_->Insert(std::move(tasks), std::move(done));
   }
+  // While set, terminal Updates are held (not written) until
+  // ReleaseFinishes().
+  std::atomic<bool> hold_finishes{false};
+  void ReleaseFinishes() {
+    std::vector<std::pair<std::vector<v1::Task>, WriteDone>> held;
+    {
+      MutexLock lock(&held_mu_);
+      held.swap(held_);
+    }
+    for (auto& [tasks, done] : held) {
+      inner_->Update(std::move(tasks), std::move(done));
+    }
+  }
+
   void Update(std::vector<v1::Task> tasks, WriteDone done) override {
     const bool terminal = !tasks.empty() && IsTerminal(tasks.front().state());
+    if (terminal && hold_finishes) {
+      MutexLock lock(&held_mu_);
+      held_.emplace_back(std::move(tasks), std::move(done));
+      return;
+    }
     if (terminal && fail_finishes > 0) {
       --fail_finishes;
       done(absl::ResourceExhaustedError("disk full"));
@@ -227,6 +246,9 @@ class FailingFinishStore : public Store {
 
  private:
   std::unique_ptr<Store> inner_;
+  Mutex held_mu_;
+  std::vector<std::pair<std::vector<v1::Task>, WriteDone>> held_
+      ABSL_GUARDED_BY(held_mu_);
 };
 
 std::string SubmitEcho(Scheduler& scheduler, absl::string_view payload) {
@@ -835,6 +857,45 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   EXPECT_THAT(scheduler.Get(id).status(),
               ::forq::testing::StatusIs(absl::StatusCode::kNotFound));
   scheduler.Shutdown(absl::ZeroDuration());
+}
+
+// A Submit answer can carry the result of a task that finished before the
+// answer left: WaitIfFinishing holds it only while the terminal write is in
+// flight, and answers with the durable terminal task.
+TEST(SchedulerTest, WaitIfFinishingAnswersOnceTheTerminalWriteIsDurable) {
+  ManualScheduler m;
+  const std::string id = SubmitEcho(m.scheduler, "a");
+  Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
+    ADD_FAILURE() << "a task not finishing registers no wait";
+  };
+  EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));  // queued
+  m.pool.AddRoom(1);
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));  // running
+
+  m.store.hold_finishes = true;
+  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "a");
+  Notification answered;
+  v1::Task answer;
+  bool answer_terminal = false;
+  Scheduler::WaitDone done = [&](absl::StatusOr<v1::Task> t, bool terminal) {
+    ASSERT_TRUE(t.ok()) << t.status();
+    answer = *std::move(t);
+    answer_terminal = terminal;
+    answered.Notify();
+  };
+  ASSERT_TRUE(m.scheduler.WaitIfFinishing(id, done));
+  EXPECT_FALSE(answered.HasBeenNotified());  // the write is held
+  m.store.hold_finishes = false;
+  m.store.ReleaseFinishes();
+  answered.WaitForNotification();
+  EXPECT_TRUE(answer_terminal);
+  EXPECT_EQ(answer.state(), v1::SUCCEEDED);
+  EXPECT_EQ(answer.result(), "a");
+  // Durable and done: nothing is finishing any more.
+  EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));
+  m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
 // An abandoned Map's inputs: the queued ones end CANCELLED and never run;
