@@ -119,6 +119,18 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
   if (const auto* spec = dynamic_cast<const v1::TaskSpec*>(&m)) {
     return CheckTaskSpec(*spec, prefix);
   }
+  if (const auto* batch = dynamic_cast<const v1::MapInputs*>(&m)) {
+    // A Map stream's inputs, hundreds per message: only `kind` to check.
+    for (int i = 0; i < batch->inputs_size(); ++i) {
+      const std::string& kind = batch->inputs(i).kind();
+      if (kind.size() > kMaxIdBytes) {
+        return CheckId(
+            kind, prefix.empty() ? "inputs" : absl::StrCat(prefix, ".inputs"),
+            "kind");
+      }
+    }
+    return absl::OkStatus();
+  }
   const Reflection* r = m.GetReflection();
   for (const FieldDescriptor* f : CheckedFields(m.GetDescriptor())) {
     if (f->is_repeated() ? r->FieldSize(m, f) == 0 : !r->HasField(m, f)) {

@@ -47,6 +47,16 @@ TEST(RequestChecksTest, LongIdentifierInATaskSpecNamesItsField) {
                 "'task.idempotency_key' is 1025 bytes");
 }
 
+TEST(RequestChecksTest, LongKindInAMapInputNamesItsField) {
+  v1::MapRequest req;
+  for (int i = 0; i < 3; ++i) req.mutable_inputs()->add_inputs();
+  EXPECT_THAT(CheckRequestFields(req), IsOk());
+  req.mutable_inputs()->mutable_inputs(1)->set_kind(
+      std::string(kMaxIdBytes + 1, 'k'));
+  ExpectInvalid(CheckRequestFields(req),
+                "'inputs.inputs.kind' is 1025 bytes; the limit is 1024");
+}
+
 TEST(RequestChecksTest, InvalidDurationAndTimestampInATaskSpec) {
   v1::SubmitBatchRequest req = Batch(2);
   req.mutable_tasks(1)->mutable_delay()->set_seconds(5);
