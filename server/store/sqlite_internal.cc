@@ -125,24 +125,24 @@ void BindText(sqlite3_stmt* stmt, int index, absl::string_view text) {
                     SQLITE_STATIC);
 }
 
-// Binds ?1..?9 of the insert and update statements (same column order) from
-// `task`; `data` must stay alive until the statement is reset.
+// Binds ?first..?first+8 (the insert's columns, in order) from `task`;
+// `data` must stay alive until the statement is reset.
 void BindTaskColumns(sqlite3_stmt* stmt, const v1::Task& task,
-                     const std::string& data) {
-  BindText(stmt, 1, task.id());
-  BindText(stmt, 2, task.queue());
-  BindText(stmt, 3, task.kind());
-  sqlite3_bind_int(stmt, 4, static_cast<int>(task.state()));
-  sqlite3_bind_int(stmt, 5, task.priority());
+                     const std::string& data, int first) {
+  BindText(stmt, first, task.id());
+  BindText(stmt, first + 1, task.queue());
+  BindText(stmt, first + 2, task.kind());
+  sqlite3_bind_int(stmt, first + 3, static_cast<int>(task.state()));
+  sqlite3_bind_int(stmt, first + 4, task.priority());
   // NULL, not "", so the partial unique index ignores tasks without a key.
   if (task.idempotency_key().empty()) {
-    sqlite3_bind_null(stmt, 6);
+    sqlite3_bind_null(stmt, first + 5);
   } else {
-    BindText(stmt, 6, task.idempotency_key());
+    BindText(stmt, first + 5, task.idempotency_key());
   }
-  BindOptionalInt(stmt, 7, FinishedAtMicros(task));
-  BindOptionalInt(stmt, 8, ExpiresAtMicros(task));
-  sqlite3_bind_blob(stmt, 9, data.data(), static_cast<int>(data.size()),
+  BindOptionalInt(stmt, first + 6, FinishedAtMicros(task));
+  BindOptionalInt(stmt, first + 7, ExpiresAtMicros(task));
+  sqlite3_bind_blob(stmt, first + 8, data.data(), static_cast<int>(data.size()),
                     SQLITE_STATIC);
 }
 

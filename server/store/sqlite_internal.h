@@ -75,10 +75,13 @@ absl::StatusOr<v1::Task> ParseTask(absl::string_view path, sqlite3_stmt* stmt,
 void BindOptionalInt(sqlite3_stmt* stmt, int index,
                      std::optional<int64_t> value);
 void BindText(sqlite3_stmt* stmt, int index, absl::string_view text);
-// Binds the insert statement's columns ?1..?9 (`data` is the serialized
-// task, which must outlive the step).
+// Binds the insert statement's columns of one row, ?first..?first+8
+// (`data` is the serialized task, which must outlive the step).
 void BindTaskColumns(sqlite3_stmt* stmt, const v1::Task& task,
-                     const std::string& data);
+                     const std::string& data, int first = 1);
+// Rows per multi-row INSERT (Writer::insert_tasks): one statement per 16
+// tasks spares most of SQLite's per-statement work.
+constexpr int kRowsPerInsert = 16;
 
 }  // namespace sqlite_internal
 
@@ -138,9 +141,11 @@ struct SqliteStore::PendingWrite {
 struct SqliteStore::Writer {
   Db db;
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
-  Stmt insert_task, find_by_key, update_task, put_object, delete_object;
+  Stmt insert_task, insert_tasks, find_by_key, update_task, put_object,
+      delete_object;
   Stmt insert_expiry, expired, purge_task, delete_expiry;
-  std::string scratch;  // Serialised task, reused across rows.
+  std::string scratch;                   // Serialised task, reused across rows.
+  std::vector<std::string> row_scratch;  // The same for insert_tasks' rows.
   // The finished tasks written by the open transaction, by second of
   // expiry: their ids (newline-separated) and latest expiry in that second,
   // stored as one `expiry` row per second at commit.

@@ -21,6 +21,7 @@ namespace {
 using sqlite_internal::BindOptionalInt;
 using sqlite_internal::BindTaskColumns;
 using sqlite_internal::BindText;
+using sqlite_internal::kRowsPerInsert;
 using sqlite_internal::ParseTask;
 using sqlite_internal::SqliteError;
 using sqlite_internal::StepDone;
@@ -367,44 +368,89 @@ absl::Status SqliteStore::ApplyInsert(PendingWrite& op) {
   // Fresh results: a group may be applied twice (see RunGroup). The stored
   // tasks move into them only after the commit (CommitGroup).
   op.results.assign(op.tasks.size(), InsertResult());
+  // Tasks without an idempotency key wait here for one multi-row INSERT.
+  std::vector<size_t> rows;
+  rows.reserve(kRowsPerInsert);
   for (size_t i = 0; i < op.tasks.size(); ++i) {
     v1::Task& task = op.tasks[i];
     if (task.id().empty() || absl::StrContains(task.id(), '\n')) {
       return absl::InvalidArgumentError(absl::StrCat(
           "sqlite store ", path_, ": task id is empty or holds a newline"));
     }
-    if (!task.idempotency_key().empty()) {
-      // Sees rows of earlier calls and of earlier tasks in this call, since
-      // both are in the open transaction.
-      StmtUse use(writer_->find_by_key.get());
-      BindText(use.get(), 1, task.idempotency_key());
-      const int rc = sqlite3_step(use.get());
-      if (rc == SQLITE_ROW) {
-        FORQ_ASSIGN_OR_RETURN(op.results[i].task,
-                              ParseTask(path_, use.get(), 0));
-        op.results[i].existing = true;
-        continue;
+    if (task.idempotency_key().empty()) {
+      rows.push_back(i);
+      if (rows.size() == kRowsPerInsert) {
+        FORQ_RETURN_IF_ERROR(InsertRows(op, rows));
+        rows.clear();
       }
-      if (rc != SQLITE_DONE) {
-        return SqliteError(path_, db, rc, "look up idempotency key");
-      }
+      continue;
     }
-    if (!task.SerializeToString(&writer_->scratch)) {
-      return absl::InternalError(absl::StrCat(
-          "sqlite store ", path_, ": cannot serialise task ", task.id()));
-    }
-    StmtUse use(writer_->insert_task.get());
-    BindTaskColumns(use.get(), task, writer_->scratch);
+    // The rows before it first: the lookup sees rows of earlier calls and
+    // of earlier tasks in this call, since both are in the open
+    // transaction.
+    FORQ_RETURN_IF_ERROR(InsertRows(op, rows));
+    rows.clear();
+    StmtUse use(writer_->find_by_key.get());
+    BindText(use.get(), 1, task.idempotency_key());
     const int rc = sqlite3_step(use.get());
-    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "sqlite store ", path_, ": task id ", task.id(), " already stored"));
+    if (rc == SQLITE_ROW) {
+      FORQ_ASSIGN_OR_RETURN(op.results[i].task, ParseTask(path_, use.get(), 0));
+      op.results[i].existing = true;
+      continue;
     }
     if (rc != SQLITE_DONE) {
-      return SqliteError(path_, db, rc, absl::StrCat("insert ", task.id()));
+      return SqliteError(path_, db, rc, "look up idempotency key");
     }
-    NoteExpiry(task);
+    FORQ_RETURN_IF_ERROR(InsertRow(op.tasks[i]));
   }
+  return InsertRows(op, rows);
+}
+
+absl::Status SqliteStore::InsertRows(PendingWrite& op,
+                                     const std::vector<size_t>& rows) {
+  if (rows.size() == kRowsPerInsert) {
+    sqlite3* db = writer_->db.get();
+    StmtUse use(writer_->insert_tasks.get());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const v1::Task& task = op.tasks[rows[r]];
+      std::string& data = writer_->row_scratch[r];
+      if (!task.SerializeToString(&data)) {
+        return absl::InternalError(absl::StrCat(
+            "sqlite store ", path_, ": cannot serialise task ", task.id()));
+      }
+      BindTaskColumns(use.get(), task, data, static_cast<int>(r) * 9 + 1);
+    }
+    const int rc = sqlite3_step(use.get());
+    if (rc == SQLITE_DONE) {
+      for (size_t i : rows) NoteExpiry(op.tasks[i]);
+      return absl::OkStatus();
+    }
+    if ((rc & 0xff) != SQLITE_CONSTRAINT) {
+      return SqliteError(path_, db, rc, "insert tasks");
+    }
+    // The statement's rows are undone; one by one names the culprit.
+  }
+  for (size_t i : rows) FORQ_RETURN_IF_ERROR(InsertRow(op.tasks[i]));
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::InsertRow(const v1::Task& task) {
+  sqlite3* db = writer_->db.get();
+  if (!task.SerializeToString(&writer_->scratch)) {
+    return absl::InternalError(absl::StrCat(
+        "sqlite store ", path_, ": cannot serialise task ", task.id()));
+  }
+  StmtUse use(writer_->insert_task.get());
+  BindTaskColumns(use.get(), task, writer_->scratch);
+  const int rc = sqlite3_step(use.get());
+  if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "sqlite store ", path_, ": task id ", task.id(), " already stored"));
+  }
+  if (rc != SQLITE_DONE) {
+    return SqliteError(path_, db, rc, absl::StrCat("insert ", task.id()));
+  }
+  NoteExpiry(task);
   return absl::OkStatus();
 }
 

@@ -112,6 +112,10 @@ class SqliteStore final : public Store {
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
   absl::Status ApplyPurge(PendingWrite& op);
+  // Inserts op.tasks[i] for each i of `rows`: in one statement when they
+  // are kRowsPerInsert, else one by one.
+  absl::Status InsertRows(PendingWrite& op, const std::vector<size_t>& rows);
+  absl::Status InsertRow(const v1::Task& task);
   // Adds a finished `task` to the expiry row of the open transaction.
   void NoteExpiry(const v1::Task& task);
   // Stores that row (none if no finished task was written).

@@ -226,6 +226,39 @@ TEST_P(StoreContractTest, BatchWithDuplicateIdStoresNothing) {
   EXPECT_THAT(store_->Get("b3"), StatusIs(absl::StatusCode::kNotFound));
 }
 
+// Batches longer than a multi-row insert, with keyed tasks between the
+// rows: everything stored, or (one id taken, deep in the batch) nothing,
+// and the error names the id.
+TEST_P(StoreContractTest, LongBatchIsStoredWholeOrNotAtAll) {
+  ASSERT_THAT(InsertSync(*store_, {MakeTask("taken")}), IsOk());
+  auto batch = [](absl::string_view prefix) {
+    std::vector<v1::Task> tasks;
+    for (int i = 0; i < 45; ++i) {
+      tasks.push_back(MakeTask(absl::StrCat(prefix, i)));
+      if (i % 20 == 7)
+        tasks.back().set_idempotency_key(absl::StrCat(prefix, "key", i));
+    }
+    return tasks;
+  };
+  std::vector<v1::Task> bad = batch("bad");
+  bad[25] = MakeTask("taken");
+  absl::Status refused = InsertSync(*store_, bad).status();
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("taken"));
+  for (const v1::Task& t : bad) {
+    if (t.id() != "taken") {
+      EXPECT_THAT(store_->Get(t.id()), StatusIs(absl::StatusCode::kNotFound))
+          << t.id();
+    }
+  }
+  std::vector<v1::Task> good = batch("good");
+  ASSERT_THAT(InsertSync(*store_, good), IsOk());
+  for (const v1::Task& t : good) {
+    FORQ_ASSERT_OK_AND_ASSIGN(v1::Task got, store_->Get(t.id()));
+    EXPECT_EQ(got.idempotency_key(), t.idempotency_key());
+  }
+}
+
 TEST_P(StoreContractTest, FailedBatchDoesNotFailConcurrentNeighbours) {
   ASSERT_THAT(InsertSync(*store_, {MakeTask("a1")}), IsOk());
   // Queue several calls back to back so they likely share one transaction;
