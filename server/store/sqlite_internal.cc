@@ -125,6 +125,20 @@ void BindText(sqlite3_stmt* stmt, int index, absl::string_view text) {
                     SQLITE_STATIC);
 }
 
+std::string InsertRowsSql(int rows) {
+  std::string sql =
+      "INSERT INTO tasks(id, queue, kind, state, priority, idempotency_key, "
+      "finished_at_us, expires_at_us, data) VALUES";
+  for (int row = 0; row < rows; ++row) {
+    absl::StrAppend(&sql, row == 0 ? "(" : ",(");
+    for (int col = 1; col <= 9; ++col) {
+      absl::StrAppend(&sql, col == 1 ? "?" : ", ?", row * 9 + col);
+    }
+    absl::StrAppend(&sql, ")");
+  }
+  return sql;
+}
+
 // Binds ?first..?first+8 (the insert's columns, in order) from `task`;
 // `data` must stay alive until the statement is reset.
 void BindTaskColumns(sqlite3_stmt* stmt, const v1::Task& task,

@@ -79,9 +79,13 @@ void BindText(sqlite3_stmt* stmt, int index, absl::string_view text);
 // (`data` is the serialized task, which must outlive the step).
 void BindTaskColumns(sqlite3_stmt* stmt, const v1::Task& task,
                      const std::string& data, int first = 1);
-// Rows per multi-row INSERT (Writer::insert_tasks): one statement per 16
-// tasks spares most of SQLite's per-statement work.
+// Rows per multi-row INSERT (Writer::insert_rows): one statement for many
+// tasks spares most of SQLite's per-statement work. A call's rows go 16,
+// then 4 at a time, the rest one by one.
 constexpr int kRowsPerInsert = 16;
+constexpr int kFewRowsPerInsert = 4;
+// INSERT INTO tasks ... VALUES with `rows` rows of ?-parameters.
+std::string InsertRowsSql(int rows);
 
 }  // namespace sqlite_internal
 
@@ -141,11 +145,12 @@ struct SqliteStore::PendingWrite {
 struct SqliteStore::Writer {
   Db db;
   Stmt begin, commit, rollback, savepoint, release, rollback_to;
-  Stmt insert_task, insert_tasks, find_by_key, update_task, put_object,
-      delete_object;
+  Stmt insert_task, find_by_key, update_task, put_object, delete_object;
+  // Multi-row INSERTs by row count (kRowsPerInsert, kFewRowsPerInsert).
+  std::map<int, Stmt> insert_rows;
   Stmt insert_expiry, expired, purge_task, delete_expiry;
   std::string scratch;                   // Serialised task, reused across rows.
-  std::vector<std::string> row_scratch;  // The same for insert_tasks' rows.
+  std::vector<std::string> row_scratch;  // The same for insert_rows' rows.
   // The finished tasks written by the open transaction, by second of
   // expiry: their ids (newline-separated) and latest expiry in that second,
   // stored as one `expiry` row per second at commit.

@@ -21,6 +21,7 @@ namespace {
 using sqlite_internal::BindOptionalInt;
 using sqlite_internal::BindTaskColumns;
 using sqlite_internal::BindText;
+using sqlite_internal::kFewRowsPerInsert;
 using sqlite_internal::kRowsPerInsert;
 using sqlite_internal::ParseTask;
 using sqlite_internal::SqliteError;
@@ -408,29 +409,45 @@ absl::Status SqliteStore::ApplyInsert(PendingWrite& op) {
 
 absl::Status SqliteStore::InsertRows(PendingWrite& op,
                                      const std::vector<size_t>& rows) {
-  if (rows.size() == kRowsPerInsert) {
-    sqlite3* db = writer_->db.get();
-    StmtUse use(writer_->insert_tasks.get());
-    for (size_t r = 0; r < rows.size(); ++r) {
+  size_t at = 0;
+  for (int chunk : {kRowsPerInsert, kFewRowsPerInsert}) {
+    for (; rows.size() - at >= static_cast<size_t>(chunk); at += chunk) {
+      FORQ_RETURN_IF_ERROR(InsertChunk(op, &rows[at], chunk));
+    }
+  }
+  for (; at < rows.size(); ++at) {
+    FORQ_RETURN_IF_ERROR(InsertRow(op.tasks[rows[at]]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::InsertChunk(PendingWrite& op, const size_t* rows,
+                                      int count) {
+  sqlite3* db = writer_->db.get();
+  {
+    StmtUse use(writer_->insert_rows.at(count).get());
+    for (int r = 0; r < count; ++r) {
       const v1::Task& task = op.tasks[rows[r]];
       std::string& data = writer_->row_scratch[r];
       if (!task.SerializeToString(&data)) {
         return absl::InternalError(absl::StrCat(
             "sqlite store ", path_, ": cannot serialise task ", task.id()));
       }
-      BindTaskColumns(use.get(), task, data, static_cast<int>(r) * 9 + 1);
+      BindTaskColumns(use.get(), task, data, r * 9 + 1);
     }
     const int rc = sqlite3_step(use.get());
     if (rc == SQLITE_DONE) {
-      for (size_t i : rows) NoteExpiry(op.tasks[i]);
+      for (int r = 0; r < count; ++r) NoteExpiry(op.tasks[rows[r]]);
       return absl::OkStatus();
     }
     if ((rc & 0xff) != SQLITE_CONSTRAINT) {
       return SqliteError(path_, db, rc, "insert tasks");
     }
-    // The statement's rows are undone; one by one names the culprit.
   }
-  for (size_t i : rows) FORQ_RETURN_IF_ERROR(InsertRow(op.tasks[i]));
+  // The statement's rows are undone; one by one names the taken id.
+  for (int r = 0; r < count; ++r) {
+    FORQ_RETURN_IF_ERROR(InsertRow(op.tasks[rows[r]]));
+  }
   return absl::OkStatus();
 }
 

@@ -112,9 +112,11 @@ class SqliteStore final : public Store {
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
   absl::Status ApplyPurge(PendingWrite& op);
-  // Inserts op.tasks[i] for each i of `rows`: in one statement when they
-  // are kRowsPerInsert, else one by one.
+  // Inserts op.tasks[i] for each i of `rows` (at most kRowsPerInsert), in
+  // multi-row statements as far as they go, the rest one by one.
   absl::Status InsertRows(PendingWrite& op, const std::vector<size_t>& rows);
+  // One multi-row INSERT of op.tasks[rows[0..count)].
+  absl::Status InsertChunk(PendingWrite& op, const size_t* rows, int count);
   absl::Status InsertRow(const v1::Task& task);
   // Adds a finished `task` to the expiry row of the open transaction.
   void NoteExpiry(const v1::Task& task);

@@ -209,20 +209,13 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
               "INSERT INTO tasks(id, queue, kind, state, priority, "
               "idempotency_key, finished_at_us, expires_at_us, data) "
               "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
-  {
-    std::string sql =
-        "INSERT INTO tasks(id, queue, kind, state, priority, "
-        "idempotency_key, finished_at_us, expires_at_us, data) VALUES";
-    for (int row = 0; row < sqlite_internal::kRowsPerInsert; ++row) {
-      absl::StrAppend(&sql, row == 0 ? "" : ",", "(");
-      for (int col = 1; col <= 9; ++col) {
-        absl::StrAppend(&sql, col == 1 ? "?" : ", ?", row * 9 + col);
-      }
-      absl::StrAppend(&sql, ")");
-    }
-    FORQ_ASSIGN_OR_RETURN(writer->insert_tasks, Prepare(path, db, sql));
-    writer->row_scratch.resize(sqlite_internal::kRowsPerInsert);
+  for (int rows :
+       {sqlite_internal::kRowsPerInsert, sqlite_internal::kFewRowsPerInsert}) {
+    FORQ_ASSIGN_OR_RETURN(
+        writer->insert_rows[rows],
+        Prepare(path, db, sqlite_internal::InsertRowsSql(rows)));
   }
+  writer->row_scratch.resize(sqlite_internal::kRowsPerInsert);
   FORQ_ASSIGN_OR_RETURN(
       writer->find_by_key,
       Prepare(path, db, "SELECT data FROM tasks WHERE idempotency_key = ?1"));

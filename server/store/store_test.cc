@@ -240,15 +240,18 @@ TEST_P(StoreContractTest, LongBatchIsStoredWholeOrNotAtAll) {
     }
     return tasks;
   };
-  std::vector<v1::Task> bad = batch("bad");
-  bad[25] = MakeTask("taken");
-  absl::Status refused = InsertSync(*store_, bad).status();
-  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kAlreadyExists));
-  EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("taken"));
-  for (const v1::Task& t : bad) {
-    if (t.id() != "taken") {
-      EXPECT_THAT(store_->Get(t.id()), StatusIs(absl::StatusCode::kNotFound))
-          << t.id();
+  // The taken id in a chunk of 4 rows, of 16, and alone.
+  for (int at : {2, 12, 25}) {
+    std::vector<v1::Task> bad = batch(absl::StrCat("bad", at, "-"));
+    bad[at] = MakeTask("taken");
+    absl::Status refused = InsertSync(*store_, bad).status();
+    EXPECT_THAT(refused, StatusIs(absl::StatusCode::kAlreadyExists));
+    EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("taken"));
+    for (const v1::Task& t : bad) {
+      if (t.id() != "taken") {
+        EXPECT_THAT(store_->Get(t.id()), StatusIs(absl::StatusCode::kNotFound))
+            << t.id();
+      }
     }
   }
   std::vector<v1::Task> good = batch("good");
