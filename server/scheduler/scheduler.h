@@ -316,6 +316,24 @@ class Scheduler {
   // Asks the loop to claim work when workers are idle beyond the local
   // ready set.
   void WantClaimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Submit's parts. The specs checked and made tasks (InvalidArgument
+  // naming the task's index otherwise).
+  absl::StatusOr<std::vector<v1::Task>> BuildTasks(
+      std::vector<v1::TaskSpec> specs);
+  // Intake open and room in every queue for `adding` (tasks per queue).
+  absl::Status AdmitLocked(const std::map<std::string, int64_t>& adding)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Single node, no idempotency keys: queues the tasks and inserts them;
+  // `done` runs once the insert is durable.
+  void QueueAndInsertLocked(std::vector<v1::Task> tasks, SubmitDone done,
+                            Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ack::kDeferred: queues the tasks unwritten; returns their ids.
+  std::vector<InsertResult> QueueDeferredLocked(std::vector<v1::Task> tasks,
+                                                Deferred& d)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tasks with idempotency keys: inserted first, the new ones queued then.
+  void InsertKeyed(std::vector<v1::Task> tasks, SubmitDone done)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Cluster Submit of tasks without idempotency keys: those the node's
   // idle workers (and its local buffer) can take are inserted as its own
   // attempts and queued here at once; the others go to the shared queue.

@@ -119,17 +119,13 @@ absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
   return t;
 }
 
-void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
-                       Ack ack) {
-  if (specs.empty()) {
-    done(absl::InvalidArgumentError("no tasks given"));
-    return;
-  }
+absl::StatusOr<std::vector<v1::Task>> Scheduler::BuildTasks(
+    std::vector<v1::TaskSpec> specs) {
+  if (specs.empty()) return absl::InvalidArgumentError("no tasks given");
   if (specs.size() > options_.max_batch) {
-    done(absl::InvalidArgumentError(absl::StrCat("batch of ", specs.size(),
-                                                 " tasks; the limit is ",
-                                                 options_.max_batch)));
-    return;
+    return absl::InvalidArgumentError(absl::StrCat("batch of ", specs.size(),
+                                                   " tasks; the limit is ",
+                                                   options_.max_batch));
   }
   const absl::Time now = clock_.Now();
   std::vector<v1::Task> tasks;
@@ -139,11 +135,38 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
     if (!t.ok()) {
       std::string msg(t.status().message());
       if (specs.size() > 1) msg = absl::StrCat("task ", i, ": ", msg);
-      done(absl::Status(t.status().code(), msg));
-      return;
+      return absl::Status(t.status().code(), msg);
     }
     tasks.push_back(std::move(*t));
   }
+  return tasks;
+}
+
+absl::Status Scheduler::AdmitLocked(
+    const std::map<std::string, int64_t>& adding) {
+  if (!accepting_) {
+    return absl::UnavailableError(
+        "forqd is shutting down; not accepting tasks");
+  }
+  for (const auto& [queue, n] : adding) {
+    int64_t have = queued_by_queue_[queue];
+    if (have + n > options_.max_queued) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("queue '", queue, "' is full (", have, " queued, limit ",
+                       options_.max_queued, "); retry later"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
+                       Ack ack) {
+  absl::StatusOr<std::vector<v1::Task>> built = BuildTasks(std::move(specs));
+  if (!built.ok()) {
+    done(built.status());
+    return;
+  }
+  std::vector<v1::Task>& tasks = *built;
   bool keyed = false;
   for (const v1::Task& t : tasks) keyed = keyed || !t.idempotency_key().empty();
   const bool deferred =
@@ -152,84 +175,85 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
   Deferred d;
   {
     MutexLock lock(&mu_);
-    if (!accepting_) {
-      done(absl::UnavailableError(
-          "forqd is shutting down; not accepting tasks"));
-      return;
-    }
     std::map<std::string, int64_t> adding;
     for (const v1::Task& t : tasks) ++adding[t.queue()];
-    for (const auto& [queue, n] : adding) {
-      int64_t have = queued_by_queue_[queue];
-      if (have + n > options_.max_queued) {
-        done(absl::ResourceExhaustedError(absl::StrCat(
-            "queue '", queue, "' is full (", have, " queued, limit ",
-            options_.max_queued, "); retry later")));
-        return;
-      }
+    if (absl::Status admitted = AdmitLocked(adding); !admitted.ok()) {
+      done(std::move(admitted));
+      return;
     }
     if (!keyed && work_source_ != nullptr) {
       SubmitClusterLocked(std::move(tasks), std::move(done), d);
     } else if (!keyed) {
-      // The tasks are queued (and may run) while their insert commits: the
-      // insert is queued first, under mu_, so every later write of them
-      // (RUNNING, terminal) follows it, and the store turns an insert and
-      // the updates that reach the same group commit into one row.
-      // Nothing is announced before it is durable: the acknowledgement
-      // waits for the insert, a terminal state for its own write.
-      // Deferred tasks skip the insert: their first write is normally the
-      // terminal one (QueueFinishLocked), else InsertDeferredLocked's.
-      const absl::Time now = clock_.Now();
-      std::vector<std::string> ids;
-      if (deferred) {
-        accepted.reserve(tasks.size());
-      } else {
-        ids.reserve(tasks.size());
-      }
-      for (v1::Task& t : tasks) {
-        Entry& e = tasks_[t.id()];
-        e.stored = !deferred;
-        if (deferred) {
-          // The task lives only here until written; the submitter gets its
-          // id.
-          deferred_.emplace_back(now, t.id());
-          accepted.emplace_back().task.set_id(t.id());
-          e.task = std::move(t);
-        } else {
-          e.task = t;
-          ids.push_back(t.id());
-        }
-        EnqueueLocked(e, now);
-        EmitLocked(e.task, v1::TaskEvent::STATE, d);
-      }
+      if (deferred) accepted = QueueDeferredLocked(std::move(tasks), d);
+      if (!deferred) QueueAndInsertLocked(std::move(tasks), std::move(done), d);
       for (const auto& [queue, n] : adding) {
         metrics_.TaskSubmitted(queue, static_cast<int>(n));
       }
-      if (deferred) {
-        if (deferred_.size() == tasks.size()) {
-          WakeAtLocked(now + options_.deferred_insert_limit);
-        }
-      } else {
-        store_.Insert(std::move(tasks),
-                      [this, ids = std::move(ids), done = std::move(done)](
-                          absl::StatusOr<std::vector<InsertResult>> results) {
-                        if (!results.ok()) Abandon(ids);
-                        done(std::move(results));
-                      });
-      }
-      DispatchLocked(now, d);
+      DispatchLocked(clock_.Now(), d);
       if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
     }
   }
   d.Run();
   if (deferred) {
     done(std::move(accepted));
-    return;
+  } else if (keyed) {
+    InsertKeyed(std::move(tasks), std::move(done));
   }
-  if (!keyed) return;
-  // With idempotency keys the store decides which tasks are new: they are
-  // queued once it answered. In cluster mode every node claims them from
-  // the store (its commit notifies them).
+}
+
+// The tasks are queued (and may run) while their insert commits: the
+// insert is queued first, under mu_, so every later write of them
+// (RUNNING, terminal) follows it, and the store turns an insert and the
+// updates that reach the same group commit into one row. Nothing is
+// announced before it is durable: the acknowledgement waits for the
+// insert, a terminal state for its own write.
+void Scheduler::QueueAndInsertLocked(std::vector<v1::Task> tasks,
+                                     SubmitDone done, Deferred& d) {
+  const absl::Time now = clock_.Now();
+  std::vector<std::string> ids;
+  ids.reserve(tasks.size());
+  for (const v1::Task& t : tasks) {
+    Entry& e = tasks_[t.id()];
+    e.task = t;
+    ids.push_back(t.id());
+    EnqueueLocked(e, now);
+    EmitLocked(e.task, v1::TaskEvent::STATE, d);
+  }
+  store_.Insert(std::move(tasks),
+                [this, ids = std::move(ids), done = std::move(done)](
+                    absl::StatusOr<std::vector<InsertResult>> results) {
+                  if (!results.ok()) Abandon(ids);
+                  done(std::move(results));
+                });
+}
+
+// Deferred tasks skip the insert: their first write is normally the
+// terminal one (QueueFinishLocked), else InsertDeferredLocked's. The task
+// lives only here until written; the submitter gets its id.
+std::vector<InsertResult> Scheduler::QueueDeferredLocked(
+    std::vector<v1::Task> tasks, Deferred& d) {
+  const absl::Time now = clock_.Now();
+  std::vector<InsertResult> accepted;
+  accepted.reserve(tasks.size());
+  for (v1::Task& t : tasks) {
+    Entry& e = tasks_[t.id()];
+    e.stored = false;
+    deferred_.emplace_back(now, t.id());
+    accepted.emplace_back().task.set_id(t.id());
+    e.task = std::move(t);
+    EnqueueLocked(e, now);
+    EmitLocked(e.task, v1::TaskEvent::STATE, d);
+  }
+  if (deferred_.size() == tasks.size()) {
+    WakeAtLocked(now + options_.deferred_insert_limit);
+  }
+  return accepted;
+}
+
+// With idempotency keys the store decides which tasks are new: they are
+// queued once it answered. In cluster mode every node claims them from the
+// store (its commit notifies them).
+void Scheduler::InsertKeyed(std::vector<v1::Task> tasks, SubmitDone done) {
   store_.Insert(std::move(tasks),
                 [this, done = std::move(done)](
                     absl::StatusOr<std::vector<InsertResult>> results) {
@@ -257,9 +281,8 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
                       EmitLocked(e.task, v1::TaskEvent::STATE, d);
                     }
                     DispatchLocked(now, d);
-                    if (!delayed_.empty()) {
+                    if (!delayed_.empty())
                       WakeAtLocked(delayed_.begin()->first);
-                    }
                   }
                   d.Run();
                   done(std::move(results));
