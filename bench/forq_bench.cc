@@ -56,7 +56,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <deque>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -671,37 +670,22 @@ int SectionE2E(const Flags& f) {
           const double self0 = CpuSeconds({getpid()});
           const auto t0 = Clock::now();
           if (batched) {
-            // "async": up to kBatchesInFlight batches travel at once
-            // (apply_async does not wait for each task either); "batch":
-            // each waits for its acknowledgement before the next is sent.
-            constexpr size_t kBatchesInFlight = 8;
-            std::deque<PendingBatch> pending;
-            auto await_front = [&]() {
-              auto r = pending.front().Wait();
-              pending.pop_front();
-              if (!r.ok()) {
-                std::cerr << "SubmitBatch: " << r.status() << "\n";
-                return false;
-              }
-              for (auto& fu : *r) futs.push_back(std::move(fu));
-              return true;
-            };
-            std::vector<v1::TaskSpec> specs;
+            // "async": up to 8 batches of 100 travel at once (apply_async
+            // does not wait for each task either); "batch": each waits for
+            // its acknowledgement before the next is sent.
+            std::vector<v1::TaskSpec> specs(f.n);
             for (int i = 0; i < f.n; ++i) {
-              v1::TaskSpec spec;
-              spec.set_kind("echo");
-              spec.set_payload(absl::StrCat(i));
-              specs.push_back(std::move(spec));
-              if (specs.size() == 100 || i == f.n - 1) {
-                pending.push_back(c->SubmitBatchAsync(specs));
-                specs.clear();
-                const size_t limit = async ? kBatchesInFlight : 1;
-                if (pending.size() >= limit && !await_front()) return 1;
-              }
+              specs[i].set_kind("echo");
+              specs[i].set_payload(absl::StrCat(i));
             }
-            while (!pending.empty()) {
-              if (!await_front()) return 1;
+            Client::ManyOptions many;
+            many.in_flight = async ? 8 : 1;
+            auto submitted = c->SubmitMany(specs, many);
+            if (!submitted.ok()) {
+              std::cerr << "SubmitBatch: " << submitted.status() << "\n";
+              return 1;
             }
+            futs = *std::move(submitted);
           } else {
             for (int i = 0; i < f.n; ++i) {
               auto r = c->Submit("echo", absl::StrCat(i));

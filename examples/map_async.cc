@@ -1,10 +1,9 @@
 // Python: with Pool() as pool:
 //             r = pool.map_async(f, range(1000), chunksize=100)
 //             print(sum(r.get(timeout=60)))
-// Client::SubmitBatchAsync sends each chunk without waiting for forqd's
-// acknowledgement of the previous one; the futures come back per chunk.
+// Client::SubmitMany sends each chunk (SubmitBatchAsync) without waiting
+// for forqd's acknowledgement of the previous one; one future per input.
 #include <cstdint>
-#include <deque>
 #include <string>
 #include <vector>
 
@@ -19,29 +18,17 @@ namespace {
 int Run(int argc, char** argv) {
   auto client = ConnectFromArgs(argc, argv);
   constexpr int kInputs = 1000;
-  constexpr int kChunk = 100;
-  constexpr size_t kChunksInFlight = 4;
-  std::deque<PendingBatch> pending;
-  std::vector<TaskFuture> futures;
-  auto collect = [&] {
-    for (TaskFuture& f : Must(pending.front().Wait(), "submit chunk")) {
-      futures.push_back(std::move(f));
-    }
-    pending.pop_front();
-  };
-  std::vector<v1::TaskSpec> chunk;
+  std::vector<v1::TaskSpec> specs(kInputs);
   for (int i = 0; i < kInputs; ++i) {
-    v1::TaskSpec spec;
-    spec.set_kind("echo");
-    spec.set_payload(absl::StrCat(i));
-    chunk.push_back(std::move(spec));
-    if (chunk.size() == kChunk) {
-      pending.push_back(client->SubmitBatchAsync(chunk));
-      chunk.clear();
-      if (pending.size() == kChunksInFlight) collect();
-    }
+    specs[i].set_kind("echo");
+    specs[i].set_payload(absl::StrCat(i));
   }
-  while (!pending.empty()) collect();
+  // Chunks of 100, four chunks in flight.
+  Client::ManyOptions chunks;
+  chunks.batch = 100;
+  chunks.in_flight = 4;
+  std::vector<TaskFuture> futures =
+      Must(client->SubmitMany(specs, chunks), "submit");
   Check(futures.size() == kInputs, "one future per input");
   // map_async keeps the input order: so do the futures.
   int64_t sum = 0;
@@ -50,7 +37,7 @@ int Run(int argc, char** argv) {
     Check(got == absl::StrCat(i), "result " + absl::StrCat(i) + " in order");
     sum += i;
   }
-  std::cout << "ok: " << kInputs << " results in " << kInputs / kChunk
+  std::cout << "ok: " << kInputs << " results in " << kInputs / chunks.batch
             << " chunks, sum " << sum << "\n";
   return 0;
 }

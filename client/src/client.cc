@@ -1,6 +1,7 @@
 #include "forq/client.h"
 
 #include <algorithm>
+#include <deque>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -333,6 +334,38 @@ PendingBatch Client::SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs) {
                                         state->done.Notify();
                                       });
   return PendingBatch(this, std::move(state));
+}
+
+absl::StatusOr<std::vector<TaskFuture>> Client::SubmitMany(
+    const std::vector<v1::TaskSpec>& specs, const ManyOptions& options) {
+  if (options.batch == 0 || options.in_flight == 0) {
+    return absl::InvalidArgumentError(
+        "SubmitMany: batch and in_flight must be at least 1");
+  }
+  std::vector<TaskFuture> futures;
+  futures.reserve(specs.size());
+  std::deque<PendingBatch> pending;
+  auto collect = [&]() -> absl::Status {
+    absl::StatusOr<std::vector<TaskFuture>> answered = pending.front().Wait();
+    pending.pop_front();
+    if (!answered.ok()) return answered.status();
+    for (TaskFuture& f : *answered) futures.push_back(std::move(f));
+    return absl::OkStatus();
+  };
+  std::vector<v1::TaskSpec> chunk;
+  for (size_t at = 0; at < specs.size(); at += options.batch) {
+    const size_t end = std::min(specs.size(), at + options.batch);
+    chunk.assign(specs.begin() + static_cast<std::ptrdiff_t>(at),
+                 specs.begin() + static_cast<std::ptrdiff_t>(end));
+    pending.push_back(SubmitBatchAsync(chunk));
+    if (pending.size() >= options.in_flight) {
+      if (absl::Status s = collect(); !s.ok()) return s;
+    }
+  }
+  while (!pending.empty()) {
+    if (absl::Status s = collect(); !s.ok()) return s;
+  }
+  return futures;
 }
 
 PendingBatch::PendingBatch(

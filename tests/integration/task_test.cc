@@ -360,6 +360,35 @@ TEST_F(TaskTest, AsyncBatchesInFlightTogetherAllRunAndAnErrorStaysItsOwn) {
   EXPECT_EQ(l->tasks_size(), 75);
 }
 
+TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
+  std::vector<v1::TaskSpec> specs(250);
+  for (int i = 0; i < 250; ++i) {
+    specs[i].set_kind("echo");
+    specs[i].set_queue("many");
+    specs[i].set_payload(absl::StrCat(i));
+  }
+  Client::ManyOptions options;
+  options.batch = 40;  // the last batch is short
+  options.in_flight = 3;
+  absl::StatusOr<std::vector<TaskFuture>> futures =
+      client_->SubmitMany(specs, options);
+  ASSERT_THAT(futures, IsOk());
+  ASSERT_EQ(futures->size(), 250u);
+  for (int i = 0; i < 250; ++i) {
+    absl::StatusOr<std::string> got = (*futures)[i].Get(absl::Seconds(30));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(*got, absl::StrCat(i));
+  }
+
+  specs[130].set_kind("no.such.kind");  // in the fourth batch of 40
+  EXPECT_THAT(
+      client_->SubmitMany(specs, options),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("task 10")));
+  options.batch = 0;
+  EXPECT_THAT(client_->SubmitMany(specs, options),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST_F(TaskTest, FinishedTaskIsPurgedAfterItsTtl) {
   v1::TaskSpec spec;
   spec.set_kind("echo");

@@ -188,6 +188,20 @@ class Client {
   // batch travels while forqd stores the previous one. The acknowledgement
   // keeps SubmitBatch's meaning (all stored, or none).
   PendingBatch SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs);
+  // Many tasks, as pool.map_async submits chunks: SubmitBatchAsync of
+  // `batch` specs at a time with at most `in_flight` batches unanswered.
+  // One future per spec, in order. On the first refused batch it stops and
+  // returns that error (batches acknowledged before stay submitted).
+  struct ManyOptions {
+    size_t batch = 100;
+    size_t in_flight = 8;
+  };
+  absl::StatusOr<std::vector<TaskFuture>> SubmitMany(
+      const std::vector<v1::TaskSpec>& specs, const ManyOptions& options);
+  absl::StatusOr<std::vector<TaskFuture>> SubmitMany(
+      const std::vector<v1::TaskSpec>& specs) {
+    return SubmitMany(specs, ManyOptions());
+  }
 
   // imap: submits each input as a task of `kind` (lazily, at most
   // options.window in flight) and yields results in input order. See
