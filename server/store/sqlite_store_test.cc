@@ -159,26 +159,36 @@ TEST(SqliteStoreTest, NewerSchemaIsRefused) {
                        HasSubstr("schema version 99 is newer")));
 }
 
+// The first column of the first row of `sql` on the database at `path`
+// (-1 if it fails).
+int64_t QueryInt(const std::string& path, const char* sql) {
+  sqlite3* db = nullptr;
+  int64_t value = -1;
+  if (sqlite3_open(path.c_str(), &db) == SQLITE_OK) {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+      value = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+  }
+  sqlite3_close(db);
+  return value;
+}
+
 TEST(SqliteStoreTest, SchemaVersionIsRecorded) {
   TempDir dir;
   {
     FORQ_ASSERT_OK_AND_ASSIGN(auto store,
                               SqliteStore::Open(OptionsFor(dir.path())));
   }
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() + "/forq.db").c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), SqliteStore::kSchemaVersion);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  EXPECT_EQ(QueryInt(dir.path() + "/forq.db", "PRAGMA user_version"),
+            SqliteStore::kSchemaVersion);
 }
 
-// A version 1 file (queue, kind and state indexes) opens as version 3: the
-// three are dropped for the partial tasks_unfinished, its tasks stay, and
-// List by queue, kind and state still finds them.
+// A version 1 file (queue, kind and state indexes) opens as the current
+// version: the three are dropped for the partial tasks_unfinished, its tasks
+// stay, and List by queue, kind and state still finds them.
 TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
   TempDir dir;
   {
@@ -221,24 +231,15 @@ TEST(SqliteStoreTest, VersionOneFileIsMigrated) {
   EXPECT_EQ(page.tasks.size(), 2u);
   store.reset();
 
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db,
-                               "SELECT (SELECT count(*) FROM sqlite_master "
-                               "WHERE name IN ('tasks_by_queue', "
-                               "'tasks_by_kind', 'tasks_by_state')), "
-                               "(SELECT count(*) FROM sqlite_master "
-                               "WHERE name = 'tasks_unfinished'), "
-                               "(SELECT user_version FROM pragma_user_version)",
-                               -1, &stmt, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 1);
-  EXPECT_EQ(sqlite3_column_int(stmt, 2), SqliteStore::kSchemaVersion);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  EXPECT_EQ(QueryInt(path,
+                     "SELECT count(*) FROM sqlite_master WHERE name IN "
+                     "('tasks_by_queue', 'tasks_by_kind', 'tasks_by_state')"),
+            0);
+  EXPECT_EQ(QueryInt(path,
+                     "SELECT count(*) FROM sqlite_master "
+                     "WHERE name = 'tasks_unfinished'"),
+            1);
+  EXPECT_EQ(QueryInt(path, "PRAGMA user_version"), SqliteStore::kSchemaVersion);
 }
 
 // Version 3 indexed finished tasks by expiry; version 4 lists them in
@@ -286,21 +287,12 @@ TEST(SqliteStoreTest, VersionThreeExpiryIsMigrated) {
   EXPECT_EQ(purged, 1);
   store.reset();
 
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* stmt = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db,
-                               "SELECT (SELECT count(*) FROM sqlite_master "
-                               "WHERE name = 'tasks_by_expiry'), "
-                               "(SELECT count(*) FROM expiry), "
-                               "(SELECT user_version FROM pragma_user_version)",
-                               -1, &stmt, nullptr),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
-  EXPECT_EQ(sqlite3_column_int(stmt, 1), 0);
-  EXPECT_EQ(sqlite3_column_int(stmt, 2), SqliteStore::kSchemaVersion);
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
+  EXPECT_EQ(QueryInt(path,
+                     "SELECT count(*) FROM sqlite_master "
+                     "WHERE name = 'tasks_by_expiry'"),
+            0);
+  EXPECT_EQ(QueryInt(path, "SELECT count(*) FROM expiry"), 0);
+  EXPECT_EQ(QueryInt(path, "PRAGMA user_version"), SqliteStore::kSchemaVersion);
 }
 
 // A write error (here EFBIG from RLIMIT_FSIZE, standing in for ENOSPC/EIO)
