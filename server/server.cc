@@ -239,6 +239,10 @@ absl::Status Server::Start() {
   // Cluster mode: the scheduler claims shared work instead of keeping a
   // queue in memory.
   options_.scheduler.work_source = store_->work_source();
+  // Without fsync a terminal write is one group commit away: a Submit
+  // answer may wait for it and carry the result (WaitIfFinishing).
+  options_.scheduler.answer_finished_submits =
+      options_.store.durability == Durability::kNone;
   scheduler_ = std::make_unique<Scheduler>(options_.scheduler, *store_, *pool_,
                                            metrics_);
   ManagerService* manager = manager_.get();

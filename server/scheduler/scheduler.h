@@ -35,6 +35,11 @@
 namespace forq::server {
 
 struct SchedulerOptions {
+  // WaitIfFinishing holds Submit answers for tasks whose terminal write is
+  // in flight (set by the server with --durability=none, where that write
+  // is one group commit away; with fsync it would cost every such answer a
+  // second fsync).
+  bool answer_finished_submits = true;
   int default_max_attempts = 5;
   int max_max_attempts = 100;
   // Hard timeout of an attempt when the spec gives none.
@@ -136,8 +141,9 @@ class Scheduler {
   // `timeout` (at most options().max_wait) with its current state. Returns a
   // handle for CancelWait.
   uint64_t Wait(absl::string_view id, absl::Duration timeout, WaitDone done);
-  // For a Submit answer: when the task's terminal state is reached and its
-  // write is in flight, registers `done` as Wait does (it runs once that
+  // For a Submit answer (options().answer_finished_submits): when the
+  // task's terminal state is reached and its write is in flight, registers
+  // `done` as Wait does (it runs once that
   // write is durable, normally the next group commit) and returns true, so
   // the answer can carry the result. Otherwise false, `done` untouched.
   bool WaitIfFinishing(absl::string_view id, WaitDone& done);

@@ -130,6 +130,7 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
 }
 
 bool Scheduler::WaitIfFinishing(absl::string_view id, WaitDone& done) {
+  if (!options_.answer_finished_submits) return false;
   MutexLock lock(&mu_);
   if (stop_) return false;
   auto it = tasks_.find(std::string(id));

@@ -898,6 +898,26 @@ TEST(SchedulerTest, WaitIfFinishingAnswersOnceTheTerminalWriteIsDurable) {
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// Switched off (forqd with fsync), a finishing task registers nothing.
+TEST(SchedulerTest, WaitIfFinishingCanBeSwitchedOff) {
+  SchedulerOptions options;
+  options.answer_finished_submits = false;
+  ManualScheduler m(options);
+  const std::string id = SubmitEcho(m.scheduler, "a");
+  m.pool.AddRoom(1);
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  m.store.hold_finishes = true;
+  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "a");
+  Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
+    ADD_FAILURE() << "no wait registered";
+  };
+  EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));
+  m.store.hold_finishes = false;
+  m.store.ReleaseFinishes();
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
 // An abandoned Map's inputs: the queued ones end CANCELLED and never run;
 // a running one and an unknown id are left alone.
 TEST(SchedulerTest, CancelQueuedCancelsOnlyTasksNotStarted) {
