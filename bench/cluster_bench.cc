@@ -22,6 +22,9 @@
 //          after each node count.
 // paused   also runs the no-op tasks with the nodes drained while they are
 //          submitted (ingest alone), then resumed (claims and runs alone).
+// connect  runs the no-op tasks through one node already running at that
+//          address (started by hand, e.g. under valgrind) instead of
+//          starting PostgreSQL and nodes.
 // keep_logs=DIR copies each node's log there (at --log_level, default
 //          warn) after each node count.
 #include <algorithm>
@@ -48,6 +51,15 @@
 #include <libpq-fe.h>
 
 namespace {
+
+constexpr const char* kUsage =
+    "cluster_bench [--nodes=1,2,3] [--noop=20000] [--map=20000] "
+    "[--sleep=240]\n"
+    "              [--latency=200] [--fsync] [--pg_options='-c ...'] "
+    "[--pg_stats]\n"
+    "              [--paused] [--connect=HOST:PORT] [--keep_logs=DIR] "
+    "[--log_level=warn]\n"
+    "Flags are described at the top of bench/cluster_bench.cc.\n";
 
 using forq::Client;
 using forq::testing::ForqdOptions;
@@ -246,7 +258,7 @@ int main(int argc, char** argv) {
   int noop = 20000, map = 20000, sleep = 240, latency = 200;
   bool fsync = false, pg_stats = false, paused = false;
   std::string keep_logs, log_level = "warn";
-  std::string pg_options;
+  std::string pg_options, connect;
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--nodes=")) {
@@ -273,12 +285,29 @@ int main(int argc, char** argv) {
       log_level = std::string(a);
     } else if (a == "--pg_stats") {
       pg_stats = true;
+    } else if (absl::ConsumePrefix(&a, "--connect=")) {
+      connect = std::string(a);
+    } else if (a == "--help") {
+      std::cout << kUsage;
+      return 0;
     } else if (a == "--paused") {
       paused = true;
     } else {
       std::cerr << "unknown flag " << a << "\n";
       return 2;
     }
+  }
+  if (!connect.empty()) {
+    auto c = Client::Connect({.address = connect});
+    if (!c.ok()) {
+      std::cerr << "connect: " << c.status() << "\n";
+      return 1;
+    }
+    std::vector<Node> nodes(1);
+    nodes[0].client = std::move(*c);
+    std::cout << "no-op tasks/s through " << connect << ": "
+              << static_cast<int>(Run(nodes, "echo", "x", noop)) << "\n";
+    return 0;
   }
   if (fsync) pg_options += " -c fsync=on";
   if (pg_stats) {
@@ -298,7 +327,8 @@ int main(int argc, char** argv) {
   }
   std::cout << "PostgreSQL: fsync " << (fsync ? "on" : "off")
             << ", synchronous_commit on\n"
-            << "| nodes (2 workers each) | no-op tasks/s (SubmitBatchAsync 100, 8 in flight) "
+            << "| nodes (2 workers each) | no-op tasks/s (SubmitBatchAsync "
+               "100, 8 in flight) "
                "| no-op tasks/s (Map, node 1) | sleep(50 ms) tasks/s | sleep "
                "speed-up vs 1 node |\n"
                "|---:|---:|---:|---:|---:|\n";

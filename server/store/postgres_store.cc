@@ -88,53 +88,93 @@ absl::Status PgError(PGconn* conn, const PGresult* res,
                       absl::StrCat("postgres store: ", what, ": ", message));
 }
 
-// Builds a PostgreSQL array literal ({"a","b",NULL}) for unnest().
-class ArrayLiteral {
+// A one-dimensional array parameter for unnest(), in PostgreSQL's binary
+// array format (array_recv): neither forqd nor the server formats, escapes,
+// hex-encodes or parses text per element. The element type must be the
+// one the statement casts the parameter to ($1::text[] and so on), or the
+// server refuses it ("wrong element type").
+class ArrayParam {
  public:
+  // Element types by OID (pg_type.h).
+  enum class Type : uint32_t {
+    kBool = 16,
+    kBytea = 17,
+    kInt8 = 20,
+    kInt4 = 23,
+    kText = 25,
+  };
+  explicit ArrayParam(Type type) : type_(type), body_(kHeader, '\0') {}
+
+  // text or bytea: the bytes as they are.
   void AddText(absl::string_view value) {
-    Separate();
-    text_.push_back('"');
-    for (char c : value) {
-      if (c == '"' || c == '\\') text_.push_back('\\');
-      text_.push_back(c);
-    }
-    text_.push_back('"');
+    AddLength(static_cast<uint32_t>(value.size()));
+    body_.append(value.data(), value.size());
   }
-  void AddBytes(absl::string_view bytes) {
-    Separate();
-    // bytea hex input "\x..", its backslash escaped for the array parser.
-    absl::StrAppend(&text_, "\"\\\\x", absl::BytesToHexString(bytes), "\"");
-  }
+  void AddBytes(absl::string_view bytes) { AddText(bytes); }
+  // int4 or int8, by the array's type; nullopt is NULL.
   void AddInt(std::optional<int64_t> value) {
-    Separate();
-    if (value.has_value()) {
-      absl::StrAppend(&text_, *value);
+    if (!value.has_value()) {
+      AddNull();
+      return;
+    }
+    if (type_ == Type::kInt4) {
+      AddLength(4);
+      AppendBig(static_cast<uint32_t>(*value), 4);
     } else {
-      text_.append("NULL");
+      AddLength(8);
+      AppendBig(static_cast<uint64_t>(*value), 8);
     }
   }
   void AddBool(bool value) {
-    Separate();
-    text_.push_back(value ? 't' : 'f');
+    AddLength(1);
+    body_.push_back(value ? 1 : 0);
   }
+  // Empty is NULL.
   void AddNullableText(absl::string_view value) {
     if (value.empty()) {
-      Separate();
-      text_.append("NULL");
+      AddNull();
     } else {
       AddText(value);
     }
   }
-  std::string Finish() && {
-    text_.push_back('}');
-    return std::move(text_);
+  void AddNull() {
+    AddLength(0xffffffffu);  // -1
+    has_null_ = true;
+  }
+
+  Param Finish() && {
+    // ndim, flags (has nulls), element type; then per dimension its
+    // length and lower bound. An empty array has no dimension.
+    std::string header;
+    header.reserve(kHeader);
+    AppendBig(count_ > 0 ? 1 : 0, 4, header);
+    AppendBig(has_null_ ? 1 : 0, 4, header);
+    AppendBig(static_cast<uint32_t>(type_), 4, header);
+    if (count_ == 0) return Param::Bytes(std::move(header));
+    AppendBig(count_, 4, header);
+    AppendBig(1, 4, header);
+    body_.replace(0, kHeader, header);
+    return Param::Bytes(std::move(body_));
   }
 
  private:
-  void Separate() {
-    if (text_.size() > 1) text_.push_back(',');
+  static constexpr size_t kHeader = 20;
+  void AddLength(uint32_t length) {
+    ++count_;
+    AppendBig(length, 4);
   }
-  std::string text_ = "{";
+  void AppendBig(uint64_t v, int bytes) { AppendBig(v, bytes, body_); }
+  static void AppendBig(uint64_t v, int bytes, std::string& out) {
+    for (int i = bytes - 1; i >= 0; --i) {
+      out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    }
+  }
+
+  const Type type_;
+  // The header's room, then each element: its length (-1: NULL), bytes.
+  std::string body_;
+  uint32_t count_ = 0;
+  bool has_null_ = false;
 };
 
 }  // namespace
@@ -374,7 +414,7 @@ class Conn {
 
 namespace {
 
-using postgres_internal::ArrayLiteral;
+using postgres_internal::ArrayParam;
 using postgres_internal::Conn;
 using postgres_internal::Param;
 using postgres_internal::Result;
@@ -1063,18 +1103,16 @@ struct PostgresStore::TaskWrites {
   // A row of the calls: (call, task index).
   using Row = std::pair<PendingWrite*, size_t>;
   struct Batch {
-    ArrayLiteral ids, states, finished, expires, datas, attempts, delays,
-        fences;
+    ArrayParam ids{ArrayParam::Type::kText}, states{ArrayParam::Type::kInt4},
+        finished{ArrayParam::Type::kInt8}, expires{ArrayParam::Type::kInt8},
+        datas{ArrayParam::Type::kBytea}, attempts{ArrayParam::Type::kInt4},
+        delays{ArrayParam::Type::kInt8}, fences{ArrayParam::Type::kInt4};
     std::vector<Row> rows;
     std::vector<Param> Params() {
-      return {Param::Text(std::move(ids).Finish()),
-              Param::Text(std::move(states).Finish()),
-              Param::Text(std::move(finished).Finish()),
-              Param::Text(std::move(expires).Finish()),
-              Param::Text(std::move(datas).Finish()),
-              Param::Text(std::move(attempts).Finish()),
-              Param::Text(std::move(delays).Finish()),
-              Param::Text(std::move(fences).Finish())};
+      return {std::move(ids).Finish(),      std::move(states).Finish(),
+              std::move(finished).Finish(), std::move(expires).Finish(),
+              std::move(datas).Finish(),    std::move(attempts).Finish(),
+              std::move(delays).Finish(),   std::move(fences).Finish()};
     }
   };
   // Inserts without idempotency keys, in one statement.
@@ -1146,7 +1184,7 @@ std::vector<Param> PostgresStore::NotifyParams(
   // events and watches, all in one statement.
   bool queued = false;
   std::vector<std::string> payloads;
-  ArrayLiteral channels, texts;
+  ArrayParam channels{ArrayParam::Type::kText}, texts{ArrayParam::Type::kText};
   bool any = false;
   for (size_t i = 0; i < group.size(); ++i) {
     if (!statuses[i].ok()) continue;
@@ -1174,8 +1212,7 @@ std::vector<Param> PostgresStore::NotifyParams(
     texts.AddText(p);
   }
   if (!any && !queued && payloads.empty()) return {};
-  return {Param::Text(std::move(channels).Finish()),
-          Param::Text(std::move(texts).Finish())};
+  return {std::move(channels).Finish(), std::move(texts).Finish()};
 }
 
 bool PostgresStore::Pipelinable(
@@ -1336,8 +1373,13 @@ absl::Status PostgresStore::Apply(PendingWrite& op) {
 
 absl::Status PostgresStore::BuildInsert(const std::vector<PendingWrite*>& ops,
                                         TaskWrites& w) {
-  ArrayLiteral ids, queues, kinds, states, priorities, keys, finished, expires,
-      datas, attempts, delays, owns, incs;
+  ArrayParam ids{ArrayParam::Type::kText}, queues{ArrayParam::Type::kText},
+      kinds{ArrayParam::Type::kText}, states{ArrayParam::Type::kInt4},
+      priorities{ArrayParam::Type::kInt4}, keys{ArrayParam::Type::kText},
+      finished{ArrayParam::Type::kInt8}, expires{ArrayParam::Type::kInt8},
+      datas{ArrayParam::Type::kBytea}, attempts{ArrayParam::Type::kInt4},
+      delays{ArrayParam::Type::kInt8}, owns{ArrayParam::Type::kBool},
+      incs{ArrayParam::Type::kInt8};
   std::string scratch;
   for (PendingWrite* op : ops) {
     op->results.assign(op->tasks.size(), InsertResult());
@@ -1374,20 +1416,20 @@ absl::Status PostgresStore::BuildInsert(const std::vector<PendingWrite*>& ops,
     }
   }
   if (w.inserts > 0) {
-    w.insert_params = {Param::Text(std::move(ids).Finish()),
-                       Param::Text(std::move(queues).Finish()),
-                       Param::Text(std::move(kinds).Finish()),
-                       Param::Text(std::move(states).Finish()),
-                       Param::Text(std::move(priorities).Finish()),
-                       Param::Text(std::move(keys).Finish()),
-                       Param::Text(std::move(finished).Finish()),
-                       Param::Text(std::move(expires).Finish()),
-                       Param::Text(std::move(datas).Finish()),
-                       Param::Text(std::move(attempts).Finish()),
-                       Param::Text(std::move(delays).Finish()),
-                       Param::Text(std::move(owns).Finish()),
+    w.insert_params = {std::move(ids).Finish(),
+                       std::move(queues).Finish(),
+                       std::move(kinds).Finish(),
+                       std::move(states).Finish(),
+                       std::move(priorities).Finish(),
+                       std::move(keys).Finish(),
+                       std::move(finished).Finish(),
+                       std::move(expires).Finish(),
+                       std::move(datas).Finish(),
+                       std::move(attempts).Finish(),
+                       std::move(delays).Finish(),
+                       std::move(owns).Finish(),
                        Param::Text(node_id_),
-                       Param::Text(std::move(incs).Finish()),
+                       std::move(incs).Finish(),
                        Param::Int(absl::ToInt64Microseconds(cluster_.lease))};
   }
   return absl::OkStatus();
@@ -1774,12 +1816,12 @@ absl::StatusOr<std::vector<v1::Task>> PostgresStore::ReadTasks(
     const std::vector<std::string>& ids) {
   std::vector<v1::Task> out;
   if (ids.empty()) return out;
-  ArrayLiteral array;
+  ArrayParam array(ArrayParam::Type::kText);
   for (const std::string& id : ids) array.AddText(id);
-  const std::string literal = std::move(array).Finish();
+  const Param ids_param = std::move(array).Finish();
   FORQ_ASSIGN_OR_RETURN(Result res, WithReader([&](Conn& conn) {
-                          return conn.Run("get_many", kGetMany,
-                                          {Param::Text(literal)}, "get tasks");
+                          return conn.Run("get_many", kGetMany, {ids_param},
+                                          "get tasks");
                         }));
   const int rows = PQntuples(res.get());
   out.reserve(rows);
@@ -2054,8 +2096,13 @@ absl::StatusOr<int> PostgresStore::ReapExpired() {
   const int rows = PQntuples(res.get());
   if (rows == 0) return 0;
   const absl::Time now = absl::Now();
-  ArrayLiteral ids, states, finished, expires, datas, attempts, delays, fences;
-  ArrayLiteral ev_ids, ev_attempts, ev_states, ev_nodes, ev_reasons;
+  ArrayParam ids{ArrayParam::Type::kText}, states{ArrayParam::Type::kInt4},
+      finished{ArrayParam::Type::kInt8}, expires{ArrayParam::Type::kInt8},
+      datas{ArrayParam::Type::kBytea}, attempts{ArrayParam::Type::kInt4},
+      delays{ArrayParam::Type::kInt8}, fences{ArrayParam::Type::kInt4};
+  ArrayParam ev_ids{ArrayParam::Type::kText},
+      ev_attempts{ArrayParam::Type::kInt4}, ev_states{ArrayParam::Type::kInt4},
+      ev_nodes{ArrayParam::Type::kText}, ev_reasons{ArrayParam::Type::kText};
   bool queued = false;
   std::vector<std::string> done;
   std::string scratch;
@@ -2105,25 +2152,21 @@ absl::StatusOr<int> PostgresStore::ReapExpired() {
     ev_nodes.AddNullableText(owner);
     ev_reasons.AddText("LOST");
   }
-  FORQ_RETURN_IF_ERROR(conn.Run("update_bulk", kUpdateBulk,
-                                {Param::Text(std::move(ids).Finish()),
-                                 Param::Text(std::move(states).Finish()),
-                                 Param::Text(std::move(finished).Finish()),
-                                 Param::Text(std::move(expires).Finish()),
-                                 Param::Text(std::move(datas).Finish()),
-                                 Param::Text(std::move(attempts).Finish()),
-                                 Param::Text(std::move(delays).Finish()),
-                                 Param::Text(std::move(fences).Finish())},
-                                "requeue lost attempts")
-                           .status());
-  FORQ_RETURN_IF_ERROR(conn.Run("lost_events", kLostEvents,
-                                {Param::Text(std::move(ev_ids).Finish()),
-                                 Param::Text(std::move(ev_attempts).Finish()),
-                                 Param::Text(std::move(ev_states).Finish()),
-                                 Param::Text(std::move(ev_nodes).Finish()),
-                                 Param::Text(std::move(ev_reasons).Finish())},
-                                "record lost attempts")
-                           .status());
+  FORQ_RETURN_IF_ERROR(
+      conn.Run("update_bulk", kUpdateBulk,
+               {std::move(ids).Finish(), std::move(states).Finish(),
+                std::move(finished).Finish(), std::move(expires).Finish(),
+                std::move(datas).Finish(), std::move(attempts).Finish(),
+                std::move(delays).Finish(), std::move(fences).Finish()},
+               "requeue lost attempts")
+          .status());
+  FORQ_RETURN_IF_ERROR(
+      conn.Run("lost_events", kLostEvents,
+               {std::move(ev_ids).Finish(), std::move(ev_attempts).Finish(),
+                std::move(ev_states).Finish(), std::move(ev_nodes).Finish(),
+                std::move(ev_reasons).Finish()},
+               "record lost attempts")
+          .status());
   if (queued) FORQ_RETURN_IF_ERROR(conn.Command("NOTIFY forq_work", "notify"));
   if (!done.empty()) {
     FORQ_RETURN_IF_ERROR(
