@@ -328,6 +328,7 @@ PendingBatch Client::SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs) {
   SetDeadline(state->ctx, options_.rpc_timeout);
   state->req.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
   for (const auto& spec : specs) *state->req.add_tasks() = spec;
+  state->req.set_brief(true);  // a future needs the id and state only
   stubs_->tasks->async()->SubmitBatch(&state->ctx, &state->req, &state->resp,
                                       [state](grpc::Status s) {
                                         state->status = std::move(s);
@@ -372,7 +373,20 @@ PendingBatch::PendingBatch(
     Client* client, std::shared_ptr<client_internal::PendingBatchState> state)
     : client_(client), state_(std::move(state)) {}
 
-PendingBatch::~PendingBatch() = default;
+PendingBatch::~PendingBatch() { AwaitAnswer(); }
+
+PendingBatch& PendingBatch::operator=(PendingBatch&& other) noexcept {
+  if (this != &other) {
+    AwaitAnswer();
+    client_ = other.client_;
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+void PendingBatch::AwaitAnswer() {
+  if (state_ != nullptr) state_->done.WaitForNotification();
+}
 
 absl::StatusOr<std::vector<TaskFuture>> PendingBatch::Wait() {
   if (state_ == nullptr) {

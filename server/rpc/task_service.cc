@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 
 #include "common/mutex.h"
+#include "forq/v1/task_state.h"
 #include "server/auth/request_checks.h"
 #include "server/rpc/reactor_util.h"
 #include "server/rpc/status_util.h"
@@ -300,14 +301,22 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
   }
   std::vector<v1::TaskSpec> specs(req->tasks().begin(), req->tasks().end());
   scheduler_.Submit(
-      std::move(specs), [this, reactor, resp,
-                         meter](absl::StatusOr<std::vector<InsertResult>> r) {
+      std::move(specs), [this, reactor, resp, meter, brief = req->brief()](
+                            absl::StatusOr<std::vector<InsertResult>> r) {
         if (!r.ok()) {
           meter.Finish(reactor, ToGrpcStatus(r.status()));
           return;
         }
         for (InsertResult& ir : *r) {
-          *resp->add_tasks() = std::move(ir.task);
+          v1::Task* t = resp->add_tasks();
+          if (brief && !v1::IsTerminal(ir.task.state())) {
+            t->set_id(std::move(*ir.task.mutable_id()));
+            t->set_queue(std::move(*ir.task.mutable_queue()));
+            t->set_kind(std::move(*ir.task.mutable_kind()));
+            t->set_state(ir.task.state());
+          } else {
+            *t = std::move(ir.task);
+          }
           resp->add_existing(ir.existing);
         }
         std::vector<v1::Task*> fresh;

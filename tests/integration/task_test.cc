@@ -389,6 +389,44 @@ TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// A brief SubmitBatch answer (what SubmitBatchAsync asks for) carries only
+// what a future needs of an unfinished task; a full answer the whole task.
+TEST_F(TaskTest, BriefBatchAnswerCarriesIdQueueKindAndState) {
+  auto stub = v1::TaskService::NewStub(client_->channel());
+  v1::SubmitBatchRequest req;
+  for (int i = 0; i < 2; ++i) {
+    v1::TaskSpec* spec = req.add_tasks();
+    spec->set_kind("sleep");
+    spec->set_queue("brief");
+    spec->set_payload("300");
+  }
+  for (bool brief : {true, false}) {
+    req.set_brief(brief);
+    v1::SubmitBatchResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->SubmitBatch(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.tasks_size(), 2);
+    for (const v1::Task& t : resp.tasks()) {
+      EXPECT_FALSE(t.id().empty());
+      EXPECT_EQ(t.queue(), "brief");
+      EXPECT_EQ(t.kind(), "sleep");
+      EXPECT_FALSE(v1::IsTerminal(t.state()));
+      EXPECT_EQ(t.payload().empty(), brief);
+      EXPECT_EQ(t.has_created_at(), !brief);
+    }
+  }
+  std::vector<v1::TaskSpec> specs(req.tasks().begin(), req.tasks().end());
+  absl::StatusOr<std::vector<TaskFuture>> futures =
+      client_->SubmitBatchAsync(specs).Wait();
+  ASSERT_THAT(futures, IsOk());
+  for (const TaskFuture& f : *futures) {
+    absl::StatusOr<v1::Task> done = f.WaitFor(absl::Seconds(30));
+    ASSERT_THAT(done, IsOk());
+    EXPECT_EQ(done->result(), "300");
+    EXPECT_EQ(done->payload(), "300");  // the final task is whole
+  }
+}
+
 TEST_F(TaskTest, FinishedTaskIsPurgedAfterItsTtl) {
   v1::TaskSpec spec;
   spec.set_kind("echo");

@@ -102,7 +102,8 @@ class TaskFuture {
       : client_(client), task_(std::move(task)), existing_(existing) {}
 
   const std::string& id() const { return task_.id(); }
-  // The task as returned by Submit.
+  // The task as returned by Submit. For SubmitBatchAsync and SubmitMany,
+  // a task not finished then carries only its id, queue, kind and state.
   const v1::Task& submitted() const { return task_; }
   // True when the idempotency key matched an earlier task.
   bool existing() const { return existing_; }
@@ -136,12 +137,14 @@ class TaskFuture {
 };
 
 // A SubmitBatch in flight (Client::SubmitBatchAsync). Move-only; the
-// Client must outlive it. Dropping it without Wait leaves the tasks stored
-// (or not) as forqd decides; nothing waits for them.
+// Client must outlive it. Dropping it (destroyed or assigned over) without
+// Wait blocks until forqd answered (at most the Client's rpc_timeout), so
+// no call outlives the Client; the tasks are then stored (or not) as forqd
+// decided, and nothing waits for them.
 class PendingBatch {
  public:
   PendingBatch(PendingBatch&&) = default;
-  PendingBatch& operator=(PendingBatch&&) = default;
+  PendingBatch& operator=(PendingBatch&& other) noexcept;
   ~PendingBatch();
 
   // Blocks until forqd answered; the futures of the stored tasks, or
@@ -152,6 +155,8 @@ class PendingBatch {
   friend class Client;
   PendingBatch(Client* client,
                std::shared_ptr<client_internal::PendingBatchState> state);
+  // Blocks until the call in flight (if any) has its answer.
+  void AwaitAnswer();
 
   Client* client_;
   std::shared_ptr<client_internal::PendingBatchState> state_;
@@ -190,8 +195,9 @@ class Client {
   PendingBatch SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs);
   // Many tasks, as pool.map_async submits chunks: SubmitBatchAsync of
   // `batch` specs at a time with at most `in_flight` batches unanswered.
-  // One future per spec, in order. On the first refused batch it stops and
-  // returns that error (batches acknowledged before stay submitted).
+  // One future per spec, in order. On the first refused batch it stops
+  // sending, awaits the batches still in flight and returns that error
+  // (batches answered OK, before or in flight, stay submitted).
   struct ManyOptions {
     size_t batch = 100;
     size_t in_flight = 8;
