@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -32,16 +33,22 @@ ManagerRequest Base(Type type, Op op, const std::string& name) {
 
 }  // namespace
 
+int64_t DurationToCeilMs(const google::protobuf::Duration& d) {
+  // Seconds and nanos apart: the nanosecond count of a Duration beyond ~292
+  // years (valid ones reach 10,000) does not fit in 64 bits.
+  constexpr int64_t kMaxSeconds =
+      std::numeric_limits<int64_t>::max() / 1000 - 1;
+  if (d.seconds() < 0 || (d.seconds() == 0 && d.nanos() <= 0)) return 0;
+  const int64_t seconds = std::min<int64_t>(d.seconds(), kMaxSeconds);
+  const int64_t nanos = std::max<int32_t>(d.nanos(), 0);
+  return seconds * 1000 + (nanos + 999'999) / 1'000'000;
+}
+
 // Milliseconds a blocking op may wait: the explicit timeout (absent = no
 // limit of its own) capped by the RPC deadline.
 int64_t TimeoutMs(grpc::CallbackServerContext* ctx, bool has_timeout,
                   const google::protobuf::Duration& timeout) {
-  int64_t ms = -1;
-  if (has_timeout) {
-    const int64_t nanos =
-        google::protobuf::util::TimeUtil::DurationToNanoseconds(timeout);
-    ms = nanos <= 0 ? 0 : (nanos + 999'999) / 1'000'000;
-  }
+  int64_t ms = has_timeout ? DurationToCeilMs(timeout) : -1;
   const auto deadline = ctx->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -256,10 +263,7 @@ void ToEvent(const ManagerReply& r, Op, v1::EventResponse* out) {
 
 int64_t StreamTimeoutMs(bool has_timeout,
                         const google::protobuf::Duration& timeout) {
-  if (!has_timeout) return -1;
-  const int64_t nanos =
-      google::protobuf::util::TimeUtil::DurationToNanoseconds(timeout);
-  return nanos <= 0 ? 0 : (nanos + 999'999) / 1'000'000;
+  return has_timeout ? DurationToCeilMs(timeout) : -1;
 }
 
 // `timeout_ms` is the already-resolved wait of a blocking op.

@@ -16,6 +16,10 @@
 
 namespace forq::server {
 
+// Whole milliseconds of `d`, rounded up; 0 if `d` is not positive. Clamped
+// near INT64_MAX ms (~292 million years): any valid Duration converts.
+int64_t DurationToCeilMs(const google::protobuf::Duration& d);
+
 // Milliseconds a blocking op may wait: the explicit timeout (absent = no
 // limit of its own) capped by the RPC deadline.
 int64_t TimeoutMs(grpc::CallbackServerContext* ctx, bool has_timeout,

@@ -145,6 +145,32 @@ TEST_F(ManagerServiceTest, ExplicitTimeoutAndCancel) {
   EXPECT_TRUE(service_.core().AwaitWaiterCount(0, absl::Seconds(5)));
 }
 
+// A timeout beyond ~292 years (valid up to 10,000) overflowed the
+// nanosecond conversion: the wait answered "not set" at once.
+TEST_F(ManagerServiceTest, TimeoutOfCenturiesWaitsForTheEvent) {
+  grpc::ClientContext wait_ctx;
+  v1::EventRequest wait;
+  wait.set_name("e");
+  wait.mutable_timeout()->set_seconds(9'467'280'000);  // 300 years
+  v1::EventResponse resp;
+  Notification done;
+  grpc::Status status;
+  stub_->async()->EventWait(&wait_ctx, &wait, &resp, [&](grpc::Status s) {
+    status = s;
+    done.Notify();
+  });
+  ASSERT_TRUE(service_.core().AwaitWaiterCount(1, absl::Seconds(5)));
+  EXPECT_FALSE(done.HasBeenNotified());
+  grpc::ClientContext set_ctx;
+  v1::EventRequest set;
+  set.set_name("e");
+  v1::EventResponse set_resp;
+  ASSERT_TRUE(stub_->EventSet(&set_ctx, set, &set_resp).ok());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(resp.is_set());
+}
+
 // Must-show 4: parked calls cost no thread each.
 TEST_F(ManagerServiceTest, ThousandBlockedQueueGetsUseFewThreads) {
   constexpr int kCalls = 1000;

@@ -29,9 +29,10 @@ inline google::protobuf::Duration ToProto(absl::Duration d) {
       absl::ToInt64Nanoseconds(d));
 }
 
+// Seconds and nanos apart: the nanosecond count of a Duration beyond ~292
+// years (valid ones reach 10,000) does not fit in 64 bits.
 inline absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Nanoseconds(
-      google::protobuf::util::TimeUtil::DurationToNanoseconds(d));
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
 }
 
 using v1::IsTerminal;
