@@ -134,6 +134,12 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
     absl::Cleanup rollback = [&] {
       (void)writer->Command("ROLLBACK", "rollback migration");
     };
+    // The cluster's idle-in-transaction timeout (lease/2) is for a paused
+    // node's row locks; a migration paused between its statements (a busy
+    // host) must not lose its session to it.
+    FORQ_RETURN_IF_ERROR(
+        writer->Command("SET LOCAL idle_in_transaction_session_timeout = 0",
+                        "migration timeout"));
     FORQ_RETURN_IF_ERROR(writer->Command(
         absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ", 2)").c_str(),
         "lock schema"));
