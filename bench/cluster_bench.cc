@@ -25,6 +25,13 @@
 // connect  runs the no-op tasks through one node already running at that
 //          address (started by hand, e.g. under valgrind) instead of
 //          starting PostgreSQL and nodes.
+// soak     instead of the above: one node with --result_ttl=5s
+//          --purge_interval=1s takes --soak_rate no-op tasks/s (default
+//          2000, batches of 100) for that many seconds; every 10 s, and
+//          once more after the last tasks' TTL, it prints the live and dead
+//          rows of `tasks` (pg_stat_user_tables.n_live_tup / n_dead_tup),
+//          its size with indexes and the autovacuum count: whether the TTL
+//          purge keeps the table from bloating.
 // keep_logs=DIR copies each node's log there (at --log_level, default
 //          warn) after each node count.
 #include <algorithm>
@@ -59,6 +66,7 @@ constexpr const char* kUsage =
     "[--pg_stats]\n"
     "              [--paused] [--connect=HOST:PORT] [--keep_logs=DIR] "
     "[--log_level=warn]\n"
+    "              [--soak=SECONDS] [--soak_rate=2000]\n"
     "Flags are described at the top of bench/cluster_bench.cc.\n";
 
 using forq::Client;
@@ -251,6 +259,74 @@ void PrintStatements(const std::string& uri) {
   PQfinish(conn);
 }
 
+// pg_stat_user_tables figures of the schema's `tasks` table.
+std::string TableStats(const PostgresServer& server, const std::string& uri) {
+  const std::string schema = uri.substr(uri.rfind("%3D") + 3);
+  absl::StatusOr<std::string> row = server.Query(absl::StrCat(
+      "SELECT n_live_tup || ' live, ' || n_dead_tup || ' dead, ' || "
+      "round(pg_total_relation_size(relid) / 1048576.0, 1) || ' MiB, "
+      "autovacuums ' || autovacuum_count FROM pg_stat_user_tables WHERE "
+      "schemaname = '",
+      schema, "' AND relname = 'tasks'"));
+  return row.ok() ? *row : row.status().ToString();
+}
+
+// One node takes `rate` no-op tasks/s for `seconds`, with a 5 s result TTL
+// purged every second; prints the table's live and dead rows as it goes.
+int Soak(PostgresServer& server, int seconds, int rate) {
+  auto uri = server.NewSchemaUri("soak");
+  if (!uri.ok()) return 1;
+  ForqdOptions o;
+  o.workers = 2;
+  o.flags = {absl::StrCat("--store=", *uri),
+             "--cluster",
+             "--node_id=n0",
+             "--result_ttl=5s",
+             "--purge_interval=1s",
+             "--log_level=warn"};
+  auto p = ForqdProcess::Start(o);
+  if (!p.ok()) {
+    std::cerr << "forqd: " << p.status() << "\n";
+    return 1;
+  }
+  auto c = Client::Connect({.address = (*p)->grpc_address()});
+  if (!c.ok()) return 1;
+  std::cout << "soak: " << rate << " no-op tasks/s for " << seconds
+            << " s, result TTL 5 s, purge every 1 s\n";
+  const absl::Time start = absl::Now();
+  const absl::Duration per_batch = absl::Seconds(100.0 / rate);
+  absl::Time next_print = start + absl::Seconds(10);
+  int64_t submitted = 0;
+  for (absl::Time next = start; absl::Now() < start + absl::Seconds(seconds);
+       next += per_batch) {
+    absl::SleepFor(next - absl::Now());
+    std::vector<forq::v1::TaskSpec> specs(100);
+    for (auto& s : specs) {
+      s.set_kind("echo");
+      s.set_payload("x");
+    }
+    auto r = (*c)->SubmitBatch(specs);
+    if (!r.ok()) {
+      std::cerr << "submit: " << r.status() << "\n";
+      return 1;
+    }
+    submitted += 100;
+    if (absl::Now() >= next_print) {
+      next_print += absl::Seconds(10);
+      std::cout << absl::StrFormat("t=%3.0f s submitted %d: %s\n",
+                                   absl::ToDoubleSeconds(absl::Now() - start),
+                                   submitted, TableStats(server, *uri));
+    }
+  }
+  // The last tasks' TTL, a purge, and the statistics' flush.
+  absl::SleepFor(absl::Seconds(10));
+  std::cout << absl::StrFormat(
+      "t=%3.0f s after the last TTL, submitted %d: %s\n",
+      absl::ToDoubleSeconds(absl::Now() - start), submitted,
+      TableStats(server, *uri));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -259,6 +335,7 @@ int main(int argc, char** argv) {
   bool fsync = false, pg_stats = false, paused = false;
   std::string keep_logs, log_level = "warn";
   std::string pg_options, connect;
+  int soak = 0, soak_rate = 2000;
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--nodes=")) {
@@ -287,6 +364,10 @@ int main(int argc, char** argv) {
       pg_stats = true;
     } else if (absl::ConsumePrefix(&a, "--connect=")) {
       connect = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--soak=")) {
+      (void)absl::SimpleAtoi(a, &soak);
+    } else if (absl::ConsumePrefix(&a, "--soak_rate=")) {
+      (void)absl::SimpleAtoi(a, &soak_rate);
     } else if (a == "--help") {
       std::cout << kUsage;
       return 0;
@@ -318,6 +399,7 @@ int main(int argc, char** argv) {
     std::cerr << "postgres: " << server.status() << "\n";
     return 1;
   }
+  if (soak > 0) return Soak(**server, soak, std::max(100, soak_rate));
   if (pg_stats) {
     if (auto s = (*server)->Exec("CREATE EXTENSION pg_stat_statements");
         !s.ok()) {
