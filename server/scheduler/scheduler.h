@@ -144,8 +144,10 @@ class Scheduler {
   // For a Submit answer (options().answer_finished_submits): when the
   // task's terminal state is reached and its write is in flight, registers
   // `done` as Wait does (it runs once that
-  // write is durable, normally the next group commit) and returns true, so
-  // the answer can carry the result. Otherwise false, `done` untouched.
+  // write is durable, normally the next group commit, or after a second
+  // with the task as it stands) and returns true, so the answer can carry
+  // the result. Otherwise (also while the store refuses writes) false,
+  // `done` untouched.
   bool WaitIfFinishing(absl::string_view id, WaitDone& done);
   // Drops a pending wait without calling it. False if it already fired.
   bool CancelWait(uint64_t handle);

@@ -134,8 +134,15 @@ bool Scheduler::WaitIfFinishing(absl::string_view id, WaitDone& done) {
   MutexLock lock(&mu_);
   if (stop_) return false;
   auto it = tasks_.find(std::string(id));
-  if (it == tasks_.end() || !it->second.finishing) return false;
-  const absl::Time deadline = clock_.Now() + options_.max_wait;
+  // Not while the store refuses writes: the answer (its insert is durable)
+  // must not wait for a disk to come back.
+  if (it == tasks_.end() || !it->second.finishing || it->second.finish_failed ||
+      store_failing_) {
+    return false;
+  }
+  // Normally one group commit; bounded, so a slow store delays the answer
+  // by a second at most (it then carries the task as stored).
+  const absl::Time deadline = clock_.Now() + absl::Seconds(1);
   waits_.Add(it->first, deadline, std::move(done));
   WakeAtLocked(deadline);
   return true;

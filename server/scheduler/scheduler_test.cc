@@ -898,6 +898,59 @@ TEST(SchedulerTest, WaitIfFinishingAnswersOnceTheTerminalWriteIsDurable) {
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// A terminal write that takes long (here held) does not hold the answer
+// beyond a second: it then goes out with the task as it stands.
+TEST(SchedulerTest, WaitIfFinishingGivesUpAfterASecond) {
+  ManualScheduler m;
+  const std::string id = SubmitEcho(m.scheduler, "a");
+  m.pool.AddRoom(1);
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  m.store.hold_finishes = true;
+  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "a");
+  Notification answered;
+  bool answer_terminal = true;
+  v1::Task answer;
+  Scheduler::WaitDone done = [&](absl::StatusOr<v1::Task> t, bool terminal) {
+    ASSERT_TRUE(t.ok()) << t.status();
+    answer = *std::move(t);
+    answer_terminal = terminal;
+    answered.Notify();
+  };
+  ASSERT_TRUE(m.scheduler.WaitIfFinishing(id, done));
+  m.clock.Advance(absl::Milliseconds(999));
+  m.scheduler.Poke();
+  EXPECT_FALSE(answered.HasBeenNotified());
+  m.clock.Advance(absl::Milliseconds(1));
+  m.scheduler.Poke();
+  answered.WaitForNotification();
+  EXPECT_FALSE(answer_terminal);
+  EXPECT_EQ(answer.id(), id);
+  EXPECT_FALSE(IsTerminal(answer.state()));  // not durable yet
+  m.store.hold_finishes = false;
+  m.store.ReleaseFinishes();
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
+// While the store refuses the terminal write, the answer does not wait.
+TEST(SchedulerTest, WaitIfFinishingDoesNotWaitOnAFailingStore) {
+  ManualScheduler m;
+  const std::string id = SubmitEcho(m.scheduler, "a");
+  m.pool.AddRoom(1);
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  m.store.fail_finishes = 1;
+  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "a");
+  m.store.failed.WaitForNotification();
+  Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
+    ADD_FAILURE() << "no wait registered";
+  };
+  // The store refused at once, inside Finish: the task is finishing with
+  // a failed write, and the answer must not wait for the disk.
+  EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
 // Switched off (forqd with fsync), a finishing task registers nothing.
 TEST(SchedulerTest, WaitIfFinishingCanBeSwitchedOff) {
   SchedulerOptions options;
