@@ -212,6 +212,10 @@ class Scheduler {
     // Its insert failed after it was dispatched, or (cluster) its lease
     // was lost: drop, never write.
     bool abandoned = false;
+    // Submitted with Ack::kDeferred (a Map input, Submit with wait): its
+    // submitter waits for the result, so once that is delivered the task
+    // is not kept among the recently finished (Get reads the store).
+    bool answered_by_result = false;
     bool lease_lost = false;
     v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;

@@ -324,13 +324,19 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
         tasks_.erase(it);
         continue;
       }
-      for (WaitDone& done : waits_.TakeTask(id)) {
-        d.Add([done = std::move(done), task = e.task]() mutable {
+      std::vector<WaitDone> waiters = waits_.TakeTask(id);
+      EmitLocked(e.task, v1::TaskEvent::STATE, d);
+      // A deferred task's result went to its submitter: the last waiter
+      // gets the task itself instead of a copy.
+      const bool remember = !e.answered_by_result || waiters.empty();
+      for (size_t i = 0; i < waiters.size(); ++i) {
+        const bool last = !remember && i + 1 == waiters.size();
+        d.Add([done = std::move(waiters[i]),
+               task = last ? std::move(e.task) : e.task]() mutable {
           done(std::move(task), true);
         });
       }
-      EmitLocked(e.task, v1::TaskEvent::STATE, d);
-      RememberLocked(std::move(e.task));
+      if (remember) RememberLocked(std::move(e.task));
       tasks_.erase(it);
     }
     if (!idle_waiters_.empty()) WakeLocked();  // they may be satisfied now

@@ -238,6 +238,7 @@ std::vector<InsertResult> Scheduler::QueueDeferredLocked(
   for (v1::Task& t : tasks) {
     Entry& e = tasks_[t.id()];
     e.stored = false;
+    e.answered_by_result = true;
     deferred_.emplace_back(now, t.id());
     accepted.emplace_back().task.set_id(t.id());
     e.task = std::move(t);
