@@ -25,7 +25,7 @@ namespace {
 // task runs while its insert commits) is answered with its result once
 // that is durable, a group commit later: the client's future then needs no
 // wait call.
-void AnswerSubmit(Scheduler& scheduler, std::vector<v1::Task*> fresh,
+void AnswerSubmit(Scheduler& scheduler, const std::vector<v1::Task*>& fresh,
                   grpc::ServerUnaryReactor* reactor, const Meter& meter) {
   struct Answer {
     Answer(grpc::ServerUnaryReactor* r, const Meter& m)
@@ -239,19 +239,21 @@ grpc::ServerUnaryReactor* TaskServiceImpl::Submit(
   }
   if (!req->has_wait()) {
     auto* reactor = ctx->DefaultReactor();
-    scheduler_.Submit(
-        {req->task()}, [this, reactor, resp,
-                        meter](absl::StatusOr<std::vector<InsertResult>> r) {
-          if (!r.ok()) {
-            meter.Finish(reactor, ToGrpcStatus(r.status()));
-            return;
-          }
-          *resp->mutable_task() = std::move((*r)[0].task);
-          resp->set_existing((*r)[0].existing);
-          std::vector<v1::Task*> fresh;
-          if (!resp->existing()) fresh.push_back(resp->mutable_task());
-          AnswerSubmit(scheduler_, std::move(fresh), reactor, meter);
-        });
+    scheduler_.Submit({req->task()},
+                      [this, reactor, resp,
+                       meter](absl::StatusOr<std::vector<InsertResult>> r) {
+                        if (!r.ok()) {
+                          meter.Finish(reactor, ToGrpcStatus(r.status()));
+                          return;
+                        }
+                        *resp->mutable_task() = std::move((*r)[0].task);
+                        resp->set_existing((*r)[0].existing);
+                        std::vector<v1::Task*> fresh;
+                        if (!resp->existing()) {
+                          fresh.push_back(resp->mutable_task());
+                        }
+                        AnswerSubmit(scheduler_, fresh, reactor, meter);
+                      });
     return reactor;
   }
   // Submit and wait in one call: the reply carries the terminal task, or
@@ -300,32 +302,34 @@ grpc::ServerUnaryReactor* TaskServiceImpl::SubmitBatch(
     }
   }
   std::vector<v1::TaskSpec> specs(req->tasks().begin(), req->tasks().end());
-  scheduler_.Submit(
-      std::move(specs), [this, reactor, resp, meter, brief = req->brief()](
-                            absl::StatusOr<std::vector<InsertResult>> r) {
-        if (!r.ok()) {
-          meter.Finish(reactor, ToGrpcStatus(r.status()));
-          return;
-        }
-        for (InsertResult& ir : *r) {
-          v1::Task* t = resp->add_tasks();
-          if (brief && !v1::IsTerminal(ir.task.state())) {
-            t->set_id(std::move(*ir.task.mutable_id()));
-            t->set_queue(std::move(*ir.task.mutable_queue()));
-            t->set_kind(std::move(*ir.task.mutable_kind()));
-            t->set_state(ir.task.state());
-          } else {
-            *t = std::move(ir.task);
-          }
-          resp->add_existing(ir.existing);
-        }
-        std::vector<v1::Task*> fresh;
-        fresh.reserve(resp->tasks_size());
-        for (int i = 0; i < resp->tasks_size(); ++i) {
-          if (!resp->existing(i)) fresh.push_back(resp->mutable_tasks(i));
-        }
-        AnswerSubmit(scheduler_, std::move(fresh), reactor, meter);
-      });
+  scheduler_.Submit(std::move(specs),
+                    [this, reactor, resp, meter, brief = req->brief()](
+                        absl::StatusOr<std::vector<InsertResult>> r) {
+                      if (!r.ok()) {
+                        meter.Finish(reactor, ToGrpcStatus(r.status()));
+                        return;
+                      }
+                      for (InsertResult& ir : *r) {
+                        v1::Task* t = resp->add_tasks();
+                        if (brief && !v1::IsTerminal(ir.task.state())) {
+                          t->set_id(std::move(*ir.task.mutable_id()));
+                          t->set_queue(std::move(*ir.task.mutable_queue()));
+                          t->set_kind(std::move(*ir.task.mutable_kind()));
+                          t->set_state(ir.task.state());
+                        } else {
+                          *t = std::move(ir.task);
+                        }
+                        resp->add_existing(ir.existing);
+                      }
+                      std::vector<v1::Task*> fresh;
+                      fresh.reserve(resp->tasks_size());
+                      for (int i = 0; i < resp->tasks_size(); ++i) {
+                        if (!resp->existing(i)) {
+                          fresh.push_back(resp->mutable_tasks(i));
+                        }
+                      }
+                      AnswerSubmit(scheduler_, fresh, reactor, meter);
+                    });
   return reactor;
 }
 

@@ -167,25 +167,44 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
     return;
   }
   std::vector<v1::Task>& tasks = *built;
+  std::map<std::string, int64_t> adding;
   bool keyed = false;
-  for (const v1::Task& t : tasks) keyed = keyed || !t.idempotency_key().empty();
-  const bool deferred =
-      ack == Ack::kDeferred && !keyed && work_source_ == nullptr;
+  for (const v1::Task& t : tasks) {
+    ++adding[t.queue()];
+    keyed = keyed || !t.idempotency_key().empty();
+  }
+  if (keyed) {
+    absl::Status admitted;
+    {
+      MutexLock lock(&mu_);
+      admitted = AdmitLocked(adding);
+    }
+    if (!admitted.ok()) {
+      done(std::move(admitted));
+      return;
+    }
+    InsertKeyed(std::move(tasks), std::move(done));
+    return;
+  }
+  // Deferred: answered at once, with the ids (after the lock).
+  SubmitDone answer_now;
   std::vector<InsertResult> accepted;
   Deferred d;
   {
     MutexLock lock(&mu_);
-    std::map<std::string, int64_t> adding;
-    for (const v1::Task& t : tasks) ++adding[t.queue()];
     if (absl::Status admitted = AdmitLocked(adding); !admitted.ok()) {
       done(std::move(admitted));
       return;
     }
-    if (!keyed && work_source_ != nullptr) {
+    if (work_source_ != nullptr) {
       SubmitClusterLocked(std::move(tasks), std::move(done), d);
-    } else if (!keyed) {
-      if (deferred) accepted = QueueDeferredLocked(std::move(tasks), d);
-      if (!deferred) QueueAndInsertLocked(std::move(tasks), std::move(done), d);
+    } else {
+      if (ack == Ack::kDeferred) {
+        answer_now = std::move(done);
+        accepted = QueueDeferredLocked(std::move(tasks), d);
+      } else {
+        QueueAndInsertLocked(std::move(tasks), std::move(done), d);
+      }
       for (const auto& [queue, n] : adding) {
         metrics_.TaskSubmitted(queue, static_cast<int>(n));
       }
@@ -194,11 +213,7 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
     }
   }
   d.Run();
-  if (deferred) {
-    done(std::move(accepted));
-  } else if (keyed) {
-    InsertKeyed(std::move(tasks), std::move(done));
-  }
+  if (answer_now) answer_now(std::move(accepted));
 }
 
 // The tasks are queued (and may run) while their insert commits: the
@@ -282,8 +297,9 @@ void Scheduler::InsertKeyed(std::vector<v1::Task> tasks, SubmitDone done) {
                       EmitLocked(e.task, v1::TaskEvent::STATE, d);
                     }
                     DispatchLocked(now, d);
-                    if (!delayed_.empty())
+                    if (!delayed_.empty()) {
                       WakeAtLocked(delayed_.begin()->first);
+                    }
                   }
                   d.Run();
                   done(std::move(results));
