@@ -255,7 +255,7 @@ TEST(SqliteStoreTest, VersionThreeExpiryIsMigrated) {
       v1::Task task = MakeTask(absl::StrCat("t", i));
       task.set_state(v1::SUCCEEDED);
       task.mutable_finished_at()->set_seconds(absl::ToUnixSeconds(finished));
-      task.mutable_result_ttl()->set_seconds(60 * (i + 1));
+      task.mutable_result_ttl()->set_seconds(int64_t{60} * (i + 1));
       tasks.push_back(task);
     }
     ASSERT_THAT(InsertSync(*store, tasks), IsOk());

@@ -235,8 +235,9 @@ TEST_P(StoreContractTest, LongBatchIsStoredWholeOrNotAtAll) {
     std::vector<v1::Task> tasks;
     for (int i = 0; i < 45; ++i) {
       tasks.push_back(MakeTask(absl::StrCat(prefix, i)));
-      if (i % 20 == 7)
+      if (i % 20 == 7) {
         tasks.back().set_idempotency_key(absl::StrCat(prefix, "key", i));
+      }
     }
     return tasks;
   };
