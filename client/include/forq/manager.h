@@ -82,12 +82,24 @@ class ManagerFuture {
 
 // Proxies are cheap handles (the Manager plus a name), valid while their
 // Manager lives. Thread-safe.
-class Dict {
+class ManagerProxy {
  public:
   // A value that refers to this object, to store inside another object
   // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
   // object must exist (any operation creates it) when the value is stored.
   std::string Ref() const;
+  const std::string& name() const { return name_; }
+
+ protected:
+  ManagerProxy(Manager* m, std::string name, v1::ObjectType type)
+      : m_(m), name_(std::move(name)), type_(type) {}
+  Manager* m_;
+  std::string name_;
+  v1::ObjectType type_;
+};
+
+class Dict : public ManagerProxy {
+ public:
   // NotFound when the key is absent.
   absl::StatusOr<std::string> Get(absl::string_view key) const;
   absl::Status Set(absl::string_view key, absl::string_view value) const;
@@ -121,17 +133,12 @@ class Dict {
 
  private:
   friend class Manager;
-  Dict(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  Manager* m_;
-  std::string name_;
+  Dict(Manager* m, std::string name)
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_DICT) {}
 };
 
-class List {
+class List : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   // Mutators return the length afterwards.
   absl::StatusOr<int64_t> Append(absl::string_view value) const;
   absl::StatusOr<int64_t> Extend(const std::vector<std::string>& values) const;
@@ -174,17 +181,12 @@ class List {
 
  private:
   friend class Manager;
-  List(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  Manager* m_;
-  std::string name_;
+  List(Manager* m, std::string name)
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_LIST) {}
 };
 
-class Value {
+class Value : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::StatusOr<std::string> Get() const;
   absl::Status Set(absl::string_view value) const;
   absl::StatusOr<std::string> Add(absl::string_view delta) const;
@@ -195,21 +197,16 @@ class Value {
  private:
   friend class Manager;
   Value(Manager* m, std::string name, std::string typecode = "")
-      : m_(m), name_(std::move(name)), typecode_(std::move(typecode)) {}
-  Manager* m_;
-  std::string name_;
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_VALUE),
+        typecode_(std::move(typecode)) {}
   std::string typecode_;
 };
 
 // Fixed-length numbers as decimal text, typed by an `array` typecode
 // (b B h H i I l L q Q f d; none = "q", int64). Out-of-range elements fail
 // with OutOfRange, as Python's OverflowError.
-class Array {
+class Array : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::StatusOr<std::string> Get(int64_t index) const;
   absl::Status Set(int64_t index, absl::string_view value) const;
   absl::StatusOr<std::string> Add(int64_t index, absl::string_view delta) const;
@@ -226,25 +223,18 @@ class Array {
   friend class Manager;
   Array(Manager* m, std::string name, int64_t length, std::string typecode,
         std::vector<std::string> initial = {})
-      : m_(m),
-        name_(std::move(name)),
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_ARRAY),
         length_(length),
         typecode_(std::move(typecode)),
         initial_(std::move(initial)) {}
   v1::ManagerCall Base(absl::string_view op) const;
-  Manager* m_;
-  std::string name_;
   int64_t length_;
   std::string typecode_;
   std::vector<std::string> initial_;
 };
 
-class Namespace {
+class Namespace : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::StatusOr<std::string> Get(absl::string_view attr) const;
   absl::Status Set(absl::string_view attr, absl::string_view value) const;
   absl::Status Delete(absl::string_view attr) const;
@@ -252,17 +242,12 @@ class Namespace {
 
  private:
   friend class Manager;
-  Namespace(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  Manager* m_;
-  std::string name_;
+  Namespace(Manager* m, std::string name)
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_NAMESPACE) {}
 };
 
-class Queue {
+class Queue : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   // Blocks while full; ResourceExhausted after `timeout` (zero = no wait).
   absl::Status Put(absl::string_view item,
                    absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -285,19 +270,14 @@ class Queue {
  private:
   friend class Manager;
   Queue(Manager* m, std::string name, int64_t maxsize)
-      : m_(m), name_(std::move(name)), maxsize_(maxsize) {}
-  Manager* m_;
-  std::string name_;
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_QUEUE),
+        maxsize_(maxsize) {}
   int64_t maxsize_;
 };
 
 // End 0 and end 1; each sends to the other.
-class Pipe {
+class Pipe : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::Status Send(int end, absl::string_view message) const;
   absl::StatusOr<std::string> Recv(
       int end, absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -306,9 +286,8 @@ class Pipe {
  private:
   friend class Manager;
   Pipe(Manager* m, std::string name, bool one_way)
-      : m_(m), name_(std::move(name)), one_way_(one_way) {}
-  Manager* m_;
-  std::string name_;
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_PIPE),
+        one_way_(one_way) {}
   bool one_way_;
 };
 
@@ -323,8 +302,7 @@ class LockGuard {
   absl::Status Release();
 
  private:
-  friend class Lock;
-  friend class RLock;
+  friend class BasicLock;
   LockGuard(Manager* m, std::string name, bool reentrant, uint64_t token)
       : m_(m), name_(std::move(name)), reentrant_(reentrant), token_(token) {}
   Manager* m_;
@@ -339,12 +317,10 @@ struct LockGrant {
   uint64_t token = 0;
 };
 
-class Lock {
+// Lock and RLock. An RLock is re-entrant per calling thread (its owner is
+// session + thread); a Lock is not.
+class BasicLock : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   // acquired = false when `timeout` passed first.
   absl::StatusOr<LockGrant> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -353,39 +329,30 @@ class Lock {
   absl::StatusOr<LockGuard> Guard(
       absl::Duration timeout = absl::InfiniteDuration()) const;
 
- private:
-  friend class Manager;
-  Lock(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  Manager* m_;
-  std::string name_;
-};
-
-// Re-entrant per calling thread (the owner is session + thread).
-class RLock {
- public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
-  absl::StatusOr<LockGrant> Acquire(
-      absl::Duration timeout = absl::InfiniteDuration()) const;
-  absl::Status Release() const;
-  absl::StatusOr<LockGuard> Guard(
-      absl::Duration timeout = absl::InfiniteDuration()) const;
+ protected:
+  BasicLock(Manager* m, std::string name, bool reentrant)
+      : ManagerProxy(m, std::move(name),
+                     reentrant ? v1::OBJECT_TYPE_RLOCK : v1::OBJECT_TYPE_LOCK),
+        reentrant_(reentrant) {}
 
  private:
-  friend class Manager;
-  RLock(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  Manager* m_;
-  std::string name_;
+  bool reentrant_;
 };
 
-class Semaphore {
+class Lock final : public BasicLock {
+ private:
+  friend class Manager;
+  Lock(Manager* m, std::string name) : BasicLock(m, std::move(name), false) {}
+};
+
+class RLock final : public BasicLock {
+ private:
+  friend class Manager;
+  RLock(Manager* m, std::string name) : BasicLock(m, std::move(name), true) {}
+};
+
+class Semaphore : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   // False when `timeout` passed first.
   absl::StatusOr<bool> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
@@ -396,20 +363,18 @@ class Semaphore {
  private:
   friend class Manager;
   Semaphore(Manager* m, std::string name, int64_t initial, bool bounded)
-      : m_(m), name_(std::move(name)), initial_(initial), bounded_(bounded) {}
+      : ManagerProxy(m, std::move(name),
+                     bounded ? v1::OBJECT_TYPE_BOUNDED_SEMAPHORE
+                             : v1::OBJECT_TYPE_SEMAPHORE),
+        initial_(initial),
+        bounded_(bounded) {}
   v1::ManagerCall Base(absl::string_view op) const;
-  Manager* m_;
-  std::string name_;
   int64_t initial_;
   bool bounded_;
 };
 
-class Event {
+class Event : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::Status Set() const;
   absl::Status Clear() const;
   absl::StatusOr<bool> IsSet() const;
@@ -419,20 +384,15 @@ class Event {
 
  private:
   friend class Manager;
-  Event(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
-  Manager* m_;
-  std::string name_;
+  Event(Manager* m, std::string name)
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_EVENT) {}
 };
 
 // multiprocessing.Barrier: Wait returns this party's arrival index (0 ..
 // parties-1); a broken barrier (a wait timed out, Abort, a party cancelled)
 // fails Wait with FailedPrecondition until Reset.
-class Barrier {
+class Barrier : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::StatusOr<int64_t> Wait(
       absl::Duration timeout = absl::InfiniteDuration()) const;
   absl::Status Abort() const;
@@ -443,20 +403,15 @@ class Barrier {
  private:
   friend class Manager;
   Barrier(Manager* m, std::string name, int64_t parties)
-      : m_(m), name_(std::move(name)), parties_(parties) {}
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_BARRIER),
+        parties_(parties) {}
   v1::ManagerCall Base(absl::string_view op) const;
-  Manager* m_;
-  std::string name_;
   int64_t parties_;
 };
 
 // Condition with its own re-entrant lock; owner = session + thread.
-class Condition {
+class Condition : public ManagerProxy {
  public:
-  // A value that refers to this object, to store inside another object
-  // (Python's `l.append(manager.dict())`); see Manager::ParseRef. The
-  // object must exist (any operation creates it) when the value is stored.
-  std::string Ref() const;
   absl::StatusOr<bool> Acquire(
       absl::Duration timeout = absl::InfiniteDuration()) const;
   absl::Status Release() const;
@@ -470,10 +425,9 @@ class Condition {
 
  private:
   friend class Manager;
-  Condition(Manager* m, std::string name) : m_(m), name_(std::move(name)) {}
+  Condition(Manager* m, std::string name)
+      : ManagerProxy(m, std::move(name), v1::OBJECT_TYPE_CONDITION) {}
   v1::ManagerCall Base(absl::string_view op, absl::Duration timeout) const;
-  Manager* m_;
-  std::string name_;
 };
 
 // A connection to forqd's ManagerService. Thread-safe; share one per
