@@ -11,6 +11,32 @@ namespace forq::worker {
 
 // ---------------------------------------------------------------- client
 
+namespace {
+
+// A request of `type`/`op` on the object `name`.
+ManagerRequest Request(ManagerType type, ManagerOp op, absl::string_view name) {
+  ManagerRequest r;
+  r.type = type;
+  r.op = op;
+  r.name = std::string(name);
+  return r;
+}
+
+// ... naming an element of a list.
+ManagerRequest At(ManagerOp op, absl::string_view name, int64_t index) {
+  ManagerRequest r = Request(ManagerType::kList, op, name);
+  r.has_index = true;
+  r.index = index;
+  return r;
+}
+
+absl::StatusOr<std::string> ValueOf(absl::StatusOr<ManagerReply> reply) {
+  if (!reply.ok()) return reply.status();
+  return std::move(reply->value);
+}
+
+}  // namespace
+
 ManagerClient::ManagerClient(TaskContext& ctx, ManagerClientOptions options)
     : ctx_(ctx), options_(options) {}
 
@@ -35,9 +61,7 @@ absl::StatusOr<ManagerReply> ManagerClient::Call(
 
 absl::StatusOr<std::string> ManagerClient::Session() {
   if (!session_.empty()) return session_;
-  ManagerRequest r;
-  r.type = ManagerType::kSession;
-  r.op = ManagerOp::kOpen;
+  ManagerRequest r = Request(ManagerType::kSession, ManagerOp::kOpen, "");
   r.ttl_ms = absl::ToInt64Milliseconds(options_.session_ttl);
   r.key = absl::StrCat("task ", ctx_.task_id());
   FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
@@ -47,31 +71,22 @@ absl::StatusOr<std::string> ManagerClient::Session() {
 
 absl::Status ManagerClient::CloseSession() {
   if (session_.empty()) return absl::OkStatus();
-  ManagerRequest r;
-  r.type = ManagerType::kSession;
-  r.op = ManagerOp::kClose;
+  ManagerRequest r = Request(ManagerType::kSession, ManagerOp::kClose, "");
   r.session = std::exchange(session_, "");
   return Call(r).status();
 }
 
 absl::StatusOr<std::string> ManagerClient::DictGet(absl::string_view name,
                                                    absl::string_view key) {
-  ManagerRequest r;
-  r.type = ManagerType::kDict;
-  r.op = ManagerOp::kGet;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kDict, ManagerOp::kGet, name);
   r.key = std::string(key);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
-  return std::move(reply.value);
+  return ValueOf(Call(r));
 }
 
 absl::Status ManagerClient::DictSet(absl::string_view name,
                                     absl::string_view key,
                                     absl::string_view value) {
-  ManagerRequest r;
-  r.type = ManagerType::kDict;
-  r.op = ManagerOp::kSet;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kDict, ManagerOp::kSet, name);
   r.key = std::string(key);
   r.value = std::string(value);
   return Call(r).status();
@@ -79,34 +94,19 @@ absl::Status ManagerClient::DictSet(absl::string_view name,
 
 absl::StatusOr<std::string> ManagerClient::ListGet(absl::string_view name,
                                                    int64_t index) {
-  ManagerRequest r;
-  r.type = ManagerType::kList;
-  r.op = ManagerOp::kGet;
-  r.name = std::string(name);
-  r.has_index = true;
-  r.index = index;
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
-  return std::move(reply.value);
+  return ValueOf(Call(At(ManagerOp::kGet, name, index)));
 }
 
 absl::Status ManagerClient::ListSet(absl::string_view name, int64_t index,
                                     absl::string_view value) {
-  ManagerRequest r;
-  r.type = ManagerType::kList;
-  r.op = ManagerOp::kSet;
-  r.name = std::string(name);
-  r.has_index = true;
-  r.index = index;
+  ManagerRequest r = At(ManagerOp::kSet, name, index);
   r.value = std::string(value);
   return Call(r).status();
 }
 
 absl::StatusOr<int64_t> ManagerClient::ListAppend(absl::string_view name,
                                                   absl::string_view value) {
-  ManagerRequest r;
-  r.type = ManagerType::kList;
-  r.op = ManagerOp::kAppend;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kList, ManagerOp::kAppend, name);
   r.value = std::string(value);
   FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return reply.length;
@@ -115,35 +115,22 @@ absl::StatusOr<int64_t> ManagerClient::ListAppend(absl::string_view name,
 absl::StatusOr<std::string> ManagerClient::ListAdd(absl::string_view name,
                                                    int64_t index,
                                                    absl::string_view delta) {
-  ManagerRequest r;
-  r.type = ManagerType::kList;
-  r.op = ManagerOp::kAdd;
-  r.name = std::string(name);
-  r.has_index = true;
-  r.index = index;
+  ManagerRequest r = At(ManagerOp::kAdd, name, index);
   r.delta = std::string(delta);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
-  return std::move(reply.value);
+  return ValueOf(Call(r));
 }
 
 absl::StatusOr<std::string> ManagerClient::ValueAdd(absl::string_view name,
                                                     absl::string_view delta) {
-  ManagerRequest r;
-  r.type = ManagerType::kValue;
-  r.op = ManagerOp::kAdd;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kValue, ManagerOp::kAdd, name);
   r.delta = std::string(delta);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
-  return std::move(reply.value);
+  return ValueOf(Call(r));
 }
 
 absl::Status ManagerClient::QueuePut(absl::string_view name,
                                      absl::string_view item,
                                      absl::Duration timeout) {
-  ManagerRequest r;
-  r.type = ManagerType::kQueue;
-  r.op = ManagerOp::kPut;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kQueue, ManagerOp::kPut, name);
   r.value = std::string(item);
   r.timeout_ms = TimeoutMs(timeout);
   return Call(r).status();
@@ -151,22 +138,15 @@ absl::Status ManagerClient::QueuePut(absl::string_view name,
 
 absl::StatusOr<std::string> ManagerClient::QueueGet(absl::string_view name,
                                                     absl::Duration timeout) {
-  ManagerRequest r;
-  r.type = ManagerType::kQueue;
-  r.op = ManagerOp::kGet;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kQueue, ManagerOp::kGet, name);
   r.timeout_ms = TimeoutMs(timeout);
-  FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
-  return std::move(reply.value);
+  return ValueOf(Call(r));
 }
 
 absl::StatusOr<uint64_t> ManagerClient::LockAcquire(absl::string_view name,
                                                     absl::Duration timeout) {
   FORQ_ASSIGN_OR_RETURN(std::string session, Session());
-  ManagerRequest r;
-  r.type = ManagerType::kLock;
-  r.op = ManagerOp::kAcquire;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kLock, ManagerOp::kAcquire, name);
   r.session = std::move(session);
   r.timeout_ms = TimeoutMs(timeout);
   FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
@@ -182,28 +162,18 @@ absl::Status ManagerClient::LockRelease(absl::string_view name) {
     return absl::FailedPreconditionError(
         absl::StrCat("lock '", name, "' is not held (no session)"));
   }
-  ManagerRequest r;
-  r.type = ManagerType::kLock;
-  r.op = ManagerOp::kRelease;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kLock, ManagerOp::kRelease, name);
   r.session = session_;
   return Call(r).status();
 }
 
 absl::Status ManagerClient::EventSet(absl::string_view name) {
-  ManagerRequest r;
-  r.type = ManagerType::kEvent;
-  r.op = ManagerOp::kSet;
-  r.name = std::string(name);
-  return Call(r).status();
+  return Call(Request(ManagerType::kEvent, ManagerOp::kSet, name)).status();
 }
 
 absl::StatusOr<bool> ManagerClient::EventWait(absl::string_view name,
                                               absl::Duration timeout) {
-  ManagerRequest r;
-  r.type = ManagerType::kEvent;
-  r.op = ManagerOp::kWait;
-  r.name = std::string(name);
+  ManagerRequest r = Request(ManagerType::kEvent, ManagerOp::kWait, name);
   r.timeout_ms = TimeoutMs(timeout);
   FORQ_ASSIGN_OR_RETURN(ManagerReply reply, Call(r));
   return reply.flag;
