@@ -35,7 +35,8 @@ ObjectManager::ObjectManager(Store* store, Metrics* metrics,
     : store_(store),
       metrics_(metrics),
       options_(options),
-      gauges_(std::make_shared<Gauges>()) {
+      gauges_(std::make_shared<Gauges>()),
+      row_log_(options.row_log) {
   if (metrics_ != nullptr) {
     std::shared_ptr<Gauges> g = gauges_;
     Metrics* m = metrics_;

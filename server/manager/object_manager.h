@@ -28,6 +28,7 @@
 
 #include "common/mutex.h"
 #include "server/manager/ordered_map.h"
+#include "server/manager/row_log.h"
 #include "server/manager/timer_queue.h"
 #include "server/metrics/metrics.h"
 #include "server/store/store.h"
@@ -81,6 +82,9 @@ struct ObjectManagerOptions {
   // Bytes of one object's keys and values, and of all objects together.
   size_t max_object_bytes = 64u << 20;
   size_t max_total_bytes = 512u << 20;
+  // How group commits reach the store (one log record each, compacted
+  // from time to time; see row_log.h).
+  RowLogOptions row_log;
 };
 
 // Thread-safe. One mutex guards all objects and sessions (operations are
@@ -504,6 +508,9 @@ class ObjectManager {
   // reaches the store).
   PendingPersist pending_ ABSL_GUARDED_BY(mu_);
   bool persisting_ ABSL_GUARDED_BY(mu_) = false;
+  // Turns each batch's rows into the store's writes (a log record or a
+  // compaction); knows which log records the store holds.
+  RowLog row_log_ ABSL_GUARDED_BY(mu_);
   // Signalled (with mu_) when a batch is done (Shutdown waits for the last).
   CondVar persist_cv_;
 

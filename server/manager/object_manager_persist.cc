@@ -349,9 +349,10 @@ bool ObjectManager::ParseStoredObject(const std::string& name,
 absl::Status ObjectManager::Recover() {
   if (store_ == nullptr) return absl::OkStatus();
   FORQ_ASSIGN_OR_RETURN(auto blobs, store_->LoadObjects());
+  RowLog::Replayed replayed = RowLog::Replay(std::move(blobs));
   std::string epoch_blob;
   std::map<std::string, StoredRows> stored =
-      GroupRows(std::move(blobs), &epoch_blob);
+      GroupRows(std::move(replayed.rows), &epoch_blob);
   uint64_t stored_epoch = 0;
   if (!epoch_blob.empty()) {
     BlobReader r(epoch_blob);
@@ -383,16 +384,24 @@ absl::Status ObjectManager::Recover() {
     epoch_ = stored_epoch + 1;
     UpdateGaugesLocked();
   }
+  const size_t records = replayed.records.size();
   // The new epoch must be durable before any token of it is handed out, or
   // a crash could make the next start reuse it. Rows no object owns any
-  // more (a whole rewrite left the old generation) go in the same batch.
+  // more (a whole rewrite left the old generation) go in the same batch,
+  // which also compacts the log found.
   BlobWriter w;
   w.U64(stored_epoch + 1);
   cleanup.push_back({kEpochKey, std::move(w.out())});
+  const size_t orphans = cleanup.size() - 1;
+  std::vector<Store::ObjectWrite> writes;
+  {
+    MutexLock lock(&mu_);
+    row_log_.Reset(replayed);
+    writes = row_log_.Prepare(std::move(cleanup), /*compact=*/true);
+  }
   Notification written;
   absl::Status write_status;
-  const size_t orphans = cleanup.size() - 1;
-  store_->WriteObjects(std::move(cleanup),
+  store_->WriteObjects(std::move(writes),
                        [&written, &write_status](absl::Status s) {
                          write_status = std::move(s);
                          written.Notify();
@@ -400,11 +409,15 @@ absl::Status ObjectManager::Recover() {
   // The callback references the locals: wait for it without a bound (the
   // store owes us a call).
   written.WaitForNotification();
+  {
+    MutexLock lock(&mu_);
+    row_log_.Done(write_status.ok());
+  }
   FORQ_RETURN_IF_ERROR(write_status);
   spdlog::info(
-      "manager: recovered {} objects ({} skipped, {} stale rows removed), "
-      "token epoch {}",
-      loaded, skipped, orphans, stored_epoch + 1);
+      "manager: recovered {} objects ({} skipped, {} stale rows removed, {} "
+      "log records compacted), token epoch {}",
+      loaded, skipped, orphans, records, stored_epoch + 1);
   return absl::OkStatus();
 }
 
@@ -632,6 +645,9 @@ void ObjectManager::StartPersistLocked(Batch& b) {
     }
     send->writes = std::move(unique);
   }
+  if (!send->writes.empty()) {
+    send->writes = row_log_.Prepare(std::move(send->writes));
+  }
   send->objects.assign(pending_.objects.begin(), pending_.objects.end());
   send->replies = std::move(pending_.replies);
   pending_ = PendingPersist();
@@ -680,6 +696,7 @@ void ObjectManager::OnPersisted(absl::Status status,
   {
     MutexLock lock(&mu_);
     persisting_ = false;
+    row_log_.Done(status.ok());
     if (status.ok()) {
       for (const std::string& name : sent->objects) {
         auto it = unpersisted_.find(name);
@@ -725,8 +742,11 @@ void ObjectManager::RollbackLocked(const std::set<std::string>& names,
       store_->LoadObjects();
   std::map<std::string, StoredRows> stored;
   if (blobs.ok()) {
+    RowLog::Replayed replayed = RowLog::Replay(*std::move(blobs));
+    // The log as the store holds it, whatever became of the failed batch.
+    row_log_.Reset(replayed);
     std::string epoch;
-    stored = GroupRows(*std::move(blobs), &epoch);
+    stored = GroupRows(std::move(replayed.rows), &epoch);
   } else {
     spdlog::error("manager: cannot reload objects to roll back: {}",
                   blobs.status().ToString());

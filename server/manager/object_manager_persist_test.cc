@@ -193,7 +193,10 @@ TEST_F(ManagerPersistTest, QueueGetTheStoreRefusedKeepsTheItem) {
 
 // Issue 15, defect 6: an append to a long list writes a chunk, not the list.
 TEST_F(ManagerPersistTest, AppendToALongListWritesOneChunk) {
-  Open();
+  // Rows in place: what one op writes, without the log's compactions.
+  ObjectManagerOptions o;
+  o.row_log.max_records = 0;
+  Open(o);
   const std::string item(100, 'x');
   for (int batch = 0; batch < 20; ++batch) {
     ManagerRequest ext = Req(ManagerType::kList, ManagerOp::kExtend, "big");
@@ -281,14 +284,52 @@ TEST_F(ManagerPersistTest, DeleteObjectRemovesEveryRow) {
   ASSERT_THAT(mgr_->DeleteObject("d"), IsOk());
   // A later op waits for the deletes (they share the write queue).
   ASSERT_THAT(DictSet("other", "k", "v"), IsOk());
-  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> rows =
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> raw =
       store_.LoadObjects();
-  ASSERT_THAT(rows, IsOk());
-  for (const auto& [key, blob] : *rows) {
+  ASSERT_THAT(raw, IsOk());
+  for (const auto& [key, blob] : RowLog::Replay(*std::move(raw)).rows) {
     EXPECT_FALSE(absl::StartsWith(key, "manager/obj/l")) << key;
     EXPECT_FALSE(absl::StartsWith(key, "manager/obj/d|")) << key;
     EXPECT_NE(key, "manager/obj/d");
   }
+}
+
+// Group commits go to the store as log records; compactions (here every
+// 8 records) and restarts write the rows in place, and nothing is lost.
+TEST_F(ManagerPersistTest, ChangesSurviveCompactionsAndRestartsOfTheLog) {
+  ObjectManagerOptions o;
+  o.row_log.max_records = 8;
+  Open(o);
+  auto log_records = [&] {
+    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> raw =
+        store_.LoadObjects();
+    EXPECT_THAT(raw, IsOk());
+    int n = 0;
+    for (const auto& kv : *raw) n += absl::StartsWith(kv.first, "manager/log/");
+    return n;
+  };
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_THAT(DictSet("d", absl::StrCat(i % 10), absl::StrCat(i)), IsOk());
+    ASSERT_THAT(Append("l", absl::StrCat(i)), IsOk());
+    EXPECT_LE(log_records(), 8);
+  }
+  ManagerRequest del = Req(ManagerType::kDict, ManagerOp::kDelete, "d");
+  del.key = "3";
+  ASSERT_THAT(Run(del), IsOk());
+  EXPECT_GT(log_records(), 0);  // the last changes are in records
+  Open(o);                      // replays them, then compacts
+  EXPECT_EQ(log_records(), 0);
+  EXPECT_EQ(DictGet("d", "9")->value, "99");
+  EXPECT_THAT(DictGet("d", "3"), StatusIs(absl::StatusCode::kNotFound));
+  const std::vector<std::string> l = Slice("l");
+  ASSERT_EQ(l.size(), 100u);
+  EXPECT_EQ(l[0], "0");
+  EXPECT_EQ(l[99], "99");
+  // A restart with records still in the log (no compaction in between).
+  ASSERT_THAT(DictSet("d", "0", "new"), IsOk());
+  EXPECT_EQ(log_records(), 1);
+  Open(o);
+  EXPECT_EQ(DictGet("d", "0")->value, "new");
 }
 
 // Issue 15, defect 6: values, objects and the total are bounded.
