@@ -11,14 +11,21 @@
 //           starting one
 //   --ops: run each section for exactly N operations (pairs) instead of
 //           --seconds: a fixed amount of work for instruction counts
-//   --only: sections to run: set, get, get1, lock1, uget, ulock, clients
+//   --only: sections to run: set, get, get1, lock1, uget, ulock, clients,
+//           echo (the floor: unary calls to a bare gRPC callback server,
+//           over TCP and over a Unix socket, in a child process)
 //   The client processes of `clients` start together at one instant and
 //   count what completes in the same window, so their sum is a rate.
 //        manager_bench --child ADDRESS START_NS SECONDS INFLIGHT (internal)
+//        manager_bench --serve_echo DIR (internal)
+#include <signal.h>
 #include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
@@ -29,14 +36,17 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include <grpcpp/grpcpp.h>
 
 #include "forq/client.h"
 #include "forq/manager.h"
+#include "forq/v1/manager.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
 
 namespace forq {
@@ -154,6 +164,81 @@ int Child(const std::string& address, int64_t start_ns, double seconds,
   return 0;
 }
 
+// The floor of a unary call: ManagerService.Call answered at once from the
+// callback thread (no interceptor, no forq code).
+class EchoService final : public v1::ManagerService::CallbackService {
+  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* ctx,
+                                 const v1::ManagerCall* req,
+                                 v1::ManagerResult* resp) override {
+    resp->set_value(req->key());
+    grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+};
+
+// Child mode (--serve_echo DIR): serves EchoService on a free loopback port
+// and on unix:DIR/echo, prints the port and its pid, and runs until killed
+// (or until its parent dies).
+int ServeEcho(const std::string& dir) {
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  EchoService service;
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.AddListeningPort(absl::StrCat("unix:", dir, "/echo"),
+                     grpc::InsecureServerCredentials());
+  b.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  if (server == nullptr || port == 0) return 1;
+  std::printf("%d %d\n", port, static_cast<int>(getpid()));
+  std::fflush(stdout);
+  pause();
+  return 0;
+}
+
+// Unary echo calls/s over TCP and over a Unix socket, one after the other,
+// through channels made as forq::Client makes its channel.
+void Echo(double seconds, int64_t ops) {
+  const std::string dir = testing::MakeTempDir("manager-echo");
+  if (dir.empty()) Die(absl::InternalError("mkdtemp"), "echo");
+  const std::string cmd =
+      absl::StrCat("exec /proc/", getpid(), "/exe --serve_echo ", dir);
+  FILE* child = popen(cmd.c_str(), "r");
+  int port = 0, pid = 0;
+  if (child == nullptr || std::fscanf(child, "%d %d", &port, &pid) != 2) {
+    Die(absl::InternalError("no port"), "echo server");
+  }
+  for (const std::string& target : {absl::StrCat("127.0.0.1:", port),
+                                    absl::StrCat("unix:", dir, "/echo")}) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto stub = v1::ManagerService::NewStub(grpc::CreateCustomChannel(
+        target, grpc::InsecureChannelCredentials(), args));
+    v1::ManagerCall req = Manager::MakeCall(v1::OBJECT_TYPE_DICT, "get", "d");
+    req.set_key("7");
+    auto call = [&] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+      v1::ManagerResult resp;
+      if (!stub->Call(&ctx, req, &resp).ok() || resp.value() != "7") {
+        Die(absl::InternalError(target), "echo call");
+      }
+    };
+    for (int i = 0; i < 200; ++i) call();  // connect and warm up
+    const bool unix_socket = absl::StartsWith(target, "unix:");
+    Result(unix_socket ? "bare gRPC unary echo (Unix socket)"
+                       : "bare gRPC unary echo (TCP)",
+           "calls/s", Sequential(seconds, ops, call));
+  }
+  // The child (popen's shell exec'd into it) waits in pause().
+  kill(pid, SIGTERM);
+  pclose(child);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
 int Main(int argc, char** argv) {
   double seconds = 2;
   int inflight = 64;
@@ -162,14 +247,16 @@ int Main(int argc, char** argv) {
   bool unix_socket = false;
   std::string address;
   int64_t ops = 0;
-  std::string only = "set,get,get1,lock1,uget,ulock,clients";
+  std::string only = "set,get,get1,lock1,uget,ulock,clients,echo";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) Die(absl::InvalidArgumentError(a), "missing value");
       return argv[++i];
     };
-    if (a == "--child" && i + 4 < argc) {
+    if (a == "--serve_echo" && i + 1 < argc) {
+      return ServeEcho(argv[i + 1]);
+    } else if (a == "--child" && i + 4 < argc) {
       int64_t start = 0;
       double s = 0;
       int n = 0;
@@ -273,6 +360,7 @@ int Main(int argc, char** argv) {
              }));
     }
   }
+  if (run("echo")) Echo(seconds, ops);
   if (clients > 0 && run("clients")) {
     // Separate processes, as Python's bench runs separate client processes;
     // all count the same window, which starts once they all could connect.
