@@ -48,9 +48,9 @@ std::string ChunkKey(const std::string& name, uint64_t gen, int64_t chunk) {
                       absl::Hex(static_cast<uint64_t>(chunk)));
 }
 
-std::string KeyRow(const std::string& name, uint64_t gen,
-                   const std::string& key) {
-  return absl::StrCat(RowPrefix(name, gen), "k", absl::BytesToHexString(key));
+// `prefix` is RowPrefix(name, gen).
+std::string KeyRow(absl::string_view prefix, const std::string& key) {
+  return absl::StrCat(prefix, "k", absl::BytesToHexString(key));
 }
 
 bool IsSequence(ManagerType t) {
@@ -439,15 +439,16 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
       o.map.ForEach(
           [&](const std::string& k, const std::string&) { d.keys.insert(k); });
     }
+    const std::string prefix = RowPrefix(name, o.gen);
     for (const std::string& k : d.keys) {
       const std::string* v = o.map.Find(k);
       if (v == nullptr) {
-        out.push_back({KeyRow(name, o.gen, k), std::nullopt});
+        out.push_back({KeyRow(prefix, k), std::nullopt});
       } else {
         BlobWriter w;
         w.U64(o.map.Seq(k));
         w.Str(*v);
-        out.push_back({KeyRow(name, o.gen, k), std::move(w.out())});
+        out.push_back({KeyRow(prefix, k), std::move(w.out())});
       }
     }
   } else if (IsSequence(o.type)) {
@@ -562,8 +563,9 @@ void ObjectManager::DeleteRowsLocked(const std::string& name, Object& o,
     pending_.dirty.erase(pending);
   }
   if (IsMap(o.type)) {
+    const std::string prefix = RowPrefix(name, o.gen);
     o.map.ForEach([&](const std::string& k, const std::string&) {
-      b.writes.push_back({KeyRow(name, o.gen, k), std::nullopt});
+      b.writes.push_back({KeyRow(prefix, k), std::nullopt});
     });
   } else if (IsSequence(o.type) && o.stored_hi > o.stored_lo) {
     for (int64_t c = ChunkOf(o.stored_lo); c <= ChunkOf(o.stored_hi - 1); ++c) {

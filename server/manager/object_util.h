@@ -195,11 +195,15 @@ inline int64_t ToMillis(TimerQueue::Clock::duration d) {
 class BlobWriter {
  public:
   void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<char>(v >> (8 * i)));
+    char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
+    out_.append(b, sizeof(b));
   }
   void Str(absl::string_view s) {
-    auto n = static_cast<uint32_t>(s.size());
-    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(n >> (8 * i)));
+    const auto n = static_cast<uint32_t>(s.size());
+    char b[4];
+    for (int i = 0; i < 4; ++i) b[i] = static_cast<char>(n >> (8 * i));
+    out_.append(b, sizeof(b));
     out_.append(s.data(), s.size());
   }
   std::string& out() { return out_; }

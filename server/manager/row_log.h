@@ -31,7 +31,7 @@ struct RowLogOptions {
   // Compact instead of adding a record once the log would hold more than
   // `max_records` records, or its records more than `max_rows` distinct
   // rows or `max_bytes` bytes. max_records = 0 writes every row in place.
-  size_t max_records = 256;
+  size_t max_records = 1024;
   size_t max_rows = 4096;
   size_t max_bytes = 4u << 20;
 };
