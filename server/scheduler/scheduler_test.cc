@@ -859,6 +859,17 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// Lets the held terminal writes through and waits until `id`'s is durable,
+// so no store callback reaches the scheduler after the test ends.
+void ReleaseAndAwait(ManualScheduler& m, const std::string& id) {
+  m.store.hold_finishes = false;
+  m.store.ReleaseFinishes();
+  Notification durable;
+  m.scheduler.Wait(id, absl::Minutes(1),
+                   [&](absl::StatusOr<v1::Task>, bool) { durable.Notify(); });
+  durable.WaitForNotification();
+}
+
 // A Submit answer can carry the result of a task that finished before the
 // answer left: WaitIfFinishing holds it only while the terminal write is in
 // flight, and answers with the durable terminal task.
@@ -927,8 +938,7 @@ TEST(SchedulerTest, WaitIfFinishingGivesUpAfterASecond) {
   EXPECT_FALSE(answer_terminal);
   EXPECT_EQ(answer.id(), id);
   EXPECT_FALSE(IsTerminal(answer.state()));  // not durable yet
-  m.store.hold_finishes = false;
-  m.store.ReleaseFinishes();
+  ReleaseAndAwait(m, id);
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
@@ -966,8 +976,7 @@ TEST(SchedulerTest, WaitIfFinishingCanBeSwitchedOff) {
     ADD_FAILURE() << "no wait registered";
   };
   EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));
-  m.store.hold_finishes = false;
-  m.store.ReleaseFinishes();
+  ReleaseAndAwait(m, id);
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
