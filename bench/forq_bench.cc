@@ -585,7 +585,7 @@ double RunTimed(int threads, double seconds, Op op, int64_t* errors) {
 }
 
 int SectionSubmit(const Flags& f, bool batch) {
-  // Batches start at 4 threads (issue 4's targets); unary also runs 1.
+  // Batches start at 4 threads (the batch targets); unary also runs 1.
   const std::vector<int> thread_counts =
       batch ? std::vector<int>{4, 64} : std::vector<int>{1, 4, 64};
   std::vector<v1::TaskSpec> specs(100);

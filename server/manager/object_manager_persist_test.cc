@@ -142,7 +142,7 @@ class ManagerPersistTest : public ::testing::Test {
   std::unique_ptr<ObjectManager> mgr_;
 };
 
-// Issue 15, defect 4: a write the store refused must not stay applied.
+// Defect 4 (docs/security.md): a write the store refused must not stay applied.
 TEST_F(ManagerPersistTest, WriteTheStoreRefusedIsRolledBack) {
   Open();
   ASSERT_THAT(DictSet("d", "k", "v1"), IsOk());
@@ -191,7 +191,8 @@ TEST_F(ManagerPersistTest, QueueGetTheStoreRefusedKeepsTheItem) {
   EXPECT_EQ(again->value, "item");
 }
 
-// Issue 15, defect 6: an append to a long list writes a chunk, not the list.
+// Defect 6 (docs/security.md): an append to a long list writes a chunk, not the
+// list.
 TEST_F(ManagerPersistTest, AppendToALongListWritesOneChunk) {
   // Rows in place: what one op writes, without the log's compactions.
   ObjectManagerOptions o;
@@ -332,7 +333,7 @@ TEST_F(ManagerPersistTest, ChangesSurviveCompactionsAndRestartsOfTheLog) {
   EXPECT_EQ(DictGet("d", "0")->value, "new");
 }
 
-// Issue 15, defect 6: values, objects and the total are bounded.
+// Defect 6 (docs/security.md): values, objects and the total are bounded.
 TEST_F(ManagerPersistTest, ByteBudgetsRefuseWithClearErrors) {
   ObjectManagerOptions o;
   o.max_value_bytes = 1000;

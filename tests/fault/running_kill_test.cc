@@ -1,6 +1,6 @@
-// kill -9 while tasks run. Of forqd (issue 4): the running attempts count as
+// kill -9 while tasks run. Of forqd: the running attempts count as
 // lost, the tasks run again after the restart as attempt 2 and succeed (or
-// go DEAD when no attempt is left). Of a worker (RELIABILITY T2, issue 3):
+// go DEAD when no attempt is left). Of a worker (RELIABILITY T2):
 // the task fails that attempt and succeeds on the next one, a new worker
 // takes the slot, and the time from the kill to the new pid in GetPool is
 // measured over FORQ_FAULT_LOOPS kills (default 5). No zombies stay behind.
