@@ -118,10 +118,7 @@ absl::Status ForkPool::Init() {
     config.worker.registry = registry_.get();
   }
 
-  const pid_t pid = fork();
-  if (pid < 0) return ErrnoToStatus(errno, "fork supervisor");
-  if (pid == 0) RunSupervisor(config);
-  supervisor_pid_ = pid;
+  FORQ_ASSIGN_OR_RETURN(supervisor_pid_, launcher_->Start(config));
 
   {
     MutexLock l(&mu_);
@@ -367,27 +364,7 @@ void ForkPool::Shutdown() {
   if (thread_.joinable()) thread_.join();
   // EOF on its command pipe makes the supervisor kill and reap all workers.
   command_fd_.reset();
-  WaitForSupervisor();
-}
-
-void ForkPool::WaitForSupervisor() {
-  if (supervisor_pid_ <= 0) return;
-  ScopedFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, supervisor_pid_, 0)));
-  if (pidfd.valid()) {
-    pollfd p{pidfd.get(), POLLIN, 0};
-    int r;
-    do {
-      r = poll(
-          &p, 1,
-          static_cast<int>(absl::ToInt64Milliseconds(kSupervisorExitWait)));
-    } while (r < 0 && errno == EINTR);
-    if (r == 0) kill(supervisor_pid_, SIGKILL);
-  } else {
-    kill(supervisor_pid_, SIGKILL);
-  }
-  // ECHILD if forqd's own reaper got it first; nothing left to do then.
-  while (waitpid(supervisor_pid_, nullptr, 0) < 0 && errno == EINTR) {
-  }
+  launcher_->Stop(supervisor_pid_);
   supervisor_pid_ = 0;
 }
 
@@ -456,6 +433,11 @@ absl::string_view OutcomeKindName(OutcomeKind kind) {
 
 absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
     ForkPoolOptions options) {
+  return CreateForkPool(std::move(options), NewForkingLauncher());
+}
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
+    ForkPoolOptions options, std::unique_ptr<SupervisorLauncher> launcher) {
   FORQ_RETURN_IF_ERROR(ValidateOptions(options));
   auto registry = std::make_unique<HandlerRegistry>();
   FORQ_RETURN_IF_ERROR(RegisterBuiltins(*registry));
@@ -470,8 +452,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
   for (const std::string& path : options.plugins) {
     FORQ_RETURN_IF_ERROR(LoadPlugin(path, *registry));
   }
-  auto pool =
-      std::make_unique<ForkPool>(std::move(options), std::move(registry));
+  auto pool = std::make_unique<ForkPool>(
+      std::move(options), std::move(registry), std::move(launcher));
   FORQ_RETURN_IF_ERROR(pool->Init());
   return pool;
 }

@@ -17,6 +17,8 @@
 
 namespace forq::worker {
 
+class SupervisorLauncher;
+
 struct ForkPoolOptions {
   // Worker processes; 0 = online cores (respecting the cgroup CPU quota).
   int workers = 0;
@@ -61,6 +63,10 @@ struct ForkPoolOptions {
 // they are ready.
 absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
     ForkPoolOptions options);
+// The same with the supervisor started by `launcher` (worker/launcher.h), so
+// a test can drive the pool without forking.
+absl::StatusOr<std::unique_ptr<WorkerPool>> CreateForkPool(
+    ForkPoolOptions options, std::unique_ptr<SupervisorLauncher> launcher);
 
 // Number of CPUs this process may use: sched_getaffinity, capped by the
 // cgroup v2 cpu.max quota when one is set. At least 1.

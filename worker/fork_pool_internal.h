@@ -48,6 +48,7 @@
 #include "worker/cpu_quota.h"
 #include "worker/exec_runner.h"
 #include "worker/fork_pool.h"
+#include "worker/launcher.h"
 #include "worker/plugin_loader.h"
 #include "worker/process_util.h"
 #include "worker/protocol.h"
@@ -68,7 +69,6 @@ constexpr int kMaxFramesPerTurn = 256;
 constexpr absl::Duration kStealAfter = absl::Milliseconds(2);
 
 constexpr absl::Duration kRssPollInterval = absl::Milliseconds(100);
-constexpr absl::Duration kSupervisorExitWait = absl::Seconds(2);
 // GetPool and the metrics read worker RSS from /proc at most this often.
 constexpr absl::Duration kRssCacheFor = absl::Seconds(1);
 constexpr int kMaxWorkers = 1024;
@@ -148,15 +148,18 @@ absl::Status ValidateOptions(ForkPoolOptions& o);
 // without mu_ held.
 class ForkPool : public WorkerPool {
  public:
-  ForkPool(ForkPoolOptions options, std::unique_ptr<HandlerRegistry> registry)
+  ForkPool(ForkPoolOptions options, std::unique_ptr<HandlerRegistry> registry,
+           std::unique_ptr<SupervisorLauncher> launcher)
       : options_(std::move(options)),
         registry_(std::move(registry)),
+        launcher_(std::move(launcher)),
         gate_(std::make_shared<ReplyGate>()) {}
   ForkPool(const ForkPool&) = delete;
   ForkPool& operator=(const ForkPool&) = delete;
   ~ForkPool() override { Shutdown(); }
 
-  // Creates the slots and forks the supervisor. Single-threaded callers only.
+  // Creates the slots and starts the supervisor through launcher_.
+  // Single-threaded callers only.
   absl::Status Init() ABSL_LOCKS_EXCLUDED(mu_);
   // One slot's shared memory, rings, wake-up fds and spill socket.
   absl::StatusOr<std::unique_ptr<Slot>> CreateSlot(int index) const;
@@ -241,11 +244,11 @@ class ForkPool : public WorkerPool {
   void CheckTimersLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int NextTimeoutMsLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeEventThread();
-  void WaitForSupervisor();
 
   const ForkPoolOptions options_;
   // Handlers the workers inherit; kept alive for the pool's lifetime.
   const std::unique_ptr<HandlerRegistry> registry_;
+  const std::unique_ptr<SupervisorLauncher> launcher_;
   const std::shared_ptr<ReplyGate> gate_;
 
   // Filled by Init, then never resized. A Slot is reachable only through
@@ -253,9 +256,9 @@ class ForkPool : public WorkerPool {
   // (the analysis checks every lookup; Slot's own fields carry no
   // annotation because they cannot name the pool's mutex).
   std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);
-  pid_t supervisor_pid_ = 0;
-  ScopedFd command_fd_;  // write end to the supervisor
-  ScopedFd event_fd_;    // read end from the supervisor
+  pid_t supervisor_pid_ = 0;  // 0: none, or a launcher without a process
+  ScopedFd command_fd_;       // write end to the supervisor
+  ScopedFd event_fd_;         // read end from the supervisor
   ScopedFd epoll_fd_;
   ScopedFd control_wake_;
   // Set once by Start before the event thread exists; read-only after.
