@@ -428,21 +428,34 @@ TEST_F(TaskTest, BriefBatchAnswerCarriesIdQueueKindAndState) {
 }
 
 TEST_F(TaskTest, FinishedTaskIsPurgedAfterItsTtl) {
+  // Run waits in the submitting call, so the result is read before the
+  // 200 ms TTL can start (a separate wait could arrive after the purge on a
+  // slow machine or under a sanitizer).
   v1::TaskSpec spec;
   spec.set_kind("echo");
+  spec.set_payload("short-lived");
   *spec.mutable_result_ttl() = TimeUtil::MillisecondsToDuration(200);
-  absl::StatusOr<TaskFuture> f = client_->Submit(spec);
-  ASSERT_THAT(f, IsOk());
-  ASSERT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  absl::StatusOr<v1::Task> t = client_->Run(spec);
+  ASSERT_THAT(t, IsOk());
+  EXPECT_EQ(t->state(), v1::SUCCEEDED);
+  EXPECT_EQ(t->result(), "short-lived");
+  // A finished task with the default TTL, to tell a purge by TTL from a
+  // purge of everything.
+  v1::TaskSpec kept;
+  kept.set_kind("echo");
+  absl::StatusOr<v1::Task> k = client_->Run(kept);
+  ASSERT_THAT(k, IsOk());
   // The purge runs every 100 ms: the id must turn NOT_FOUND.
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
   absl::Status last;
   while (absl::Now() < deadline) {
-    last = client_->Get(f->id()).status();
+    last = client_->Get(t->id()).status();
     if (last.code() == absl::StatusCode::kNotFound) break;
+    ASSERT_THAT(last, IsOk());
     absl::SleepFor(absl::Milliseconds(50));
   }
   EXPECT_THAT(last, StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client_->Get(k->id()), IsOk());
 }
 
 TEST(PriorityTest, HigherPriorityRunsFirst) {
