@@ -53,7 +53,7 @@ class Events {
     while (!pred()) {
       if (cv_.WaitWithTimeout(&mu_, absl::Seconds(30))) {
         std::fprintf(stderr, "timed out\n");
-        std::exit(1);
+        std::_Exit(1);
       }
     }
   }
@@ -70,9 +70,9 @@ std::unique_ptr<WorkerPool> MakePool(int workers, Events& ev) {
   auto pool = CreateForkPool(o);
   if (!pool.ok()) {
     std::fprintf(stderr, "%s\n", pool.status().ToString().c_str());
-    std::exit(1);
+    std::_Exit(1);
   }
-  if (!(*pool)->Start(ev.Callbacks()).ok()) std::exit(1);
+  if (!(*pool)->Start(ev.Callbacks()).ok()) std::_Exit(1);
   ev.Wait([&] {
     ev.mu_.AssertHeld();
     return ev.idle_ >= workers;
@@ -156,7 +156,7 @@ double RunPrimes(int workers, const std::string& n, int tasks) {
   {
     MutexLock l(&ev.mu_);
     for (const Outcome& o : ev.outcomes_) {
-      if (o.kind != OutcomeKind::kSucceeded) std::exit(1);
+      if (o.kind != OutcomeKind::kSucceeded) std::_Exit(1);
     }
   }
   pool->Shutdown();

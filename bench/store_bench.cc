@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -81,7 +82,7 @@ Result RunOnce(const Config& config, const std::string& kind,
   auto opened = OpenStore(options);
   if (!opened.ok()) {
     std::fprintf(stderr, "open: %s\n", opened.status().ToString().c_str());
-    exit(1);
+    std::_Exit(1);
   }
   std::unique_ptr<Store> store = std::move(opened).value();
 

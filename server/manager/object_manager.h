@@ -367,7 +367,7 @@ class ObjectManager {
   absl::StatusOr<Session*> SessionLocked(const Request& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RenewLocked(Session& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnSessionTimer(std::string id) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnSessionTimer(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
   // Releases everything `id` holds and fails its parked waiters.
   int EndSessionLocked(const std::string& id, absl::string_view why, Batch& b)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -11,7 +11,8 @@
 
 namespace forq::server {
 
-using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
+using namespace manager_internal;  // NOLINT(google-build-using-namespace):
+                                   // internal helpers
 
 absl::StatusOr<ObjectManager::Reply> ObjectManager::MapOpLocked(
     const std::string& name, Object& o, Request& req, Batch& b) {

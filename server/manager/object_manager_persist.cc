@@ -29,7 +29,8 @@
 
 namespace forq::server {
 
-using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
+using namespace manager_internal;  // NOLINT(google-build-using-namespace):
+                                   // internal helpers
 
 namespace {
 

@@ -12,7 +12,8 @@
 
 namespace forq::server {
 
-using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
+using namespace manager_internal;  // NOLINT(google-build-using-namespace):
+                                   // internal helpers
 
 absl::StatusOr<ObjectManager::Session*> ObjectManager::SessionLocked(
     const Request& req) {
@@ -73,7 +74,7 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::SessionOpLocked(
   }
 }
 
-void ObjectManager::OnSessionTimer(std::string id) {
+void ObjectManager::OnSessionTimer(const std::string& id) {
   Batch b;
   {
     MutexLock lock(&mu_);

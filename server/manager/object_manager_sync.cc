@@ -10,7 +10,8 @@
 
 namespace forq::server {
 
-using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
+using namespace manager_internal;  // NOLINT(google-build-using-namespace):
+                                   // internal helpers
 
 uint64_t ObjectManager::NextTokenLocked() {
   return (epoch_ << kTokenCounterBits) | ++grants_;

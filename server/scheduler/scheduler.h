@@ -159,7 +159,7 @@ class Scheduler {
   int CancelQueued(const std::vector<std::string>& ids, absl::string_view why);
   // Re-queues a DEAD, FAILED or CANCELLED task with fresh attempts.
   void Retry(absl::string_view id, TaskDone done);
-  absl::StatusOr<ListPage> List(ListQuery query);
+  absl::StatusOr<ListPage> List(const ListQuery& query);
 
   // Events of one task (task_id) or a queue ("*" = all). Returns a handle.
   uint64_t Subscribe(std::string task_id, std::string queue, EventFn fn);
@@ -376,7 +376,7 @@ class Scheduler {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Cancel of a task this node does not hold (queued in the shared store
   // or running on another node).
-  void CancelRemote(absl::string_view id, TaskDone done)
+  void CancelRemote(absl::string_view id, const TaskDone& done)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Cancels asked through other nodes for attempts this node runs.
   void OnRemoteCancel(const std::vector<AttemptRef>& attempts)

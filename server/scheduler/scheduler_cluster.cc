@@ -481,7 +481,7 @@ void Scheduler::OnRemoteCancel(const std::vector<AttemptRef>& attempts) {
   }
 }
 
-void Scheduler::CancelRemote(absl::string_view id, TaskDone done) {
+void Scheduler::CancelRemote(absl::string_view id, const TaskDone& done) {
   absl::StatusOr<WorkSource::CancelResult> r =
       work_source_->CancelTask(std::string(id));
   if (!r.ok()) {

@@ -197,7 +197,9 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
                  v1::FAILURE_REASON_UNSPECIFIED);
         // Answer once the cancellation is durable, like a waiter.
         waits_.Add(std::string(id), absl::InfiniteFuture(),
-                   [done](absl::StatusOr<v1::Task> task, bool) { done(task); });
+                   [done](absl::StatusOr<v1::Task> task, bool) {
+                     done(std::move(task));
+                   });
         FinishLocked(e, prev);
         FlushFinishesLocked(d);
       } else {
@@ -215,7 +217,7 @@ void Scheduler::Cancel(absl::string_view id, TaskDone done) {
     return;
   }
   if (work_source_ != nullptr) {
-    CancelRemote(id, std::move(done));  // queued or running elsewhere
+    CancelRemote(id, done);  // queued or running elsewhere
     return;
   }
   absl::StatusOr<v1::Task> t = store_.Get(id);
@@ -253,37 +255,38 @@ void Scheduler::Retry(absl::string_view id, TaskDone done) {
   task.clear_not_before();
   task.clear_result();
   task.set_cancel_requested(false);
-  store_.Update({task}, [this, task, done](absl::Status s) {
-    if (!s.ok()) {
-      done(s);
-      return;
-    }
-    if (work_source_ != nullptr) {
-      {
-        MutexLock lock(&mu_);
-        recent_.erase(task.id());
-        WantClaimLocked();  // queued in the shared store
-      }
-      done(task);
-      return;
-    }
-    Deferred d;
-    {
-      MutexLock lock(&mu_);
-      recent_.erase(task.id());
-      Entry& e = tasks_[task.id()];
-      e.task = task;
-      const absl::Time now = clock_.Now();
-      EnqueueLocked(e, now);
-      DispatchLocked(now, d);
-      WakeLocked();
-    }
-    d.Run();
-    done(task);
-  });
+  store_.Update({task},
+                [this, task, done = std::move(done)](const absl::Status& s) {
+                  if (!s.ok()) {
+                    done(s);
+                    return;
+                  }
+                  if (work_source_ != nullptr) {
+                    {
+                      MutexLock lock(&mu_);
+                      recent_.erase(task.id());
+                      WantClaimLocked();  // queued in the shared store
+                    }
+                    done(task);
+                    return;
+                  }
+                  Deferred d;
+                  {
+                    MutexLock lock(&mu_);
+                    recent_.erase(task.id());
+                    Entry& e = tasks_[task.id()];
+                    e.task = task;
+                    const absl::Time now = clock_.Now();
+                    EnqueueLocked(e, now);
+                    DispatchLocked(now, d);
+                    WakeLocked();
+                  }
+                  d.Run();
+                  done(task);
+                });
 }
 
-absl::StatusOr<ListPage> Scheduler::List(ListQuery query) {
+absl::StatusOr<ListPage> Scheduler::List(const ListQuery& query) {
   absl::StatusOr<ListPage> page = store_.List(query);
   if (!page.ok()) return page;
   // Unfinished tasks: the in-memory copy is newer (progress, in-flight writes).

@@ -116,7 +116,7 @@ TEST(SchedulerTest, FinishedWaitsLeaveNoTimeoutsBehind) {
     scheduler.Submit({spec}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
       ASSERT_TRUE(r.ok()) << r.status();
       scheduler.Wait((*r)[0].task.id(), absl::Minutes(5),
-                     [&](absl::StatusOr<v1::Task> t, bool terminal) {
+                     [&](const absl::StatusOr<v1::Task>& t, bool terminal) {
                        EXPECT_TRUE(t.ok() && terminal);
                        if (++done == kTasks) all_done.Notify();
                      });
@@ -148,10 +148,10 @@ TEST(SchedulerTest, CancelledWaitLeavesNoTimeoutBehind) {
     submitted.Notify();
   });
   submitted.WaitForNotification();
-  uint64_t h =
-      scheduler.Wait(id, absl::Minutes(5), [](absl::StatusOr<v1::Task>, bool) {
-        ADD_FAILURE() << "cancelled wait fired";
-      });
+  uint64_t h = scheduler.Wait(id, absl::Minutes(5),
+                              [](const absl::StatusOr<v1::Task>&, bool) {
+                                ADD_FAILURE() << "cancelled wait fired";
+                              });
   EXPECT_EQ(scheduler.pending_wait_timeouts(), 1u);
   EXPECT_TRUE(scheduler.CancelWait(h));
   EXPECT_EQ(scheduler.pending_waits(), 0u);
@@ -438,7 +438,7 @@ TEST(SchedulerTest, ClaimReturningAfterDrainIsGivenBack) {
   t.set_state(v1::QUEUED);
   t.set_max_attempts(5);
   Notification inserted;
-  store->Insert({t}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
+  store->Insert({t}, [&](const absl::StatusOr<std::vector<InsertResult>>& r) {
     EXPECT_TRUE(r.ok());
     inserted.Notify();
   });
@@ -485,8 +485,9 @@ TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
   ASSERT_THAT(scheduler.Start(), IsOk());
   const std::string id = SubmitEcho(scheduler, "kept");
   Notification finished;
-  scheduler.Wait(id, absl::Minutes(1),
-                 [&](absl::StatusOr<v1::Task>, bool) { finished.Notify(); });
+  scheduler.Wait(
+      id, absl::Minutes(1),
+      [&](const absl::StatusOr<v1::Task>&, bool) { finished.Notify(); });
   ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
   // Store reads fail from now on: answers come from the scheduler's memory
   // of recently finished tasks.
@@ -496,7 +497,7 @@ TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
   EXPECT_EQ(t->result(), "kept");
   bool terminal = false;
   scheduler.Wait(id, absl::Minutes(1),
-                 [&](absl::StatusOr<v1::Task> w, bool term) {
+                 [&](const absl::StatusOr<v1::Task>& w, bool term) {
                    EXPECT_TRUE(w.ok());
                    terminal = term;
                  });
@@ -516,8 +517,9 @@ TEST(SchedulerTest, RecentlyFinishedMemoryIsBoundedInBytes) {
   for (int i = 0; i < 5; ++i) {
     ids.push_back(SubmitEcho(scheduler, std::string(2000, 'a' + i)));
     Notification finished;
-    scheduler.Wait(ids.back(), absl::Minutes(1),
-                   [&](absl::StatusOr<v1::Task>, bool) { finished.Notify(); });
+    scheduler.Wait(
+        ids.back(), absl::Minutes(1),
+        [&](const absl::StatusOr<v1::Task>&, bool) { finished.Notify(); });
     ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
   }
   store.fail_reads = true;
@@ -601,7 +603,7 @@ class SchedulerTransitionTest : public ::testing::Test {
   void TearDown() override {
     if (scheduler_ != nullptr) scheduler_->Shutdown(absl::ZeroDuration());
   }
-  void Start(std::vector<v1::Task> stored = {}) {
+  void Start(const std::vector<v1::Task>& stored = {}) {
     store_ = NewMemoryStore();
     ASSERT_NE(store_, nullptr);
     if (!stored.empty()) {
@@ -819,7 +821,7 @@ TEST_F(SchedulerTransitionTest, StaleCompletionIsRefused) {
 struct ManualScheduler {
   explicit ManualScheduler(SchedulerOptions options = {})
       : store(NewMemoryStore()),
-        scheduler(WithClock(std::move(options), &clock), store, pool, metrics) {
+        scheduler(WithClock(options, &clock), store, pool, metrics) {
     EXPECT_THAT(scheduler.Start(), IsOk());
   }
   static SchedulerOptions WithClock(SchedulerOptions o, FakeClock* clock) {
@@ -844,9 +846,10 @@ TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   spec.set_kind("echo");
   absl::Status submitted;
   // The refusal comes back inside Submit: it must not deadlock.
-  scheduler.Submit({spec}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
-    submitted = r.status();
-  });
+  scheduler.Submit({spec},
+                   [&](const absl::StatusOr<std::vector<InsertResult>>& r) {
+                     submitted = r.status();
+                   });
   EXPECT_THAT(submitted,
               ::forq::testing::StatusIs(absl::StatusCode::kUnavailable));
   // Dispatched while its insert was pending; it must leave no trace.

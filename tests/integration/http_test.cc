@@ -37,7 +37,6 @@ namespace {
 
 using ::forq::Client;
 using ::forq::server::testing::HttpCall;
-using ::forq::server::testing::HttpResponse;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunCommand;

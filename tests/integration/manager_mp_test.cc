@@ -33,10 +33,10 @@ using ::forq::testing::IsOk;
 using ::forq::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::Pair;
-using ::testing::UnorderedElementsAre;
 
 std::vector<std::string> Range(int n) {
   std::vector<std::string> out;
+  out.reserve(n);
   for (int i = 0; i < n; ++i) out.push_back(absl::StrCat(i));
   return out;
 }
@@ -322,6 +322,7 @@ TEST_F(MpManagerTest, QueueQsize) {
 TEST_F(MpManagerTest, QueueTaskDone) {
   Queue q = m_->queue(N("q"));
   std::vector<std::thread> workers;
+  workers.reserve(4);
   for (int w = 0; w < 4; ++w) {
     workers.emplace_back([this] {
       std::unique_ptr<Manager> m = NewManager();
@@ -439,6 +440,7 @@ TEST_F(MpManagerTest, ConditionNotifyAllAndN) {
   constexpr int kWaiters = 3;
   Condition cond = m_->condition(N("c"));
   std::vector<std::thread> ts;
+  ts.reserve(kWaiters);
   std::atomic<int> woken{0};
   for (int i = 0; i < kWaiters; ++i) {
     ts.emplace_back([this, &woken] {
@@ -543,6 +545,7 @@ TEST_F(MpManagerTest, BarrierBarrier) {
   std::vector<std::thread> ts;
   std::mutex mu;
   std::set<int64_t> indices;
+  ts.reserve(kParties);
   for (int i = 0; i < kParties; ++i) {
     ts.emplace_back([&, this] {
       std::unique_ptr<Manager> m = NewManager();
@@ -602,6 +605,7 @@ TEST_F(MpManagerTest, SessionPipelinesAroundParkedOps) {
     return c;
   }());
   std::vector<ManagerFuture> sets;
+  sets.reserve(1000);
   Dict d = m_->dict(N("d"));
   for (int i = 0; i < 1000; ++i) {
     sets.push_back(d.SetAsync(absl::StrCat(i), absl::StrCat(i)));

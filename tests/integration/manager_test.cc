@@ -62,8 +62,10 @@ class ManagerIntegrationTest : public ::testing::Test {
       if (f.ok()) futures.push_back(*f);
     }
     std::vector<absl::StatusOr<std::string>> results;
-    for (const TaskFuture& f : futures)
+    results.reserve(futures.size());
+    for (const TaskFuture& f : futures) {
       results.push_back(f.Get(absl::Minutes(3)));
+    }
     return results;
   }
   absl::StatusOr<testing::CommandResult> Cli(std::vector<std::string> args) {

@@ -26,7 +26,6 @@
 namespace forq {
 namespace {
 
-using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::SharedForqdTest;

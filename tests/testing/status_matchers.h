@@ -42,9 +42,13 @@ MATCHER_P2(StatusIs, code, message_matcher,
       FORQ_TESTING_CONCAT_(forq_test_sor_, __LINE__), lhs, expr)
 #define FORQ_TESTING_CONCAT_INNER_(x, y) x##y
 #define FORQ_TESTING_CONCAT_(x, y) FORQ_TESTING_CONCAT_INNER_(x, y)
+// `tmp` and `lhs` name a variable and a declaration, which parentheses
+// would break (as in FORQ_ASSIGN_OR_RETURN).
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define FORQ_ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                    \
   ASSERT_TRUE(tmp.ok()) << tmp.status();                \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // FORQ_TESTS_TESTING_STATUS_MATCHERS_H_
