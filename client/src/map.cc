@@ -162,7 +162,7 @@ MapStream& MapStream::operator=(MapStream&&) noexcept = default;
 
 MapStream::~MapStream() = default;
 
-MapStream MapStream::Open(std::shared_ptr<grpc::Channel> channel,
+MapStream MapStream::Open(const std::shared_ptr<grpc::Channel>& channel,
                           absl::string_view kind, MapSource inputs,
                           const MapOptions& options, bool ordered,
                           std::function<void()> on_close) {

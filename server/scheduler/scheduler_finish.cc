@@ -1,6 +1,8 @@
 // Scheduler: the end of attempts (outcomes, terminal records and their
 // writes, deferred inserts, RUNNING records, the finished-task memory).
 
+#include <string.h>
+
 #include <cstring>
 #include <optional>
 
@@ -13,6 +15,13 @@
 namespace forq::server {
 
 namespace {
+
+// "Segmentation fault" for SIGSEGV; sigdescr_np, unlike strsignal, is
+// thread-safe.
+const char* SignalName(int sig) {
+  const char* name = sigdescr_np(sig);
+  return name != nullptr ? name : "unknown signal";
+}
 
 std::string StateLabel(v1::TaskState s) {
   std::string name = v1::TaskState_Name(s);
@@ -113,7 +122,7 @@ bool RecordOutcome(v1::Task& t, worker::Outcome& o) {
     case OutcomeKind::kSignaled:
       SetError(t, absl::StatusCode::kAborted,
                absl::StrCat("worker ", o.worker_pid, " died from signal ",
-                            o.signal, " (", strsignal(o.signal), ")"),
+                            o.signal, " (", SignalName(o.signal), ")"),
                v1::SIGNALED, o.signal);
       retryable = true;
       break;
@@ -185,7 +194,7 @@ void Scheduler::FlushFinishesLocked(Deferred& d) {
            tasks = std::move(pending_finish_inserts_)]() mutable {
       store_.Insert(std::move(tasks),
                     [this, ids = std::move(ids)](
-                        absl::StatusOr<std::vector<InsertResult>> r) {
+                        const absl::StatusOr<std::vector<InsertResult>>& r) {
                       OnFinishPersisted(ids, r.status(), true);
                     });
     });
@@ -212,7 +221,7 @@ void Scheduler::InsertDeferredLocked(absl::Time cutoff) {
   // Under mu_, so every later write of these tasks follows the insert.
   store_.Insert(std::move(tasks),
                 [this, ids = std::move(ids)](
-                    absl::StatusOr<std::vector<InsertResult>> r) {
+                    const absl::StatusOr<std::vector<InsertResult>>& r) {
                   if (r.ok()) return;
                   spdlog::error(
                       "store insert of {} deferred tasks "
@@ -260,9 +269,10 @@ void Scheduler::Persist(absl::string_view id,
       Entry& e = it->second;
       if (e.finishing) {
         // Its terminal write may not be queued yet: wait for it.
-        waits_.Add(
-            std::string(id), absl::InfiniteFuture(),
-            [done](absl::StatusOr<v1::Task> t, bool) { done(t.status()); });
+        waits_.Add(std::string(id), absl::InfiniteFuture(),
+                   [done](const absl::StatusOr<v1::Task>& t, bool) {
+                     done(t.status());
+                   });
         return;
       }
       // Under mu_, so the write is queued before any later one of the
@@ -272,7 +282,7 @@ void Scheduler::Persist(absl::string_view id,
         e.running_written = e.task.state() == v1::RUNNING;
         store_.Insert({e.task},
                       [this, done, id = std::string(id)](
-                          absl::StatusOr<std::vector<InsertResult>> r) {
+                          const absl::StatusOr<std::vector<InsertResult>>& r) {
                         if (!r.ok()) Abandon({id});
                         done(r.status());
                       });

@@ -218,7 +218,7 @@ class MapStream {
 
   // Starts a Map RPC on `channel` (Client::Map calls this). `on_close`, if
   // set, runs once when the stream ends or is destroyed, on that thread.
-  static MapStream Open(std::shared_ptr<grpc::Channel> channel,
+  static MapStream Open(const std::shared_ptr<grpc::Channel>& channel,
                         absl::string_view kind, MapSource inputs,
                         const MapOptions& options, bool ordered,
                         std::function<void()> on_close = nullptr);
