@@ -19,7 +19,9 @@ namespace forq::examples {
 inline void Check(bool ok, const std::string& what) {
   if (ok) return;
   std::cerr << "FAILED: " << what << std::endl;
-  std::exit(1);
+  std::cout.flush();
+  // _Exit: no static destructors while the client's threads still run.
+  std::_Exit(1);
 }
 
 inline void CheckOk(const absl::Status& s, const std::string& what) {

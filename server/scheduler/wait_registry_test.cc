@@ -8,7 +8,7 @@ namespace {
 const absl::Time kT0 = absl::FromUnixSeconds(1000);
 
 WaitRegistry::Done Count(int* n) {
-  return [n](absl::StatusOr<v1::Task>, bool) { ++*n; };
+  return [n](const absl::StatusOr<v1::Task>&, bool) { ++*n; };
 }
 
 TEST(WaitRegistryTest, TakeTaskReturnsItsWaitsAndLeavesNoDeadlines) {

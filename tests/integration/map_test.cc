@@ -29,7 +29,6 @@ namespace {
 
 using ::forq::testing::CommandResult;
 using ::forq::testing::ForqBinary;
-using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunCommand;
