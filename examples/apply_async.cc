@@ -17,6 +17,7 @@ int Run(int argc, char** argv) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"10", "4"}, {"100", "25"}, {"1000", "168"}, {"100000", "9592"}};
   std::vector<forq::TaskFuture> results;
+  results.reserve(cases.size());
   for (const auto& [n, want] : cases) {
     results.push_back(Must(pool.ApplyAsync("primes", n), "apply_async"));
   }

@@ -164,7 +164,7 @@ TEST(ShmRingTest, RejectsBadVersionAndFlags) {
 TEST(ShmRingTest, ProducerRejectsImpossibleConsumerIndex) {
   TestRing r;
   ShmRing p = r.Producer();
-  r.control->head.value.store(4096 * 10);  // head ahead of our tail
+  r.control->head.value.store(uint64_t{4096} * 10);  // head ahead of our tail
   EXPECT_THAT(p.Push(1, 0, "a"), StatusIs(absl::StatusCode::kDataLoss));
 }
 

@@ -38,7 +38,6 @@ using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::google::protobuf::util::TimeUtil;
-using ::testing::HasSubstr;
 
 constexpr absl::Duration kDrainGrace = absl::Seconds(2);
 constexpr int kSubmitters = 4;

@@ -263,8 +263,9 @@ TEST_F(AuthTest, EveryRoleAgainstEveryRestFamily) {
   for (const Row& row : rows) {
     for (const Caller& c : Callers()) {
       std::vector<std::pair<std::string, std::string>> headers;
-      if (!c.token.empty())
+      if (!c.token.empty()) {
         headers.emplace_back("Authorization", "Bearer " + c.token);
+      }
       auto r = HttpCall(forqd_->http_address(), row.method, row.target,
                         row.body, headers);
       ASSERT_TRUE(r.ok()) << r.status();
@@ -293,8 +294,9 @@ TEST_F(AuthTest, RejectedSubmitsNeverReachTheScheduler) {
     v1::SubmitResponse resp;
     EXPECT_FALSE(tasks->Submit(&ctx, req, &resp).ok());
     std::vector<std::pair<std::string, std::string>> headers;
-    if (!c.token.empty())
+    if (!c.token.empty()) {
       headers.emplace_back("Authorization", "Bearer " + c.token);
+    }
     auto r = HttpCall(forqd_->http_address(), "POST", "/v1/tasks",
                       R"({"kind":"echo"})", headers);
     ASSERT_TRUE(r.ok());
