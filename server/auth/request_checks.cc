@@ -148,6 +148,7 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
                                        : r->GetEnumValue(m, f);
         if (f->enum_type()->FindValueByNumber(v) == nullptr) {
           std::vector<std::string> names;
+          names.reserve(f->enum_type()->value_count());
           for (int k = 0; k < f->enum_type()->value_count(); ++k) {
             names.push_back(f->enum_type()->value(k)->name());
           }

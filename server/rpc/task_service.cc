@@ -406,7 +406,7 @@ grpc::ServerUnaryReactor* TaskServiceImpl::List(
   // The store maps 0 to its default page and caps the size (ListQuery).
   q.page_size = req->page_size();
   q.page_token = req->page_token();
-  absl::StatusOr<ListPage> page = scheduler_.List(std::move(q));
+  absl::StatusOr<ListPage> page = scheduler_.List(q);
   if (!page.ok()) {
     meter.Finish(reactor, ToGrpcStatus(page.status()));
     return reactor;

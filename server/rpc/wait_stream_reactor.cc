@@ -84,7 +84,7 @@ class WaitStreamReactor final
       MaybeWriteLocked();
     }
     // Scheduler::Wait may answer inline, which takes our lock.
-    for (auto& [id, gen] : arm) Arm(scheduler_, guard_, std::move(id), gen);
+    for (auto& [id, gen] : arm) Arm(scheduler_, guard_, id, gen);
     MutexLock lock(&guard_->mu);
     if (!finished_) StartRead(&in_buf_);
   }
@@ -131,7 +131,7 @@ class WaitStreamReactor final
   // Parks one wait; also re-arms a wait that timed out. Called without the
   // reactor's lock; the reactor may be gone by then.
   static void Arm(Scheduler& scheduler, const std::shared_ptr<Guard>& guard,
-                  std::string id, uint64_t gen) {
+                  const std::string& id, uint64_t gen) {
     const absl::Time armed = absl::Now();
     uint64_t handle =
         scheduler.Wait(id, absl::InfiniteDuration(),
