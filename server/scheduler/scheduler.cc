@@ -18,15 +18,6 @@ namespace forq::server {
 
 namespace {
 
-void SetError(v1::Task& t, absl::StatusCode code, absl::string_view message,
-              v1::FailureReason reason, int signal = 0) {
-  v1::TaskError* e = t.mutable_error();
-  e->set_code(static_cast<int>(code));
-  e->set_message(std::string(message));
-  e->set_reason(reason);
-  e->set_signal(signal);
-}
-
 // Runs `write` (a store call, given the callback that ends it) and waits
 // for its status: for the writes of start-up and shutdown.
 absl::Status AwaitWrite(

@@ -46,15 +46,6 @@ bool IsPermanent(absl::StatusCode code) {
   }
 }
 
-void SetError(v1::Task& t, absl::StatusCode code, absl::string_view message,
-              v1::FailureReason reason, int signal = 0) {
-  v1::TaskError* e = t.mutable_error();
-  e->set_code(static_cast<int>(code));
-  e->set_message(std::string(message));
-  e->set_reason(reason);
-  e->set_signal(signal);
-}
-
 std::string OutcomeLabel(worker::OutcomeKind k) {
   switch (k) {
     case worker::OutcomeKind::kSucceeded:

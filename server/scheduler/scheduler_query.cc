@@ -9,6 +9,7 @@
 
 #include "forq/v1/task_state.h"
 #include "server/scheduler/scheduler.h"
+#include "server/scheduler/task_proto.h"
 
 namespace forq::server {
 
@@ -23,15 +24,6 @@ absl::Status NotRetryable(absl::string_view id, v1::TaskState state) {
   return absl::FailedPreconditionError(
       absl::StrCat("task ", id, " is ", v1::TaskState_Name(state),
                    "; only DEAD, FAILED or CANCELLED tasks can be retried"));
-}
-
-void SetError(v1::Task& t, absl::StatusCode code, absl::string_view message,
-              v1::FailureReason reason, int signal = 0) {
-  v1::TaskError* e = t.mutable_error();
-  e->set_code(static_cast<int>(code));
-  e->set_message(std::string(message));
-  e->set_reason(reason);
-  e->set_signal(signal);
 }
 
 }  // namespace

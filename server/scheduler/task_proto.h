@@ -4,6 +4,10 @@
 #ifndef FORQ_SERVER_SCHEDULER_TASK_PROTO_H_
 #define FORQ_SERVER_SCHEDULER_TASK_PROTO_H_
 
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/timestamp.pb.h"
@@ -36,6 +40,17 @@ inline absl::Duration FromProto(const google::protobuf::Duration& d) {
 }
 
 using v1::IsTerminal;
+
+// Sets the task's error (an attempt's or the task's end).
+inline void SetError(v1::Task& t, absl::StatusCode code,
+                     absl::string_view message, v1::FailureReason reason,
+                     int signal = 0) {
+  v1::TaskError* e = t.mutable_error();
+  e->set_code(static_cast<int>(code));
+  e->set_message(std::string(message));
+  e->set_reason(reason);
+  e->set_signal(signal);
+}
 
 }  // namespace forq::server
 
