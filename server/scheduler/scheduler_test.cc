@@ -873,6 +873,17 @@ void ReleaseAndAwait(ManualScheduler& m, const std::string& id) {
   durable.WaitForNotification();
 }
 
+// Submits an echo task, hands it to a worker and reports it SUCCEEDED (its
+// terminal write then goes as the store is set up to take it); its id.
+std::string RunEchoToItsEnd(ManualScheduler& m) {
+  const std::string id = SubmitEcho(m.scheduler, "a");
+  m.pool.AddRoom(1);
+  EXPECT_EQ(m.pool.assigned().size(), 1u);
+  m.pool.Finish(m.pool.assigned().at(0), worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "a");
+  return id;
+}
+
 // A Submit answer can carry the result of a task that finished before the
 // answer left: WaitIfFinishing holds it only while the terminal write is in
 // flight, and answers with the durable terminal task.
@@ -916,12 +927,8 @@ TEST(SchedulerTest, WaitIfFinishingAnswersOnceTheTerminalWriteIsDurable) {
 // beyond a second: it then goes out with the task as it stands.
 TEST(SchedulerTest, WaitIfFinishingGivesUpAfterASecond) {
   ManualScheduler m;
-  const std::string id = SubmitEcho(m.scheduler, "a");
-  m.pool.AddRoom(1);
-  ASSERT_EQ(m.pool.assigned().size(), 1u);
   m.store.hold_finishes = true;
-  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
-                absl::OkStatus(), "a");
+  const std::string id = RunEchoToItsEnd(m);
   Notification answered;
   bool answer_terminal = true;
   v1::Task answer;
@@ -948,12 +955,8 @@ TEST(SchedulerTest, WaitIfFinishingGivesUpAfterASecond) {
 // While the store refuses the terminal write, the answer does not wait.
 TEST(SchedulerTest, WaitIfFinishingDoesNotWaitOnAFailingStore) {
   ManualScheduler m;
-  const std::string id = SubmitEcho(m.scheduler, "a");
-  m.pool.AddRoom(1);
-  ASSERT_EQ(m.pool.assigned().size(), 1u);
   m.store.fail_finishes = 1;
-  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
-                absl::OkStatus(), "a");
+  const std::string id = RunEchoToItsEnd(m);
   m.store.failed.WaitForNotification();
   Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
     ADD_FAILURE() << "no wait registered";
@@ -969,12 +972,8 @@ TEST(SchedulerTest, WaitIfFinishingCanBeSwitchedOff) {
   SchedulerOptions options;
   options.answer_finished_submits = false;
   ManualScheduler m(options);
-  const std::string id = SubmitEcho(m.scheduler, "a");
-  m.pool.AddRoom(1);
-  ASSERT_EQ(m.pool.assigned().size(), 1u);
   m.store.hold_finishes = true;
-  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kSucceeded,
-                absl::OkStatus(), "a");
+  const std::string id = RunEchoToItsEnd(m);
   Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
     ADD_FAILURE() << "no wait registered";
   };
