@@ -5,6 +5,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -166,9 +167,23 @@ class MapReactor final
  private:
   using Guard = std::shared_ptr<ReactorGuard<MapReactor>>;
 
-  // Submits the inputs of one message as one batch (all or none; if the
-  // batch is refused for a bad spec, each input is submitted on its own so
-  // only the bad ones fail).
+  // Takes the results of this stream's tasks from the scheduler.
+  class Sink final : public Scheduler::ResultSink {
+   public:
+    explicit Sink(Guard guard) : guard_(std::move(guard)) {}
+    void OnResults(std::vector<Result> results) override {
+      MutexLock lock(&guard_->mu);
+      if (guard_->reactor == nullptr) return;
+      for (Result& r : results) {
+        guard_->reactor->DeliverLocked(r.first, std::move(r.second));
+      }
+    }
+
+   private:
+    const Guard guard_;
+  };
+
+  // Submits the inputs of one message together; a bad input fails alone.
   void SubmitLocked(const std::vector<const v1::MapInput*>& inputs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     std::vector<v1::TaskSpec> specs;
@@ -186,120 +201,78 @@ class MapReactor final
     }
     next_index_ += inputs.size();
     in_flight_ += static_cast<int>(inputs.size());
+    if (sink_ == nullptr) sink_ = std::make_shared<Sink>(guard_);
     Scheduler& scheduler = scheduler_;
     Guard guard = guard_;
     // The scheduler may answer inline, so it must not be called under our
     // lock: hand the submission to a deferred list run after unlocking.
     const bool keep = header_.keep_queued_on_cancel();
-    pending_submits_.push_back(
-        [&scheduler, guard, first, keep, specs = std::move(specs)]() mutable {
-          SubmitBatch(scheduler, guard, first, std::move(specs), keep);
-        });
+    pending_submits_.push_back([&scheduler, guard, sink = sink_, first, keep,
+                                specs = std::move(specs)]() mutable {
+      scheduler.SubmitForResults(
+          std::move(specs), std::move(sink), first,
+          [&scheduler, guard, first,
+           keep](std::vector<absl::StatusOr<std::string>> ids) {
+            Accepted(scheduler, guard, first, std::move(ids), keep);
+          });
+    });
   }
 
-  static void SubmitBatch(Scheduler& scheduler, const Guard& guard,
-                          uint64_t first, std::vector<v1::TaskSpec> specs,
-                          bool keep) {
-    const size_t n = specs.size();
-    // Kept for a retry one by one (only if the batch is refused).
-    std::vector<v1::TaskSpec> copy;
-    if (n > 1) copy = specs;
-    scheduler.Submit(
-        std::move(specs),
-        [&scheduler, guard, first, n, keep, copy = std::move(copy)](
-            absl::StatusOr<std::vector<InsertResult>> r) mutable {
-          if (!r.ok()) {
-            if (n > 1 &&
-                r.status().code() == absl::StatusCode::kInvalidArgument) {
-              for (size_t i = 0; i < n; ++i) {
-                SubmitBatch(scheduler, guard, first + i, {std::move(copy[i])},
-                            keep);
-              }
-              return;
-            }
-            for (size_t i = 0; i < n; ++i) {
-              Deliver(guard, first + i, r.status(), v1::Task());
-            }
-            return;
-          }
-          for (size_t i = 0; i < r->size(); ++i) {
-            const std::string& id = (*r)[i].task.id();
-            if (!Track(scheduler, guard, first + i, id, keep)) continue;
-            WaitTerminal(scheduler, guard, first + i, id);
-          }
-        },
-        // A Map acknowledges an input only with its result: the store
-        // writes each task once, finished.
-        Scheduler::Ack::kDeferred);
-  }
-
-  static void WaitTerminal(Scheduler& scheduler, Guard guard, uint64_t index,
-                           std::string id) {
-    // The longest wait the scheduler holds (max_wait); a wait that ends
-    // non-terminal is parked again below.
-    scheduler.Wait(id, scheduler.options().max_wait,
-                   [&scheduler, guard, index, id](absl::StatusOr<v1::Task> t,
-                                                  bool terminal) {
-                     if (!t.ok()) {
-                       Deliver(guard, index, t.status(), v1::Task());
-                     } else if (terminal) {
-                       Deliver(guard, index, absl::OkStatus(), *t);
-                     } else {
-                       {
-                         MutexLock lock(&guard->mu);
-                         if (guard->reactor == nullptr) return;
-                       }
-                       WaitTerminal(scheduler, guard, index, id);
-                     }
-                   });
-  }
-
-  // Records an input's task until its result is delivered. False when the
-  // stream is already over: its task is then cancelled if not started
-  // (unless `keep`) and nobody waits for it.
-  static bool Track(Scheduler& scheduler, const Guard& guard, uint64_t index,
-                    const std::string& id, bool keep) {
+  // Records the inputs' tasks until their results are delivered; a refused
+  // input gets its error as its result. When the stream is already over,
+  // the tasks are cancelled if not started (unless `keep`).
+  static void Accepted(Scheduler& scheduler, const Guard& guard, uint64_t first,
+                       std::vector<absl::StatusOr<std::string>> ids,
+                       bool keep) {
     {
       MutexLock lock(&guard->mu);
       if (guard->reactor != nullptr) {
-        guard->reactor->TrackLocked(index, id);
-        return true;
+        for (size_t i = 0; i < ids.size(); ++i) {
+          if (ids[i].ok()) {
+            guard->reactor->TrackLocked(first + i, std::move(*ids[i]));
+          } else {
+            guard->reactor->DeliverLocked(first + i, ids[i].status());
+          }
+        }
+        return;
       }
     }
-    if (!keep) scheduler.CancelQueued({id}, kAbandonedInput);
-    return false;
+    if (keep) return;
+    std::vector<std::string> cancel;
+    for (absl::StatusOr<std::string>& id : ids) {
+      if (id.ok()) cancel.push_back(std::move(*id));
+    }
+    if (!cancel.empty()) scheduler.CancelQueued(cancel, kAbandonedInput);
   }
 
-  void TrackLocked(uint64_t index, const std::string& id) {
+  // A result can come before its task is tracked (Accepted runs after the
+  // scheduler queued the tasks): then it is not tracked at all.
+  void TrackLocked(uint64_t index, std::string id) {
     guard_->mu.AssertHeld();
-    outstanding_.emplace(index, id);
-  }
-
-  static void Deliver(const Guard& guard, uint64_t index,
-                      const absl::Status& status, const v1::Task& task) {
-    MutexLock lock(&guard->mu);
-    if (guard->reactor == nullptr) return;
-    guard->reactor->DeliverLocked(index, status, task);
+    if (delivered_early_.erase(index) > 0) return;
+    outstanding_.emplace(index, std::move(id));
   }
 
   // Called with guard_->mu held, through the guard (which the analysis
   // cannot tie to guard_).
-  void DeliverLocked(uint64_t index, const absl::Status& status,
-                     const v1::Task& task) {
+  void DeliverLocked(uint64_t index, absl::StatusOr<v1::Task> task) {
     guard_->mu.AssertHeld();
-    outstanding_.erase(index);
+    if (outstanding_.erase(index) == 0 && task.ok()) {
+      delivered_early_.insert(index);
+    }
     v1::MapResult r;
     r.set_index(index);
-    if (!status.ok()) {
+    if (!task.ok()) {
       r.set_state(v1::FAILED);
-      r.mutable_error()->set_code(static_cast<int>(status.code()));
-      r.mutable_error()->set_message(std::string(status.message()));
+      r.mutable_error()->set_code(static_cast<int>(task.status().code()));
+      r.mutable_error()->set_message(std::string(task.status().message()));
     } else {
-      r.set_task_id(task.id());
-      r.set_state(task.state());
-      r.set_result(task.result());
-      *r.mutable_error() = task.error();
-      r.set_attempt(task.attempt());
+      v1::Task& t = *task;
+      r.set_task_id(std::move(*t.mutable_id()));
+      r.set_state(t.state());
+      r.set_result(std::move(*t.mutable_result()));
+      if (t.has_error()) *r.mutable_error() = std::move(*t.mutable_error());
+      r.set_attempt(t.attempt());
     }
     if (header_.ordered()) {
       ordered_.emplace(index, std::move(r));
@@ -417,6 +390,9 @@ class MapReactor final
   // Task ids of the inputs submitted whose result is not delivered yet.
   std::unordered_map<uint64_t, std::string> outstanding_
       ABSL_GUARDED_BY(guard_->mu);
+  // Delivered before Accepted tracked them (see TrackLocked).
+  std::unordered_set<uint64_t> delivered_early_ ABSL_GUARDED_BY(guard_->mu);
+  std::shared_ptr<Sink> sink_ ABSL_GUARDED_BY(guard_->mu);
   uint64_t next_to_send_ ABSL_GUARDED_BY(guard_->mu) = 0;
   int in_flight_ ABSL_GUARDED_BY(guard_->mu) = 0;
   bool reading_ ABSL_GUARDED_BY(guard_->mu) = false;

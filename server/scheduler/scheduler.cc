@@ -199,9 +199,12 @@ void Scheduler::Shutdown(absl::Duration grace) {
   // like any other accepted task.
   std::vector<v1::Task> requeue, unwritten;
   std::vector<std::pair<WaitDone, absl::Status>> to_fail;
+  Deferred fail_sinks;
   {
     MutexLock lock(&mu_);
+    std::vector<Entry*> with_sink;
     for (auto& [id, e] : tasks_) {
+      if (e.sink != nullptr) with_sink.push_back(&e);
       if (e.task.state() == v1::RUNNING && !e.finishing && !e.abandoned) {
         e.task.set_state(v1::QUEUED);
         e.task.set_attempt(e.task.attempt() - 1);
@@ -213,6 +216,8 @@ void Scheduler::Shutdown(absl::Duration grace) {
       }
     }
     deferred_.clear();
+    FailSinks(std::move(with_sink),
+              absl::UnavailableError("forqd is shutting down"), fail_sinks);
     for (WaitDone& done : waits_.TakeAll()) {
       to_fail.emplace_back(std::move(done),
                            absl::UnavailableError("forqd is shutting down"));
@@ -247,6 +252,7 @@ void Scheduler::Shutdown(absl::Duration grace) {
   for (auto& [done, status] : to_fail) {
     if (done) done(status, false);
   }
+  fail_sinks.Run();
 }
 
 void Scheduler::EnqueueLocked(Entry& e, absl::Time now) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -130,6 +131,30 @@ class Scheduler {
   enum class Ack { kDurable, kDeferred };
   void Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
               Ack ack = Ack::kDurable);
+
+  // Takes the results of the tasks of SubmitForResults.
+  class ResultSink {
+   public:
+    using Result = std::pair<uint64_t, absl::StatusOr<v1::Task>>;
+    virtual ~ResultSink() = default;
+    // Once per accepted task, without the scheduler's lock: (its tag, the
+    // task once its terminal state is durable), or the reason it will have
+    // no result (its insert failed, forqd is shutting down). Several
+    // results may come in one call.
+    virtual void OnResults(std::vector<Result> results) = 0;
+  };
+  // One id per spec, or why that spec was refused.
+  using AcceptedFn =
+      std::function<void(std::vector<absl::StatusOr<std::string>>)>;
+  // For submitters that take each result as it comes (a Map stream): each
+  // spec is checked on its own (a bad one fails alone, the others go on),
+  // the tasks are submitted as with Ack::kDeferred, and spec i's task hands
+  // its result to `sink` with tag `first_tag + i`, with no Wait to
+  // register. `accepted` runs once, after the tasks are queued; a result
+  // may reach the sink before it.
+  void SubmitForResults(std::vector<v1::TaskSpec> specs,
+                        std::shared_ptr<ResultSink> sink, uint64_t first_tag,
+                        AcceptedFn accepted);
   // For an answer that hands out the id of an unfinished task submitted
   // with Ack::kDeferred: `done` runs once the task has a durable row (it is
   // inserted now if it has none). At once for a task forqd no longer holds.
@@ -216,6 +241,9 @@ class Scheduler {
     // submitter waits for the result, so once that is delivered the task
     // is not kept among the recently finished (Get reads the store).
     bool answered_by_result = false;
+    // Submitted with SubmitForResults: its result goes to `sink`.
+    std::shared_ptr<ResultSink> sink;
+    uint64_t sink_tag = 0;
     bool lease_lost = false;
     v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;
@@ -251,6 +279,19 @@ class Scheduler {
       for (auto& c : calls) c();
       calls.clear();
     }
+  };
+
+  // Results for sinks, collected under the lock: one call per sink after.
+  class SinkBatch {
+   public:
+    void Add(std::shared_ptr<ResultSink> sink, uint64_t tag,
+             absl::StatusOr<v1::Task> result);
+    void MoveTo(Deferred& d);
+
+   private:
+    std::vector<
+        std::pair<std::shared_ptr<ResultSink>, std::vector<ResultSink::Result>>>
+        by_sink_;
   };
 
   absl::StatusOr<v1::Task> BuildTask(v1::TaskSpec spec, absl::Time now);
@@ -339,10 +380,21 @@ class Scheduler {
   // `done` runs once the insert is durable.
   void QueueAndInsertLocked(std::vector<v1::Task> tasks, SubmitDone done,
                             Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ack::kDeferred: queues the tasks unwritten; returns their ids.
-  std::vector<InsertResult> QueueDeferredLocked(std::vector<v1::Task> tasks,
-                                                Deferred& d)
+  // Ack::kDeferred: queues the tasks unwritten; returns their ids. With a
+  // sink, task i gives it its result with tag tags[i].
+  std::vector<InsertResult> QueueDeferredLocked(
+      std::vector<v1::Task> tasks, Deferred& d,
+      const std::shared_ptr<ResultSink>& sink = nullptr,
+      const std::vector<uint64_t>& tags = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // SubmitForResults in a cluster: the tasks go in as Submit's, and a Wait
+  // per task (renewed until terminal) feeds the sink.
+  void WaitForSink(const std::string& id, std::shared_ptr<ResultSink> sink,
+                   uint64_t tag) ABSL_LOCKS_EXCLUDED(mu_);
+  // Tells the sinks of these entries that no result will come (`why`) and
+  // detaches them.
+  static void FailSinks(std::vector<Entry*> entries, const absl::Status& why,
+                        Deferred& d);
   // Tasks with idempotency keys: inserted first, the new ones queued then.
   void InsertKeyed(std::vector<v1::Task> tasks, SubmitDone done)
       ABSL_LOCKS_EXCLUDED(mu_);

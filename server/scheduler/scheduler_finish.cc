@@ -315,6 +315,7 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
       return;
     }
     if (failed_finishes_.empty()) store_failing_ = false;
+    SinkBatch to_sinks;
     for (const std::string& id : ids) {
       auto it = tasks_.find(id);
       if (it == tasks_.end()) continue;
@@ -325,21 +326,29 @@ void Scheduler::OnFinishPersisted(const std::vector<std::string>& ids,
         tasks_.erase(it);
         continue;
       }
-      std::vector<WaitDone> waiters = waits_.TakeTask(id);
+      std::vector<WaitDone> waiters =
+          waits_.size() == 0 ? std::vector<WaitDone>() : waits_.TakeTask(id);
       EmitLocked(e.task, v1::TaskEvent::STATE, d);
       // A deferred task's result went to its submitter: the last waiter
-      // gets the task itself instead of a copy.
-      const bool remember = !e.answered_by_result || waiters.empty();
+      // (or its sink) gets the task itself instead of a copy.
+      const bool to_sink = e.sink != nullptr;
+      const bool remember =
+          !e.answered_by_result || (waiters.empty() && !to_sink);
       for (size_t i = 0; i < waiters.size(); ++i) {
-        const bool last = !remember && i + 1 == waiters.size();
+        const bool last = !remember && !to_sink && i + 1 == waiters.size();
         d.Add([done = std::move(waiters[i]),
                task = last ? std::move(e.task) : e.task]() mutable {
           done(std::move(task), true);
         });
       }
-      if (remember) RememberLocked(std::move(e.task));
+      if (to_sink) {
+        to_sinks.Add(std::move(e.sink), e.sink_tag, std::move(e.task));
+      } else if (remember) {
+        RememberLocked(std::move(e.task));
+      }
       tasks_.erase(it);
     }
+    to_sinks.MoveTo(d);
     if (!idle_waiters_.empty()) WakeLocked();  // they may be satisfied now
   }
   d.Run();

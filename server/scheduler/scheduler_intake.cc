@@ -246,14 +246,21 @@ void Scheduler::QueueAndInsertLocked(std::vector<v1::Task> tasks,
 // terminal one (QueueFinishLocked), else InsertDeferredLocked's. The task
 // lives only here until written; the submitter gets its id.
 std::vector<InsertResult> Scheduler::QueueDeferredLocked(
-    std::vector<v1::Task> tasks, Deferred& d) {
+    std::vector<v1::Task> tasks, Deferred& d,
+    const std::shared_ptr<ResultSink>& sink,
+    const std::vector<uint64_t>& tags) {
   const absl::Time now = clock_.Now();
   std::vector<InsertResult> accepted;
   accepted.reserve(tasks.size());
-  for (v1::Task& t : tasks) {
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    v1::Task& t = tasks[i];
     Entry& e = tasks_[t.id()];
     e.stored = false;
     e.answered_by_result = true;
+    if (sink != nullptr) {
+      e.sink = sink;
+      e.sink_tag = tags[i];
+    }
     deferred_.emplace_back(now, t.id());
     accepted.emplace_back().task.set_id(t.id());
     e.task = std::move(t);
@@ -264,6 +271,122 @@ std::vector<InsertResult> Scheduler::QueueDeferredLocked(
     WakeAtLocked(now + options_.deferred_insert_limit);
   }
   return accepted;
+}
+
+void Scheduler::SubmitForResults(std::vector<v1::TaskSpec> specs,
+                                 std::shared_ptr<ResultSink> sink,
+                                 uint64_t first_tag, AcceptedFn accepted) {
+  const absl::Time now = clock_.Now();
+  std::vector<absl::StatusOr<std::string>> ids;
+  ids.reserve(specs.size());
+  std::vector<v1::Task> tasks;
+  tasks.reserve(specs.size());
+  std::vector<uint64_t> tags;
+  tags.reserve(specs.size());
+  std::map<std::string, int64_t> adding;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    absl::StatusOr<v1::Task> t = BuildTask(std::move(specs[i]), now);
+    if (!t.ok()) {
+      ids.emplace_back(t.status());
+      continue;
+    }
+    ids.emplace_back(t->id());
+    ++adding[t->queue()];
+    tags.push_back(first_tag + i);
+    tasks.push_back(std::move(*t));
+  }
+  const auto refuse = [&ids](const absl::Status& why) {
+    for (absl::StatusOr<std::string>& id : ids) {
+      if (id.ok()) id = why;
+    }
+  };
+  if (tasks.empty()) {
+    accepted(std::move(ids));
+    return;
+  }
+  Deferred d;
+  {
+    MutexLock lock(&mu_);
+    if (absl::Status admitted = AdmitLocked(adding); !admitted.ok()) {
+      refuse(admitted);
+    } else if (work_source_ != nullptr) {
+      SubmitClusterLocked(
+          std::move(tasks),
+          [this, sink, tags = std::move(tags), ids,
+           accepted](absl::StatusOr<std::vector<InsertResult>> r) mutable {
+            if (!r.ok()) {
+              for (absl::StatusOr<std::string>& id : ids) {
+                if (id.ok()) id = r.status();
+              }
+            } else {
+              for (size_t i = 0; i < r->size(); ++i) {
+                WaitForSink((*r)[i].task.id(), sink, tags[i]);
+              }
+            }
+            accepted(std::move(ids));
+          },
+          d);
+      accepted = nullptr;
+    } else {
+      QueueDeferredLocked(std::move(tasks), d, sink, tags);
+      for (const auto& [queue, n] : adding) {
+        metrics_.TaskSubmitted(queue, static_cast<int>(n));
+      }
+      DispatchLocked(clock_.Now(), d);
+      if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
+    }
+  }
+  d.Run();
+  if (accepted) accepted(std::move(ids));
+}
+
+void Scheduler::WaitForSink(const std::string& id,
+                            std::shared_ptr<ResultSink> sink, uint64_t tag) {
+  // The longest wait the scheduler holds; one that ends non-terminal is
+  // renewed.
+  Wait(id, options_.max_wait,
+       [this, id, sink = std::move(sink), tag](absl::StatusOr<v1::Task> t,
+                                               bool terminal) mutable {
+         if (t.ok() && !terminal) {
+           WaitForSink(id, std::move(sink), tag);
+           return;
+         }
+         std::vector<ResultSink::Result> results;
+         results.emplace_back(tag, std::move(t));
+         sink->OnResults(std::move(results));
+       });
+}
+
+void Scheduler::FailSinks(std::vector<Entry*> entries, const absl::Status& why,
+                          Deferred& d) {
+  SinkBatch batch;
+  for (Entry* e : entries) {
+    if (e->sink != nullptr) batch.Add(std::move(e->sink), e->sink_tag, why);
+  }
+  batch.MoveTo(d);
+}
+
+void Scheduler::SinkBatch::Add(std::shared_ptr<ResultSink> sink, uint64_t tag,
+                               absl::StatusOr<v1::Task> result) {
+  if (by_sink_.empty() || by_sink_.back().first != sink) {
+    for (auto& [s, results] : by_sink_) {
+      if (s == sink) {
+        results.emplace_back(tag, std::move(result));
+        return;
+      }
+    }
+    by_sink_.emplace_back(std::move(sink), std::vector<ResultSink::Result>());
+  }
+  by_sink_.back().second.emplace_back(tag, std::move(result));
+}
+
+void Scheduler::SinkBatch::MoveTo(Deferred& d) {
+  for (auto& [sink, results] : by_sink_) {
+    d.Add([sink = std::move(sink), results = std::move(results)]() mutable {
+      sink->OnResults(std::move(results));
+    });
+  }
+  by_sink_.clear();
 }
 
 // With idempotency keys the store decides which tasks are new: they are
@@ -324,14 +447,13 @@ void Scheduler::DropAbandonedLocked(Deferred& d) {
   for (const std::string& id : ids) {
     auto it = tasks_.find(id);
     if (it == tasks_.end()) continue;
+    const absl::Status dropped = absl::UnavailableError(absl::StrCat(
+        "task ", id, " was dropped: the store refused its insert"));
     for (WaitDone& done : waits_.TakeTask(id)) {
-      d.Add([done = std::move(done), id] {
-        done(absl::UnavailableError(absl::StrCat(
-                 "task ", id, " was dropped: the store refused its insert")),
-             false);
-      });
+      d.Add([done = std::move(done), dropped] { done(dropped, false); });
     }
     Entry& e = it->second;
+    FailSinks({&e}, dropped, d);
     if (e.task.state() == v1::QUEUED) {
       RemoveQueuedLocked(e);
       tasks_.erase(it);
