@@ -147,43 +147,72 @@ void Metrics::TaskSubmitted(absl::string_view queue, int n) {
 }
 
 void Metrics::TaskFinished(absl::string_view queue, absl::string_view state) {
-  finished_by_
-      .Get(Key(queue, state),
-           [&]() -> prometheus::Counter& {
-             return finished_.Add({{"queue", S(queue)}, {"state", S(state)}});
-           })
-      .Increment();
+  FinishedChild(queue, state).Increment();
 }
 
 void Metrics::TaskRetried(absl::string_view queue) {
-  retries_by_
-      .Get(Key(queue),
-           [&]() -> prometheus::Counter& {
-             return retries_.Add({{"queue", S(queue)}});
-           })
-      .Increment();
+  RetriedChild(queue).Increment();
 }
 
 void Metrics::TaskAttempt(absl::string_view queue, absl::string_view kind,
                           absl::string_view outcome, double seconds) {
-  duration_by_
-      .Get(Key(queue, kind, outcome),
-           [&]() -> prometheus::Histogram& {
-             return duration_.Add({{"queue", S(queue)},
-                                   {"kind", S(kind)},
-                                   {"outcome", S(outcome)}},
-                                  DurationBuckets());
-           })
-      .Observe(seconds);
+  AttemptChild(queue, kind, outcome).Observe(seconds);
 }
 
 void Metrics::TaskQueueWait(absl::string_view queue, double seconds) {
-  queue_wait_by_
-      .Get(Key(queue),
-           [&]() -> prometheus::Histogram& {
-             return queue_wait_.Add({{"queue", S(queue)}}, DurationBuckets());
-           })
-      .Observe(seconds);
+  QueueWaitChild(queue).Observe(seconds);
+}
+
+prometheus::Counter& Metrics::FinishedChild(absl::string_view queue,
+                                            absl::string_view state) {
+  return finished_by_.Get(Key(queue, state), [&]() -> prometheus::Counter& {
+    return finished_.Add({{"queue", S(queue)}, {"state", S(state)}});
+  });
+}
+
+prometheus::Counter& Metrics::RetriedChild(absl::string_view queue) {
+  return retries_by_.Get(Key(queue), [&]() -> prometheus::Counter& {
+    return retries_.Add({{"queue", S(queue)}});
+  });
+}
+
+prometheus::Histogram& Metrics::AttemptChild(absl::string_view queue,
+                                             absl::string_view kind,
+                                             absl::string_view outcome) {
+  return duration_by_.Get(
+      Key(queue, kind, outcome), [&]() -> prometheus::Histogram& {
+        return duration_.Add(
+            {{"queue", S(queue)}, {"kind", S(kind)}, {"outcome", S(outcome)}},
+            DurationBuckets());
+      });
+}
+
+prometheus::Histogram& Metrics::QueueWaitChild(absl::string_view queue) {
+  return queue_wait_by_.Get(Key(queue), [&]() -> prometheus::Histogram& {
+    return queue_wait_.Add({{"queue", S(queue)}}, DurationBuckets());
+  });
+}
+
+void TaskMetrics::Finished(int slot, absl::string_view state) {
+  prometheus::Counter*& c = finished_.at(slot);
+  if (c == nullptr) c = &metrics_.FinishedChild(queue_, state);
+  c->Increment();
+}
+
+void TaskMetrics::Attempt(int slot, absl::string_view outcome, double seconds) {
+  prometheus::Histogram*& h = attempt_.at(slot);
+  if (h == nullptr) h = &metrics_.AttemptChild(queue_, kind_, outcome);
+  h->Observe(seconds);
+}
+
+void TaskMetrics::QueueWait(double seconds) {
+  if (queue_wait_ == nullptr) queue_wait_ = &metrics_.QueueWaitChild(queue_);
+  queue_wait_->Observe(seconds);
+}
+
+void TaskMetrics::Retried() {
+  if (retried_ == nullptr) retried_ = &metrics_.RetriedChild(queue_);
+  retried_->Increment();
 }
 
 void Metrics::StaleCompletion() { stale_.Add({}).Increment(); }

@@ -4,9 +4,11 @@
 #ifndef FORQ_SERVER_METRICS_METRICS_H_
 #define FORQ_SERVER_METRICS_METRICS_H_
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -105,6 +107,15 @@ class Metrics {
   static std::vector<double> LatencyBuckets();
 
  private:
+  friend class TaskMetrics;
+  prometheus::Counter& FinishedChild(absl::string_view queue,
+                                     absl::string_view state);
+  prometheus::Counter& RetriedChild(absl::string_view queue);
+  prometheus::Histogram& AttemptChild(absl::string_view queue,
+                                      absl::string_view kind,
+                                      absl::string_view outcome);
+  prometheus::Histogram& QueueWaitChild(absl::string_view queue);
+
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& submitted_;
   prometheus::Family<prometheus::Counter>& finished_;
@@ -135,6 +146,35 @@ class Metrics {
 
   Mutex hooks_mu_;
   std::vector<std::function<void()>> hooks_ ABSL_GUARDED_BY(hooks_mu_);
+};
+
+// The task-path metrics of one queue and kind, for a caller that keeps it
+// per task (the scheduler): each child is resolved on first use, then
+// reached with no key to build, no lookup and no lock. `slot` (< kSlots)
+// stands for the label given with it (an enum value), so each label's
+// child is resolved once. Not thread-safe: its owner serialises the calls.
+class TaskMetrics {
+ public:
+  static constexpr int kSlots = 16;
+  TaskMetrics(Metrics& metrics, std::string queue, std::string kind)
+      : metrics_(metrics), queue_(std::move(queue)), kind_(std::move(kind)) {}
+  const std::string& queue() const { return queue_; }
+  const std::string& kind() const { return kind_; }
+
+  // As Metrics::TaskFinished, TaskAttempt, TaskQueueWait and TaskRetried.
+  void Finished(int slot, absl::string_view state);
+  void Attempt(int slot, absl::string_view outcome, double seconds);
+  void QueueWait(double seconds);
+  void Retried();
+
+ private:
+  Metrics& metrics_;
+  const std::string queue_;
+  const std::string kind_;
+  std::array<prometheus::Counter*, kSlots> finished_{};
+  std::array<prometheus::Histogram*, kSlots> attempt_{};
+  prometheus::Histogram* queue_wait_ = nullptr;
+  prometheus::Counter* retried_ = nullptr;
 };
 
 }  // namespace forq::server

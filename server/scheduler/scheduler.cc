@@ -9,6 +9,7 @@
 #include <random>
 
 #include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
 #include "common/notification.h"
@@ -255,6 +256,22 @@ void Scheduler::Shutdown(absl::Duration grace) {
   fail_sinks.Run();
 }
 
+TaskMetrics& Scheduler::MetricsLocked(Entry& e) {
+  if (e.metrics != nullptr) return *e.metrics;
+  const v1::Task& t = e.task;
+  if (last_metrics_ == nullptr || last_metrics_->queue() != t.queue() ||
+      last_metrics_->kind() != t.kind()) {
+    std::unique_ptr<TaskMetrics>& m =
+        task_metrics_[absl::StrCat(t.queue(), "\x1f", t.kind())];
+    if (m == nullptr) {
+      m = std::make_unique<TaskMetrics>(metrics_, t.queue(), t.kind());
+    }
+    last_metrics_ = m.get();
+  }
+  e.metrics = last_metrics_;
+  return *e.metrics;
+}
+
 void Scheduler::EnqueueLocked(Entry& e, absl::Time now) {
   ++queued_by_queue_[e.task.queue()];
   absl::Time not_before = e.task.has_not_before()
@@ -401,7 +418,7 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     t.clear_progress_message();
     *t.mutable_started_at() = ToProto(now);
     ++running_;
-    metrics_.TaskQueueWait(t.queue(), absl::ToDoubleSeconds(now - e.ready_at));
+    MetricsLocked(e).QueueWait(absl::ToDoubleSeconds(now - e.ready_at));
     // A cluster node writes no RUNNING record: its claim already made the
     // row RUNNING. With a running_write_delay the record waits
     // (WriteRunningLocked): most attempts end first.

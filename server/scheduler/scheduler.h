@@ -244,6 +244,8 @@ class Scheduler {
     // Submitted with SubmitForResults: its result goes to `sink`.
     std::shared_ptr<ResultSink> sink;
     uint64_t sink_tag = 0;
+    // Its queue's and kind's metrics (MetricsLocked).
+    TaskMetrics* metrics = nullptr;
     bool lease_lost = false;
     v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;
@@ -364,6 +366,8 @@ class Scheduler {
   // before sleeping, so one that is awake needs nothing).
   void WakeAtLocked(absl::Time t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshMetrics();
+  // The metrics of `e`'s queue and kind, resolved once per entry.
+  TaskMetrics& MetricsLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cluster mode (scheduler_cluster.cc).
   absl::Status StartCluster() ABSL_LOCKS_EXCLUDED(mu_);
   // Asks the loop to claim work when workers are idle beyond the local
@@ -510,6 +514,10 @@ class Scheduler {
   std::deque<std::pair<std::string, size_t>> recent_order_ ABSL_GUARDED_BY(mu_);
   size_t recent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  // Per "queue\x1fkind"; the last one used is tried first.
+  std::unordered_map<std::string, std::unique_ptr<TaskMetrics>> task_metrics_
+      ABSL_GUARDED_BY(mu_);
+  TaskMetrics* last_metrics_ ABSL_GUARDED_BY(mu_) = nullptr;
   WaitRegistry waits_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);
   // Cluster: task ids watched by watchers here (counts), whose terminal

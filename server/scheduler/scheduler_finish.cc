@@ -23,10 +23,20 @@ const char* SignalName(int sig) {
   return name != nullptr ? name : "unknown signal";
 }
 
-std::string StateLabel(v1::TaskState s) {
-  std::string name = v1::TaskState_Name(s);
-  for (char& c : name) c = static_cast<char>(std::tolower(c));
-  return name;
+// The terminal state as a metric label.
+absl::string_view StateLabel(v1::TaskState s) {
+  switch (s) {
+    case v1::SUCCEEDED:
+      return "succeeded";
+    case v1::FAILED:
+      return "failed";
+    case v1::DEAD:
+      return "dead";
+    case v1::CANCELLED:
+      return "cancelled";
+    default:
+      return "unfinished";
+  }
 }
 
 // Handler errors with these codes describe the input, so retrying cannot
@@ -46,7 +56,7 @@ bool IsPermanent(absl::StatusCode code) {
   }
 }
 
-std::string OutcomeLabel(worker::OutcomeKind k) {
+absl::string_view OutcomeLabel(worker::OutcomeKind k) {
   switch (k) {
     case worker::OutcomeKind::kSucceeded:
       return "succeeded";
@@ -146,7 +156,7 @@ void Scheduler::FinishLocked(Entry& e, v1::TaskState prev) {
   e.finishing = true;
   e.prev_state = prev;
   *e.task.mutable_finished_at() = ToProto(clock_.Now());
-  metrics_.TaskFinished(e.task.queue(), StateLabel(e.task.state()));
+  MetricsLocked(e).Finished(e.task.state(), StateLabel(e.task.state()));
   QueueFinishLocked(e);
 }
 
@@ -454,8 +464,8 @@ void Scheduler::OnOutcome(worker::Outcome o) {
       d.Add([this, id = t.id()] { attempt_end_handler_(id); });
     }
     if (o.worker_pid != 0) t.set_worker_pid(o.worker_pid);
-    metrics_.TaskAttempt(t.queue(), t.kind(), OutcomeLabel(o.kind),
-                         absl::ToDoubleSeconds(o.runtime));
+    MetricsLocked(e).Attempt(static_cast<int>(o.kind), OutcomeLabel(o.kind),
+                             absl::ToDoubleSeconds(o.runtime));
 
     bool retryable = RecordOutcome(t, o);
     if (retryable && t.cancel_requested()) {
@@ -467,7 +477,7 @@ void Scheduler::OnOutcome(worker::Outcome o) {
         const absl::Time now = clock_.Now();
         t.set_state(v1::QUEUED);
         *t.mutable_not_before() = ToProto(now + Backoff(t.attempt()));
-        metrics_.TaskRetried(t.queue());
+        MetricsLocked(e).Retried();
         EmitLocked(t, v1::TaskEvent::STATE, d);
         // Under mu_, so before the next attempt's writes.
         if (e.stored) PersistAsync(t);
