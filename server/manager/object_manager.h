@@ -396,11 +396,19 @@ class ObjectManager {
     }
     return nullptr;
   }
+  // The session of a parked acquire; null (and `w` failed) when it expired.
+  Session* WaiterSessionLocked(Waiter* w, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unparks `w` and queues `reply` for it.
   void CompleteWaiterLocked(Waiter* w, Batch& b, absl::StatusOr<Reply> reply)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void GrantLockLocked(const std::string& name, Object& o, Session& s,
                        const std::string& owner, int64_t count)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `s` lets go of the lock entirely (release, condition wait): the change
+  // is recorded as `op` and the next waiter gets it.
+  void FreeLockLocked(const std::string& name, Object& o, Session& s,
+                      absl::string_view op, Batch& b)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a change: bumps the version, marks it for persistence and
   // pushes it to watchers.

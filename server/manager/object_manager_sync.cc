@@ -27,6 +27,16 @@ void ObjectManager::GrantLockLocked(const std::string& name, Object& o,
   s.holdings.insert(name);
 }
 
+void ObjectManager::FreeLockLocked(const std::string& name, Object& o,
+                                   Session& s, absl::string_view op, Batch& b) {
+  o.hold_count = 0;
+  o.holder_session.clear();
+  o.holder_owner.clear();
+  s.holdings.erase(name);
+  TouchLocked(name, o, op, "", "", b);
+  PumpLocked(name, o, b);
+}
+
 absl::StatusOr<ObjectManager::Reply> ObjectManager::LockOpLocked(
     const std::string& name, Object& o, Request& req, Parking& p, Batch& b) {
   const bool reentrant = o.type != ManagerType::kLock;
@@ -65,14 +75,7 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::LockOpLocked(
     case ManagerOp::kRelease: {
       FORQ_ASSIGN_OR_RETURN(Session * s, SessionLocked(req));
       if (!mine) return not_held();
-      if (--o.hold_count <= 0) {
-        o.hold_count = 0;
-        o.holder_session.clear();
-        o.holder_owner.clear();
-        s->holdings.erase(name);
-        TouchLocked(name, o, "release", "", "", b);
-        PumpLocked(name, o, b);
-      }
+      if (--o.hold_count <= 0) FreeLockLocked(name, o, *s, "release", b);
       r.count = o.hold_count;
       return r;
     }
@@ -83,14 +86,9 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::LockOpLocked(
       p.park = true;
       p.kind = WaitKind::kCondWait;
       p.restore_count = o.hold_count;
-      o.hold_count = 0;
-      o.holder_session.clear();
-      o.holder_owner.clear();
-      s->holdings.erase(name);
-      TouchLocked(name, o, "wait", "", "", b);
       // The waiter is parked by the caller after this returns; granting the
       // lock to others first is fine since a notify needs the lock anyway.
-      PumpLocked(name, o, b);
+      FreeLockLocked(name, o, *s, "wait", b);
       return r;
     }
     case ManagerOp::kNotify:
@@ -163,10 +161,8 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::SemaphoreOpLocked(
       PumpLocked(name, o, b);
       break;
     }
-    case ManagerOp::kValue:
-      break;
     default:
-      return Unsupported(o.type, req.op);
+      FORQ_RETURN_IF_ERROR(OnlyQuery(o.type, req.op, ManagerOp::kValue));
   }
   r.length = o.permits;
   return r;
@@ -189,8 +185,6 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::EventOpLocked(
         TouchLocked(name, o, "clear", "", "", b);
       }
       break;
-    case ManagerOp::kIsSet:
-      break;
     case ManagerOp::kWait:
       if (!o.is_set) {
         p.park = true;
@@ -199,10 +193,18 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::EventOpLocked(
       }
       break;
     default:
-      return Unsupported(o.type, req.op);
+      FORQ_RETURN_IF_ERROR(OnlyQuery(o.type, req.op, ManagerOp::kIsSet));
   }
   r.flag = o.is_set;
   return r;
+}
+
+ObjectManager::Session* ObjectManager::WaiterSessionLocked(Waiter* w,
+                                                           Batch& b) {
+  auto it = sessions_.find(w->req.session);
+  if (it != sessions_.end()) return &it->second;
+  CompleteWaiterLocked(w, b, absl::FailedPreconditionError("session expired"));
+  return nullptr;
 }
 
 void ObjectManager::PumpLockLocked(const std::string& name, Object& o,
@@ -212,14 +214,10 @@ void ObjectManager::PumpLockLocked(const std::string& name, Object& o,
       return x.kind == WaitKind::kAcquire || x.kind == WaitKind::kCondReacquire;
     });
     if (w == nullptr) break;
-    auto sit = sessions_.find(w->req.session);
-    if (sit == sessions_.end()) {
-      CompleteWaiterLocked(w, b,
-                           absl::FailedPreconditionError("session expired"));
-      continue;
-    }
+    Session* s = WaiterSessionLocked(w, b);
+    if (s == nullptr) continue;
     const bool reacquire = w->kind == WaitKind::kCondReacquire;
-    GrantLockLocked(name, o, sit->second, w->req.owner,
+    GrantLockLocked(name, o, *s, w->req.owner,
                     reacquire ? w->restore_count : 1);
     TouchLocked(name, o, "acquire", "", "", b);
     Reply r;
@@ -236,15 +234,11 @@ void ObjectManager::PumpSemaphoreLocked(const std::string& name, Object& o,
     Waiter* w = FirstWaiterLocked(
         o, [](const Waiter& x) { return x.kind == WaitKind::kAcquire; });
     if (w == nullptr) break;
-    auto sit = sessions_.find(w->req.session);
-    if (sit == sessions_.end()) {
-      CompleteWaiterLocked(w, b,
-                           absl::FailedPreconditionError("session expired"));
-      continue;
-    }
+    Session* s = WaiterSessionLocked(w, b);
+    if (s == nullptr) continue;
     --o.permits;
-    ++o.held[sit->first];
-    sit->second.holdings.insert(name);
+    ++o.held[s->id];
+    s->holdings.insert(name);
     TouchLocked(name, o, "acquire", "", "", b);
     Reply r;
     r.flag = true;
@@ -307,10 +301,8 @@ absl::StatusOr<ObjectManager::Reply> ObjectManager::BarrierOpLocked(
     case ManagerOp::kReset:
       BreakBarrierLocked(name, o, /*broken=*/false, b);
       break;
-    case ManagerOp::kSize:
-      break;
     default:
-      return Unsupported(o.type, req.op);
+      FORQ_RETURN_IF_ERROR(OnlyQuery(o.type, req.op, ManagerOp::kSize));
   }
   r.maxsize = o.initial;
   r.length = o.permits;

@@ -171,6 +171,12 @@ inline absl::Status Unsupported(ManagerType t, ManagerOp op) {
                    worker::ManagerOpName(op), "'"));
 }
 
+// OK when `op` is `query` (an op that only reads the state every reply of
+// the type carries), else what Unsupported says.
+inline absl::Status OnlyQuery(ManagerType t, ManagerOp op, ManagerOp query) {
+  return op == query ? absl::OkStatus() : Unsupported(t, op);
+}
+
 inline std::string NewSessionId() {
   unsigned char raw[16];
   if (RAND_bytes(raw, sizeof(raw)) != 1) {
