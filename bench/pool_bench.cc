@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -82,7 +83,7 @@ std::unique_ptr<WorkerPool> MakePool(int workers, Events& ev) {
 
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
+  const auto i = static_cast<size_t>(std::lround(p * (v.size() - 1)));
   return v[std::min(i, v.size() - 1)];
 }
 

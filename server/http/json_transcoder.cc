@@ -268,6 +268,7 @@ absl::Status CheckEnumValues(const Message& m) {
                                        : refl->GetEnumValue(m, f);
         if (f->enum_type()->FindValueByNumber(v) == nullptr) {
           std::vector<std::string> names;
+          names.reserve(f->enum_type()->value_count());
           for (int k = 0; k < f->enum_type()->value_count(); ++k) {
             names.push_back(f->enum_type()->value(k)->name());
           }
@@ -336,6 +337,7 @@ absl::Status ApplyParams(
     auto fields = ResolveFieldPath(type, q.key);
     if (!fields.ok()) {
       std::vector<std::string> names;
+      names.reserve(type->field_count());
       for (int i = 0; i < type->field_count(); ++i) {
         names.push_back(type->field(i)->name());
       }

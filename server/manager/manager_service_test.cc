@@ -27,8 +27,9 @@ int ThreadCount() {
   while (std::getline(in, line)) {
     if (absl::StartsWith(line, "Threads:")) {
       int n = 0;
-      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)), &n))
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)), &n)) {
         return n;
+      }
     }
   }
   return -1;
@@ -135,7 +136,7 @@ TEST_F(ManagerServiceTest, ExplicitTimeoutAndCancel) {
   Notification done;
   grpc::Status status;
   stub_->async()->EventWait(&cancel_ctx, &wait, &resp, [&](grpc::Status s) {
-    status = s;
+    status = std::move(s);
     done.Notify();
   });
   ASSERT_TRUE(service_.core().AwaitWaiterCount(1, absl::Seconds(5)));
@@ -156,7 +157,7 @@ TEST_F(ManagerServiceTest, TimeoutOfCenturiesWaitsForTheEvent) {
   Notification done;
   grpc::Status status;
   stub_->async()->EventWait(&wait_ctx, &wait, &resp, [&](grpc::Status s) {
-    status = s;
+    status = std::move(s);
     done.Notify();
   });
   ASSERT_TRUE(service_.core().AwaitWaiterCount(1, absl::Seconds(5)));
@@ -186,12 +187,13 @@ TEST_F(ManagerServiceTest, ThousandBlockedQueueGetsUseFewThreads) {
   for (int i = 0; i < kCalls; ++i) {
     auto p = std::make_unique<Pending>();
     p->req.set_name("jobs");
-    stub_->async()->QueueGet(&p->ctx, &p->req, &p->resp, [&](grpc::Status s) {
-      MutexLock lock(&mu);
-      ++finished;
-      ok += s.ok();
-      cv.Signal();
-    });
+    stub_->async()->QueueGet(&p->ctx, &p->req, &p->resp,
+                             [&](const grpc::Status& s) {
+                               MutexLock lock(&mu);
+                               ++finished;
+                               ok += s.ok();
+                               cv.Signal();
+                             });
     calls.push_back(std::move(p));
   }
   ASSERT_TRUE(service_.core().AwaitWaiterCount(kCalls, absl::Seconds(60)));

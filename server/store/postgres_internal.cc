@@ -28,8 +28,9 @@ absl::StatusCode CodeForState(absl::string_view state) {
     // deadlock, read-only (a standby): worth retrying.
     return absl::StatusCode::kUnavailable;
   }
-  if (absl::StartsWith(state, "53"))
+  if (absl::StartsWith(state, "53")) {
     return absl::StatusCode::kResourceExhausted;
+  }
   if (state == "42501" || absl::StartsWith(state, "28")) {
     return absl::StatusCode::kPermissionDenied;
   }

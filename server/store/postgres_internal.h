@@ -173,8 +173,8 @@ class Conn {
                              absl::string_view what);
 
  private:
-  Conn(std::string uri, Durability durability, absl::Duration idle_txn_timeout,
-       std::string session_sql)
+  Conn(const std::string& uri, Durability durability,
+       absl::Duration idle_txn_timeout, std::string session_sql)
       : conn_(ConnectWithDefaults(uri)),
         durability_(durability),
         idle_txn_timeout_(idle_txn_timeout),

@@ -82,8 +82,10 @@ void PostgresStore::HandleNotifications(Conn& listen, const Callbacks& cb) {
     if (channel == "forq_work") {
       work = true;
     } else if (channel == "forq_done") {
-      for (absl::string_view id : absl::StrSplit(extra, ',', absl::SkipEmpty()))
+      for (absl::string_view id :
+           absl::StrSplit(extra, ',', absl::SkipEmpty())) {
         finished.emplace_back(id);
+      }
     } else if (channel == "forq_cancel") {
       for (absl::string_view one :
            absl::StrSplit(extra, ',', absl::SkipEmpty())) {
@@ -101,8 +103,10 @@ void PostgresStore::HandleNotifications(Conn& listen, const Callbacks& cb) {
         events.push_back(std::move(e));
       }
     } else if (channel == "forq_watch" && !own) {
-      for (absl::string_view key : absl::StrSplit(body, ',', absl::SkipEmpty()))
+      for (absl::string_view key :
+           absl::StrSplit(body, ',', absl::SkipEmpty())) {
         watches.emplace_back(key);
+      }
     }
     PQfreemem(n);
   }

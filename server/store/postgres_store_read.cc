@@ -189,6 +189,7 @@ PostgresStore::LoadObjects() {
                         conn->Run("objects", kObjects, {}, "load objects"));
   std::vector<std::pair<std::string, std::string>> out;
   const int rows = PQntuples(res.get());
+  out.reserve(rows);
   for (int r = 0; r < rows; ++r) {
     out.emplace_back(
         std::string(PQgetvalue(res.get(), r, 0), PQgetlength(res.get(), r, 0)),

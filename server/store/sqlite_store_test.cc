@@ -55,7 +55,7 @@ absl::Status InsertSync(Store& store, std::vector<v1::Task> tasks) {
   TestLatch done;
   absl::Status out;
   store.Insert(std::move(tasks),
-               [&](absl::StatusOr<std::vector<InsertResult>> result) {
+               [&](const absl::StatusOr<std::vector<InsertResult>>& result) {
                  out = result.status();
                  done.Notify();
                });
@@ -338,9 +338,10 @@ TEST(SqliteStoreTest, ReadsDoNotWaitForQueuedWrites) {
   // The first sync after idle is immediate; this one is held for ~30 s
   // while reads go on from their own connections.
   TestLatch acked;
-  store->Insert(
-      {MakeTask("second")},
-      [&](absl::StatusOr<std::vector<InsertResult>>) { acked.Notify(); });
+  store->Insert({MakeTask("second")},
+                [&](const absl::StatusOr<std::vector<InsertResult>>&) {
+                  acked.Notify();
+                });
   EXPECT_THAT(store->Get("first"), IsOk());
   EXPECT_THAT(store->LoadUnfinished(), IsOk());
   EXPECT_FALSE(acked.HasBeenNotified());

@@ -178,9 +178,10 @@ TEST_P(StoreContractTest, InsertFollowedAtOnceByUpdatesKeepsTheLastVersion) {
   };
   for (int i = 0; i < kTasks; ++i) {
     v1::Task t = MakeTask(Id(i));
-    store_->Insert({t}, [&](absl::StatusOr<std::vector<InsertResult>> r) {
-      count(r.ok());
-    });
+    store_->Insert({t},
+                   [&](const absl::StatusOr<std::vector<InsertResult>>& r) {
+                     count(r.ok());
+                   });
     t.set_state(v1::RUNNING);
     t.set_attempt(1);
     store_->Update({t}, [&](absl::Status s) { count(s.ok()); });
@@ -279,7 +280,7 @@ TEST_P(StoreContractTest, FailedBatchDoesNotFailConcurrentNeighbours) {
       batch.push_back(MakeTask("a1"));
     }
     store_->Insert(std::move(batch),
-                   [&, i](absl::StatusOr<std::vector<InsertResult>> r) {
+                   [&, i](const absl::StatusOr<std::vector<InsertResult>>& r) {
                      MutexLock lock(&mu);
                      statuses[i] = r.status();
                      if (--remaining == 0) {
@@ -341,6 +342,7 @@ TEST_P(StoreContractTest, EmptyIdempotencyKeysNeverCollide) {
 
 TEST_P(StoreContractTest, ListFiltersAndPagesThrough250Tasks) {
   std::vector<v1::Task> tasks;
+  tasks.reserve(250);
   for (int i = 0; i < 250; ++i) {
     v1::Task task = MakeTask(Id(i), i % 2 == 0 ? "even" : "odd",
                              i % 5 == 0 ? "sleep" : "echo");
@@ -393,6 +395,7 @@ TEST_P(StoreContractTest, ListFiltersAndPagesThrough250Tasks) {
 
 TEST_P(StoreContractTest, ListPageSizeDefaultsAndCaps) {
   std::vector<v1::Task> tasks;
+  tasks.reserve(1100);
   for (int i = 0; i < 1100; ++i) {
     tasks.push_back(MakeTask(Id(i)));
   }
@@ -499,7 +502,7 @@ TEST_P(StoreContractTest, PurgeKeepsATaskFinishedAgainUntilItsLaterExpiry) {
 }
 
 TEST_P(StoreContractTest, ObjectsPutReplaceDeleteLoad) {
-  auto put = [&](std::string name, std::string blob) {
+  auto put = [&](const std::string& name, const std::string& blob) {
     return WriteSync([&](Store::WriteDone done) {
       store_->PutObject(name, blob, std::move(done));
     });
@@ -576,6 +579,7 @@ TEST_P(StoreContractTest, ConcurrentInsertsFrom16ThreadsAreAllStored) {
   constexpr int kPerThread = 50;
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
@@ -603,6 +607,7 @@ TEST_P(StoreContractTest, ReadsRunConcurrentlyWithWrites) {
   std::atomic<int> writers_left{kWriters};
   std::atomic<int> read_errors{0};
   std::vector<std::thread> threads;
+  threads.reserve(kWriters + 2);
   for (int w = 0; w < kWriters; ++w) {
     threads.emplace_back([&, w] {
       for (int i = 0; i < kPerWriter; ++i) {
@@ -674,12 +679,13 @@ TEST_P(StoreContractTest, WritesAfterCloseAreUnavailable) {
 TEST_P(StoreContractTest, CloseFlushesQueuedWrites) {
   std::atomic<int> acked{0};
   for (int i = 0; i < 200; ++i) {
-    store_->Insert({MakeTask(Id(i))},
-                   [&](absl::StatusOr<std::vector<InsertResult>> result) {
-                     if (result.ok()) {
-                       acked.fetch_add(1);
-                     }
-                   });
+    store_->Insert(
+        {MakeTask(Id(i))},
+        [&](const absl::StatusOr<std::vector<InsertResult>>& result) {
+          if (result.ok()) {
+            acked.fetch_add(1);
+          }
+        });
   }
   store_->Close();
   EXPECT_EQ(acked.load(), 200);

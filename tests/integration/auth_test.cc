@@ -9,6 +9,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -154,9 +155,9 @@ TEST_F(AuthTest, EveryRoleAgainstEveryGrpcFamily) {
          grpc::ByteBuffer req(&empty, 1);
          grpc::ByteBuffer resp;
          std::promise<grpc::Status> done;
-         stub.UnaryCall(ctx, "/grpc.health.v1.Health/Check",
-                        grpc::StubOptions(), &req, &resp,
-                        [&done](grpc::Status s) { done.set_value(s); });
+         stub.UnaryCall(
+             ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req,
+             &resp, [&done](grpc::Status s) { done.set_value(std::move(s)); });
          return done.get_future().get();
        }},
       {"TaskService.Get", Need::kRead,
