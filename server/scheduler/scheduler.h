@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -254,7 +255,9 @@ class Scheduler {
     int64_t ready_seq = 0;
     int64_t last_seq = 0;
   };
-  using TaskMap = std::unordered_map<std::string, Entry>;
+  // Node maps: entries are referred to by pointer and reference while the
+  // map grows.
+  using TaskMap = absl::node_hash_map<std::string, Entry>;
   struct ReadyKey {
     int32_t neg_priority;
     int64_t seq;
@@ -510,7 +513,7 @@ class Scheduler {
   std::vector<std::string> failed_finishes_ ABSL_GUARDED_BY(mu_);
   absl::Time next_finish_retry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Recently finished tasks (durable), oldest first in recent_order_.
-  std::unordered_map<std::string, v1::Task> recent_ ABSL_GUARDED_BY(mu_);
+  absl::node_hash_map<std::string, v1::Task> recent_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<std::string, size_t>> recent_order_ ABSL_GUARDED_BY(mu_);
   size_t recent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
