@@ -8,9 +8,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -112,7 +112,7 @@ class WaitMux : public std::enable_shared_from_this<WaitMux> {
   Mutex mu_;
   CondVar cv_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
-  std::unordered_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  absl::node_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> to_send_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> to_cancel_ ABSL_GUARDED_BY(mu_);
   // The stream new ids go to (nullptr: none, or it broke).

@@ -14,7 +14,7 @@ uint64_t WaitRegistry::Add(std::string task_id, absl::Time deadline,
 }
 
 WaitRegistry::Done WaitRegistry::Erase(
-    std::unordered_map<uint64_t, Wait>::iterator it) {
+    absl::node_hash_map<uint64_t, Wait>::iterator it) {
   const uint64_t h = it->first;
   Wait& w = it->second;
   auto t = by_task_.find(w.task_id);

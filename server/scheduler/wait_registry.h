@@ -8,10 +8,10 @@
 #include <functional>
 #include <map>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "absl/container/node_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -60,12 +60,12 @@ class WaitRegistry {
     Done done;
   };
   // Unlinks `it` from by_task_ and deadlines_ and erases it.
-  Done Erase(std::unordered_map<uint64_t, Wait>::iterator it);
+  Done Erase(absl::node_hash_map<uint64_t, Wait>::iterator it);
 
   uint64_t next_handle_ = 1;
-  std::unordered_map<uint64_t, Wait> waits_;
+  absl::node_hash_map<uint64_t, Wait> waits_;
   std::multimap<absl::Time, uint64_t> deadlines_;
-  std::unordered_map<std::string, std::vector<uint64_t>> by_task_;
+  absl::node_hash_map<std::string, std::vector<uint64_t>> by_task_;
 };
 
 }  // namespace forq::server
