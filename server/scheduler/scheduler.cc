@@ -152,6 +152,11 @@ absl::Status Scheduler::Start() {
       reply(absl::UnimplementedError("no service answers task calls"));
       return;
     }
+    {
+      MutexLock lock(&mu_);
+      auto it = tasks_.find(task_id);
+      if (it != tasks_.end()) it->second.made_calls = true;
+    }
     call_handler_(task_id, std::move(request), std::move(reply));
   };
   absl::Status s = pool_.Start(std::move(cb));

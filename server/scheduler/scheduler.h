@@ -217,7 +217,8 @@ class Scheduler {
                          std::function<void(absl::StatusOr<std::string>)>)>
           handler);
   // Called (outside the scheduler's lock) with the task id whenever an
-  // attempt ends, so services can drop state the attempt left behind.
+  // attempt that made calls (SetCallHandler) ends, so services can drop
+  // state the attempt left behind.
   void SetAttemptEndHandler(std::function<void(absl::string_view)> handler);
   // Called (once, outside the lock) when the pool can no longer run tasks;
   // intake stops first. Set before Start.
@@ -247,6 +248,9 @@ class Scheduler {
     uint64_t sink_tag = 0;
     // Its queue's and kind's metrics (MetricsLocked).
     TaskMetrics* metrics = nullptr;
+    // The current attempt called forqd (the Manager side channel): its end
+    // is reported to the attempt-end handler.
+    bool made_calls = false;
     bool lease_lost = false;
     v1::TaskState prev_state = v1::TASK_STATE_UNSPECIFIED;
     absl::Time ready_at;

@@ -460,7 +460,8 @@ void Scheduler::OnOutcome(worker::Outcome o) {
       RevokeLocked(it);
       return;
     }
-    if (attempt_end_handler_) {
+    if (attempt_end_handler_ && e.made_calls) {
+      e.made_calls = false;
       d.Add([this, id = t.id()] { attempt_end_handler_(id); });
     }
     if (o.worker_pid != 0) t.set_worker_pid(o.worker_pid);

@@ -550,6 +550,32 @@ TEST_F(SchedulerTransitionTest, StaleCompletionIsRefused) {
   EXPECT_EQ(AwaitEnd(id).result(), "real");
 }
 
+// The attempt-end handler (which drops what a task's Manager calls left
+// parked) hears of the attempts that called, not of every attempt.
+TEST(SchedulerTest, AttemptEndIsReportedOnlyForAttemptsThatCalled) {
+  ManualScheduler m;
+  std::vector<std::string> calls, ended;
+  m.scheduler.SetCallHandler(
+      [&](absl::string_view id, std::string,
+          std::function<void(absl::StatusOr<std::string>)> reply) {
+        calls.emplace_back(id);
+        reply(std::string("ok"));
+      });
+  m.scheduler.SetAttemptEndHandler(
+      [&](absl::string_view id) { ended.emplace_back(id); });
+  const std::string quiet = SubmitEcho(m.scheduler, "a");
+  const std::string caller = SubmitEcho(m.scheduler, "b");
+  m.pool.AddRoom(2);
+  ASSERT_EQ(m.pool.assigned().size(), 2u);
+  for (const worker::Assignment& a : m.pool.assigned()) {
+    if (a.task_id == caller) m.pool.Call(a, "lock");
+    m.pool.Finish(a, worker::OutcomeKind::kSucceeded);
+  }
+  EXPECT_THAT(calls, ::testing::ElementsAre(caller));
+  EXPECT_THAT(ended, ::testing::ElementsAre(caller));
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
 TEST(SchedulerTest, TaskWhoseInsertFailsIsDroppedEvenIfItStarted) {
   ManualScheduler m;
   FailingFinishStore& store = m.store;

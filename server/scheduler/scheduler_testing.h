@@ -268,6 +268,12 @@ class ManualPool : public worker::WorkerPool {
     MutexLock lock(&mu_);
     return cancels_;
   }
+  // A call of attempt `a` to forqd (the Manager side channel); its reply
+  // is dropped.
+  void Call(const worker::Assignment& a, std::string request) {
+    cb_.on_call(a.task_id, std::move(request),
+                [](const absl::StatusOr<std::string>&) {});
+  }
   // Reports how attempt `a` ended, as the pool's event loop would.
   void Finish(const worker::Assignment& a, worker::OutcomeKind kind,
               absl::Status status = absl::OkStatus(), std::string result = "") {
