@@ -111,6 +111,41 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   EXPECT_NE(nodes->NodeOfPid(parked->task().worker_pid()), "a");
 }
 
+// A Map through a node whose workers take nothing: its inputs go to the
+// shared queue, another node runs them, and the results come back through
+// the first node in input order; a bad input fails alone.
+TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
+  auto nodes = ClusterNodes::Create("map");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a");
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b");
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());
+
+  std::vector<MapInput> inputs;
+  for (int i = 0; i < 20; ++i) inputs.emplace_back(absl::StrCat("in", i));
+  inputs[7] = MapInput("no such kind!", "x");
+  std::vector<MapItem> items;
+  MapStream stream = (*a)->client->Map("echo", inputs);
+  for (const MapItem& r : stream) items.push_back(r);
+  ASSERT_THAT(stream.status(), IsOk());
+  ASSERT_EQ(items.size(), inputs.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    EXPECT_EQ(items[i].index, i);
+    if (i == 7) {
+      EXPECT_EQ(items[i].status.code(), absl::StatusCode::kInvalidArgument)
+          << items[i].status;
+      continue;
+    }
+    ASSERT_TRUE(items[i].ok()) << i << ": " << items[i].status;
+    EXPECT_EQ(items[i].result, absl::StrCat("in", i));
+    auto task = (*b)->client->Get(items[i].task_id);
+    ASSERT_THAT(task, IsOk());
+    EXPECT_EQ(nodes->NodeOfPid(task->worker_pid()), "b") << i;
+  }
+}
+
 // The time a parked Wait takes to return after the task finished, on the
 // node that ran it and on another node (woken by NOTIFY). Prints both
 // medians; the added cross-node latency is their difference.
