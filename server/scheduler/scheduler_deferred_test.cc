@@ -50,15 +50,7 @@ TEST(SchedulerTest, DeferredTaskIsWrittenOnceFinished) {
   FailingFinishStore& store = s.store;
   Scheduler& scheduler = s.scheduler;
   const std::string id = SubmitDeferred(scheduler, absl::ZeroDuration());
-  Notification finished;
-  v1::Task seen;
-  scheduler.Wait(id, absl::Minutes(1), [&](absl::StatusOr<v1::Task> t, bool) {
-    ASSERT_TRUE(t.ok());
-    seen = *t;
-    finished.Notify();
-  });
-  ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
-  EXPECT_EQ(seen.state(), v1::SUCCEEDED);
+  EXPECT_EQ(AwaitTask(scheduler, id).state(), v1::SUCCEEDED);
   absl::StatusOr<v1::Task> stored = store.Get(id);
   ASSERT_THAT(stored, IsOk());
   EXPECT_EQ(stored->state(), v1::SUCCEEDED);

@@ -144,14 +144,7 @@ TEST(SchedulerTest, RevokedAssignmentRunsAgainWithoutUsingAnAttempt) {
   Scheduler scheduler(SchedulerOptions(), *store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
   const std::string id = SubmitEcho(scheduler, "again");
-  Notification finished;
-  v1::Task seen;
-  scheduler.Wait(id, absl::Minutes(1), [&](absl::StatusOr<v1::Task> t, bool) {
-    ASSERT_TRUE(t.ok());
-    seen = *t;
-    finished.Notify();
-  });
-  ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const v1::Task seen = AwaitTask(scheduler, id);
   EXPECT_EQ(seen.state(), v1::SUCCEEDED);
   EXPECT_EQ(seen.result(), "again");
   EXPECT_EQ(seen.attempt(), 1);  // three give-backs, one real attempt
@@ -286,11 +279,7 @@ TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
   Scheduler scheduler(SchedulerOptions(), store, pool, metrics);
   ASSERT_THAT(scheduler.Start(), IsOk());
   const std::string id = SubmitEcho(scheduler, "kept");
-  Notification finished;
-  scheduler.Wait(
-      id, absl::Minutes(1),
-      [&](const absl::StatusOr<v1::Task>&, bool) { finished.Notify(); });
-  ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  AwaitTask(scheduler, id);
   // Store reads fail from now on: answers come from the scheduler's memory
   // of recently finished tasks.
   store.fail_reads = true;
@@ -318,11 +307,7 @@ TEST(SchedulerTest, RecentlyFinishedMemoryIsBoundedInBytes) {
   std::vector<std::string> ids;
   for (int i = 0; i < 5; ++i) {
     ids.push_back(SubmitEcho(scheduler, std::string(2000, 'a' + i)));
-    Notification finished;
-    scheduler.Wait(
-        ids.back(), absl::Minutes(1),
-        [&](const absl::StatusOr<v1::Task>&, bool) { finished.Notify(); });
-    ASSERT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    AwaitTask(scheduler, ids.back());
   }
   store.fail_reads = true;
   EXPECT_THAT(scheduler.Get(ids.back()), IsOk());  // kept in memory

@@ -209,6 +209,25 @@ inline std::string SubmitEcho(Scheduler& scheduler, absl::string_view payload) {
   return id;
 }
 
+// Task `id` once a Wait on it answers (the test fails unless it is terminal
+// within 30 s).
+inline v1::Task AwaitTask(Scheduler& scheduler, const std::string& id) {
+  struct Answer {
+    Notification done;
+    v1::Task task;
+  };
+  // Shared with the callback, which may outlive this call on a timeout.
+  auto answer = std::make_shared<Answer>();
+  scheduler.Wait(id, absl::Minutes(1),
+                 [answer](absl::StatusOr<v1::Task> t, bool terminal) {
+                   EXPECT_TRUE(t.ok() && terminal) << t.status();
+                   if (t.ok()) answer->task = std::move(*t);
+                   answer->done.Notify();
+                 });
+  EXPECT_TRUE(answer->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  return answer->done.HasBeenNotified() ? answer->task : v1::Task();
+}
+
 // A started scheduler over an EchoPool and an in-memory store wrapped in
 // FailingFinishStore (for its row counters).
 struct EchoScheduler {
