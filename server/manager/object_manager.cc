@@ -100,10 +100,10 @@ void ObjectManager::Shutdown() {
   // the store is failing.
   const absl::Time give_up = absl::Now() + kShutdownPersistWait;
   MutexLock lock(&mu_);
-  while ((persisting_ || !pending_.empty()) && absl::Now() < give_up) {
+  while ((!in_flight_.empty() || !pending_.empty()) && absl::Now() < give_up) {
     persist_cv_.WaitWithTimeout(&mu_, give_up - absl::Now());
   }
-  if (persisting_ || !pending_.empty()) {
+  if (!in_flight_.empty() || !pending_.empty()) {
     spdlog::warn("manager: store writes still pending at shutdown after {}",
                  absl::FormatDuration(kShutdownPersistWait));
   }
@@ -536,7 +536,7 @@ void ObjectManager::TouchLocked(const std::string& name, Object& o,
                                 absl::string_view value, Batch& b) {
   ++o.version;
   if (store_ != nullptr && Persistent(o.type)) {
-    Dirty& d = b.dirty[name];
+    Dirty& d = DirtyOf(b.dirty, name);
     // An op that did not name its rows rewrites the whole object.
     if (!b.op_marked) d.all = true;
   }
@@ -640,7 +640,10 @@ absl::StatusOr<bool> ObjectManager::DeleteObject(absl::string_view name) {
     const bool persistent = Persistent(it->second.type);
     b.op_marked = true;  // no rows to write: they all go below
     TouchLocked(key, it->second, "delete", "", "", b);
-    b.dirty.erase(key);
+    b.dirty.erase(
+        std::remove_if(b.dirty.begin(), b.dirty.end(),
+                       [&key](const auto& d) { return d.first == key; }),
+        b.dirty.end());
     if (store_ != nullptr && persistent) DeleteRowsLocked(key, it->second, b);
     total_bytes_ -= std::min(total_bytes_, ObjectBytes(it->second));
     objects_.erase(it);

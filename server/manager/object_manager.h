@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -82,6 +83,9 @@ struct ObjectManagerOptions {
   // Bytes of one object's keys and values, and of all objects together.
   size_t max_object_bytes = 64u << 20;
   size_t max_total_bytes = 512u << 20;
+  // Group commits in flight at once (a second one goes to the store while
+  // the first commits). 1 = one at a time.
+  size_t max_batches_in_flight = 2;
   // How group commits reach the store (one log record each, compacted
   // from time to time; see row_log.h).
   RowLogOptions row_log;
@@ -95,11 +99,12 @@ struct ObjectManagerOptions {
 // Persistence: a change to a data object (dict, list, value, array,
 // namespace, queue, pipe, event) is written incrementally — its header row
 // plus the rows it touched (a dict key, a chunk of 32 list/queue/array
-// elements) — through Store::WriteObjects, one atomic batch at a time. The
+// elements) — through Store::WriteObjects, one atomic batch each, up to
+// two in flight (applied in order). The
 // replies of that operation wait until the batch is durable (per the
 // store's durability mode); so do reads of an object with changes still
 // in flight, so no client sees a value before it is durable. When a batch
-// fails, every object it (or any batch queued behind it) touched is
+// fails, every object it (or any batch behind it) touched is
 // reloaded from the store and those replies fail with Unavailable: only
 // what was persisted stays applied. Locks, RLocks, semaphores
 // and conditions are not persisted: their owners are sessions, which do not
@@ -251,12 +256,19 @@ class ObjectManager {
 
   // What one locked section produced, acted on after unlocking.
   // The rows one locked section changed in one object.
+  // Flat and inline, so that marking a row costs no allocation.
   struct Dirty {
-    bool all = false;             // rewrite every row
-    std::set<std::string> keys;   // dict/namespace keys
-    std::set<int64_t> positions;  // list/queue/array positions
+    bool all = false;  // rewrite every row
+    // Dict/namespace keys and list/queue/array positions; they may repeat
+    // (RowWritesLocked writes each row once).
+    absl::InlinedVector<std::string, 1> keys;
+    absl::InlinedVector<int64_t, 2> positions;
     std::optional<int64_t> from;  // ... and every position from here on
+    void Merge(Dirty&& d);
   };
+  // The rows a locked section changed, per object (usually one).
+  using DirtyList = absl::InlinedVector<std::pair<std::string, Dirty>, 1>;
+  static Dirty& DirtyOf(DirtyList& list, const std::string& name);
 
   // The next group commit: changes made since the last batch went to the
   // store. Rows are serialized from the objects' state when the batch goes
@@ -278,14 +290,20 @@ class ObjectManager {
 
   // A batch on its way to the store.
   struct PersistSend {
-    std::vector<Store::ObjectWrite> writes;
     std::vector<std::string> objects;
+    // Released when this batch and every one before it are durable.
     std::vector<Completion> replies;
+    bool compaction = false;
+    // Set under mu_ when the store called back.
+    bool done = false;
+    absl::Status status;
+    // The store refused it inline (a closed store): Finish reports it.
+    bool refused = false;
   };
 
   struct Batch {
     std::vector<Completion> replies;
-    std::map<std::string, Dirty> dirty;
+    DirtyList dirty;
     // Set by Mark*Locked, consumed by TouchLocked: the op named its rows
     // (otherwise the whole object is rewritten).
     bool op_marked = false;
@@ -294,8 +312,8 @@ class ObjectManager {
     // Rows of deleted objects, and the objects they belong to.
     std::vector<Store::ObjectWrite> writes;
     std::vector<std::string> written;
-    // A batch for the store, sent by Finish.
-    std::shared_ptr<PersistSend> send;
+    // Batches the store refused inline, reported by Finish.
+    std::vector<std::shared_ptr<PersistSend>> refused;
     std::vector<std::shared_ptr<ManagerWatchSink>> flush;
     std::vector<uint64_t> cancel_timers;
   };
@@ -441,10 +459,22 @@ class ObjectManager {
   // Counts `name` in the next group commit.
   void PendObjectLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Serializes the next group commit into b.send, unless a batch is in
-  // flight or there is nothing to send.
+  // Serializes the next group commit and hands it to the store, unless
+  // there is nothing to send, max_batches_in_flight are in flight, or the
+  // batch in flight cannot have one behind it (a compaction, a failure
+  // being rolled back, a full log).
   void StartPersistLocked(Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RowWritesLocked(const std::string& name, Object& o, const Dirty& d,
+  void SendLocked(std::shared_ptr<PersistSend> send,
+                  std::vector<Store::ObjectWrite> writes, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The oldest batch in flight is done: its replies go to `b` (failed ones
+  // as Unavailable, and every later batch fails with it).
+  void CompleteSendLocked(PersistSend& sent, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Once nothing is in flight after a failure: reloads what the batches
+  // and the pending changes touched, failing the pending replies.
+  void RollbackFailedLocked(Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RowWritesLocked(const std::string& name, Object& o, Dirty& d,
                        std::vector<Store::ObjectWrite>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes that remove every row of `o` from the store (after writing out
@@ -511,11 +541,16 @@ class ObjectManager {
   // Objects with writes pending or in flight (count of batches), whose
   // reads wait for durability.
   std::unordered_map<std::string, int> unpersisted_ ABSL_GUARDED_BY(mu_);
-  // The next group commit, and whether a batch is in flight (one at a
-  // time: a failed batch must be rolled back before anything behind it
-  // reaches the store).
+  // The next group commit, and the batches in flight, oldest first. A
+  // second batch goes to the store while the first commits (the store
+  // applies them in order); each is a log record, and replay stops at a
+  // missing one, so the store holds a prefix of them whatever fails.
   PendingPersist pending_ ABSL_GUARDED_BY(mu_);
-  bool persisting_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<std::shared_ptr<PersistSend>> in_flight_ ABSL_GUARDED_BY(mu_);
+  // Set by the first failed batch until RollbackFailedLocked: no batch
+  // starts, and the batches in flight fail with it.
+  absl::Status failed_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> failed_objects_ ABSL_GUARDED_BY(mu_);
   // Turns each batch's rows into the store's writes (a log record or a
   // compaction); knows which log records the store holds.
   RowLog row_log_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,8 @@
 // Persistence of data objects: recovery, rollback, and the ordered,
 // one-batch-at-a-time write queue whose completions release the replies.
 // The row format is in object_manager_rows.cc.
+#include <atomic>
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -18,25 +20,42 @@ using namespace manager_internal;  // NOLINT(google-build-using-namespace):
 
 // ------------------------------------------------------------ marks
 
+ObjectManager::Dirty& ObjectManager::DirtyOf(DirtyList& list,
+                                             const std::string& name) {
+  for (auto& [n, d] : list) {
+    if (n == name) return d;
+  }
+  return list.emplace_back(name, Dirty()).second;
+}
+
+void ObjectManager::Dirty::Merge(Dirty&& d) {
+  all = all || d.all;
+  for (std::string& k : d.keys) keys.push_back(std::move(k));
+  positions.insert(positions.end(), d.positions.begin(), d.positions.end());
+  if (d.from) from = from ? std::min(*from, *d.from) : d.from;
+}
+
 void ObjectManager::MarkKeyLocked(Batch& b, const std::string& name,
                                   const std::string& key) {
   b.op_marked = true;
-  if (store_ != nullptr) b.dirty[name].keys.insert(key);
+  if (store_ != nullptr) DirtyOf(b.dirty, name).keys.push_back(key);
 }
 
 void ObjectManager::MarkPosLocked(Batch& b, const std::string& name,
                                   int64_t pos) {
   b.op_marked = true;
-  if (store_ != nullptr) b.dirty[name].positions.insert(pos);
+  if (store_ != nullptr) DirtyOf(b.dirty, name).positions.push_back(pos);
 }
 
 void ObjectManager::MarkFromLocked(Batch& b, const std::string& name,
                                    int64_t pos) {
   b.op_marked = true;
   if (store_ == nullptr) return;
-  Dirty& d = b.dirty[name];
+  Dirty& d = DirtyOf(b.dirty, name);
   d.from = d.from ? std::min(*d.from, pos) : pos;
 }
+
+// ------------------------------------------------------------ recovery
 
 absl::Status ObjectManager::Recover() {
   if (store_ == nullptr) return absl::OkStatus();
@@ -115,6 +134,30 @@ absl::Status ObjectManager::Recover() {
 
 // ------------------------------------------------------------ writes
 
+namespace {
+
+// Set while this thread is inside Store::WriteObjects: a callback it runs
+// then is an inline refusal, reported after mu_ is released.
+thread_local bool t_in_write_objects = false;
+
+// Moves `replies` to `out`, successes turned into Unavailable: what they
+// changed was not persisted.
+template <typename Completions>
+void FailReplies(Completions& replies, const absl::Status& why,
+                 Completions& out) {
+  for (auto& [done, reply] : replies) {
+    out.emplace_back(std::move(done),
+                     reply.ok()
+                         ? absl::UnavailableError(absl::StrCat(
+                               "manager change not persisted, so not applied: ",
+                               why.message()))
+                         : std::move(reply));
+  }
+  replies.clear();
+}
+
+}  // namespace
+
 void ObjectManager::PendObjectLocked(const std::string& name) {
   if (pending_.objects.insert(name).second) ++unpersisted_[name];
 }
@@ -134,12 +177,7 @@ void ObjectManager::QueueWritesLocked(Batch& b) {
     if (fresh) {
       pit->second = std::move(d);
     } else {
-      Dirty& into = pit->second;
-      into.all = into.all || d.all;
-      into.keys.merge(d.keys);
-      into.positions.merge(d.positions);
-      if (d.from)
-        into.from = into.from ? std::min(*into.from, *d.from) : d.from;
+      pit->second.Merge(std::move(d));
     }
     PendObjectLocked(name);
     changed = true;
@@ -163,20 +201,35 @@ void ObjectManager::QueueWritesLocked(Batch& b) {
 }
 
 void ObjectManager::StartPersistLocked(Batch& b) {
-  if (persisting_ || pending_.empty()) return;
+  if (pending_.empty() || !failed_.ok()) return;
+  const bool rows = !pending_.dirty.empty() || !pending_.writes.empty();
+  if (!in_flight_.empty()) {
+    if (!rows) {
+      // Only reads waiting for batches in flight: they go with the last.
+      for (Completion& c : pending_.replies) {
+        in_flight_.back()->replies.push_back(std::move(c));
+      }
+      pending_.replies.clear();
+      return;
+    }
+    if (in_flight_.size() >= options_.max_batches_in_flight ||
+        in_flight_.back()->compaction || !row_log_.CanAppend()) {
+      return;
+    }
+  }
   auto send = std::make_shared<PersistSend>();
   const bool deletes = !pending_.writes.empty();
-  send->writes = std::move(pending_.writes);
+  std::vector<Store::ObjectWrite> writes = std::move(pending_.writes);
   for (auto& [name, d] : pending_.dirty) {
     auto it = objects_.find(name);
     if (it == objects_.end() || !Persistent(it->second.type)) continue;
-    RowWritesLocked(name, it->second, d, send->writes);
+    RowWritesLocked(name, it->second, d, writes);
   }
   if (deletes) {
     // A row written after a delete of the same row wins; keep one of each.
     std::map<std::string, size_t> pos;
     std::vector<Store::ObjectWrite> unique;
-    for (Store::ObjectWrite& w : send->writes) {
+    for (Store::ObjectWrite& w : writes) {
       auto [it, fresh] = pos.emplace(w.name, unique.size());
       if (fresh) {
         unique.push_back(std::move(w));
@@ -184,97 +237,122 @@ void ObjectManager::StartPersistLocked(Batch& b) {
         unique[it->second].blob = std::move(w.blob);
       }
     }
-    send->writes = std::move(unique);
-  }
-  if (!send->writes.empty()) {
-    send->writes = row_log_.Prepare(std::move(send->writes));
+    writes = std::move(unique);
   }
   send->objects.assign(pending_.objects.begin(), pending_.objects.end());
   send->replies = std::move(pending_.replies);
   pending_ = PendingPersist();
-  // With no rows to write (only reads waiting for earlier batches, which
-  // are durable by now) it completes at once, in Finish.
-  persisting_ = !send->writes.empty();
-  if (!persisting_) {
+  if (writes.empty()) {
+    // No rows to write (only reads waiting for earlier batches, which are
+    // durable by now): it completes at once.
     for (const std::string& name : send->objects) {
       auto it = unpersisted_.find(name);
       if (it != unpersisted_.end() && --it->second <= 0) unpersisted_.erase(it);
     }
+    for (Completion& c : send->replies) b.replies.push_back(std::move(c));
+    return;
   }
-  b.send = std::move(send);
+  writes = row_log_.Prepare(std::move(writes));
+  send->compaction = row_log_.last_was_compaction();
+  SendLocked(std::move(send), std::move(writes), b);
+}
+
+void ObjectManager::SendLocked(std::shared_ptr<PersistSend> send,
+                               std::vector<Store::ObjectWrite> writes,
+                               Batch& b) {
+  in_flight_.push_back(send);
+  {
+    MutexLock lock(&persist_mu_);
+    ++persist_callbacks_;
+  }
+  // Handed over under mu_, so batches reach the store in order.
+  t_in_write_objects = true;
+  store_->WriteObjects(std::move(writes), [this, send](absl::Status s) {
+    if (t_in_write_objects) {
+      send->refused = true;
+      send->status = std::move(s);
+      return;
+    }
+    // OnPersisted answers callers, who may then destroy the manager, and
+    // goes on using it: the destructor waits for this count.
+    OnPersisted(std::move(s), send);
+    MutexLock lock(&persist_mu_);
+    --persist_callbacks_;
+    persist_callbacks_done_.SignalAll();
+  });
+  t_in_write_objects = false;
+  if (send->refused) b.refused.push_back(std::move(send));
 }
 
 void ObjectManager::Finish(Batch& b) {
   for (uint64_t t : b.cancel_timers) timers_.Cancel(t);
-  if (std::shared_ptr<PersistSend> send = std::move(b.send)) {
-    if (send->writes.empty()) {
-      for (auto& [done, reply] : send->replies) done(std::move(reply));
-    } else {
-      {
-        MutexLock lock(&persist_mu_);
-        ++persist_callbacks_;
-      }
-      std::vector<Store::ObjectWrite> writes = std::move(send->writes);
-      store_->WriteObjects(std::move(writes), [this, send](absl::Status s) {
-        // OnPersisted answers callers, who may then destroy the manager,
-        // and goes on using it: the destructor waits for this count.
-        OnPersisted(std::move(s), send);
-        MutexLock lock(&persist_mu_);
-        --persist_callbacks_;
-        persist_callbacks_done_.SignalAll();
-      });
-    }
-  }
   for (auto& [done, reply] : b.replies) done(std::move(reply));
   b.replies.clear();
   for (auto& sink : b.flush) sink->Flush();
+  for (std::shared_ptr<PersistSend>& send : b.refused) {
+    OnPersisted(send->status, send);
+    MutexLock lock(&persist_mu_);
+    --persist_callbacks_;
+    persist_callbacks_done_.SignalAll();
+  }
+  b.refused.clear();
 }
 
 void ObjectManager::OnPersisted(absl::Status status,
                                 std::shared_ptr<PersistSend> sent) {
   Batch b;
-  std::vector<Completion> failed;
   {
     MutexLock lock(&mu_);
-    persisting_ = false;
-    row_log_.Done(status.ok());
-    if (status.ok()) {
-      for (const std::string& name : sent->objects) {
-        auto it = unpersisted_.find(name);
-        if (it != unpersisted_.end() && --it->second <= 0) {
-          unpersisted_.erase(it);
-        }
-      }
-    } else {
-      spdlog::error("manager: store write failed, rolling back: {}",
-                    status.ToString());
-      // Everything pending behind the failed batch was computed on top of
-      // it.
-      std::set<std::string> names(sent->objects.begin(), sent->objects.end());
-      names.insert(pending_.objects.begin(), pending_.objects.end());
-      failed = std::move(pending_.replies);
-      pending_ = PendingPersist();
-      for (const std::string& name : names) unpersisted_.erase(name);
-      RollbackLocked(names, b);
-      UpdateGaugesLocked();
+    sent->done = true;
+    sent->status = std::move(status);
+    // Batches complete in order; a refused one may report before the one
+    // ahead of it.
+    while (!in_flight_.empty() && in_flight_.front()->done) {
+      std::shared_ptr<PersistSend> oldest = std::move(in_flight_.front());
+      in_flight_.pop_front();
+      CompleteSendLocked(*oldest, b);
     }
+    if (!failed_.ok() && in_flight_.empty()) RollbackFailedLocked(b);
     QueueWritesLocked(b);
     persist_cv_.SignalAll();
   }
-  auto deliver = [&status](std::vector<Completion>& replies) {
-    for (auto& [done, reply] : replies) {
-      if (!status.ok() && reply.ok()) {
-        done(absl::UnavailableError(
-            absl::StrCat("manager change not persisted, so not applied: ",
-                         status.message())));
-      } else {
-        done(std::move(reply));
-      }
-    }
-  };
-  deliver(sent->replies);
-  deliver(failed);
   Finish(b);
+}
+
+void ObjectManager::CompleteSendLocked(PersistSend& sent, Batch& b) {
+  row_log_.Done(sent.status.ok());
+  if (failed_.ok() && sent.status.ok()) {
+    for (const std::string& name : sent.objects) {
+      auto it = unpersisted_.find(name);
+      if (it != unpersisted_.end() && --it->second <= 0) unpersisted_.erase(it);
+    }
+    for (Completion& c : sent.replies) b.replies.push_back(std::move(c));
+    return;
+  }
+  if (failed_.ok()) {
+    spdlog::error("manager: store write failed, rolling back: {}",
+                  sent.status.ToString());
+    failed_ = sent.status;
+  }
+  // A batch behind a failed one was computed on top of it: it fails too,
+  // whatever the store did with it (replay skips it).
+  failed_objects_.insert(sent.objects.begin(), sent.objects.end());
+  FailReplies(sent.replies, failed_, b.replies);
+}
+
+void ObjectManager::RollbackFailedLocked(Batch& b) {
+  // Everything pending behind the failed batches was computed on top of
+  // them.
+  std::set<std::string> names = std::move(failed_objects_);
+  names.insert(pending_.objects.begin(), pending_.objects.end());
+  FailReplies(pending_.replies, failed_, b.replies);
+  pending_ = PendingPersist();
+  // Nothing is pending or in flight any more.
+  unpersisted_.clear();
+  RollbackLocked(names, b);
+  UpdateGaugesLocked();
+  failed_ = absl::OkStatus();
+  failed_objects_.clear();
 }
 
 void ObjectManager::RollbackLocked(const std::set<std::string>& names,

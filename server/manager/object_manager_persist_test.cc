@@ -65,6 +65,13 @@ class FaultyStore final : public Store {
   }
   void WriteObjects(std::vector<ObjectWrite> writes, WriteDone done) override {
     if (fail_writes) return done(absl::ResourceExhaustedError("disk full"));
+    {
+      MutexLock lock(&held_mu_);
+      if (hold_writes_) {
+        held_.emplace_back(std::move(writes), std::move(done));
+        return;
+      }
+    }
     for (const ObjectWrite& w : writes) {
       bytes_written +=
           static_cast<int64_t>(w.name.size() + (w.blob ? w.blob->size() : 0));
@@ -77,8 +84,52 @@ class FaultyStore final : public Store {
   }
   void Close() override { inner_.Close(); }
 
+  // While held, object writes wait in arrival order for Release.
+  void Hold(bool hold) {
+    MutexLock lock(&held_mu_);
+    hold_writes_ = hold;
+  }
+  size_t held() {
+    MutexLock lock(&held_mu_);
+    return held_.size();
+  }
+  // The oldest held write reaches the store, or fails as a full disk.
+  void Release(bool ok) {
+    std::pair<std::vector<ObjectWrite>, WriteDone> w;
+    {
+      MutexLock lock(&held_mu_);
+      ASSERT_FALSE(held_.empty());
+      w = std::move(held_.front());
+      held_.erase(held_.begin());
+    }
+    if (!ok) return w.second(absl::ResourceExhaustedError("disk full"));
+    Notification written;
+    inner_.WriteObjects(std::move(w.first), [&](absl::Status s) {
+      w.second(std::move(s));
+      written.Notify();
+    });
+    written.WaitForNotification();
+  }
+
  private:
   MemoryStore inner_;
+  Mutex held_mu_;
+  bool hold_writes_ ABSL_GUARDED_BY(held_mu_) = false;
+  std::vector<std::pair<std::vector<ObjectWrite>, WriteDone>> held_
+      ABSL_GUARDED_BY(held_mu_);
+};
+
+// A reply still to come.
+struct Later {
+  Notification done;
+  Mutex mu;
+  absl::StatusOr<ManagerReply> reply ABSL_GUARDED_BY(mu) =
+      absl::UnknownError("pending");
+  absl::StatusOr<ManagerReply> Get() {
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    MutexLock lock(&mu);
+    return reply;
+  }
 };
 
 ManagerRequest Req(ManagerType type, ManagerOp op, std::string name) {
@@ -110,6 +161,23 @@ class ManagerPersistTest : public ::testing::Test {
     EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
     MutexLock lock(&mu);
     return out;
+  }
+  std::shared_ptr<Later> Start(ManagerRequest r) {
+    auto later = std::make_shared<Later>();
+    mgr_->Execute(std::move(r), [later](absl::StatusOr<ManagerReply> rep) {
+      {
+        MutexLock lock(&later->mu);
+        later->reply = std::move(rep);
+      }
+      later->done.Notify();
+    });
+    return later;
+  }
+  std::shared_ptr<Later> StartSet(const std::string& k, const std::string& v) {
+    ManagerRequest r = Req(ManagerType::kDict, ManagerOp::kSet, "d");
+    r.key = k;
+    r.value = v;
+    return Start(std::move(r));
   }
   absl::StatusOr<ManagerReply> DictSet(const std::string& name,
                                        const std::string& k,
@@ -160,6 +228,59 @@ TEST_F(ManagerPersistTest, WriteTheStoreRefusedIsRolledBack) {
   ASSERT_THAT(DictSet("d", "k", "v3"), IsOk());
   Open();
   EXPECT_EQ(DictGet("d", "k")->value, "v3");
+}
+
+// A second batch goes to the store while the first is in flight; replies
+// wait for their own batch.
+TEST_F(ManagerPersistTest, ASecondBatchIsWrittenWhileTheFirstIsInFlight) {
+  Open();
+  ASSERT_THAT(DictSet("d", "k", "0"), IsOk());
+  store_.Hold(true);
+  std::shared_ptr<Later> first = StartSet("a", "1");
+  std::shared_ptr<Later> second = StartSet("b", "2");
+  std::shared_ptr<Later> third = StartSet("c", "3");
+  EXPECT_EQ(store_.held(), 2u);  // the third waits for a free slot
+  EXPECT_FALSE(first->done.HasBeenNotified());
+  store_.Release(true);
+  EXPECT_THAT(first->Get(), IsOk());
+  EXPECT_FALSE(second->done.HasBeenNotified());
+  EXPECT_EQ(store_.held(), 2u);  // now the third is on its way
+  store_.Release(true);
+  store_.Release(true);
+  EXPECT_THAT(second->Get(), IsOk());
+  EXPECT_THAT(third->Get(), IsOk());
+  store_.Hold(false);
+  Open();
+  EXPECT_EQ(DictGet("d", "a")->value, "1");
+  EXPECT_EQ(DictGet("d", "c")->value, "3");
+}
+
+// The first of two batches in flight fails and the store keeps the second:
+// the second was computed on top of the first, so it fails too, and
+// neither a read nor a restart sees it.
+TEST_F(ManagerPersistTest, ABatchBehindAFailedOneIsNotApplied) {
+  Open();
+  ASSERT_THAT(DictSet("d", "k", "0"), IsOk());
+  store_.Hold(true);
+  std::shared_ptr<Later> first = StartSet("k", "1");
+  std::shared_ptr<Later> second = StartSet("b", "2");
+  std::shared_ptr<Later> third = StartSet("c", "3");
+  ASSERT_EQ(store_.held(), 2u);
+  store_.Release(false);
+  store_.Release(true);  // lands in the store, behind a gap
+  for (auto* later : {&first, &second, &third}) {
+    EXPECT_THAT((*later)->Get(), StatusIs(absl::StatusCode::kUnavailable));
+  }
+  store_.Hold(false);
+  EXPECT_EQ(DictGet("d", "k")->value, "0");
+  EXPECT_THAT(DictGet("d", "b"), StatusIs(absl::StatusCode::kNotFound));
+  // The next change removes the skipped record, so it never comes back.
+  ASSERT_THAT(DictSet("d", "e", "5"), IsOk());
+  Open();
+  EXPECT_EQ(DictGet("d", "k")->value, "0");
+  EXPECT_THAT(DictGet("d", "b"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(DictGet("d", "c"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(DictGet("d", "e")->value, "5");
 }
 
 TEST_F(ManagerPersistTest, ObjectWhoseCreationFailedDoesNotExist) {

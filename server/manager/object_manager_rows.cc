@@ -13,9 +13,9 @@
 // '|' cannot occur in names, so rows never collide with another object.
 // A header "FQO1" is the whole-object blob of older forqd versions; such an
 // object is rewritten in rows on its next change.
+#include <algorithm>
 #include <cstring>
 #include <map>
-#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -325,9 +325,8 @@ bool ObjectManager::ParseStoredObject(const std::string& name,
 // ------------------------------------------------------------ writes
 
 void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
-                                    const Dirty& dirty,
+                                    Dirty& d,
                                     std::vector<Store::ObjectWrite>& out) {
-  Dirty d = dirty;
   if (o.needs_full_write) {
     d.all = true;
     o.needs_full_write = false;
@@ -337,8 +336,13 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
       // Unknown keys may have gone: start a new generation of rows; the
       // old one is removed at the next start (Recover).
       ++o.gen;
-      o.map.ForEach(
-          [&](const std::string& k, const std::string&) { d.keys.insert(k); });
+      d.keys.clear();
+      o.map.ForEach([&](const std::string& k, const std::string&) {
+        d.keys.push_back(k);
+      });
+    } else {
+      std::sort(d.keys.begin(), d.keys.end());
+      d.keys.erase(std::unique(d.keys.begin(), d.keys.end()), d.keys.end());
     }
     const std::string prefix = RowPrefix(name, o.gen);
     for (const std::string& k : d.keys) {
@@ -361,21 +365,23 @@ void ObjectManager::RowWritesLocked(const std::string& name, Object& o,
             : (IsFloatTypecode(o.typecode) ? o.doubles.size() : o.ints.size()));
     const int64_t lo = array ? 0 : o.head;
     const int64_t hi = lo + size;
-    std::set<int64_t> chunks;
+    std::vector<int64_t> chunks;
     const int64_t span_lo = std::min(lo, o.stored_lo);
     const int64_t span_hi = std::max(hi, o.stored_hi);
     if (d.all) {
       for (int64_t c = ChunkOf(span_lo);
            span_hi > span_lo && c <= ChunkOf(span_hi - 1); ++c) {
-        chunks.insert(c);
+        chunks.push_back(c);
       }
     } else {
-      for (int64_t p : d.positions) chunks.insert(ChunkOf(p));
+      for (int64_t p : d.positions) chunks.push_back(ChunkOf(p));
       if (d.from && span_hi > *d.from) {
         for (int64_t c = ChunkOf(*d.from); c <= ChunkOf(span_hi - 1); ++c) {
-          chunks.insert(c);
+          chunks.push_back(c);
         }
       }
+      std::sort(chunks.begin(), chunks.end());
+      chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
     }
     for (int64_t c : chunks) {
       const int64_t first = std::max(c * kChunk, lo);

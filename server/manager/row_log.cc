@@ -47,6 +47,11 @@ bool ApplyRecord(
   return true;
 }
 
+// The sequence number of a record key; false if it has none.
+bool SeqOf(absl::string_view key, uint64_t* seq) {
+  return absl::SimpleHexAtoi(key.substr(sizeof(kLogKeyPrefix) - 1), seq);
+}
+
 }  // namespace
 
 std::string RowLog::RecordKey(uint64_t seq) {
@@ -67,12 +72,24 @@ RowLog::Replayed RowLog::Replay(Rows blobs) {
   }
   std::sort(records.begin(), records.end());
   std::unordered_map<std::string, std::optional<std::string>> changed;
+  uint64_t last = 0;
   for (auto& [key, blob] : records) {
-    if (!ApplyRecord(blob, changed)) {
+    uint64_t seq = 0;
+    const bool numbered = SeqOf(key, &seq);
+    if (out.skipped > 0 || (last != 0 && numbered && seq != last + 1)) {
+      ++out.skipped;
+    } else if (!ApplyRecord(blob, changed)) {
       spdlog::error("manager: skipping corrupt log record {}", key);
       ++out.corrupt;
     }
+    if (numbered) last = seq;
     out.records.push_back(std::move(key));
+  }
+  if (out.skipped > 0) {
+    spdlog::warn(
+        "manager: skipping {} log records written behind a batch that "
+        "failed",
+        out.skipped);
   }
   if (!changed.empty()) {
     Rows rows;
@@ -99,12 +116,25 @@ void RowLog::Reset(const Replayed& r) {
   }
   for (const std::string& key : records_) {
     uint64_t seq = 0;
-    if (absl::SimpleHexAtoi(
-            absl::string_view(key).substr(sizeof(kLogKeyPrefix) - 1), &seq)) {
-      next_seq_ = std::max(next_seq_, seq + 1);
-    }
+    if (SeqOf(key, &seq)) next_seq_ = std::max(next_seq_, seq + 1);
   }
-  unsure_ = false;
+  on_way_.clear();
+  on_way_rows_ = 0;
+  on_way_bytes_ = 0;
+  // Records after a gap must go before any new record is written, or the
+  // gap would hide the new ones too.
+  unsure_ = r.skipped > 0;
+}
+
+bool RowLog::Full(size_t rows, size_t bytes) const {
+  return records_.size() + on_way_.size() + 1 > options_.max_records ||
+         changed_.size() + on_way_rows_ + rows > options_.max_rows ||
+         bytes_ + on_way_bytes_ + bytes > options_.max_bytes;
+}
+
+bool RowLog::CanAppend() const {
+  // A batch's own rows are not known yet: leave room for a few.
+  return !unsure_ && !Full(16, 4096);
 }
 
 std::vector<Store::ObjectWrite> RowLog::Prepare(
@@ -113,11 +143,12 @@ std::vector<Store::ObjectWrite> RowLog::Prepare(
   for (const Store::ObjectWrite& w : rows) {
     bytes += w.name.size() + (w.blob ? w.blob->size() : 0);
   }
-  const bool full = records_.size() + 1 > options_.max_records ||
-                    changed_.size() + rows.size() > options_.max_rows ||
-                    bytes_ + bytes > options_.max_bytes;
-  pending_rows_.clear();
-  if (!compact && !full && !unsure_) {
+  // With records on their way a compaction would have to wait for them:
+  // the log grows past its bounds by this record instead.
+  const bool record =
+      !on_way_.empty() || (!compact && !unsure_ && !Full(rows.size(), bytes));
+  OnWay& next = on_way_.emplace_back();
+  if (record) {
     BlobWriter w;
     w.Str(kRecordMagic);
     w.U64(rows.size());
@@ -126,15 +157,16 @@ std::vector<Store::ObjectWrite> RowLog::Prepare(
       w.Str(row.name);
       if (row.blob) w.Str(*row.blob);
     }
-    pending_compaction_ = false;
-    pending_key_ = RecordKey(next_seq_++);
-    pending_rows_ = std::move(rows);
-    pending_bytes_ = bytes;
+    next.key = RecordKey(next_seq_++);
+    next.rows = std::move(rows);
+    next.bytes = bytes;
+    on_way_rows_ += next.rows.size();
+    on_way_bytes_ += bytes;
     std::vector<Store::ObjectWrite> out;
-    out.push_back({pending_key_, std::move(w.out())});
+    out.push_back({next.key, std::move(w.out())});
     return out;
   }
-  pending_compaction_ = true;
+  next.compaction = true;
   if (changed_.empty() && records_.empty()) return rows;
   // The rows of every record (latest value) and of this batch, in place.
   std::unordered_map<std::string, std::optional<std::string>> merged = changed_;
@@ -147,7 +179,10 @@ std::vector<Store::ObjectWrite> RowLog::Prepare(
 }
 
 void RowLog::Done(bool ok) {
-  if (pending_compaction_) {
+  if (on_way_.empty()) return;
+  OnWay done = std::move(on_way_.front());
+  on_way_.pop_front();
+  if (done.compaction) {
     if (ok) {
       changed_.clear();
       records_.clear();
@@ -158,17 +193,19 @@ void RowLog::Done(bool ok) {
     }
     return;
   }
-  records_.push_back(pending_key_);
-  if (!ok) {
-    pending_rows_.clear();
+  on_way_rows_ -= done.rows.size();
+  on_way_bytes_ -= done.bytes;
+  records_.push_back(done.key);
+  // After a failure, records behind it are skipped at replay: they only
+  // wait to be deleted.
+  if (!ok || unsure_) {
     unsure_ = true;
     return;
   }
-  bytes_ += pending_bytes_;
-  for (Store::ObjectWrite& w : pending_rows_) {
+  bytes_ += done.bytes;
+  for (Store::ObjectWrite& w : done.rows) {
     changed_[w.name] = std::move(w.blob);
   }
-  pending_rows_.clear();
 }
 
 }  // namespace forq::server

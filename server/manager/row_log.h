@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <string>
@@ -36,20 +37,27 @@ struct RowLogOptions {
   size_t max_bytes = 4u << 20;
 };
 
-// Thread-compatible: the ObjectManager calls it under its mutex, one batch
-// at a time (Prepare, then Done before the next Prepare).
+// Thread-compatible: the ObjectManager calls it under its mutex. Several
+// records may be on their way to the store at once (Prepare, Prepare, then
+// Done for each in the same order); a compaction is prepared only when
+// nothing else is on its way.
 class RowLog {
  public:
   using Rows = std::vector<std::pair<std::string, std::string>>;
 
-  // What LoadObjects returned, with every log record applied in order.
+  // What LoadObjects returned, with the log records applied in sequence
+  // order up to the first gap: a record whose predecessor is missing was
+  // written behind a batch that failed, so it and every record after it
+  // are skipped (the store keeps a prefix of the batches).
   struct Replayed {
     Rows rows;  // the store's rows as the records leave them
     // The rows the records changed (nullopt: deleted), and their keys.
     std::unordered_map<std::string, std::optional<std::string>> changed;
     std::vector<std::string> records;
-    // Records that did not parse (skipped; they stay listed in `records`).
+    // Records that did not parse, or came after a gap (skipped; they stay
+    // listed in `records`).
     int corrupt = 0;
+    int skipped = 0;
   };
   static Replayed Replay(Rows blobs);
 
@@ -57,24 +65,43 @@ class RowLog {
   RowLog(const RowLog&) = delete;
   RowLog& operator=(const RowLog&) = delete;
 
-  // Starts over from the store's log as Replay found it.
+  // Starts over from the store's log as Replay found it (nothing on its
+  // way). Skipped records make the next Prepare compact.
   void Reset(const Replayed& r);
+  // Whether the next Prepare may go out while others are on their way: it
+  // will be a record, with room in the log.
+  bool CanAppend() const;
   // The writes that persist `rows` (one group commit, in order, a row
   // named twice taking its last value): one record, or a compaction when
-  // the log is full or `compact` is set. Each call is followed by Done.
+  // nothing is on its way and the log is full or `compact` is set. Each
+  // call is followed by Done, in the same order.
   std::vector<Store::ObjectWrite> Prepare(std::vector<Store::ObjectWrite> rows,
                                           bool compact = false);
-  // Whether the writes of the last Prepare became durable. After a
-  // failure the store may or may not hold them: Reset from a fresh Replay;
+  // Whether the writes of the oldest Prepare not yet done became durable.
+  // After a failure the store may or may not hold them, and records
+  // behind them are skipped at replay: Reset from a fresh Replay;
   // otherwise the next Prepare compacts, deleting every record written,
-  // the failed one too, and keeping only rows of records that succeeded.
+  // and keeping only rows of records that succeeded before the failure.
   void Done(bool ok);
+  // Whether the last Prepare was a compaction.
+  bool last_was_compaction() const {
+    return !on_way_.empty() && on_way_.back().compaction;
+  }
 
   size_t records() const { return records_.size(); }
   size_t changed_rows() const { return changed_.size(); }
 
  private:
+  // A Prepare whose Done has not come yet.
+  struct OnWay {
+    bool compaction = false;
+    std::string key;  // a record's
+    std::vector<Store::ObjectWrite> rows;
+    size_t bytes = 0;
+  };
+
   static std::string RecordKey(uint64_t seq);
+  bool Full(size_t rows, size_t bytes) const;
 
   const RowLogOptions options_;
   // The rows the records changed (latest value) and the records.
@@ -82,11 +109,10 @@ class RowLog {
   std::vector<std::string> records_;
   size_t bytes_ = 0;
   uint64_t next_seq_ = 1;
-  // The last Prepare: a record (its key and rows) or a compaction.
-  bool pending_compaction_ = false;
-  std::string pending_key_;
-  std::vector<Store::ObjectWrite> pending_rows_;
-  size_t pending_bytes_ = 0;
+  std::deque<OnWay> on_way_;
+  // Rows and bytes of the records on their way.
+  size_t on_way_rows_ = 0;
+  size_t on_way_bytes_ = 0;
   // A failed write may or may not be in the store: compact next time
   // (deleting its record too) unless Reset says what the store holds.
   bool unsure_ = false;

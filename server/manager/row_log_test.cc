@@ -173,11 +173,40 @@ TEST_F(RowLogTest, ResetContinuesAfterTheStoredRecords) {
 TEST_F(RowLogTest, CorruptRecordIsSkipped) {
   RowLog log;
   Persist(log, {Put("a", "1")});
-  ASSERT_THAT(Write({Put("manager/log/00000000000000ff", "garbage")}), IsOk());
+  ASSERT_THAT(Write({Put("manager/log/0000000000000002", "garbage")}), IsOk());
   RowLog::Replayed r = RowLog::Replay(Raw());
   EXPECT_EQ(r.corrupt, 1);
+  EXPECT_EQ(r.skipped, 0);
   EXPECT_THAT(r.records, SizeIs(2));
   EXPECT_EQ(Rows_().at("a"), "1");
+}
+
+// Two records on their way at once; the first fails, the store keeps the
+// second: replay stops at the gap, and the log deletes what lies behind it
+// before it writes anything new.
+TEST_F(RowLogTest, ARecordBehindAFailedOneIsSkippedAndRemoved) {
+  RowLog log;
+  Persist(log, {Put("a", "1")});
+  ASSERT_TRUE(log.CanAppend());
+  Rows first = log.Prepare({Put("a", "2")});
+  Rows second = log.Prepare({Put("b", "2")});
+  ASSERT_THAT(first, SizeIs(1));
+  ASSERT_THAT(second, SizeIs(1));
+  EXPECT_NE(first[0].name, second[0].name);
+  ASSERT_THAT(Write(second), IsOk());  // the first never arrives
+  log.Done(false);
+  log.Done(true);
+  EXPECT_FALSE(log.CanAppend());
+
+  RowLog::Replayed r = RowLog::Replay(Raw());
+  EXPECT_EQ(r.skipped, 1);
+  EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "1")));
+  log.Reset(r);
+  EXPECT_FALSE(log.CanAppend());
+  Persist(log, {Put("c", "3")});  // a compaction: the skipped record goes
+  EXPECT_EQ(LogRecords(), 0);
+  EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "1"), Pair("c", "3")));
+  EXPECT_TRUE(log.CanAppend());
 }
 
 TEST_F(RowLogTest, ZeroRecordsWritesInPlace) {
