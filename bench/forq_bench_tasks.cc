@@ -1,0 +1,335 @@
+// forq_bench sections of the task path: submit, batch, e2e, rtt and map
+// (see bench/forq_bench.cc).
+#include "bench/forq_bench.h"
+
+namespace forq::bench {
+
+int SectionSubmit(const Flags& f, bool batch) {
+  // Batches start at 4 threads (the batch targets); unary also runs 1.
+  const std::vector<int> thread_counts =
+      batch ? std::vector<int>{4, 64} : std::vector<int>{1, 4, 64};
+  std::vector<v1::TaskSpec> specs(100);
+  for (auto& s : specs) {
+    s.set_kind("echo");
+    s.set_payload("x");
+  }
+  for (const std::string& d : f.durabilities) {
+    for (int threads : thread_counts) {
+      for (int rep = 0; rep < f.reps; ++rep) {
+        auto s = StartServer(f.workers, d);
+        if (!s.ok()) {
+          std::cerr << "start forqd: " << s.status() << "\n";
+          return 1;
+        }
+        Client* c = s->client.get();
+        if (f.paused) {
+          auto dr = c->Drain(absl::Seconds(5));
+          if (!dr.ok()) {
+            std::cerr << "Drain: " << dr.status() << "\n";
+            return 1;
+          }
+        }
+        const std::string paused = f.paused ? ", dispatch paused" : "";
+        int64_t errors = 0;
+        double rate;
+        std::string op;
+        if (batch) {
+          rate = RunTimed(
+              threads, f.seconds,
+              [&]() -> int {
+                auto r = c->SubmitBatch(specs);
+                return r.ok() ? static_cast<int>(r->size()) : -1;
+              },
+              &errors);
+          op = absl::StrCat("SubmitBatch(100) ", d, ", ", threads, " threads",
+                            paused);
+        } else {
+          rate = RunTimed(
+              threads, f.seconds,
+              [&]() -> int { return c->Submit("echo", "x").ok() ? 1 : -1; },
+              &errors);
+          op = absl::StrCat("unary Submit ", d, ", ", threads, " threads",
+                            paused);
+        }
+        g_results->Add(op, "tasks/s", rate);
+        if (errors > 0) {
+          Note(absl::StrCat(op, ": ", errors, " failed calls"));
+          g_results->Add(op + " failed calls", "calls", errors);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+// apply_async x N then get all: one thread submits N echo tasks back to back
+// (unary, or SubmitBatch of 100), then waits for every result in order.
+int SectionE2E(const Flags& f) {
+  for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    if (!Wanted(f, d)) continue;
+    for (const std::string mode : {"unary", "batch", "async"}) {
+      if (!absl::c_linear_search(f.submits, mode)) continue;
+      const bool batched = mode != "unary";
+      const bool async = mode == "async";
+      for (const std::string& wait : f.waits) {
+        for (int rep = 0; rep < f.reps; ++rep) {
+          auto s = StartServer(f.workers, d, wait == "stream");
+          if (!s.ok()) {
+            std::cerr << "start forqd: " << s.status() << "\n";
+            return 1;
+          }
+          Client* c = s->client.get();
+          std::vector<TaskFuture> futs;
+          futs.reserve(f.n);
+          Probe probe(s->forqd->pid(), f.perf);
+          const double self0 = CpuSeconds({getpid()});
+          const auto t0 = Clock::now();
+          if (batched) {
+            // "async": up to 8 batches of 100 travel at once (apply_async
+            // does not wait for each task either); "batch": each waits for
+            // its acknowledgement before the next is sent.
+            std::vector<v1::TaskSpec> specs(f.n);
+            for (int i = 0; i < f.n; ++i) {
+              specs[i].set_kind("echo");
+              specs[i].set_payload(absl::StrCat(i));
+            }
+            Client::ManyOptions many;
+            many.in_flight = async ? 8 : 1;
+            auto submitted = c->SubmitMany(specs, many);
+            if (!submitted.ok()) {
+              std::cerr << "SubmitBatch: " << submitted.status() << "\n";
+              return 1;
+            }
+            futs = *std::move(submitted);
+          } else {
+            for (int i = 0; i < f.n; ++i) {
+              auto r = c->Submit("echo", absl::StrCat(i));
+              if (!r.ok()) {
+                std::cerr << "Submit: " << r.status() << "\n";
+                return 1;
+              }
+              futs.push_back(std::move(*r));
+            }
+          }
+          const double submit_s = SecondsSince(t0);
+          int bad = 0;
+          for (int i = 0; i < f.n; ++i) {
+            auto r = futs[i].Get();
+            if (!r.ok() || *r != absl::StrCat(i)) ++bad;
+          }
+          const double total_s = SecondsSince(t0);
+          const double self = CpuSeconds({getpid()}) - self0;
+          if (bad > 0) {
+            std::cerr << "e2e: " << bad << " wrong or failed results\n";
+            return 1;
+          }
+          const std::string how =
+              absl::StrCat(!batched ? "Submit x N"
+                           : async  ? "SubmitBatchAsync(100) x N/100 (8 in "
+                                      "flight)"
+                                    : "SubmitBatch(100) x N/100",
+                           wait == "rpc" ? " (Wait RPC per task)" : "");
+          const std::string op = absl::StrCat(f.n, " echo: ", how, ", ", d);
+          g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ", d,
+                                      ", end to end"),
+                         "tasks/s", f.n / total_s);
+          g_results->Add(op + ", submit only", "tasks/s", f.n / submit_s);
+          probe.Report(op, "forqd tree", f.n);
+          g_results->Add(op + ": client CPU per task", "us", self * 1e6 / f.n);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+int SectionRtt(const Flags& f) {
+  for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    if (!Wanted(f, d)) continue;
+    for (int rep = 0; rep < f.reps; ++rep) {
+      auto s = StartServer(f.workers, d);
+      if (!s.ok()) {
+        std::cerr << "start forqd: " << s.status() << "\n";
+        return 1;
+      }
+      Client* c = s->client.get();
+      std::vector<double> us;
+      const std::string op = absl::StrCat("Submit().Get() echo RTT ", d);
+      {
+        Probe probe(s->forqd->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples,
+                [&] {
+                  auto fu = c->Submit("echo", "x");
+                  return fu.ok() && fu->Get().ok();
+                },
+                &us)) {
+          std::cerr << "Submit+Get failed\n";
+          return 1;
+        }
+        probe.Report(op, "forqd tree", f.rtt_samples + 100);
+      }
+      g_results->Add(op + " p50", "us", Pct(us, 50));
+      g_results->Add(op + " p99", "us", Pct(us, 99));
+      // The same round trip as one call (Submit with wait: pool.apply).
+      const std::string aop = absl::StrCat("Apply() echo RTT ", d);
+      {
+        Probe probe(s->forqd->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples, [&] { return c->Apply("echo", "x").ok(); },
+                &us)) {
+          std::cerr << "Apply failed\n";
+          return 1;
+        }
+        probe.Report(aop, "forqd tree", f.rtt_samples + 100);
+      }
+      g_results->Add(aop + " p50", "us", Pct(us, 50));
+      g_results->Add(aop + " p99", "us", Pct(us, 99));
+      // Baseline: a unary call that touches neither store nor workers.
+      const std::string bop =
+          absl::StrCat("GetPool() RTT (unary baseline) ", d);
+      {
+        Probe probe(s->forqd->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples, [&] { return c->GetPool().ok(); }, &us)) {
+          std::cerr << "GetPool failed\n";
+          return 1;
+        }
+        probe.Report(bop, "forqd tree", f.rtt_samples + 100, "call");
+      }
+      g_results->Add(bop + " p50", "us", Pct(us, 50));
+      g_results->Add(bop + " p99", "us", Pct(us, 99));
+      const double getpool_p50 = Pct(us, 50);
+      // Floor: a bare gRPC callback server (child process) answering
+      // TaskService.Get with the request's id, same machine, same moment.
+      auto echo = EchoServer::Start();
+      if (!echo.ok()) {
+        std::cerr << "echo server: " << echo.status() << "\n";
+        return 1;
+      }
+      auto stub = v1::TaskService::NewStub(grpc::CreateChannel(
+          (*echo)->address(), grpc::InsecureChannelCredentials()));
+      const std::string eop = "bare gRPC callback echo RTT";
+      {
+        Probe probe((*echo)->pid(), f.perf);
+        if (!Rtt(
+                f.rtt_samples,
+                [&] {
+                  grpc::ClientContext ctx;
+                  ctx.set_deadline(
+                      absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+                  v1::GetTaskRequest req;
+                  req.set_id("echo");
+                  v1::Task resp;
+                  return stub->Get(&ctx, req, &resp).ok() &&
+                         resp.id() == "echo";
+                },
+                &us)) {
+          std::cerr << "echo call failed\n";
+          return 1;
+        }
+        probe.Report(eop, "echo server", f.rtt_samples + 100, "call");
+      }
+      g_results->Add(eop + " p50", "us", Pct(us, 50));
+      g_results->Add(eop + " p99", "us", Pct(us, 99));
+      g_results->Add(absl::StrCat("GetPool p50 / bare echo p50, ", d), "ratio",
+                     getpool_p50 / Pct(us, 50));
+    }
+  }
+  return 0;
+}
+
+namespace {
+
+// The Map protocol before MapBatched, as the client library spoke it: one
+// input per request message, one result per response message, the window
+// topped up before each Read. Returns results read, failed ones in *bad.
+absl::StatusOr<int64_t> MapOneByOne(const std::string& address, int n,
+                                    bool ordered, int64_t* bad) {
+  auto stub = v1::TaskService::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto rpc = stub->Map(&ctx);
+  v1::MapRequest req;
+  req.mutable_header()->set_kind("echo");
+  req.mutable_header()->set_ordered(ordered);
+  req.mutable_header()->set_window(kDefaultMapWindow);
+  if (!rpc->Write(req)) return absl::UnavailableError("Map header");
+  int sent = 0, in_flight = 0;
+  int64_t got = 0;
+  v1::MapResult r;
+  while (true) {
+    while (sent < n && in_flight < kDefaultMapWindow) {
+      req.mutable_input()->set_payload(absl::StrCat(sent));
+      if (!rpc->Write(req)) return absl::UnavailableError("Map write");
+      ++sent;
+      ++in_flight;
+      if (sent == n) rpc->WritesDone();
+    }
+    if (in_flight == 0) break;
+    if (!rpc->Read(&r)) break;
+    --in_flight;
+    ++got;
+    if (r.state() != v1::SUCCEEDED) ++*bad;
+  }
+  grpc::Status st = rpc->Finish();
+  if (!st.ok()) return FromGrpcStatus(st);
+  return got;
+}
+
+}  // namespace
+
+int SectionMap(const Flags& f) {
+  for (const std::string& d : {std::string("sync"), std::string("none")}) {
+    if (!Wanted(f, d)) continue;
+    for (bool ordered : {true, false}) {
+      for (const std::string& how : f.maps) {
+        for (int rep = 0; rep < f.reps; ++rep) {
+          auto s = StartServer(f.workers, d);
+          if (!s.ok()) {
+            std::cerr << "start forqd: " << s.status() << "\n";
+            return 1;
+          }
+          std::vector<std::string> inputs;
+          inputs.reserve(f.n);
+          for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
+          Probe probe(s->forqd->pid(), f.perf);
+          const auto t0 = Clock::now();
+          int64_t got = 0, bad = 0;
+          absl::Status status;
+          if (how == "batched") {
+            MapStream stream =
+                ordered ? s->client->Map("echo", std::move(inputs))
+                        : s->client->MapUnordered("echo", std::move(inputs));
+            for (const MapItem& r : stream) {
+              ++got;
+              if (!r.ok()) ++bad;
+            }
+            status = stream.status();
+          } else {
+            absl::StatusOr<int64_t> r =
+                MapOneByOne(s->forqd->grpc_address(), f.n, ordered, &bad);
+            status = r.status();
+            if (r.ok()) got = *r;
+          }
+          const double secs = SecondsSince(t0);
+          if (!status.ok() || got != f.n || bad != 0) {
+            std::cerr << "map: status " << status << ", " << got << " results, "
+                      << bad << " failed\n";
+            return 1;
+          }
+          const std::string name = absl::StrCat(
+              ordered ? "Map (ordered)" : "MapUnordered",
+              how == "single" ? " one input/result per message" : "");
+          g_results->Add(absl::StrCat(name, " ", f.n, " echo, window ",
+                                      kDefaultMapWindow, ", ", d),
+                         "tasks/s", f.n / secs);
+          probe.Report(absl::StrCat(name, " ", d), "forqd tree", f.n);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace forq::bench
