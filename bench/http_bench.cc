@@ -17,8 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "boost/asio/connect.hpp"
 #include "boost/asio/io_context.hpp"
@@ -29,6 +31,14 @@
 
 #include "forq/v1/task.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
+
+ABSL_FLAG(int, tasks, 4000, "tasks in the throughput run");
+ABSL_FLAG(int, latency_tasks, 1000, "tasks in the latency run");
+ABSL_FLAG(int, conns, 16, "client connections in the throughput run");
+ABSL_FLAG(int, workers, 2, "forqd --workers (when this starts forqd)");
+ABSL_FLAG(std::string, addr, "",
+          "HTTP address of a running forqd (empty: start one)");
+ABSL_FLAG(std::string, grpc, "", "its gRPC address (with --addr)");
 
 namespace {
 
@@ -159,28 +169,21 @@ void Run(const char* name, const Flags& f, Make make) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "REST submit+wait against gRPC on a real forqd (or --addr's)");
+  absl::ParseCommandLine(argc, argv);
   Flags f;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view a(argv[i]);
-    const auto val = [&](absl::string_view p) {
-      return std::string(a.substr(p.size()));
-    };
-    if (absl::StartsWith(a, "--tasks=")) {
-      (void)absl::SimpleAtoi(val("--tasks="), &f.tasks);
-    } else if (absl::StartsWith(a, "--latency_tasks=")) {
-      (void)absl::SimpleAtoi(val("--latency_tasks="), &f.latency_tasks);
-    } else if (absl::StartsWith(a, "--conns=")) {
-      (void)absl::SimpleAtoi(val("--conns="), &f.conns);
-    } else if (absl::StartsWith(a, "--workers=")) {
-      (void)absl::SimpleAtoi(val("--workers="), &f.workers);
-    } else if (absl::StartsWith(a, "--addr=")) {
-      f.addr = val("--addr=");
-    } else if (absl::StartsWith(a, "--grpc=")) {
-      f.grpc = val("--grpc=");
-    } else {
-      std::fprintf(stderr, "unknown flag %s\n", argv[i]);
-      return 2;
-    }
+  f.tasks = absl::GetFlag(FLAGS_tasks);
+  f.latency_tasks = absl::GetFlag(FLAGS_latency_tasks);
+  f.conns = absl::GetFlag(FLAGS_conns);
+  f.workers = absl::GetFlag(FLAGS_workers);
+  f.addr = absl::GetFlag(FLAGS_addr);
+  f.grpc = absl::GetFlag(FLAGS_grpc);
+  if (f.tasks < 1 || f.latency_tasks < 1 || f.conns < 1 || f.workers < 1) {
+    std::fprintf(stderr,
+                 "http_bench: --tasks, --latency_tasks, --conns and --workers "
+                 "must be positive\n");
+    return 2;
   }
   std::unique_ptr<forq::testing::ForqdProcess> forqd;
   if (f.addr.empty()) {
