@@ -112,11 +112,11 @@ class MapReactor final
       }
     }
     if (req_.has_input()) {
-      SubmitLocked({&req_.input()});
+      SubmitLocked({req_.mutable_input()});
     } else if (req_.has_inputs() && req_.inputs().inputs_size() > 0) {
-      SubmitLocked(std::vector<const v1::MapInput*>(
-          req_.inputs().inputs().pointer_begin(),
-          req_.inputs().inputs().pointer_end()));
+      auto* inputs = req_.mutable_inputs()->mutable_inputs();
+      SubmitLocked(std::vector<v1::MapInput*>(inputs->pointer_begin(),
+                                              inputs->pointer_end()));
     }
     MaybeReadLocked();
   }
@@ -183,17 +183,22 @@ class MapReactor final
     const Guard guard_;
   };
 
-  // Submits the inputs of one message together; a bad input fails alone.
-  void SubmitLocked(const std::vector<const v1::MapInput*>& inputs)
+  // Submits the inputs of one message together (moving their payloads out
+  // of it); a bad input fails alone.
+  void SubmitLocked(const std::vector<v1::MapInput*>& inputs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(guard_->mu) {
     std::vector<v1::TaskSpec> specs;
     specs.reserve(inputs.size());
     const uint64_t first = next_index_;
-    for (const v1::MapInput* input : inputs) {
+    for (v1::MapInput* input : inputs) {
       v1::TaskSpec& spec = specs.emplace_back();
-      spec.set_kind(input->kind().empty() ? header_.kind() : input->kind());
-      spec.set_payload(input->payload());
-      spec.set_payload_text(input->payload_text());
+      if (input->kind().empty()) {
+        spec.set_kind(header_.kind());
+      } else {
+        spec.set_kind(std::move(*input->mutable_kind()));
+      }
+      spec.set_payload(std::move(*input->mutable_payload()));
+      spec.set_payload_text(std::move(*input->mutable_payload_text()));
       spec.set_queue(header_.queue());
       spec.set_priority(header_.priority());
       spec.set_max_attempts(header_.max_attempts());
