@@ -183,21 +183,22 @@ void Scheduler::FlushFinishesLocked(Deferred& d) {
   if (!pending_finishes_.empty()) {
     d.Add([this, ids = ids_of(pending_finishes_),
            tasks = std::move(pending_finishes_)]() mutable {
-      store_.Update(std::move(tasks),
-                    [this, ids = std::move(ids)](absl::Status s) {
-                      OnFinishPersisted(ids, std::move(s), false);
-                    });
+      store_.UpdateHere(std::move(tasks),
+                        [this, ids = std::move(ids)](absl::Status s) {
+                          OnFinishPersisted(ids, std::move(s), false);
+                        });
     });
     pending_finishes_.clear();
   }
   if (!pending_finish_inserts_.empty()) {
     d.Add([this, ids = ids_of(pending_finish_inserts_),
            tasks = std::move(pending_finish_inserts_)]() mutable {
-      store_.Insert(std::move(tasks),
-                    [this, ids = std::move(ids)](
-                        const absl::StatusOr<std::vector<InsertResult>>& r) {
-                      OnFinishPersisted(ids, r.status(), true);
-                    });
+      store_.InsertHere(
+          std::move(tasks),
+          [this, ids = std::move(ids)](
+              const absl::StatusOr<std::vector<InsertResult>>& r) {
+            OnFinishPersisted(ids, r.status(), true);
+          });
     });
     pending_finish_inserts_.clear();
   }

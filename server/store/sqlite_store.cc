@@ -137,7 +137,9 @@ void SqliteStore::WriterLoop() {
             exiting = true;
             break;
           }
+          writer_waiting_ = true;
           queue_cv_.Wait(&queue_mu_);
+          writer_waiting_ = false;
           continue;
         }
         const auto now = Clock::now();
@@ -158,6 +160,7 @@ void SqliteStore::WriterLoop() {
     if (exiting) {
       break;
     }
+    MutexLock commit(&commit_mu_);
     if (!group.empty()) {
       CommitGroup(group, unsynced);
     }
@@ -575,6 +578,50 @@ void SqliteStore::Update(std::vector<v1::Task> tasks, WriteDone done) {
     rejected->Finish(absl::UnavailableError(
         absl::StrCat("sqlite store ", path_, ": closed")));
   }
+}
+
+void SqliteStore::InsertHere(std::vector<v1::Task> tasks, InsertDone done) {
+  auto op = std::make_unique<PendingWrite>();
+  op->type = PendingWrite::Type::kInsert;
+  op->tasks = std::move(tasks);
+  op->insert_done = std::move(done);
+  CommitHereOrEnqueue(std::move(op));
+}
+
+void SqliteStore::UpdateHere(std::vector<v1::Task> tasks, WriteDone done) {
+  auto op = std::make_unique<PendingWrite>();
+  op->type = PendingWrite::Type::kUpdate;
+  op->tasks = std::move(tasks);
+  op->write_done = std::move(done);
+  CommitHereOrEnqueue(std::move(op));
+}
+
+// With fsync a commit would hold the caller for milliseconds; without, a
+// lone write (a task that finished while nothing else was being written)
+// commits here and its callbacks run here, instead of waking the writer
+// thread and waiting for it. Only when the writer sleeps with an empty
+// queue: nothing written earlier can still be pending, so the order of
+// writes is the queue's.
+void SqliteStore::CommitHereOrEnqueue(std::unique_ptr<PendingWrite> op)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  bool here = false;
+  if (durability_ == Durability::kNone) {
+    MutexLock lock(&queue_mu_);
+    here =
+        !closing_ && writer_waiting_ && queue_.empty() && commit_mu_.TryLock();
+  }
+  if (!here) {
+    if (auto rejected = Enqueue(std::move(op))) {
+      rejected->Finish(absl::UnavailableError(
+          absl::StrCat("sqlite store ", path_, ": closed")));
+    }
+    return;
+  }
+  std::vector<std::unique_ptr<PendingWrite>> group;
+  group.push_back(std::move(op));
+  std::vector<Committed> unsynced;  // stays empty: no kBatch here
+  CommitGroup(group, unsynced);
+  commit_mu_.Unlock();
 }
 
 void SqliteStore::PutObject(std::string name, std::string blob,

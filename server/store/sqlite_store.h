@@ -62,6 +62,8 @@ class SqliteStore final : public Store {
 
   void Insert(std::vector<v1::Task> tasks, InsertDone done) override;
   void Update(std::vector<v1::Task> tasks, WriteDone done) override;
+  void InsertHere(std::vector<v1::Task> tasks, InsertDone done) override;
+  void UpdateHere(std::vector<v1::Task> tasks, WriteDone done) override;
   absl::StatusOr<v1::Task> Get(absl::string_view id) override;
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
   absl::StatusOr<std::vector<v1::Task>> LoadUnfinished() override;
@@ -88,6 +90,10 @@ class SqliteStore final : public Store {
   // Queues `op`; returns it back (to be failed by the caller) once closed.
   std::unique_ptr<PendingWrite> Enqueue(std::unique_ptr<PendingWrite> op)
       ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // InsertHere/UpdateHere: commits `op` on this thread if the writer waits
+  // for work with nothing queued (durability none only); else queues it.
+  void CommitHereOrEnqueue(std::unique_ptr<PendingWrite> op)
+      ABSL_LOCKS_EXCLUDED(queue_mu_, commit_mu_);
   void WriterLoop() ABSL_LOCKS_EXCLUDED(queue_mu_);
   // A committed write and its own status, awaiting the WAL sync (kBatch).
   using Committed = std::pair<std::unique_ptr<PendingWrite>, absl::Status>;
@@ -135,13 +141,18 @@ class SqliteStore final : public Store {
   // released only after the database is closed.
   const ScopedFd lock_;
 
-  // Used only by the writer thread (and by Open before it starts).
+  // Used by the thread holding commit_mu_: the writer thread, or a caller
+  // committing its own write (CommitHereOrEnqueue); by Open before them.
   const std::unique_ptr<Writer> writer_;
+  // Held while a group is committed and its callbacks run inline.
+  Mutex commit_mu_;
 
   Mutex queue_mu_;
   CondVar queue_cv_;
   std::deque<std::unique_ptr<PendingWrite>> queue_ ABSL_GUARDED_BY(queue_mu_);
   bool closing_ ABSL_GUARDED_BY(queue_mu_) = false;
+  // The writer thread sleeps until a write is queued.
+  bool writer_waiting_ ABSL_GUARDED_BY(queue_mu_) = false;
 
   Mutex done_mu_;
   CondVar done_cv_;

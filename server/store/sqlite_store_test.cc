@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -347,6 +348,75 @@ TEST(SqliteStoreTest, ReadsDoNotWaitForQueuedWrites) {
   EXPECT_FALSE(acked.HasBeenNotified());
   store->Close();  // Flushes: syncs and acks at once.
   EXPECT_TRUE(acked.HasBeenNotified());
+}
+
+// How many of `n` lone InsertHere calls ran their callback on the calling
+// thread, before returning (each awaited before the next).
+int InsertsCommittedHere(Store& store, int n) {
+  int here = 0;
+  for (int i = 0; i < n; ++i) {
+    TestLatch done;
+    std::atomic<bool> returned{false};
+    std::atomic<bool> before_return{false};
+    store.InsertHere({MakeTask(absl::StrCat("here-", i))},
+                     [&](const absl::StatusOr<std::vector<InsertResult>>& r) {
+                       EXPECT_THAT(r, IsOk());
+                       before_return = !returned;
+                       done.Notify();
+                     });
+    returned = true;
+    done.Wait();
+    if (before_return) ++here;
+  }
+  return here;
+}
+
+// Without fsync a write from a caller holding no lock commits on its own
+// thread when the writer has nothing else to do (no hand-off); with fsync
+// it never does (the caller would wait for the disk).
+TEST(SqliteStoreTest, LoneWriteWithoutFsyncCommitsOnTheCallersThread) {
+  TempDir none_dir, sync_dir;
+  StoreOptions none = OptionsFor(none_dir.path());
+  none.durability = Durability::kNone;
+  FORQ_ASSERT_OK_AND_ASSIGN(auto fast, SqliteStore::Open(none));
+  EXPECT_GT(InsertsCommittedHere(*fast, 50), 0);
+  EXPECT_THAT(fast->Get("here-49"), IsOk());
+  StoreOptions sync = OptionsFor(sync_dir.path());
+  sync.durability = Durability::kSync;
+  FORQ_ASSERT_OK_AND_ASSIGN(auto safe, SqliteStore::Open(sync));
+  EXPECT_EQ(InsertsCommittedHere(*safe, 20), 0);
+  EXPECT_THAT(safe->Get("here-19"), IsOk());
+}
+
+// A write committed on the caller's thread never overtakes one queued
+// before it: the later state of a task is the one stored.
+TEST(SqliteStoreTest, WriteCommittedHereFollowsQueuedWrites) {
+  TempDir dir;
+  StoreOptions options = OptionsFor(dir.path());
+  options.durability = Durability::kNone;
+  FORQ_ASSERT_OK_AND_ASSIGN(auto store, SqliteStore::Open(options));
+  for (int i = 0; i < 50; ++i) {
+    const std::string id = absl::StrCat("t", i);
+    ASSERT_THAT(InsertSync(*store, {MakeTask(id)}), IsOk());
+    v1::Task running = MakeTask(id);
+    running.set_state(v1::RUNNING);
+    v1::Task finished = MakeTask(id);
+    finished.set_state(v1::SUCCEEDED);
+    TestLatch both;
+    std::atomic<int> done{0};
+    store->Update({running}, [&](absl::Status s) {
+      EXPECT_THAT(s, IsOk());
+      if (++done == 2) both.Notify();
+    });
+    store->UpdateHere({finished}, [&](absl::Status s) {
+      EXPECT_THAT(s, IsOk());
+      if (++done == 2) both.Notify();
+    });
+    both.Wait();
+    absl::StatusOr<v1::Task> stored = store->Get(id);
+    ASSERT_THAT(stored, IsOk());
+    EXPECT_EQ(stored->state(), v1::SUCCEEDED) << id;
+  }
 }
 
 }  // namespace

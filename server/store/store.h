@@ -90,6 +90,17 @@ class Store {
   virtual void Insert(std::vector<v1::Task> tasks, InsertDone done) = 0;
   // Replaces stored tasks (by id) with these versions.
   virtual void Update(std::vector<v1::Task> tasks, WriteDone done) = 0;
+  // As Insert and Update, for a caller that holds no lock `done` (or what
+  // it calls) could need: a store may then commit the write on the calling
+  // thread when nothing else is being written, saving a hand-off to its
+  // writer and back (SqliteStore with durability none). Ordered with every
+  // other write as if queued.
+  virtual void InsertHere(std::vector<v1::Task> tasks, InsertDone done) {
+    Insert(std::move(tasks), std::move(done));
+  }
+  virtual void UpdateHere(std::vector<v1::Task> tasks, WriteDone done) {
+    Update(std::move(tasks), std::move(done));
+  }
   // NotFound for an unknown (or purged) id.
   virtual absl::StatusOr<v1::Task> Get(absl::string_view id) = 0;
   virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;
