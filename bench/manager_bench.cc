@@ -16,8 +16,9 @@
 //           over TCP and over a Unix socket, in a child process)
 //   The client processes of `clients` start together at one instant and
 //   count what completes in the same window, so their sum is a rate.
-//        manager_bench --child ADDRESS START_NS SECONDS INFLIGHT (internal)
-//        manager_bench --serve_echo DIR (internal)
+//        manager_bench --child=ADDRESS --child_start_ns=NS --seconds=S
+//                      --inflight=N (internal: one client process)
+//        manager_bench --serve_echo=DIR (internal)
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
@@ -36,6 +37,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -48,6 +52,26 @@
 #include "forq/manager.h"
 #include "forq/v1/manager.grpc.pb.h"
 #include "tests/testing/forqd_process.h"
+
+ABSL_FLAG(double, seconds, 2, "length of each section's run");
+ABSL_FLAG(int, inflight, 64, "operations in flight on a pipelined session");
+ABSL_FLAG(int, clients, 16, "client processes of the `clients` section");
+ABSL_FLAG(std::string, durability, "none", "forqd --durability");
+ABSL_FLAG(bool, unix, false,
+          "forqd serves gRPC on a Unix socket and clients connect there");
+ABSL_FLAG(std::string, address, "",
+          "a running forqd to use instead of starting one");
+ABSL_FLAG(int64_t, ops, 0,
+          "run each section for exactly this many operations (0: --seconds)");
+ABSL_FLAG(std::string, only, "set,get,get1,lock1,uget,ulock,clients,echo",
+          "sections to run, comma-separated");
+ABSL_FLAG(std::string, child, "",
+          "internal: run as one client process of `clients` against this "
+          "address");
+ABSL_FLAG(int64_t, child_start_ns, 0,
+          "internal: when a client process starts counting (Unix ns)");
+ABSL_FLAG(std::string, serve_echo, "",
+          "internal: serve the bare gRPC echo on a socket in this directory");
 
 namespace forq {
 namespace {
@@ -203,7 +227,7 @@ void Echo(double seconds, int64_t ops) {
   const std::string dir = testing::MakeTempDir("manager-echo");
   if (dir.empty()) Die(absl::InternalError("mkdtemp"), "echo");
   const std::string cmd =
-      absl::StrCat("exec /proc/", getpid(), "/exe --serve_echo ", dir);
+      absl::StrCat("exec /proc/", getpid(), "/exe --serve_echo=", dir);
   FILE* child = popen(cmd.c_str(), "r");
   int port = 0, pid = 0;
   if (child == nullptr || std::fscanf(child, "%d %d", &port, &pid) != 2) {
@@ -240,53 +264,30 @@ void Echo(double seconds, int64_t ops) {
 }
 
 int Main(int argc, char** argv) {
-  double seconds = 2;
-  int inflight = 64;
-  int clients = 16;
-  std::string durability = "none";
-  bool unix_socket = false;
-  std::string address;
-  int64_t ops = 0;
-  std::string only = "set,get,get1,lock1,uget,ulock,clients,echo";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) Die(absl::InvalidArgumentError(a), "missing value");
-      return argv[++i];
-    };
-    if (a == "--serve_echo" && i + 1 < argc) {
-      return ServeEcho(argv[i + 1]);
-    } else if (a == "--child" && i + 4 < argc) {
-      int64_t start = 0;
-      double s = 0;
-      int n = 0;
-      if (!absl::SimpleAtoi(argv[i + 2], &start) ||
-          !absl::SimpleAtod(argv[i + 3], &s) ||
-          !absl::SimpleAtoi(argv[i + 4], &n)) {
-        Die(absl::InvalidArgumentError(
-                "--child ADDRESS START_NS SECONDS INFLIGHT"),
-            "usage");
-      }
-      return Child(argv[i + 1], start, s, n);
-    } else if (a == "--seconds") {
-      if (!absl::SimpleAtod(next(), &seconds)) Die({}, "--seconds");
-    } else if (a == "--inflight") {
-      if (!absl::SimpleAtoi(next(), &inflight)) Die({}, "--inflight");
-    } else if (a == "--clients") {
-      if (!absl::SimpleAtoi(next(), &clients)) Die({}, "--clients");
-    } else if (a == "--durability") {
-      durability = next();
-    } else if (a == "--unix") {
-      unix_socket = true;
-    } else if (a == "--address") {
-      address = next();
-    } else if (a == "--ops") {
-      if (!absl::SimpleAtoi(next(), &ops)) Die({}, "--ops");
-    } else if (a == "--only") {
-      only = next();
-    } else {
-      Die(absl::InvalidArgumentError(a), "unknown flag");
-    }
+  absl::SetProgramUsageMessage(
+      "throughput of forqd's Manager from libforq; see the top of "
+      "bench/manager_bench.cc");
+  absl::ParseCommandLine(argc, argv);
+  if (const std::string dir = absl::GetFlag(FLAGS_serve_echo); !dir.empty()) {
+    return ServeEcho(dir);
+  }
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  const int inflight = absl::GetFlag(FLAGS_inflight);
+  if (const std::string parent = absl::GetFlag(FLAGS_child); !parent.empty()) {
+    return Child(parent, absl::GetFlag(FLAGS_child_start_ns), seconds,
+                 inflight);
+  }
+  const int clients = absl::GetFlag(FLAGS_clients);
+  const std::string durability = absl::GetFlag(FLAGS_durability);
+  const bool unix_socket = absl::GetFlag(FLAGS_unix);
+  std::string address = absl::GetFlag(FLAGS_address);
+  const int64_t ops = absl::GetFlag(FLAGS_ops);
+  const std::string only = absl::GetFlag(FLAGS_only);
+  if (seconds <= 0 || inflight < 1 || clients < 0 || ops < 0) {
+    Die(absl::InvalidArgumentError(
+            "--seconds and --inflight must be positive, --clients and --ops "
+            "not negative"),
+        "flags");
   }
 
   const std::set<std::string> sections = absl::StrSplit(only, ',');
@@ -368,8 +369,9 @@ int Main(int argc, char** argv) {
         absl::Now() + absl::Milliseconds(500 + 100 * clients);
     std::vector<FILE*> kids;
     const std::string cmd =
-        absl::StrCat("/proc/", getpid(), "/exe --child ", address, " ",
-                     absl::ToUnixNanos(start), " ", seconds, " ", inflight);
+        absl::StrCat("/proc/", getpid(), "/exe --child=", address,
+                     " --child_start_ns=", absl::ToUnixNanos(start),
+                     " --seconds=", seconds, " --inflight=", inflight);
     for (int i = 0; i < clients; ++i) {
       FILE* f = popen(cmd.c_str(), "r");
       if (f == nullptr) Die(absl::InternalError("popen"), "spawn client");
