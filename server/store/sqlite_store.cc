@@ -698,6 +698,9 @@ void SqliteStore::Close() {
   if (writer_thread_.joinable()) {
     writer_thread_.join();
   }
+  // A write a caller began committing itself before closing_ was set ends
+  // (and hands its callbacks on) before the callback thread stops.
+  { MutexLock commit(&commit_mu_); }
   // Then every callback of those writes has run before Close returns.
   {
     MutexLock lock(&done_mu_);
