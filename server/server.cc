@@ -274,6 +274,20 @@ absl::Status Server::Start() {
   services_->grpc_metrics = std::make_unique<GrpcMetrics>(&metrics_);
   services_->grpc_metrics->CountedByHandlers(
       v1::TaskService::service_full_name());
+  // So does the Manager's unary Call, which also parses its own request:
+  // no interceptor runs for it.
+  services_->grpc_metrics->CountedByHandler(ManagerService::kCallPath);
+  {
+    GrpcMetrics::Method* call =
+        services_->grpc_metrics->Get("forq.v1.ManagerService", "Call");
+    manager_->SetCallHooks(
+        {.record =
+             [call](grpc::StatusCode code,
+                    GrpcMetrics::Clock::time_point start) {
+               call->Record(code, start);
+             },
+         .malformed = MalformedRequestMessage(ManagerService::kCallPath)});
+  }
   services_->tasks = std::make_unique<TaskServiceImpl>(
       *scheduler_, services_->grpc_metrics.get());
   if (options_.submit_rate > 0) {
@@ -336,7 +350,8 @@ absl::Status Server::Start() {
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
   // First, so the metrics interceptor counts the status it corrects.
-  interceptors.push_back(MakeMalformedRequestInterceptorFactory());
+  interceptors.push_back(
+      MakeMalformedRequestInterceptorFactory({ManagerService::kCallPath}));
   interceptors.push_back(services_->grpc_metrics->MakeInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_server_ = builder.BuildAndStart();

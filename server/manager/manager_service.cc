@@ -52,21 +52,31 @@ ManagerCallOrigin OriginOf(grpc::CallbackServerContext* ctx) {
 // (in OnDone): gRPC owns the reactor's lifetime between the two.
 class OpReactor final : public grpc::ServerUnaryReactor {
  public:
+  using Record = std::function<void(grpc::StatusCode,
+                                    std::chrono::steady_clock::time_point)>;
+
+  // `record` (may be null) counts the call when it finishes.
   OpReactor(ManagerRouter& core, grpc::CallbackServerContext* ctx,
             ManagerRequest request,
-            std::function<void(const ManagerReply&)> fill)
-      : core_(core), fill_(std::move(fill)) {
+            std::function<void(const ManagerReply&)> fill,
+            const Record* record = nullptr)
+      : core_(core), fill_(std::move(fill)), record_(record) {
+    if (record_ != nullptr) start_ = std::chrono::steady_clock::now();
     // gRPC delivers OnCancel/OnDone only after the handler returns this
     // reactor, so waiter_ is set before OnCancel can read it.
     waiter_.store(core_.Execute(
                       std::move(request),
                       [this](absl::StatusOr<ManagerReply> r) {
+                        grpc::Status status = grpc::Status::OK;
                         if (r.ok()) {
                           fill_(*r);
-                          Finish(grpc::Status::OK);
                         } else {
-                          Finish(ToGrpcStatus(r.status()));
+                          status = ToGrpcStatus(r.status());
                         }
+                        if (record_ != nullptr) {
+                          (*record_)(status.error_code(), start_);
+                        }
+                        Finish(std::move(status));
                       },
                       "", OriginOf(ctx)),
                   std::memory_order_release);
@@ -81,6 +91,8 @@ class OpReactor final : public grpc::ServerUnaryReactor {
  private:
   ManagerRouter& core_;
   std::function<void(const ManagerReply&)> fill_;
+  const Record* const record_;
+  std::chrono::steady_clock::time_point start_;
   std::atomic<uint64_t> waiter_{0};
 };
 
@@ -494,17 +506,27 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
     // Session takes raw bytes (see SessionReactor). What the generated
     // WithRawCallbackMethod_Session does, done here: that template cannot
     // sit on CallbackService, whose typed Session has the same parameters.
-    const int session = v1::SessionRequest::descriptor()
-                            ->file()
-                            ->FindServiceByName("ManagerService")
-                            ->FindMethodByName("Session")
-                            ->index();
     MarkMethodRawCallback(
-        session, new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer,
-                                                         grpc::ByteBuffer>(
-                     [this](grpc::CallbackServerContext* ctx) {
-                       return SessionReactor::Start(core_, OriginOf(ctx));
-                     }));
+        MethodIndex("Session"),
+        new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer,
+                                                grpc::ByteBuffer>(
+            [this](grpc::CallbackServerContext* ctx) {
+              return SessionReactor::Start(core_, OriginOf(ctx));
+            }));
+    // Call takes raw bytes too, so it needs no interceptor (see
+    // ManagerService::kCallPath).
+    MarkMethodRawCallback(
+        MethodIndex("Call"),
+        new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer,
+                                                 grpc::ByteBuffer>(
+            [this](grpc::CallbackServerContext* ctx,
+                   const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) {
+              return RawCall(ctx, req, resp);
+            }));
+  }
+
+  void SetCallHooks(ManagerService::CallHooks hooks) {
+    hooks_ = std::move(hooks);
   }
 
 #define FORQ_MANAGER_RPC(Method, Msg, TYPE, OP)                        \
@@ -522,19 +544,35 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
 #undef FORQ_X
 #undef FORQ_MANAGER_RPC
 
-  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* ctx,
-                                 const v1::ManagerCall* req,
-                                 v1::ManagerResult* resp) override {
+  grpc::ServerUnaryReactor* RawCall(grpc::CallbackServerContext* ctx,
+                                    const grpc::ByteBuffer* req,
+                                    grpc::ByteBuffer* resp) {
+    v1::ManagerCall call;
+    grpc::ByteBuffer in(*req);  // shares the slices
     absl::StatusOr<ManagerRequest> r =
-        FromCall(*req, TimeoutMs(ctx, req->has_timeout(), req->timeout()));
+        grpc::SerializationTraits<v1::ManagerCall>::Deserialize(&in, &call).ok()
+            ? FromCall(call, TimeoutMs(ctx, call.has_timeout(), call.timeout()))
+            : absl::InvalidArgumentError(hooks_.malformed);
+    const OpReactor::Record* record = hooks_.record ? &hooks_.record : nullptr;
     if (!r.ok()) {
       grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-      reactor->Finish(ToGrpcStatus(r.status()));
+      grpc::Status status = ToGrpcStatus(r.status());
+      if (record != nullptr) {
+        (*record)(status.error_code(), std::chrono::steady_clock::now());
+      }
+      reactor->Finish(std::move(status));
       return reactor;
     }
     return new OpReactor(
         core_, ctx, *std::move(r),
-        [resp](const ManagerReply& rep) { ToResult(rep, resp); });
+        [resp](const ManagerReply& rep) {
+          v1::ManagerResult out;
+          ToResult(rep, &out);
+          bool own = false;
+          (void)grpc::SerializationTraits<v1::ManagerResult>::Serialize(
+              out, resp, &own);
+        },
+        record);
   }
 
   grpc::ServerUnaryReactor* ListObjects(
@@ -597,7 +635,16 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
   }
 
  private:
+  static int MethodIndex(const char* name) {
+    return v1::ManagerCall::descriptor()
+        ->file()
+        ->FindServiceByName("ManagerService")
+        ->FindMethodByName(name)
+        ->index();
+  }
+
   ManagerRouter& core_;
+  ManagerService::CallHooks hooks_;
 };
 
 ManagerService::ManagerService(Store* store, Metrics* metrics,
@@ -617,6 +664,10 @@ ManagerService::~ManagerService() { Shutdown(); }
 absl::Status ManagerService::Recover() { return router_->Recover(); }
 
 grpc::Service* ManagerService::grpc_service() { return grpc_.get(); }
+
+void ManagerService::SetCallHooks(CallHooks hooks) {
+  grpc_->SetCallHooks(std::move(hooks));
+}
 
 void ManagerService::HandleTaskCall(
     absl::string_view task_id, std::string request,

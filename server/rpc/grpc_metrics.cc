@@ -148,6 +148,11 @@ void GrpcMetrics::CountedByHandlers(absl::string_view service) {
   }
 }
 
+void GrpcMetrics::CountedByHandler(absl::string_view path) {
+  auto it = by_path_.find(std::string(path));
+  if (it != by_path_.end()) it->second->self_counted_ = true;
+}
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 GrpcMetrics::MakeInterceptorFactory() {
   return std::make_unique<Factory>(this, nullptr);

@@ -64,6 +64,8 @@ class GrpcMetrics {
   // interceptor leaves them alone. Call before the server starts.
   // `service` is a full name ("forq.v1.TaskService").
   void CountedByHandlers(absl::string_view service);
+  // The same for one method, by its ":path" ("/forq.v1.ManagerService/Call").
+  void CountedByHandler(absl::string_view path);
 
   // Interceptor factory for ServerBuilder::experimental().
   // SetInterceptorCreators(); this object must outlive the server.

@@ -1,5 +1,8 @@
 #include "server/rpc/malformed_request.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -43,6 +46,9 @@ class MalformedRequestInterceptor final
 class Factory final
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
+  explicit Factory(std::vector<std::string> parsed_by_handlers)
+      : parsed_by_handlers_(std::move(parsed_by_handlers)) {}
+
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     using Type = grpc::experimental::ServerRpcInfo::Type;
@@ -51,9 +57,17 @@ class Factory final
         info->type() == Type::BIDI_STREAMING) {
       return nullptr;
     }
+    if (info->method() != nullptr &&
+        std::find(parsed_by_handlers_.begin(), parsed_by_handlers_.end(),
+                  info->method()) != parsed_by_handlers_.end()) {
+      return nullptr;
+    }
     // gRPC owns and deletes the interceptor when the call ends.
     return new MalformedRequestInterceptor(info->method());
   }
+
+ private:
+  const std::vector<std::string> parsed_by_handlers_;
 };
 
 }  // namespace
@@ -80,8 +94,9 @@ std::string MalformedRequestMessage(const char* method) {
 }
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-MakeMalformedRequestInterceptorFactory() {
-  return std::make_unique<Factory>();
+MakeMalformedRequestInterceptorFactory(
+    std::vector<std::string> parsed_by_handlers) {
+  return std::make_unique<Factory>(std::move(parsed_by_handlers));
 }
 
 }  // namespace forq::server

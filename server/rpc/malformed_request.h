@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "grpcpp/support/server_interceptor.h"
 
@@ -22,8 +23,11 @@ std::string MalformedRequestMessage(const char* method);
 // Interceptor factory for ServerBuilder::experimental().
 // SetInterceptorCreators(). Put it first so interceptors after it (metrics)
 // see the corrected status. Stateless and thread-safe.
+// Methods named in `parsed_by_handlers` (":path" form) take raw bytes and
+// answer a malformed request themselves: they get no interceptor.
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-MakeMalformedRequestInterceptorFactory();
+MakeMalformedRequestInterceptorFactory(
+    std::vector<std::string> parsed_by_handlers = {});
 
 }  // namespace forq::server
 

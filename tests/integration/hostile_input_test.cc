@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
+#include "forq/manager.h"
 #include "forq/v1/http.pb.h"
 #include "forq/v1/manager.grpc.pb.h"
 #include "forq/v1/pool.grpc.pb.h"
@@ -196,6 +197,45 @@ TEST(HostileInputTest, MalformedGrpcRequestIsInvalidArgumentNamingItsType) {
   // An unknown method stays UNIMPLEMENTED.
   s = RawCall(stub, "/forq.v1.TaskService/NoSuchMethod", "");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+// The Manager's unary Call takes raw bytes so that no interceptor runs for
+// it: it answers a malformed request as the interceptor does for other
+// methods, and counts itself in forq_grpc_requests_total.
+TEST(HostileInputTest, ManagerCallParsesAndCountsItself) {
+  auto forqd = Start();
+  ASSERT_NE(forqd, nullptr);
+  auto channel = grpc::CreateChannel(forqd->grpc_address(),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  const std::string method = "/forq.v1.ManagerService/Call";
+  grpc::Status s = RawCall(stub, method, "\xff\x01 not protobuf");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("request to /forq.v1.ManagerService/Call is not a "
+                        "valid forq.v1.ManagerCall message"));
+  v1::ManagerCall set = Manager::MakeCall(v1::OBJECT_TYPE_DICT, "set", "d");
+  set.set_key("k");
+  set.set_value("v");
+  std::vector<grpc::ByteBuffer> replies;
+  s = StreamCall(stub, method, {set.SerializeAsString()}, &replies);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  v1::ManagerCall get = Manager::MakeCall(v1::OBJECT_TYPE_DICT, "get", "d");
+  get.set_key("k");
+  replies.clear();
+  s = StreamCall(stub, method, {get.SerializeAsString()}, &replies);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(Parse<v1::ManagerResult>(replies[0]).value(), "v");
+  auto metrics =
+      server::testing::HttpCall(forqd->http_address(), "GET", "/metrics");
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_THAT(metrics->body,
+              HasSubstr("forq_grpc_requests_total{code=\"INVALID_ARGUMENT\","
+                        "method=\"forq.v1.ManagerService/Call\"} 1"));
+  EXPECT_THAT(metrics->body,
+              HasSubstr("forq_grpc_requests_total{code=\"OK\",method=\"forq."
+                        "v1.ManagerService/Call\"} 2"));
 }
 
 // The bidirectional streams WaitStream and Session took typed messages, and
