@@ -179,26 +179,37 @@ void Scheduler::FlushFinishesLocked(Deferred& d) {
   };
   // Queued outside mu_ (the store may answer a closed store at once, and
   // the answer takes mu_). No other write of these tasks can follow: they
-  // are finishing, so nothing else persists them.
+  // are finishing, so nothing else persists them. When nothing else runs
+  // or waits to run, the write may be committed on this thread (a lone
+  // task's answer then skips a hand-off); under load it is queued, so
+  // writes keep forming large groups and this thread keeps dispatching.
+  const bool lone = running_ == 0 && ready_.empty();
   if (!pending_finishes_.empty()) {
-    d.Add([this, ids = ids_of(pending_finishes_),
+    d.Add([this, lone, ids = ids_of(pending_finishes_),
            tasks = std::move(pending_finishes_)]() mutable {
-      store_.UpdateHere(std::move(tasks),
-                        [this, ids = std::move(ids)](absl::Status s) {
-                          OnFinishPersisted(ids, std::move(s), false);
-                        });
+      auto done = [this, ids = std::move(ids)](absl::Status s) {
+        OnFinishPersisted(ids, std::move(s), false);
+      };
+      if (lone) {
+        store_.UpdateHere(std::move(tasks), std::move(done));
+      } else {
+        store_.Update(std::move(tasks), std::move(done));
+      }
     });
     pending_finishes_.clear();
   }
   if (!pending_finish_inserts_.empty()) {
-    d.Add([this, ids = ids_of(pending_finish_inserts_),
+    d.Add([this, lone, ids = ids_of(pending_finish_inserts_),
            tasks = std::move(pending_finish_inserts_)]() mutable {
-      store_.InsertHere(
-          std::move(tasks),
-          [this, ids = std::move(ids)](
-              const absl::StatusOr<std::vector<InsertResult>>& r) {
-            OnFinishPersisted(ids, r.status(), true);
-          });
+      auto done = [this, ids = std::move(ids)](
+                      const absl::StatusOr<std::vector<InsertResult>>& r) {
+        OnFinishPersisted(ids, r.status(), true);
+      };
+      if (lone) {
+        store_.InsertHere(std::move(tasks), std::move(done));
+      } else {
+        store_.Insert(std::move(tasks), std::move(done));
+      }
     });
     pending_finish_inserts_.clear();
   }
