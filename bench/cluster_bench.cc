@@ -32,6 +32,11 @@
 //          rows of `tasks` (pg_stat_user_tables.n_live_tup / n_dead_tup),
 //          its size with indexes and the autovacuum count: whether the TTL
 //          purge keeps the table from bloating.
+// wait_queued=N (with --connect) drains the node, submits N no-op tasks
+//          (they stay queued in the shared store), waits for all of them
+//          for --wait_seconds (default 10; the wait times out), then
+//          resumes the node and waits for them to finish: the cost of
+//          many remote waits on queued tasks (run forqd under callgrind).
 // keep_logs=DIR copies each node's log there (at --log_level, default
 //          warn) after each node count.
 #include <algorithm>
@@ -67,6 +72,8 @@ constexpr const char* kUsage =
     "              [--paused] [--connect=HOST:PORT] [--keep_logs=DIR] "
     "[--log_level=warn]\n"
     "              [--soak=SECONDS] [--soak_rate=2000]\n"
+    "              [--connect=HOST:PORT --wait_queued=N "
+    "[--wait_seconds=10]]\n"
     "Flags are described at the top of bench/cluster_bench.cc.\n";
 
 using forq::Client;
@@ -140,6 +147,41 @@ double Run(std::vector<Node>& nodes, const std::string& kind,
     }
   }
   return n / absl::ToDoubleSeconds(absl::Now() - start);
+}
+
+// --wait_queued: `n` tasks queued while the node is drained, all waited
+// for `wait` (which times out), then run.
+int WaitQueued(Client& client, int n, absl::Duration wait) {
+  if (auto d = client.Drain(absl::Seconds(10)); !d.ok()) {
+    std::cerr << "drain: " << d.status() << "\n";
+    return 1;
+  }
+  std::vector<std::string> ids;
+  for (int i = 0; i < n; i += 100) {
+    std::vector<forq::v1::TaskSpec> specs(std::min(100, n - i));
+    for (auto& s : specs) {
+      s.set_kind("echo");
+      s.set_payload("x");
+    }
+    auto r = client.SubmitBatch(specs);
+    if (!r.ok()) {
+      std::cerr << "submit: " << r.status() << "\n";
+      return 1;
+    }
+    for (const auto& t : *r) ids.push_back(t.id());
+  }
+  const absl::Time start = absl::Now();
+  auto timed_out = client.WaitAll(ids, wait);
+  std::cout << absl::StrFormat("waited for %d queued tasks %.1f s: %s\n", n,
+                               absl::ToDoubleSeconds(absl::Now() - start),
+                               timed_out.status().ToString());
+  if (auto r = client.Resume(); !r.ok()) {
+    std::cerr << "resume: " << r.status() << "\n";
+    return 1;
+  }
+  auto done = client.WaitAll(ids, absl::Minutes(5));
+  std::cout << "then ran them: " << done.status() << "\n";
+  return done.ok() ? 0 : 1;
 }
 
 // `n` echo tasks through one Map stream on node 1; tasks/s.
@@ -335,7 +377,7 @@ int main(int argc, char** argv) {
   bool fsync = false, pg_stats = false, paused = false;
   std::string keep_logs, log_level = "warn";
   std::string pg_options, connect;
-  int soak = 0, soak_rate = 2000;
+  int soak = 0, soak_rate = 2000, wait_queued = 0, wait_seconds = 10;
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--nodes=")) {
@@ -368,6 +410,10 @@ int main(int argc, char** argv) {
       (void)absl::SimpleAtoi(a, &soak);
     } else if (absl::ConsumePrefix(&a, "--soak_rate=")) {
       (void)absl::SimpleAtoi(a, &soak_rate);
+    } else if (absl::ConsumePrefix(&a, "--wait_queued=")) {
+      (void)absl::SimpleAtoi(a, &wait_queued);
+    } else if (absl::ConsumePrefix(&a, "--wait_seconds=")) {
+      (void)absl::SimpleAtoi(a, &wait_seconds);
     } else if (a == "--help") {
       std::cout << kUsage;
       return 0;
@@ -383,6 +429,9 @@ int main(int argc, char** argv) {
     if (!c.ok()) {
       std::cerr << "connect: " << c.status() << "\n";
       return 1;
+    }
+    if (wait_queued > 0) {
+      return WaitQueued(**c, wait_queued, absl::Seconds(wait_seconds));
     }
     std::vector<Node> nodes(1);
     nodes[0].client = std::move(*c);

@@ -273,6 +273,12 @@ void Scheduler::OnLostAttempts(const std::vector<AttemptRef>& attempts,
     for (const AttemptRef& a : attempts) {
       auto it = tasks_.find(a.task_id);
       if (it == tasks_.end()) continue;
+      // No longer this node's to finish: its waiters here read it from the
+      // store (its end may have been announced while it was still local).
+      if (waits_.Has(a.task_id) || watched_ids_.count(a.task_id) > 0) {
+        remote_check_.push_back(a.task_id);
+        remote_cv_.Signal();
+      }
       Entry& e = it->second;
       if (fenced) {
         // Its terminal or retry write was refused: OnFinishPersisted drops
@@ -358,7 +364,7 @@ void Scheduler::RemoteWaitLoop() {
 }
 
 void Scheduler::CheckRemoteWaits(const std::vector<std::string>& ids) {
-  absl::StatusOr<std::vector<v1::Task>> read = work_source_->ReadTasks(ids);
+  absl::StatusOr<WorkSource::Ended> read = work_source_->ReadEnded(ids);
   if (!read.ok()) {
     // The waits stay parked: the periodic re-check of every remote wait
     // (or their timeout) answers them.
@@ -370,22 +376,19 @@ void Scheduler::CheckRemoteWaits(const std::vector<std::string>& ids) {
     }
     return;
   }
-  absl::flat_hash_map<std::string, v1::Task*> found;
-  for (v1::Task& t : *read) found[t.id()] = &t;
   std::vector<std::pair<WaitDone, absl::StatusOr<v1::Task>>> answers;
   Deferred d;
   {
     MutexLock lock(&mu_);
-    for (const std::string& id : ids) {
+    for (const v1::Task& t : read->terminal) {
+      const std::string& id = t.id();
       if (!RemoteLocked(id)) continue;
-      auto f = found.find(id);
-      if (f != found.end() && IsTerminal(f->second->state()) &&
-          watched_ids_.count(id) > 0) {
+      if (watched_ids_.count(id) > 0) {
         // Its watchers here end with the stored terminal state (complete,
         // unlike a notified event, which may lack payload and result).
         auto event = std::make_shared<v1::TaskEvent>();
         event->set_type(v1::TaskEvent::STATE);
-        *event->mutable_task() = *f->second;
+        *event->mutable_task() = t;
         *event->mutable_time() = ToProto(clock_.Now());
         for (auto w = watchers_.begin(); w != watchers_.end();) {
           if (w->second.task_id != id) {
@@ -397,17 +400,15 @@ void Scheduler::CheckRemoteWaits(const std::vector<std::string>& ids) {
           w = watchers_.erase(w);
         }
       }
-      if (!waits_.Has(id)) continue;
-      if (f == found.end()) {
-        for (WaitDone& done : waits_.TakeTask(id)) {
-          answers.emplace_back(
-              std::move(done),
-              absl::NotFoundError(absl::StrCat("task ", id, " not found")));
-        }
-      } else if (IsTerminal(f->second->state())) {
-        for (WaitDone& done : waits_.TakeTask(id)) {
-          answers.emplace_back(std::move(done), *f->second);
-        }
+      for (WaitDone& done : waits_.TakeTask(id)) {
+        answers.emplace_back(std::move(done), t);
+      }
+    }
+    for (const std::string& id : read->unknown) {
+      if (!RemoteLocked(id)) continue;
+      for (WaitDone& done : waits_.TakeTask(id)) {
+        answers.emplace_back(std::move(done), absl::NotFoundError(absl::StrCat(
+                                                  "task ", id, " not found")));
       }
     }
   }

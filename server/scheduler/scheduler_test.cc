@@ -171,9 +171,8 @@ class BlockingWorkSource : public WorkSource {
     give_.clear();
     return out;
   }
-  absl::StatusOr<std::vector<v1::Task>> ReadTasks(
-      const std::vector<std::string>&) override {
-    return std::vector<v1::Task>();
+  absl::StatusOr<Ended> ReadEnded(const std::vector<std::string>&) override {
+    return Ended();
   }
   std::vector<bool> InsertOwned(
       std::vector<v1::Task> tasks, std::vector<bool>,

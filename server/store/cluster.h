@@ -127,9 +127,15 @@ class WorkSource {
   // every event), and sends one to them (asynchronously, in order).
   virtual bool Watched(const v1::Task& task) = 0;
   virtual void PublishEvent(const v1::TaskEvent& event) = 0;
-  // The stored tasks among `ids` (unknown ids are left out), in any order,
-  // in one database round trip. Blocks.
-  virtual absl::StatusOr<std::vector<v1::Task>> ReadTasks(
+  // Of the tasks `ids`, those that ended (a terminal state, read in full)
+  // and those not stored, in any order, in one database round trip. Tasks
+  // still QUEUED or RUNNING are left out, so a check of many waited tasks
+  // costs the node only what changed. Blocks.
+  struct Ended {
+    std::vector<v1::Task> terminal;
+    std::vector<std::string> unknown;
+  };
+  virtual absl::StatusOr<Ended> ReadEnded(
       const std::vector<std::string>& ids) = 0;
   virtual const std::string& node_id() const = 0;
   virtual int64_t incarnation() const = 0;

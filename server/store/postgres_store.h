@@ -98,8 +98,7 @@ class PostgresStore final : public Store, public WorkSource {
   std::vector<bool> InsertOwned(
       std::vector<v1::Task> tasks, std::vector<bool> own,
       std::function<void(absl::StatusOr<std::vector<v1::Task>>)> done) override;
-  absl::StatusOr<std::vector<v1::Task>> ReadTasks(
-      const std::vector<std::string>& ids) override;
+  absl::StatusOr<Ended> ReadEnded(const std::vector<std::string>& ids) override;
   absl::StatusOr<CancelResult> CancelTask(const std::string& id) override;
   void SetWatched(const std::string& key, bool watched) override;
   bool Watched(const v1::Task& task) override;

@@ -22,6 +22,9 @@ namespace {
 using postgres_internal::Conn;
 using postgres_internal::IdleTxnTimeout;
 
+// How often every remote wait is checked against the store anyway.
+constexpr absl::Duration kRecheck = absl::Seconds(5);
+
 }  // namespace
 
 PostgresStore::Callbacks PostgresStore::callbacks() {
@@ -234,7 +237,7 @@ void PostgresStore::UpkeepLoop() {
   absl::Time next_heartbeat = absl::Now() + cluster_.lease / 3;
   absl::Time next_reap = absl::Now();
   absl::Time next_poll = absl::Now() + cluster_.poll_interval;
-  absl::Time next_recheck = absl::Now() + absl::Seconds(1);
+  absl::Time next_recheck = absl::Now() + kRecheck;
   absl::Time next_watch_refresh = absl::Now() + kWatchRefresh;
   for (;;) {
     {
@@ -281,7 +284,9 @@ void PostgresStore::UpkeepLoop() {
       if (cb.wake) cb.wake();
     }
     if (now >= next_recheck) {
-      next_recheck = now + absl::Seconds(1);
+      // A safety net only: ends reach waiters by notification (and after
+      // a reconnect of the LISTEN connection, by a check of them all).
+      next_recheck = now + kRecheck;
       if (cb.finished) cb.finished({});
     }
     if (now >= next_watch_refresh) {

@@ -21,6 +21,7 @@ using postgres_internal::Param;
 using postgres_internal::ParseTask;
 using postgres_internal::Result;
 using postgres_internal::TaskFromRow;
+using postgres_internal::TextValue;
 using store_internal::DecodePageToken;
 using store_internal::EffectivePageSize;
 using store_internal::EncodePageToken;
@@ -31,9 +32,13 @@ constexpr int kPurgeBatch = 5000;
 // Reads return the state and attempt columns beside `data` (TaskFromRow).
 const std::string kGet =
     "SELECT data, state::text, attempt::text FROM tasks WHERE id = $1";
-const std::string kGetMany =
-    "SELECT data, state::text, attempt::text FROM tasks WHERE id = "
-    "ANY($1::text[])";
+// The ended (terminal) or unknown tasks among $1: an unknown one has a
+// NULL data column.
+const std::string kGetEnded = absl::StrCat(
+    "SELECT t.data, t.state::text, t.attempt::text, u.id FROM "
+    "unnest($1::text[]) AS u(id) LEFT JOIN tasks t ON t.id = u.id WHERE t.id "
+    "IS NULL OR t.state NOT IN (",
+    static_cast<int>(v1::QUEUED), ", ", static_cast<int>(v1::RUNNING), ")");
 const std::string kUnfinished = absl::StrCat(
     "SELECT data FROM tasks WHERE state IN (", static_cast<int>(v1::QUEUED),
     ", ", static_cast<int>(v1::RUNNING), ") ORDER BY id");
@@ -96,22 +101,25 @@ absl::StatusOr<v1::Task> PostgresStore::Get(absl::string_view id) {
   return TaskFromRow(res.get(), 0);
 }
 
-absl::StatusOr<std::vector<v1::Task>> PostgresStore::ReadTasks(
+absl::StatusOr<WorkSource::Ended> PostgresStore::ReadEnded(
     const std::vector<std::string>& ids) {
-  std::vector<v1::Task> out;
+  Ended out;
   if (ids.empty()) return out;
   ArrayParam array(ArrayParam::Type::kText);
   for (const std::string& id : ids) array.AddText(id);
   const Param ids_param = std::move(array).Finish();
   FORQ_ASSIGN_OR_RETURN(Result res, WithReader([&](Conn& conn) {
-                          return conn.Run("get_many", kGetMany, {ids_param},
-                                          "get tasks");
+                          return conn.Run("get_ended", kGetEnded, {ids_param},
+                                          "read ended tasks");
                         }));
   const int rows = PQntuples(res.get());
-  out.reserve(rows);
   for (int r = 0; r < rows; ++r) {
+    if (PQgetisnull(res.get(), r, 0)) {
+      out.unknown.push_back(TextValue(res.get(), r, 3));
+      continue;
+    }
     FORQ_ASSIGN_OR_RETURN(v1::Task task, TaskFromRow(res.get(), r));
-    out.push_back(std::move(task));
+    out.terminal.push_back(std::move(task));
   }
   return out;
 }

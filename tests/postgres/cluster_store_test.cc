@@ -169,6 +169,27 @@ TEST_F(ClusterStoreTest, ClaimsByPriorityThenFifoAndHonoursDelays) {
             "a:1,a:1,a:1,a:1");
 }
 
+TEST_F(ClusterStoreTest, ReadEndedReturnsOnlyEndedAndUnknownTasks) {
+  Reports reports;
+  auto a = OpenNode("a", reports);
+  ASSERT_NE(a, nullptr);
+  ASSERT_THAT(Insert(*a, {Queued("q"), Queued("r"), Queued("s")}), IsOk());
+  auto claimed = a->Claim(1);  // q: RUNNING
+  ASSERT_THAT(claimed, IsOk());
+  ASSERT_THAT(*claimed, SizeIs(1));
+  v1::Task done = Queued("s");
+  done.set_state(v1::SUCCEEDED);
+  done.set_result("out");
+  ASSERT_THAT(Update(*a, {done}), IsOk());
+  auto ended = a->ReadEnded({"q", "r", "s", "nope"});
+  ASSERT_THAT(ended, IsOk());
+  ASSERT_THAT(ended->terminal, SizeIs(1));
+  EXPECT_EQ(ended->terminal[0].id(), "s");
+  EXPECT_EQ(ended->terminal[0].state(), v1::SUCCEEDED);
+  EXPECT_EQ(ended->terminal[0].result(), "out");
+  EXPECT_THAT(ended->unknown, ElementsAre("nope"));
+}
+
 TEST_F(ClusterStoreTest, TwoNodesNeverClaimTheSameTask) {
   Reports ra, rb;
   auto a = OpenNode("a", ra);
