@@ -4,6 +4,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -47,54 +48,102 @@ ManagerCallOrigin OriginOf(grpc::CallbackServerContext* ctx) {
   return o;
 }
 
-// Runs one request on the core and finishes the RPC with its outcome.
-// gRPC callback reactors are the one place forq uses new + `delete this`
-// (in OnDone): gRPC owns the reactor's lifetime between the two.
+using Record = std::function<void(grpc::StatusCode,
+                                  std::chrono::steady_clock::time_point)>;
+using Fill = std::function<void(const ManagerReply&)>;
+
+// The status a unary call ends with; fills the response on success and
+// counts the call when `record` is set.
+grpc::Status Answer(const absl::StatusOr<ManagerReply>& r, const Fill& fill,
+                    const Record* record,
+                    std::chrono::steady_clock::time_point start) {
+  grpc::Status status = grpc::Status::OK;
+  if (r.ok()) {
+    fill(*r);
+  } else {
+    status = ToGrpcStatus(r.status());
+  }
+  if (record != nullptr) (*record)(status.error_code(), start);
+  return status;
+}
+
+// Finishes the RPC of a request the core answers later (parked, or waiting
+// for its batch to be durable). gRPC callback reactors are the one place
+// forq uses new + `delete this` (in OnDone): gRPC owns the reactor's
+// lifetime between the two.
 class OpReactor final : public grpc::ServerUnaryReactor {
  public:
-  using Record = std::function<void(grpc::StatusCode,
-                                    std::chrono::steady_clock::time_point)>;
-
-  // `record` (may be null) counts the call when it finishes.
-  OpReactor(ManagerRouter& core, grpc::CallbackServerContext* ctx,
-            ManagerRequest request,
-            std::function<void(const ManagerReply&)> fill,
-            const Record* record = nullptr)
-      : core_(core), fill_(std::move(fill)), record_(record) {
-    if (record_ != nullptr) start_ = std::chrono::steady_clock::now();
-    // gRPC delivers OnCancel/OnDone only after the handler returns this
-    // reactor, so waiter_ is set before OnCancel can read it.
-    waiter_.store(core_.Execute(
-                      std::move(request),
-                      [this](absl::StatusOr<ManagerReply> r) {
-                        grpc::Status status = grpc::Status::OK;
-                        if (r.ok()) {
-                          fill_(*r);
-                        } else {
-                          status = ToGrpcStatus(r.status());
-                        }
-                        if (record_ != nullptr) {
-                          (*record_)(status.error_code(), start_);
-                        }
-                        Finish(std::move(status));
-                      },
-                      "", OriginOf(ctx)),
-                  std::memory_order_release);
+  OpReactor(ManagerRouter& core, uint64_t waiter, Fill fill,
+            const Record* record, std::chrono::steady_clock::time_point start)
+      : core_(core),
+        waiter_(waiter),
+        fill_(std::move(fill)),
+        record_(record),
+        start_(start) {}
+  void Complete(const absl::StatusOr<ManagerReply>& r) {
+    Finish(Answer(r, fill_, record_, start_));
   }
   // The client went away or its deadline passed: unpark, which finishes
   // the RPC with Cancelled (a no-op if it already completed).
-  void OnCancel() override {
-    core_.Cancel(waiter_.load(std::memory_order_acquire));
-  }
+  void OnCancel() override { core_.Cancel(waiter_); }
   void OnDone() override { delete this; }
 
  private:
   ManagerRouter& core_;
-  std::function<void(const ManagerReply&)> fill_;
+  const uint64_t waiter_;
+  const Fill fill_;
   const Record* const record_;
-  std::chrono::steady_clock::time_point start_;
-  std::atomic<uint64_t> waiter_{0};
+  const std::chrono::steady_clock::time_point start_;
 };
+
+// Runs one unary request on the core. When the core answers at once (most
+// operations), the RPC finishes on gRPC's default reactor, whose OnDone
+// gRPC runs inline; a reactor of ours would have its OnDone run by gRPC's
+// executor, a thread hand-off per call. Otherwise an OpReactor finishes it.
+grpc::ServerUnaryReactor* RunUnary(ManagerRouter& core,
+                                   grpc::CallbackServerContext* ctx,
+                                   ManagerRequest request, Fill fill,
+                                   const Record* record = nullptr) {
+  struct Shared {
+    Mutex mu;
+    std::optional<absl::StatusOr<ManagerReply>> early ABSL_GUARDED_BY(mu);
+    OpReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  const auto start = record != nullptr
+                         ? std::chrono::steady_clock::now()
+                         : std::chrono::steady_clock::time_point();
+  auto shared = std::make_shared<Shared>();
+  const uint64_t waiter = core.Execute(
+      std::move(request),
+      [shared](absl::StatusOr<ManagerReply> r) {
+        OpReactor* reactor = nullptr;
+        {
+          MutexLock lock(&shared->mu);
+          reactor = shared->reactor;
+          if (reactor == nullptr) {
+            shared->early = std::move(r);
+            return;
+          }
+        }
+        reactor->Complete(r);
+      },
+      "", OriginOf(ctx));
+  std::optional<absl::StatusOr<ManagerReply>> early;
+  {
+    MutexLock lock(&shared->mu);
+    if (!shared->early) {
+      // Answered later: gRPC delivers OnCancel/OnDone only after this
+      // returns, and Complete may run before that (as gRPC allows).
+      shared->reactor =
+          new OpReactor(core, waiter, std::move(fill), record, start);
+      return shared->reactor;
+    }
+    early = std::move(shared->early);
+  }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(Answer(*early, fill, record, start));
+  return reactor;
+}
 
 v1::ObjectType ToProtoType(Type t) {
   return static_cast<v1::ObjectType>(static_cast<int>(t));
@@ -529,13 +578,12 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
     hooks_ = std::move(hooks);
   }
 
-#define FORQ_MANAGER_RPC(Method, Msg, TYPE, OP)                        \
-  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx,   \
-                                   const v1::Msg##Request* req,        \
-                                   v1::Msg##Response* resp) override { \
-    return new OpReactor(                                              \
-        core_, ctx, From##Msg(*req, TYPE, OP, ctx),                    \
-        [resp](const ManagerReply& r) { To##Msg(r, OP, resp); });      \
+#define FORQ_MANAGER_RPC(Method, Msg, TYPE, OP)                               \
+  grpc::ServerUnaryReactor* Method(grpc::CallbackServerContext* ctx,          \
+                                   const v1::Msg##Request* req,               \
+                                   v1::Msg##Response* resp) override {        \
+    return RunUnary(core_, ctx, From##Msg(*req, TYPE, OP, ctx),               \
+                    [resp](const ManagerReply& r) { To##Msg(r, OP, resp); }); \
   }
 
 #define FORQ_X(T, O, Rpc, Family, flags, args, out) \
@@ -553,7 +601,7 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
         grpc::SerializationTraits<v1::ManagerCall>::Deserialize(&in, &call).ok()
             ? FromCall(call, TimeoutMs(ctx, call.has_timeout(), call.timeout()))
             : absl::InvalidArgumentError(hooks_.malformed);
-    const OpReactor::Record* record = hooks_.record ? &hooks_.record : nullptr;
+    const Record* record = hooks_.record ? &hooks_.record : nullptr;
     if (!r.ok()) {
       grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
       grpc::Status status = ToGrpcStatus(r.status());
@@ -563,7 +611,7 @@ class ManagerGrpcService final : public v1::ManagerService::CallbackService {
       reactor->Finish(std::move(status));
       return reactor;
     }
-    return new OpReactor(
+    return RunUnary(
         core_, ctx, *std::move(r),
         [resp](const ManagerReply& rep) {
           v1::ManagerResult out;
