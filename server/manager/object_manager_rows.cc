@@ -60,6 +60,18 @@ bool IsMap(ManagerType t) {
   return t == ManagerType::kDict || t == ManagerType::kNamespace;
 }
 
+// An array element from its stored bits.
+void AppendArrayBits(uint64_t bits, char typecode, std::vector<int64_t>& ints,
+                     std::vector<double>& doubles) {
+  if (!IsFloatTypecode(typecode)) {
+    ints.push_back(static_cast<int64_t>(bits));
+  } else {
+    double d;
+    memcpy(&d, &bits, sizeof(d));
+    doubles.push_back(d);
+  }
+}
+
 // Element `pos` (absolute) of a sequence object, as row bytes.
 void WriteElement(const ManagerType type, const std::string* text,
                   uint64_t bits, BlobWriter& w) {
@@ -179,13 +191,7 @@ bool ObjectManager::ParseStoredObject(const std::string& name,
       for (uint64_t i = 0; ok && i < n; ++i) {
         uint64_t v = 0;
         ok = r.U64(&v);
-        if (!IsFloatTypecode(o.typecode)) {
-          o.ints.push_back(static_cast<int64_t>(v));
-        } else {
-          double d;
-          memcpy(&d, &v, sizeof(d));
-          o.doubles.push_back(d);
-        }
+        if (ok) AppendArrayBits(v, o.typecode, o.ints, o.doubles);
       }
       break;
     }
@@ -298,13 +304,7 @@ bool ObjectManager::ParseStoredObject(const std::string& name,
     for (auto& [first, vals] : bits) {
       if (!append(first, vals.size())) return false;
       for (uint64_t v : vals) {
-        if (!IsFloatTypecode(o.typecode)) {
-          o.ints.push_back(static_cast<int64_t>(v));
-        } else {
-          double d;
-          memcpy(&d, &v, sizeof(d));
-          o.doubles.push_back(d);
-        }
+        AppendArrayBits(v, o.typecode, o.ints, o.doubles);
       }
     }
     const int64_t start = o.type == ManagerType::kArray ? 0 : o.head;
