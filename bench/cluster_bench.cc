@@ -48,6 +48,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -61,6 +64,28 @@
 #include "tests/testing/postgres_server.h"
 
 #include <libpq-fe.h>
+
+ABSL_FLAG(std::vector<std::string>, nodes,
+          std::vector<std::string>({"1", "2", "3"}),
+          "cluster sizes to measure, comma-separated");
+ABSL_FLAG(int, noop, 20000, "no-op tasks per size (SubmitBatchAsync)");
+ABSL_FLAG(int, map, 20000, "no-op Map inputs per size (node 1)");
+ABSL_FLAG(int, sleep, 240, "sleep(50 ms) tasks per size");
+ABSL_FLAG(int, latency, 200, "cross-node Wait samples (2+ nodes)");
+ABSL_FLAG(bool, fsync, false, "run PostgreSQL with fsync=on");
+ABSL_FLAG(std::string, pg_options, "", "extra postgres -o options");
+ABSL_FLAG(bool, pg_stats, false, "print pg_stat_statements per size");
+ABSL_FLAG(bool, paused, false,
+          "also submit while the nodes are drained, then resume them");
+ABSL_FLAG(std::string, connect, "",
+          "measure through a running forqd at HOST:PORT instead");
+ABSL_FLAG(std::string, keep_logs, "", "copy each node's log into this dir");
+ABSL_FLAG(std::string, log_level, "warn", "forqd --log_level of the nodes");
+ABSL_FLAG(int, soak, 0, "run the TTL-purge soak for this many seconds");
+ABSL_FLAG(int, soak_rate, 2000, "soak: tasks per second");
+ABSL_FLAG(int, wait_queued, 0,
+          "with --connect: wait until this many tasks are queued");
+ABSL_FLAG(int, wait_seconds, 10, "with --wait_queued: how long at most");
 
 namespace {
 
@@ -372,58 +397,32 @@ int Soak(PostgresServer& server, int seconds, int rate) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> counts = {1, 2, 3};
-  int noop = 20000, map = 20000, sleep = 240, latency = 200;
-  bool fsync = false, pg_stats = false, paused = false;
-  std::string keep_logs, log_level = "warn";
-  std::string pg_options, connect;
-  int soak = 0, soak_rate = 2000, wait_queued = 0, wait_seconds = 10;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    if (absl::ConsumePrefix(&a, "--nodes=")) {
-      counts.clear();
-      for (absl::string_view c : absl::StrSplit(a, ',')) {
-        int v = 0;
-        if (absl::SimpleAtoi(c, &v)) counts.push_back(v);
-      }
-    } else if (absl::ConsumePrefix(&a, "--noop=")) {
-      (void)absl::SimpleAtoi(a, &noop);
-    } else if (absl::ConsumePrefix(&a, "--map=")) {
-      (void)absl::SimpleAtoi(a, &map);
-    } else if (absl::ConsumePrefix(&a, "--sleep=")) {
-      (void)absl::SimpleAtoi(a, &sleep);
-    } else if (absl::ConsumePrefix(&a, "--latency=")) {
-      (void)absl::SimpleAtoi(a, &latency);
-    } else if (absl::ConsumePrefix(&a, "--pg_options=")) {
-      pg_options = std::string(a);
-    } else if (a == "--fsync") {
-      fsync = true;
-    } else if (absl::ConsumePrefix(&a, "--keep_logs=")) {
-      keep_logs = std::string(a);
-    } else if (absl::ConsumePrefix(&a, "--log_level=")) {
-      log_level = std::string(a);
-    } else if (a == "--pg_stats") {
-      pg_stats = true;
-    } else if (absl::ConsumePrefix(&a, "--connect=")) {
-      connect = std::string(a);
-    } else if (absl::ConsumePrefix(&a, "--soak=")) {
-      (void)absl::SimpleAtoi(a, &soak);
-    } else if (absl::ConsumePrefix(&a, "--soak_rate=")) {
-      (void)absl::SimpleAtoi(a, &soak_rate);
-    } else if (absl::ConsumePrefix(&a, "--wait_queued=")) {
-      (void)absl::SimpleAtoi(a, &wait_queued);
-    } else if (absl::ConsumePrefix(&a, "--wait_seconds=")) {
-      (void)absl::SimpleAtoi(a, &wait_seconds);
-    } else if (a == "--help") {
-      std::cout << kUsage;
-      return 0;
-    } else if (a == "--paused") {
-      paused = true;
-    } else {
-      std::cerr << "unknown flag " << a << "\n";
+  absl::SetProgramUsageMessage(kUsage);
+  absl::ParseCommandLine(argc, argv);
+  std::vector<int> counts;
+  for (const std::string& c : absl::GetFlag(FLAGS_nodes)) {
+    int v = 0;
+    if (!absl::SimpleAtoi(c, &v) || v < 1) {
+      std::cerr << "--nodes: '" << c << "' is not a node count\n";
       return 2;
     }
+    counts.push_back(v);
   }
+  const int noop = absl::GetFlag(FLAGS_noop);
+  const int map = absl::GetFlag(FLAGS_map);
+  const int sleep = absl::GetFlag(FLAGS_sleep);
+  const int latency = absl::GetFlag(FLAGS_latency);
+  const bool fsync = absl::GetFlag(FLAGS_fsync);
+  const bool pg_stats = absl::GetFlag(FLAGS_pg_stats);
+  const bool paused = absl::GetFlag(FLAGS_paused);
+  const std::string keep_logs = absl::GetFlag(FLAGS_keep_logs);
+  const std::string log_level = absl::GetFlag(FLAGS_log_level);
+  std::string pg_options = absl::GetFlag(FLAGS_pg_options);
+  const std::string connect = absl::GetFlag(FLAGS_connect);
+  const int soak = absl::GetFlag(FLAGS_soak);
+  const int soak_rate = absl::GetFlag(FLAGS_soak_rate);
+  const int wait_queued = absl::GetFlag(FLAGS_wait_queued);
+  const int wait_seconds = absl::GetFlag(FLAGS_wait_seconds);
   if (!connect.empty()) {
     auto c = Client::Connect({.address = connect});
     if (!c.ok()) {
