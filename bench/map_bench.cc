@@ -2,7 +2,7 @@
 // of forqd's resident memory while it runs (the window must bound it).
 //
 //   map_bench [--n=1000000] [--window=1000] [--unordered] [--workers=N]
-//             [--forqd-flag=--durability=none ...]    # starts its own forqd
+//             [--forqd_flag=--durability=none,...]    # starts its own forqd
 //   map_bench --addr=HOST:PORT --pid=FORQD_PID ...     # an existing forqd
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -16,6 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +31,15 @@
 #include "forq/client.h"
 #include "forq/map.h"
 #include "tests/testing/forqd_process.h"
+
+ABSL_FLAG(int64_t, n, 1'000'000, "Map inputs");
+ABSL_FLAG(int, window, 1000, "Map window (inputs in flight)");
+ABSL_FLAG(bool, unordered, false, "MapUnordered instead of Map");
+ABSL_FLAG(int, workers, 0, "forqd --workers (0: one per core)");
+ABSL_FLAG(std::string, addr, "", "a running forqd instead of starting one");
+ABSL_FLAG(int, pid, 0, "with --addr: that forqd's pid, for its memory");
+ABSL_FLAG(std::vector<std::string>, forqd_flag, {},
+          "extra forqd flags, comma-separated (e.g. --durability=none)");
 
 namespace forq::bench {
 namespace {
@@ -42,33 +54,16 @@ struct Flags {
   std::vector<std::string> forqd_flags;
 };
 
-bool ParseFlags(int argc, char** argv, Flags* f) {
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    auto value = [&](absl::string_view name) -> std::optional<std::string> {
-      if (!absl::ConsumePrefix(&a, name)) return std::nullopt;
-      return std::string(a);
-    };
-    std::optional<std::string> v;
-    if ((v = value("--n="))) {
-      if (!absl::SimpleAtoi(*v, &f->n)) return false;
-    } else if ((v = value("--window="))) {
-      if (!absl::SimpleAtoi(*v, &f->window)) return false;
-    } else if ((v = value("--workers="))) {
-      if (!absl::SimpleAtoi(*v, &f->workers)) return false;
-    } else if ((v = value("--pid="))) {
-      if (!absl::SimpleAtoi(*v, &f->pid)) return false;
-    } else if ((v = value("--addr="))) {
-      f->addr = *v;
-    } else if ((v = value("--forqd-flag="))) {
-      f->forqd_flags.push_back(*v);
-    } else if (a == "--unordered") {
-      f->unordered = true;
-    } else {
-      return false;
-    }
-  }
-  return true;
+Flags FromCommandLine() {
+  Flags f;
+  f.n = absl::GetFlag(FLAGS_n);
+  f.window = absl::GetFlag(FLAGS_window);
+  f.unordered = absl::GetFlag(FLAGS_unordered);
+  f.workers = absl::GetFlag(FLAGS_workers);
+  f.addr = absl::GetFlag(FLAGS_addr);
+  f.pid = absl::GetFlag(FLAGS_pid);
+  f.forqd_flags = absl::GetFlag(FLAGS_forqd_flag);
+  return f;
 }
 
 // VmRSS of `pid` in bytes; 0 if unreadable.
@@ -92,9 +87,12 @@ int64_t RssBytes(int pid) {
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 int Run(int argc, char** argv) {
-  Flags flags;
-  if (!ParseFlags(argc, argv, &flags)) {
-    std::cerr << "usage: see the top of bench/map_bench.cc\n";
+  absl::SetProgramUsageMessage(
+      "Map throughput and forqd memory; see the top of bench/map_bench.cc");
+  absl::ParseCommandLine(argc, argv);
+  Flags flags = FromCommandLine();
+  if (flags.n < 1 || flags.window < 1 || flags.workers < 0) {
+    std::cerr << "map_bench: --n and --window must be positive\n";
     return 2;
   }
   std::unique_ptr<testing::ForqdProcess> forqd;

@@ -120,7 +120,7 @@ run() {
   run pool_bench_speedup pool_bench speedup 1500000 8
   run http_bench http_bench --tasks=2000 --latency_tasks=500 --conns=16
   run map_bench map_bench --n=20000 --window=1000 --workers=2 \
-    --forqd-flag=--durability=none
+    --forqd_flag=--durability=none
   # Ingest alone (dispatch drained), to set against the figures with workers.
   run forq_bench_paused forq_bench --sections=submit,batch --reps=1 \
     --seconds=1 --paused

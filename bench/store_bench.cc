@@ -18,6 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +31,13 @@
 
 #include "common/notification.h"
 #include "server/store/store.h"
+
+ABSL_FLAG(double, seconds, 2, "length of each run");
+ABSL_FLAG(int, runs, 3, "runs of each case");
+ABSL_FLAG(std::string, kind, "sqlite", "store: sqlite or memory");
+ABSL_FLAG(std::string, dir, "/tmp/forq_store_bench", "data directory");
+ABSL_FLAG(std::string, only, "",
+          "one case, durability/tasks per call/callers (e.g. sync/1/64)");
 
 namespace forq::server {
 namespace {
@@ -149,34 +159,20 @@ Result RunOnce(const Config& config, const std::string& kind,
 }
 
 int Main(int argc, char** argv) {
-  double seconds = 2;
-  int runs = 3;
-  std::string kind = "sqlite";
-  std::string dir = "/tmp/forq_store_bench";
-  std::string only;  // e.g. "sync/1/64": durability/tasks per call/callers.
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (absl::ConsumePrefix(&arg, "--seconds=")) {
-      if (!absl::SimpleAtod(arg, &seconds)) {
-        return 2;
-      }
-    } else if (absl::ConsumePrefix(&arg, "--runs=")) {
-      if (!absl::SimpleAtoi(arg, &runs)) {
-        return 2;
-      }
-    } else if (absl::ConsumePrefix(&arg, "--kind=")) {
-      kind = std::string(arg);
-    } else if (absl::ConsumePrefix(&arg, "--only=")) {
-      only = std::string(arg);
-    } else if (absl::ConsumePrefix(&arg, "--dir=")) {
-      dir = std::string(arg);
-    } else {
-      std::fprintf(stderr,
-                   "usage: %s [--seconds=S] [--runs=N] [--kind=sqlite|memory] "
-                   "[--dir=PATH] [--only=sync/1/64]\n",
-                   argv[0]);
-      return 2;
-    }
+  absl::SetProgramUsageMessage(
+      "store throughput and ack latency per durability, batch size and "
+      "concurrent callers");
+  absl::ParseCommandLine(argc, argv);
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  const int runs = absl::GetFlag(FLAGS_runs);
+  const std::string kind = absl::GetFlag(FLAGS_kind);
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  // e.g. "sync/1/64": durability/tasks per call/callers.
+  const std::string only = absl::GetFlag(FLAGS_only);
+  if (seconds <= 0 || runs < 1) {
+    std::fprintf(stderr,
+                 "store_bench: --seconds and --runs must be positive\n");
+    return 2;
   }
   spdlog::set_level(spdlog::level::warn);
   std::printf(
