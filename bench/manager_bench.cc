@@ -201,7 +201,7 @@ class EchoService final : public v1::ManagerService::CallbackService {
   }
 };
 
-// Child mode (--serve_echo DIR): serves EchoService on a free loopback port
+// Child mode (--serve_echo=DIR): serves EchoService on a free loopback port
 // and on unix:DIR/echo, prints the port and its pid, and runs until killed
 // (or until its parent dies).
 int ServeEcho(const std::string& dir) {
