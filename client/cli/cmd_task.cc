@@ -2,8 +2,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <map>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -23,8 +26,9 @@ int ReportOutcome(const CliContext& ctx, const v1::Task& task, bool done) {
     PrintJson(task);
   } else if (done && task.state() == v1::SUCCEEDED) {
     std::cout << task.result();
-    if (task.result().empty() || task.result().back() != '\n')
+    if (task.result().empty() || task.result().back() != '\n') {
       std::cout << "\n";
+    }
   }
   if (!done) {
     std::cerr << "forq: timed out: task " << task.id() << " is "
@@ -39,9 +43,13 @@ int ReportOutcome(const CliContext& ctx, const v1::Task& task, bool done) {
   return kExitTaskFailed;
 }
 
-// Waits for `id`, drawing a progress line on stderr when it is a terminal.
-int WaitAndReport(CliContext& ctx, Client& client, const std::string& id,
-                  double timeout_s) {
+// One wait of at most the given time: the task as it stands then.
+using WaitCall =
+    std::function<absl::StatusOr<v1::WaitTaskResponse>(absl::Duration)>;
+
+// Calls `wait` until the task is terminal or `timeout_s` (0: none) ran
+// out, drawing a progress line on stderr when it is a terminal.
+int WaitAndReport(CliContext& ctx, const WaitCall& wait, double timeout_s) {
   const bool tty = isatty(STDERR_FILENO) == 1 && StdoutIsTty();
   const absl::Time start = absl::Now();
   const absl::Time deadline =
@@ -53,8 +61,7 @@ int WaitAndReport(CliContext& ctx, Client& client, const std::string& id,
   while (true) {
     absl::Duration left = deadline - absl::Now();
     if (left < absl::ZeroDuration()) left = absl::ZeroDuration();
-    absl::StatusOr<v1::WaitTaskResponse> r =
-        client.Wait(id, std::min(left, slice));
+    absl::StatusOr<v1::WaitTaskResponse> r = wait(std::min(left, slice));
     if (!r.ok()) return Fail(r.status());
     bool timed_out = !r->done() && absl::Now() >= deadline;
     if (tty) {
@@ -71,6 +78,26 @@ int WaitAndReport(CliContext& ctx, Client& client, const std::string& id,
     }
     if (r->done() || timed_out) return ReportOutcome(ctx, r->task(), r->done());
   }
+}
+
+// submit --wait: the first wait is the submit itself (one call, and forqd
+// stores a task that finishes within it once); later ones are Waits.
+int SubmitAndReport(CliContext& ctx, Client& client, const v1::TaskSpec& spec,
+                    double timeout_s) {
+  std::string id;
+  return WaitAndReport(
+      ctx,
+      [&](absl::Duration d) -> absl::StatusOr<v1::WaitTaskResponse> {
+        if (!id.empty()) return client.Wait(id, d);
+        absl::StatusOr<v1::SubmitResponse> r = client.SubmitAndWait(spec, d);
+        if (!r.ok()) return r.status();
+        id = r->task().id();
+        v1::WaitTaskResponse w;
+        *w.mutable_task() = std::move(*r->mutable_task());
+        w.set_done(r->done());
+        return w;
+      },
+      timeout_s);
 }
 
 void PrintTaskLine(const v1::Task& t) {
@@ -138,14 +165,16 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
               absl::StrSplit(l, absl::MaxSplits('=', 1));
           so.labels[kv.first] = kv.second;
         }
+        if (o->wait) {
+          ctx.exit_code = SubmitAndReport(
+              ctx, client, MakeTaskSpec(o->kind, ReadPayload(o->payload), so),
+              o->wait_timeout);
+          return;
+        }
         absl::StatusOr<TaskFuture> f =
             client.Submit(o->kind, ReadPayload(o->payload), so);
         if (!f.ok()) {
           ctx.exit_code = Fail(f.status());
-          return;
-        }
-        if (o->wait) {
-          ctx.exit_code = WaitAndReport(ctx, client, f->id(), o->wait_timeout);
           return;
         }
         if (ctx.json) {
@@ -169,7 +198,9 @@ void AddTaskCommands(CLI::App& app, CliContext& ctx) {
     AddJsonFlag(cmd, ctx);
     cmd->callback([&ctx, id, timeout] {
       WithClient(ctx, [&](Client& client) {
-        ctx.exit_code = WaitAndReport(ctx, client, *id, *timeout);
+        ctx.exit_code = WaitAndReport(
+            ctx, [&](absl::Duration d) { return client.Wait(*id, d); },
+            *timeout);
       });
     });
   }

@@ -229,10 +229,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   return std::unique_ptr<Client>(new Client(std::move(options), channel));
 }
 
-namespace {
-
-v1::TaskSpec SpecOf(absl::string_view kind, absl::string_view payload,
-                    const SubmitOptions& o) {
+v1::TaskSpec MakeTaskSpec(absl::string_view kind, absl::string_view payload,
+                          const SubmitOptions& o) {
   v1::TaskSpec spec;
   spec.set_kind(std::string(kind));
   spec.set_payload(std::string(payload));
@@ -248,32 +246,39 @@ v1::TaskSpec SpecOf(absl::string_view kind, absl::string_view payload,
   return spec;
 }
 
-}  // namespace
-
 absl::StatusOr<TaskFuture> Client::Submit(absl::string_view kind,
                                           absl::string_view payload,
                                           const SubmitOptions& o) {
-  return Submit(SpecOf(kind, payload, o));
+  return Submit(MakeTaskSpec(kind, payload, o));
 }
 
-absl::StatusOr<v1::Task> Client::Run(const v1::TaskSpec& spec) {
+absl::StatusOr<v1::SubmitResponse> Client::SubmitAndWait(
+    const v1::TaskSpec& spec, absl::Duration wait) {
+  wait = std::clamp(wait, absl::ZeroDuration(), kMaxWaitPerCall);
   grpc::ClientContext ctx;
-  SetDeadline(ctx, kMaxWaitPerCall + options_.rpc_timeout);
+  SetDeadline(ctx, wait + options_.rpc_timeout);
   v1::SubmitRequest req;
   *req.mutable_task() = spec;
-  *req.mutable_wait() = ToProto(kMaxWaitPerCall);
+  *req.mutable_wait() = ToProto(wait);
   v1::SubmitResponse resp;
   grpc::Status s = stubs_->tasks->Submit(&ctx, req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
-  if (resp.done()) return std::move(*resp.mutable_task());
+  return resp;
+}
+
+absl::StatusOr<v1::Task> Client::Run(const v1::TaskSpec& spec) {
+  absl::StatusOr<v1::SubmitResponse> resp =
+      SubmitAndWait(spec, kMaxWaitPerCall);
+  if (!resp.ok()) return resp.status();
+  if (resp->done()) return std::move(*resp->mutable_task());
   // Still running after a whole wait: go on as a future would.
-  return AwaitTask(resp.task().id(), absl::InfiniteFuture());
+  return AwaitTask(resp->task().id(), absl::InfiniteFuture());
 }
 
 absl::StatusOr<std::string> Client::Apply(absl::string_view kind,
                                           absl::string_view payload,
                                           const SubmitOptions& o) {
-  absl::StatusOr<v1::Task> t = Run(SpecOf(kind, payload, o));
+  absl::StatusOr<v1::Task> t = Run(MakeTaskSpec(kind, payload, o));
   if (!t.ok()) return t.status();
   return TaskResult(*t);
 }

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 
 #include "forq/v1/pool.pb.h"
+#include "forq/v1/task.pb.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -99,6 +100,26 @@ TEST_F(CliTest, WaitTimeoutExitsTwo) {
   EXPECT_THAT(c.out, HasSubstr("CANCELLED"));
   CommandResult w2 = Forq({"wait", id});
   EXPECT_EQ(w2.exit_code, 1);
+}
+
+// submit --wait submits and waits in one call: a task still unfinished
+// when --wait-timeout runs out is stored, and a later wait finds it.
+TEST_F(CliTest, SubmitWaitTimeoutLeavesTheTaskStored) {
+  CommandResult r = Forq({"submit", "echo", "later", "--delay", "3600",
+                          "--wait", "--wait-timeout", "0.3", "--json"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("timed out"));
+  v1::Task task;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &task).ok())
+      << r.out;
+  EXPECT_EQ(task.state(), v1::QUEUED);
+  CommandResult g = Forq({"get", task.id(), "--json"});
+  EXPECT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_THAT(g.out, HasSubstr("\"state\":\"QUEUED\""));
+  EXPECT_EQ(Forq({"cancel", task.id()}).exit_code, 0);
+  CommandResult w = Forq({"wait", task.id()});
+  EXPECT_EQ(w.exit_code, 1);
+  EXPECT_THAT(w.err, HasSubstr("CANCELLED"));
 }
 
 TEST_F(CliTest, UnknownKindIsOneClearLineAndExitTwo) {

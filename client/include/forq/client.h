@@ -66,6 +66,10 @@ struct SubmitOptions {
   std::map<std::string, std::string> labels;
 };
 
+// The TaskSpec that Submit(kind, payload, options) stores.
+v1::TaskSpec MakeTaskSpec(absl::string_view kind, absl::string_view payload,
+                          const SubmitOptions& options = {});
+
 // True for SUCCEEDED, FAILED, DEAD and CANCELLED (forqd uses the same
 // definition).
 using v1::IsTerminal;
@@ -180,6 +184,11 @@ class Client {
   // Submits and waits in one call (pool.apply, or apply_async().get() in
   // one round trip): the terminal task.
   absl::StatusOr<v1::Task> Run(const v1::TaskSpec& spec);
+  // Submits and waits at most `wait` in one call: the answer's task as it
+  // stands then, `done` when it is terminal. A task that finishes within
+  // the wait is stored once, finished.
+  absl::StatusOr<v1::SubmitResponse> SubmitAndWait(const v1::TaskSpec& spec,
+                                                   absl::Duration wait);
   // Run, then the result or the task's error (as TaskFuture::Get).
   absl::StatusOr<std::string> Apply(absl::string_view kind,
                                     absl::string_view payload,
