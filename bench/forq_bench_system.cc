@@ -189,6 +189,7 @@ int SectionManager(const Flags& f) {
       Manager m(*s->client);
       Dict dict = m.dict("bench");
       std::vector<std::string> keys;
+      keys.reserve(1000);
       for (int i = 0; i < 1000; ++i) keys.push_back(absl::StrCat("k", i));
       for (const auto& k : keys) {
         if (!dict.Set(k, "v").ok()) {

@@ -106,7 +106,7 @@ class HttpConn {
 
 class GrpcConn {
  public:
-  explicit GrpcConn(std::shared_ptr<grpc::Channel> ch)
+  explicit GrpcConn(const std::shared_ptr<grpc::Channel>& ch)
       : stub_(forq::v1::TaskService::NewStub(ch)) {}
   void SubmitWait() {
     forq::v1::SubmitRequest req;
@@ -151,6 +151,7 @@ void Run(const char* name, const Flags& f, Make make) {
   }
   std::atomic<int> left{f.tasks};
   std::vector<std::thread> threads;
+  threads.reserve(f.conns);
   const auto t0 = Clock::now();
   for (int i = 0; i < f.conns; ++i) {
     threads.emplace_back([&] {

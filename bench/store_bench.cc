@@ -101,6 +101,7 @@ Result RunOnce(const Config& config, const std::string& kind,
   std::atomic<int64_t> failures{0};
   std::vector<std::vector<double>> latencies(config.threads);
   std::vector<std::thread> threads;
+  threads.reserve(config.threads);
   Notification start;
   for (int t = 0; t < config.threads; ++t) {
     threads.emplace_back([&, t] {
@@ -114,11 +115,12 @@ Result RunOnce(const Config& config, const std::string& kind,
         Notification acked;
         bool ok = false;
         const auto begin = std::chrono::steady_clock::now();
-        store->Insert(std::move(tasks),
-                      [&](absl::StatusOr<std::vector<InsertResult>> result) {
-                        ok = result.ok();
-                        acked.Notify();
-                      });
+        store->Insert(
+            std::move(tasks),
+            [&](const absl::StatusOr<std::vector<InsertResult>>& result) {
+              ok = result.ok();
+              acked.Notify();
+            });
         acked.WaitForNotification();
         const auto end = std::chrono::steady_clock::now();
         latencies[t].push_back(
@@ -188,6 +190,7 @@ int Main(int argc, char** argv) {
           continue;
         }
         std::vector<Result> results;
+        results.reserve(runs);
         for (int r = 0; r < runs; ++r) {
           results.push_back(RunOnce({d, threads, batch}, kind, dir, seconds));
         }

@@ -153,10 +153,13 @@ void PrintLines(const std::vector<std::string>& lines) {
   for (const auto& l : lines) std::cout << l << "\n";
 }
 
+// `lhs` names the variable it declares, which parentheses would break.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define FORQ_TRY(lhs, expr)                           \
   auto lhs##_or = (expr);                             \
   if (!lhs##_or.ok()) return Fail(lhs##_or.status()); \
   auto lhs = *lhs##_or
+// NOLINTEND(bugprone-macro-parentheses)
 
 // Op names the CLI accepts besides the table's own ("" type = any type).
 struct Alias {
