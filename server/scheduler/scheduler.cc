@@ -352,7 +352,7 @@ void Scheduler::OnTurnEnd() {
     MutexLock lock(&mu_);
     FlushFinishesLocked(d);
     DispatchLocked(clock_.Now(), d);
-    if (work_source_ != nullptr) WantClaimLocked();
+    if (work_source_ != nullptr) WantClaimLocked(/*told=*/false);
   }
   d.Run();
 }

@@ -378,8 +378,9 @@ class Scheduler {
   // Cluster mode (scheduler_cluster.cc).
   absl::Status StartCluster() ABSL_LOCKS_EXCLUDED(mu_);
   // Asks the loop to claim work when workers are idle beyond the local
-  // ready set.
-  void WantClaimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ready set. `told`: claimable work may have appeared (a notification,
+  // the fallback poll, a write of this node's); else a turn ended.
+  void WantClaimLocked(bool told = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Submit's parts. The specs checked and made tasks (InvalidArgument
   // naming the task's index otherwise).
   absl::StatusOr<std::vector<v1::Task>> BuildTasks(

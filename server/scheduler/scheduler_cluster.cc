@@ -52,15 +52,23 @@ int Scheduler::LocalTargetLocked(absl::Time now) {
   // The buffer follows the rate at which this node starts tasks (which its
   // workers' speed bounds: a full buffer takes nothing more): short tasks
   // come in claims (and inserts) of hundreds, long ones are not hoarded.
+  // A node alone in the cluster holds more: nobody else would run what it
+  // leaves in the shared queue, and what it takes at insert costs one row
+  // version fewer than a claim.
   constexpr absl::Duration kWindow = absl::Milliseconds(100);
   constexpr absl::Duration kHeld = absl::Milliseconds(20);
   constexpr int kMaxBuffer = 1000;
+  constexpr int kMaxBufferAlone = 50000;
   if (now - taken_since_ >= kWindow) {
     if (taken_since_ != absl::InfinitePast()) {
       const double rate = static_cast<double>(taken_) /
                           absl::ToDoubleSeconds(now - taken_since_);
+      const absl::Duration alone = work_source_->HoldAlone();
       buffer_ = std::clamp(
-          static_cast<int>(rate * absl::ToDoubleSeconds(kHeld)), 0, kMaxBuffer);
+          static_cast<int>(rate *
+                           absl::ToDoubleSeconds(
+                               alone > absl::ZeroDuration() ? alone : kHeld)),
+          0, alone > absl::ZeroDuration() ? kMaxBufferAlone : kMaxBuffer);
     }
     taken_ = 0;
     taken_since_ = now;
@@ -70,10 +78,17 @@ int Scheduler::LocalTargetLocked(absl::Time now) {
 
 void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
                                     SubmitDone done, Deferred& d) {
+  // Alone, a node takes at least this many at insert before it knows its
+  // rate (a node just started, or one whose buffer was given back).
+  constexpr int kAloneFloor = 500;
   const absl::Time now = clock_.Now();
   int budget = 0;
   if (own_allowed_ && !stop_ && !draining_) {
-    budget = LocalTargetLocked(now) - static_cast<int>(ready_.size());
+    int target = LocalTargetLocked(now);
+    if (work_source_->HoldAlone() > absl::ZeroDuration()) {
+      target = std::max(target, pool_.Room() + kAloneFloor);
+    }
+    budget = target - static_cast<int>(ready_.size());
   }
   std::vector<bool> own(tasks.size(), false);
   std::vector<size_t> asked;
@@ -125,8 +140,15 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
   GiveBackStaleLocked(now);  // arms its timer for what stays queued
 }
 
-void Scheduler::WantClaimLocked() {
+void Scheduler::WantClaimLocked(bool told) {
   if (stop_ || draining_ || claim_wanted_) return;
+  // A node alone whose last claim found the shared queue empty takes what
+  // is submitted to it at insert: a turn's end is no reason to look again
+  // (work queued there is announced, and the fallback poll looks anyway).
+  if (!told && own_allowed_ &&
+      work_source_->HoldAlone() > absl::ZeroDuration()) {
+    return;
+  }
   // When the workers have room the local queue cannot fill, or half the
   // local buffer is used up.
   const int room = pool_.Room();
@@ -138,11 +160,13 @@ void Scheduler::WantClaimLocked() {
 }
 
 void Scheduler::GiveBackStaleLocked(absl::Time now) {
-  // Tasks held here for kStale without a worker taking them were taken on
+  // Tasks held here for `held_max` without a worker taking them were taken on
   // a rate that no longer holds (short tasks gave way to long ones): they
   // go back to the shared queue, where idle nodes claim them, and the
-  // buffer starts again from nothing.
-  constexpr absl::Duration kStale = absl::Milliseconds(100);
+  // buffer starts again from nothing. A node alone holds tasks longer
+  // (HoldAlone), but not until their leases need extending (lease/3).
+  const absl::Duration held_max =
+      std::max(absl::Milliseconds(100), 2 * work_source_->HoldAlone());
   const int room = pool_.Room();
   if (static_cast<int>(ready_.size()) <= room) {
     stale_check_at_ = absl::InfiniteFuture();
@@ -152,7 +176,7 @@ void Scheduler::GiveBackStaleLocked(absl::Time now) {
     return;
   }
   // The loop wakes for the next look (Loop's sleep ends by then).
-  stale_check_at_ = now + kStale / 2;
+  stale_check_at_ = now + held_max / 2;
   WakeAtLocked(stale_check_at_);
   std::vector<std::string> stale;
   int kept = 0;
@@ -160,13 +184,13 @@ void Scheduler::GiveBackStaleLocked(absl::Time now) {
     // The next ones the workers take stay.
     if (kept++ < room) continue;
     auto it = tasks_.find(k.id);
-    if (it != tasks_.end() && it->second.ready_at + kStale <= now) {
+    if (it != tasks_.end() && it->second.ready_at + held_max <= now) {
       stale.push_back(k.id);
     }
   }
   if (!stale.empty()) {
     spdlog::debug("giving back {} tasks held for {} without a worker",
-                  stale.size(), absl::FormatDuration(kStale));
+                  stale.size(), absl::FormatDuration(held_max));
     for (const std::string& id : stale) {
       auto it = tasks_.find(id);
       RemoveQueuedLocked(it->second);

@@ -139,6 +139,12 @@ class WorkSource {
       const std::vector<std::string>& ids) = 0;
   virtual const std::string& node_id() const = 0;
   virtual int64_t incarnation() const = 0;
+  // While no other node of the cluster is live (none heart-beat within a
+  // lease): how long this node may hold tasks it takes for itself before a
+  // worker starts them (nobody else would run them sooner). Zero while
+  // other nodes are live, or may be: then it takes only what its workers
+  // start within milliseconds and leaves the rest to the shared queue.
+  virtual absl::Duration HoldAlone() const { return absl::ZeroDuration(); }
 };
 
 }  // namespace forq::server

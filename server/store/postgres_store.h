@@ -107,6 +107,8 @@ class PostgresStore final : public Store, public WorkSource {
   int64_t incarnation() const override {
     return incarnation_.load(std::memory_order_acquire);
   }
+  // lease/10 while alone_.
+  absl::Duration HoldAlone() const override;
 
   // Cluster upkeep, run by the upkeep thread (or by tests when
   // ClusterOptions.background is false). Heartbeat extends the leases of
@@ -182,7 +184,10 @@ class PostgresStore final : public Store, public WorkSource {
   std::vector<postgres_internal::Param> NotifyParams(
       const std::vector<std::unique_ptr<PendingWrite>>& group,
       const std::vector<absl::Status>& statuses);
+  // Registers a new incarnation and tells the other nodes (forq_node).
   absl::Status Register(Conn& conn);
+  // Whether another node is live (alone_), read on `conn`.
+  absl::Status CountOtherNodes(Conn& conn);
   void UpkeepLoop();
   // Reads the LISTEN connection's notifications and hands them on.
   void HandleNotifications(Conn& listen, const Callbacks& cb);
@@ -239,6 +244,10 @@ class PostgresStore final : public Store, public WorkSource {
   const std::string node_id_;
   std::atomic<int64_t> incarnation_{0};
   std::atomic<int64_t> fenced_writes_{0};
+  // No other node was live at the last count, and none announced itself
+  // since (node_notices_ counts the announcements heard).
+  std::atomic<bool> alone_{false};
+  std::atomic<uint64_t> node_notices_{0};
   // Attempts this node claimed and has not yet written out of RUNNING (or
   // had a write refused): the fence of their writes. `lost` ones were
   // reported lost and are no longer heart-beaten, but their late writes

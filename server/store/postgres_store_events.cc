@@ -105,6 +105,9 @@ void PostgresStore::HandleNotifications(Conn& listen, const Callbacks& cb) {
       if (absl::Base64Unescape(body, &bytes) && e.ParseFromString(bytes)) {
         events.push_back(std::move(e));
       }
+    } else if (channel == "forq_node" && extra != node_id_) {
+      node_notices_.fetch_add(1, std::memory_order_acq_rel);
+      alone_.store(false, std::memory_order_release);
     } else if (channel == "forq_watch" && !own) {
       for (absl::string_view key :
            absl::StrSplit(body, ',', absl::SkipEmpty())) {
@@ -254,10 +257,18 @@ void PostgresStore::UpkeepLoop() {
             Conn::Connect(uri_, durability_, IdleTxnTimeout(cluster_));
         if (c.ok() &&
             (*c)->Command("LISTEN forq_work; LISTEN forq_done; LISTEN "
-                          "forq_cancel; LISTEN forq_event; LISTEN forq_watch",
+                          "forq_cancel; LISTEN forq_event; LISTEN forq_watch; "
+                          "LISTEN forq_node",
                           "listen")
                 .ok()) {
           listen = std::move(*c);
+          // Nodes announced while not listening are counted.
+          {
+            MutexLock lock(&upkeep_mu_);
+            if (upkeep_conn_->EnsureOk().ok()) {
+              (void)CountOtherNodes(*upkeep_conn_);
+            }
+          }
           // Notifications sent while not listening are lost: look again.
           if (cb.wake) cb.wake();
           if (cb.finished) cb.finished({});

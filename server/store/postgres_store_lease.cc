@@ -43,7 +43,11 @@ const std::string kClaim =
     "(not_before IS NULL OR not_before <= now()) ORDER BY priority DESC, id "
     "FOR UPDATE SKIP LOCKED LIMIT $4) AS c WHERE t.id = c.id RETURNING "
     "t.data, t.attempt::text";
-// Extends the leases of the node's RUNNING attempts and returns them all.
+// Extends the leases of the node's RUNNING attempts that expire within
+// 2/3 of a lease and returns them all. A lease it skips outlasts both the
+// next heartbeat (lease/3 away) and the node's self-fence (lease/2 after
+// its last heartbeat), so attempts held for less than lease/3 (most) are
+// never written by a heartbeat.
 // Rows another transaction holds are skipped rather than waited for: the
 // writer finishing them (its lock held across a group commit) would
 // otherwise stall the heartbeat, and updating them in another order than
@@ -54,7 +58,8 @@ const std::string kHeartbeat =
     "WITH n AS (UPDATE nodes SET heartbeat_at = now() WHERE node_id = $1), "
     "x AS (UPDATE tasks SET lease_until = now() + $3::int8 * interval '1 "
     "microsecond' WHERE id IN (SELECT id FROM tasks WHERE owner_incarnation "
-    "= $2::int8 AND state = 2 FOR UPDATE SKIP LOCKED)) SELECT id, "
+    "= $2::int8 AND state = 2 AND lease_until < now() + $3::int8 * 2 / 3 * "
+    "interval '1 microsecond' FOR UPDATE SKIP LOCKED)) SELECT id, "
     "attempt::text, cancel_requested::int::text FROM tasks WHERE "
     "owner_incarnation = $2::int8 AND state = 2";
 const std::string kReapSelect =
@@ -166,6 +171,9 @@ absl::Status PostgresStore::Heartbeat() {
                         {Param::Text(node_id_), Param::Int(inc),
                          Param::Int(absl::ToInt64Microseconds(cluster_.lease))},
                         "heartbeat"));
+  if (!CountOtherNodes(*upkeep_conn_).ok()) {
+    alone_.store(false, std::memory_order_release);
+  }
   // The attempts the database holds as this node's: number, cancel asked.
   absl::flat_hash_map<std::string, std::pair<int, bool>> extended;
   for (int r = 0; r < PQntuples(res.get()); ++r) {

@@ -104,6 +104,11 @@ const std::string kRegister =
     "(node_id) DO UPDATE SET incarnation = excluded.incarnation, started_at "
     "= now(), heartbeat_at = now() RETURNING incarnation::text";
 
+const std::string kAnnounce = "SELECT pg_notify('forq_node', $1)";
+const std::string kOtherNodes =
+    "SELECT count(*)::text FROM nodes WHERE node_id <> $1 AND heartbeat_at > "
+    "now() - $2::int8 * interval '1 microsecond'";
+
 std::string DefaultNodeId() {
   char host[256] = {0};
   if (gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
@@ -305,7 +310,37 @@ absl::Status PostgresStore::Register(Conn& conn) {
     return absl::InternalError("postgres store: no incarnation returned");
   }
   incarnation_.store(inc, std::memory_order_release);
+  // The other nodes stop taking everything for themselves at once.
+  FORQ_RETURN_IF_ERROR(
+      conn.Run("announce", kAnnounce, {Param::Text(node_id_)}, "announce node")
+          .status());
+  return CountOtherNodes(conn);
+}
+
+absl::Status PostgresStore::CountOtherNodes(Conn& conn) {
+  // An announcement heard while counting may be of a node the count
+  // missed: then this node is not alone.
+  const uint64_t notices = node_notices_.load(std::memory_order_acquire);
+  FORQ_ASSIGN_OR_RETURN(
+      Result res,
+      conn.Run("other_nodes", kOtherNodes,
+               {Param::Text(node_id_),
+                Param::Int(absl::ToInt64Microseconds(cluster_.lease))},
+               "count live nodes"));
+  int64_t others = 0;
+  if (PQntuples(res.get()) != 1 ||
+      !absl::SimpleAtoi(TextValue(res.get(), 0, 0), &others)) {
+    return absl::InternalError("postgres store: no node count returned");
+  }
+  alone_.store(
+      others == 0 && node_notices_.load(std::memory_order_acquire) == notices,
+      std::memory_order_release);
   return absl::OkStatus();
+}
+
+absl::Duration PostgresStore::HoldAlone() const {
+  return alone_.load(std::memory_order_acquire) ? cluster_.lease / 10
+                                                : absl::ZeroDuration();
 }
 
 void PostgresStore::Close() {

@@ -70,14 +70,15 @@ class ClusterStoreTest : public ::testing::Test {
     schema_ = uri_.substr(uri_.rfind("%3D") + 3);
   }
 
-  std::unique_ptr<PostgresStore> OpenNode(const std::string& name,
-                                          Reports& reports) {
+  std::unique_ptr<PostgresStore> OpenNode(
+      const std::string& name, Reports& reports,
+      absl::Duration lease = absl::Milliseconds(300)) {
     StoreOptions o;
     o.kind = uri_;
     o.postgres_uri = uri_;
     o.cluster.enabled = true;
     o.cluster.node_id = name;
-    o.cluster.lease = absl::Milliseconds(300);
+    o.cluster.lease = lease;
     o.cluster.backoff_base = absl::Milliseconds(1);
     o.cluster.backoff_max = absl::Milliseconds(1);
     o.cluster.background = false;
@@ -348,6 +349,60 @@ TEST_F(ClusterStoreTest, HeartbeatExtendsLeasesAndReportsLostOnes) {
   ASSERT_THAT(ra.lost, SizeIs(1));
   EXPECT_EQ(ra.lost[0].task_id, "t1");
   EXPECT_EQ(ra.lost[0].attempt, 1);
+}
+
+TEST_F(ClusterStoreTest, HeartbeatWritesOnlyLeasesDueSoonAndKeepsThemAll) {
+  constexpr absl::Duration kLease = absl::Seconds(1);
+  Reports ra, rb;
+  auto a = OpenNode("a", ra, kLease);
+  auto b = OpenNode("b", rb, kLease);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  ASSERT_THAT(Insert(*a, {Queued("t1")}), IsOk());
+  ASSERT_THAT(a->Claim(1), IsOk());
+  const std::string lease = absl::StrCat("SELECT lease_until::text FROM ",
+                                         schema_, ".tasks WHERE id = 't1'");
+  const std::string claimed = Query(lease);
+  // A lease just taken is not written again.
+  ASSERT_THAT(a->Heartbeat(), IsOk());
+  EXPECT_EQ(Query(lease), claimed);
+  // Heart-beaten every 50 ms for 2.5 leases, it never expires.
+  const absl::Time end = absl::Now() + 5 * kLease / 2;
+  while (absl::Now() < end) {
+    ASSERT_THAT(a->Heartbeat(), IsOk());
+    absl::StatusOr<int> reaped = b->ReapExpired();
+    ASSERT_THAT(reaped, IsOk());
+    ASSERT_EQ(*reaped, 0);
+    absl::SleepFor(absl::Milliseconds(50));  // the heartbeat's period
+  }
+  EXPECT_NE(Query(lease), claimed);
+  MutexLock lock(&ra.mu);
+  EXPECT_THAT(ra.lost, IsEmpty());
+}
+
+TEST_F(ClusterStoreTest, ANodeKnowsWhetherItIsAlone) {
+  // A lease long enough for a loaded machine to open the second node
+  // within it.
+  constexpr absl::Duration kLease = absl::Seconds(2);
+  Reports ra, rb;
+  auto a = OpenNode("a", ra, kLease);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->HoldAlone(), kLease / 10);
+  ASSERT_THAT(a->Heartbeat(), IsOk());
+  auto b = OpenNode("b", rb, kLease);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->HoldAlone(), absl::ZeroDuration());
+  // a (no upkeep thread, so no notification) learns it at its heartbeat.
+  ASSERT_THAT(a->Heartbeat(), IsOk());
+  EXPECT_EQ(a->HoldAlone(), absl::ZeroDuration());
+  b.reset();
+  // b's heartbeat stops: a lease later a is alone again.
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (a->HoldAlone() == absl::ZeroDuration() && absl::Now() < deadline) {
+    ASSERT_THAT(a->Heartbeat(), IsOk());
+    absl::SleepFor(absl::Milliseconds(50));  // poll
+  }
+  EXPECT_EQ(a->HoldAlone(), kLease / 10);
 }
 
 TEST_F(ClusterStoreTest, LastAttemptLostGoesDead) {
