@@ -28,6 +28,7 @@ int Run(int argc, char** argv) {
   forq::Pool pool(*client);
   constexpr int kTasks = 4, kSteps = 25;
   std::vector<forq::TaskFuture> tasks;
+  tasks.reserve(kTasks);
   for (int i = 0; i < kTasks; ++i) {
     tasks.push_back(Must(
         pool.ApplyAsync("mp.counter",

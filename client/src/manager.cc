@@ -351,8 +351,9 @@ absl::StatusOr<std::string> Manager::session() {
       rpc_->Unary(&Stub::OpenSession, req);
   if (!resp.ok()) return resp.status();
   session_ = resp->session();
-  if (!keepalive_.joinable())
+  if (!keepalive_.joinable()) {
     keepalive_ = std::thread([this] { KeepAliveLoop(); });
+  }
   return session_;
 }
 

@@ -13,7 +13,8 @@
 
 namespace forq {
 
-using namespace manager_internal;  // NOLINT(build/namespaces): internal helpers
+using namespace manager_internal;  // NOLINT(google-build-using-namespace):
+                                   // internal helpers
 
 // ---------------------------------------------------------------- Queue
 

@@ -57,7 +57,7 @@ class WaitMux::Stream final
 
 WaitRef::~WaitRef() { mux_->Release(id_); }
 
-WaitMux::WaitMux(std::shared_ptr<grpc::Channel> channel)
+WaitMux::WaitMux(const std::shared_ptr<grpc::Channel>& channel)
     : stub_(v1::TaskService::NewStub(channel)) {}
 
 WaitMux::~WaitMux() = default;

@@ -43,7 +43,7 @@ class WaitRef {
 // across a gRPC call.
 class WaitMux : public std::enable_shared_from_this<WaitMux> {
  public:
-  explicit WaitMux(std::shared_ptr<grpc::Channel> channel);
+  explicit WaitMux(const std::shared_ptr<grpc::Channel>& channel);
   // Shutdown() must have returned.
   ~WaitMux();
   WaitMux(const WaitMux&) = delete;

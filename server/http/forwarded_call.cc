@@ -72,7 +72,7 @@ void ForwardedCall::OnReadDone(bool ok) {
   }
   grpc::ByteBuffer msg;
   msg.Swap(&response_);
-  handlers_.on_message(std::move(msg));
+  handlers_.on_message(msg);
 }
 
 void ForwardedCall::OnWriteDone(bool ok) {

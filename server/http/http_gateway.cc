@@ -52,7 +52,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kWriteTimeout = std::chrono::seconds(60);
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
-constexpr size_t kHeaderLimit = 16 * 1024;
+constexpr size_t kHeaderLimit = size_t{16} * 1024;
 // Task ids, object names and keys are short; a longer one is a mistake, and
 // its echo in an error message would not fit gRPC's metadata limit.
 constexpr size_t kMaxPathVariableBytes = 1024;
@@ -511,8 +511,8 @@ class Session final : public SessionBase,
     h.on_headers = [self, exec, seq] {
       net::post(exec, [self, seq] { self->OnCallHeaders(seq); });
     };
-    h.on_message = [self, exec, seq](grpc::ByteBuffer b) {
-      net::post(exec, [self, seq, b = std::move(b)]() mutable {
+    h.on_message = [self, exec, seq](const grpc::ByteBuffer& b) {
+      net::post(exec, [self, seq, b]() mutable {
         self->OnCallMessage(seq, std::move(b));
       });
     };
@@ -578,7 +578,7 @@ class Session final : public SessionBase,
       return;
     }
     if (!streaming_) {
-      response_ = std::move(buffer);
+      response_.Swap(&buffer);
       have_response_ = true;
       call_->ReadNext();
       return;

@@ -188,7 +188,7 @@ class FakeTaskService final : public forq::v1::TaskService::CallbackService {
   class WatchReactor final
       : public grpc::ServerWriteReactor<forq::v1::TaskEvent> {
    public:
-    explicit WatchReactor(forq::v1::Task t) {
+    explicit WatchReactor(const forq::v1::Task& t) {
       for (int i = 0; i < 3; ++i) {
         forq::v1::TaskEvent e;
         e.set_type(forq::v1::TaskEvent::PROGRESS);
@@ -345,7 +345,7 @@ class HttpGatewayTest : public ::testing::Test {
     opts.listen = "127.0.0.1:0";
     opts.grpc_target = absl::StrCat("127.0.0.1:", grpc_port);
     opts.metrics = &metrics_;
-    opts.max_body_bytes = 64 * 1024;
+    opts.max_body_bytes = size_t{64} * 1024;
     opts.readiness = [this] {
       ReadyState s;
       s.ready = ready_.load();
@@ -369,7 +369,7 @@ class HttpGatewayTest : public ::testing::Test {
   HttpResponse Call(
       const std::string& method, const std::string& target,
       const std::string& body = "",
-      std::vector<std::pair<std::string, std::string>> headers = {}) {
+      const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     auto r = HttpCall(addr_, method, target, body, headers);
     EXPECT_THAT(r, IsOk());
     return r.ok() ? *r : HttpResponse{};
@@ -478,7 +478,7 @@ TEST_F(HttpGatewayTest, MalformedRequestsAnswerWithTheProblem) {
 
   r = Call("POST", "/v1/tasks",
            absl::StrCat(R"({"kind":"echo","payload_text":")",
-                        std::string(100 * 1024, 'a'), "\"}"));
+                        std::string(size_t{100} * 1024, 'a'), "\"}"));
   EXPECT_EQ(r.status, 413);
   EXPECT_THAT(r.body, HasSubstr("exceeds the limit of 65536 bytes"));
 
@@ -561,8 +561,9 @@ TEST_F(HttpGatewayTest, GarbageRequestsNeverCrashTheServer) {
       absl::StrCat("GET /", std::string(40000, 'a'), " HTTP/1.1\r\n\r\n"),
       absl::StrCat("GET / HTTP/1.1\r\nX: ", std::string(40000, 'b'),
                    "\r\n\r\n"),
-      "POST /v1/tasks HTTP/1.1\r\nContent-Length: 4\r\nConnection: "
-      "close\r\n\r\n\xff\xfe\x00\x01",
+      absl::StrCat("POST /v1/tasks HTTP/1.1\r\nContent-Length: 4\r\n"
+                   "Connection: close\r\n\r\n",
+                   std::string("\xff\xfe\x00\x01", 4)),
       "POST /v1/map HTTP/1.1\r\nContent-Length: 3\r\nConnection: "
       "close\r\n\r\n{\n}",
   };
@@ -602,6 +603,7 @@ TEST_F(HttpGatewayTest, ClientDisconnectCancelsTheWait) {
 TEST_F(HttpGatewayTest, StopCancelsInflightCalls) {
   const std::string id = SubmitEcho("s");
   std::vector<std::future<absl::StatusOr<HttpResponse>>> waits;
+  waits.reserve(20);
   for (int i = 0; i < 20; ++i) {
     waits.push_back(std::async(std::launch::async, [&] {
       return HttpCall(addr_, "GET", "/v1/tasks/" + id + ":wait");

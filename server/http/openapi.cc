@@ -242,8 +242,9 @@ std::vector<const FieldDescriptor*> QueryFields(const Route& r) {
 }
 
 std::string Lower(std::string s) {
-  for (char& c : s)
+  for (char& c : s) {
     c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+  }
   return s;
 }
 

@@ -288,8 +288,9 @@ absl::StatusOr<ManagerRequest> FromCall(const v1::ManagerCall& in,
   r.expect_absent = in.expect_absent();
   r.values.assign(in.values().begin(), in.values().end());
   r.items.reserve(in.items_size());
-  for (const v1::KeyValue& kv : in.items())
+  for (const v1::KeyValue& kv : in.items()) {
     r.items.emplace_back(kv.key(), kv.value());
+  }
   r.has_index = in.has_index();
   r.index = in.index();
   r.has_start = in.has_start();
