@@ -188,8 +188,9 @@ class Reports {
     if (!Await([&] {
           mu_.AssertHeld();
           return outcomes_.size() >= n;
-        }))
+        })) {
       return std::nullopt;
+    }
     return outcomes_[n - 1];
   }
   std::optional<WorkerExit> NthExit(size_t n) {
@@ -197,8 +198,9 @@ class Reports {
     if (!Await([&] {
           mu_.AssertHeld();
           return exits_.size() >= n;
-        }))
+        })) {
       return std::nullopt;
+    }
     return exits_[n - 1];
   }
   bool Idle(int n) {

@@ -87,6 +87,7 @@ absl::Status ForqdProcess::Spawn() {
   };
   for (const auto& f : options_.flags) args.push_back(f);
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
 
@@ -217,6 +218,7 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
   }
   std::vector<std::string> args = argv;
   std::vector<char*> cargv;
+  cargv.reserve(args.size() + 1);
   for (auto& a : args) cargv.push_back(a.data());
   cargv.push_back(nullptr);
   pid_t pid = fork();
