@@ -477,12 +477,6 @@ void Scheduler::OnOutcome(worker::Outcome o) {
       d.Add([this, id = t.id()] { attempt_end_handler_(id); });
     }
     if (o.worker_pid != 0) t.set_worker_pid(o.worker_pid);
-    // A task handed to a worker behind another (prefetch) waited in its
-    // ring: it started when the worker took it, `runtime` before now.
-    if (const absl::Time began = clock_.Now() - o.runtime;
-        o.runtime > absl::ZeroDuration() && began > FromProto(t.started_at())) {
-      *t.mutable_started_at() = ToProto(began);
-    }
     MetricsLocked(e).Attempt(static_cast<int>(o.kind), OutcomeLabel(o.kind),
                              absl::ToDoubleSeconds(o.runtime));
 

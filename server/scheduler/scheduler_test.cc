@@ -404,21 +404,6 @@ TEST_F(SchedulerTransitionTest, SuccessIsTerminalOnceDurable) {
   EXPECT_EQ(stored->result(), "r");
 }
 
-// A task that waited in its worker's ring behind another records when it
-// really started: its run time before the end, not its dispatch.
-TEST_F(SchedulerTransitionTest, StartedAtIsWhenTheWorkerTookTheTask) {
-  const std::string id = Submit(v1::TaskSpec());
-  pool_.AddRoom(1);
-  ASSERT_EQ(pool_.assigned().size(), 1u);
-  const absl::Time dispatched = clock_.Now();
-  clock_.Advance(absl::Seconds(10));  // waited 7 s, then ran 3 s
-  pool_.Finish(pool_.assigned()[0], worker::OutcomeKind::kSucceeded,
-               absl::OkStatus(), "", absl::Seconds(3));
-  const v1::Task done = AwaitEnd(id);
-  EXPECT_EQ(FromProto(done.started_at()), dispatched + absl::Seconds(7));
-  EXPECT_EQ(FromProto(done.finished_at()), dispatched + absl::Seconds(10));
-}
-
 TEST_F(SchedulerTransitionTest, PermanentHandlerErrorFailsWithoutRetry) {
   pool_.AddRoom(2);
   const std::string id = Submit(v1::TaskSpec());

@@ -295,8 +295,7 @@ class ManualPool : public worker::WorkerPool {
   }
   // Reports how attempt `a` ended, as the pool's event loop would.
   void Finish(const worker::Assignment& a, worker::OutcomeKind kind,
-              absl::Status status = absl::OkStatus(), std::string result = "",
-              absl::Duration runtime = absl::ZeroDuration()) {
+              absl::Status status = absl::OkStatus(), std::string result = "") {
     worker::Outcome o;
     o.task_id = a.task_id;
     o.attempt = a.attempt;
@@ -304,7 +303,6 @@ class ManualPool : public worker::WorkerPool {
     o.kind = kind;
     o.status = std::move(status);
     o.result = std::move(result);
-    o.runtime = runtime;
     cb_.on_outcome(std::move(o));
     cb_.on_turn_end();
   }
