@@ -392,6 +392,10 @@ class Scheduler {
   // `done` runs once the insert is durable.
   void QueueAndInsertLocked(std::vector<v1::Task> tasks, SubmitDone done,
                             Deferred& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After tasks were queued here (`adding`: how many per queue): counts
+  // them, dispatches and arms the wake-up of the first delayed one.
+  void QueuedLocked(const std::map<std::string, int64_t>& adding, Deferred& d)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ack::kDeferred: queues the tasks unwritten; returns their ids. With a
   // sink, task i gives it its result with tag tags[i].
   std::vector<InsertResult> QueueDeferredLocked(

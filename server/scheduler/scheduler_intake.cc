@@ -26,7 +26,24 @@ bool ValidName(absl::string_view s, size_t max_len) {
   return true;
 }
 
+// Every accepted id of `ids` becomes `why`.
+void Refuse(std::vector<absl::StatusOr<std::string>>& ids,
+            const absl::Status& why) {
+  for (absl::StatusOr<std::string>& id : ids) {
+    if (id.ok()) id = why;
+  }
+}
+
 }  // namespace
+
+void Scheduler::QueuedLocked(const std::map<std::string, int64_t>& adding,
+                             Deferred& d) {
+  for (const auto& [queue, n] : adding) {
+    metrics_.TaskSubmitted(queue, static_cast<int>(n));
+  }
+  DispatchLocked(clock_.Now(), d);
+  if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
+}
 
 absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
                                               absl::Time now) {
@@ -205,11 +222,7 @@ void Scheduler::Submit(std::vector<v1::TaskSpec> specs, SubmitDone done,
       } else {
         QueueAndInsertLocked(std::move(tasks), std::move(done), d);
       }
-      for (const auto& [queue, n] : adding) {
-        metrics_.TaskSubmitted(queue, static_cast<int>(n));
-      }
-      DispatchLocked(clock_.Now(), d);
-      if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
+      QueuedLocked(adding, d);
     }
   }
   d.Run();
@@ -295,11 +308,6 @@ void Scheduler::SubmitForResults(std::vector<v1::TaskSpec> specs,
     tags.push_back(first_tag + i);
     tasks.push_back(std::move(*t));
   }
-  const auto refuse = [&ids](const absl::Status& why) {
-    for (absl::StatusOr<std::string>& id : ids) {
-      if (id.ok()) id = why;
-    }
-  };
   if (tasks.empty()) {
     accepted(std::move(ids));
     return;
@@ -308,16 +316,14 @@ void Scheduler::SubmitForResults(std::vector<v1::TaskSpec> specs,
   {
     MutexLock lock(&mu_);
     if (absl::Status admitted = AdmitLocked(adding); !admitted.ok()) {
-      refuse(admitted);
+      Refuse(ids, admitted);
     } else if (work_source_ != nullptr) {
       SubmitClusterLocked(
           std::move(tasks),
           [this, sink, tags = std::move(tags), ids,
            accepted](absl::StatusOr<std::vector<InsertResult>> r) mutable {
             if (!r.ok()) {
-              for (absl::StatusOr<std::string>& id : ids) {
-                if (id.ok()) id = r.status();
-              }
+              Refuse(ids, r.status());
             } else {
               for (size_t i = 0; i < r->size(); ++i) {
                 WaitForSink((*r)[i].task.id(), sink, tags[i]);
@@ -329,11 +335,7 @@ void Scheduler::SubmitForResults(std::vector<v1::TaskSpec> specs,
       accepted = nullptr;
     } else {
       QueueDeferredLocked(std::move(tasks), d, sink, tags);
-      for (const auto& [queue, n] : adding) {
-        metrics_.TaskSubmitted(queue, static_cast<int>(n));
-      }
-      DispatchLocked(clock_.Now(), d);
-      if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
+      QueuedLocked(adding, d);
     }
   }
   d.Run();

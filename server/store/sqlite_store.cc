@@ -558,42 +558,45 @@ absl::Status SqliteStore::ApplyPurge(PendingWrite& op) {
   }
 }
 
-void SqliteStore::Insert(std::vector<v1::Task> tasks, InsertDone done) {
+std::unique_ptr<SqliteStore::PendingWrite> SqliteStore::InsertOp(
+    std::vector<v1::Task> tasks, InsertDone done) {
   auto op = std::make_unique<PendingWrite>();
   op->type = PendingWrite::Type::kInsert;
   op->tasks = std::move(tasks);
   op->insert_done = std::move(done);
+  return op;
+}
+
+std::unique_ptr<SqliteStore::PendingWrite> SqliteStore::UpdateOp(
+    std::vector<v1::Task> tasks, WriteDone done) {
+  auto op = std::make_unique<PendingWrite>();
+  op->type = PendingWrite::Type::kUpdate;
+  op->tasks = std::move(tasks);
+  op->write_done = std::move(done);
+  return op;
+}
+
+void SqliteStore::EnqueueOrFail(std::unique_ptr<PendingWrite> op) {
   if (auto rejected = Enqueue(std::move(op))) {
     rejected->Finish(absl::UnavailableError(
         absl::StrCat("sqlite store ", path_, ": closed")));
   }
+}
+
+void SqliteStore::Insert(std::vector<v1::Task> tasks, InsertDone done) {
+  EnqueueOrFail(InsertOp(std::move(tasks), std::move(done)));
 }
 
 void SqliteStore::Update(std::vector<v1::Task> tasks, WriteDone done) {
-  auto op = std::make_unique<PendingWrite>();
-  op->type = PendingWrite::Type::kUpdate;
-  op->tasks = std::move(tasks);
-  op->write_done = std::move(done);
-  if (auto rejected = Enqueue(std::move(op))) {
-    rejected->Finish(absl::UnavailableError(
-        absl::StrCat("sqlite store ", path_, ": closed")));
-  }
+  EnqueueOrFail(UpdateOp(std::move(tasks), std::move(done)));
 }
 
 void SqliteStore::InsertHere(std::vector<v1::Task> tasks, InsertDone done) {
-  auto op = std::make_unique<PendingWrite>();
-  op->type = PendingWrite::Type::kInsert;
-  op->tasks = std::move(tasks);
-  op->insert_done = std::move(done);
-  CommitHereOrEnqueue(std::move(op));
+  CommitHereOrEnqueue(InsertOp(std::move(tasks), std::move(done)));
 }
 
 void SqliteStore::UpdateHere(std::vector<v1::Task> tasks, WriteDone done) {
-  auto op = std::make_unique<PendingWrite>();
-  op->type = PendingWrite::Type::kUpdate;
-  op->tasks = std::move(tasks);
-  op->write_done = std::move(done);
-  CommitHereOrEnqueue(std::move(op));
+  CommitHereOrEnqueue(UpdateOp(std::move(tasks), std::move(done)));
 }
 
 // With fsync a commit would hold the caller for milliseconds; without, a
@@ -611,10 +614,7 @@ void SqliteStore::CommitHereOrEnqueue(std::unique_ptr<PendingWrite> op)
         !closing_ && writer_waiting_ && queue_.empty() && commit_mu_.TryLock();
   }
   if (!here) {
-    if (auto rejected = Enqueue(std::move(op))) {
-      rejected->Finish(absl::UnavailableError(
-          absl::StrCat("sqlite store ", path_, ": closed")));
-    }
+    EnqueueOrFail(std::move(op));
     return;
   }
   std::vector<std::unique_ptr<PendingWrite>> group;
@@ -631,10 +631,7 @@ void SqliteStore::PutObject(std::string name, std::string blob,
   op->name = std::move(name);
   op->blob = std::move(blob);
   op->write_done = std::move(done);
-  if (auto rejected = Enqueue(std::move(op))) {
-    rejected->Finish(absl::UnavailableError(
-        absl::StrCat("sqlite store ", path_, ": closed")));
-  }
+  EnqueueOrFail(std::move(op));
 }
 
 void SqliteStore::DeleteObject(std::string name, WriteDone done) {
@@ -642,10 +639,7 @@ void SqliteStore::DeleteObject(std::string name, WriteDone done) {
   op->type = PendingWrite::Type::kDeleteObject;
   op->name = std::move(name);
   op->write_done = std::move(done);
-  if (auto rejected = Enqueue(std::move(op))) {
-    rejected->Finish(absl::UnavailableError(
-        absl::StrCat("sqlite store ", path_, ": closed")));
-  }
+  EnqueueOrFail(std::move(op));
 }
 
 void SqliteStore::WriteObjects(std::vector<ObjectWrite> writes,
@@ -654,10 +648,7 @@ void SqliteStore::WriteObjects(std::vector<ObjectWrite> writes,
   op->type = PendingWrite::Type::kWriteObjects;
   op->object_writes = std::move(writes);
   op->write_done = std::move(done);
-  if (auto rejected = Enqueue(std::move(op))) {
-    rejected->Finish(absl::UnavailableError(
-        absl::StrCat("sqlite store ", path_, ": closed")));
-  }
+  EnqueueOrFail(std::move(op));
 }
 
 absl::StatusOr<int64_t> SqliteStore::PurgeExpired(absl::Time now) {

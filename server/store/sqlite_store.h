@@ -90,6 +90,14 @@ class SqliteStore final : public Store {
   // Queues `op`; returns it back (to be failed by the caller) once closed.
   std::unique_ptr<PendingWrite> Enqueue(std::unique_ptr<PendingWrite> op)
       ABSL_LOCKS_EXCLUDED(queue_mu_);
+  // The write of Insert/InsertHere and Update/UpdateHere.
+  static std::unique_ptr<PendingWrite> InsertOp(std::vector<v1::Task> tasks,
+                                                InsertDone done);
+  static std::unique_ptr<PendingWrite> UpdateOp(std::vector<v1::Task> tasks,
+                                                WriteDone done);
+  // Queues `op`, or fails it with Unavailable once the store is closed.
+  void EnqueueOrFail(std::unique_ptr<PendingWrite> op)
+      ABSL_LOCKS_EXCLUDED(queue_mu_);
   // InsertHere/UpdateHere: commits `op` on this thread if the writer waits
   // for work with nothing queued (durability none only); else queues it.
   void CommitHereOrEnqueue(std::unique_ptr<PendingWrite> op)
