@@ -225,8 +225,12 @@ absl::Status Conn::Setup() {
   // picks a sequential scan of `tasks` that stays in the plan as the
   // table grows (one scan of every row per group of updates: measured
   // 10 ms per group at 40,000 rows). No statement of forqd's needs one.
-  FORQ_RETURN_IF_ERROR(
-      Command("SET enable_seqscan = off", "set enable_seqscan"));
+  // With sequential scans priced out, a statement that still needs one
+  // (the live-node count, the schema version: tables of a few rows) costs
+  // more than jit_above_cost, and PostgreSQL compiles it with LLVM on
+  // every run: 30-100 ms of the server's CPU for a scan of one row.
+  FORQ_RETURN_IF_ERROR(Command("SET enable_seqscan = off; SET jit = off",
+                               "set enable_seqscan, jit"));
   if (idle_txn_timeout_ > absl::ZeroDuration()) {
     FORQ_RETURN_IF_ERROR(
         Command(absl::StrCat("SET idle_in_transaction_session_timeout = ",

@@ -9,13 +9,19 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "server/store/postgres_internal.h"
 #include "server/store/store.h"
 #include "tests/testing/postgres_server.h"
 #include "tests/testing/status_matchers.h"
 
+#include <libpq-fe.h>
+
 namespace forq::server {
 namespace {
 
+using ::forq::server::postgres_internal::Conn;
+using ::forq::server::postgres_internal::Result;
+using ::forq::server::postgres_internal::TextValue;
 using ::forq::testing::IsOk;
 using ::forq::testing::PostgresServer;
 using ::forq::testing::StatusIs;
@@ -67,6 +73,25 @@ TEST(PostgresStoreTest, UnknownDatabaseIsAClearError) {
   EXPECT_THAT(OpenStore(OptionsFor(absl::StrCat(
                   "postgresql://forq@127.0.0.1:", Server().port(), "/nope"))),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("nope")));
+}
+
+std::string Setting(Conn& conn, const char* name) {
+  absl::StatusOr<Result> res =
+      conn.Run(name, absl::StrCat("SELECT current_setting('", name, "')"), {},
+               "read a setting");
+  EXPECT_THAT(res, IsOk());
+  if (!res.ok() || PQntuples(res->get()) != 1) return "";
+  return TextValue(res->get(), 0, 0);
+}
+
+TEST(PostgresStoreTest, ConnectionsPriceOutSequentialScansAndNeverJit) {
+  FORQ_ASSERT_OK_AND_ASSIGN(std::string uri, Server().NewSchemaUri("jit"));
+  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Conn> conn,
+                            Conn::Connect(uri, Durability::kSync));
+  EXPECT_EQ(Setting(*conn, "enable_seqscan"), "off");
+  // A statement priced that high would otherwise be compiled at each run.
+  EXPECT_EQ(Setting(*conn, "jit"), "off");
+  EXPECT_EQ(Setting(*conn, "plan_cache_mode"), "force_generic_plan");
 }
 
 }  // namespace
