@@ -30,12 +30,14 @@ absl::Status NotRetryable(absl::string_view id, v1::TaskState state) {
 
 absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
   std::optional<v1::Task> live;
+  bool finishing = false;
   {
     MutexLock lock(&mu_);
     const std::string key(id);
     auto it = tasks_.find(key);
     if (it != tasks_.end()) {
       live = VisibleLocked(it->second);
+      finishing = it->second.finishing;
     } else if (work_source_ == nullptr) {
       // (In a cluster another node may have retried it since: read the
       // store.)
@@ -45,6 +47,16 @@ absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
     }
   }
   if (!live.has_value()) return store_.Get(id);
+  if (finishing && work_source_ != nullptr) {
+    // In a cluster the outcome being written may be committed, and seen by
+    // a Wait on another node, before this node hears back: the stored end
+    // is then the newer state, and Get must not show it running again.
+    absl::StatusOr<v1::Task> stored = store_.Get(id);
+    if (stored.ok() && IsTerminal(stored->state()) &&
+        stored->attempt() >= live->attempt()) {
+      return stored;
+    }
+  }
   // worker_pid is "current or last attempt", but the pool reports the pid
   // with the outcome; while the attempt runs, the pool knows it. Asked
   // outside mu_: Workers() may read /proc.

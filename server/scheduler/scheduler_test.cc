@@ -271,6 +271,49 @@ TEST(SchedulerTest, ClaimReturningAfterDrainIsGivenBack) {
   scheduler.Shutdown(absl::Seconds(1));
 }
 
+// Cluster mode: an outcome committed but not yet acknowledged to this
+// node is already visible to other nodes' Waits; Get here answers it too
+// rather than the running state it had.
+TEST(SchedulerTest, ClusterGetShowsAnEndCommittedBeforeItsAcknowledgement) {
+  FailingFinishStore store(NewMemoryStore());
+  store.hold_finish_acks = true;
+  EchoPool pool;
+  Metrics metrics;
+  BlockingWorkSource source;
+  SchedulerOptions o;
+  o.work_source = &source;
+  Scheduler scheduler(o, store, pool, metrics);
+  ASSERT_THAT(scheduler.Start(), IsOk());
+  v1::Task t;
+  t.set_id("t1");
+  t.set_queue("default");
+  t.set_kind("echo");
+  t.set_payload("done");
+  t.set_state(v1::RUNNING);
+  t.set_attempt(1);
+  t.set_max_attempts(5);
+  Notification inserted;
+  store.Insert({t}, [&](const absl::StatusOr<std::vector<InsertResult>>& r) {
+    EXPECT_TRUE(r.ok());
+    inserted.Notify();
+  });
+  inserted.WaitForNotification();
+  source.Release();
+  source.Offer({t});
+  ASSERT_TRUE(
+      store.finish_ack_held.WaitForNotificationWithTimeout(absl::Seconds(10)));
+
+  absl::StatusOr<v1::Task> got = scheduler.Get("t1");
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(got->state(), v1::SUCCEEDED);
+  EXPECT_EQ(got->result(), "done");
+  store.ReleaseFinishAcks();
+  got = scheduler.Get("t1");
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(got->state(), v1::SUCCEEDED);
+  scheduler.Shutdown(absl::Seconds(1));
+}
+
 TEST(SchedulerTest, RecentlyFinishedTasksAreAnsweredFromMemory) {
   FailingFinishStore store(NewMemoryStore());
   EchoPool pool;

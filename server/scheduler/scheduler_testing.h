@@ -143,8 +143,32 @@ class FailingFinishStore : public Store {
     }
   }
 
+  // While set, terminal Updates are written at once but their callbacks
+  // are held until ReleaseFinishAcks(): committed, not yet acknowledged.
+  std::atomic<bool> hold_finish_acks{false};
+  Notification finish_ack_held;
+  void ReleaseFinishAcks() {
+    std::vector<std::pair<WriteDone, absl::Status>> held;
+    {
+      MutexLock lock(&held_mu_);
+      held.swap(held_acks_);
+    }
+    for (auto& [done, status] : held) done(status);
+  }
+
   void Update(std::vector<v1::Task> tasks, WriteDone done) override {
     const bool terminal = !tasks.empty() && IsTerminal(tasks.front().state());
+    if (terminal && hold_finish_acks) {
+      inner_->Update(std::move(tasks), [this, done = std::move(done)](
+                                           absl::Status status) mutable {
+        {
+          MutexLock lock(&held_mu_);
+          held_acks_.emplace_back(std::move(done), std::move(status));
+        }
+        if (!finish_ack_held.HasBeenNotified()) finish_ack_held.Notify();
+      });
+      return;
+    }
     if (terminal && hold_finishes) {
       MutexLock lock(&held_mu_);
       held_.emplace_back(std::move(tasks), std::move(done));
@@ -191,6 +215,8 @@ class FailingFinishStore : public Store {
   std::unique_ptr<Store> inner_;
   Mutex held_mu_;
   std::vector<std::pair<std::vector<v1::Task>, WriteDone>> held_
+      ABSL_GUARDED_BY(held_mu_);
+  std::vector<std::pair<WriteDone, absl::Status>> held_acks_
       ABSL_GUARDED_BY(held_mu_);
 };
 
