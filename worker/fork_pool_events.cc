@@ -52,8 +52,7 @@ void ForkPool::EventLoop() {
       for (const auto& sp : slots_) {
         if (sp->channel->HasPending()) timeout_ms = 0;
       }
-      planned_wake_ = timeout_ms < 0 ? absl::InfiniteFuture()
-                                     : now + absl::Milliseconds(timeout_ms);
+      planned_wake_ = now + absl::Milliseconds(timeout_ms);
     }
     int n = epoll_wait(epoll_fd_.get(), events, 64, timeout_ms);
     if (n < 0) n = 0;  // EINTR
@@ -649,11 +648,13 @@ int ForkPool::NextTimeoutMsLocked(absl::Time now) {
       next = std::min(next, s.queue.head_since() + kStealAfter);
     }
   }
-  if (next == absl::InfiniteFuture()) return -1;
+  // Never asleep for longer than kMaxEventSleep: a dispatch then wakes
+  // this thread only for a deadline earlier than its planned wake, not for
+  // the default one-hour timeout of every task sent to an idle pool.
+  next = std::min(next, now + kMaxEventSleep);
   if (next <= now) return 0;
-  return static_cast<int>(std::min<int64_t>(
-      absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))),
-      60'000));
+  return static_cast<int>(
+      absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))));
 }
 
 }  // namespace forq::worker::fork_pool_internal

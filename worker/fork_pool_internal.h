@@ -69,6 +69,8 @@ constexpr int kMaxFramesPerTurn = 256;
 constexpr absl::Duration kStealAfter = absl::Milliseconds(2);
 
 constexpr absl::Duration kRssPollInterval = absl::Milliseconds(100);
+// The event thread's longest sleep (it recomputes its deadlines then).
+constexpr absl::Duration kMaxEventSleep = absl::Seconds(60);
 // GetPool and the metrics read worker RSS from /proc at most this often.
 constexpr absl::Duration kRssCacheFor = absl::Seconds(1);
 constexpr int kMaxWorkers = 1024;
