@@ -77,12 +77,15 @@ ServingPhase HealthReporter::PhaseLocked() {
 
 // Publishing under mu_ keeps concurrent Drain/Resume calls from leaving an
 // older phase published last. SetServingStatus only updates gRPC's map and
-// wakes watchers asynchronously; it never calls back into forq.
+// wakes watchers asynchronously; it never calls back into forq. The whole
+// server's name ("", first in the list) is published last, so a client that
+// sees it change finds every service name already changed.
 void HealthReporter::PublishLocked() {
   if (health_ == nullptr) return;
   const ServingPhase phase = PhaseLocked();
-  for (const HealthService& service : HealthServices()) {
-    health_->SetServingStatus(service.name, ServingIn(service, phase));
+  const std::vector<HealthService>& services = HealthServices();
+  for (auto it = services.rbegin(); it != services.rend(); ++it) {
+    health_->SetServingStatus(it->name, ServingIn(*it, phase));
   }
 }
 

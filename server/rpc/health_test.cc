@@ -2,8 +2,11 @@
 
 #include <atomic>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
+#include "grpcpp/health_check_service_interface.h"
 #include "gtest/gtest.h"
 
 namespace forq::server {
@@ -57,6 +60,31 @@ TEST(HealthReporterTest, PhaseFollowsDrainStateUntilStopping) {
   EXPECT_EQ(reporter.phase(), ServingPhase::kStopping);
   draining = true;
   EXPECT_EQ(reporter.phase(), ServingPhase::kStopping);
+}
+
+// Records what the reporter publishes, in order.
+class RecordingHealth final : public grpc::HealthCheckServiceInterface {
+ public:
+  void SetServingStatus(const std::string& name, bool serving) override {
+    published.emplace_back(name, serving);
+  }
+  void SetServingStatus(bool serving) override {
+    published.emplace_back("*", serving);
+  }
+  std::vector<std::pair<std::string, bool>> published;
+};
+
+TEST(HealthReporterTest, TheWholeServerNameChangesAfterEveryServiceName) {
+  RecordingHealth health;
+  HealthReporter reporter([] { return false; });
+  reporter.Attach(&health);
+  health.published.clear();
+  reporter.SetStopping();
+  using P = std::pair<std::string, bool>;
+  EXPECT_THAT(health.published,
+              ElementsAre(P{"forq.v1.ManagerService", false},
+                          P{"forq.v1.PoolService", false},
+                          P{"forq.v1.TaskService", false}, P{"", false}));
 }
 
 TEST(HealthReporterTest, RefreshWithoutAHealthServiceIsHarmless) {
