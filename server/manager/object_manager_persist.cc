@@ -95,7 +95,7 @@ absl::Status ObjectManager::Recover() {
     epoch_ = stored_epoch + 1;
     UpdateGaugesLocked();
   }
-  const size_t records = replayed.records.size();
+  const size_t records = replayed.applied;
   // The new epoch must be durable before any token of it is handed out, or
   // a crash could make the next start reuse it. Rows no object owns any
   // more (a whole rewrite left the old generation) go in the same batch,

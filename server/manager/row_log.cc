@@ -18,17 +18,39 @@ using manager_internal::BlobWriter;
 namespace {
 
 constexpr char kLogKeyPrefix[] = "manager/log/";
-constexpr char kRecordMagic[] = "FQL1";
+// The last sequence number a compaction folded into the rows.
+constexpr char kStartKey[] = "manager/log/start";
+constexpr char kRecordMagic[] = "FQL2";
+// A record of older versions: its key was "manager/log/<seq>".
+constexpr char kLegacyMagic[] = "FQL1";
 
-// Applies one record to `changed`; false (and nothing applied) if it does
-// not parse.
-bool ApplyRecord(
-    const std::string& blob,
-    std::unordered_map<std::string, std::optional<std::string>>& changed) {
+// A record's header: its sequence number, and where its rows begin. False
+// if it has none.
+bool ParseHeader(absl::string_view key, const std::string& blob, uint64_t* seq,
+                 bool* legacy, size_t* rows_at) {
   BlobReader r(blob);
   std::string magic;
+  if (!r.Str(&magic)) return false;
+  *legacy = magic == kLegacyMagic;
+  if (*legacy) {
+    if (!absl::SimpleHexAtoi(key.substr(sizeof(kLogKeyPrefix) - 1), seq)) {
+      return false;
+    }
+  } else if (magic != kRecordMagic || !r.U64(seq)) {
+    return false;
+  }
+  *rows_at = r.pos_;
+  return true;
+}
+
+// Applies the rows of one record (from `rows_at`) to `changed`; false (and
+// nothing applied) if they do not parse.
+bool ApplyRecord(
+    absl::string_view blob, size_t rows_at,
+    std::unordered_map<std::string, std::optional<std::string>>& changed) {
+  BlobReader r(blob.substr(rows_at));
   uint64_t n = 0;
-  if (!r.Str(&magic) || magic != kRecordMagic || !r.Count(&n)) return false;
+  if (!r.Count(&n)) return false;
   std::vector<std::pair<std::string, std::optional<std::string>>> rows;
   rows.reserve(n);
   for (uint64_t i = 0; i < n; ++i) {
@@ -47,43 +69,83 @@ bool ApplyRecord(
   return true;
 }
 
-// The sequence number of a record key; false if it has none.
-bool SeqOf(absl::string_view key, uint64_t* seq) {
-  return absl::SimpleHexAtoi(key.substr(sizeof(kLogKeyPrefix) - 1), seq);
+struct Record {
+  uint64_t seq;
+  size_t rows_at;
+  std::string key;
+  std::string blob;
+};
+
+// Splits the log out of `blobs` (the rest stays): its start, if stored,
+// and its records. Rows that are not records go to `doomed`.
+std::optional<uint64_t> TakeLog(
+    std::vector<std::pair<std::string, std::string>>& blobs,
+    std::vector<Record>& records, RowLog::Replayed& out) {
+  std::optional<uint64_t> start;
+  for (auto& kv : blobs) {
+    if (!absl::StartsWith(kv.first, kLogKeyPrefix)) {
+      out.rows.push_back(std::move(kv));
+      continue;
+    }
+    uint64_t seq = 0;
+    if (kv.first == kStartKey) {
+      BlobReader r(kv.second);
+      if (r.U64(&seq) && r.Done()) {
+        start = seq;
+      } else {
+        spdlog::error("manager: corrupt log start; replaying every record");
+        ++out.corrupt;
+      }
+      continue;
+    }
+    bool legacy = false;
+    size_t rows_at = 0;
+    if (!ParseHeader(kv.first, kv.second, &seq, &legacy, &rows_at)) {
+      spdlog::error("manager: skipping corrupt log record {}", kv.first);
+      ++out.corrupt;
+      out.doomed.push_back(std::move(kv.first));
+      continue;
+    }
+    if (legacy) out.doomed.push_back(kv.first);
+    records.push_back(
+        {seq, rows_at, std::move(kv.first), std::move(kv.second)});
+  }
+  return start;
 }
 
 }  // namespace
 
-std::string RowLog::RecordKey(uint64_t seq) {
-  // Fixed width: the keys sort in sequence order.
-  return absl::StrFormat("%s%016x", kLogKeyPrefix, seq);
+std::string RowLog::SlotKey(uint64_t slot) {
+  return absl::StrFormat("%s%016x", kLogKeyPrefix, slot);
 }
 
 RowLog::Replayed RowLog::Replay(Rows blobs) {
   Replayed out;
-  std::vector<std::pair<std::string, std::string>> records;
   out.rows.reserve(blobs.size());
-  for (auto& kv : blobs) {
-    if (absl::StartsWith(kv.first, kLogKeyPrefix)) {
-      records.push_back(std::move(kv));
-    } else {
-      out.rows.push_back(std::move(kv));
-    }
-  }
-  std::sort(records.begin(), records.end());
+  std::vector<Record> records;
+  const std::optional<uint64_t> start = TakeLog(blobs, records, out);
+  std::sort(records.begin(), records.end(),
+            [](const Record& a, const Record& b) { return a.seq < b.seq; });
   std::unordered_map<std::string, std::optional<std::string>> changed;
-  uint64_t last = 0;
-  for (auto& [key, blob] : records) {
-    uint64_t seq = 0;
-    const bool numbered = SeqOf(key, &seq);
-    if (out.skipped > 0 || (last != 0 && numbered && seq != last + 1)) {
+  out.last_seq = start.value_or(0);
+  // Without a stored start (older versions), the first record begins.
+  std::optional<uint64_t> expect;
+  if (start) expect = *start + 1;
+  for (const Record& rec : records) {
+    out.last_seq = std::max(out.last_seq, rec.seq);
+    if (start && rec.seq <= *start) continue;  // an older generation
+    if (out.skipped > 0 || (expect && rec.seq != *expect)) {
       ++out.skipped;
-    } else if (!ApplyRecord(blob, changed)) {
-      spdlog::error("manager: skipping corrupt log record {}", key);
-      ++out.corrupt;
+      continue;
     }
-    if (numbered) last = seq;
-    out.records.push_back(std::move(key));
+    expect = rec.seq + 1;
+    if (ApplyRecord(rec.blob, rec.rows_at, changed)) {
+      ++out.applied;
+    } else {
+      spdlog::error("manager: skipping corrupt log record {}", rec.key);
+      ++out.corrupt;
+      out.doomed.push_back(rec.key);
+    }
   }
   if (out.skipped > 0) {
     spdlog::warn(
@@ -109,25 +171,23 @@ RowLog::Replayed RowLog::Replay(Rows blobs) {
 void RowLog::Reset(const Replayed& r) {
   changed_.clear();
   changed_.insert(r.changed.begin(), r.changed.end());
-  records_ = r.records;
+  records_ = r.applied;
   bytes_ = 0;
   for (const auto& [name, value] : changed_) {
     bytes_ += name.size() + (value ? value->size() : 0);
   }
-  for (const std::string& key : records_) {
-    uint64_t seq = 0;
-    if (SeqOf(key, &seq)) next_seq_ = std::max(next_seq_, seq + 1);
-  }
+  next_seq_ = std::max(next_seq_, r.last_seq + 1);
+  doomed_ = r.doomed;
   on_way_.clear();
   on_way_rows_ = 0;
   on_way_bytes_ = 0;
-  // Records after a gap must go before any new record is written, or the
-  // gap would hide the new ones too.
-  unsure_ = r.skipped > 0;
+  // Which slots hold live records is not known: a new record could
+  // overwrite one, or land behind a gap. Compact first.
+  unsure_ = true;
 }
 
 bool RowLog::Full(size_t rows, size_t bytes) const {
-  return records_.size() + on_way_.size() + 1 > options_.max_records ||
+  return records_ + on_way_.size() + 1 > options_.max_records ||
          changed_.size() + on_way_rows_ + rows > options_.max_rows ||
          bytes_ + on_way_bytes_ + bytes > options_.max_bytes;
 }
@@ -151,30 +211,42 @@ std::vector<Store::ObjectWrite> RowLog::Prepare(
   if (record) {
     BlobWriter w;
     w.Str(kRecordMagic);
+    w.U64(next_seq_++);
     w.U64(rows.size());
     for (const Store::ObjectWrite& row : rows) {
       w.U64(row.blob ? 1 : 0);
       w.Str(row.name);
       if (row.blob) w.Str(*row.blob);
     }
-    next.key = RecordKey(next_seq_++);
+    const uint64_t slot = records_ + on_way_.size() - 1;
     next.rows = std::move(rows);
     next.bytes = bytes;
     on_way_rows_ += next.rows.size();
     on_way_bytes_ += bytes;
     std::vector<Store::ObjectWrite> out;
-    out.push_back({next.key, std::move(w.out())});
+    out.push_back({SlotKey(slot), std::move(w.out())});
     return out;
   }
   next.compaction = true;
-  if (changed_.empty() && records_.empty()) return rows;
   // The rows of every record (latest value) and of this batch, in place.
-  std::unordered_map<std::string, std::optional<std::string>> merged = changed_;
-  for (Store::ObjectWrite& w : rows) merged[w.name] = std::move(w.blob);
   std::vector<Store::ObjectWrite> out;
-  out.reserve(merged.size() + records_.size());
-  for (auto& [name, blob] : merged) out.push_back({name, std::move(blob)});
-  for (const std::string& key : records_) out.push_back({key, std::nullopt});
+  if (changed_.empty()) {
+    out = std::move(rows);
+  } else {
+    std::unordered_map<std::string, std::optional<std::string>> merged =
+        changed_;
+    for (Store::ObjectWrite& w : rows) merged[w.name] = std::move(w.blob);
+    out.reserve(merged.size() + doomed_.size() + 1);
+    for (auto& [name, blob] : merged) out.push_back({name, std::move(blob)});
+  }
+  for (const std::string& key : doomed_) out.push_back({key, std::nullopt});
+  if (next_seq_ > 1) {
+    // Every record written so far, in its slot or not, is now behind the
+    // start.
+    BlobWriter w;
+    w.U64(next_seq_ - 1);
+    out.push_back({kStartKey, std::move(w.out())});
+  }
   return out;
 }
 
@@ -185,8 +257,9 @@ void RowLog::Done(bool ok) {
   if (done.compaction) {
     if (ok) {
       changed_.clear();
-      records_.clear();
+      records_ = 0;
       bytes_ = 0;
+      doomed_.clear();
       unsure_ = false;
     } else {
       unsure_ = true;
@@ -195,9 +268,10 @@ void RowLog::Done(bool ok) {
   }
   on_way_rows_ -= done.rows.size();
   on_way_bytes_ -= done.bytes;
-  records_.push_back(done.key);
+  // Its slot is taken, whatever became of the write.
+  ++records_;
   // After a failure, records behind it are skipped at replay: they only
-  // wait to be deleted.
+  // wait for the next compaction to move the start past them.
   if (!ok || unsure_) {
     unsure_ = true;
     return;

@@ -1,6 +1,7 @@
 // RowLog against the real MemoryStore: a batch becomes one record, Replay
 // gives back the rows as if written in place, compaction writes each
-// changed row once and removes the records, failures leave no trace.
+// changed row once and moves the log's start past the records, whose
+// slots the next records reuse; failures leave no trace.
 #include "server/manager/row_log.h"
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "gtest/gtest.h"
 
 #include "common/notification.h"
+#include "server/manager/object_util.h"
 #include "server/store/memory_store.h"
 #include "tests/testing/status_matchers.h"
 
@@ -21,6 +23,7 @@ namespace forq::server {
 namespace {
 
 using ::forq::testing::IsOk;
+using ::testing::_;
 using ::testing::ElementsAre;
 using ::testing::Pair;
 using ::testing::SizeIs;
@@ -64,13 +67,16 @@ class RowLogTest : public ::testing::Test {
     for (auto& [k, v] : RowLog::Replay(Raw()).rows) out[k] = v;
     return out;
   }
-  int LogRecords() {
+  // Log rows in the store, live or left behind the start.
+  int LogRows() {
     auto raw = Raw();
     return static_cast<int>(
         std::count_if(raw.begin(), raw.end(), [](const auto& kv) {
           return absl::StartsWith(kv.first, "manager/log/");
         }));
   }
+  // Records a replay applies.
+  int LogRecords() { return static_cast<int>(RowLog::Replay(Raw()).applied); }
 
   MemoryStore store_;
 };
@@ -88,7 +94,7 @@ TEST_F(RowLogTest, ABatchIsOneRecordAndReplaysAsItsRows) {
               ElementsAre(Pair("a", "2"), Pair("c", "1"), Pair("d", "4")));
 }
 
-TEST_F(RowLogTest, CompactionWritesEachRowOnceAndDropsTheRecords) {
+TEST_F(RowLogTest, CompactionWritesEachRowOnceAndMovesTheStart) {
   RowLogOptions o;
   o.max_records = 3;
   RowLog log(o);
@@ -97,25 +103,47 @@ TEST_F(RowLogTest, CompactionWritesEachRowOnceAndDropsTheRecords) {
             {Put("hot", std::to_string(i)), Put("k" + std::to_string(i), "v")});
   }
   EXPECT_EQ(LogRecords(), 3);
-  // The fourth batch does not fit: rows in place, records deleted.
+  // The fourth batch does not fit: rows in place, the start moved past the
+  // records, none deleted.
   Rows sent = Persist(log, {Put("hot", "last"), Del("k0")});
-  int puts = 0, record_deletes = 0;
+  int puts = 0, deletes = 0;
   for (const auto& w : sent) {
-    if (absl::StartsWith(w.name, "manager/log/")) {
-      EXPECT_FALSE(w.blob.has_value());
-      ++record_deletes;
-    } else if (w.blob) {
-      ++puts;
-    }
+    if (w.name == "manager/log/start") continue;
+    EXPECT_FALSE(absl::StartsWith(w.name, "manager/log/")) << w.name;
+    ++(w.blob ? puts : deletes);
   }
-  EXPECT_EQ(record_deletes, 3);
   EXPECT_EQ(puts, 3);  // hot, k1, k2: "hot" once with its last value
+  EXPECT_EQ(deletes, 1);
   EXPECT_EQ(LogRecords(), 0);
+  EXPECT_EQ(LogRows(), 4);  // three slots behind the start, and the start
   EXPECT_EQ(log.records(), 0u);
   EXPECT_THAT(Rows_(), ElementsAre(Pair("hot", "last"), Pair("k1", "v"),
                                    Pair("k2", "v")));
-  // Raw rows are plain rows now.
-  EXPECT_THAT(Raw(), SizeIs(3));
+}
+
+TEST_F(RowLogTest, TheNextRecordsReuseTheSlotsAndHideTheOlderOnes) {
+  RowLogOptions o;
+  o.max_records = 3;
+  RowLog log(o);
+  for (int i = 0; i < 3; ++i) {
+    Persist(log, {Put("k" + std::to_string(i), "old")});
+  }
+  Persist(log, {}, /*compact=*/true);
+  Rows first = Persist(log, {Put("k0", "new")});
+  ASSERT_THAT(first, SizeIs(1));
+  EXPECT_EQ(first[0].name, "manager/log/0000000000000000");
+  // Slots 1 and 2 still hold records of the last generation: ignored.
+  EXPECT_EQ(LogRows(), 4);
+  EXPECT_EQ(LogRecords(), 1);
+  EXPECT_THAT(Rows_(), ElementsAre(Pair("k0", "new"), Pair("k1", "old"),
+                                   Pair("k2", "old")));
+  // Generations later the log still occupies its slots and the start.
+  for (int i = 0; i < 20; ++i) {
+    Persist(log, {Put("k1", std::to_string(i))});
+  }
+  EXPECT_EQ(LogRows(), 4);
+  EXPECT_EQ(Rows_().at("k1"), "19");
+  EXPECT_EQ(Rows_().at("k0"), "new");
 }
 
 TEST_F(RowLogTest, RowOrByteBoundsCompactToo) {
@@ -149,41 +177,79 @@ TEST_F(RowLogTest, AFailedRecordIsDroppedByTheNextCompaction) {
   EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "1"), Pair("c", "3")));
 }
 
-TEST_F(RowLogTest, ResetContinuesAfterTheStoredRecords) {
+TEST_F(RowLogTest, ResetCompactsBeforeTheNextRecord) {
   {
     RowLog log;
     Persist(log, {Put("a", "1")});
     Persist(log, {Put("a", "2")});
   }
   RowLog::Replayed r = RowLog::Replay(Raw());
-  EXPECT_THAT(r.records, SizeIs(2));
+  EXPECT_EQ(r.applied, 2u);
+  EXPECT_EQ(r.last_seq, 2u);
   EXPECT_EQ(r.changed.at("a"), "2");
   RowLog log;
   log.Reset(r);
-  // A new record must not overwrite an old one.
-  Persist(log, {Put("b", "1")});
-  EXPECT_EQ(LogRecords(), 3);
-  EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "2"), Pair("b", "1")));
-  // Compacting at start (as Recover does) empties the log.
-  Persist(log, {}, /*compact=*/true);
+  EXPECT_FALSE(log.CanAppend());
+  // Which slots are live is not known to the log: it compacts first, and
+  // only then writes records, from slot 0.
+  Rows sent = Persist(log, {Put("b", "1")});
+  EXPECT_THAT(sent, SizeIs(3));  // a, b, the start
   EXPECT_EQ(LogRecords(), 0);
-  EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "2"), Pair("b", "1")));
+  EXPECT_TRUE(log.CanAppend());
+  sent = Persist(log, {Put("c", "1")});
+  ASSERT_THAT(sent, SizeIs(1));
+  EXPECT_EQ(sent[0].name, "manager/log/0000000000000000");
+  EXPECT_THAT(Rows_(),
+              ElementsAre(Pair("a", "2"), Pair("b", "1"), Pair("c", "1")));
 }
 
-TEST_F(RowLogTest, CorruptRecordIsSkipped) {
+TEST_F(RowLogTest, CorruptRecordIsSkippedAndDeletedAtCompaction) {
   RowLog log;
   Persist(log, {Put("a", "1")});
   ASSERT_THAT(Write({Put("manager/log/0000000000000002", "garbage")}), IsOk());
   RowLog::Replayed r = RowLog::Replay(Raw());
   EXPECT_EQ(r.corrupt, 1);
   EXPECT_EQ(r.skipped, 0);
-  EXPECT_THAT(r.records, SizeIs(2));
+  EXPECT_EQ(r.applied, 1u);
+  EXPECT_EQ(Rows_().at("a"), "1");
+  log.Reset(r);
+  Persist(log, {}, /*compact=*/true);
+  EXPECT_EQ(RowLog::Replay(Raw()).corrupt, 0);
   EXPECT_EQ(Rows_().at("a"), "1");
 }
 
+// Records of older versions were keyed by their sequence number and had no
+// start: they replay, and the next compaction deletes them.
+TEST_F(RowLogTest, RecordsOfTheOlderLayoutReplayAndGo) {
+  auto legacy = [](std::string name, std::string value) {
+    manager_internal::BlobWriter w;
+    w.Str("FQL1");
+    w.U64(1);
+    w.U64(1);
+    w.Str(name);
+    w.Str(value);
+    return std::move(w.out());
+  };
+  ASSERT_THAT(Write({Put("manager/log/0000000000000007", legacy("a", "1")),
+                     Put("manager/log/0000000000000008", legacy("a", "2")),
+                     Put("manager/log/000000000000000a", legacy("b", "3"))}),
+              IsOk());
+  RowLog::Replayed r = RowLog::Replay(Raw());
+  EXPECT_EQ(r.applied, 2u);  // 7 and 8; 10 lies behind a gap
+  EXPECT_EQ(r.skipped, 1);
+  EXPECT_EQ(r.last_seq, 10u);
+  EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "2")));
+  RowLog log;
+  log.Reset(r);
+  Persist(log, {}, /*compact=*/true);
+  EXPECT_THAT(Raw(), ElementsAre(Pair("a", "2"), Pair("manager/log/start", _)));
+  Persist(log, {Put("c", "4")});
+  EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "2"), Pair("c", "4")));
+}
+
 // Two records on their way at once; the first fails, the store keeps the
-// second: replay stops at the gap, and the log deletes what lies behind it
-// before it writes anything new.
+// second: replay stops at the gap, and the log moves its start past what
+// lies behind it before it writes anything new.
 TEST_F(RowLogTest, ARecordBehindAFailedOneIsSkippedAndRemoved) {
   RowLog log;
   Persist(log, {Put("a", "1")});
@@ -203,10 +269,15 @@ TEST_F(RowLogTest, ARecordBehindAFailedOneIsSkippedAndRemoved) {
   EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "1")));
   log.Reset(r);
   EXPECT_FALSE(log.CanAppend());
-  Persist(log, {Put("c", "3")});  // a compaction: the skipped record goes
+  Persist(log, {Put("c", "3")});  // a compaction: the start passes it
   EXPECT_EQ(LogRecords(), 0);
   EXPECT_THAT(Rows_(), ElementsAre(Pair("a", "1"), Pair("c", "3")));
   EXPECT_TRUE(log.CanAppend());
+  // The next record takes slot 0; the skipped one, in its slot, stays
+  // hidden.
+  Persist(log, {Put("d", "4")});
+  EXPECT_THAT(Rows_(),
+              ElementsAre(Pair("a", "1"), Pair("c", "3"), Pair("d", "4")));
 }
 
 TEST_F(RowLogTest, ZeroRecordsWritesInPlace) {
