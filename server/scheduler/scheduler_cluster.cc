@@ -92,9 +92,15 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
   }
   std::vector<bool> own(tasks.size(), false);
   std::vector<size_t> asked;
-  for (size_t i = 0; i < tasks.size() && budget > 0; ++i) {
+  for (size_t i = 0; i < tasks.size(); ++i) {
     const v1::Task& t = tasks[i];
     if (t.has_not_before() && FromProto(t.not_before()) > now) continue;
+    if (budget <= 0) {
+      // The rest waits in the shared queue: later submissions go there
+      // too, behind it, until a claim finds that queue short again.
+      own_allowed_ = false;
+      break;
+    }
     own[i] = true;
     --budget;
     // Queued here before the insert is, so every write of it follows the

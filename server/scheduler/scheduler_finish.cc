@@ -423,8 +423,10 @@ void Scheduler::RevokeLocked(TaskMap::iterator it) {
   t.set_state(v1::QUEUED);
   t.set_attempt(t.attempt() - 1);
   t.clear_started_at();
-  if (work_source_ != nullptr) {
-    // Its place is the shared queue: give the claim back.
+  if (work_source_ != nullptr && (draining_ || stop_)) {
+    // A drained node runs nothing new: the claim goes back to the shared
+    // queue. Otherwise it keeps its place here, still claimed (the next
+    // dispatch counts the claimed attempt again), ahead of later work.
     PersistAsync(t);
     tasks_.erase(it);
     WantClaimLocked();

@@ -71,6 +71,51 @@ TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
       ::testing::Eq(absl::StatusOr<std::string>(absl::StrCat(kTasks))));
 }
 
+std::vector<v1::TaskSpec> EchoSpecs(int n) {
+  std::vector<v1::TaskSpec> specs(n);
+  for (int i = 0; i < n; ++i) {
+    specs[i].set_kind("echo");
+    specs[i].set_payload(absl::StrCat(i));
+  }
+  return specs;
+}
+
+absl::Time StartedAt(const v1::Task& t) {
+  return absl::FromUnixSeconds(t.started_at().seconds()) +
+         absl::Nanoseconds(t.started_at().nanos());
+}
+
+// A node takes at insert only what its workers and buffer have room for;
+// the rest of a large batch waits in the shared queue. A batch submitted
+// after it must not pass those: it waits its turn in the shared queue too.
+TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
+  auto nodes = ClusterNodes::Create("fifo");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a");
+  ASSERT_THAT(a, IsOk());
+  // More than a node takes at insert (room + 500 when it is alone).
+  auto first = (*a)->client->SubmitBatch(EchoSpecs(1500));
+  ASSERT_THAT(first, IsOk());
+  auto later = (*a)->client->SubmitBatch(EchoSpecs(20));
+  ASSERT_THAT(later, IsOk());
+  std::vector<std::string> first_ids, later_ids;
+  for (const TaskFuture& f : *first) first_ids.push_back(f.id());
+  for (const TaskFuture& f : *later) later_ids.push_back(f.id());
+  auto first_done = (*a)->client->WaitAll(first_ids, absl::Seconds(60));
+  ASSERT_THAT(first_done, IsOk());
+  auto later_done = (*a)->client->WaitAll(later_ids, absl::Seconds(60));
+  ASSERT_THAT(later_done, IsOk());
+  absl::Time first_last = absl::InfinitePast();
+  for (const v1::Task& t : *first_done) {
+    ASSERT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+    first_last = std::max(first_last, StartedAt(t));
+  }
+  for (const v1::Task& t : *later_done) {
+    ASSERT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+    EXPECT_GE(StartedAt(t), first_last) << t.id();
+  }
+}
+
 TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   auto nodes = ClusterNodes::Create("drain");
   ASSERT_THAT(nodes, IsOk());
