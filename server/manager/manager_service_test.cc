@@ -172,7 +172,7 @@ TEST_F(ManagerServiceTest, TimeoutOfCenturiesWaitsForTheEvent) {
   EXPECT_TRUE(resp.is_set());
 }
 
-// Must-show 4: parked calls cost no thread each.
+// Parked calls cost no thread each.
 TEST_F(ManagerServiceTest, ThousandBlockedQueueGetsUseFewThreads) {
   constexpr int kCalls = 1000;
   struct Pending {

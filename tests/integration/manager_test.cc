@@ -79,7 +79,7 @@ class ManagerIntegrationTest : public ::testing::Test {
   std::unique_ptr<Manager> manager_;
 };
 
-// Must-show 1: the seed's list+lock counter, done by tasks on 2 workers.
+// A list+lock counter, updated by tasks on 2 workers.
 TEST_F(ManagerIntegrationTest, CounterTasksUnderLockCancelOut) {
   List counter = manager_->list("counter");
   ASSERT_THAT(counter.Append("0"), IsOk());
@@ -114,7 +114,7 @@ TEST_F(ManagerIntegrationTest, CounterTasksWithoutLockLoseUpdates) {
   EXPECT_NE(final_value, "0");
 }
 
-// Must-show 2: producer and consumer tasks through a Manager Queue.
+// Producer and consumer tasks through a Manager Queue.
 TEST_F(ManagerIntegrationTest, ProducerConsumerTasksShareAQueue) {
   // The consumer starts first and parks on the empty queue.
   absl::StatusOr<TaskFuture> consumer =
@@ -156,8 +156,8 @@ TEST_F(ManagerIntegrationTest, ClientProxiesRoundTrip) {
   EXPECT_TRUE(again->acquired);
 }
 
-// Must-show 3: a lock holder that dies (no release, no keepalive) loses the
-// lock after its session TTL; the next holder gets a larger token.
+// A lock holder that dies (no release, no keepalive) loses the lock after
+// its session TTL; the next holder gets a larger token.
 TEST_F(ManagerIntegrationTest, DeadHolderLosesLockAfterTtl) {
   // The CLI acquires with a 2 s session and exits without releasing, which
   // is what a kill -9'd holder looks like to forqd.
