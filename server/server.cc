@@ -247,9 +247,9 @@ absl::Status Server::Start() {
                                            metrics_);
   ManagerService* manager = manager_.get();
   scheduler_->SetCallHandler(
-      [manager](absl::string_view task_id, std::string request,
+      [manager](absl::string_view task_id, absl::string_view request,
                 std::function<void(absl::StatusOr<std::string>)> reply) {
-        manager->HandleTaskCall(task_id, std::move(request), std::move(reply));
+        manager->HandleTaskCall(task_id, request, std::move(reply));
       });
   // A pool without its supervisor cannot replace a dead worker, and forking
   // a new supervisor from this (threaded) process is unsafe: stop, and let

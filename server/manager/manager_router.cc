@@ -54,8 +54,9 @@ v1::ManagerCall ToCall(const ManagerRequest& r) {
   c.set_one_way(r.one_way);
   c.set_end(static_cast<int32_t>(r.end));
   c.set_n(static_cast<int32_t>(r.n));
-  if (r.ttl_ms > 0)
+  if (r.ttl_ms > 0) {
     *c.mutable_ttl() = TimeUtil::MillisecondsToDuration(r.ttl_ms);
+  }
   c.set_reverse(r.reverse);
   return c;
 }
@@ -301,7 +302,7 @@ uint64_t ManagerRouter::Execute(ManagerRequest request, Done done,
   std::shared_ptr<Remote> remote = route.remote;
   remote->stub().async()->Call(
       &call->ctx, &call->request, &call->result,
-      [this, call, remote](grpc::Status s) {
+      [this, call, remote](const grpc::Status& s) {
         if (s.ok()) {
           call->done(FromResult(call->result));
         } else {
@@ -377,7 +378,7 @@ void ManagerRouter::ForwardToOwner(const std::shared_ptr<Remote>& remote,
   issue(remote->stub().async(), &call->ctx, &call->request, &call->response,
         std::function<void(grpc::Status)>(
             [this, call, remote, on_reply = std::move(on_reply),
-             fail = std::move(fail)](grpc::Status s) {
+             fail = std::move(fail)](const grpc::Status& s) {
               if (s.ok()) {
                 on_reply(call->response);
               } else {

@@ -42,8 +42,9 @@ ManagerCallOrigin OriginOf(grpc::CallbackServerContext* ctx) {
   ManagerCallOrigin o;
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
-  if (it != md.end())
+  if (it != md.end()) {
     o.authorization.assign(it->second.data(), it->second.size());
+  }
   o.forwarded = md.find(kManagerForwardedHeader) != md.end();
   return o;
 }
@@ -718,7 +719,7 @@ void ManagerService::SetCallHooks(CallHooks hooks) {
 }
 
 void ManagerService::HandleTaskCall(
-    absl::string_view task_id, std::string request,
+    absl::string_view task_id, absl::string_view request,
     std::function<void(absl::StatusOr<std::string>)> reply) {
   HandleManagerTaskCall(*router_, task_id, request, std::move(reply));
 }

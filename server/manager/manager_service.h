@@ -32,7 +32,7 @@ class ManagerGrpcService;
 //   FORQ_RETURN_IF_ERROR(manager.Recover());        // before serving
 //   builder.RegisterService(manager.grpc_service());
 //   callbacks.on_call = [&](auto task_id, auto req, auto reply) {
-//     manager.HandleTaskCall(task_id, std::move(req), std::move(reply)); };
+//     manager.HandleTaskCall(task_id, req, std::move(reply)); };
 //   on_outcome: manager.CancelTaskCalls(outcome.task_id);
 //   shutdown: manager.Shutdown(); server->Shutdown(); ... then destroy.
 class ManagerService {
@@ -76,7 +76,7 @@ class ManagerService {
   // request is untrusted bytes: malformed input gets InvalidArgument.
   // `reply` is called exactly once, possibly later from another thread
   // (blocking operations park like gRPC calls do).
-  void HandleTaskCall(absl::string_view task_id, std::string request,
+  void HandleTaskCall(absl::string_view task_id, absl::string_view request,
                       std::function<void(absl::StatusOr<std::string>)> reply);
   // Fails the still-parked calls of `task_id` with Cancelled. Call when a
   // task attempt ends (its worker may have died mid-call), so a parked

@@ -6,6 +6,7 @@
 #ifndef FORQ_SERVER_MANAGER_OBJECT_MANAGER_H_
 #define FORQ_SERVER_MANAGER_OBJECT_MANAGER_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -229,7 +230,7 @@ class ObjectManager {
     std::deque<std::string> items;  // queue
     int64_t maxsize = 0;
     int64_t unfinished = 0;
-    std::deque<std::string> inbox[2];  // pipe
+    std::array<std::deque<std::string>, 2> inbox;  // pipe
     bool one_way = false;
     std::string holder_session;  // lock, rlock, condition
     std::string holder_owner;
@@ -483,7 +484,8 @@ class ObjectManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Delivers a batch: timers, persistence, replies, watcher flushes.
   void Finish(Batch& b) ABSL_LOCKS_EXCLUDED(mu_);
-  void OnPersisted(absl::Status status, std::shared_ptr<PersistSend> sent)
+  void OnPersisted(absl::Status status,
+                   const std::shared_ptr<PersistSend>& sent)
       ABSL_LOCKS_EXCLUDED(mu_, persist_mu_);
   // Replaces `names` by what the store holds (a failed batch), failing the
   // parked waiters of objects the store never had.

@@ -184,8 +184,9 @@ void ObjectManager::QueueWritesLocked(Batch& b) {
   }
   b.dirty.clear();
   if (!b.writes.empty()) {
-    for (Store::ObjectWrite& w : b.writes)
+    for (Store::ObjectWrite& w : b.writes) {
       pending_.writes.push_back(std::move(w));
+    }
     for (const std::string& name : b.written) PendObjectLocked(name);
     b.writes.clear();
     b.written.clear();
@@ -299,7 +300,7 @@ void ObjectManager::Finish(Batch& b) {
 }
 
 void ObjectManager::OnPersisted(absl::Status status,
-                                std::shared_ptr<PersistSend> sent) {
+                                const std::shared_ptr<PersistSend>& sent) {
   Batch b;
   {
     MutexLock lock(&mu_);

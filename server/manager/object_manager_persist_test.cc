@@ -356,8 +356,9 @@ TEST_F(ManagerPersistTest, ObjectsComeBackFromTheirRows) {
   del.key = "a";
   ASSERT_THAT(Run(del), IsOk());
   ASSERT_THAT(DictSet("d", "c", "3"), IsOk());
-  for (int i = 0; i < 100; ++i)
+  for (int i = 0; i < 100; ++i) {
     ASSERT_THAT(Append("l", absl::StrCat(i)), IsOk());
+  }
   ManagerRequest pop0 = Req(ManagerType::kList, ManagerOp::kPop, "l");
   pop0.has_index = true;
   pop0.index = 0;
@@ -389,8 +390,9 @@ TEST_F(ManagerPersistTest, ObjectsComeBackFromTheirRows) {
   EXPECT_EQ(Slice("l"), list_before);
   EXPECT_EQ(Slice("l").size(), 100u);
   get.timeout_ms = 0;
-  for (int i = 35; i < 40; ++i)
+  for (int i = 35; i < 40; ++i) {
     EXPECT_EQ(Run(get)->value, absl::StrCat("q", i));
+  }
   EXPECT_THAT(Run(get), StatusIs(absl::StatusCode::kDeadlineExceeded));
   ManagerRequest aget = Req(ManagerType::kArray, ManagerOp::kGet, "a");
   aget.has_index = true;

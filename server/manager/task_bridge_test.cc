@@ -214,7 +214,7 @@ absl::StatusOr<std::string> CallBridge(ObjectManager& core,
 
 TEST(TaskBridgeTest, RunsDecodedRequestsAndRefusesGarbage) {
   ObjectManager core(nullptr, nullptr);
-  EXPECT_THAT(CallBridge(core, "\xff\x00garbage"),
+  EXPECT_THAT(CallBridge(core, std::string("\xff\x00garbage", 9)),
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(core.object_count(), 0u);
   ManagerRequest put;
@@ -245,7 +245,7 @@ TEST(TaskBridgeTest, ParkedTaskCallIsCancelledByTag) {
   Notification done;
   absl::Status status;
   HandleManagerTaskCall(core, "task-9", EncodeManagerRequest(get),
-                        [&](absl::StatusOr<std::string> r) {
+                        [&](const absl::StatusOr<std::string>& r) {
                           status = r.status();
                           done.Notify();
                         });

@@ -48,8 +48,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::TaskEvent> {
     handle_ = scheduler_.Subscribe(req->task_id(), req->queue(),
                                    [guard = guard_](const v1::TaskEvent& e) {
                                      MutexLock lock(&guard->mu);
-                                     if (guard->reactor != nullptr)
+                                     if (guard->reactor != nullptr) {
                                        guard->reactor->PushLocked(e);
+                                     }
                                    });
     if (!task_id_.empty()) {
       // Start with the task's current state (and end at once if terminal).

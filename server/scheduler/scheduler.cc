@@ -54,7 +54,7 @@ std::string NewTaskId() {
 
 Scheduler::Scheduler(SchedulerOptions options, Store& store,
                      worker::WorkerPool& pool, Metrics& metrics)
-    : options_(std::move(options)),
+    : options_(options),
       clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()),
       store_(store),
       pool_(pool),
@@ -222,8 +222,8 @@ void Scheduler::Shutdown(absl::Duration grace) {
       }
     }
     deferred_.clear();
-    FailSinks(std::move(with_sink),
-              absl::UnavailableError("forqd is shutting down"), fail_sinks);
+    FailSinks(with_sink, absl::UnavailableError("forqd is shutting down"),
+              fail_sinks);
     for (WaitDone& done : waits_.TakeAll()) {
       to_fail.emplace_back(std::move(done),
                            absl::UnavailableError("forqd is shutting down"));
@@ -242,7 +242,7 @@ void Scheduler::Shutdown(absl::Duration grace) {
     absl::Status s = AwaitWrite([&](std::function<void(absl::Status)> done) {
       store_.Insert(std::move(unwritten),
                     [done = std::move(done)](
-                        absl::StatusOr<std::vector<InsertResult>> r) {
+                        const absl::StatusOr<std::vector<InsertResult>>& r) {
                       done(r.status());
                     });
     });
@@ -577,8 +577,9 @@ void Scheduler::Loop() {
                                   options_.running_write_delay);
       }
       next = std::min({next, waits_.NextDeadline(), stale_check_at_});
-      for (const IdleWaiter& w : idle_waiters_)
+      for (const IdleWaiter& w : idle_waiters_) {
         next = std::min(next, w.deadline);
+      }
       absl::Duration left = next - clock_.Now();
       if (left > absl::ZeroDuration()) {
         loop_wake_at_ = next;

@@ -409,8 +409,8 @@ class Scheduler {
                    uint64_t tag) ABSL_LOCKS_EXCLUDED(mu_);
   // Tells the sinks of these entries that no result will come (`why`) and
   // detaches them.
-  static void FailSinks(std::vector<Entry*> entries, const absl::Status& why,
-                        Deferred& d);
+  static void FailSinks(const std::vector<Entry*>& entries,
+                        const absl::Status& why, Deferred& d);
   // Tasks with idempotency keys: inserted first, the new ones queued then.
   void InsertKeyed(std::vector<v1::Task> tasks, SubmitDone done)
       ABSL_LOCKS_EXCLUDED(mu_);

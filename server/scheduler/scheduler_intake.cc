@@ -320,7 +320,7 @@ void Scheduler::SubmitForResults(std::vector<v1::TaskSpec> specs,
     } else if (work_source_ != nullptr) {
       SubmitClusterLocked(
           std::move(tasks),
-          [this, sink, tags = std::move(tags), ids,
+          [this, sink = std::move(sink), tags = std::move(tags), ids,
            accepted](absl::StatusOr<std::vector<InsertResult>> r) mutable {
             if (!r.ok()) {
               Refuse(ids, r.status());
@@ -359,8 +359,8 @@ void Scheduler::WaitForSink(const std::string& id,
        });
 }
 
-void Scheduler::FailSinks(std::vector<Entry*> entries, const absl::Status& why,
-                          Deferred& d) {
+void Scheduler::FailSinks(const std::vector<Entry*>& entries,
+                          const absl::Status& why, Deferred& d) {
   SinkBatch batch;
   for (Entry* e : entries) {
     if (e->sink != nullptr) batch.Add(std::move(e->sink), e->sink_tag, why);

@@ -86,6 +86,7 @@ class ManagerOwnerElection::Session {
       const std::string& sql, const std::vector<std::string>& params,
       absl::Duration timeout) {
     std::vector<const char*> values;
+    values.reserve(params.size());
     for (const std::string& p : params) values.push_back(p.c_str());
     const int sent =
         params.empty()

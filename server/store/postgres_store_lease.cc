@@ -22,7 +22,6 @@ namespace forq::server {
 namespace {
 
 using postgres_internal::ArrayParam;
-using postgres_internal::Conn;
 using postgres_internal::DelayMicros;
 using postgres_internal::IntValue;
 using postgres_internal::kUpdateBulk;

@@ -40,7 +40,6 @@ namespace {
 
 using postgres_internal::AffectedRows;
 using postgres_internal::ArrayParam;
-using postgres_internal::Conn;
 using postgres_internal::DelayMicros;
 using postgres_internal::kUpdateBulk;
 using postgres_internal::kUpdateColumns;

@@ -428,6 +428,7 @@ TEST_P(StoreContractTest, LoadUnfinishedReturnsQueuedAndRunning) {
               IsOk());
   FORQ_ASSERT_OK_AND_ASSIGN(auto unfinished, store_->LoadUnfinished());
   std::vector<std::string> ids;
+  ids.reserve(unfinished.size());
   for (const auto& t : unfinished) {
     ids.push_back(t.id());
   }
