@@ -48,7 +48,7 @@ void ResetSignals() {
   }
   sigset_t all;
   sigemptyset(&all);
-  sigprocmask(SIG_SETMASK, &all, nullptr);
+  pthread_sigmask(SIG_SETMASK, &all, nullptr);
 }
 
 absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid) {

@@ -220,6 +220,7 @@ Verdict Settle(const std::string& address, const std::vector<Acked>& acked,
   constexpr int kCheckers = 4;
   std::vector<Verdict> parts(kCheckers);
   std::vector<std::thread> threads;
+  threads.reserve(kCheckers);
   for (int c = 0; c < kCheckers; ++c) {
     threads.emplace_back([&, c] {
       Verdict& v = parts[c];
@@ -323,6 +324,7 @@ TEST(ServerKillTest, AcknowledgedTasksSurviveKillNineUnderLoad) {
     }
     std::atomic<bool> killed{false};
     std::vector<std::thread> submitters;
+    submitters.reserve(kSubmitters);
     for (int i = 0; i < kSubmitters; ++i) {
       submitters.emplace_back(SubmitLoop, forqd->grpc_address(), i, rng(),
                               std::cref(killed), std::ref(ledger));

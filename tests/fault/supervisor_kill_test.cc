@@ -118,6 +118,7 @@ TEST(SupervisorKillTest, ForqdExitsForRestartAndLosesNothing) {
   std::vector<absl::Duration> workers_back;
   for (int loop = 0; loop < loops; ++loop) {
     std::vector<std::thread> submitters;
+    submitters.reserve(4);
     for (int i = 0; i < 4; ++i) {
       submitters.emplace_back(SubmitUntilRefused, forqd.grpc_address(), rng(),
                               std::ref(ledger));

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <array>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -70,6 +71,7 @@ TEST(HardeningTest, DeeplyNestedJsonIsRejectedAtOnceAndShutdownStaysPrompt) {
 
   // Several in flight (not read back), then SIGTERM: forqd exits promptly.
   std::vector<std::thread> senders;
+  senders.reserve(4);
   for (int i = 0; i < 4; ++i) {
     senders.emplace_back([&] {
       (void)HttpCall(
@@ -101,7 +103,7 @@ TEST(HardeningTest, BadRequestsGetClearErrors) {
   EXPECT_THAT(r->body, HasSubstr("99 is not a TaskState"));
 
   r = HttpCall(forqd->http_address(), "GET",
-               "/v1/tasks/" + std::string(10 * 1024, 'a'));
+               "/v1/tasks/" + std::string(size_t{10} * 1024, 'a'));
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 400) << r->body.substr(0, 300);
 
@@ -335,15 +337,15 @@ TEST(HardeningTest, MapStreamWithAGarbageMessageFailsClearly) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   auto call = stub.PrepareCall(&ctx, "/forq.v1.TaskService/Map", &cq);
-  auto step = [&](int tag) {
+  // Completion-queue tags: the addresses of the elements of `tags`.
+  std::array<char, 8> tags{};
+  auto tag = [&tags](int t) -> void* { return &tags[t]; };
+  auto step = [&](int t) {
     void* got = nullptr;
     bool ok = false;
     EXPECT_TRUE(cq.Next(&got, &ok));
-    EXPECT_EQ(got, reinterpret_cast<void*>(static_cast<intptr_t>(tag)));
+    EXPECT_EQ(got, tag(t));
     return ok;
-  };
-  auto tag = [](int t) {
-    return reinterpret_cast<void*>(static_cast<intptr_t>(t));
   };
   call->StartCall(tag(1));
   ASSERT_TRUE(step(1));

@@ -166,7 +166,7 @@ TEST_F(ManagerRestTest, BarrierOfOne) {
 TEST_F(ManagerRestTest, UnboundedGetEndsWithItsHttpClient) {
   Do("GET", "/v1/manager/queues/rq:size");  // creates it, empty
   // A client that sends the request and then hangs up without waiting.
-  const std::string addr = forqd_->http_address();
+  const std::string& addr = forqd_->http_address();
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   ASSERT_GE(fd, 0);
   sockaddr_in sa{};

@@ -30,6 +30,7 @@ class MapBatchedTest : public SharedForqdTest<MapBatchedTest> {};
 // although its whole request message was refused as one batch first.
 TEST_F(MapBatchedTest, BadInputInABatchFailsAloneAndOrderHolds) {
   std::vector<MapInput> inputs;
+  inputs.reserve(40);
   for (int i = 0; i < 40; ++i) {
     inputs.push_back(i == 17 ? MapInput("no-such-kind", "x")
                              : MapInput(absl::StrCat(i)));

@@ -217,6 +217,7 @@ TEST_F(TaskTest, HundredConcurrentWaitersAllGetTheResult) {
   ASSERT_THAT(f, IsOk());
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
+  threads.reserve(100);
   for (int i = 0; i < 100; ++i) {
     threads.emplace_back([&] {
       absl::StatusOr<std::string> r = f->Get(absl::Seconds(60));

@@ -229,6 +229,7 @@ TEST(ClusterKillTest, KillOneOfThreeNodesUnderSubmitLoadLosesNothing) {
     std::vector<std::string> acked;  // guarded by mu
     std::atomic<int> refused{0};
     std::vector<std::thread> submitters;
+    submitters.reserve(4);
     for (int t = 0; t < 4; ++t) {
       submitters.emplace_back([&, t] {
         int target = t % 3;
@@ -367,6 +368,7 @@ TEST(ClusterKillTest, ZDatabaseRestartUnderLoadLosesNothing) {
   Mutex mu;
   std::vector<std::string> acked;  // guarded by mu
   std::vector<std::thread> submitters;
+  submitters.reserve(2);
   for (int t = 0; t < 2; ++t) {
     submitters.emplace_back([&, t] {
       while (!stop.load()) {

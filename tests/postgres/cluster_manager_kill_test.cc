@@ -84,6 +84,7 @@ TEST(ClusterManagerKillTest, KilledOwnerLosesNoAcknowledgedAppend) {
     std::atomic<int64_t> acked_after_kill{0};
     std::atomic<bool> killed{false};
     std::vector<std::thread> threads;
+    threads.reserve(writers.size());
     for (Writer& w : writers) {
       threads.emplace_back([&w, &stop, &killed, &acked_after_kill] {
         ManagerOptions o;

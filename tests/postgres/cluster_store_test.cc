@@ -105,7 +105,7 @@ class ClusterStoreTest : public ::testing::Test {
     Notification done;
     absl::Status status;
     store.Insert(std::move(tasks),
-                 [&](absl::StatusOr<std::vector<InsertResult>> r) {
+                 [&](const absl::StatusOr<std::vector<InsertResult>>& r) {
                    status = r.status();
                    done.Notify();
                  });
@@ -198,6 +198,7 @@ TEST_F(ClusterStoreTest, TwoNodesNeverClaimTheSameTask) {
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
   std::vector<v1::Task> tasks;
+  tasks.reserve(200);
   for (int i = 0; i < 200; ++i) tasks.push_back(Queued(absl::StrCat("t", i)));
   ASSERT_THAT(Insert(*a, tasks), IsOk());
   std::vector<std::string> got_a, got_b;

@@ -169,6 +169,7 @@ TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
   ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());
 
   std::vector<MapInput> inputs;
+  inputs.reserve(20);
   for (int i = 0; i < 20; ++i) inputs.emplace_back(absl::StrCat("in", i));
   inputs[7] = MapInput("no such kind!", "x");
   std::vector<MapItem> items;

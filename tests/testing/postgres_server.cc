@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -131,7 +132,10 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(
   server->dir_ = MakeTempDir("forq-pg");
   if (server->dir_.empty()) return ErrnoToStatus(errno, "mkdtemp");
   if (geteuid() == 0) {
-    const passwd* pw = getpwnam(kRunAsUser);
+    passwd entry{};
+    passwd* pw = nullptr;
+    std::array<char, 4096> buf{};
+    getpwnam_r(kRunAsUser, &entry, buf.data(), buf.size(), &pw);
     if (pw == nullptr) {
       return absl::FailedPreconditionError(
           absl::StrCat("running as root and there is no \"", kRunAsUser,
