@@ -113,10 +113,15 @@ class ArrayParam {
     AppendBig(length, 4);
   }
   void AppendBig(uint64_t v, int bytes) { AppendBig(v, bytes, body_); }
+  // One append per value (a push_back per byte cost more than the rest of
+  // building the arrays).
   static void AppendBig(uint64_t v, int bytes, std::string& out) {
+    char big[8];
     for (int i = bytes - 1; i >= 0; --i) {
-      out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+      big[i] = static_cast<char>(v & 0xff);
+      v >>= 8;
     }
+    out.append(big, bytes);
   }
 
   const Type type_;
