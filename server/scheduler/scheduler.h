@@ -483,6 +483,12 @@ class Scheduler {
   // The last claim found fewer claimable tasks than it asked for: new
   // submits may be taken locally without passing older queued ones.
   bool own_allowed_ ABSL_GUARDED_BY(mu_) = false;
+  // Inserts that leave claimable tasks to the shared queue: how many are
+  // not yet committed, and a count of their starts and ends. A claim that
+  // began with one in flight, or during which one started or ended, may
+  // have missed its tasks: its coming back short allows nothing.
+  std::atomic<int> shared_inserts_in_flight_{0};
+  std::atomic<int64_t> shared_inserts_seq_{0};
   // Tasks taken (claimed or inserted as own) since taken_since_, and the
   // local buffer derived from their rate (LocalTargetLocked).
   int64_t taken_ ABSL_GUARDED_BY(mu_) = 0;

@@ -92,15 +92,15 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
   }
   std::vector<bool> own(tasks.size(), false);
   std::vector<size_t> asked;
+  // Claimable tasks go to the shared queue: later submissions go there
+  // too, behind them, until a claim finds that queue short again.
+  bool to_shared = false;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const v1::Task& t = tasks[i];
     if (t.has_not_before() && FromProto(t.not_before()) > now) continue;
-    if (budget <= 0) {
-      // The rest waits in the shared queue: later submissions go there
-      // too, behind it, until a claim finds that queue short again.
-      own_allowed_ = false;
-      break;
-    }
+    // (The store inserts a task with an idempotency key unclaimed.)
+    to_shared |= budget <= 0 || !t.idempotency_key().empty();
+    if (budget <= 0) break;
     own[i] = true;
     --budget;
     // Queued here before the insert is, so every write of it follows the
@@ -114,10 +114,20 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
   std::vector<std::string> mine;
   mine.reserve(asked.size());
   for (size_t i : asked) mine.push_back(tasks[i].id());
+  if (to_shared) {
+    own_allowed_ = false;
+    ++shared_inserts_in_flight_;
+    ++shared_inserts_seq_;
+  }
+  // May run at once, with mu_ held (a closed store refuses at once).
   std::vector<bool> owned = work_source_->InsertOwned(
       std::move(tasks), std::move(own),
-      [this, mine,
+      [this, mine, to_shared,
        done = std::move(done)](absl::StatusOr<std::vector<v1::Task>> stored) {
+        if (to_shared) {
+          --shared_inserts_in_flight_;
+          ++shared_inserts_seq_;
+        }
         if (!stored.ok()) {
           if (!mine.empty()) Abandon(mine);
           done(stored.status());
@@ -140,6 +150,7 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
       // Not this node's (it is fenced): the shared queue has it.
       RemoveQueuedLocked(it->second);
       tasks_.erase(it);
+      own_allowed_ = false;
     }
   }
   DispatchLocked(now, d);
@@ -184,20 +195,25 @@ void Scheduler::GiveBackStaleLocked(absl::Time now) {
   // The loop wakes for the next look (Loop's sleep ends by then).
   stale_check_at_ = now + held_max / 2;
   WakeAtLocked(stale_check_at_);
-  std::vector<std::string> stale;
+  // Every task behind a stale one goes back with it, so that none passes
+  // it: the shared queue keeps their order, and later submissions wait
+  // there behind them (own_allowed_).
+  std::vector<std::string> back;
+  bool any_stale = false;
   int kept = 0;
   for (const ReadyKey& k : ready_) {
     // The next ones the workers take stay.
     if (kept++ < room) continue;
+    back.push_back(k.id);
     auto it = tasks_.find(k.id);
     if (it != tasks_.end() && it->second.ready_at + held_max <= now) {
-      stale.push_back(k.id);
+      any_stale = true;
     }
   }
-  if (!stale.empty()) {
-    spdlog::debug("giving back {} tasks held for {} without a worker",
-                  stale.size(), absl::FormatDuration(held_max));
-    for (const std::string& id : stale) {
+  if (any_stale) {
+    spdlog::debug("giving back {} tasks, some held for {} without a worker",
+                  back.size(), absl::FormatDuration(held_max));
+    for (const std::string& id : back) {
       auto it = tasks_.find(id);
       RemoveQueuedLocked(it->second);
       // QUEUED at the attempt before the claimed one: the fenced write
@@ -223,6 +239,8 @@ void Scheduler::ClaimForIdleWorkers() {
     n = LocalTargetLocked(clock_.Now()) - static_cast<int>(ready_.size());
   }
   if (n <= 0) return;
+  const bool none_in_flight = shared_inserts_in_flight_.load() == 0;
+  const int64_t seq = shared_inserts_seq_.load();
   absl::StatusOr<std::vector<v1::Task>> claimed = work_source_->Claim(n);
   if (!claimed.ok()) {
     const absl::Time now = absl::Now();
@@ -236,8 +254,10 @@ void Scheduler::ClaimForIdleWorkers() {
   }
   {
     MutexLock lock(&mu_);
-    // Short: nothing older is waiting in the shared queue for this node.
-    own_allowed_ = static_cast<int>(claimed->size()) < n;
+    // Short: nothing older is waiting in the shared queue for this node,
+    // unless an insert into it may have committed after the claim began.
+    own_allowed_ = static_cast<int>(claimed->size()) < n && none_in_flight &&
+                   shared_inserts_seq_.load() == seq;
     taken_ += static_cast<int64_t>(claimed->size());
   }
   if (claimed->empty()) return;
