@@ -326,8 +326,7 @@ auto PostgresStore::WithReader(Fn fn) -> decltype(fn(std::declval<Conn&>())) {
     const bool lost = !out.ok() && (*conn)->bad();
     ReleaseReader(std::move(*conn));
     if (!lost || attempt == 1) return out;
-    MutexLock lock(&pool_mu_);
-    idle_readers_.clear();
+    readers_.Clear();
   }
 }
 

@@ -29,6 +29,7 @@
 
 #include "common/mutex.h"
 #include "server/store/cluster.h"
+#include "server/store/idle_pool.h"
 #include "server/store/store.h"
 
 struct pg_result;  // libpq's PGresult
@@ -203,9 +204,8 @@ class PostgresStore final : public Store, public WorkSource {
   void SettleOwnedInserts(const PendingWrite& op, bool committed)
       ABSL_LOCKS_EXCLUDED(owned_mu_);
 
-  absl::StatusOr<std::unique_ptr<Conn>> AcquireReader()
-      ABSL_LOCKS_EXCLUDED(pool_mu_);
-  void ReleaseReader(std::unique_ptr<Conn> conn) ABSL_LOCKS_EXCLUDED(pool_mu_);
+  absl::StatusOr<std::unique_ptr<Conn>> AcquireReader();
+  void ReleaseReader(std::unique_ptr<Conn> conn);
   // Runs `fn(conn)` on a read connection; if the connection turns out to
   // be lost (the server restarted: every idle connection is stale), drops
   // the idle ones and runs it once more on a fresh connection.
@@ -214,7 +214,6 @@ class PostgresStore final : public Store, public WorkSource {
 
   const std::string uri_;
   const Durability durability_;
-  const size_t pool_size_;
 
   // Used only by the writer thread (and by Open before it starts).
   const std::unique_ptr<Conn> writer_;
@@ -236,8 +235,8 @@ class PostgresStore final : public Store, public WorkSource {
   // Holds the single-writer advisory lock for the store's lifetime.
   std::unique_ptr<Conn> lock_ ABSL_GUARDED_BY(close_mu_);
 
-  Mutex pool_mu_;
-  std::vector<std::unique_ptr<Conn>> idle_readers_ ABSL_GUARDED_BY(pool_mu_);
+  // Idle read connections (--store_pool_size).
+  IdlePool<Conn> readers_;
 
   // Cluster mode.
   const ClusterOptions cluster_;

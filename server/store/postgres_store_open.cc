@@ -276,8 +276,8 @@ PostgresStore::PostgresStore(const StoreOptions& options,
                              std::unique_ptr<Conn> lock)
     : uri_(options.postgres_uri),
       durability_(options.durability),
-      pool_size_(static_cast<size_t>(std::max(1, options.pool_size))),
       writer_(std::move(writer)),
+      readers_(static_cast<size_t>(std::max(1, options.pool_size))),
       cluster_(options.cluster),
       node_id_(options.cluster.node_id.empty() ? DefaultNodeId()
                                                : options.cluster.node_id) {
@@ -365,8 +365,7 @@ void PostgresStore::Close() {
     (void)lock_->Command("SELECT pg_advisory_unlock_all()", "release lock");
   }
   lock_.reset();
-  MutexLock lock(&pool_mu_);
-  idle_readers_.clear();
+  readers_.Clear();
 }
 
 }  // namespace forq::server

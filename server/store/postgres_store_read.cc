@@ -51,23 +51,15 @@ const std::string kPurge = absl::StrCat(
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Conn>> PostgresStore::AcquireReader() {
-  {
-    MutexLock lock(&pool_mu_);
-    while (!idle_readers_.empty()) {
-      std::unique_ptr<Conn> conn = std::move(idle_readers_.back());
-      idle_readers_.pop_back();
-      if (conn->EnsureOk().ok()) return conn;
-    }
+  while (std::unique_ptr<Conn> conn = readers_.Take()) {
+    if (conn->EnsureOk().ok()) return conn;
   }
   return Conn::Connect(uri_, durability_, IdleTxnTimeout(cluster_));
 }
 
 void PostgresStore::ReleaseReader(std::unique_ptr<Conn> conn) {
   if (conn == nullptr || conn->bad()) return;
-  MutexLock lock(&pool_mu_);
-  if (idle_readers_.size() < pool_size_) {
-    idle_readers_.push_back(std::move(conn));
-  }
+  readers_.Give(std::move(conn));
 }
 
 absl::StatusOr<int64_t> PostgresStore::PurgeExpired(absl::Time now) {

@@ -34,6 +34,9 @@ using store_internal::FinishedAtMicros;
 // acks waiting on it) stays short even under a flood of writes.
 constexpr size_t kMaxWritesPerGroup = 2048;
 
+// Idle read connections kept open.
+constexpr size_t kIdleReaders = 8;
+
 }  // namespace
 
 SqliteStore::SqliteStore(const StoreOptions& options, std::string path,
@@ -42,7 +45,8 @@ SqliteStore::SqliteStore(const StoreOptions& options, std::string path,
       durability_(options.durability),
       batch_interval_(options.batch_interval),
       lock_(std::move(dir_lock)),
-      writer_(std::move(writer)) {
+      writer_(std::move(writer)),
+      readers_(kIdleReaders) {
   MutexLock lock(&close_mu_);
   writer_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "forq-store");
@@ -704,8 +708,7 @@ void SqliteStore::Close() {
   // Idle readers are closed so the last connection to go (the writer's, at
   // destruction) checkpoints and removes the WAL. Reads after Close open
   // fresh connections.
-  MutexLock lock(&pool_mu_);
-  idle_readers_.clear();
+  readers_.Clear();
 }
 
 }  // namespace forq::server

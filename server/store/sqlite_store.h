@@ -22,6 +22,7 @@
 
 #include "common/mutex.h"
 #include "common/scoped_fd.h"
+#include "server/store/idle_pool.h"
 #include "server/store/store.h"
 
 struct sqlite3;
@@ -82,7 +83,6 @@ class SqliteStore final : public Store {
   struct PendingWrite;
   struct Writer;
   struct Reader;
-  class ReaderLease;
 
   SqliteStore(const StoreOptions& options, std::string path, ScopedFd lock,
               std::unique_ptr<Writer> writer);
@@ -137,10 +137,8 @@ class SqliteStore final : public Store {
   // Stores that row (none if no finished task was written).
   absl::Status WriteExpiry();
 
-  absl::StatusOr<std::unique_ptr<Reader>> AcquireReader()
-      ABSL_LOCKS_EXCLUDED(pool_mu_);
-  void ReleaseReader(std::unique_ptr<Reader> reader)
-      ABSL_LOCKS_EXCLUDED(pool_mu_);
+  absl::StatusOr<std::unique_ptr<Reader>> AcquireReader();
+  void ReleaseReader(std::unique_ptr<Reader> reader);
 
   const std::string path_;
   const Durability durability_;
@@ -173,8 +171,9 @@ class SqliteStore final : public Store {
   std::thread writer_thread_ ABSL_GUARDED_BY(close_mu_);
   std::thread callback_thread_ ABSL_GUARDED_BY(close_mu_);
 
-  Mutex pool_mu_;
-  std::vector<std::unique_ptr<Reader>> idle_readers_ ABSL_GUARDED_BY(pool_mu_);
+  // Idle read connections kept open (kIdleReaders); more are opened on
+  // demand.
+  IdlePool<Reader> readers_;
 };
 
 }  // namespace forq::server

@@ -23,22 +23,11 @@ using store_internal::DecodePageToken;
 using store_internal::EffectivePageSize;
 using store_internal::EncodePageToken;
 
-// Idle read connections kept open; more are opened on demand and closed
-// when returned to a full pool.
-constexpr size_t kMaxIdleReaders = 8;
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteStore::Reader>>
 SqliteStore::AcquireReader() {
-  {
-    MutexLock lock(&pool_mu_);
-    if (!idle_readers_.empty()) {
-      auto reader = std::move(idle_readers_.back());
-      idle_readers_.pop_back();
-      return reader;
-    }
-  }
+  if (std::unique_ptr<Reader> idle = readers_.Take()) return idle;
   auto reader = std::make_unique<Reader>();
   FORQ_ASSIGN_OR_RETURN(reader->db,
                         OpenConnection(path_, SQLITE_OPEN_READWRITE));
@@ -60,10 +49,7 @@ SqliteStore::AcquireReader() {
 }
 
 void SqliteStore::ReleaseReader(std::unique_ptr<Reader> reader) {
-  MutexLock lock(&pool_mu_);
-  if (idle_readers_.size() < kMaxIdleReaders) {
-    idle_readers_.push_back(std::move(reader));
-  }
+  readers_.Give(std::move(reader));
 }
 
 absl::StatusOr<v1::Task> SqliteStore::Get(absl::string_view id) {
