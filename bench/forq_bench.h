@@ -335,6 +335,7 @@ class Probe {
                                      "-o",   out_,
                                      "-p",   absl::StrJoin(pids_, ",")};
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
@@ -475,6 +476,7 @@ double RunTimed(int threads, double seconds, Op op, int64_t* errors) {
   std::atomic<int64_t> total{0}, errs{0};
   std::atomic<bool> go{false};
   std::vector<std::thread> ts;
+  ts.reserve(threads);
   const auto t0 = Clock::now();
   const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(seconds));

@@ -512,8 +512,8 @@ class Session final : public SessionBase,
       net::post(exec, [self, seq] { self->OnCallHeaders(seq); });
     };
     h.on_message = [self, exec, seq](const grpc::ByteBuffer& b) {
-      net::post(exec, [self, seq, b]() mutable {
-        self->OnCallMessage(seq, std::move(b));
+      net::post(exec, [self, seq, copy = b]() mutable {
+        self->OnCallMessage(seq, std::move(copy));
       });
     };
     h.on_done = [self, exec, seq](const grpc::Status& st) {

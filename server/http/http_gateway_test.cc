@@ -564,8 +564,8 @@ TEST_F(HttpGatewayTest, GarbageRequestsNeverCrashTheServer) {
       absl::StrCat("POST /v1/tasks HTTP/1.1\r\nContent-Length: 4\r\n"
                    "Connection: close\r\n\r\n",
                    std::string("\xff\xfe\x00\x01", 4)),
-      "POST /v1/map HTTP/1.1\r\nContent-Length: 3\r\nConnection: "
-      "close\r\n\r\n{\n}",
+      absl::StrCat("POST /v1/map HTTP/1.1\r\nContent-Length: 3\r\n",
+                   "Connection: close\r\n\r\n{\n}"),
   };
   std::mt19937 rng(42);
   for (int i = 0; i < 30; ++i) {

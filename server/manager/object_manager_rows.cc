@@ -90,7 +90,9 @@ std::map<std::string, ObjectManager::StoredRows> ObjectManager::GroupRows(
     std::vector<std::pair<std::string, std::string>> blobs,
     std::string* epoch) {
   std::map<std::string, StoredRows> out;
-  for (auto& [key, blob] : blobs) {
+  for (auto& row : blobs) {
+    const std::string& key = row.first;
+    std::string& blob = row.second;
     if (key == kEpochKey) {
       *epoch = std::move(blob);
       continue;

@@ -221,7 +221,7 @@ TEST_F(RowLogTest, CorruptRecordIsSkippedAndDeletedAtCompaction) {
 // Records of older versions were keyed by their sequence number and had no
 // start: they replay, and the next compaction deletes them.
 TEST_F(RowLogTest, RecordsOfTheOlderLayoutReplayAndGo) {
-  auto legacy = [](std::string name, std::string value) {
+  auto legacy = [](const std::string& name, const std::string& value) {
     manager_internal::BlobWriter w;
     w.Str("FQL1");
     w.U64(1);

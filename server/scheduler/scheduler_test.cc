@@ -583,7 +583,7 @@ TEST(SchedulerTest, AttemptEndIsReportedOnlyForAttemptsThatCalled) {
   ManualScheduler m;
   std::vector<std::string> calls, ended;
   m.scheduler.SetCallHandler(
-      [&](absl::string_view id, std::string,
+      [&](absl::string_view id, const std::string&,
           std::function<void(absl::StatusOr<std::string>)> reply) {
         calls.emplace_back(id);
         reply(std::string("ok"));

@@ -17,15 +17,16 @@ void ReleaseAndAwait(ManualScheduler& m, const std::string& id) {
   m.store.hold_finishes = false;
   m.store.ReleaseFinishes();
   Notification durable;
-  m.scheduler.Wait(id, absl::Minutes(1),
-                   [&](absl::StatusOr<v1::Task>, bool) { durable.Notify(); });
+  m.scheduler.Wait(
+      id, absl::Minutes(1),
+      [&](const absl::StatusOr<v1::Task>&, bool) { durable.Notify(); });
   durable.WaitForNotification();
 }
 
 // Submits an echo task, hands it to a worker and reports it SUCCEEDED (its
 // terminal write then goes as the store is set up to take it); its id.
 std::string RunEchoToItsEnd(ManualScheduler& m) {
-  const std::string id = SubmitEcho(m.scheduler, "a");
+  std::string id = SubmitEcho(m.scheduler, "a");
   m.pool.AddRoom(1);
   EXPECT_EQ(m.pool.assigned().size(), 1u);
   m.pool.Finish(m.pool.assigned().at(0), worker::OutcomeKind::kSucceeded,
@@ -39,7 +40,7 @@ std::string RunEchoToItsEnd(ManualScheduler& m) {
 TEST(SchedulerTest, WaitIfFinishingAnswersOnceTheTerminalWriteIsDurable) {
   ManualScheduler m;
   const std::string id = SubmitEcho(m.scheduler, "a");
-  Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
+  Scheduler::WaitDone unused = [](const absl::StatusOr<v1::Task>&, bool) {
     ADD_FAILURE() << "a task not finishing registers no wait";
   };
   EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));  // queued
@@ -107,7 +108,7 @@ TEST(SchedulerTest, WaitIfFinishingDoesNotWaitOnAFailingStore) {
   m.store.fail_finishes = 1;
   const std::string id = RunEchoToItsEnd(m);
   m.store.failed.WaitForNotification();
-  Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
+  Scheduler::WaitDone unused = [](const absl::StatusOr<v1::Task>&, bool) {
     ADD_FAILURE() << "no wait registered";
   };
   // The store refused at once, inside Finish: the task is finishing with
@@ -123,7 +124,7 @@ TEST(SchedulerTest, WaitIfFinishingCanBeSwitchedOff) {
   ManualScheduler m(options);
   m.store.hold_finishes = true;
   const std::string id = RunEchoToItsEnd(m);
-  Scheduler::WaitDone unused = [](absl::StatusOr<v1::Task>, bool) {
+  Scheduler::WaitDone unused = [](const absl::StatusOr<v1::Task>&, bool) {
     ADD_FAILURE() << "no wait registered";
   };
   EXPECT_FALSE(m.scheduler.WaitIfFinishing(id, unused));
