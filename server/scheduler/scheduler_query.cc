@@ -26,6 +26,19 @@ absl::Status NotRetryable(absl::string_view id, v1::TaskState state) {
                    "; only DEAD, FAILED or CANCELLED tasks can be retried"));
 }
 
+// In a cluster the outcome a node is writing may be committed, and seen
+// by a Wait on another node, before the node hears back: the stored end of
+// that attempt (or a later one) is then newer than the node's copy.
+bool IsCommittedEnd(const v1::Task& stored, const v1::Task& live) {
+  return IsTerminal(stored.state()) && stored.attempt() >= live.attempt();
+}
+
+std::optional<v1::Task> CommittedEnd(Store& store, const v1::Task& live) {
+  absl::StatusOr<v1::Task> stored = store.Get(live.id());
+  if (stored.ok() && IsCommittedEnd(*stored, live)) return *std::move(stored);
+  return std::nullopt;
+}
+
 }  // namespace
 
 absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
@@ -48,13 +61,8 @@ absl::StatusOr<v1::Task> Scheduler::Get(absl::string_view id) {
   }
   if (!live.has_value()) return store_.Get(id);
   if (finishing && work_source_ != nullptr) {
-    // In a cluster the outcome being written may be committed, and seen by
-    // a Wait on another node, before this node hears back: the stored end
-    // is then the newer state, and Get must not show it running again.
-    absl::StatusOr<v1::Task> stored = store_.Get(id);
-    if (stored.ok() && IsTerminal(stored->state()) &&
-        stored->attempt() >= live->attempt()) {
-      return stored;
+    if (std::optional<v1::Task> end = CommittedEnd(store_, *live)) {
+      return *std::move(end);
     }
   }
   // worker_pid is "current or last attempt", but the pool reports the pid
@@ -77,6 +85,7 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
   std::optional<v1::Task> current;
   std::optional<v1::Task> finished;
   bool stopped = false;
+  bool finishing = false;
   {
     MutexLock lock(&mu_);
     const std::string key(id);
@@ -89,6 +98,7 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
       finished = RecentLocked(key, clock_.Now());
     } else if (timeout <= absl::ZeroDuration()) {
       current = VisibleLocked(it->second);
+      finishing = it->second.finishing;
     } else {
       const absl::Time deadline = clock_.Now() + timeout;
       const uint64_t h = waits_.Add(key, deadline, std::move(done));
@@ -101,6 +111,12 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
     return 0;
   }
   if (current) {
+    if (finishing && work_source_ != nullptr) {
+      if (std::optional<v1::Task> end = CommittedEnd(store_, *current)) {
+        done(*std::move(end), true);
+        return 0;
+      }
+    }
     done(std::move(*current), false);
     return 0;
   }
@@ -297,7 +313,12 @@ absl::StatusOr<ListPage> Scheduler::List(const ListQuery& query) {
   MutexLock lock(&mu_);
   for (v1::Task& t : page->tasks) {
     auto it = tasks_.find(t.id());
-    if (it != tasks_.end()) t = VisibleLocked(it->second);
+    if (it == tasks_.end()) continue;
+    if (work_source_ != nullptr && it->second.finishing &&
+        IsCommittedEnd(t, it->second.task)) {
+      continue;
+    }
+    t = VisibleLocked(it->second);
   }
   return page;
 }

@@ -272,9 +272,9 @@ TEST(SchedulerTest, ClaimReturningAfterDrainIsGivenBack) {
 }
 
 // Cluster mode: an outcome committed but not yet acknowledged to this
-// node is already visible to other nodes' Waits; Get here answers it too
-// rather than the running state it had.
-TEST(SchedulerTest, ClusterGetShowsAnEndCommittedBeforeItsAcknowledgement) {
+// node is already visible to other nodes' Waits; Get, List and a Wait
+// without a timeout here answer it too, not the running state it had.
+TEST(SchedulerTest, ClusterReadsShowAnEndCommittedBeforeItsAcknowledgement) {
   FailingFinishStore store(NewMemoryStore());
   store.hold_finish_acks = true;
   EchoPool pool;
@@ -307,6 +307,18 @@ TEST(SchedulerTest, ClusterGetShowsAnEndCommittedBeforeItsAcknowledgement) {
   ASSERT_THAT(got, IsOk());
   EXPECT_EQ(got->state(), v1::SUCCEEDED);
   EXPECT_EQ(got->result(), "done");
+  absl::StatusOr<ListPage> listed = scheduler.List(ListQuery());
+  ASSERT_THAT(listed, IsOk());
+  ASSERT_EQ(listed->tasks.size(), 1u);
+  EXPECT_EQ(listed->tasks[0].state(), v1::SUCCEEDED);
+  bool terminal = false;
+  scheduler.Wait("t1", absl::ZeroDuration(),
+                 [&](absl::StatusOr<v1::Task> t, bool term) {
+                   ASSERT_TRUE(t.ok());
+                   EXPECT_EQ(t->state(), v1::SUCCEEDED);
+                   terminal = term;
+                 });
+  EXPECT_TRUE(terminal);  // answered at once
   store.ReleaseFinishAcks();
   got = scheduler.Get("t1");
   ASSERT_THAT(got, IsOk());
