@@ -80,7 +80,10 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
                                     SubmitDone done, Deferred& d) {
   // Alone, a node takes at least this many at insert before it knows its
   // rate (a node just started, or one whose buffer was given back).
-  constexpr int kAloneFloor = 500;
+  // Enough for a producer with several batches in flight: a first burst
+  // beyond it goes to the shared queue, and everything after it too until
+  // claims have caught up (each task then costs a claim).
+  constexpr int kAloneFloor = 2000;
   const absl::Time now = clock_.Now();
   int budget = 0;
   if (own_allowed_ && !stop_ && !draining_) {

@@ -93,8 +93,8 @@ TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
   ASSERT_THAT(nodes, IsOk());
   auto a = nodes->Start("a");
   ASSERT_THAT(a, IsOk());
-  // More than a node takes at insert (room + 500 when it is alone).
-  auto first = (*a)->client->SubmitBatch(EchoSpecs(1500));
+  // More than a node takes at insert (room + 2,000 when it is alone).
+  auto first = (*a)->client->SubmitBatch(EchoSpecs(3000));
   ASSERT_THAT(first, IsOk());
   auto later = (*a)->client->SubmitBatch(EchoSpecs(20));
   ASSERT_THAT(later, IsOk());
