@@ -313,7 +313,7 @@ int Main(int argc, char** argv) {
   std::fprintf(stderr, "# forqd at %s, --durability=%s, %d in flight\n",
                address.c_str(), durability.c_str(), inflight);
 
-  {
+  if (run("set") || run("get") || run("get1") || run("lock1")) {
     std::unique_ptr<Manager> m = Connect(address, true);
     Fill(*m);
     Dict d = m->dict("bench");
@@ -348,6 +348,7 @@ int Main(int argc, char** argv) {
     std::unique_ptr<Manager> m = Connect(address, false);
     Dict d = m->dict("bench");
     if (run("uget")) {
+      Fill(*m);
       Result("dict d[k] get (unary, 1 client)", "ops/s",
              Sequential(seconds, ops, [&d] {
                if (!d.Get("7").ok()) Die({}, "get");
