@@ -185,8 +185,9 @@ Contents Apply(Contents before, int round, int64_t cut,
 // One past the last operation of `round` that `after` shows.
 int64_t Cut(const Contents& before, const Contents& after, int round) {
   int64_t last = -1;
-  for (const auto& [k, v] : after.dict)
+  for (const auto& [k, v] : after.dict) {
     last = std::max(last, IndexIn(round, v));
+  }
   for (size_t j = before.list.size(); j < after.list.size(); ++j) {
     last = std::max(last, IndexIn(round, after.list[j]));
   }
