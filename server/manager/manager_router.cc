@@ -270,6 +270,16 @@ ManagerRouter::Route ManagerRouter::RouteFor(const ManagerCallOrigin& origin) {
   return r;
 }
 
+ManagerRouter::WriteHold::WriteHold(ManagerRouter& router, bool hold) {
+  if (!hold) return;
+  core_ = router.fixed_ != nullptr ? router.fixed_ : router.local();
+  if (core_ != nullptr) core_->HoldWrites();
+}
+
+ManagerRouter::WriteHold::~WriteHold() {
+  if (core_ != nullptr) core_->ReleaseWrites();
+}
+
 uint64_t ManagerRouter::Execute(ManagerRequest request, Done done,
                                 absl::string_view tag,
                                 const ManagerCallOrigin& origin) {

@@ -124,6 +124,20 @@ class ManagerRouter {
                             grpc::ClientReadReactor<v1::ManagerEvent>* reactor)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // While it lives, holds back the local core's group commits (see
+  // ObjectManager::HoldWrites) when `hold` is set; nothing on a node that
+  // forwards its calls.
+  class WriteHold {
+   public:
+    WriteHold(ManagerRouter& router, bool hold);
+    ~WriteHold();
+    WriteHold(const WriteHold&) = delete;
+    WriteHold& operator=(const WriteHold&) = delete;
+
+   private:
+    std::shared_ptr<ObjectManager> core_;
+  };
+
   // The core serving locally (a single node's, or the owner's); null on a
   // cluster node that does not own the Manager.
   std::shared_ptr<ObjectManager> local() ABSL_LOCKS_EXCLUDED(mu_);

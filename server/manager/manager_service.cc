@@ -369,7 +369,16 @@ class SessionReactor final
           v1::SessionRequest::descriptor()->full_name(), messages_read_)));
       return;
     }
-    std::shared_ptr<SessionReactor> self = shared_from_this();
+    {
+      // The message's changes go to the store as one group commit.
+      const ManagerRouter::WriteHold hold(core_, in_.ops_size() > 1);
+      ExecuteOps(shared_from_this());
+    }
+    StartRead(&in_buf_);
+  }
+
+  // Runs the operations of the message just read.
+  void ExecuteOps(const std::shared_ptr<SessionReactor>& self) {
     for (v1::SessionOp& op : *in_.mutable_ops()) {
       const uint64_t id = op.id();
       if (op.cancel()) {
@@ -414,7 +423,6 @@ class SessionReactor final
         parked_[id] = waiter;
       }
     }
-    StartRead(&in_buf_);
   }
 
   void OnWriteDone(bool ok) override {

@@ -143,6 +143,13 @@ class ObjectManager {
   // Returns the waiter id when the request parked (for Cancel), else 0.
   uint64_t Execute(worker::ManagerRequest request, Done done,
                    absl::string_view tag = "") ABSL_LOCKS_EXCLUDED(mu_);
+  // Holds back group commits until the matching ReleaseWrites: what the
+  // operations executed meanwhile (one session message's) change reaches
+  // the store in one batch, instead of the first operation alone and the
+  // rest behind it. Holds nest; keep them short (other callers' writes
+  // wait too).
+  void HoldWrites() ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseWrites() ABSL_LOCKS_EXCLUDED(mu_);
   // Removes a parked waiter; its `done` gets Cancelled. No-op if it already
   // completed.
   void Cancel(uint64_t waiter_id) ABSL_LOCKS_EXCLUDED(mu_);
@@ -461,9 +468,10 @@ class ObjectManager {
   void PendObjectLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Serializes the next group commit and hands it to the store, unless
-  // there is nothing to send, max_batches_in_flight are in flight, or the
-  // batch in flight cannot have one behind it (a compaction, a failure
-  // being rolled back, a full log).
+  // there is nothing to send, writes are held (HoldWrites),
+  // max_batches_in_flight are in flight, or the batch in flight cannot
+  // have one behind it (a compaction, a failure being rolled back, a full
+  // log).
   void StartPersistLocked(Batch& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendLocked(std::shared_ptr<PersistSend> send,
                   std::vector<Store::ObjectWrite> writes, Batch& b)
@@ -549,6 +557,7 @@ class ObjectManager {
   // missing one, so the store holds a prefix of them whatever fails.
   PendingPersist pending_ ABSL_GUARDED_BY(mu_);
   std::deque<std::shared_ptr<PersistSend>> in_flight_ ABSL_GUARDED_BY(mu_);
+  int write_holds_ ABSL_GUARDED_BY(mu_) = 0;
   // Set by the first failed batch until RollbackFailedLocked: no batch
   // starts, and the batches in flight fail with it.
   absl::Status failed_ ABSL_GUARDED_BY(mu_);

@@ -201,8 +201,23 @@ void ObjectManager::QueueWritesLocked(Batch& b) {
   StartPersistLocked(b);
 }
 
+void ObjectManager::HoldWrites() {
+  MutexLock lock(&mu_);
+  ++write_holds_;
+}
+
+void ObjectManager::ReleaseWrites() {
+  Batch b;
+  {
+    MutexLock lock(&mu_);
+    if (--write_holds_ > 0) return;
+    StartPersistLocked(b);
+  }
+  Finish(b);
+}
+
 void ObjectManager::StartPersistLocked(Batch& b) {
-  if (pending_.empty() || !failed_.ok()) return;
+  if (pending_.empty() || !failed_.ok() || write_holds_ > 0) return;
   const bool rows = !pending_.dirty.empty() || !pending_.writes.empty();
   if (!in_flight_.empty()) {
     if (!rows) {

@@ -255,6 +255,30 @@ TEST_F(ManagerPersistTest, ASecondBatchIsWrittenWhileTheFirstIsInFlight) {
   EXPECT_EQ(DictGet("d", "c")->value, "3");
 }
 
+// Operations run while writes are held (a session message's) reach the
+// store as one batch, not the first alone and the rest behind it.
+TEST_F(ManagerPersistTest, WritesHeldBackGoToTheStoreAsOneBatch) {
+  Open();
+  ASSERT_THAT(DictSet("d", "k", "0"), IsOk());
+  store_.Hold(true);
+  mgr_->HoldWrites();
+  std::shared_ptr<Later> first = StartSet("a", "1");
+  std::shared_ptr<Later> second = StartSet("b", "2");
+  std::shared_ptr<Later> third = StartSet("c", "3");
+  EXPECT_EQ(store_.held(), 0u);
+  mgr_->ReleaseWrites();
+  EXPECT_EQ(store_.held(), 1u);
+  EXPECT_FALSE(first->done.HasBeenNotified());
+  store_.Release(true);
+  for (auto* later : {&first, &second, &third}) {
+    EXPECT_THAT((*later)->Get(), IsOk());
+  }
+  store_.Hold(false);
+  Open();
+  EXPECT_EQ(DictGet("d", "a")->value, "1");
+  EXPECT_EQ(DictGet("d", "c")->value, "3");
+}
+
 // The first of two batches in flight fails and the store keeps the second:
 // the second was computed on top of the first, so it fails too, and
 // neither a read nor a restart sees it.
