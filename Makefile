@@ -62,10 +62,8 @@ TSAN_REPORTS = $(CURDIR)/$(TSAN_BUILD)/tsan-reports
 # against the instrumented libraries) and the two thousand-call thread-count
 # tests (TSan's 5-15x slowdown breaks their 60 s budgets on 2 cores; they
 # run in `make test`). The PostgreSQL tests run, but for the kill tests
-# (label fault, as in `make test`) and cluster_test (a cancel through
-# another node is seen late on the node that ran it under TSan's slowdown;
-# docs/decisions.md, "ThreadSanitizer").
-TSAN_EXCLUDE = ^(InstallTest\.|HttpTest\.ThousandConcurrentWaitsUseFewThreads|ManagerServiceTest\.ThousandBlockedQueueGetsUseFewThreads|cluster_test$$)
+# (label fault, as in `make test`; docs/decisions.md, "ThreadSanitizer").
+TSAN_EXCLUDE = ^(InstallTest\.|HttpTest\.ThousandConcurrentWaitsUseFewThreads|ManagerServiceTest\.ThousandBlockedQueueGetsUseFewThreads)
 test-tsan: deps
 	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=$(CLANG_CC) -DCMAKE_CXX_COMPILER=$(CLANG_CXX) \
