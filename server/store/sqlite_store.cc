@@ -326,45 +326,22 @@ absl::Status SqliteStore::RunGroup(
 }
 
 absl::Status SqliteStore::Apply(PendingWrite& op) {
-  sqlite3* db = writer_->db.get();
   switch (op.type) {
     case PendingWrite::Type::kInsert:
       return ApplyInsert(op);
     case PendingWrite::Type::kUpdate:
       return ApplyUpdate(op);
-    case PendingWrite::Type::kPutObject: {
-      StmtUse use(writer_->put_object.get());
-      BindText(use.get(), 1, op.name);
-      sqlite3_bind_blob(use.get(), 2, op.blob.data(),
-                        static_cast<int>(op.blob.size()), SQLITE_STATIC);
-      return StepDone(path_, db, use.get(),
-                      absl::StrCat("put object ", op.name));
-    }
-    case PendingWrite::Type::kDeleteObject: {
-      StmtUse use(writer_->delete_object.get());
-      BindText(use.get(), 1, op.name);
-      return StepDone(path_, db, use.get(),
-                      absl::StrCat("delete object ", op.name));
-    }
-    case PendingWrite::Type::kWriteObjects: {
+    case PendingWrite::Type::kPutObject:
+      return PutObjectRow(op.name, op.blob);
+    case PendingWrite::Type::kDeleteObject:
+      return DeleteObjectRow(op.name);
+    case PendingWrite::Type::kWriteObjects:
       // One savepoint around the call (CommitGroup) makes these all or none.
       for (const ObjectWrite& w : op.object_writes) {
-        if (w.blob) {
-          StmtUse use(writer_->put_object.get());
-          BindText(use.get(), 1, w.name);
-          sqlite3_bind_blob(use.get(), 2, w.blob->data(),
-                            static_cast<int>(w.blob->size()), SQLITE_STATIC);
-          FORQ_RETURN_IF_ERROR(StepDone(path_, db, use.get(),
-                                        absl::StrCat("put object ", w.name)));
-        } else {
-          StmtUse use(writer_->delete_object.get());
-          BindText(use.get(), 1, w.name);
-          FORQ_RETURN_IF_ERROR(StepDone(
-              path_, db, use.get(), absl::StrCat("delete object ", w.name)));
-        }
+        FORQ_RETURN_IF_ERROR(w.blob ? PutObjectRow(w.name, *w.blob)
+                                    : DeleteObjectRow(w.name));
       }
       return absl::OkStatus();
-    }
     case PendingWrite::Type::kPurge:
       return ApplyPurge(op);
   }
@@ -515,6 +492,27 @@ void SqliteStore::NoteExpiry(const v1::Task& task) {
   if (!second.ids.empty()) second.ids.push_back('\n');
   second.ids.append(task.id());
   second.max_us = std::max(second.max_us, *expires_us);
+}
+
+absl::Status SqliteStore::PutObjectRow(const std::string& name,
+                                       absl::string_view blob) {
+  sqlite3* db = writer_->db.get();
+  StmtUse use(writer_->put_object.get());
+  BindText(use.get(), 1, name);
+  sqlite3_bind_blob(use.get(), 2, blob.data(), static_cast<int>(blob.size()),
+                    SQLITE_STATIC);
+  const int rc = sqlite3_step(use.get());
+  if (rc == SQLITE_DONE) return absl::OkStatus();
+  return SqliteError(path_, db, rc, absl::StrCat("put object ", name));
+}
+
+absl::Status SqliteStore::DeleteObjectRow(const std::string& name) {
+  sqlite3* db = writer_->db.get();
+  StmtUse use(writer_->delete_object.get());
+  BindText(use.get(), 1, name);
+  const int rc = sqlite3_step(use.get());
+  if (rc == SQLITE_DONE) return absl::OkStatus();
+  return SqliteError(path_, db, rc, absl::StrCat("delete object ", name));
 }
 
 absl::Status SqliteStore::WriteExpiry() {

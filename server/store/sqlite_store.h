@@ -126,6 +126,10 @@ class SqliteStore final : public Store {
   absl::Status ApplyInsert(PendingWrite& op);
   absl::Status ApplyUpdate(PendingWrite& op);
   absl::Status ApplyPurge(PendingWrite& op);
+  // One row of the objects table; the error names the object (the message
+  // is built only on failure: these run once per Manager write).
+  absl::Status PutObjectRow(const std::string& name, absl::string_view blob);
+  absl::Status DeleteObjectRow(const std::string& name);
   // Inserts op.tasks[i] for each i of `rows` (at most kRowsPerInsert), in
   // multi-row statements as far as they go, the rest one by one.
   absl::Status InsertRows(PendingWrite& op, const std::vector<size_t>& rows);
