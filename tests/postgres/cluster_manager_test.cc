@@ -294,7 +294,14 @@ TEST(ClusterManagerTest, KilledOwnerIsReplacedAndPersistedObjectsSurvive) {
   }
   const absl::Duration handover = absl::Now() - killed;
   EXPECT_EQ(value, "before");
-  const std::string new_owner = OwnerNode(*t->nodes);
+  // A node serves as owner once it has loaded the objects, and writes the
+  // owner row just after: await the row.
+  std::string new_owner = OwnerNode(*t->nodes);
+  for (const absl::Time until = absl::Now() + absl::Seconds(10);
+       new_owner == "a" && absl::Now() < until;
+       new_owner = OwnerNode(*t->nodes)) {
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+  }
   std::cout << "hand-over after kill -9 of a: " << handover << ", new owner "
             << new_owner << ", " << unavailable
             << " Unavailable answers meanwhile\n";
