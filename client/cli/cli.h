@@ -46,6 +46,10 @@ struct CliContext {
 // Prints "forq: <message>" to stderr and returns kExitError.
 int Fail(const absl::Status& status);
 int Fail(absl::string_view message);
+// For a failed CliContext::client(): an unreachable forqd (Unavailable) is
+// "forq: cannot reach forqd at ADDR (REASON); is forqd running? (--addr /
+// FORQ_ADDR)"; any other error as Fail(status).
+int FailConnect(const absl::Status& status);
 
 // Runs `fn(Client&)` with the connected client; if connecting fails, prints
 // the error and sets ctx.exit_code instead.
@@ -53,7 +57,7 @@ template <typename Fn>
 void WithClient(CliContext& ctx, Fn&& fn) {
   absl::StatusOr<Client*> client = ctx.client();
   if (!client.ok()) {
-    ctx.exit_code = Fail(client.status());
+    ctx.exit_code = FailConnect(client.status());
     return;
   }
   fn(**client);

@@ -409,7 +409,7 @@ int ObjectsCmd(Env& e) {
 
 int RunManager(CliContext& ctx, ManagerArgs& a) {
   absl::StatusOr<Client*> client = ctx.client();
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailConnect(client.status());
   std::unique_ptr<Stub> stub =
       v1::ManagerService::NewStub((*client)->channel());
   Env e{ctx, a, *stub, (*client)->options().rpc_timeout};

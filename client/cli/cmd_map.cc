@@ -29,7 +29,7 @@ v1::MapResult ToProto(const MapItem& item) {
 
 int RunMap(CliContext& ctx, const MapOpts& o) {
   absl::StatusOr<Client*> client = ctx.client();
-  if (!client.ok()) return Fail(client.status());
+  if (!client.ok()) return FailConnect(client.status());
   MapOptions mo;
   mo.queue = o.queue;
   mo.priority = o.priority;

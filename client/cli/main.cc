@@ -5,6 +5,7 @@
 #include <iostream>
 #include <iterator>
 
+#include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
 
 #include "client/cli/cli.h"
@@ -32,6 +33,12 @@ int Fail(const absl::Status& status) {
   std::cerr << "forq: " << absl::StatusCodeToString(status.code()) << ": "
             << status.message() << std::endl;
   return kExitError;
+}
+
+int FailConnect(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kUnavailable) return Fail(status);
+  return Fail(absl::StrCat(status.message(),
+                           "; is forqd running? (--addr / FORQ_ADDR)"));
 }
 
 int Fail(absl::string_view message) {

@@ -4,6 +4,7 @@
 #include <deque>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
@@ -28,6 +29,60 @@ google::protobuf::Duration ToProto(absl::Duration d) {
 
 void SetDeadline(grpc::ClientContext& ctx, absl::Duration d) {
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + d));
+}
+
+// What a failed connection attempt's gRPC message says, for people:
+// "connection refused" for the common case (nothing listens), else the
+// message itself.
+std::string ConnectFailure(const std::string& grpc_message) {
+  if (absl::StrContains(absl::AsciiStrToLower(grpc_message),
+                        "connection refused")) {
+    return "connection refused";
+  }
+  return grpc_message;
+}
+
+// A call that does not wait for readiness: on a channel in
+// TRANSIENT_FAILURE it fails at once with the last connection error.
+grpc::Status ProbeChannel(const std::shared_ptr<grpc::Channel>& channel,
+                          absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(deadline));
+  ctx.set_wait_for_ready(false);
+  v1::Task task;
+  return v1::TaskService::NewStub(channel)->Get(&ctx, v1::GetTaskRequest(),
+                                                &task);
+}
+
+// Waits until `channel` is ready, at most `timeout`. A failed connection
+// attempt (nothing listens, a TLS mismatch) puts the channel in
+// TRANSIENT_FAILURE within milliseconds, and that fails at once with the
+// reason; a forqd that accepts but is slow to answer keeps the channel
+// CONNECTING and is waited for.
+absl::Status AwaitReady(const std::shared_ptr<grpc::Channel>& channel,
+                        const std::string& address, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
+  while (state != GRPC_CHANNEL_READY) {
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      const grpc::Status why = ProbeChannel(channel, deadline);
+      const bool answered =
+          channel->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
+      if (why.error_code() == grpc::StatusCode::UNAVAILABLE && !answered) {
+        return absl::UnavailableError(
+            absl::StrCat("cannot reach forqd at ", address, " (",
+                         ConnectFailure(why.error_message()), ")"));
+      }
+      if (answered) return absl::OkStatus();
+    }
+    if (!channel->WaitForStateChange(state, absl::ToChronoTime(deadline))) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot connect to forqd at ", address, " within ",
+                       absl::FormatDuration(timeout)));
+    }
+    state = channel->GetState(/*try_to_connect=*/true);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -219,12 +274,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   auto creds = client_internal::MakeChannelCredentials(options);
   if (!creds.ok()) return creds.status();
   auto channel = grpc::CreateCustomChannel(options.address, *creds, args);
-  if (options.connect_timeout > absl::ZeroDuration() &&
-      !channel->WaitForConnected(
-          absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to forqd at ", options.address, " within ",
-                     absl::FormatDuration(options.connect_timeout)));
+  if (options.connect_timeout > absl::ZeroDuration()) {
+    absl::Status ready =
+        AwaitReady(channel, options.address, options.connect_timeout);
+    if (!ready.ok()) return ready;
   }
   return std::unique_ptr<Client>(new Client(std::move(options), channel));
 }

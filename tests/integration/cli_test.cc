@@ -1,7 +1,15 @@
 // The `forq` CLI against a real forqd: output and exit codes.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
+#include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -129,12 +137,72 @@ TEST_F(CliTest, UnknownKindIsOneClearLineAndExitTwo) {
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
 }
 
-TEST_F(CliTest, UnreachableServerIsExitTwo) {
+// A port bound to a socket that does not listen: connecting to it is
+// refused, and no other process can take the port meanwhile.
+class RefusingPort {
+ public:
+  RefusingPort() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    auto* sa = reinterpret_cast<sockaddr*>(&addr);
+    if (fd_ >= 0 && ::bind(fd_, sa, len) == 0 &&
+        ::getsockname(fd_, sa, &len) == 0) {
+      port_ = ntohs(addr.sin_port);
+    }
+  }
+  ~RefusingPort() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+  int port() const { return port_; }
+
+ private:
+  int fd_;
+  int port_ = 0;
+};
+
+TEST_F(CliTest, RefusedConnectionFailsFastNamingTheAddress) {
+  RefusingPort refusing;
+  ASSERT_NE(refusing.port(), 0);
+  const std::string addr = absl::StrCat("127.0.0.1:", refusing.port());
+  const absl::Time start = absl::Now();
   absl::StatusOr<CommandResult> r =
-      RunCommand({ForqBinary(), "--addr=127.0.0.1:1", "get", "x"});
+      RunCommand({ForqBinary(), "--addr=" + addr, "get", "x"});
+  const absl::Duration took = absl::Now() - start;
   ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->exit_code, 2);
-  EXPECT_THAT(r->err, HasSubstr("cannot connect"));
+  EXPECT_EQ(r->err, absl::StrCat("forq: cannot reach forqd at ", addr,
+                                 " (connection refused); is forqd running? "
+                                 "(--addr / FORQ_ADDR)\n"));
+  // The channel's connect timeout is 5 s; a refusal must not wait for it.
+  EXPECT_LT(took, absl::Seconds(3));
+}
+
+TEST_F(CliTest, StoppedServerIsWaitedForUntilItAnswers) {
+  auto p = ForqdProcess::Start({.workers = 1});
+  ASSERT_THAT(p, IsOk());
+  std::unique_ptr<ForqdProcess> forqd = *std::move(p);
+  // A forqd that accepts connections (the kernel does) but answers nothing
+  // for a while is slow, not gone: the CLI must wait for it.
+  ASSERT_EQ(::kill(forqd->pid(), SIGSTOP), 0);
+  absl::Cleanup resume = [&] { ::kill(forqd->pid(), SIGCONT); };
+  const absl::Time start = absl::Now();
+  absl::StatusOr<CommandResult> r;
+  std::thread cli([&] {
+    r = RunCommand({ForqBinary(), "--addr=" + forqd->grpc_address(), "submit",
+                    "echo", "late", "--wait"});
+  });
+  // The stall under test: forqd answers nothing for one second.
+  absl::SleepFor(absl::Seconds(1));
+  std::move(resume).Invoke();
+  cli.join();
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_EQ(r->out, "late\n");
+  EXPECT_GE(absl::Now() - start, absl::Seconds(1));
 }
 
 TEST_F(CliTest, ListFiltersByStateAndQueue) {

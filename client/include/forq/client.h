@@ -36,6 +36,8 @@ struct ClientOptions {
   // Deadline of unary calls (Wait adds its own timeout on top).
   absl::Duration rpc_timeout = absl::Seconds(30);
   // How long Connect waits for the channel to become ready; 0 = do not wait.
+  // A failed connection attempt (refused, unresolvable, TLS mismatch) ends
+  // the wait at once; only a forqd that accepts but is slow waits this long.
   absl::Duration connect_timeout = absl::Seconds(5);
   // true: futures wait on one WaitStream call per Client (ids go out in
   // batches, terminal tasks come back in batches: O(1) RPCs for N
@@ -170,7 +172,10 @@ class PendingBatch {
 class Client {
  public:
   // Connects (and, with connect_timeout > 0, waits until the channel is
-  // ready: Unavailable if forqd does not answer in time).
+  // ready). Unavailable "cannot reach forqd at ADDR (REASON)" as soon as a
+  // connection attempt fails, e.g. REASON "connection refused" when nothing
+  // listens; Unavailable "cannot connect ... within T" if forqd accepts but
+  // does not answer in time.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(ClientOptions options);
   ~Client();
   Client(const Client&) = delete;
