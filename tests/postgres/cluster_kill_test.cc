@@ -4,6 +4,7 @@
 // completions are refused by the attempt fence.
 #include <signal.h>
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <random>
@@ -32,15 +33,7 @@ namespace {
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
-
-std::vector<v1::TaskSpec> SleepSpecs(int n, int ms) {
-  std::vector<v1::TaskSpec> specs(n);
-  for (v1::TaskSpec& s : specs) {
-    s.set_kind("sleep");
-    s.set_payload(absl::StrCat(ms));
-  }
-  return specs;
-}
+using ::forq::testing::SleepSpecs;
 
 // Polls the query until it returns `want` or 20 s pass.
 std::string AwaitQuery(const ClusterNodes& nodes, const std::string& sql,
@@ -75,15 +68,14 @@ double FencedCompletions(const ClusterNode& node) {
 TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
   auto nodes = ClusterNodes::Create("kill");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a", "2s");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b", "2s");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());
+  auto started = nodes->StartNodes({"a", "b"}, "2s");
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(b->client->Drain(absl::Seconds(5)), IsOk());
 
   // Two tasks: both run on a (b is drained), so b has a worker free for
   // each once their leases expire.
-  auto futures = (*a)->client->SubmitBatch(SleepSpecs(2, 1500));
+  auto futures = a->client->SubmitBatch(SleepSpecs(2, 1500));
   ASSERT_THAT(futures, IsOk());
   std::vector<std::string> ids;
   for (const TaskFuture& f : *futures) ids.push_back(f.id());
@@ -94,7 +86,7 @@ TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
       ".tasks WHERE state = 2 AND owner_node = 'a' AND attempt = 1");
   ASSERT_NE(AwaitQuery(*nodes, claimed_by_a, "2"), "0")
       << "node a:\n"
-      << (*a)->process->LogTail(60);
+      << a->process->LogTail(60);
   auto lost_ids = nodes->Query(absl::StrCat(
       "SELECT string_agg(id, ',' ORDER BY id) FROM ", nodes->schema(),
       ".tasks WHERE state = 2 AND owner_node = 'a'"));
@@ -103,11 +95,11 @@ TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
       absl::StrSplit(*lost_ids, ',', absl::SkipEmpty());
   ASSERT_FALSE(lost.empty());
 
-  ASSERT_THAT((*a)->process->Kill(SIGKILL), IsOk());
+  ASSERT_THAT(a->process->Kill(SIGKILL), IsOk());
   const absl::Time killed = absl::Now();
-  ASSERT_THAT((*b)->client->Resume(), IsOk());
+  ASSERT_THAT(b->client->Resume(), IsOk());
 
-  auto done = (*b)->client->WaitAll(ids, absl::Seconds(60));
+  auto done = b->client->WaitAll(ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   int succeeded = 0;
   absl::Duration worst_restart;
@@ -147,13 +139,12 @@ TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
 TEST(ClusterKillTest, NodeStoppedPastItsLeaseHasItsCompletionsRefused) {
   auto nodes = ClusterNodes::Create("stop");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a", "2s");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b", "2s");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());
+  auto started = nodes->StartNodes({"a", "b"}, "2s");
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(b->client->Drain(absl::Seconds(5)), IsOk());
 
-  auto futures = (*a)->client->SubmitBatch(SleepSpecs(1, 1500));
+  auto futures = a->client->SubmitBatch(SleepSpecs(1, 1500));
   ASSERT_THAT(futures, IsOk());
   std::vector<std::string> ids;
   for (const TaskFuture& f : *futures) ids.push_back(f.id());
@@ -162,39 +153,39 @@ TEST(ClusterKillTest, NodeStoppedPastItsLeaseHasItsCompletionsRefused) {
   bool running = false;
   const absl::Time until = absl::Now() + absl::Seconds(20);
   while (!running && absl::Now() < until) {
-    auto pool = (*a)->client->GetPool();
+    auto pool = a->client->GetPool();
     ASSERT_THAT(pool, IsOk());
     for (const v1::Worker& w : pool->workers()) {
       running = running || w.current_task_id() == ids[0];
     }
     if (!running) absl::SleepFor(absl::Milliseconds(50));  // poll interval
   }
-  ASSERT_TRUE(running) << "node a:\n" << (*a)->process->LogTail(60);
+  ASSERT_TRUE(running) << "node a:\n" << a->process->LogTail(60);
 
   // a's workers keep running and finish their attempts while a itself is
   // stopped; b takes the tasks over once the leases expire.
-  ASSERT_EQ(kill((*a)->process->pid(), SIGSTOP), 0);
-  ASSERT_THAT((*b)->client->Resume(), IsOk());
-  auto done = (*b)->client->WaitAll(ids, absl::Seconds(60));
+  ASSERT_EQ(kill(a->process->pid(), SIGSTOP), 0);
+  ASSERT_THAT(b->client->Resume(), IsOk());
+  auto done = b->client->WaitAll(ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   for (const v1::Task& t : *done) {
     EXPECT_EQ(t.state(), v1::SUCCEEDED);
     EXPECT_EQ(t.attempt(), 2);
     EXPECT_EQ(nodes->NodeOfPid(t.worker_pid()), "b");
   }
-  ASSERT_EQ(kill((*a)->process->pid(), SIGCONT), 0);
+  ASSERT_EQ(kill(a->process->pid(), SIGCONT), 0);
 
   // a now reports its finished attempt: refused.
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   double fenced = 0;
-  while (absl::Now() < deadline && (fenced = FencedCompletions(**a)) < 1) {
+  while (absl::Now() < deadline && (fenced = FencedCompletions(*a)) < 1) {
     absl::SleepFor(absl::Milliseconds(50));  // poll interval
   }
   std::cout << "node a: forq_store_fenced_completions_total " << fenced << "\n";
   EXPECT_EQ(fenced, 1);
   // Each task keeps exactly the one result of attempt 2, seen from a too.
   for (const std::string& id : ids) {
-    auto t = (*a)->client->Get(id);
+    auto t = a->client->Get(id);
     ASSERT_THAT(t, IsOk());
     EXPECT_EQ(t->state(), v1::SUCCEEDED);
     EXPECT_EQ(t->attempt(), 2);
@@ -214,12 +205,9 @@ TEST(ClusterKillTest, KillOneOfThreeNodesUnderSubmitLoadLosesNothing) {
   for (int loop = 0; loop < loops; ++loop) {
     auto nodes = ClusterNodes::Create("load");
     ASSERT_THAT(nodes, IsOk());
-    std::vector<ClusterNode*> n;
-    for (const char* name : {"a", "b", "c"}) {
-      auto node = nodes->Start(name, "2s");
-      ASSERT_THAT(node, IsOk());
-      n.push_back(*node);
-    }
+    auto started = nodes->StartNodes({"a", "b", "c"}, "2s");
+    ASSERT_THAT(started, IsOk());
+    const std::array<ClusterNode*, 3> n = *started;
     const int victim = static_cast<int>(rng() % 3);
     const absl::Duration kill_after =
         absl::Milliseconds(300 + static_cast<int>(rng() % 1200));
@@ -356,12 +344,9 @@ TEST(ClusterKillTest, NodeCutOffFromTheDatabaseFencesItselfAndOthersTakeOver) {
 TEST(ClusterKillTest, ZDatabaseRestartUnderLoadLosesNothing) {
   auto nodes = ClusterNodes::Create("pgrestart");
   ASSERT_THAT(nodes, IsOk());
-  std::vector<ClusterNode*> n;
-  for (const char* name : {"a", "b"}) {
-    auto node = nodes->Start(name, "2s");
-    ASSERT_THAT(node, IsOk());
-    n.push_back(*node);
-  }
+  auto started = nodes->StartNodes({"a", "b"}, "2s");
+  ASSERT_THAT(started, IsOk());
+  const std::array<ClusterNode*, 2> n = *started;
   std::atomic<bool> stop{false};
   std::atomic<bool> restarted{false};
   std::atomic<int> unavailable{0}, other_errors{0}, acked_after{0};

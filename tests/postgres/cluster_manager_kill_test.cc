@@ -30,24 +30,11 @@
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitOwner;
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
-
-std::string OwnerNode(const ClusterNodes& nodes) {
-  absl::StatusOr<std::string> owner =
-      nodes.Query(absl::StrCat("SELECT node_id FROM ", nodes.schema(),
-                               ".forq_manager_owner WHERE address <> ''"));
-  return owner.ok() ? *owner : "";
-}
-
-bool AwaitOwner(const ClusterNodes& nodes, const std::string& node) {
-  for (absl::Time give_up = absl::Now() + absl::Seconds(20);
-       absl::Now() < give_up; absl::SleepFor(absl::Milliseconds(20))) {
-    if (OwnerNode(nodes) == node) return true;
-  }
-  return false;
-}
+using ::forq::testing::OwnerNode;
 
 TEST(ClusterManagerKillTest, KilledOwnerLosesNoAcknowledgedAppend) {
   const int loops = testing::FaultLoops(1);
@@ -62,10 +49,9 @@ TEST(ClusterManagerKillTest, KilledOwnerLosesNoAcknowledgedAppend) {
     auto a = nodes->Start("a");
     ASSERT_THAT(a, IsOk());
     ASSERT_TRUE(AwaitOwner(*nodes, "a"));
-    auto b = nodes->Start("b");
-    ASSERT_THAT(b, IsOk());
-    auto c = nodes->Start("c");
-    ASSERT_THAT(c, IsOk());
+    auto started = nodes->StartNodes({"b", "c"});
+    ASSERT_THAT(started, IsOk());
+    auto [b, c] = *started;
 
     // Two writers through each node (a's die with it).
     struct Writer {
@@ -75,7 +61,7 @@ TEST(ClusterManagerKillTest, KilledOwnerLosesNoAcknowledgedAppend) {
       std::set<std::string> maybe;  // answered with an error
     };
     std::vector<Writer> writers;
-    for (ClusterNode* n : {*a, *b, *c}) {
+    for (ClusterNode* n : {*a, b, c}) {
       for (int i = 0; i < 2; ++i) {
         writers.push_back({absl::StrCat(n->name, i), n, {}, {}});
       }
@@ -116,7 +102,7 @@ TEST(ClusterManagerKillTest, KilledOwnerLosesNoAcknowledgedAppend) {
     for (std::thread& t : threads) t.join();
     ASSERT_GE(acked_after_kill.load(), 50) << "no node took over";
 
-    Manager reader(*(*b)->client);
+    Manager reader(*b->client);
     auto items = reader.list("ledger").Slice();
     ASSERT_THAT(items, IsOk());
     std::map<std::string, int> seen;

@@ -34,28 +34,11 @@
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitOwner;
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
-
-// The node that owns the Manager, per the database ("" if none yet).
-std::string OwnerNode(const ClusterNodes& nodes) {
-  absl::StatusOr<std::string> owner =
-      nodes.Query(absl::StrCat("SELECT node_id FROM ", nodes.schema(),
-                               ".forq_manager_owner WHERE address <> ''"));
-  return owner.ok() ? *owner : "";
-}
-
-// Awaits the owner row naming `node` (a state in the database, polled).
-bool AwaitOwner(const ClusterNodes& nodes, const std::string& node,
-                absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time give_up = absl::Now() + timeout;
-  while (absl::Now() < give_up) {
-    if (OwnerNode(nodes) == node) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return false;
-}
+using ::forq::testing::OwnerNode;
 
 // Awaits a node answering Manager calls (it has learned the owner).
 absl::Status AwaitServing(Manager& m,
@@ -91,12 +74,10 @@ absl::StatusOr<Three> StartThree(const std::string& prefix) {
   if (!AwaitOwner(*t.nodes, "a")) {
     return absl::DeadlineExceededError("node a did not take the Manager");
   }
-  absl::StatusOr<ClusterNode*> b = t.nodes->Start("b");
-  if (!b.ok()) return b.status();
-  t.b = *b;
-  absl::StatusOr<ClusterNode*> c = t.nodes->Start("c");
-  if (!c.ok()) return c.status();
-  t.c = *c;
+  auto started = t.nodes->StartNodes({"b", "c"});
+  if (!started.ok()) return started.status();
+  t.b = (*started)[0];
+  t.c = (*started)[1];
   return t;
 }
 

@@ -3,6 +3,8 @@
 #ifndef FORQ_TESTS_POSTGRES_CLUSTER_NODES_H_
 #define FORQ_TESTS_POSTGRES_CLUSTER_NODES_H_
 
+#include <array>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <set>
@@ -77,6 +79,22 @@ class ClusterNodes {
     return nodes_.back().get();
   }
 
+  // Starts nodes `names` in that order, each as Start(name, lease, flags);
+  // the first failure is returned. Bind the result with
+  // `auto [a, b] = *started;`.
+  template <size_t N>
+  absl::StatusOr<std::array<ClusterNode*, N>> StartNodes(
+      const char* const (&names)[N], const std::string& lease = "10s",
+      const std::vector<std::string>& flags = {}) {
+    std::array<ClusterNode*, N> started{};
+    for (size_t i = 0; i < N; ++i) {
+      absl::StatusOr<ClusterNode*> node = Start(names[i], lease, flags);
+      if (!node.ok()) return node.status();
+      started[i] = *node;
+    }
+    return started;
+  }
+
   // Which started node owns worker `pid` ("" if none).
   std::string NodeOfPid(int pid) const {
     for (const auto& n : nodes_) {
@@ -108,6 +126,35 @@ class ClusterNodes {
   ClusterNodes(ClusterNodes&&) = default;
   ClusterNodes& operator=(ClusterNodes&&) = default;
 };
+
+// `n` specs of the builtin "sleep" kind, `ms` milliseconds each.
+inline std::vector<v1::TaskSpec> SleepSpecs(int n, int ms) {
+  std::vector<v1::TaskSpec> specs(n);
+  for (v1::TaskSpec& s : specs) {
+    s.set_kind("sleep");
+    s.set_payload(absl::StrCat(ms));
+  }
+  return specs;
+}
+
+// The node that owns the Manager, per the database ("" if none yet).
+inline std::string OwnerNode(const ClusterNodes& nodes) {
+  absl::StatusOr<std::string> owner =
+      nodes.Query(absl::StrCat("SELECT node_id FROM ", nodes.schema(),
+                               ".forq_manager_owner WHERE address <> ''"));
+  return owner.ok() ? *owner : "";
+}
+
+// Awaits the owner row naming `node` (a state in the database, polled).
+inline bool AwaitOwner(const ClusterNodes& nodes, const std::string& node,
+                       absl::Duration timeout = absl::Seconds(20)) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up) {
+    if (OwnerNode(nodes) == node) return true;
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+  }
+  return false;
+}
 
 }  // namespace forq::testing
 

@@ -24,34 +24,25 @@ namespace {
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
-
-std::vector<v1::TaskSpec> SleepSpecs(int n, int ms) {
-  std::vector<v1::TaskSpec> specs(n);
-  for (v1::TaskSpec& s : specs) {
-    s.set_kind("sleep");
-    s.set_payload(absl::StrCat(ms));
-  }
-  return specs;
-}
+using ::forq::testing::SleepSpecs;
 
 TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   auto nodes = ClusterNodes::Create("spread");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
+  auto started = nodes->StartNodes({"a", "b"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
 
   // a takes what its workers have room for at once and queues the rest
   // for both; at 100 ms a task, a alone would need 2 s for them, so b
   // claims some unless it is stalled that long.
   constexpr int kTasks = 40;
-  auto futures = (*a)->client->SubmitBatch(SleepSpecs(kTasks, 100));
+  auto futures = a->client->SubmitBatch(SleepSpecs(kTasks, 100));
   ASSERT_THAT(futures, IsOk());
   std::vector<std::string> ids;
   for (const TaskFuture& f : *futures) ids.push_back(f.id());
   // Waited for on node a, though node b runs about half of them.
-  auto done = (*a)->client->WaitAll(ids, absl::Seconds(60));
+  auto done = a->client->WaitAll(ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   std::map<std::string, int> by_node;
   for (const v1::Task& t : *done) {
@@ -130,25 +121,22 @@ TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
 TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   auto nodes = ClusterNodes::Create("drain");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
-  auto c = nodes->Start("c");
-  ASSERT_THAT(c, IsOk());
-  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());
+  auto started = nodes->StartNodes({"a", "b", "c"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b, c] = *started;
+  ASSERT_THAT(a->client->Drain(absl::Seconds(5)), IsOk());
 
-  auto f = (*a)->client->Submit("echo", "hello");
+  auto f = a->client->Submit("echo", "hello");
   ASSERT_THAT(f, IsOk());
   // Wait on c; on a too (a runs nothing while drained).
-  auto on_c = (*c)->client->Wait(f->id(), absl::Seconds(20));
+  auto on_c = c->client->Wait(f->id(), absl::Seconds(20));
   ASSERT_THAT(on_c, IsOk());
   EXPECT_TRUE(on_c->done());
   EXPECT_EQ(on_c->task().state(), v1::SUCCEEDED);
   EXPECT_EQ(on_c->task().result(), "hello");
   const std::string ran_on = nodes->NodeOfPid(on_c->task().worker_pid());
   EXPECT_TRUE(ran_on == "b" || ran_on == "c") << ran_on;
-  auto on_a = (*a)->client->Wait(f->id(), absl::Seconds(20));
+  auto on_a = a->client->Wait(f->id(), absl::Seconds(20));
   ASSERT_THAT(on_a, IsOk());
   EXPECT_TRUE(on_a->done());
   EXPECT_EQ(on_a->task().result(), "hello");
@@ -156,10 +144,10 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   // A waiter on a that is already parked when another node finishes the
   // task is woken by the notification (well before its timeout), and a
   // task waited on a node that did not run it comes back with its result.
-  auto slow = (*a)->client->Submit("sleep", "300");
+  auto slow = a->client->Submit("sleep", "300");
   ASSERT_THAT(slow, IsOk());
   const absl::Time start = absl::Now();
-  auto parked = (*a)->client->Wait(slow->id(), absl::Seconds(30));
+  auto parked = a->client->Wait(slow->id(), absl::Seconds(30));
   ASSERT_THAT(parked, IsOk());
   EXPECT_TRUE(parked->done());
   EXPECT_EQ(parked->task().state(), v1::SUCCEEDED);
@@ -173,18 +161,17 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
 TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
   auto nodes = ClusterNodes::Create("map");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());
+  auto started = nodes->StartNodes({"a", "b"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(a->client->Drain(absl::Seconds(5)), IsOk());
 
   std::vector<MapInput> inputs;
   inputs.reserve(20);
   for (int i = 0; i < 20; ++i) inputs.emplace_back(absl::StrCat("in", i));
   inputs[7] = MapInput("no such kind!", "x");
   std::vector<MapItem> items;
-  MapStream stream = (*a)->client->Map("echo", inputs);
+  MapStream stream = a->client->Map("echo", inputs);
   for (const MapItem& r : stream) items.push_back(r);
   ASSERT_THAT(stream.status(), IsOk());
   ASSERT_EQ(items.size(), inputs.size());
@@ -197,7 +184,7 @@ TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
     }
     ASSERT_TRUE(items[i].ok()) << i << ": " << items[i].status;
     EXPECT_EQ(items[i].result, absl::StrCat("in", i));
-    auto task = (*b)->client->Get(items[i].task_id);
+    auto task = b->client->Get(items[i].task_id);
     ASSERT_THAT(task, IsOk());
     EXPECT_EQ(nodes->NodeOfPid(task->worker_pid()), "b") << i;
   }
@@ -209,16 +196,15 @@ TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
 TEST(ClusterTest, CrossNodeWaitAddsLittleLatency) {
   auto nodes = ClusterNodes::Create("latency");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());  // b runs all
+  auto started = nodes->StartNodes({"a", "b"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(a->client->Drain(absl::Seconds(5)), IsOk());  // b runs all
   constexpr int kRounds = 30;
-  auto measure = [&](Client& waiter) {
+  auto measure = [&, &submitter = *b->client](Client& waiter) {
     std::vector<absl::Duration> lat;
     for (int i = 0; i < kRounds; ++i) {
-      auto f = (*b)->client->Submit("sleep", "30");
+      auto f = submitter.Submit("sleep", "30");
       EXPECT_THAT(f, IsOk());
       if (!f.ok()) break;
       auto w = waiter.Wait(f->id(), absl::Seconds(20));
@@ -234,8 +220,8 @@ TEST(ClusterTest, CrossNodeWaitAddsLittleLatency) {
     std::sort(lat.begin(), lat.end());
     return lat.empty() ? absl::InfiniteDuration() : lat[lat.size() / 2];
   };
-  const absl::Duration same = measure(*(*b)->client);
-  const absl::Duration cross = measure(*(*a)->client);
+  const absl::Duration same = measure(*b->client);
+  const absl::Duration cross = measure(*a->client);
   std::cout << "Wait return after finish, p50 of " << kRounds << ": same node "
             << absl::FormatDuration(same) << ", other node "
             << absl::FormatDuration(cross) << ", added "
@@ -265,23 +251,22 @@ bool AwaitRunningOn(ClusterNode& node, const std::string& id) {
 TEST(ClusterTest, CancelThroughAnotherNodeStopsTheRunningAttempt) {
   auto nodes = ClusterNodes::Create("cancel");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());  // a runs it
-  auto f = (*a)->client->Submit("sleep", "30000");
+  auto started = nodes->StartNodes({"a", "b"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(b->client->Drain(absl::Seconds(5)), IsOk());  // a runs it
+  auto f = a->client->Submit("sleep", "30000");
   ASSERT_THAT(f, IsOk());
-  ASSERT_TRUE(AwaitRunningOn(**a, f->id())) << (*a)->process->LogTail(40);
+  ASSERT_TRUE(AwaitRunningOn(*a, f->id())) << a->process->LogTail(40);
 
   const absl::Time asked = absl::Now();
-  auto cancelled = (*b)->client->Cancel(f->id());
+  auto cancelled = b->client->Cancel(f->id());
   ASSERT_THAT(cancelled, IsOk());
   EXPECT_EQ(cancelled->state(), v1::RUNNING);
   EXPECT_TRUE(cancelled->cancel_requested());
-  auto w = (*b)->client->Wait(f->id(), absl::Seconds(20));
+  auto w = b->client->Wait(f->id(), absl::Seconds(20));
   ASSERT_THAT(w, IsOk());
-  ASSERT_TRUE(w->done()) << (*a)->process->LogTail(40);
+  ASSERT_TRUE(w->done()) << a->process->LogTail(40);
   const absl::Duration took = absl::Now() - asked;
   EXPECT_EQ(w->task().state(), v1::CANCELLED) << w->task().ShortDebugString();
   EXPECT_EQ(w->task().attempt(), 1);
@@ -290,10 +275,10 @@ TEST(ClusterTest, CancelThroughAnotherNodeStopsTheRunningAttempt) {
             << absl::FormatDuration(took) << "\n";
   // The 30 s sleep was stopped, not waited out.
   EXPECT_LT(took, absl::Seconds(10));
-  auto again = (*b)->client->Cancel(f->id());
+  auto again = b->client->Cancel(f->id());
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition)
       << again.status();
-  auto on_a = (*a)->client->Get(f->id());
+  auto on_a = a->client->Get(f->id());
   ASSERT_THAT(on_a, IsOk());
   EXPECT_EQ(on_a->state(), v1::CANCELLED);
 }
@@ -303,33 +288,32 @@ TEST(ClusterTest, CancelThroughAnotherNodeStopsTheRunningAttempt) {
 TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
   auto nodes = ClusterNodes::Create("cancelq");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());
-  ASSERT_THAT((*b)->client->Drain(absl::Seconds(5)), IsOk());
-  auto f = (*a)->client->Submit("echo", "never");
+  auto started = nodes->StartNodes({"a", "b"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(a->client->Drain(absl::Seconds(5)), IsOk());
+  ASSERT_THAT(b->client->Drain(absl::Seconds(5)), IsOk());
+  auto f = a->client->Submit("echo", "never");
   ASSERT_THAT(f, IsOk());
-  auto cancelled = (*b)->client->Cancel(f->id());
+  auto cancelled = b->client->Cancel(f->id());
   ASSERT_THAT(cancelled, IsOk());
   EXPECT_EQ(cancelled->state(), v1::CANCELLED);
   EXPECT_EQ(cancelled->error().message(), "cancelled before it ran");
-  auto w = (*a)->client->Wait(f->id(), absl::Seconds(10));
+  auto w = a->client->Wait(f->id(), absl::Seconds(10));
   ASSERT_THAT(w, IsOk());
   ASSERT_TRUE(w->done());
   EXPECT_EQ(w->task().state(), v1::CANCELLED);
 
   // With both nodes claiming again, a later task runs; the cancelled one
   // stays as it was.
-  ASSERT_THAT((*a)->client->Resume(), IsOk());
-  ASSERT_THAT((*b)->client->Resume(), IsOk());
-  auto later = (*a)->client->Submit("echo", "later");
+  ASSERT_THAT(a->client->Resume(), IsOk());
+  ASSERT_THAT(b->client->Resume(), IsOk());
+  auto later = a->client->Submit("echo", "later");
   ASSERT_THAT(later, IsOk());
-  auto done = (*b)->client->Wait(later->id(), absl::Seconds(20));
+  auto done = b->client->Wait(later->id(), absl::Seconds(20));
   ASSERT_THAT(done, IsOk());
   EXPECT_EQ(done->task().state(), v1::SUCCEEDED);
-  auto t = (*b)->client->Get(f->id());
+  auto t = b->client->Get(f->id());
   ASSERT_THAT(t, IsOk());
   EXPECT_EQ(t->state(), v1::CANCELLED);
   EXPECT_EQ(t->attempt(), 0);
@@ -341,12 +325,11 @@ TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
 TEST(ClusterTest, WatchThroughAnotherNodeSeesTheEventsOfARemoteTask) {
   auto nodes = ClusterNodes::Create("watch");
   ASSERT_THAT(nodes, IsOk());
-  auto a = nodes->Start("a");
-  ASSERT_THAT(a, IsOk());
-  auto b = nodes->Start("b");
-  ASSERT_THAT(b, IsOk());
-  ASSERT_THAT((*a)->client->Drain(absl::Seconds(5)), IsOk());  // b runs it
-  auto stub = v1::TaskService::NewStub((*a)->client->channel());
+  auto started = nodes->StartNodes({"a", "b"});
+  ASSERT_THAT(started, IsOk());
+  auto [a, b] = *started;
+  ASSERT_THAT(a->client->Drain(absl::Seconds(5)), IsOk());  // b runs it
+  auto stub = v1::TaskService::NewStub(a->client->channel());
 
   // The queue watch starts first, so it is in place before the task.
   grpc::ClientContext queue_ctx;
@@ -354,7 +337,7 @@ TEST(ClusterTest, WatchThroughAnotherNodeSeesTheEventsOfARemoteTask) {
   v1::WatchRequest all;
   all.set_queue("*");
   auto queue_reader = stub->Watch(&queue_ctx, all);
-  auto f = (*b)->client->Submit("sleep", "1500");
+  auto f = b->client->Submit("sleep", "1500");
   ASSERT_THAT(f, IsOk());
   int queue_progress = 0;
   v1::TaskState queue_last = v1::TASK_STATE_UNSPECIFIED;
