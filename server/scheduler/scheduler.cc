@@ -61,7 +61,15 @@ Scheduler::Scheduler(SchedulerOptions options, Store& store,
       metrics_(metrics),
       work_source_(options_.work_source) {}
 
-Scheduler::~Scheduler() { Shutdown(absl::ZeroDuration()); }
+Scheduler::~Scheduler() {
+  Shutdown(absl::ZeroDuration());
+  // The callbacks of writes queued before now call into this object: wait
+  // until the store delivered them (an empty write is a barrier behind
+  // every earlier one; a closed store answers it at once).
+  auto flushed = std::make_shared<Notification>();
+  store_.Update({}, [flushed](absl::Status) { flushed->Notify(); });
+  flushed->WaitForNotification();
+}
 
 void Scheduler::SetCallHandler(
     std::function<void(absl::string_view, std::string,

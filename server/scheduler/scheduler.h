@@ -101,6 +101,8 @@ class Scheduler {
 
   Scheduler(SchedulerOptions options, Store& store, worker::WorkerPool& pool,
             Metrics& metrics);
+  // Shuts down, then waits until the store delivered the callbacks of the
+  // writes this scheduler queued (they call into it).
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;

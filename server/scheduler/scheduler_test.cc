@@ -377,6 +377,7 @@ class SchedulerTransitionTest : public ::testing::Test {
     if (scheduler_ != nullptr) scheduler_->Shutdown(absl::ZeroDuration());
   }
   void Start(const std::vector<v1::Task>& stored = {}) {
+    scheduler_.reset();  // before the store it uses
     store_ = NewMemoryStore();
     ASSERT_NE(store_, nullptr);
     if (!stored.empty()) {
