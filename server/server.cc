@@ -270,10 +270,13 @@ absl::Status Server::Start() {
   Scheduler* scheduler = scheduler_.get();
   health_ = std::make_unique<HealthReporter>(
       [scheduler] { return scheduler->draining(); });
-  // TaskService counts its own calls; the interceptor covers the others.
+  // TaskService and PoolService count their own calls; the interceptor
+  // covers the others.
   services_->grpc_metrics = std::make_unique<GrpcMetrics>(&metrics_);
   services_->grpc_metrics->CountedByHandlers(
       v1::TaskService::service_full_name());
+  services_->grpc_metrics->CountedByHandlers(
+      v1::PoolService::service_full_name());
   // So does the Manager's unary Call, which also parses its own request:
   // no interceptor runs for it.
   services_->grpc_metrics->CountedByHandler(ManagerService::kCallPath);
@@ -297,8 +300,8 @@ absl::Status Server::Start() {
                          .by_token = tokens_ != nullptr});
     services_->tasks->SetSubmitLimiter(limiter_.get());
   }
-  services_->pool =
-      std::make_unique<PoolServiceImpl>(*scheduler_, *pool_, *health_);
+  services_->pool = std::make_unique<PoolServiceImpl>(
+      *scheduler_, *pool_, *health_, services_->grpc_metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -350,8 +353,10 @@ absl::Status Server::Start() {
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
   // First, so the metrics interceptor counts the status it corrects.
-  interceptors.push_back(
-      MakeMalformedRequestInterceptorFactory({ManagerService::kCallPath}));
+  interceptors.push_back(MakeMalformedRequestInterceptorFactory(
+      {ManagerService::kCallPath,
+       absl::StrCat("/", v1::TaskService::service_full_name(), "/"),
+       absl::StrCat("/", v1::PoolService::service_full_name(), "/")}));
   interceptors.push_back(services_->grpc_metrics->MakeInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_server_ = builder.BuildAndStart();

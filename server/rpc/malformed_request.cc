@@ -1,8 +1,8 @@
 #include "server/rpc/malformed_request.h"
 
-#include <algorithm>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -57,10 +57,14 @@ class Factory final
         info->type() == Type::BIDI_STREAMING) {
       return nullptr;
     }
-    if (info->method() != nullptr &&
-        std::find(parsed_by_handlers_.begin(), parsed_by_handlers_.end(),
-                  info->method()) != parsed_by_handlers_.end()) {
-      return nullptr;
+    if (info->method() != nullptr) {
+      const absl::string_view path = info->method();
+      for (const std::string& parsed : parsed_by_handlers_) {
+        if (path == parsed ||
+            (absl::EndsWith(parsed, "/") && absl::StartsWith(path, parsed))) {
+          return nullptr;
+        }
+      }
     }
     // gRPC owns and deletes the interceptor when the call ends.
     return new MalformedRequestInterceptor(info->method());

@@ -23,8 +23,9 @@ std::string MalformedRequestMessage(const char* method);
 // Interceptor factory for ServerBuilder::experimental().
 // SetInterceptorCreators(). Put it first so interceptors after it (metrics)
 // see the corrected status. Stateless and thread-safe.
-// Methods named in `parsed_by_handlers` (":path" form) take raw bytes and
-// answer a malformed request themselves: they get no interceptor.
+// Methods named in `parsed_by_handlers` (":path" form, or a service's
+// "/package.Service/" for all its methods) answer a malformed request
+// themselves (raw bytes or ParsedRequest): they get no interceptor.
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 MakeMalformedRequestInterceptorFactory(
     std::vector<std::string> parsed_by_handlers = {});

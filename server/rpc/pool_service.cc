@@ -21,7 +21,27 @@ v1::WorkerState StateToProto(worker::WorkerState s) {
   return v1::WORKER_STATE_UNSPECIFIED;
 }
 
+GrpcMetrics::Method* Counted(GrpcMetrics* metrics, const char* method) {
+  return metrics == nullptr
+             ? nullptr
+             : metrics->Get(v1::PoolService::service_full_name(), method);
+}
+
 }  // namespace
+
+PoolServiceImpl::PoolServiceImpl(Scheduler& scheduler, worker::WorkerPool& pool,
+                                 HealthReporter& health, GrpcMetrics* metrics)
+    : scheduler_(scheduler),
+      pool_(pool),
+      health_(health),
+      get_pool_(Counted(metrics, "GetPool")),
+      drain_(Counted(metrics, "Drain")),
+      resume_(Counted(metrics, "Resume")) {
+  const char* service = v1::PoolService::service_full_name();
+  ParseUnary(service, "GetPool", get_pool_, &PoolServiceImpl::GetPool);
+  ParseUnary(service, "Drain", drain_, &PoolServiceImpl::Drain);
+  ParseUnary(service, "Resume", resume_, &PoolServiceImpl::Resume);
+}
 
 void PoolServiceImpl::FillStatus(v1::PoolStatus* status) {
   status->set_size(pool_.size());
@@ -48,8 +68,9 @@ grpc::ServerUnaryReactor* PoolServiceImpl::GetPool(
     grpc::CallbackServerContext* ctx, const v1::GetPoolRequest*,
     v1::PoolStatus* resp) {
   auto* reactor = ctx->DefaultReactor();
+  const Meter meter(get_pool_);
   FillStatus(resp);
-  reactor->Finish(grpc::Status::OK);
+  meter.Finish(reactor, grpc::Status::OK);
   return reactor;
 }
 
@@ -57,15 +78,16 @@ grpc::ServerUnaryReactor* PoolServiceImpl::Drain(
     grpc::CallbackServerContext* ctx, const v1::DrainRequest* req,
     v1::DrainResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  Meter meter(drain_);
   scheduler_.SetDraining(true);
   health_.Refresh();
   absl::Duration timeout = FromProto(req->timeout());
   absl::Duration left = absl::FromChrono(ctx->deadline()) - absl::Now();
   timeout = std::min(timeout, left - absl::Milliseconds(50));
-  scheduler_.WhenIdle(timeout, [this, reactor, resp](bool drained) {
+  scheduler_.WhenIdle(timeout, [this, reactor, resp, meter](bool drained) {
     resp->set_drained(drained);
     resp->set_running(scheduler_.running());
-    reactor->Finish(grpc::Status::OK);
+    meter.Finish(reactor, grpc::Status::OK);
   });
   return reactor;
 }
@@ -74,10 +96,11 @@ grpc::ServerUnaryReactor* PoolServiceImpl::Resume(
     grpc::CallbackServerContext* ctx, const v1::ResumeRequest*,
     v1::PoolStatus* resp) {
   auto* reactor = ctx->DefaultReactor();
+  Meter meter(resume_);
   scheduler_.SetDraining(false);
   health_.Refresh();
   FillStatus(resp);
-  reactor->Finish(grpc::Status::OK);
+  meter.Finish(reactor, grpc::Status::OK);
   return reactor;
 }
 

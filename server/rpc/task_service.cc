@@ -208,7 +208,18 @@ TaskServiceImpl::TaskServiceImpl(Scheduler& scheduler, GrpcMetrics* metrics)
       watch_(M("Watch")),
       map_(M("Map")),
       map_batched_(M("MapBatched")),
-      wait_stream_(M("WaitStream")) {}
+      wait_stream_(M("WaitStream")) {
+  const char* service = v1::TaskService::service_full_name();
+  ParseUnary(service, "Submit", submit_, &TaskServiceImpl::Submit);
+  ParseUnary(service, "SubmitBatch", submit_batch_,
+             &TaskServiceImpl::SubmitBatch);
+  ParseUnary(service, "Get", get_, &TaskServiceImpl::Get);
+  ParseUnary(service, "Wait", wait_, &TaskServiceImpl::Wait);
+  ParseUnary(service, "Cancel", cancel_, &TaskServiceImpl::Cancel);
+  ParseUnary(service, "List", list_, &TaskServiceImpl::List);
+  ParseUnary(service, "Retry", retry_, &TaskServiceImpl::Retry);
+  ParseServerStreaming(service, "Watch", watch_, &TaskServiceImpl::Watch);
+}
 
 GrpcMetrics::Method* TaskServiceImpl::M(const char* method) const {
   return metrics_ == nullptr

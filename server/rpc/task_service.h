@@ -6,6 +6,7 @@
 #include "forq/v1/task.grpc.pb.h"
 #include "server/auth/rate_limit.h"
 #include "server/rpc/grpc_metrics.h"
+#include "server/rpc/parsed_request.h"
 #include "server/scheduler/scheduler.h"
 
 namespace forq::server {
@@ -15,8 +16,9 @@ namespace forq::server {
 // interceptor needed: see GrpcMetrics::CountedByHandlers).
 // TaskService::CallbackService with Map, MapBatched and WaitStream taking
 // raw bytes, so their reactors can tell a message that does not parse from
-// the end of the stream (see map_reactor.cc).
-using TaskServiceBase = v1::TaskService::WithCallbackMethod_Submit<
+// the end of the stream (see map_reactor.cc), and the other methods taking
+// ParsedRequest (no interceptor runs for any of its calls).
+using TaskServiceBase = ParsedRequests<v1::TaskService::WithCallbackMethod_Submit<
     v1::TaskService::WithCallbackMethod_SubmitBatch<
         v1::TaskService::WithCallbackMethod_Get<
             v1::TaskService::WithCallbackMethod_Wait<
@@ -30,7 +32,7 @@ using TaskServiceBase = v1::TaskService::WithCallbackMethod_Submit<
                                             v1::TaskService::
                                                 WithRawCallbackMethod_WaitStream<
                                                     v1::TaskService::
-                                                        Service>>>>>>>>>>>;
+                                                        Service>>>>>>>>>>>>;
 
 class TaskServiceImpl final : public TaskServiceBase {
  public:

@@ -169,7 +169,9 @@ Msg Parse(grpc::ByteBuffer& buffer) {
 }
 
 // gRPC decoded requests of unary and server-streaming methods before any
-// forq code ran and answered UNIMPLEMENTED with an empty message.
+// forq code ran and answered UNIMPLEMENTED with an empty message. TaskService
+// and PoolService decode into ParsedRequest (no interceptor in their calls);
+// other services' methods are corrected by MalformedRequestInterceptor.
 TEST(HostileInputTest, MalformedGrpcRequestIsInvalidArgumentNamingItsType) {
   auto forqd = Start();
   ASSERT_NE(forqd, nullptr);
@@ -197,9 +199,36 @@ TEST(HostileInputTest, MalformedGrpcRequestIsInvalidArgumentNamingItsType) {
   get.set_id("no-such-task");
   s = RawCall(stub, "/forq.v1.TaskService/Get", get.SerializeAsString());
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
+  // PoolService's methods too.
+  s = RawCall(stub, "/forq.v1.PoolService/GetPool", "\xff\x01 not protobuf");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("request to /forq.v1.PoolService/GetPool is not a "
+                        "valid forq.v1.GetPoolRequest message"));
+  s = RawCall(stub, "/forq.v1.PoolService/GetPool", "");
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  // Another service's typed method: the interceptor corrects the answer.
+  s = RawCall(stub, "/forq.v1.ManagerService/DictGet", "\xff\x01 garbage");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("forq.v1.DictRequest"));
   // An unknown method stays UNIMPLEMENTED.
   s = RawCall(stub, "/forq.v1.TaskService/NoSuchMethod", "");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  // The handlers answered the malformed requests: each is counted under
+  // its method and code, as any call.
+  auto metrics =
+      server::testing::HttpCall(forqd->http_address(), "GET", "/metrics");
+  ASSERT_THAT(metrics, IsOk());
+  for (const char* counted :
+       {"{code=\"INVALID_ARGUMENT\",method=\"forq.v1.TaskService/Get\"} 2",
+        "{code=\"NOT_FOUND\",method=\"forq.v1.TaskService/Get\"} 1",
+        "{code=\"INVALID_ARGUMENT\",method=\"forq.v1.TaskService/Watch\"} 1",
+        "{code=\"INVALID_ARGUMENT\",method=\"forq.v1.PoolService/GetPool\"} "
+        "1",
+        "{code=\"OK\",method=\"forq.v1.PoolService/GetPool\"} 1"}) {
+    EXPECT_THAT(metrics->body,
+                HasSubstr(absl::StrCat("forq_grpc_requests_total", counted)));
+  }
 }
 
 // The Manager's unary Call takes raw bytes so that no interceptor runs for
