@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "google/protobuf/descriptor.h"
 
+#include "common/status_macros.h"
 #include "forq/v1/task.pb.h"
 
 namespace forq::server {
@@ -143,20 +144,7 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
     };
     const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
     if (f->type() == FieldDescriptor::TYPE_ENUM) {
-      for (int i = 0; i < n; ++i) {
-        const int v = f->is_repeated() ? r->GetRepeatedEnumValue(m, f, i)
-                                       : r->GetEnumValue(m, f);
-        if (f->enum_type()->FindValueByNumber(v) == nullptr) {
-          std::vector<std::string> names;
-          names.reserve(f->enum_type()->value_count());
-          for (int k = 0; k < f->enum_type()->value_count(); ++k) {
-            names.push_back(f->enum_type()->value(k)->name());
-          }
-          return absl::InvalidArgumentError(absl::StrCat(
-              "'", path(), "': ", v, " is not a ", f->enum_type()->name(),
-              " (one of ", absl::StrJoin(names, ", "), ")"));
-        }
-      }
+      FORQ_RETURN_IF_ERROR(CheckEnumField(m, *f, prefix));
     } else if (IsIdentifier(f)) {
       for (int i = 0; i < n; ++i) {
         std::string scratch;
@@ -186,6 +174,28 @@ absl::Status Check(const Message& m, const std::string& prefix, int depth) {
 }  // namespace
 
 absl::Status CheckRequestFields(const Message& m) { return Check(m, "", 0); }
+
+absl::Status CheckEnumField(const Message& m, const FieldDescriptor& f,
+                            absl::string_view prefix) {
+  if (f.type() != FieldDescriptor::TYPE_ENUM) return absl::OkStatus();
+  const Reflection* r = m.GetReflection();
+  const int n = f.is_repeated() ? r->FieldSize(m, &f) : 1;
+  for (int i = 0; i < n; ++i) {
+    const int v = f.is_repeated() ? r->GetRepeatedEnumValue(m, &f, i)
+                                  : r->GetEnumValue(m, &f);
+    if (f.enum_type()->FindValueByNumber(v) != nullptr) continue;
+    std::vector<std::string> names;
+    names.reserve(f.enum_type()->value_count());
+    for (int k = 0; k < f.enum_type()->value_count(); ++k) {
+      names.push_back(f.enum_type()->value(k)->name());
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", prefix, prefix.empty() ? "" : ".", f.name(), "': ", v,
+                     " is not a ", f.enum_type()->name(), " (one of ",
+                     absl::StrJoin(names, ", "), ")"));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status MalformedStreamMessage(absl::string_view method,
                                     absl::string_view type, int64_t n) {

@@ -22,6 +22,14 @@ inline constexpr size_t kMaxIdBytes = 1024;
 // Walks `m` (and its sub-messages, except map values) by reflection.
 absl::Status CheckRequestFields(const google::protobuf::Message& m);
 
+// InvalidArgument "'PATH': N is not a ENUM (one of A, B)" when the enum
+// field `f` of `m` holds (in any element, if repeated) a number its enum
+// does not define; PATH is "`prefix`.name", or the name alone when `prefix`
+// is empty. OK for a field that is not an enum.
+absl::Status CheckEnumField(const google::protobuf::Message& m,
+                            const google::protobuf::FieldDescriptor& f,
+                            absl::string_view prefix);
+
 // The answer to message `n` (counted from 1) of a client stream of `method`
 // ("/forq.v1.TaskService/WaitStream") whose bytes do not parse as `type`
 // ("forq.v1.WaitStreamRequest"): INVALID_ARGUMENT naming the method, the

@@ -15,6 +15,7 @@
 #include "google/protobuf/util/json_util.h"
 
 #include "common/status_macros.h"
+#include "server/auth/request_checks.h"
 #include "server/http/http_errors.h"
 
 namespace forq::server {
@@ -262,21 +263,7 @@ absl::Status CheckEnumValues(const Message& m) {
   refl->ListFields(m, &fields);
   for (const FieldDescriptor* f : fields) {
     if (f->type() == FieldDescriptor::TYPE_ENUM) {
-      const int n = f->is_repeated() ? refl->FieldSize(m, f) : 1;
-      for (int i = 0; i < n; ++i) {
-        const int v = f->is_repeated() ? refl->GetRepeatedEnumValue(m, f, i)
-                                       : refl->GetEnumValue(m, f);
-        if (f->enum_type()->FindValueByNumber(v) == nullptr) {
-          std::vector<std::string> names;
-          names.reserve(f->enum_type()->value_count());
-          for (int k = 0; k < f->enum_type()->value_count(); ++k) {
-            names.push_back(f->enum_type()->value(k)->name());
-          }
-          return absl::InvalidArgumentError(absl::StrCat(
-              "'", f->name(), "': ", v, " is not a ", f->enum_type()->name(),
-              " (one of ", absl::StrJoin(names, ", "), ")"));
-        }
-      }
+      FORQ_RETURN_IF_ERROR(CheckEnumField(m, *f, ""));
     } else if (f->type() == FieldDescriptor::TYPE_MESSAGE && !f->is_map()) {
       const int n = f->is_repeated() ? refl->FieldSize(m, f) : 1;
       for (int i = 0; i < n; ++i) {
