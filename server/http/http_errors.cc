@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -51,55 +53,51 @@ size_t Utf8SequenceLength(absl::string_view s, size_t i) {
   return n;
 }
 
-// Decodes a serialized google.rpc.Status far enough to get its details
-// (field 3, repeated Any). google/rpc/status.proto is not shipped with
-// Debian's gRPC headers, so this reads the wire format directly.
-bool ParseRpcStatusDetails(absl::string_view bytes,
-                           std::vector<google::protobuf::Any>* details) {
+// Calls `field_bytes` with the bytes of each length-delimited field number
+// `field` of the serialized message `bytes`, in order. False when the wire
+// format is broken or `field_bytes` returns false. The google.rpc messages
+// below are read this way because google/rpc/*.proto are not shipped with
+// Debian's gRPC headers.
+template <class Fn>
+bool ForEachBytesField(absl::string_view bytes, int field, Fn field_bytes) {
   google::protobuf::io::CodedInputStream in(
       reinterpret_cast<const uint8_t*>(bytes.data()),
       static_cast<int>(bytes.size()));
   while (true) {
     const uint32_t tag = in.ReadTag();
     if (tag == 0) return true;
-    if (WireFormatLite::GetTagFieldNumber(tag) == 3 &&
+    if (WireFormatLite::GetTagFieldNumber(tag) == field &&
         WireFormatLite::GetTagWireType(tag) ==
             WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
-      std::string any_bytes;
+      std::string value;
       uint32_t len;
-      if (!in.ReadVarint32(&len) || !in.ReadString(&any_bytes, len)) {
+      if (!in.ReadVarint32(&len) || !in.ReadString(&value, len) ||
+          !field_bytes(value)) {
         return false;
       }
-      google::protobuf::Any any;
-      if (!any.ParseFromString(any_bytes)) return false;
-      details->push_back(std::move(any));
     } else if (!WireFormatLite::SkipField(&in, tag)) {
       return false;
     }
   }
 }
 
-// RetryInfo { Duration retry_delay = 1; } read from the wire for the same
-// reason as above.
+// The details of a serialized google.rpc.Status (field 3, repeated Any).
+bool ParseRpcStatusDetails(absl::string_view bytes,
+                           std::vector<google::protobuf::Any>* details) {
+  return ForEachBytesField(bytes, 3, [&](const std::string& any_bytes) {
+    google::protobuf::Any any;
+    if (!any.ParseFromString(any_bytes)) return false;
+    details->push_back(std::move(any));
+    return true;
+  });
+}
+
+// RetryInfo { Duration retry_delay = 1; }.
 bool ParseRetryInfo(const std::string& bytes,
                     google::protobuf::Duration* delay) {
-  google::protobuf::io::CodedInputStream in(
-      reinterpret_cast<const uint8_t*>(bytes.data()),
-      static_cast<int>(bytes.size()));
-  while (true) {
-    const uint32_t tag = in.ReadTag();
-    if (tag == 0) return true;
-    if (WireFormatLite::GetTagFieldNumber(tag) == 1 &&
-        WireFormatLite::GetTagWireType(tag) ==
-            WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
-      std::string d;
-      uint32_t len;
-      if (!in.ReadVarint32(&len) || !in.ReadString(&d, len)) return false;
-      if (!delay->ParseFromString(d)) return false;
-    } else if (!WireFormatLite::SkipField(&in, tag)) {
-      return false;
-    }
-  }
+  return ForEachBytesField(bytes, 1, [&](const std::string& d) {
+    return delay->ParseFromString(d);
+  });
 }
 
 std::string RenderBody(absl::StatusCode code, absl::string_view message,
