@@ -25,14 +25,8 @@ inline constexpr int kExitTaskFailed = 1;
 inline constexpr int kExitError = 2;
 
 struct CliContext {
-  std::string addr = "127.0.0.1:50051";
-  // Security options, passed to ClientOptions as they are.
-  std::string token;
-  bool tls = false;
-  std::string ca_file;
-  std::string cert_file;
-  std::string key_file;
-  std::string tls_server_name;
+  // Set by the global flags (--addr, --token, --tls, --ca, ...).
+  ClientOptions options;
   bool json = false;
   int exit_code = kExitOk;
 

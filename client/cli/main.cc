@@ -14,14 +14,6 @@ namespace forq::cli {
 
 absl::StatusOr<Client*> CliContext::client() {
   if (client_ == nullptr) {
-    ClientOptions options;
-    options.address = addr;
-    options.token = token;
-    options.tls = tls;
-    options.ca_file = ca_file;
-    options.cert_file = cert_file;
-    options.key_file = key_file;
-    options.tls_server_name = tls_server_name;
     absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(options);
     if (!c.ok()) return c.status();
     client_ = std::move(*c);
@@ -75,24 +67,26 @@ int main(int argc, char** argv) {
       "Exit codes: 0 ok, 1 task failed/dead/cancelled, 2 timeout or error."};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
-  app.add_option("--addr", ctx.addr, "forqd gRPC address (host:port)")
+  app.add_option("--addr", ctx.options.address,
+                 "forqd gRPC address (host:port)")
       ->envname("FORQ_ADDR")
       ->capture_default_str();
-  app.add_option("--token", ctx.token,
+  app.add_option("--token", ctx.options.token,
                  "Bearer token for a forqd with --auth_tokens_file")
       ->envname("FORQ_TOKEN");
-  app.add_flag("--tls", ctx.tls, "Use TLS (implied by --ca, --cert or --key)")
+  app.add_flag("--tls", ctx.options.tls,
+               "Use TLS (implied by --ca, --cert or --key)")
       ->envname("FORQ_TLS");
-  app.add_option("--ca", ctx.ca_file,
+  app.add_option("--ca", ctx.options.ca_file,
                  "PEM CA bundle that verifies forqd's certificate (default: "
                  "system roots)")
       ->envname("FORQ_CA");
-  app.add_option("--cert", ctx.cert_file,
+  app.add_option("--cert", ctx.options.cert_file,
                  "PEM client certificate, for a forqd with --tls_client_ca")
       ->envname("FORQ_CERT");
-  app.add_option("--key", ctx.key_file, "PEM private key of --cert")
+  app.add_option("--key", ctx.options.key_file, "PEM private key of --cert")
       ->envname("FORQ_KEY");
-  app.add_option("--tls-server-name", ctx.tls_server_name,
+  app.add_option("--tls-server-name", ctx.options.tls_server_name,
                  "Name to verify in forqd's certificate (default: the host "
                  "of --addr)")
       ->envname("FORQ_TLS_SERVER_NAME");
