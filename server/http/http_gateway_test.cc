@@ -54,6 +54,29 @@ std::string RetryDetails() {
 
 // An in-memory TaskService: enough behaviour to drive every kind of route
 // (unary, long poll, server stream, bidi stream, errors).
+// A server reactor (write or bidi) that writes `out_` in order once Next()
+// is called, then finishes OK; CANCELLED when a write fails. Allocated by
+// the fake service's method; deleted when gRPC is done with it.
+template <class Reactor, class Message>
+class WritesAll : public Reactor {
+ public:
+  void OnWriteDone(bool ok) override {
+    if (!ok) return this->Finish(grpc::Status::CANCELLED);
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ protected:
+  void Next() {
+    if (next_ == out_.size()) return this->Finish(grpc::Status::OK);
+    this->StartWrite(&out_[next_++]);
+  }
+  std::vector<Message> out_;
+
+ private:
+  size_t next_ = 0;
+};
+
 class FakeTaskService final : public forq::v1::TaskService::CallbackService {
  public:
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* ctx,
@@ -186,7 +209,8 @@ class FakeTaskService final : public forq::v1::TaskService::CallbackService {
 
   // Three events of the task, then the end of the stream.
   class WatchReactor final
-      : public grpc::ServerWriteReactor<forq::v1::TaskEvent> {
+      : public WritesAll<grpc::ServerWriteReactor<forq::v1::TaskEvent>,
+                         forq::v1::TaskEvent> {
    public:
     explicit WatchReactor(const forq::v1::Task& t) {
       for (int i = 0; i < 3; ++i) {
@@ -194,24 +218,10 @@ class FakeTaskService final : public forq::v1::TaskService::CallbackService {
         e.set_type(forq::v1::TaskEvent::PROGRESS);
         *e.mutable_task() = t;
         e.mutable_task()->set_progress(i / 2.0);
-        events_.push_back(e);
+        out_.push_back(e);
       }
       Next();
     }
-    void OnWriteDone(bool ok) override {
-      if (!ok) return Finish(grpc::Status::CANCELLED);
-      Next();
-    }
-    // Allocated by Watch(); gRPC is done with it.
-    void OnDone() override { delete this; }
-
-   private:
-    void Next() {
-      if (next_ == events_.size()) return Finish(grpc::Status::OK);
-      StartWrite(&events_[next_++]);
-    }
-    std::vector<forq::v1::TaskEvent> events_;
-    size_t next_ = 0;
   };
 
   grpc::ServerWriteReactor<forq::v1::TaskEvent>* Watch(
@@ -236,8 +246,10 @@ class FakeTaskService final : public forq::v1::TaskService::CallbackService {
   }
 
   // Reads the whole input stream, then echoes each input's payload.
-  class MapReactor final : public grpc::ServerBidiReactor<forq::v1::MapRequest,
-                                                          forq::v1::MapResult> {
+  class MapReactor final
+      : public WritesAll<
+            grpc::ServerBidiReactor<forq::v1::MapRequest, forq::v1::MapResult>,
+            forq::v1::MapResult> {
    public:
     MapReactor() { StartRead(&in_); }
     void OnReadDone(bool ok) override {
@@ -254,21 +266,9 @@ class FakeTaskService final : public forq::v1::TaskService::CallbackService {
       }
       Next();
     }
-    void OnWriteDone(bool ok) override {
-      if (!ok) return Finish(grpc::Status::CANCELLED);
-      Next();
-    }
-    // Allocated by Map(); gRPC is done with it.
-    void OnDone() override { delete this; }
 
    private:
-    void Next() {
-      if (next_ == out_.size()) return Finish(grpc::Status::OK);
-      StartWrite(&out_[next_++]);
-    }
     forq::v1::MapRequest in_;
-    std::vector<forq::v1::MapResult> out_;
-    size_t next_ = 0;
   };
 
   grpc::ServerBidiReactor<forq::v1::MapRequest, forq::v1::MapResult>* Map(

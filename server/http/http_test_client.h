@@ -41,6 +41,17 @@ inline std::pair<std::string, std::string> SplitHostPort(
   return {address.substr(0, colon), address.substr(colon + 1)};
 }
 
+// Connects `stream` to `address` with `timeout` for everything it does
+// next. Throws on failure, like Asio.
+inline void ConnectStream(boost::beast::tcp_stream& stream,
+                          const std::string& address,
+                          std::chrono::seconds timeout) {
+  auto [host, port] = SplitHostPort(address);
+  boost::asio::ip::tcp::resolver resolver(stream.get_executor());
+  stream.expires_after(timeout);
+  stream.connect(resolver.resolve(host, port));
+}
+
 // Sends one request to `address` ("127.0.0.1:8080") and reads the whole
 // response. Unavailable on a connection or protocol error.
 inline absl::StatusOr<HttpResponse> HttpCall(
@@ -54,10 +65,7 @@ inline absl::StatusOr<HttpResponse> HttpCall(
   try {
     net::io_context ioc;
     beast::tcp_stream stream(ioc);
-    auto [host, port] = SplitHostPort(address);
-    net::ip::tcp::resolver resolver(ioc);
-    stream.expires_after(timeout);
-    stream.connect(resolver.resolve(host, port));
+    ConnectStream(stream, address, timeout);
     http::request<http::string_body> req;
     req.method_string(method);
     req.target(target);
@@ -105,10 +113,7 @@ inline std::string HttpRaw(
   try {
     net::io_context ioc;
     beast::tcp_stream stream(ioc);
-    auto [host, port] = SplitHostPort(address);
-    net::ip::tcp::resolver resolver(ioc);
-    stream.expires_after(timeout);
-    stream.connect(resolver.resolve(host, port));
+    ConnectStream(stream, address, timeout);
     net::write(stream, net::buffer(bytes));
     beast::error_code ec;
     if (half_close) {
