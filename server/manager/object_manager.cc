@@ -375,6 +375,16 @@ uint64_t ObjectManager::ParkLocked(const std::string& name, Object& o,
   return waiters_.count(id) != 0 ? id : 0;
 }
 
+void ObjectManager::FailWaitersLocked(const Object& o, const absl::Status& why,
+                                      Batch& b) {
+  // Copied first: taking a waiter unlinks it from o.waiters.
+  std::vector<uint64_t> ids(o.waiters.begin(), o.waiters.end());
+  for (uint64_t id : ids) {
+    std::optional<Waiter> w = TakeWaiterLocked(id, b);
+    if (w) b.replies.emplace_back(std::move(w->done), why);
+  }
+}
+
 std::optional<ObjectManager::Waiter> ObjectManager::TakeWaiterLocked(
     uint64_t id, Batch& b) {
   auto it = waiters_.find(id);
@@ -626,16 +636,9 @@ absl::StatusOr<bool> ObjectManager::DeleteObject(absl::string_view name) {
           absl::StrCat("'", key, "' is referred to by ", by,
                        "; remove that reference first"));
     }
-    std::vector<uint64_t> ids(it->second.waiters.begin(),
-                              it->second.waiters.end());
-    for (uint64_t id : ids) {
-      std::optional<Waiter> w = TakeWaiterLocked(id, b);
-      if (w) {
-        b.replies.emplace_back(
-            std::move(w->done),
-            absl::AbortedError(absl::StrCat("'", key, "' was deleted")));
-      }
-    }
+    FailWaitersLocked(
+        it->second, absl::AbortedError(absl::StrCat("'", key, "' was deleted")),
+        b);
     for (auto& [sid, s] : sessions_) s.holdings.erase(key);
     const bool persistent = Persistent(it->second.type);
     b.op_marked = true;  // no rows to write: they all go below

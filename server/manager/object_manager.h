@@ -447,6 +447,9 @@ class ObjectManager {
   // Unlinks a waiter from its object and the index.
   std::optional<Waiter> TakeWaiterLocked(uint64_t id, Batch& b)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes every waiter of `o` and answers each with `why`.
+  void FailWaitersLocked(const Object& o, const absl::Status& why, Batch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnWaiterTimer(uint64_t id) ABSL_LOCKS_EXCLUDED(mu_);
   // The reply a timed-out waiter gets (Condition waits re-park instead).
   absl::StatusOr<Reply> TimeoutReplyLocked(const Waiter& w, Object* o)

@@ -397,18 +397,11 @@ void ObjectManager::RollbackLocked(const std::set<std::string>& names,
     if (!exists) {
       if (it == objects_.end()) continue;
       // The store never had it: it goes, and so do its waiters.
-      std::vector<uint64_t> ids(it->second.waiters.begin(),
-                                it->second.waiters.end());
-      for (uint64_t id : ids) {
-        std::optional<Waiter> w = TakeWaiterLocked(id, b);
-        if (w) {
-          b.replies.emplace_back(
-              std::move(w->done),
-              absl::AbortedError(absl::StrCat(
-                  "'", name,
-                  "' was rolled back: its creation was not persisted")));
-        }
-      }
+      FailWaitersLocked(
+          it->second,
+          absl::AbortedError(absl::StrCat(
+              "'", name, "' was rolled back: its creation was not persisted")),
+          b);
       total_bytes_ -= std::min(total_bytes_, ObjectBytes(it->second));
       objects_.erase(it);
       continue;
