@@ -18,7 +18,9 @@ namespace forq::worker {
 void CloseFdsExcept(int* keep, size_t n);
 
 // Arranges for SIGKILL when the parent dies, and _exits(1) if the expected
-// parent is already gone. Async-signal-safe.
+// parent is already gone. Async-signal-safe. `expected_parent` is the
+// parent's getpid() taken before fork(): the child's getppid() names its
+// reaper once the parent died.
 void DieWithParent(pid_t expected_parent);
 
 // Restores default dispositions for all catchable signals and unblocks all

@@ -110,6 +110,9 @@ class Supervisor {
   void Spawn(int slot) {
     SlotState& s = state_[slot];
     s.respawn = false;
+    // Taken before fork: a child that asked getppid() after this process
+    // died would get its reaper's pid and live on, an orphan.
+    const pid_t self = getpid();
     pid_t pid = fork();
     if (pid < 0) {
       Send(SupervisorEvent::kSpawnFailed, slot, 0, errno);
@@ -121,7 +124,7 @@ class Supervisor {
       WorkerConfig w = config_.worker;
       const SupervisorSlot& fds = config_.slots[slot];
       w.slot = slot;
-      w.supervisor_pid = getppid();
+      w.supervisor_pid = self;
       w.shm_fd = fds.shm_fd;
       w.submission_wake_fd = fds.submission_wake_fd;
       w.completion_wake_fd = fds.completion_wake_fd;
