@@ -6,6 +6,7 @@
 #include <iterator>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/json_util.h"
 
 #include "client/cli/cli.h"
@@ -61,6 +62,10 @@ void AddJsonFlag(CLI::App* cmd, CliContext& ctx) {
 }  // namespace forq::cli
 
 int main(int argc, char** argv) {
+#ifdef NDEBUG
+  // As forqd (docs/client.md, "Release builds").
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
   forq::cli::CliContext ctx;
   CLI::App app{
       "forq: submit and manage tasks on a forqd server.\n"
