@@ -239,7 +239,11 @@ TEST(RunningKillTest, WorkerKilledMidTaskIsReplacedAndTaskSucceedsOnRetry) {
     ids.push_back(f->id());
     ASSERT_TRUE(AwaitRunning(*client, f->id())) << forqd->LogTail();
     std::optional<v1::Worker> w;
-    const absl::Time find_deadline = absl::Now() + absl::Seconds(10);
+    // RUNNING comes with the dispatch, which may hand the task to a worker
+    // still busy with an earlier task: the retries of the tasks killed so
+    // far (3 s each, two workers) can be ahead of it.
+    const absl::Time find_deadline =
+        absl::Now() + absl::Seconds(10) + absl::Seconds(3) * k;
     while (!(w = WorkerRunning(*client, f->id())) &&
            absl::Now() < find_deadline) {
       absl::SleepFor(absl::Milliseconds(1));
