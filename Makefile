@@ -45,12 +45,15 @@ test: build-forq
 test-unit: build-forq
 	ctest --test-dir $(BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
 
-# Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer. UBSan
+# only prints a finding and goes on, which a passing test's hidden output
+# would swallow: halt_on_error makes it fail the test.
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFORQ_SANITIZE=address,undefined \
 	  -DFORQ_BUILD_BENCH=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
+	UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1" \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
 
 # Unit and integration tests (forqd too) under ThreadSanitizer, built with
 # clang. tests/tsan.supp silences only Debian's uninstrumented libraries.
