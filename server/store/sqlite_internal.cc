@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "server/store/sqlite_page_cache.h"
 #include "server/store/task_record.h"
 
 namespace forq::server::sqlite_internal {
@@ -78,12 +79,16 @@ absl::Status StepDone(absl::string_view path, sqlite3* db, sqlite3_stmt* stmt,
 }
 
 absl::StatusOr<Db> OpenConnection(absl::string_view path, int flags) {
-  // SQLite keeps allocation statistics behind a process-wide mutex taken on
-  // every malloc; forq never reads them. Must precede sqlite3_initialize();
-  // if something initialized SQLite first this is a harmless no-op.
-  static std::once_flag no_memstatus;
-  std::call_once(no_memstatus,
-                 [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+  // Process-wide settings; they must precede sqlite3_initialize(), and if
+  // something initialized SQLite first they are harmless no-ops. SQLite
+  // keeps allocation statistics behind a mutex taken on every malloc; forq
+  // never reads them. The page cache layer spares each commit a scan of
+  // the whole cache (sqlite_page_cache.h).
+  static std::once_flag configured;
+  std::call_once(configured, [] {
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    InstallPageCacheLayer();
+  });
   sqlite3* raw = nullptr;
   // NOMUTEX: each connection is used by one thread at a time (the writer,
   // or whoever leased a reader), so SQLite's own mutexes are redundant.
