@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "spdlog/spdlog.h"
 
 #include "common/status_macros.h"
@@ -210,8 +211,12 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
     size_t op, index;
     bool insert;
   };
-  // Keys are copies: a folded insert has its task (and id) reassigned.
-  absl::flat_hash_map<std::string, Last> last;
+  // Keys view the ids of the tasks they name; a folded insert has its task
+  // (and id) reassigned, and its key is made again from the new one.
+  absl::flat_hash_map<absl::string_view, Last> last;
+  size_t tasks = 0;
+  for (const auto& op : group) tasks += op->tasks.size();
+  last.reserve(tasks);
   for (size_t i = 0; i < group.size(); ++i) {
     PendingWrite& op = *group[i];
     if (op.type == PendingWrite::Type::kInsert) {
@@ -230,7 +235,11 @@ void SqliteStore::CommitGroup(std::vector<std::unique_ptr<PendingWrite>>& group,
       if (prev.insert) {
         // A copy: if the group must run again call by call, this update
         // still holds its own task.
-        group[prev.op]->tasks[prev.index] = op.tasks[j];
+        const Last folded = prev;
+        last.erase(it);
+        v1::Task& insert = group[folded.op]->tasks[folded.index];
+        insert = op.tasks[j];
+        last.emplace(insert.id(), folded);
         op.superseded[j] = true;
       } else {
         group[prev.op]->superseded[prev.index] = true;
