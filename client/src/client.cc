@@ -382,10 +382,17 @@ struct PendingBatchState {
 }  // namespace client_internal
 
 PendingBatch Client::SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs) {
+  return SubmitRangeAsync(specs, 0, specs.size());
+}
+
+PendingBatch Client::SubmitRangeAsync(const std::vector<v1::TaskSpec>& specs,
+                                      size_t first, size_t n) {
   auto state = std::make_shared<client_internal::PendingBatchState>();
   SetDeadline(state->ctx, options_.rpc_timeout);
-  state->req.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
-  for (const auto& spec : specs) *state->req.add_tasks() = spec;
+  state->req.mutable_tasks()->Reserve(static_cast<int>(n));
+  for (size_t i = first; i < first + n; ++i) {
+    *state->req.add_tasks() = specs[i];
+  }
   state->req.set_brief(true);  // a future needs the id and state only
   stubs_->tasks->async()->SubmitBatch(&state->ctx, &state->req, &state->resp,
                                       [state](grpc::Status s) {
@@ -411,12 +418,9 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitMany(
     for (TaskFuture& f : *answered) futures.push_back(std::move(f));
     return absl::OkStatus();
   };
-  std::vector<v1::TaskSpec> chunk;
   for (size_t at = 0; at < specs.size(); at += options.batch) {
-    const size_t end = std::min(specs.size(), at + options.batch);
-    chunk.assign(specs.begin() + static_cast<std::ptrdiff_t>(at),
-                 specs.begin() + static_cast<std::ptrdiff_t>(end));
-    pending.push_back(SubmitBatchAsync(chunk));
+    const size_t n = std::min(specs.size() - at, options.batch);
+    pending.push_back(SubmitRangeAsync(specs, at, n));
     if (pending.size() >= options.in_flight) {
       if (absl::Status s = collect(); !s.ok()) return s;
     }

@@ -273,6 +273,10 @@ class Client {
                                       const std::vector<bool>& existing);
   // The futures of a SubmitBatch answer (its tasks are moved out).
   std::vector<TaskFuture> FuturesOf(v1::SubmitBatchResponse& resp);
+  // SubmitBatchAsync of specs[first, first + n): one copy of each spec,
+  // into the request.
+  PendingBatch SubmitRangeAsync(const std::vector<v1::TaskSpec>& specs,
+                                size_t first, size_t n);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
