@@ -219,15 +219,21 @@ TEST(HostileInputTest, MalformedGrpcRequestIsInvalidArgumentNamingItsType) {
   auto metrics =
       server::testing::HttpCall(forqd->http_address(), "GET", "/metrics");
   ASSERT_THAT(metrics, IsOk());
-  for (const char* counted :
-       {"{code=\"INVALID_ARGUMENT\",method=\"forq.v1.TaskService/Get\"} 2",
-        "{code=\"NOT_FOUND\",method=\"forq.v1.TaskService/Get\"} 1",
-        "{code=\"INVALID_ARGUMENT\",method=\"forq.v1.TaskService/Watch\"} 1",
-        "{code=\"INVALID_ARGUMENT\",method=\"forq.v1.PoolService/GetPool\"} "
-        "1",
-        "{code=\"OK\",method=\"forq.v1.PoolService/GetPool\"} 1"}) {
+  struct Counted {
+    const char* code;
+    const char* method;
+    int calls;
+  };
+  for (const Counted& c :
+       {Counted{"INVALID_ARGUMENT", "TaskService/Get", 2},
+        Counted{"NOT_FOUND", "TaskService/Get", 1},
+        Counted{"INVALID_ARGUMENT", "TaskService/Watch", 1},
+        Counted{"INVALID_ARGUMENT", "PoolService/GetPool", 1},
+        Counted{"OK", "PoolService/GetPool", 1}}) {
     EXPECT_THAT(metrics->body,
-                HasSubstr(absl::StrCat("forq_grpc_requests_total", counted)));
+                HasSubstr(absl::StrCat("forq_grpc_requests_total{code=\"",
+                                       c.code, "\",method=\"forq.v1.", c.method,
+                                       "\"} ", c.calls)));
   }
 }
 
