@@ -30,6 +30,7 @@
 #include "forq/v1/task.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "server/http/http_test_client.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -38,6 +39,7 @@ namespace {
 
 using ::forq::server::testing::HttpCall;
 using ::forq::server::testing::HttpRaw;
+using ::forq::testing::AwaitEnd;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::testing::HasSubstr;
@@ -514,7 +516,7 @@ TEST(HostileInputTest, ThousandsOfHostileRequestsGetClearErrorsAndLoseNothing) {
   EXPECT_LT(hwm, 512 * 1024);
   auto after = (*client)->Submit("echo", "after");
   ASSERT_THAT(after, IsOk());
-  auto done = after->WaitFor(absl::Seconds(30));
+  auto done = AwaitEnd(*after, absl::Seconds(30));
   ASSERT_THAT(done, IsOk());
   EXPECT_EQ(done->result(), "after");
   for (size_t i = 0; i < ids.size(); ++i) {

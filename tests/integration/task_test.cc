@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <optional>
 #include <thread>
 #include <vector>
 
@@ -16,19 +15,19 @@
 
 #include "forq/client.h"
 #include "forq/v1/task.grpc.pb.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/postgres_server.h"
-#include "tests/testing/run_budget.h"
 #include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitEnd;
 using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
-using ::forq::testing::RunBudget;
 using ::forq::testing::SharedForqdTest;
 using ::forq::testing::StatusIs;
 using ::google::protobuf::util::TimeUtil;
@@ -36,20 +35,6 @@ using ::testing::HasSubstr;
 
 absl::Time T(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(ts));
-}
-
-// f.WaitFor(budget), but the budget counts only time in which the test ran
-// (RunBudget): a stop of the test and forqd together does not use it up.
-absl::StatusOr<v1::Task> AwaitEnd(const TaskFuture& f, absl::Duration budget) {
-  RunBudget run(budget);
-  absl::StatusOr<v1::Task> t = absl::DeadlineExceededError("no budget");
-  while (std::optional<absl::Time> until = run.NextSlice()) {
-    t = f.WaitFor(std::max(*until - absl::Now(), absl::Milliseconds(1)));
-    if (t.ok() || t.status().code() != absl::StatusCode::kDeadlineExceeded) {
-      return t;
-    }
-  }
-  return t;
 }
 
 class TaskTest : public SharedForqdTest<TaskTest> {

@@ -19,6 +19,7 @@
 #include "forq/executor.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
@@ -26,6 +27,7 @@
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitEnd;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::SharedForqdTest;
@@ -85,7 +87,7 @@ TEST_F(WaitStreamTest, ManyFuturesResolveWithoutOneWaitCallPerTask) {
 TEST_F(WaitStreamTest, FailedTaskResolvesWithItsError) {
   auto f = client_->Submit("fail", "no disk");
   ASSERT_THAT(f, IsOk());
-  absl::StatusOr<v1::Task> t = f->WaitFor(absl::Seconds(30));
+  absl::StatusOr<v1::Task> t = AwaitEnd(*f, absl::Seconds(30));
   ASSERT_THAT(t, IsOk());
   EXPECT_EQ(t->state(), v1::FAILED);
   EXPECT_THAT(f->Get(), StatusIs(absl::StatusCode::kFailedPrecondition,
