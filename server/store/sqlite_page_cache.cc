@@ -60,10 +60,10 @@ int PageCount(sqlite3_pcache* p) { return inner.xPagecount(Of(p)->inner); }
 sqlite3_pcache_page* Fetch(sqlite3_pcache* p, unsigned int key, int create) {
   Cache* c = Of(p);
   sqlite3_pcache_page* page = inner.xFetch(c->inner, key, create);
-  // A page found without creating one was counted when it was created.
-  if (page != nullptr && create != 0 && key != c->parking) {
-    c->max_key = std::max(c->max_key, key);
-  }
+  // A page found without creating one was counted when it was created. One
+  // fetched at the parking number (SQLite never does) counts as parked:
+  // truncates then go to pcache1 until one drops it.
+  if (page != nullptr && create != 0) Note(c, key);
   return page;
 }
 
