@@ -42,6 +42,13 @@ std::string ConnectFailure(const std::string& grpc_message) {
   return grpc_message;
 }
 
+absl::Status NotConnectedWithin(const std::string& address,
+                                absl::Duration timeout) {
+  return absl::UnavailableError(absl::StrCat("cannot connect to forqd at ",
+                                             address, " within ",
+                                             absl::FormatDuration(timeout)));
+}
+
 // A call that does not wait for readiness: on a channel in
 // TRANSIENT_FAILURE it fails at once with the last connection error.
 grpc::Status ProbeChannel(const std::shared_ptr<grpc::Channel>& channel,
@@ -76,13 +83,22 @@ absl::Status AwaitReady(const std::shared_ptr<grpc::Channel>& channel,
       if (answered) return absl::OkStatus();
     }
     if (!channel->WaitForStateChange(state, absl::ToChronoTime(deadline))) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot connect to forqd at ", address, " within ",
-                       absl::FormatDuration(timeout)));
+      return NotConnectedWithin(address, timeout);
     }
     state = channel->GetState(/*try_to_connect=*/true);
   }
   return absl::OkStatus();
+}
+
+// Waits until `channel` is ready, through failed attempts, at most
+// `timeout` (ClientOptions::wait_for_server).
+absl::Status AwaitConnected(const std::shared_ptr<grpc::Channel>& channel,
+                            const std::string& address,
+                            absl::Duration timeout) {
+  if (channel->WaitForConnected(absl::ToChronoTime(absl::Now() + timeout))) {
+    return absl::OkStatus();
+  }
+  return NotConnectedWithin(address, timeout);
 }
 
 }  // namespace
@@ -276,7 +292,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   auto channel = grpc::CreateCustomChannel(options.address, *creds, args);
   if (options.connect_timeout > absl::ZeroDuration()) {
     absl::Status ready =
-        AwaitReady(channel, options.address, options.connect_timeout);
+        options.wait_for_server
+            ? AwaitConnected(channel, options.address, options.connect_timeout)
+            : AwaitReady(channel, options.address, options.connect_timeout);
     if (!ready.ok()) return ready;
   }
   return std::unique_ptr<Client>(new Client(std::move(options), channel));

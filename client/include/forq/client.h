@@ -39,6 +39,10 @@ struct ClientOptions {
   // A failed connection attempt (refused, unresolvable, TLS mismatch) ends
   // the wait at once; only a forqd that accepts but is slow waits this long.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // true: a failed connection attempt does not end the wait; Connect keeps
+  // trying (gRPC's reconnect back-off) for up to connect_timeout, for a
+  // client started beside a forqd that is not listening yet.
+  bool wait_for_server = false;
   // true: futures wait on one WaitStream call per Client (ids go out in
   // batches, terminal tasks come back in batches: O(1) RPCs for N
   // futures). false: one Wait RPC per TaskFuture::Wait (forqd without
