@@ -25,8 +25,9 @@ inline constexpr int kExitTaskFailed = 1;
 inline constexpr int kExitError = 2;
 
 struct CliContext {
-  // Set by the global flags (--addr, --token, --tls, --ca, ...).
-  ClientOptions options;
+  // Set by the global flags (--addr, --token, --tls, --ca, ...). A forqd
+  // that is not there is reported at once, not waited for.
+  ClientOptions options{.wait_for_server = false};
   bool json = false;
   int exit_code = kExitOk;
 

@@ -23,13 +23,14 @@ using ::forq::testing::StatusIs;
 using ::forq::testing::TempDir;
 using ::testing::HasSubstr;
 
-// Nothing listens on the socket: by default Connect says so at once, well
-// inside connect_timeout.
-TEST(ConnectTest, NothingListeningFailsAtOnce) {
+// Nothing listens on the socket: without wait_for_server (the CLI's
+// setting) Connect says so at once, well inside connect_timeout.
+TEST(ConnectTest, NothingListeningFailsAtOnceWithoutWaitForServer) {
   TempDir dir;
   ClientOptions o;
   o.address = absl::StrCat("unix:", dir.path(), "/forqd.sock");
   o.connect_timeout = absl::Seconds(20);
+  o.wait_for_server = false;
   const absl::Time start = absl::Now();
   absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
   EXPECT_THAT(c.status(), StatusIs(absl::StatusCode::kUnavailable));
@@ -37,8 +38,8 @@ TEST(ConnectTest, NothingListeningFailsAtOnce) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
 }
 
-// With wait_for_server, a client started before forqd listens keeps trying
-// and connects once forqd is up.
+// With wait_for_server (the default), a client started before forqd
+// listens keeps trying and connects once forqd is up.
 TEST(ConnectTest, WaitForServerConnectsToAForqdStartedLater) {
   TempDir dir;
   const std::string address = absl::StrCat("unix:", dir.path(), "/forqd.sock");

@@ -36,13 +36,14 @@ struct ClientOptions {
   // Deadline of unary calls (Wait adds its own timeout on top).
   absl::Duration rpc_timeout = absl::Seconds(30);
   // How long Connect waits for the channel to become ready; 0 = do not wait.
-  // A failed connection attempt (refused, unresolvable, TLS mismatch) ends
-  // the wait at once; only a forqd that accepts but is slow waits this long.
   absl::Duration connect_timeout = absl::Seconds(5);
-  // true: a failed connection attempt does not end the wait; Connect keeps
-  // trying (gRPC's reconnect back-off) for up to connect_timeout, for a
-  // client started beside a forqd that is not listening yet.
-  bool wait_for_server = false;
+  // true: Connect keeps trying through failed connection attempts (gRPC's
+  // reconnect back-off) for up to connect_timeout: a forqd still starting,
+  // or an attempt that failed once under load, is waited for. false (the
+  // forq CLI): a failed attempt (refused, unresolvable, TLS mismatch) ends
+  // the wait at once with its reason; only a forqd that accepts but is
+  // slow is waited for.
+  bool wait_for_server = true;
   // true: futures wait on one WaitStream call per Client (ids go out in
   // batches, terminal tasks come back in batches: O(1) RPCs for N
   // futures). false: one Wait RPC per TaskFuture::Wait (forqd without
