@@ -352,11 +352,14 @@ absl::Status Server::Start() {
   std::vector<
       std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
-  // First, so the metrics interceptor counts the status it corrects.
+  // First, so the metrics interceptor counts the status it corrects. The
+  // methods that count their own calls also parse their own requests
+  // (ParsedRequest, or raw bytes for the Manager's Call), so neither
+  // interceptor runs for them.
   interceptors.push_back(MakeMalformedRequestInterceptorFactory(
-      {ManagerService::kCallPath,
-       absl::StrCat("/", v1::TaskService::service_full_name(), "/"),
-       absl::StrCat("/", v1::PoolService::service_full_name(), "/")}));
+      [metrics = services_->grpc_metrics.get()](const char* method) {
+        return metrics->SelfCounted(method);
+      }));
   interceptors.push_back(services_->grpc_metrics->MakeInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   grpc_server_ = builder.BuildAndStart();

@@ -136,7 +136,7 @@ GrpcMetrics::Method* GrpcMetrics::Get(absl::string_view service,
 
 GrpcMetrics::Method* GrpcMetrics::FromPath(const char* path) {
   if (path == nullptr) return unknown_;
-  auto it = by_path_.find(path);
+  auto it = by_path_.find(absl::string_view(path));
   if (it == by_path_.end()) return unknown_;
   return it->second->self_counted_ ? nullptr : it->second.get();
 }
@@ -148,8 +148,14 @@ void GrpcMetrics::CountedByHandlers(absl::string_view service) {
   }
 }
 
+bool GrpcMetrics::SelfCounted(const char* path) const {
+  if (path == nullptr) return false;
+  auto it = by_path_.find(absl::string_view(path));
+  return it != by_path_.end() && it->second->self_counted_;
+}
+
 void GrpcMetrics::CountedByHandler(absl::string_view path) {
-  auto it = by_path_.find(std::string(path));
+  auto it = by_path_.find(path);
   if (it != by_path_.end()) it->second->self_counted_ = true;
 }
 

@@ -13,8 +13,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
-#include <unordered_map>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -66,6 +66,8 @@ class GrpcMetrics {
   void CountedByHandlers(absl::string_view service);
   // The same for one method, by its ":path" ("/forq.v1.ManagerService/Call").
   void CountedByHandler(absl::string_view path);
+  // Whether the method at `path` (":path" form) is counted by its handler.
+  bool SelfCounted(const char* path) const;
 
   // Interceptor factory for ServerBuilder::experimental().
   // SetInterceptorCreators(); this object must outlive the server.
@@ -78,8 +80,9 @@ class GrpcMetrics {
   prometheus::Family<prometheus::Counter>& calls_;
   prometheus::Family<prometheus::Histogram>& latency_;
   // Keyed by ":path"; filled in the constructor, read-only afterwards
-  // (CountedByHandlers only flips flags before the server starts).
-  std::unordered_map<std::string, std::unique_ptr<Method>> by_path_;
+  // (CountedByHandlers only flips flags before the server starts). Looked
+  // up by gRPC's ":path" for every call, without copying it.
+  absl::flat_hash_map<std::string, std::unique_ptr<Method>> by_path_;
   Method* unknown_ = nullptr;
 };
 

@@ -1,8 +1,8 @@
 #include "server/rpc/malformed_request.h"
 
+#include <functional>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
@@ -46,8 +46,8 @@ class MalformedRequestInterceptor final
 class Factory final
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit Factory(std::vector<std::string> parsed_by_handlers)
-      : parsed_by_handlers_(std::move(parsed_by_handlers)) {}
+  explicit Factory(std::function<bool(const char*)> parsed_by_handler)
+      : parsed_by_handler_(std::move(parsed_by_handler)) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
@@ -57,21 +57,15 @@ class Factory final
         info->type() == Type::BIDI_STREAMING) {
       return nullptr;
     }
-    if (info->method() != nullptr) {
-      const absl::string_view path = info->method();
-      for (const std::string& parsed : parsed_by_handlers_) {
-        if (path == parsed ||
-            (absl::EndsWith(parsed, "/") && absl::StartsWith(path, parsed))) {
-          return nullptr;
-        }
-      }
+    if (parsed_by_handler_ && parsed_by_handler_(info->method())) {
+      return nullptr;
     }
     // gRPC owns and deletes the interceptor when the call ends.
     return new MalformedRequestInterceptor(info->method());
   }
 
  private:
-  const std::vector<std::string> parsed_by_handlers_;
+  const std::function<bool(const char*)> parsed_by_handler_;
 };
 
 }  // namespace
@@ -99,8 +93,8 @@ std::string MalformedRequestMessage(const char* method) {
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 MakeMalformedRequestInterceptorFactory(
-    std::vector<std::string> parsed_by_handlers) {
-  return std::make_unique<Factory>(std::move(parsed_by_handlers));
+    std::function<bool(const char* method)> parsed_by_handler) {
+  return std::make_unique<Factory>(std::move(parsed_by_handler));
 }
 
 }  // namespace forq::server

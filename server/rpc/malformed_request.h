@@ -7,9 +7,9 @@
 #ifndef FORQ_SERVER_RPC_MALFORMED_REQUEST_H_
 #define FORQ_SERVER_RPC_MALFORMED_REQUEST_H_
 
+#include <functional>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "grpcpp/support/server_interceptor.h"
 
@@ -23,12 +23,12 @@ std::string MalformedRequestMessage(const char* method);
 // Interceptor factory for ServerBuilder::experimental().
 // SetInterceptorCreators(). Put it first so interceptors after it (metrics)
 // see the corrected status. Stateless and thread-safe.
-// Methods named in `parsed_by_handlers` (":path" form, or a service's
-// "/package.Service/" for all its methods) answer a malformed request
-// themselves (raw bytes or ParsedRequest): they get no interceptor.
+// Methods for which `parsed_by_handler` is true (given gRPC's ":path", which
+// may be null) answer a malformed request themselves (raw bytes or
+// ParsedRequest): they get no interceptor.
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 MakeMalformedRequestInterceptorFactory(
-    std::vector<std::string> parsed_by_handlers = {});
+    std::function<bool(const char* method)> parsed_by_handler = nullptr);
 
 }  // namespace forq::server
 
