@@ -400,17 +400,14 @@ struct PendingBatchState {
 }  // namespace client_internal
 
 PendingBatch Client::SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs) {
-  return SubmitRangeAsync(specs, 0, specs.size());
+  return SubmitSliceAsync(specs);
 }
 
-PendingBatch Client::SubmitRangeAsync(const std::vector<v1::TaskSpec>& specs,
-                                      size_t first, size_t n) {
+PendingBatch Client::SubmitSliceAsync(absl::Span<const v1::TaskSpec> specs) {
   auto state = std::make_shared<client_internal::PendingBatchState>();
   SetDeadline(state->ctx, options_.rpc_timeout);
-  state->req.mutable_tasks()->Reserve(static_cast<int>(n));
-  for (size_t i = first; i < first + n; ++i) {
-    *state->req.add_tasks() = specs[i];
-  }
+  state->req.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
+  for (const auto& spec : specs) *state->req.add_tasks() = spec;
   state->req.set_brief(true);  // a future needs the id and state only
   stubs_->tasks->async()->SubmitBatch(&state->ctx, &state->req, &state->resp,
                                       [state](grpc::Status s) {
@@ -436,9 +433,9 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitMany(
     for (TaskFuture& f : *answered) futures.push_back(std::move(f));
     return absl::OkStatus();
   };
-  for (size_t at = 0; at < specs.size(); at += options.batch) {
-    const size_t n = std::min(specs.size() - at, options.batch);
-    pending.push_back(SubmitRangeAsync(specs, at, n));
+  const absl::Span<const v1::TaskSpec> all(specs);
+  for (size_t at = 0; at < all.size(); at += options.batch) {
+    pending.push_back(SubmitSliceAsync(all.subspan(at, options.batch)));
     if (pending.size() >= options.in_flight) {
       if (absl::Status s = collect(); !s.ok()) return s;
     }

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 #include "forq/map.h"
 #include "forq/v1/pool.pb.h"
@@ -177,10 +178,10 @@ class PendingBatch {
 class Client {
  public:
   // Connects (and, with connect_timeout > 0, waits until the channel is
-  // ready). Unavailable "cannot reach forqd at ADDR (REASON)" as soon as a
-  // connection attempt fails, e.g. REASON "connection refused" when nothing
-  // listens; Unavailable "cannot connect ... within T" if forqd accepts but
-  // does not answer in time.
+  // ready): Unavailable "cannot connect to forqd at ADDR within T" if it is
+  // not ready in time. Without wait_for_server, Unavailable "cannot reach
+  // forqd at ADDR (REASON)" as soon as a connection attempt fails, e.g.
+  // REASON "connection refused" when nothing listens.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(ClientOptions options);
   ~Client();
   Client(const Client&) = delete;
@@ -278,10 +279,9 @@ class Client {
                                       const std::vector<bool>& existing);
   // The futures of a SubmitBatch answer (its tasks are moved out).
   std::vector<TaskFuture> FuturesOf(v1::SubmitBatchResponse& resp);
-  // SubmitBatchAsync of specs[first, first + n): one copy of each spec,
-  // into the request.
-  PendingBatch SubmitRangeAsync(const std::vector<v1::TaskSpec>& specs,
-                                size_t first, size_t n);
+  // SubmitBatchAsync of a slice of specs: one copy of each, into the
+  // request.
+  PendingBatch SubmitSliceAsync(absl::Span<const v1::TaskSpec> specs);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
