@@ -61,8 +61,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 
+#include "common/release_build.h"
 #include "common/status_macros.h"
 
 ABSL_FLAG(std::vector<std::string>, sections,
@@ -141,12 +141,8 @@ absl::StatusOr<Flags> FlagsFromCommandLine() {
 }
 
 int Run(int argc, char** argv) {
-#ifdef NDEBUG
-  // A client as a release application runs it (docs/client.md, "Release
-  // builds"): without Debian abseil's deadlock detection on every
-  // absl::Mutex, as forqd.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#endif
+  // As forqd: the client and the bare echo floor (--serve_echo).
+  SkipDeadlockDetectionInReleaseBuilds();
   absl::SetProgramUsageMessage(
       "end-to-end figures of a real forqd; see the top of "
       "bench/forq_bench.cc for the sections and what they measure");

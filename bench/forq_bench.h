@@ -38,7 +38,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -396,10 +395,6 @@ class EchoService final : public v1::TaskService::CallbackService {
 // Child mode (--serve_echo): serves EchoService on a free loopback port,
 // prints "port=N" and runs until stdin closes.
 inline int ServeEcho() {
-  // As forqd does (server/forqd_main.cc): Debian's abseil runs deadlock
-  // detection on every absl::Mutex, gRPC's included, unless told not to;
-  // the floor must not pay for it when forqd does not.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   EchoService service;
   grpc::ServerBuilder b;
   int port = 0;

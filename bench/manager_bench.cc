@@ -44,11 +44,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include <grpcpp/grpcpp.h>
 
+#include "common/release_build.h"
 #include "forq/client.h"
 #include "forq/manager.h"
 #include "forq/v1/manager.grpc.pb.h"
@@ -269,12 +269,8 @@ int Main(int argc, char** argv) {
       "throughput of forqd's Manager from libforq; see the top of "
       "bench/manager_bench.cc");
   absl::ParseCommandLine(argc, argv);
-#ifdef NDEBUG
-  // As forqd and forq_bench (docs/client.md, "Release builds"): the client,
-  // its child clients and the echo floor run without Debian abseil's
-  // deadlock detection on every absl::Mutex.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#endif
+  // As forqd: the client, its child clients and the echo floor.
+  SkipDeadlockDetectionInReleaseBuilds();
   if (const std::string dir = absl::GetFlag(FLAGS_serve_echo); !dir.empty()) {
     return ServeEcho(dir);
   }

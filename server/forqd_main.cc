@@ -15,11 +15,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
 #include "common/logging.h"
+#include "common/release_build.h"
 #include "server/server.h"
 #include "server/store/postgres_store.h"
 
@@ -212,12 +212,7 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
 }  // namespace
 
 int main(int argc, char** argv) {
-#ifdef NDEBUG
-  // Debian builds libabsl without NDEBUG, so every absl::Mutex (inside gRPC
-  // and our own code) would run its deadlock detector: about a fifth of a
-  // unary call's instructions. Release builds of forqd switch it off.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#endif
+  forq::SkipDeadlockDetectionInReleaseBuilds();
   absl::SetProgramUsageMessage(
       "forqd: the forq task queue server.\n"
       "Flags may also come from FORQ_<FLAG> environment variables or a "

@@ -6,10 +6,10 @@
 #include <iterator>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/json_util.h"
 
 #include "client/cli/cli.h"
+#include "common/release_build.h"
 
 namespace forq::cli {
 
@@ -62,10 +62,7 @@ void AddJsonFlag(CLI::App* cmd, CliContext& ctx) {
 }  // namespace forq::cli
 
 int main(int argc, char** argv) {
-#ifdef NDEBUG
-  // As forqd (docs/client.md, "Release builds").
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#endif
+  forq::SkipDeadlockDetectionInReleaseBuilds();
   forq::cli::CliContext ctx;
   CLI::App app{
       "forq: submit and manage tasks on a forqd server.\n"
