@@ -16,13 +16,17 @@
 #include "gtest/gtest.h"
 
 #include "common/notification.h"
+#include "tests/testing/run_budget.h"
+#include "tests/testing/run_timer.h"
 #include "tests/testing/status_matchers.h"
 #include "worker/fork_pool.h"
 
 namespace forq::worker {
 namespace {
 
+using ::forq::testing::AwaitNotification;
 using ::forq::testing::IsOk;
+using ::forq::testing::RunTimer;
 using ::forq::testing::StatusIs;
 using ::testing::HasSubstr;
 
@@ -135,12 +139,14 @@ bool Alive(pid_t pid) {
 // A backgrounded or setsid'ed grandchild outlived its task. The first two
 // let go of stdout, so nothing but the kill of leftovers ends them; the
 // third holds stdout, so without that kill the task would last its 40 s.
+// The bounds on how long a run took count time in which the test ran
+// (RunTimer): a stop of the test and its children does not count.
 TEST(ExecRunnerTest, GrandchildrenDoNotOutliveTheTask) {
-  const absl::Time start = absl::Now();
+  RunTimer timer;
   absl::StatusOr<std::string> out = Exec(
       R"(["/bin/sh", "-c", "sleep 313 >/dev/null 2>&1 & echo $!; setsid sh -c 'sleep 314 >/dev/null 2>&1 & echo $!' </dev/null 2>/dev/null; setsid sh -c 'sleep 40 & echo $!' </dev/null 2>/dev/null"])");
   ASSERT_THAT(out, IsOk());
-  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  EXPECT_LT(timer.Elapsed(), absl::Seconds(20));
   std::vector<std::string> pids = absl::StrSplit(*out, '\n', absl::SkipEmpty());
   ASSERT_EQ(pids.size(), 3u) << *out;
   for (const std::string& p : pids) {
@@ -154,12 +160,12 @@ TEST(ExecRunnerTest, DeadlineKillsTheProgramAndItsChildren) {
   FakeContext ctx;
   ctx.deadline_ = absl::Now() + absl::Milliseconds(500);
   std::string out;
-  const absl::Time start = absl::Now();
+  RunTimer timer;
   EXPECT_THAT(
       RunExec(Allow(), ctx,
               R"(["/bin/sh", "-c", "setsid sleep 60 & sleep 60"])", &out),
       StatusIs(absl::StatusCode::kDeadlineExceeded));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_LT(timer.Elapsed(), absl::Seconds(5));
 }
 
 TEST(ExecRunnerTest, RunsInAPrivateDirectoryRemovedAfterwards) {
@@ -212,12 +218,12 @@ TEST(ExecRunnerTest, CancelKillsTheProgramAndItsChildren) {
   FakeContext ctx;
   ctx.cancelled_ = true;
   std::string out;
-  const absl::Time start = absl::Now();
+  RunTimer timer;
   // sleep is a grandchild that holds stdout open.
   EXPECT_THAT(
       RunExec(Allow(), ctx, R"(["/bin/sh", "-c", "sleep 60; echo x"])", &out),
       StatusIs(absl::StatusCode::kCancelled));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_LT(timer.Elapsed(), absl::Seconds(5));
 }
 
 // Through a real pool: exec is registered only with an allow-list.
@@ -238,13 +244,13 @@ TEST(ExecRunnerPoolTest, ExecKindRunsInWorkers) {
     done.Notify();
   };
   ASSERT_THAT(pool->Start(cb), IsOk());
-  ASSERT_TRUE(idle.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(AwaitNotification(idle, absl::Seconds(20)));
   Assignment a;
   a.task_id = "e1";
   a.kind = "exec";
   a.payload = R"json(["/bin/echo", "from", "exec;", "$(id)"])json";
   ASSERT_THAT(pool->Dispatch(a), IsOk());
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(AwaitNotification(done, absl::Seconds(20)));
   EXPECT_EQ(outcome.kind, OutcomeKind::kSucceeded) << outcome.status;
   EXPECT_EQ(outcome.result, "from exec; $(id)\n");
   pool->Shutdown();
@@ -266,13 +272,13 @@ TEST(ExecRunnerPoolTest, ExecKindIsOffWithoutAllowList) {
     done.Notify();
   };
   ASSERT_THAT(pool->Start(cb), IsOk());
-  ASSERT_TRUE(idle.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(AwaitNotification(idle, absl::Seconds(20)));
   Assignment a;
   a.task_id = "e2";
   a.kind = "exec";
   a.payload = R"(["/bin/echo", "x"])";
   ASSERT_THAT(pool->Dispatch(a), IsOk());
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(AwaitNotification(done, absl::Seconds(20)));
   EXPECT_EQ(outcome.kind, OutcomeKind::kUnknownKind);
   pool->Shutdown();
 }

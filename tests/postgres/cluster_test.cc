@@ -16,6 +16,8 @@
 #include "forq/client.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "tests/postgres/cluster_nodes.h"
+#include "tests/testing/run_budget.h"
+#include "tests/testing/run_timer.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
@@ -24,7 +26,23 @@ namespace {
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
+using ::forq::testing::RunBudget;
+using ::forq::testing::RunTimer;
 using ::forq::testing::SleepSpecs;
+
+// client.Wait(id, timeout), made again while it timed out (not done)
+// before `timeout` of time in which the test ran had passed: forqd times a
+// Wait by the wall clock, which a stop of the test and the nodes together
+// (SIGSTOP of them all, a suspended VM) uses up.
+absl::StatusOr<v1::WaitTaskResponse> WaitRunTime(Client& client,
+                                                 const std::string& id,
+                                                 absl::Duration timeout) {
+  RunTimer timer;
+  while (true) {
+    auto w = client.Wait(id, timeout);
+    if (!w.ok() || w->done() || timer.Elapsed() >= timeout) return w;
+  }
+}
 
 TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   auto nodes = ClusterNodes::Create("spread");
@@ -129,14 +147,14 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   auto f = a->client->Submit("echo", "hello");
   ASSERT_THAT(f, IsOk());
   // Wait on c; on a too (a runs nothing while drained).
-  auto on_c = c->client->Wait(f->id(), absl::Seconds(20));
+  auto on_c = WaitRunTime(*c->client, f->id(), absl::Seconds(20));
   ASSERT_THAT(on_c, IsOk());
   EXPECT_TRUE(on_c->done());
   EXPECT_EQ(on_c->task().state(), v1::SUCCEEDED);
   EXPECT_EQ(on_c->task().result(), "hello");
   const std::string ran_on = nodes->NodeOfPid(on_c->task().worker_pid());
   EXPECT_TRUE(ran_on == "b" || ran_on == "c") << ran_on;
-  auto on_a = a->client->Wait(f->id(), absl::Seconds(20));
+  auto on_a = WaitRunTime(*a->client, f->id(), absl::Seconds(20));
   ASSERT_THAT(on_a, IsOk());
   EXPECT_TRUE(on_a->done());
   EXPECT_EQ(on_a->task().result(), "hello");
@@ -144,14 +162,15 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   // A waiter on a that is already parked when another node finishes the
   // task is woken by the notification (well before its timeout), and a
   // task waited on a node that did not run it comes back with its result.
+  // Both bounds count time in which the test ran (RunTimer).
   auto slow = a->client->Submit("sleep", "300");
   ASSERT_THAT(slow, IsOk());
-  const absl::Time start = absl::Now();
-  auto parked = a->client->Wait(slow->id(), absl::Seconds(30));
+  RunTimer timer;
+  auto parked = WaitRunTime(*a->client, slow->id(), absl::Seconds(30));
   ASSERT_THAT(parked, IsOk());
   EXPECT_TRUE(parked->done());
   EXPECT_EQ(parked->task().state(), v1::SUCCEEDED);
-  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_LT(timer.Elapsed(), absl::Seconds(10));
   EXPECT_NE(nodes->NodeOfPid(parked->task().worker_pid()), "a");
 }
 
@@ -230,10 +249,10 @@ TEST(ClusterTest, CrossNodeWaitAddsLittleLatency) {
   EXPECT_LT(cross - same, absl::Milliseconds(100));
 }
 
-// Polls until a worker of `node` runs task `id` (or 20 s pass).
+// Polls until a worker of `node` runs task `id` (or the test ran 20 s).
 bool AwaitRunningOn(ClusterNode& node, const std::string& id) {
-  const absl::Time until = absl::Now() + absl::Seconds(20);
-  while (absl::Now() < until) {
+  RunBudget run(absl::Seconds(20));
+  while (run.NextSlice()) {
     auto pool = node.client->GetPool();
     if (pool.ok()) {
       for (const v1::Worker& w : pool->workers()) {
@@ -259,15 +278,15 @@ TEST(ClusterTest, CancelThroughAnotherNodeStopsTheRunningAttempt) {
   ASSERT_THAT(f, IsOk());
   ASSERT_TRUE(AwaitRunningOn(*a, f->id())) << a->process->LogTail(40);
 
-  const absl::Time asked = absl::Now();
+  RunTimer asked;  // time in which the test ran since the Cancel
   auto cancelled = b->client->Cancel(f->id());
   ASSERT_THAT(cancelled, IsOk());
   EXPECT_EQ(cancelled->state(), v1::RUNNING);
   EXPECT_TRUE(cancelled->cancel_requested());
-  auto w = b->client->Wait(f->id(), absl::Seconds(20));
+  auto w = WaitRunTime(*b->client, f->id(), absl::Seconds(20));
   ASSERT_THAT(w, IsOk());
   ASSERT_TRUE(w->done()) << a->process->LogTail(40);
-  const absl::Duration took = absl::Now() - asked;
+  const absl::Duration took = asked.Elapsed();
   EXPECT_EQ(w->task().state(), v1::CANCELLED) << w->task().ShortDebugString();
   EXPECT_EQ(w->task().attempt(), 1);
   EXPECT_EQ(nodes->NodeOfPid(w->task().worker_pid()), "a");

@@ -9,10 +9,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -21,20 +23,22 @@
 
 #include "common/errno_status.h"
 #include "common/scoped_fd.h"
+#include "tests/testing/run_budget.h"
 
 namespace forq::testing {
 namespace {
 
-// Waits for `pid` with a deadline, polling waitpid(WNOHANG) on a short
-// period: there is no fd to wait on for a child's exit without pidfd.
+// Waits for `pid` at most `timeout` of time in which the test ran
+// (RunBudget), polling waitpid(WNOHANG) on a short period: there is no fd
+// to wait on for a child's exit without pidfd.
 absl::StatusOr<int> WaitForExit(int pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
+  RunBudget run(timeout);
   while (true) {
     int status = 0;
     int r = waitpid(pid, &status, WNOHANG);
     if (r == pid) return status;
     if (r < 0 && errno != EINTR) return ErrnoToStatus(errno, "waitpid");
-    if (absl::Now() > deadline) {
+    if (!run.NextSlice()) {
       return absl::DeadlineExceededError(
           absl::StrCat("pid ", pid, " did not exit"));
     }
@@ -120,19 +124,21 @@ absl::Status ForqdProcess::Spawn() {
   pid_ = pid;
   write_end.reset();
 
-  // Read "grpc_port=N http_port=M\n" or EOF (forqd died before ready).
+  // Read "grpc_port=N http_port=M\n" or EOF (forqd died before ready),
+  // for at most start_timeout of time in which the test ran (RunBudget).
   std::string line;
-  const absl::Time deadline = absl::Now() + options_.start_timeout;
+  RunBudget run(options_.start_timeout);
   char buf[256];
   while (line.find('\n') == std::string::npos) {
-    int ms =
-        static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-    if (ms <= 0) {
+    const std::optional<absl::Time> until = run.NextSlice();
+    if (!until) {
       Kill(SIGKILL).IgnoreError();
       return absl::DeadlineExceededError("forqd did not become ready: " +
                                          LogTail());
     }
     pollfd pfd{read_end.get(), POLLIN, 0};
+    const int ms = static_cast<int>(absl::ToInt64Milliseconds(
+        std::max(*until - absl::Now(), absl::Milliseconds(1))));
     int r = poll(&pfd, 1, ms);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) continue;

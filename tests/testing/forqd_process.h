@@ -19,7 +19,9 @@ struct ForqdOptions {
   std::vector<std::string> flags;
   // Empty: a fresh temporary directory removed by the destructor.
   std::string data_dir;
-  // How long to wait for the ready handshake.
+  // How long to wait for the ready handshake. This and the other timeouts
+  // of ForqdProcess count time in which the test ran (RunBudget): a stop
+  // of the test and forqd together does not use them up.
   absl::Duration start_timeout = absl::Seconds(30);
 };
 

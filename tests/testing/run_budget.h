@@ -9,6 +9,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
+#include "common/notification.h"
+
 namespace forq::testing {
 
 // A wall-clock deadline also runs while the machine holds the test's
@@ -54,6 +56,17 @@ class RunBudget {
   absl::Duration left_;
   absl::Time slice_start_ = absl::InfinitePast();
 };
+
+// Whether `n` is notified within `budget` of time in which the test ran.
+inline bool AwaitNotification(const Notification& n, absl::Duration budget) {
+  RunBudget run(budget);
+  while (!n.HasBeenNotified()) {
+    std::optional<absl::Time> until = run.NextSlice();
+    if (!until) return false;
+    n.WaitForNotificationWithTimeout(*until - absl::Now());
+  }
+  return true;
+}
 
 }  // namespace forq::testing
 
