@@ -88,8 +88,14 @@ ABSL_FLAG(std::vector<std::string>, map, std::vector<std::string>({"batched"}),
           "map: batched (MapBatched) and/or single (one input per message)");
 ABSL_FLAG(std::string, perf, "auto",
           "auto: count system calls with `perf stat` when it works; off");
+ABSL_FLAG(std::vector<std::string>, transport,
+          std::vector<std::string>({"tcp"}),
+          "rtt, e2e, map: tcp (127.0.0.1) and/or unix (forqd on a Unix "
+          "socket, --grpc_addr=unix:PATH)");
 ABSL_FLAG(bool, serve_echo, false,
           "internal: serve the bare gRPC echo (the rtt section's floor)");
+ABSL_FLAG(std::string, echo_unix, "",
+          "internal: with --serve_echo, also listen on this unix: address");
 
 namespace forq::bench {
 namespace {
@@ -122,6 +128,8 @@ absl::StatusOr<Flags> FlagsFromCommandLine() {
   FORQ_RETURN_IF_ERROR(OneOf("submit", f.submits, {"unary", "batch", "async"}));
   f.maps = absl::GetFlag(FLAGS_map);
   FORQ_RETURN_IF_ERROR(OneOf("map", f.maps, {"batched", "single"}));
+  f.transports = absl::GetFlag(FLAGS_transport);
+  FORQ_RETURN_IF_ERROR(OneOf("transport", f.transports, {"tcp", "unix"}));
   const std::string perf = absl::GetFlag(FLAGS_perf);
   FORQ_RETURN_IF_ERROR(OneOf("perf", {perf}, {"auto", "off"}));
   f.perf = perf == "auto";
@@ -147,7 +155,9 @@ int Run(int argc, char** argv) {
       "end-to-end figures of a real forqd; see the top of "
       "bench/forq_bench.cc for the sections and what they measure");
   absl::ParseCommandLine(argc, argv);
-  if (absl::GetFlag(FLAGS_serve_echo)) return ServeEcho();
+  if (absl::GetFlag(FLAGS_serve_echo)) {
+    return ServeEcho(absl::GetFlag(FLAGS_echo_unix));
+  }
   absl::StatusOr<Flags> parsed = FlagsFromCommandLine();
   if (!parsed.ok()) {
     std::cerr << "forq_bench: " << parsed.status().message() << "\n";

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -79,7 +80,15 @@ struct Flags {
   std::vector<std::string> maps = {"batched"};
   // Count system calls with perf when it works.
   bool perf = true;
+  // rtt, e2e, map: how the client reaches forqd ("tcp": 127.0.0.1;
+  // "unix": forqd --grpc_addr=unix:PATH, the same-host option).
+  std::vector<std::string> transports = {"tcp"};
 };
+
+// " (Unix socket)" for the unix transport: the suffix of its result names.
+inline std::string TransportLabel(const std::string& transport) {
+  return transport == "unix" ? " (Unix socket)" : "";
+}
 
 inline std::string LoadAvg() {
   std::ifstream in("/proc/loadavg");
@@ -152,26 +161,57 @@ inline void Note(const std::string& msg) {
   std::fprintf(stderr, "# %s\n", msg.c_str());
 }
 
-// A running forqd plus a connected client.
-struct Server {
-  std::unique_ptr<testing::ForqdProcess> forqd;
-  std::unique_ptr<Client> client;
+// A directory made by MakeTempDir, removed with its contents at the end.
+class ScopedDir {
+ public:
+  explicit ScopedDir(std::string path) : path_(std::move(path)) {}
+  ScopedDir(ScopedDir&& other) noexcept : path_(std::move(other.path_)) {
+    other.path_.clear();
+  }
+  ScopedDir& operator=(ScopedDir&&) = delete;
+  ~ScopedDir() {
+    std::error_code ec;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
 };
 
-inline absl::StatusOr<Server> StartServer(int workers,
-                                          const std::string& durability,
-                                          bool wait_stream = true) {
+// A running forqd plus a connected client. Members end in reverse order:
+// the client, then forqd, then the socket's directory.
+struct Server {
+  std::unique_ptr<ScopedDir> socket_dir;  // unix transport only
+  std::unique_ptr<testing::ForqdProcess> forqd;
+  std::unique_ptr<Client> client;
+  std::string address;  // the client's: 127.0.0.1:PORT or unix:PATH
+};
+
+inline absl::StatusOr<Server> StartServer(
+    int workers, const std::string& durability, bool wait_stream = true,
+    const std::string& transport = "tcp") {
+  Server s;
   testing::ForqdOptions o;
   o.workers = workers;
   o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
+  std::string unix_address;
+  if (transport == "unix") {
+    s.socket_dir = std::make_unique<ScopedDir>(testing::MakeTempDir("bench"));
+    if (s.socket_dir->path().empty()) {
+      return absl::InternalError("mkdtemp failed");
+    }
+    unix_address = absl::StrCat("unix:", s.socket_dir->path(), "/grpc.sock");
+    o.flags.push_back(absl::StrCat("--grpc_addr=", unix_address));
+  }
   auto p = testing::ForqdProcess::Start(o);
   if (!p.ok()) return p.status();
   ClientOptions co;
-  co.address = (*p)->grpc_address();
+  co.address = unix_address.empty() ? (*p)->grpc_address() : unix_address;
   co.wait_stream = wait_stream;
   auto c = Client::Connect(co);
   if (!c.ok()) return c.status();
-  Server s;
+  s.address = co.address;
   s.forqd = std::move(*p);
   s.client = std::move(*c);
   // Warm up: workers forked and idle, connections open.
@@ -392,13 +432,17 @@ class EchoService final : public v1::TaskService::CallbackService {
   }
 };
 
-// Child mode (--serve_echo): serves EchoService on a free loopback port,
-// prints "port=N" and runs until stdin closes.
-inline int ServeEcho() {
+// Child mode (--serve_echo): serves EchoService on a free loopback port
+// (and on `unix_address` unless empty), prints "port=N" and runs until stdin
+// closes.
+inline int ServeEcho(const std::string& unix_address) {
   EchoService service;
   grpc::ServerBuilder b;
   int port = 0;
   b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  if (!unix_address.empty()) {
+    b.AddListeningPort(unix_address, grpc::InsecureServerCredentials());
+  }
   b.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = b.BuildAndStart();
   if (server == nullptr || port == 0) return 1;
@@ -411,10 +455,23 @@ inline int ServeEcho() {
   return 0;
 }
 
-// A bare echo server in a child process (this binary, --serve_echo).
+// A bare echo server in a child process (this binary, --serve_echo), on
+// 127.0.0.1 or (transport "unix") on a Unix socket.
 class EchoServer {
  public:
-  static absl::StatusOr<std::unique_ptr<EchoServer>> Start() {
+  static absl::StatusOr<std::unique_ptr<EchoServer>> Start(
+      const std::string& transport = "tcp") {
+    auto e = std::unique_ptr<EchoServer>(new EchoServer());
+    std::string unix_flag = "--echo_unix=";
+    if (transport == "unix") {
+      e->socket_dir_ =
+          std::make_unique<ScopedDir>(testing::MakeTempDir("echo"));
+      if (e->socket_dir_->path().empty()) {
+        return absl::InternalError("mkdtemp failed");
+      }
+      e->address_ = absl::StrCat("unix:", e->socket_dir_->path(), "/echo");
+      unix_flag += e->address_;
+    }
     int in[2], out[2];
     if (pipe(in) != 0 || pipe(out) != 0) {
       return absl::InternalError("pipe failed");
@@ -426,8 +483,7 @@ class EchoServer {
     posix_spawn_file_actions_addclose(&fa, in[1]);
     posix_spawn_file_actions_addclose(&fa, out[0]);
     std::string self = "/proc/self/exe", flag = "--serve_echo";
-    char* argv[] = {self.data(), flag.data(), nullptr};
-    auto e = std::unique_ptr<EchoServer>(new EchoServer());
+    char* argv[] = {self.data(), flag.data(), unix_flag.data(), nullptr};
     const int rc =
         posix_spawn(&e->pid_, self.c_str(), &fa, nullptr, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
@@ -447,7 +503,7 @@ class EchoServer {
     if (!absl::ConsumePrefix(&l, "port=") || !absl::SimpleAtoi(l, &port)) {
       return absl::InternalError("echo server did not start");
     }
-    e->address_ = absl::StrCat("127.0.0.1:", port);
+    if (e->address_.empty()) e->address_ = absl::StrCat("127.0.0.1:", port);
     return e;
   }
   ~EchoServer() {
@@ -459,6 +515,7 @@ class EchoServer {
 
  private:
   EchoServer() = default;
+  std::unique_ptr<ScopedDir> socket_dir_;
   pid_t pid_ = -1;
   int stdin_ = -1;
   std::string address_;

@@ -72,70 +72,74 @@ int SectionE2E(const Flags& f) {
       const bool batched = mode != "unary";
       const bool async = mode == "async";
       for (const std::string& wait : f.waits) {
-        for (int rep = 0; rep < f.reps; ++rep) {
-          auto s = StartServer(f.workers, d, wait == "stream");
-          if (!s.ok()) {
-            std::cerr << "start forqd: " << s.status() << "\n";
-            return 1;
-          }
-          Client* c = s->client.get();
-          std::vector<TaskFuture> futs;
-          futs.reserve(f.n);
-          Probe probe(s->forqd->pid(), f.perf);
-          const double self0 = CpuSeconds({getpid()});
-          const auto t0 = Clock::now();
-          if (batched) {
-            // "async": up to 8 batches of 100 travel at once (apply_async
-            // does not wait for each task either); "batch": each waits for
-            // its acknowledgement before the next is sent.
-            std::vector<v1::TaskSpec> specs(f.n);
-            for (int i = 0; i < f.n; ++i) {
-              specs[i].set_kind("echo");
-              specs[i].set_payload(absl::StrCat(i));
-            }
-            Client::ManyOptions many;
-            many.in_flight = async ? 8 : 1;
-            auto submitted = c->SubmitMany(specs, many);
-            if (!submitted.ok()) {
-              std::cerr << "SubmitBatch: " << submitted.status() << "\n";
+        for (const std::string& tr : f.transports) {
+          for (int rep = 0; rep < f.reps; ++rep) {
+            auto s = StartServer(f.workers, d, wait == "stream", tr);
+            if (!s.ok()) {
+              std::cerr << "start forqd: " << s.status() << "\n";
               return 1;
             }
-            futs = *std::move(submitted);
-          } else {
-            for (int i = 0; i < f.n; ++i) {
-              auto r = c->Submit("echo", absl::StrCat(i));
-              if (!r.ok()) {
-                std::cerr << "Submit: " << r.status() << "\n";
+            Client* c = s->client.get();
+            std::vector<TaskFuture> futs;
+            futs.reserve(f.n);
+            Probe probe(s->forqd->pid(), f.perf);
+            const double self0 = CpuSeconds({getpid()});
+            const auto t0 = Clock::now();
+            if (batched) {
+              // "async": up to 8 batches of 100 travel at once (apply_async
+              // does not wait for each task either); "batch": each waits for
+              // its acknowledgement before the next is sent.
+              std::vector<v1::TaskSpec> specs(f.n);
+              for (int i = 0; i < f.n; ++i) {
+                specs[i].set_kind("echo");
+                specs[i].set_payload(absl::StrCat(i));
+              }
+              Client::ManyOptions many;
+              many.in_flight = async ? 8 : 1;
+              auto submitted = c->SubmitMany(specs, many);
+              if (!submitted.ok()) {
+                std::cerr << "SubmitBatch: " << submitted.status() << "\n";
                 return 1;
               }
-              futs.push_back(std::move(*r));
+              futs = *std::move(submitted);
+            } else {
+              for (int i = 0; i < f.n; ++i) {
+                auto r = c->Submit("echo", absl::StrCat(i));
+                if (!r.ok()) {
+                  std::cerr << "Submit: " << r.status() << "\n";
+                  return 1;
+                }
+                futs.push_back(std::move(*r));
+              }
             }
+            const double submit_s = SecondsSince(t0);
+            int bad = 0;
+            for (int i = 0; i < f.n; ++i) {
+              auto r = futs[i].Get();
+              if (!r.ok() || *r != absl::StrCat(i)) ++bad;
+            }
+            const double total_s = SecondsSince(t0);
+            const double self = CpuSeconds({getpid()}) - self0;
+            if (bad > 0) {
+              std::cerr << "e2e: " << bad << " wrong or failed results\n";
+              return 1;
+            }
+            const std::string how =
+                absl::StrCat(!batched ? "Submit x N"
+                             : async  ? "SubmitBatchAsync(100) x N/100 (8 in "
+                                        "flight)"
+                                      : "SubmitBatch(100) x N/100",
+                             wait == "rpc" ? " (Wait RPC per task)" : "");
+            const std::string op =
+                absl::StrCat(f.n, " echo: ", how, ", ", d, TransportLabel(tr));
+            g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ",
+                                        d, TransportLabel(tr), ", end to end"),
+                           "tasks/s", f.n / total_s);
+            g_results->Add(op + ", submit only", "tasks/s", f.n / submit_s);
+            probe.Report(op, "forqd tree", f.n);
+            g_results->Add(op + ": client CPU per task", "us",
+                           self * 1e6 / f.n);
           }
-          const double submit_s = SecondsSince(t0);
-          int bad = 0;
-          for (int i = 0; i < f.n; ++i) {
-            auto r = futs[i].Get();
-            if (!r.ok() || *r != absl::StrCat(i)) ++bad;
-          }
-          const double total_s = SecondsSince(t0);
-          const double self = CpuSeconds({getpid()}) - self0;
-          if (bad > 0) {
-            std::cerr << "e2e: " << bad << " wrong or failed results\n";
-            return 1;
-          }
-          const std::string how =
-              absl::StrCat(!batched ? "Submit x N"
-                           : async  ? "SubmitBatchAsync(100) x N/100 (8 in "
-                                      "flight)"
-                                    : "SubmitBatch(100) x N/100",
-                           wait == "rpc" ? " (Wait RPC per task)" : "");
-          const std::string op = absl::StrCat(f.n, " echo: ", how, ", ", d);
-          g_results->Add(absl::StrCat(f.n, " echo: ", how, " then Get all, ", d,
-                                      ", end to end"),
-                         "tasks/s", f.n / total_s);
-          g_results->Add(op + ", submit only", "tasks/s", f.n / submit_s);
-          probe.Report(op, "forqd tree", f.n);
-          g_results->Add(op + ": client CPU per task", "us", self * 1e6 / f.n);
         }
       }
     }
@@ -146,94 +150,98 @@ int SectionE2E(const Flags& f) {
 int SectionRtt(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
     if (!Wanted(f, d)) continue;
-    for (int rep = 0; rep < f.reps; ++rep) {
-      auto s = StartServer(f.workers, d);
-      if (!s.ok()) {
-        std::cerr << "start forqd: " << s.status() << "\n";
-        return 1;
-      }
-      Client* c = s->client.get();
-      std::vector<double> us;
-      const std::string op = absl::StrCat("Submit().Get() echo RTT ", d);
-      {
-        Probe probe(s->forqd->pid(), f.perf);
-        if (!Rtt(
-                f.rtt_samples,
-                [&] {
-                  auto fu = c->Submit("echo", "x");
-                  return fu.ok() && fu->Get().ok();
-                },
-                &us)) {
-          std::cerr << "Submit+Get failed\n";
+    for (const std::string& tr : f.transports) {
+      const std::string dt = d + TransportLabel(tr);
+      for (int rep = 0; rep < f.reps; ++rep) {
+        auto s = StartServer(f.workers, d, true, tr);
+        if (!s.ok()) {
+          std::cerr << "start forqd: " << s.status() << "\n";
           return 1;
         }
-        probe.Report(op, "forqd tree", f.rtt_samples + 100);
-      }
-      g_results->Add(op + " p50", "us", Pct(us, 50));
-      g_results->Add(op + " p99", "us", Pct(us, 99));
-      // The same round trip as one call (Submit with wait: pool.apply).
-      const std::string aop = absl::StrCat("Apply() echo RTT ", d);
-      {
-        Probe probe(s->forqd->pid(), f.perf);
-        if (!Rtt(
-                f.rtt_samples, [&] { return c->Apply("echo", "x").ok(); },
-                &us)) {
-          std::cerr << "Apply failed\n";
+        Client* c = s->client.get();
+        std::vector<double> us;
+        const std::string op = absl::StrCat("Submit().Get() echo RTT ", dt);
+        {
+          Probe probe(s->forqd->pid(), f.perf);
+          if (!Rtt(
+                  f.rtt_samples,
+                  [&] {
+                    auto fu = c->Submit("echo", "x");
+                    return fu.ok() && fu->Get().ok();
+                  },
+                  &us)) {
+            std::cerr << "Submit+Get failed\n";
+            return 1;
+          }
+          probe.Report(op, "forqd tree", f.rtt_samples + 100);
+        }
+        g_results->Add(op + " p50", "us", Pct(us, 50));
+        g_results->Add(op + " p99", "us", Pct(us, 99));
+        // The same round trip as one call (Submit with wait: pool.apply).
+        const std::string aop = absl::StrCat("Apply() echo RTT ", dt);
+        {
+          Probe probe(s->forqd->pid(), f.perf);
+          if (!Rtt(
+                  f.rtt_samples, [&] { return c->Apply("echo", "x").ok(); },
+                  &us)) {
+            std::cerr << "Apply failed\n";
+            return 1;
+          }
+          probe.Report(aop, "forqd tree", f.rtt_samples + 100);
+        }
+        g_results->Add(aop + " p50", "us", Pct(us, 50));
+        g_results->Add(aop + " p99", "us", Pct(us, 99));
+        // Baseline: a unary call that touches neither store nor workers.
+        const std::string bop =
+            absl::StrCat("GetPool() RTT (unary baseline) ", dt);
+        {
+          Probe probe(s->forqd->pid(), f.perf);
+          if (!Rtt(
+                  f.rtt_samples, [&] { return c->GetPool().ok(); }, &us)) {
+            std::cerr << "GetPool failed\n";
+            return 1;
+          }
+          probe.Report(bop, "forqd tree", f.rtt_samples + 100, "call");
+        }
+        g_results->Add(bop + " p50", "us", Pct(us, 50));
+        g_results->Add(bop + " p99", "us", Pct(us, 99));
+        const double getpool_p50 = Pct(us, 50);
+        // Floor: a bare gRPC callback server (child process) answering
+        // TaskService.Get with the request's id, same machine, same moment.
+        auto echo = EchoServer::Start(tr);
+        if (!echo.ok()) {
+          std::cerr << "echo server: " << echo.status() << "\n";
           return 1;
         }
-        probe.Report(aop, "forqd tree", f.rtt_samples + 100);
-      }
-      g_results->Add(aop + " p50", "us", Pct(us, 50));
-      g_results->Add(aop + " p99", "us", Pct(us, 99));
-      // Baseline: a unary call that touches neither store nor workers.
-      const std::string bop =
-          absl::StrCat("GetPool() RTT (unary baseline) ", d);
-      {
-        Probe probe(s->forqd->pid(), f.perf);
-        if (!Rtt(
-                f.rtt_samples, [&] { return c->GetPool().ok(); }, &us)) {
-          std::cerr << "GetPool failed\n";
-          return 1;
+        auto stub = v1::TaskService::NewStub(grpc::CreateChannel(
+            (*echo)->address(), grpc::InsecureChannelCredentials()));
+        const std::string eop =
+            absl::StrCat("bare gRPC callback echo RTT", TransportLabel(tr));
+        {
+          Probe probe((*echo)->pid(), f.perf);
+          if (!Rtt(
+                  f.rtt_samples,
+                  [&] {
+                    grpc::ClientContext ctx;
+                    ctx.set_deadline(
+                        absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+                    v1::GetTaskRequest req;
+                    req.set_id("echo");
+                    v1::Task resp;
+                    return stub->Get(&ctx, req, &resp).ok() &&
+                           resp.id() == "echo";
+                  },
+                  &us)) {
+            std::cerr << "echo call failed\n";
+            return 1;
+          }
+          probe.Report(eop, "echo server", f.rtt_samples + 100, "call");
         }
-        probe.Report(bop, "forqd tree", f.rtt_samples + 100, "call");
+        g_results->Add(eop + " p50", "us", Pct(us, 50));
+        g_results->Add(eop + " p99", "us", Pct(us, 99));
+        g_results->Add(absl::StrCat("GetPool p50 / bare echo p50, ", dt),
+                       "ratio", getpool_p50 / Pct(us, 50));
       }
-      g_results->Add(bop + " p50", "us", Pct(us, 50));
-      g_results->Add(bop + " p99", "us", Pct(us, 99));
-      const double getpool_p50 = Pct(us, 50);
-      // Floor: a bare gRPC callback server (child process) answering
-      // TaskService.Get with the request's id, same machine, same moment.
-      auto echo = EchoServer::Start();
-      if (!echo.ok()) {
-        std::cerr << "echo server: " << echo.status() << "\n";
-        return 1;
-      }
-      auto stub = v1::TaskService::NewStub(grpc::CreateChannel(
-          (*echo)->address(), grpc::InsecureChannelCredentials()));
-      const std::string eop = "bare gRPC callback echo RTT";
-      {
-        Probe probe((*echo)->pid(), f.perf);
-        if (!Rtt(
-                f.rtt_samples,
-                [&] {
-                  grpc::ClientContext ctx;
-                  ctx.set_deadline(
-                      absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-                  v1::GetTaskRequest req;
-                  req.set_id("echo");
-                  v1::Task resp;
-                  return stub->Get(&ctx, req, &resp).ok() &&
-                         resp.id() == "echo";
-                },
-                &us)) {
-          std::cerr << "echo call failed\n";
-          return 1;
-        }
-        probe.Report(eop, "echo server", f.rtt_samples + 100, "call");
-      }
-      g_results->Add(eop + " p50", "us", Pct(us, 50));
-      g_results->Add(eop + " p99", "us", Pct(us, 99));
-      g_results->Add(absl::StrCat("GetPool p50 / bare echo p50, ", d), "ratio",
-                     getpool_p50 / Pct(us, 50));
     }
   }
   return 0;
@@ -284,47 +292,51 @@ int SectionMap(const Flags& f) {
     if (!Wanted(f, d)) continue;
     for (bool ordered : {true, false}) {
       for (const std::string& how : f.maps) {
-        for (int rep = 0; rep < f.reps; ++rep) {
-          auto s = StartServer(f.workers, d);
-          if (!s.ok()) {
-            std::cerr << "start forqd: " << s.status() << "\n";
-            return 1;
-          }
-          std::vector<std::string> inputs;
-          inputs.reserve(f.n);
-          for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
-          Probe probe(s->forqd->pid(), f.perf);
-          const auto t0 = Clock::now();
-          int64_t got = 0, bad = 0;
-          absl::Status status;
-          if (how == "batched") {
-            MapStream stream =
-                ordered ? s->client->Map("echo", std::move(inputs))
-                        : s->client->MapUnordered("echo", std::move(inputs));
-            for (const MapItem& r : stream) {
-              ++got;
-              if (!r.ok()) ++bad;
+        for (const std::string& tr : f.transports) {
+          for (int rep = 0; rep < f.reps; ++rep) {
+            auto s = StartServer(f.workers, d, true, tr);
+            if (!s.ok()) {
+              std::cerr << "start forqd: " << s.status() << "\n";
+              return 1;
             }
-            status = stream.status();
-          } else {
-            absl::StatusOr<int64_t> r =
-                MapOneByOne(s->forqd->grpc_address(), f.n, ordered, &bad);
-            status = r.status();
-            if (r.ok()) got = *r;
+            std::vector<std::string> inputs;
+            inputs.reserve(f.n);
+            for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
+            Probe probe(s->forqd->pid(), f.perf);
+            const auto t0 = Clock::now();
+            int64_t got = 0, bad = 0;
+            absl::Status status;
+            if (how == "batched") {
+              MapStream stream =
+                  ordered ? s->client->Map("echo", std::move(inputs))
+                          : s->client->MapUnordered("echo", std::move(inputs));
+              for (const MapItem& r : stream) {
+                ++got;
+                if (!r.ok()) ++bad;
+              }
+              status = stream.status();
+            } else {
+              absl::StatusOr<int64_t> r =
+                  MapOneByOne(s->address, f.n, ordered, &bad);
+              status = r.status();
+              if (r.ok()) got = *r;
+            }
+            const double secs = SecondsSince(t0);
+            if (!status.ok() || got != f.n || bad != 0) {
+              std::cerr << "map: status " << status << ", " << got
+                        << " results, " << bad << " failed\n";
+              return 1;
+            }
+            const std::string name = absl::StrCat(
+                ordered ? "Map (ordered)" : "MapUnordered",
+                how == "single" ? " one input/result per message" : "");
+            g_results->Add(
+                absl::StrCat(name, " ", f.n, " echo, window ",
+                             kDefaultMapWindow, ", ", d, TransportLabel(tr)),
+                "tasks/s", f.n / secs);
+            probe.Report(absl::StrCat(name, " ", d, TransportLabel(tr)),
+                         "forqd tree", f.n);
           }
-          const double secs = SecondsSince(t0);
-          if (!status.ok() || got != f.n || bad != 0) {
-            std::cerr << "map: status " << status << ", " << got << " results, "
-                      << bad << " failed\n";
-            return 1;
-          }
-          const std::string name = absl::StrCat(
-              ordered ? "Map (ordered)" : "MapUnordered",
-              how == "single" ? " one input/result per message" : "");
-          g_results->Add(absl::StrCat(name, " ", f.n, " echo, window ",
-                                      kDefaultMapWindow, ", ", d),
-                         "tasks/s", f.n / secs);
-          probe.Report(absl::StrCat(name, " ", d), "forqd tree", f.n);
         }
       }
     }
