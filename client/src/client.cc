@@ -248,11 +248,23 @@ std::vector<TaskFuture> Client::MakeFutures(std::vector<v1::Task> tasks,
 
 absl::StatusOr<v1::Task> Client::AwaitTask(const std::string& id,
                                            absl::Time deadline) {
-  if (waits_ != nullptr) return waits_->Await(id, deadline);
+  if (waits_ == nullptr) return AwaitWithRpcs(id, deadline);
+  if (!waits_->TakeLoneWait(id)) return waits_->Await(id, deadline);
+  absl::StatusOr<v1::Task> t = AwaitWithRpcs(id, deadline);
+  waits_->EndLoneWait(id, t.ok() ? &*t : nullptr);
+  return t;
+}
+
+absl::StatusOr<v1::Task> Client::AwaitWithRpcs(const std::string& id,
+                                               absl::Time deadline) {
   while (true) {
     absl::StatusOr<v1::WaitTaskResponse> r =
         Wait(id, std::min(deadline - absl::Now(), kMaxWaitPerCall));
-    if (!r.ok()) return r.status();
+    if (!r.ok()) {
+      return absl::Status(r.status().code(),
+                          absl::StrCat("waiting for task ", id, ": ",
+                                       r.status().message()));
+    }
     if (r->done()) return r->task();
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(

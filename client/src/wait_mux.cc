@@ -311,6 +311,34 @@ absl::StatusOr<v1::Task> WaitMux::Await(const std::string& id,
   return std::move(r->front());
 }
 
+bool WaitMux::TakeLoneWait(const std::string& id) {
+  MutexLock lock(&mu_);
+  if (shut_down_ || !streams_.empty() || lone_waits_ > 0) return false;
+  if (to_send_.size() > 1 || (to_send_.size() == 1 && to_send_[0] != id)) {
+    return false;
+  }
+  for (const auto& [other, e] : entries_) {
+    if (e.waiters > 0) return false;  // another wait is in progress
+  }
+  to_send_.clear();
+  auto it = entries_.find(id);
+  if (it != entries_.end() && it->second.sent_on == kQueued) {
+    it->second.sent_on = 0;  // queued again by a later Await
+  }
+  ++lone_waits_;
+  return true;
+}
+
+void WaitMux::EndLoneWait(const std::string& id, const v1::Task* task) {
+  MutexLock lock(&mu_);
+  --lone_waits_;
+  auto it = entries_.find(id);
+  if (task == nullptr || it == entries_.end() || it->second.done) return;
+  it->second.done = true;
+  it->second.answer = *task;
+  cv_.SignalAll();
+}
+
 bool WaitMux::Arrived(const std::string& id) {
   MutexLock lock(&mu_);
   auto it = entries_.find(id);

@@ -71,6 +71,20 @@ class WaitMux : public std::enable_shared_from_this<WaitMux> {
   // True when the terminal task of a tracked id has arrived (no RPC).
   bool Arrived(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // True when no stream was ever opened and `id` is the only wait there is
+  // (nothing else queued or awaited): the caller should then wait with a
+  // unary Wait RPC, and `id` leaves the queue. The first stream starts
+  // gRPC's callback threads for the channel for good; from then on one of
+  // them reads every blocking call's answer and hands it to the caller, a
+  // thread hop per call. A client that waits for one task at a time
+  // (Submit then Get, Apply) never pays it.
+  bool TakeLoneWait(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends a wait TakeLoneWait gave out; `task` (null if the wait failed) is
+  // the terminal task it brought, kept for a tracked id as if the stream
+  // had answered.
+  void EndLoneWait(const std::string& id, const v1::Task* task)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   friend class WaitRef;
   class Stream;
@@ -122,6 +136,8 @@ class WaitMux : public std::enable_shared_from_this<WaitMux> {
   uint64_t breaks_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status last_break_ ABSL_GUARDED_BY(mu_);
   int live_streams_ ABSL_GUARDED_BY(mu_) = 0;
+  // Waits given to unary Wait RPCs by TakeLoneWait and not ended yet.
+  int lone_waits_ ABSL_GUARDED_BY(mu_) = 0;
   // Every stream ever opened; kept until destruction so a late TryCancel
   // never touches a freed call (a stream is opened again only after a break).
   std::vector<std::unique_ptr<Stream>> streams_ ABSL_GUARDED_BY(mu_);

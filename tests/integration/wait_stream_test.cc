@@ -8,10 +8,12 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -42,16 +44,27 @@ using ::testing::HasSubstr;
 class WaitStreamTest : public SharedForqdTest<WaitStreamTest> {
  protected:
   // forq_grpc_requests_total of one method, all codes summed.
-  static double Calls(const std::string& method) {
+  // With `any_code`, every code's count of the method.
+  static double Calls(const std::string& method, bool any_code = false) {
     auto r =
         server::testing::HttpCall(forqd_->http_address(), "GET", "/metrics");
     EXPECT_THAT(r, IsOk());
     if (!r.ok()) return -1;
     double total = 0;
-    const std::string key = absl::StrCat(
+    const std::string ok_key = absl::StrCat(
         "forq_grpc_requests_total{code=\"OK\",method=\"", method, "\"}");
+    const std::string method_label = absl::StrCat("method=\"", method, "\"}");
     for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
-      if (!absl::ConsumePrefix(&line, key)) continue;
+      if (any_code) {
+        const size_t at = line.find(method_label);
+        if (!absl::StartsWith(line, "forq_grpc_requests_total{") ||
+            at == absl::string_view::npos) {
+          continue;
+        }
+        line.remove_prefix(at + method_label.size());
+      } else if (!absl::ConsumePrefix(&line, ok_key)) {
+        continue;
+      }
       double v = 0;
       if (absl::SimpleAtod(absl::StripAsciiWhitespace(line), &v)) total += v;
     }
@@ -213,6 +226,45 @@ TEST_F(WaitStreamTest, LegacyPerTaskWaitStillWorks) {
   EXPECT_GT(Calls("forq.v1.TaskService/Wait"), waits_before);
 }
 
+// A client that waits for one task at a time uses one Wait call per task
+// and never opens the stream (whose callback threads would then sit between
+// every later blocking call and its caller); a second pending future opens
+// it, as before.
+TEST_F(WaitStreamTest, LoneWaitIsOneWaitCallAndOpensNoStream) {
+  const std::string kWait = "forq.v1.TaskService/Wait";
+  const std::string kStream = "forq.v1.TaskService/WaitStream";
+  const double waits_before = Calls(kWait);
+  const double streams_before = Calls(kStream, /*any_code=*/true);
+  {
+    auto c = Client::Connect({.address = forqd_->grpc_address()});
+    ASSERT_THAT(c, IsOk());
+    for (int i = 0; i < 3; ++i) {
+      auto f = (*c)->Submit("sleep", "50");
+      ASSERT_THAT(f, IsOk());
+      ASSERT_FALSE(IsTerminal(f->submitted().state()));
+      EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+      EXPECT_THAT(f->Ready(), IsOk());
+    }
+  }
+  EXPECT_EQ(Calls(kWait), waits_before + 3);
+  {
+    auto c = Client::Connect({.address = forqd_->grpc_address()});
+    ASSERT_THAT(c, IsOk());
+    auto a = (*c)->Submit("sleep", "50");
+    auto b = (*c)->Submit("sleep", "50");
+    ASSERT_THAT(a, IsOk());
+    ASSERT_THAT(b, IsOk());
+    EXPECT_THAT(a->Get(absl::Seconds(30)), IsOk());
+    EXPECT_THAT(b->Get(absl::Seconds(30)), IsOk());
+  }  // the client is gone: its stream ends and is counted
+  EXPECT_EQ(Calls(kWait), waits_before + 3);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (Calls(kStream, true) < streams_before + 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(Calls(kStream, true), streams_before + 1);
+}
+
 // forqd killed while futures wait: they fail promptly with Unavailable; after
 // a restart the same futures resolve (over a new stream).
 // forqd's forq_task_waits gauge, or -1 if /metrics cannot be read.
@@ -252,6 +304,10 @@ TEST(WaitStreamRestartTest, WaitersFailClearlyWhenForqdDiesAndResumeAfter) {
   ASSERT_THAT(c, IsOk());
   auto f = (*c)->Submit("sleep", "2000");
   ASSERT_THAT(f, IsOk());
+  // A second pending future: the waits go over the stream (a lone one is a
+  // unary Wait call).
+  auto g = (*c)->Submit("sleep", "2000");
+  ASSERT_THAT(g, IsOk());
   // Wait until the task runs (unary Wait with a short timeout, so the
   // future's stream is first used by the waiter below).
   v1::TaskState state = f->submitted().state();

@@ -271,9 +271,13 @@ class Client {
   friend class PendingBatch;
   struct Stubs;
   Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
-  // Waits for one task until `deadline` (the stream, or Wait RPCs).
+  // Waits for one task until `deadline` (the stream, or Wait RPCs: always
+  // without a stream, and for a lone wait before any stream was opened).
   absl::StatusOr<v1::Task> AwaitTask(const std::string& id,
                                      absl::Time deadline);
+  // Wait RPCs until the task is terminal or `deadline` passes.
+  absl::StatusOr<v1::Task> AwaitWithRpcs(const std::string& id,
+                                         absl::Time deadline);
   // The future of a task just submitted (tracked on the stream).
   std::vector<TaskFuture> MakeFutures(std::vector<v1::Task> tasks,
                                       const std::vector<bool>& existing);
