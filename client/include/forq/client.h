@@ -107,7 +107,9 @@ class WaitRef;
 // any future sends the ids of every future of the Client not yet sent, in
 // one message on the Client's stream: the others' results then arrive
 // without a call of their own, and each is kept until the last copy of its
-// future is destroyed.
+// future is destroyed. Until a stream is needed (a future waited for while
+// no other is pending, as in Submit then Get one at a time), a wait is one
+// Wait call and no stream is opened: see docs/client.md, "Waiting".
 class TaskFuture {
  public:
   TaskFuture(Client* client, v1::Task task, bool existing)
