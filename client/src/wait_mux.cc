@@ -314,11 +314,10 @@ absl::StatusOr<v1::Task> WaitMux::Await(const std::string& id,
 bool WaitMux::TakeLoneWait(const std::string& id) {
   MutexLock lock(&mu_);
   if (shut_down_ || !streams_.empty() || lone_waits_ > 0) return false;
+  // Another id queued: a stream serves both. (An Await in progress has
+  // opened a stream, or finds its ids answered.)
   if (to_send_.size() > 1 || (to_send_.size() == 1 && to_send_[0] != id)) {
     return false;
-  }
-  for (const auto& [other, e] : entries_) {
-    if (e.waiters > 0) return false;  // another wait is in progress
   }
   to_send_.clear();
   auto it = entries_.find(id);
