@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,7 @@
 #include "gtest/gtest.h"
 
 #include "common/notification.h"
+#include "common/status_macros.h"
 #include "tests/testing/run_budget.h"
 #include "tests/testing/run_timer.h"
 #include "tests/testing/status_matchers.h"
@@ -226,13 +228,12 @@ TEST(ExecRunnerTest, CancelKillsTheProgramAndItsChildren) {
   EXPECT_LT(timer.Elapsed(), absl::Seconds(5));
 }
 
-// Through a real pool: exec is registered only with an allow-list.
-TEST(ExecRunnerPoolTest, ExecKindRunsInWorkers) {
-  ForkPoolOptions options;
+// Runs assignment `a` on a real pool of one worker built from `options`
+// and returns its outcome.
+absl::StatusOr<Outcome> RunInPool(ForkPoolOptions options, Assignment a) {
   options.workers = 1;
-  options.exec_allow = {"/bin/echo"};
-  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
-                            CreateForkPool(options));
+  FORQ_ASSIGN_OR_RETURN(std::unique_ptr<WorkerPool> pool,
+                        CreateForkPool(options));
   Notification idle, done;
   Outcome outcome;
   PoolCallbacks cb;
@@ -243,44 +244,41 @@ TEST(ExecRunnerPoolTest, ExecKindRunsInWorkers) {
     outcome = std::move(o);
     done.Notify();
   };
-  ASSERT_THAT(pool->Start(cb), IsOk());
-  ASSERT_TRUE(AwaitNotification(idle, absl::Seconds(20)));
+  absl::Cleanup shutdown = [&] { pool->Shutdown(); };
+  FORQ_RETURN_IF_ERROR(pool->Start(cb));
+  if (!AwaitNotification(idle, absl::Seconds(20))) {
+    return absl::DeadlineExceededError("no worker became idle");
+  }
+  FORQ_RETURN_IF_ERROR(pool->Dispatch(a));
+  if (!AwaitNotification(done, absl::Seconds(20))) {
+    return absl::DeadlineExceededError("no outcome");
+  }
+  std::move(shutdown).Invoke();
+  return outcome;
+}
+
+// Through a real pool: exec is registered only with an allow-list.
+TEST(ExecRunnerPoolTest, ExecKindRunsInWorkers) {
+  ForkPoolOptions options;
+  options.exec_allow = {"/bin/echo"};
   Assignment a;
   a.task_id = "e1";
   a.kind = "exec";
   a.payload = R"json(["/bin/echo", "from", "exec;", "$(id)"])json";
-  ASSERT_THAT(pool->Dispatch(a), IsOk());
-  ASSERT_TRUE(AwaitNotification(done, absl::Seconds(20)));
-  EXPECT_EQ(outcome.kind, OutcomeKind::kSucceeded) << outcome.status;
-  EXPECT_EQ(outcome.result, "from exec; $(id)\n");
-  pool->Shutdown();
+  absl::StatusOr<Outcome> outcome = RunInPool(options, a);
+  ASSERT_THAT(outcome, IsOk());
+  EXPECT_EQ(outcome->kind, OutcomeKind::kSucceeded) << outcome->status;
+  EXPECT_EQ(outcome->result, "from exec; $(id)\n");
 }
 
 TEST(ExecRunnerPoolTest, ExecKindIsOffWithoutAllowList) {
-  ForkPoolOptions options;
-  options.workers = 1;
-  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<WorkerPool> pool,
-                            CreateForkPool(options));
-  Notification idle, done;
-  Outcome outcome;
-  PoolCallbacks cb;
-  cb.on_worker_idle = [&] {
-    if (!idle.HasBeenNotified()) idle.Notify();
-  };
-  cb.on_outcome = [&](Outcome o) {
-    outcome = std::move(o);
-    done.Notify();
-  };
-  ASSERT_THAT(pool->Start(cb), IsOk());
-  ASSERT_TRUE(AwaitNotification(idle, absl::Seconds(20)));
   Assignment a;
   a.task_id = "e2";
   a.kind = "exec";
   a.payload = R"(["/bin/echo", "x"])";
-  ASSERT_THAT(pool->Dispatch(a), IsOk());
-  ASSERT_TRUE(AwaitNotification(done, absl::Seconds(20)));
-  EXPECT_EQ(outcome.kind, OutcomeKind::kUnknownKind);
-  pool->Shutdown();
+  absl::StatusOr<Outcome> outcome = RunInPool(ForkPoolOptions(), a);
+  ASSERT_THAT(outcome, IsOk());
+  EXPECT_EQ(outcome->kind, OutcomeKind::kUnknownKind);
 }
 
 }  // namespace
