@@ -45,15 +45,28 @@ test: build-forq
 test-unit: build-forq
 	ctest --test-dir $(BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
 
-# Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer. UBSan
-# only prints a finding and goes on, which a passing test's hidden output
-# would swallow: halt_on_error makes it fail the test.
+# Unit and integration tests (forqd too) under AddressSanitizer +
+# UndefinedBehaviorSanitizer (LeakSanitizer included); the integration tests
+# start the instrumented forqd of the same tree. UBSan only prints a finding
+# and goes on, which a passing test's hidden output would swallow:
+# halt_on_error makes it end the process. Every process (tests, forqd, its
+# workers, the CLI) writes its reports to $(ASAN_BUILD)/asan-reports/; any
+# report fails the target, also one from a forqd whose test passed or from a
+# worker forqd replaced.
+ASAN_REPORTS = $(CURDIR)/$(ASAN_BUILD)/asan-reports
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFORQ_SANITIZE=address,undefined \
 	  -DFORQ_BUILD_BENCH=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1" \
-	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) -L unit
+	rm -rf $(ASAN_REPORTS) && mkdir -p $(ASAN_REPORTS)
+	ASAN_OPTIONS="log_path=$(ASAN_REPORTS)/asan" \
+	UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1 log_path=$(ASAN_REPORTS)/ubsan" \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) \
+	  -L 'unit|integration' --timeout 900; rc=$$?; \
+	reports=$$(ls $(ASAN_REPORTS)/* 2>/dev/null); \
+	if [ -n "$$reports" ]; then cat $$reports; \
+	  echo "test-asan: sanitizer reports in $(ASAN_REPORTS)"; exit 1; fi; \
+	echo "test-asan: no sanitizer reports"; exit $$rc
 
 # Unit and integration tests (forqd too) under ThreadSanitizer, built with
 # clang. tests/tsan.supp silences only Debian's uninstrumented libraries.
