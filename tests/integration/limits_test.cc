@@ -13,7 +13,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -28,12 +27,12 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
-#include "common/mutex.h"
 #include "forq/v1/pool.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/run_budget.h"
+#include "tests/testing/run_timer.h"
 
 namespace forq {
 namespace {
@@ -41,6 +40,7 @@ namespace {
 using ::forq::server::testing::HttpCall;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::RunBudget;
+using ::forq::testing::RunWatchdog;
 using ::testing::HasSubstr;
 
 constexpr char kTokenA[] = "token-a-0123456789abcdef";
@@ -87,32 +87,11 @@ bool LeavesReady(grpc::Channel& channel, absl::Duration budget) {
 grpc::Status ReadToEnd(grpc::ClientContext& ctx,
                        grpc::ClientReader<v1::TaskEvent>& reader,
                        absl::Duration budget) {
-  Mutex mu;
-  CondVar ended_cv;
-  bool ended = false;
-  std::thread watchdog([&] {
-    RunBudget run(budget);
-    MutexLock lock(&mu);
-    while (!ended) {
-      std::optional<absl::Time> until = run.NextSlice();
-      if (!until) {
-        ctx.TryCancel();
-        return;
-      }
-      ended_cv.WaitWithTimeout(&mu, *until - absl::Now());
-    }
-  });
+  RunWatchdog watchdog(budget, [&ctx] { ctx.TryCancel(); });
   v1::TaskEvent ev;
   while (reader.Read(&ev)) {
   }
-  grpc::Status status = reader.Finish();
-  {
-    MutexLock lock(&mu);
-    ended = true;
-    ended_cv.Signal();
-  }
-  watchdog.join();
-  return status;
+  return reader.Finish();
 }
 
 grpc::Status Submit(v1::TaskService::Stub& stub, int tasks,

@@ -23,25 +23,37 @@
 namespace forq {
 namespace {
 
+using ::forq::testing::CallForRunTime;
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunBudget;
 using ::forq::testing::RunTimer;
+using ::forq::testing::RunWatchdog;
 using ::forq::testing::SleepSpecs;
 
-// client.Wait(id, timeout), made again while it timed out (not done)
-// before `timeout` of time in which the test ran had passed: forqd times a
-// Wait by the wall clock, which a stop of the test and the nodes together
-// (SIGSTOP of them all, a suspended VM) uses up.
+// client.Wait(id, timeout) and client.WaitAll(ids, timeout), made again
+// while they timed out before `timeout` of time in which the test ran had
+// passed: forqd and the client time them by the wall clock, which a stop of
+// the test and the nodes together (SIGSTOP of them all, a suspended VM)
+// uses up.
 absl::StatusOr<v1::WaitTaskResponse> WaitRunTime(Client& client,
                                                  const std::string& id,
                                                  absl::Duration timeout) {
-  RunTimer timer;
-  while (true) {
-    auto w = client.Wait(id, timeout);
-    if (!w.ok() || w->done() || timer.Elapsed() >= timeout) return w;
-  }
+  return CallForRunTime(
+      timeout, [&](absl::Duration t) { return client.Wait(id, t); },
+      [](const absl::StatusOr<v1::WaitTaskResponse>& w) {
+        return w.ok() && !w->done();
+      });
+}
+absl::StatusOr<std::vector<v1::Task>> WaitAllRunTime(
+    Client& client, const std::vector<std::string>& ids,
+    absl::Duration timeout) {
+  return CallForRunTime(
+      timeout, [&](absl::Duration t) { return client.WaitAll(ids, t); },
+      [](const absl::StatusOr<std::vector<v1::Task>>& r) {
+        return r.status().code() == absl::StatusCode::kDeadlineExceeded;
+      });
 }
 
 TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
@@ -60,7 +72,7 @@ TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   std::vector<std::string> ids;
   for (const TaskFuture& f : *futures) ids.push_back(f.id());
   // Waited for on node a, though node b runs about half of them.
-  auto done = a->client->WaitAll(ids, absl::Seconds(60));
+  auto done = WaitAllRunTime(*a->client, ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   std::map<std::string, int> by_node;
   for (const v1::Task& t : *done) {
@@ -108,7 +120,9 @@ TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
   // it empty: it takes what is submitted to it at insert.
   auto warm = (*a)->client->Submit("echo", "warm");
   ASSERT_THAT(warm, IsOk());
-  ASSERT_THAT((*a)->client->Wait(warm->id(), absl::Seconds(20)), IsOk());
+  auto warmed = WaitRunTime(*(*a)->client, warm->id(), absl::Seconds(20));
+  ASSERT_THAT(warmed, IsOk());
+  ASSERT_TRUE(warmed->done());
   // More than a node takes at insert (room + 2,000 when it is alone).
   auto first = (*a)->client->SubmitBatch(EchoSpecs(3000));
   ASSERT_THAT(first, IsOk());
@@ -117,9 +131,9 @@ TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
   std::vector<std::string> first_ids, later_ids;
   for (const TaskFuture& f : *first) first_ids.push_back(f.id());
   for (const TaskFuture& f : *later) later_ids.push_back(f.id());
-  auto first_done = (*a)->client->WaitAll(first_ids, absl::Seconds(60));
+  auto first_done = WaitAllRunTime(*(*a)->client, first_ids, absl::Seconds(60));
   ASSERT_THAT(first_done, IsOk());
-  auto later_done = (*a)->client->WaitAll(later_ids, absl::Seconds(60));
+  auto later_done = WaitAllRunTime(*(*a)->client, later_ids, absl::Seconds(60));
   ASSERT_THAT(later_done, IsOk());
   absl::Time later_first = absl::InfiniteFuture();
   for (const v1::Task& t : *later_done) {
@@ -318,7 +332,7 @@ TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
   ASSERT_THAT(cancelled, IsOk());
   EXPECT_EQ(cancelled->state(), v1::CANCELLED);
   EXPECT_EQ(cancelled->error().message(), "cancelled before it ran");
-  auto w = a->client->Wait(f->id(), absl::Seconds(10));
+  auto w = WaitRunTime(*a->client, f->id(), absl::Seconds(10));
   ASSERT_THAT(w, IsOk());
   ASSERT_TRUE(w->done());
   EXPECT_EQ(w->task().state(), v1::CANCELLED);
@@ -329,7 +343,7 @@ TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
   ASSERT_THAT(b->client->Resume(), IsOk());
   auto later = a->client->Submit("echo", "later");
   ASSERT_THAT(later, IsOk());
-  auto done = b->client->Wait(later->id(), absl::Seconds(20));
+  auto done = WaitRunTime(*b->client, later->id(), absl::Seconds(20));
   ASSERT_THAT(done, IsOk());
   EXPECT_EQ(done->task().state(), v1::SUCCEEDED);
   auto t = b->client->Get(f->id());
@@ -352,7 +366,6 @@ TEST(ClusterTest, WatchThroughAnotherNodeSeesTheEventsOfARemoteTask) {
 
   // The queue watch starts first, so it is in place before the task.
   grpc::ClientContext queue_ctx;
-  queue_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
   v1::WatchRequest all;
   all.set_queue("*");
   auto queue_reader = stub->Watch(&queue_ctx, all);
@@ -371,7 +384,12 @@ TEST(ClusterTest, WatchThroughAnotherNodeSeesTheEventsOfARemoteTask) {
   });
 
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  // Both streams end by themselves; still open after 30 s of time in which
+  // the test ran, they are cancelled (and the test fails).
+  RunWatchdog watchdog(absl::Seconds(30), [&] {
+    queue_ctx.TryCancel();
+    ctx.TryCancel();
+  });
   v1::WatchRequest req;
   req.set_task_id(f->id());
   auto reader = stub->Watch(&ctx, req);

@@ -244,22 +244,23 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
   size_t written = 0;
   if (stdin_data.empty()) in_w.reset();
   CommandResult result;
-  const absl::Time deadline = absl::Now() + timeout;
+  RunBudget run(timeout);
   char buf[65536];
   while (out_r.valid() || err_r.valid()) {
     std::vector<pollfd> pfds;
     if (in_w.valid()) pfds.push_back({in_w.get(), POLLOUT, 0});
     if (out_r.valid()) pfds.push_back({out_r.get(), POLLIN, 0});
     if (err_r.valid()) pfds.push_back({err_r.get(), POLLIN, 0});
-    int ms =
-        static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-    if (ms <= 0) {
+    const std::optional<absl::Time> until = run.NextSlice();
+    if (!until) {
       kill(pid, SIGKILL);
       WaitForExit(pid, absl::Seconds(10)).IgnoreError();
       return absl::DeadlineExceededError(
           absl::StrCat("command timed out: ", argv[0], "\nstdout: ", result.out,
                        "\nstderr: ", result.err));
     }
+    const int ms = static_cast<int>(absl::ToInt64Milliseconds(
+        std::max(*until - absl::Now(), absl::Milliseconds(1))));
     int r = poll(pfds.data(), pfds.size(), ms);
     if (r < 0 && errno != EINTR) return ErrnoToStatus(errno, "poll");
     for (const pollfd& p : pfds) {
@@ -284,8 +285,7 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
       }
     }
   }
-  absl::StatusOr<int> status =
-      WaitForExit(pid, deadline - absl::Now() + absl::Seconds(1));
+  absl::StatusOr<int> status = WaitForExit(pid, run.left() + absl::Seconds(1));
   if (!status.ok()) {
     kill(pid, SIGKILL);
     WaitForExit(pid, absl::Seconds(10)).IgnoreError();

@@ -75,7 +75,8 @@ std::string ForqdBinary();
 std::string ForqBinary();
 
 // Runs `argv` (argv[0] = path), feeding `stdin_data`; returns exit code and
-// captured stdout/stderr. Kills the child after `timeout`.
+// captured stdout/stderr. Kills the child after `timeout` of time in which
+// the test ran (RunBudget).
 struct CommandResult {
   int exit_code = -1;
   std::string out;

@@ -104,7 +104,12 @@ absl::StatusOr<PostgresServer*> PostgresServer::Shared() {
 absl::Status PostgresServer::Run(const std::vector<std::string>& argv) const {
   std::vector<std::string> full;
   if (geteuid() == 0) {
-    full = {"/usr/sbin/runuser", "-u", kRunAsUser, "--"};
+    // setpriv execs the command as the user; runuser would stay its parent
+    // and, when the two are stopped and continued together (SIGSTOP and
+    // SIGCONT of all the test's processes), stop itself again on seeing
+    // its child's stop, with nobody left to continue it.
+    full = {"/usr/bin/setpriv", absl::StrCat("--reuid=", kRunAsUser),
+            absl::StrCat("--regid=", kRunAsUser), "--init-groups", "--"};
   }
   full.insert(full.end(), argv.begin(), argv.end());
   absl::StatusOr<CommandResult> result =

@@ -52,6 +52,9 @@ class RunBudget {
     return now + std::min(kSlice, left_);
   }
 
+  // What is left of the budget, the current slice not charged yet.
+  absl::Duration left() const { return left_; }
+
  private:
   absl::Duration left_;
   absl::Time slice_start_ = absl::InfinitePast();
