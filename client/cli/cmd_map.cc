@@ -3,6 +3,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 #include "client/cli/cli.h"
 #include "forq/map.h"
 
@@ -97,7 +99,8 @@ void AddMapCommands(CLI::App& app, CliContext& ctx) {
   cmd->add_flag("--unordered,-u", o->unordered,
                 "Print results as they complete (imap_unordered)");
   cmd->add_option("--window,-W", o->window,
-                  "Inputs in flight at most, 1..10000 (default 256)")
+                  absl::StrCat("Inputs in flight at most, 1..10000 (default ",
+                               kDefaultMapWindow, ")"))
       ->check(CLI::Range(0, kMaxMapWindow));
   cmd->add_flag("--fail-fast", o->fail_fast,
                 "Stop at the first failed item (exit 1)");

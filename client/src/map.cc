@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/grpcpp.h"
@@ -29,7 +30,17 @@ struct MapStream::State {
   MapSource inputs;
   std::function<void()> on_close;
   int window = kDefaultMapWindow;
+  int64_t window_bytes = kDefaultMapWindowBytes;
   uint64_t in_flight = 0;
+  // Payload bytes of the inputs in flight, and each one's by index: only
+  // inputs above kSmallPayload count (the window bounds the others to
+  // kMaxMapWindow KiB), so small ones cost no bookkeeping.
+  static constexpr int64_t kSmallPayload = 1024;
+  int64_t bytes_in_flight = 0;
+  absl::flat_hash_map<uint64_t, int64_t> sizes;
+  uint64_t next_index = 0;
+  // Pulled, and waiting for window_bytes to have room.
+  std::optional<MapInput> held;
   uint64_t delivered = 0;
   bool writes_closed = false;
   bool inputs_done = false;
@@ -72,15 +83,27 @@ struct MapStream::State {
       while (in_flight + batch->inputs_size() < static_cast<uint64_t>(window) &&
              bytes < kMaxRequestBytes) {
         if (cancelled.load(std::memory_order_relaxed)) break;
-        std::optional<MapInput> in = inputs.Pull();
-        if (!in.has_value()) {
+        if (!held.has_value()) held = inputs.Pull();
+        if (!held.has_value()) {
           inputs_done = true;
           break;
         }
-        bytes += in->payload.size() + in->kind.size() + 8;
+        const auto size = static_cast<int64_t>(held->payload.size());
+        const bool counted = size > kSmallPayload;
+        if (counted && in_flight + batch->inputs_size() > 0 &&
+            bytes_in_flight + size > window_bytes) {
+          break;  // sent once results made room
+        }
+        bytes += held->payload.size() + held->kind.size() + 8;
+        if (counted) {
+          bytes_in_flight += size;
+          sizes[next_index] = size;
+        }
+        ++next_index;
         v1::MapInput* m = batch->add_inputs();
-        m->set_kind(std::move(in->kind));
-        m->set_payload(std::move(in->payload));
+        m->set_kind(std::move(held->kind));
+        m->set_payload(std::move(held->payload));
+        held.reset();
       }
       if (batch->inputs_size() > 0) {
         if (!rpc->Write(req)) {
@@ -94,6 +117,7 @@ struct MapStream::State {
         CloseWrites();
         return;
       }
+      if (held.has_value()) return;  // window_bytes is full
     }
   }
 
@@ -131,6 +155,13 @@ struct MapStream::State {
       } while (resp.results_size() == 0);
       next_result = 0;
       in_flight -= std::min<uint64_t>(in_flight, resp.results_size());
+      for (const v1::MapResult& r : resp.results()) {
+        if (sizes.empty()) break;
+        auto it = sizes.find(r.index());
+        if (it == sizes.end()) continue;
+        bytes_in_flight -= it->second;
+        sizes.erase(it);
+      }
     }
     v1::MapResult& r = *resp.mutable_results(next_result++);
     ++delivered;
@@ -176,7 +207,15 @@ MapStream MapStream::Open(const std::shared_ptr<grpc::Channel>& channel,
     st->End();
     return MapStream(std::move(st));
   }
+  if (options.window_bytes < 0) {
+    st->status = absl::InvalidArgumentError(absl::StrCat(
+        "Map window_bytes must not be negative, got ", options.window_bytes));
+    st->End();
+    return MapStream(std::move(st));
+  }
   st->window = options.window == 0 ? kDefaultMapWindow : options.window;
+  st->window_bytes =
+      options.window_bytes == 0 ? kDefaultMapWindowBytes : options.window_bytes;
   st->stub = v1::TaskService::NewStub(channel);
   st->rpc = st->stub->MapBatched(&st->ctx);
   v1::MapRequest header_req;

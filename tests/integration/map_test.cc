@@ -181,6 +181,49 @@ TEST_F(MapTest, WindowBoundsInputsInFlight) {
   EXPECT_GT(samples_with_live.load(), 0) << "sampler saw no task";
 }
 
+// window_bytes bounds the payload bytes in flight besides the count: with
+// 2,000-byte inputs and 6,000 bytes, three are sent (the client holds the
+// fourth, pulled); an input larger than the bound goes alone.
+TEST_F(MapTest, WindowBytesBoundsPayloadInFlight) {
+  constexpr int kInputs = 12;
+  std::atomic<int> pulled{0};
+  std::atomic<int> delivered{0};
+  std::atomic<int> max_ahead{0};
+  // The last one alone exceeds the bound.
+  auto payload = [](int i) {
+    return std::string(i == kInputs - 1 ? 9000 : 2000, 'a' + i);
+  };
+  MapSource source([&]() -> std::optional<MapInput> {
+    if (pulled.load() == kInputs) return std::nullopt;
+    const int i = pulled++;
+    max_ahead.store(std::max(max_ahead.load(), pulled.load() - delivered));
+    return MapInput(payload(i));
+  });
+  MapOptions o;
+  o.window = 100;
+  o.window_bytes = 6000;
+  MapStream stream = client_->Map("echo", std::move(source), o);
+  int i = 0;
+  for (const MapItem& r : stream) {
+    ASSERT_TRUE(r.ok()) << r.status;
+    EXPECT_EQ(r.index, static_cast<uint64_t>(i));
+    EXPECT_TRUE(r.result == payload(i)) << "item " << i;
+    ++i;
+    ++delivered;
+  }
+  EXPECT_THAT(stream.status(), IsOk());
+  EXPECT_EQ(delivered.load(), kInputs);
+  // Three in flight plus the one held back; not more.
+  EXPECT_LE(max_ahead.load(), 4);
+  EXPECT_GE(max_ahead.load(), 3) << "the byte window was never filled";
+
+  o.window_bytes = -1;
+  MapStream bad = client_->Map("echo", {"x"}, o);
+  EXPECT_EQ(bad.Next(), nullptr);
+  EXPECT_THAT(bad.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr("window_bytes")));
+}
+
 TEST_F(MapTest, BreakingOutEarlyStopsPullingInputs) {
   int pulled = 0;
   MapSource endless([&pulled]() -> std::optional<MapInput> {

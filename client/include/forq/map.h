@@ -32,12 +32,15 @@ class Channel;
 
 namespace forq {
 
-// Inputs in flight when MapOptions::window is 0 (the server's default).
-inline constexpr int kDefaultMapWindow = 256;
+// Inputs in flight when MapOptions::window is 0. (A client that sends
+// window 0, e.g. over REST, gets the server's default, 256.)
+inline constexpr int kDefaultMapWindow = 1024;
+// Input payload bytes in flight when MapOptions::window_bytes is 0.
+inline constexpr int64_t kDefaultMapWindowBytes = int64_t{32} << 20;
 // Largest window the server accepts.
 inline constexpr int kMaxMapWindow = 10'000;
 
-// Options of one Map stream; zero values take the server defaults.
+// Options of one Map stream; zero values take the defaults.
 struct MapOptions {
   std::string queue;
   int priority = 0;
@@ -48,6 +51,11 @@ struct MapOptions {
   // kDefaultMapWindow. Bounds memory and load in client and server alike.
   // Must be in [0, kMaxMapWindow] (else the stream ends InvalidArgument).
   int window = 0;
+  // Besides `window`: payload bytes of those inputs, at most; 0 =
+  // kDefaultMapWindowBytes. Inputs of up to 1 KiB count against `window`
+  // only; an input that alone exceeds it is sent when nothing else is in
+  // flight. Must not be negative.
+  int64_t window_bytes = 0;
   // End the stream after the first item that did not succeed: that item is
   // still delivered, then iteration stops and status() is Aborted.
   bool fail_fast = false;
