@@ -24,12 +24,14 @@
 #include "forq/v1/pool.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 
 namespace forq {
 namespace {
 
 using ::forq::server::testing::HttpCall;
+using ::forq::testing::AwaitResult;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::RunCommand;
 using ::testing::HasSubstr;
@@ -314,7 +316,7 @@ TEST_F(AuthTest, LibforqAndCliSendTheirToken) {
   ASSERT_TRUE(client.ok()) << client.status();
   auto fut = (*client)->Submit("echo", "with a token");
   ASSERT_TRUE(fut.ok()) << fut.status();
-  auto result = fut->Get(absl::Seconds(30));
+  auto result = AwaitResult(*fut, absl::Seconds(30));
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, "with a token");
 

@@ -23,6 +23,7 @@
 #include "forq/client.h"
 #include "forq/v1/task_state.h"
 #include "server/http/http_test_client.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -30,6 +31,7 @@ namespace forq {
 namespace {
 
 using ::forq::server::testing::HttpCall;
+using ::forq::testing::AwaitResult;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::testing::HasSubstr;
@@ -94,7 +96,7 @@ TEST(DiskFullTest, NoResultIsAnnouncedBeforeItIsDurable) {
     absl::StatusOr<TaskFuture> f = (*client)->Submit("echo", o.payload);
     ASSERT_THAT(f, IsOk());
     o.id = f->id();
-    absl::StatusOr<std::string> result = f->Get(absl::Seconds(30));
+    absl::StatusOr<std::string> result = AwaitResult(*f, absl::Seconds(30));
     ASSERT_THAT(result, IsOk());
     EXPECT_EQ(*result, o.payload);
     o.announced = true;

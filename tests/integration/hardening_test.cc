@@ -31,6 +31,7 @@
 #include "forq/v1/manager.grpc.pb.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "server/http/http_test_client.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 
 namespace forq {
@@ -38,6 +39,7 @@ namespace {
 
 using ::forq::server::testing::HttpCall;
 using ::forq::server::testing::HttpRaw;
+using ::forq::testing::AwaitResult;
 using ::forq::testing::ForqdProcess;
 using ::testing::HasSubstr;
 
@@ -178,7 +180,7 @@ TEST(HardeningTest, IdleConnectionsDoNotExhaustDescriptors) {
   ASSERT_TRUE(c.ok()) << c.status();
   auto f = (*c)->Submit("echo", "still serving");
   ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(*f->Get(absl::Seconds(30)), "still serving");
+  EXPECT_EQ(*AwaitResult(*f, absl::Seconds(30)), "still serving");
   std::ifstream limits(absl::StrCat("/proc/", forqd->pid(), "/limits"));
   std::string line;
   while (std::getline(limits, line)) {
@@ -384,7 +386,7 @@ TEST(HardeningTest, MapStreamWithAGarbageMessageFailsClearly) {
   ASSERT_TRUE(c.ok()) << c.status();
   auto f = (*c)->Submit("echo", "still serving");
   ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(*f->Get(absl::Seconds(30)), "still serving");
+  EXPECT_EQ(*AwaitResult(*f, absl::Seconds(30)), "still serving");
 }
 
 }  // namespace

@@ -24,7 +24,10 @@
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitAll;
 using ::forq::testing::AwaitEnd;
+using ::forq::testing::AwaitResult;
+using ::forq::testing::AwaitWait;
 using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
@@ -115,7 +118,7 @@ TEST_F(TaskTest, SubmitWaitShorterThanTheTaskAnswersUnfinished) {
   EXPECT_FALSE(resp.task().id().empty());
   EXPECT_THAT(resp.task().state(), ::testing::AnyOf(v1::QUEUED, v1::RUNNING));
   absl::StatusOr<std::vector<v1::Task>> end =
-      client_->WaitAll({resp.task().id()}, absl::Seconds(60));
+      AwaitAll(*client_, {resp.task().id()}, absl::Seconds(60));
   ASSERT_THAT(end, IsOk());
   EXPECT_EQ((*end)[0].state(), v1::SUCCEEDED);
 
@@ -223,7 +226,7 @@ TEST_F(TaskTest, HundredConcurrentWaitersAllGetTheResult) {
   threads.reserve(100);
   for (int i = 0; i < 100; ++i) {
     threads.emplace_back([&] {
-      absl::StatusOr<std::string> r = f->Get(absl::Seconds(60));
+      absl::StatusOr<std::string> r = AwaitResult(*f, absl::Seconds(60));
       if (r.ok() && *r == "500") ok.fetch_add(1);
     });
   }
@@ -283,7 +286,7 @@ TEST_F(TaskTest, DeadLetterIsListedAndManualRetryRunsItAgain) {
   ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->state(), v1::QUEUED);
   absl::StatusOr<v1::WaitTaskResponse> w =
-      client_->Wait(t.id(), absl::Seconds(30));
+      AwaitWait(*client_, t.id(), absl::Seconds(30));
   ASSERT_THAT(w, IsOk());
   EXPECT_EQ(w->task().state(), v1::SUCCEEDED);
   EXPECT_EQ(w->task().attempt(), 3);
@@ -302,7 +305,7 @@ TEST_F(TaskTest, IdempotencyKeyReturnsTheFirstTask) {
   EXPECT_FALSE(a->existing());
   EXPECT_TRUE(b->existing());
   EXPECT_EQ(a->id(), b->id());
-  EXPECT_EQ(*b->Get(absl::Seconds(30)), "first");
+  EXPECT_EQ(*AwaitResult(*b, absl::Seconds(30)), "first");
 }
 
 TEST_F(TaskTest, BatchIsAllOrNone) {
@@ -325,7 +328,8 @@ TEST_F(TaskTest, BatchIsAllOrNone) {
   absl::StatusOr<std::vector<TaskFuture>> ok = client_->SubmitBatch(specs);
   ASSERT_THAT(ok, IsOk());
   ASSERT_EQ(ok->size(), 3u);
-  for (const TaskFuture& f : *ok) EXPECT_THAT(f.Get(absl::Seconds(30)), IsOk());
+  for (const TaskFuture& f : *ok)
+    EXPECT_THAT(AwaitResult(f, absl::Seconds(30)), IsOk());
 }
 
 TEST_F(TaskTest, AsyncBatchesInFlightTogetherAllRunAndAnErrorStaysItsOwn) {
@@ -350,7 +354,7 @@ TEST_F(TaskTest, AsyncBatchesInFlightTogetherAllRunAndAnErrorStaysItsOwn) {
     ASSERT_THAT(r, IsOk());
     ASSERT_EQ(r->size(), 25u);
     for (int i = 0; i < 25; ++i) {
-      absl::StatusOr<std::string> got = (*r)[i].Get(absl::Seconds(30));
+      absl::StatusOr<std::string> got = AwaitResult((*r)[i], absl::Seconds(30));
       ASSERT_THAT(got, IsOk());
       EXPECT_EQ(*got, absl::StrCat(b, "-", i));
     }
@@ -379,7 +383,8 @@ TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
   ASSERT_THAT(futures, IsOk());
   ASSERT_EQ(futures->size(), 250u);
   for (int i = 0; i < 250; ++i) {
-    absl::StatusOr<std::string> got = (*futures)[i].Get(absl::Seconds(30));
+    absl::StatusOr<std::string> got =
+        AwaitResult((*futures)[i], absl::Seconds(30));
     ASSERT_THAT(got, IsOk());
     EXPECT_EQ(*got, absl::StrCat(i));
   }
@@ -567,7 +572,7 @@ TEST(TaskFutureTest, FinishedTaskInTheSubmitAnswerNeedsNoCall) {
   {
     auto first = (*c)->Submit("echo", "kept", o);
     ASSERT_THAT(first, IsOk());
-    ASSERT_THAT(first->Get(absl::Seconds(30)), IsOk());
+    ASSERT_THAT(AwaitResult(*first, absl::Seconds(30)), IsOk());
   }  // its streamed result goes with it
   auto again = (*c)->Submit("echo", "ignored", o);
   ASSERT_THAT(again, IsOk());
@@ -592,7 +597,7 @@ TEST(RecoveryTest, TasksRunningAtKillRunAgainAfterRestart) {
     ASSERT_THAT(c, IsOk());
     auto done = (*c)->Submit("echo", "kept");
     ASSERT_THAT(done, IsOk());
-    ASSERT_THAT(done->Get(absl::Seconds(30)), IsOk());
+    ASSERT_THAT(AwaitResult(*done, absl::Seconds(30)), IsOk());
     done_id = done->id();
     for (int i = 0; i < 2; ++i) {
       auto f = (*c)->Submit("sleep", "1500");
@@ -617,7 +622,7 @@ TEST(RecoveryTest, TasksRunningAtKillRunAgainAfterRestart) {
   ASSERT_THAT(kept, IsOk());
   EXPECT_EQ(kept->result(), "kept");
   for (const std::string& id : running) {
-    auto w = (*c)->Wait(id, absl::Seconds(30));
+    auto w = AwaitWait(**c, id, absl::Seconds(30));
     ASSERT_THAT(w, IsOk());
     EXPECT_EQ(w->task().state(), v1::SUCCEEDED) << forqd.LogTail();
     EXPECT_EQ(w->task().attempt(), 2);

@@ -16,11 +16,13 @@
 #include "gtest/gtest.h"
 
 #include "forq/client.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
 
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitResult;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::RunCommand;
 using ::testing::HasSubstr;
@@ -66,7 +68,7 @@ absl::StatusOr<std::string> SubmitAndWait(ClientOptions o) {
   if (!client.ok()) return client.status();
   auto fut = (*client)->Submit("echo", "over tls");
   if (!fut.ok()) return fut.status();
-  return fut->Get(absl::Seconds(30));
+  return AwaitResult(*fut, absl::Seconds(30));
 }
 
 // curl's exit code and HTTP status for a GET of `url` with `extra` args.

@@ -32,8 +32,10 @@
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitAll;
 using ::forq::testing::AwaitEnd;
 using ::forq::testing::AwaitNotification;
+using ::forq::testing::AwaitResult;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunBudget;
@@ -94,7 +96,7 @@ TEST_F(WaitStreamTest, ManyFuturesResolveWithoutOneWaitCallPerTask) {
     }
   }
   for (int i = 0; i < 2000; ++i) {
-    absl::StatusOr<std::string> r = futures[i].Get(absl::Seconds(60));
+    absl::StatusOr<std::string> r = AwaitResult(futures[i], absl::Seconds(60));
     ASSERT_THAT(r, IsOk()) << i;
     EXPECT_EQ(*r, absl::StrCat("r", i));
   }
@@ -127,7 +129,7 @@ TEST_F(WaitStreamTest, UnknownIdIsNotFound) {
   // The stream survives an unknown id.
   auto f = client_->Submit("echo", "after");
   ASSERT_THAT(f, IsOk());
-  EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  EXPECT_THAT(AwaitResult(*f, absl::Seconds(30)), IsOk());
 }
 
 TEST_F(WaitStreamTest, WaitAllReturnsTasksInOrder) {
@@ -137,7 +139,7 @@ TEST_F(WaitStreamTest, WaitAllReturnsTasksInOrder) {
     ASSERT_THAT(f, IsOk());
     ids.push_back(f->id());
   }  // futures gone: WaitAll waits on its own
-  auto tasks = client_->WaitAll(ids, absl::Seconds(60));
+  auto tasks = AwaitAll(*client_, ids, absl::Seconds(60));
   ASSERT_THAT(tasks, IsOk());
   ASSERT_EQ(tasks->size(), 50u);
   for (int i = 0; i < 50; ++i) {
@@ -151,7 +153,7 @@ TEST_F(WaitStreamTest, TimedOutWaitLeavesTheFutureUsable) {
   ASSERT_THAT(f, IsOk());
   EXPECT_THAT(f->WaitFor(absl::Milliseconds(1)),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
-  EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  EXPECT_THAT(AwaitResult(*f, absl::Seconds(30)), IsOk());
   EXPECT_THAT(f->Ready(), IsOk());
   EXPECT_TRUE(*f->Ready());
 }
@@ -190,7 +192,7 @@ TEST_F(WaitStreamTest, CancelledWaitGetsNoAnswerAndHalfCloseEndsTheStream) {
 TEST_F(WaitStreamTest, RestAnswersNdjson) {
   auto f = client_->Submit("echo", "rest");
   ASSERT_THAT(f, IsOk());
-  ASSERT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  ASSERT_THAT(AwaitResult(*f, absl::Seconds(30)), IsOk());
   auto r = server::testing::HttpCall(
       forqd_->http_address(), "POST", "/v1/tasks:waitStream?text=true",
       absl::StrCat("{\"ids\": [\"", f->id(), "\", \"nope\"]}\n"),
@@ -222,7 +224,7 @@ TEST_F(WaitStreamTest, LegacyPerTaskWaitStillWorks) {
   auto f = (*c)->Submit("sleep", "200");
   ASSERT_THAT(f, IsOk());
   ASSERT_FALSE(IsTerminal(f->submitted().state()));
-  EXPECT_THAT(f->Get(absl::Seconds(30)), IsOk());
+  EXPECT_THAT(AwaitResult(*f, absl::Seconds(30)), IsOk());
   EXPECT_GT(Calls("forq.v1.TaskService/Wait"), waits_before);
 }
 
@@ -238,6 +240,8 @@ TEST_F(WaitStreamTest, LoneWaitIsOneWaitCallAndOpensNoStream) {
   {
     auto c = Client::Connect({.address = forqd_->grpc_address()});
     ASSERT_THAT(c, IsOk());
+    // Get with a wall-clock timeout, not AwaitResult: its slices would
+    // each be a Wait call.
     for (int i = 0; i < 3; ++i) {
       auto f = (*c)->Submit("sleep", "50");
       ASSERT_THAT(f, IsOk());
@@ -258,9 +262,9 @@ TEST_F(WaitStreamTest, LoneWaitIsOneWaitCallAndOpensNoStream) {
     EXPECT_THAT(b->Get(absl::Seconds(30)), IsOk());
   }  // the client is gone: its stream ends and is counted
   EXPECT_EQ(Calls(kWait), waits_before + 3);
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (Calls(kStream, true) < streams_before + 1 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
+  for (RunBudget run(absl::Seconds(30));
+       Calls(kStream, true) < streams_before + 1 && run.NextSlice();) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling /metrics
   }
   EXPECT_EQ(Calls(kStream, true), streams_before + 1);
 }

@@ -16,6 +16,7 @@
 #include "forq/client.h"
 #include "forq/v1/task.grpc.pb.h"
 #include "tests/postgres/cluster_nodes.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/run_budget.h"
 #include "tests/testing/run_timer.h"
 #include "tests/testing/status_matchers.h"
@@ -23,7 +24,8 @@
 namespace forq {
 namespace {
 
-using ::forq::testing::CallForRunTime;
+using ::forq::testing::AwaitAll;
+using ::forq::testing::AwaitWait;
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
@@ -31,30 +33,6 @@ using ::forq::testing::RunBudget;
 using ::forq::testing::RunTimer;
 using ::forq::testing::RunWatchdog;
 using ::forq::testing::SleepSpecs;
-
-// client.Wait(id, timeout) and client.WaitAll(ids, timeout), made again
-// while they timed out before `timeout` of time in which the test ran had
-// passed: forqd and the client time them by the wall clock, which a stop of
-// the test and the nodes together (SIGSTOP of them all, a suspended VM)
-// uses up.
-absl::StatusOr<v1::WaitTaskResponse> WaitRunTime(Client& client,
-                                                 const std::string& id,
-                                                 absl::Duration timeout) {
-  return CallForRunTime(
-      timeout, [&](absl::Duration t) { return client.Wait(id, t); },
-      [](const absl::StatusOr<v1::WaitTaskResponse>& w) {
-        return w.ok() && !w->done();
-      });
-}
-absl::StatusOr<std::vector<v1::Task>> WaitAllRunTime(
-    Client& client, const std::vector<std::string>& ids,
-    absl::Duration timeout) {
-  return CallForRunTime(
-      timeout, [&](absl::Duration t) { return client.WaitAll(ids, t); },
-      [](const absl::StatusOr<std::vector<v1::Task>>& r) {
-        return r.status().code() == absl::StatusCode::kDeadlineExceeded;
-      });
-}
 
 TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   auto nodes = ClusterNodes::Create("spread");
@@ -72,7 +50,7 @@ TEST(ClusterTest, TasksSubmittedToOneNodeRunOnEveryNodeExactlyOnce) {
   std::vector<std::string> ids;
   for (const TaskFuture& f : *futures) ids.push_back(f.id());
   // Waited for on node a, though node b runs about half of them.
-  auto done = WaitAllRunTime(*a->client, ids, absl::Seconds(60));
+  auto done = AwaitAll(*a->client, ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   std::map<std::string, int> by_node;
   for (const v1::Task& t : *done) {
@@ -120,7 +98,7 @@ TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
   // it empty: it takes what is submitted to it at insert.
   auto warm = (*a)->client->Submit("echo", "warm");
   ASSERT_THAT(warm, IsOk());
-  auto warmed = WaitRunTime(*(*a)->client, warm->id(), absl::Seconds(20));
+  auto warmed = AwaitWait(*(*a)->client, warm->id(), absl::Seconds(20));
   ASSERT_THAT(warmed, IsOk());
   ASSERT_TRUE(warmed->done());
   // More than a node takes at insert (room + 2,000 when it is alone).
@@ -131,9 +109,9 @@ TEST(ClusterTest, TasksLeftInTheSharedQueueRunBeforeLaterSubmissions) {
   std::vector<std::string> first_ids, later_ids;
   for (const TaskFuture& f : *first) first_ids.push_back(f.id());
   for (const TaskFuture& f : *later) later_ids.push_back(f.id());
-  auto first_done = WaitAllRunTime(*(*a)->client, first_ids, absl::Seconds(60));
+  auto first_done = AwaitAll(*(*a)->client, first_ids, absl::Seconds(60));
   ASSERT_THAT(first_done, IsOk());
-  auto later_done = WaitAllRunTime(*(*a)->client, later_ids, absl::Seconds(60));
+  auto later_done = AwaitAll(*(*a)->client, later_ids, absl::Seconds(60));
   ASSERT_THAT(later_done, IsOk());
   absl::Time later_first = absl::InfiniteFuture();
   for (const v1::Task& t : *later_done) {
@@ -161,14 +139,14 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   auto f = a->client->Submit("echo", "hello");
   ASSERT_THAT(f, IsOk());
   // Wait on c; on a too (a runs nothing while drained).
-  auto on_c = WaitRunTime(*c->client, f->id(), absl::Seconds(20));
+  auto on_c = AwaitWait(*c->client, f->id(), absl::Seconds(20));
   ASSERT_THAT(on_c, IsOk());
   EXPECT_TRUE(on_c->done());
   EXPECT_EQ(on_c->task().state(), v1::SUCCEEDED);
   EXPECT_EQ(on_c->task().result(), "hello");
   const std::string ran_on = nodes->NodeOfPid(on_c->task().worker_pid());
   EXPECT_TRUE(ran_on == "b" || ran_on == "c") << ran_on;
-  auto on_a = WaitRunTime(*a->client, f->id(), absl::Seconds(20));
+  auto on_a = AwaitWait(*a->client, f->id(), absl::Seconds(20));
   ASSERT_THAT(on_a, IsOk());
   EXPECT_TRUE(on_a->done());
   EXPECT_EQ(on_a->task().result(), "hello");
@@ -180,7 +158,7 @@ TEST(ClusterTest, DrainedNodeLeavesItsSubmissionsToOthersAndWaitsForThem) {
   auto slow = a->client->Submit("sleep", "300");
   ASSERT_THAT(slow, IsOk());
   RunTimer timer;
-  auto parked = WaitRunTime(*a->client, slow->id(), absl::Seconds(30));
+  auto parked = AwaitWait(*a->client, slow->id(), absl::Seconds(30));
   ASSERT_THAT(parked, IsOk());
   EXPECT_TRUE(parked->done());
   EXPECT_EQ(parked->task().state(), v1::SUCCEEDED);
@@ -297,7 +275,7 @@ TEST(ClusterTest, CancelThroughAnotherNodeStopsTheRunningAttempt) {
   ASSERT_THAT(cancelled, IsOk());
   EXPECT_EQ(cancelled->state(), v1::RUNNING);
   EXPECT_TRUE(cancelled->cancel_requested());
-  auto w = WaitRunTime(*b->client, f->id(), absl::Seconds(20));
+  auto w = AwaitWait(*b->client, f->id(), absl::Seconds(20));
   ASSERT_THAT(w, IsOk());
   ASSERT_TRUE(w->done()) << a->process->LogTail(40);
   const absl::Duration took = asked.Elapsed();
@@ -332,7 +310,7 @@ TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
   ASSERT_THAT(cancelled, IsOk());
   EXPECT_EQ(cancelled->state(), v1::CANCELLED);
   EXPECT_EQ(cancelled->error().message(), "cancelled before it ran");
-  auto w = WaitRunTime(*a->client, f->id(), absl::Seconds(10));
+  auto w = AwaitWait(*a->client, f->id(), absl::Seconds(10));
   ASSERT_THAT(w, IsOk());
   ASSERT_TRUE(w->done());
   EXPECT_EQ(w->task().state(), v1::CANCELLED);
@@ -343,7 +321,7 @@ TEST(ClusterTest, CancelOfATaskQueuedInTheSharedStore) {
   ASSERT_THAT(b->client->Resume(), IsOk());
   auto later = a->client->Submit("echo", "later");
   ASSERT_THAT(later, IsOk());
-  auto done = WaitRunTime(*b->client, later->id(), absl::Seconds(20));
+  auto done = AwaitWait(*b->client, later->id(), absl::Seconds(20));
   ASSERT_THAT(done, IsOk());
   EXPECT_EQ(done->task().state(), v1::SUCCEEDED);
   auto t = b->client->Get(f->id());

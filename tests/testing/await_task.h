@@ -1,9 +1,11 @@
-// Waiting for a task's end with a bound counted in time the test ran.
+// Waiting for tasks with bounds counted in time the test ran.
 #ifndef FORQ_TESTS_TESTING_AWAIT_TASK_H_
 #define FORQ_TESTS_TESTING_AWAIT_TASK_H_
 
 #include <algorithm>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -12,6 +14,7 @@
 
 #include "forq/client.h"
 #include "tests/testing/run_budget.h"
+#include "tests/testing/run_timer.h"
 
 namespace forq::testing {
 
@@ -29,6 +32,38 @@ inline absl::StatusOr<v1::Task> AwaitEnd(const TaskFuture& f,
     }
   }
   return t;
+}
+
+// f.Get(budget), the budget counted as AwaitEnd's: the result, or the
+// task's error, or DEADLINE_EXCEEDED when it did not end in time.
+inline absl::StatusOr<std::string> AwaitResult(const TaskFuture& f,
+                                               absl::Duration budget) {
+  absl::StatusOr<v1::Task> t = AwaitEnd(f, budget);
+  if (!t.ok()) return t.status();
+  return f.Get();  // ended: answers at once
+}
+
+// client.Wait(id, timeout) and client.WaitAll(ids, timeout), made again
+// while they timed out before `timeout` of time in which the test ran had
+// passed (CallForRunTime): forqd and the client time them by the wall
+// clock, which a stop of the test and forqd together uses up.
+inline absl::StatusOr<v1::WaitTaskResponse> AwaitWait(Client& client,
+                                                      const std::string& id,
+                                                      absl::Duration timeout) {
+  return CallForRunTime(
+      timeout, [&](absl::Duration t) { return client.Wait(id, t); },
+      [](const absl::StatusOr<v1::WaitTaskResponse>& w) {
+        return w.ok() && !w->done();
+      });
+}
+inline absl::StatusOr<std::vector<v1::Task>> AwaitAll(
+    Client& client, const std::vector<std::string>& ids,
+    absl::Duration timeout) {
+  return CallForRunTime(
+      timeout, [&](absl::Duration t) { return client.WaitAll(ids, t); },
+      [](const absl::StatusOr<std::vector<v1::Task>>& r) {
+        return r.status().code() == absl::StatusCode::kDeadlineExceeded;
+      });
 }
 
 }  // namespace forq::testing
