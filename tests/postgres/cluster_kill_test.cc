@@ -25,11 +25,14 @@
 #include "tests/fault/fault_util.h"
 #include "tests/postgres/cluster_nodes.h"
 #include "tests/postgres/tcp_proxy.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitAll;
+using ::forq::testing::AwaitWait;
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
@@ -99,7 +102,7 @@ TEST(ClusterKillTest, KilledNodesRunningTasksFinishElsewhereExactlyOnce) {
   const absl::Time killed = absl::Now();
   ASSERT_THAT(b->client->Resume(), IsOk());
 
-  auto done = b->client->WaitAll(ids, absl::Seconds(60));
+  auto done = AwaitAll(*b->client, ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   int succeeded = 0;
   absl::Duration worst_restart;
@@ -166,7 +169,7 @@ TEST(ClusterKillTest, NodeStoppedPastItsLeaseHasItsCompletionsRefused) {
   // stopped; b takes the tasks over once the leases expire.
   ASSERT_EQ(kill(a->process->pid(), SIGSTOP), 0);
   ASSERT_THAT(b->client->Resume(), IsOk());
-  auto done = b->client->WaitAll(ids, absl::Seconds(60));
+  auto done = AwaitAll(*b->client, ids, absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   for (const v1::Task& t : *done) {
     EXPECT_EQ(t.state(), v1::SUCCEEDED);
@@ -249,7 +252,7 @@ TEST(ClusterKillTest, KillOneOfThreeNodesUnderSubmitLoadLosesNothing) {
       MutexLock lock(&mu);
       ids = acked;
     }
-    auto done = survivor->client->WaitAll(ids, absl::Seconds(60));
+    auto done = AwaitAll(*survivor->client, ids, absl::Seconds(60));
     ASSERT_THAT(done, IsOk()) << "loop " << loop;
     auto events = nodes->Query(
         absl::StrCat("SELECT string_agg(task_id, ',') FROM ", nodes->schema(),
@@ -329,7 +332,7 @@ TEST(ClusterKillTest, NodeCutOffFromTheDatabaseFencesItselfAndOthersTakeOver) {
   EXPECT_LE(stopped_after, absl::Milliseconds(2000));
 
   ASSERT_THAT((*b)->client->Resume(), IsOk());
-  auto done = (*b)->client->Wait(f->id(), absl::Seconds(30));
+  auto done = AwaitWait(*(*b)->client, f->id(), absl::Seconds(30));
   ASSERT_THAT(done, IsOk());
   EXPECT_TRUE(done->done());
   EXPECT_EQ(done->task().state(), v1::SUCCEEDED);
@@ -392,7 +395,7 @@ TEST(ClusterKillTest, ZDatabaseRestartUnderLoadLosesNothing) {
     MutexLock lock(&mu);
     ids = acked;
   }
-  auto done = n[0]->client->WaitAll(ids, absl::Seconds(90));
+  auto done = AwaitAll(*n[0]->client, ids, absl::Seconds(90));
   ASSERT_THAT(done, IsOk()) << n[0]->process->LogTail(40);
   int succeeded = 0;
   for (const v1::Task& t : *done) {

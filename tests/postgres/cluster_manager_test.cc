@@ -28,13 +28,16 @@
 #include "forq/manager.h"
 #include "forq/v1/manager.grpc.pb.h"
 #include "tests/postgres/cluster_nodes.h"
+#include "tests/testing/await_task.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace forq {
 namespace {
 
+using ::forq::testing::AwaitAll;
 using ::forq::testing::AwaitOwner;
+using ::forq::testing::AwaitWait;
 using ::forq::testing::ClusterNode;
 using ::forq::testing::ClusterNodes;
 using ::forq::testing::IsOk;
@@ -224,7 +227,7 @@ TEST(ClusterManagerTest, TasksOnANonOwnerShareALockAndCounterWithClients) {
     ASSERT_THAT(via_c.list("counter").Set(0, absl::StrCat(std::stoll(*v) + 1)),
                 IsOk());
   }
-  auto done = t->c->client->WaitAll(ids, absl::Seconds(120));
+  auto done = AwaitAll(*t->c->client, ids, absl::Seconds(120));
   ASSERT_THAT(done, IsOk());
   for (const v1::Task& task : *done) {
     EXPECT_EQ(task.state(), v1::SUCCEEDED) << task.ShortDebugString();
@@ -391,7 +394,7 @@ TEST(ClusterManagerTest, ForwardedCallsAreCheckedThenCarryTheNodesToken) {
   ASSERT_THAT((*admin_a)->Drain(absl::Seconds(5)), IsOk());
   auto f = (*admin_b)->Submit("mp.counter", "list=counter delta=1 n=10");
   ASSERT_THAT(f, IsOk());
-  auto done = (*admin_b)->Wait(f->id(), absl::Seconds(60));
+  auto done = AwaitWait(**admin_b, f->id(), absl::Seconds(60));
   ASSERT_THAT(done, IsOk());
   EXPECT_EQ(done->task().state(), v1::SUCCEEDED)
       << done->task().ShortDebugString();
