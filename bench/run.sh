@@ -8,13 +8,13 @@
 #   ONLY=peers bench/run.sh build   # forq vs multiprocessing only
 #
 # "peers" (on when ../shared/peers or $PEERS_DIR holds bench_mp_pool.py, and
-# Debian's /usr/bin/python3 exists) runs forq_bench's e2e, rtt and map
-# sections with --durability=sync,none (both wait modes), then
+# Debian's /usr/bin/python3 exists) runs forq_bench's e2e, rtt, map and
+# manager sections with --durability=sync,none (both wait modes), then
 # multiprocessing.Pool(2) (bench_mp_pool.py pool) and mp.Manager
-# (bench_ipc.py manager) back to back, and prints the ratios (ratios.py):
-# the peers are measured minutes, not hours, from forq on the same machine.
-# PEER_REPS sets the repetitions (3); PEER_FORQ_FLAGS replaces forq_bench's
-# wait/submit/map choices.
+# (bench_ipc.py manager), one repetition of each in turn, and prints the
+# ratios of the medians (ratios.py): the peers are measured seconds from
+# forq on the same machine. PEER_REPS sets the repetitions (3);
+# PEER_FORQ_FLAGS replaces forq_bench's wait/submit/map choices.
 #
 # Output: $OUT (default <build dir>/bench-results/<UTC timestamp>) holds
 # machine.txt, one <program>.txt per program (stdout + stderr) and
@@ -88,19 +88,20 @@ fsync_probe() {
   fsync_probe
 } | tee "$OUT/machine.txt"
 
-# run <label> <program> <args...>: output to $OUT/<label>.txt, load before
-# and after.
+# run <label> <program> <args...>: output to $OUT/<label>.txt (appended to
+# with RUN_APPEND=1), load before and after.
 FAILED=()
 run() {
   local label=$1 name=$2
   shift 2
   case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
   local log="$OUT/$label.txt"
+  [[ ${RUN_APPEND:-0} == 1 ]] || : >"$log"
   echo "run.sh: $name $* (load $(loadavg))"
   {
     echo "# command: $BIN/$name $*"
     echo "# load before: $(loadavg)"
-  } >"$log"
+  } >>"$log"
   local start=$SECONDS rc=0
   "$BIN/$name" "$@" >>"$log" 2>&1 || rc=$?
   echo "# load after: $(loadavg); $((SECONDS - start)) s; exit $rc" >>"$log"
@@ -127,34 +128,38 @@ run() {
   run forq_bench forq_bench --reps=3 --seconds=2 ${FORQ_BENCH_ARGS:-}
 }
 
-# forq vs Python's multiprocessing, back to back.
+# forq vs Python's multiprocessing, interleaved: one repetition of forq,
+# then one of each peer, PEER_REPS times, so a slow or fast spell of the
+# machine falls on both sides alike.
 run_peers() {
   case " $ONLY " in *" peers "*) ;; *) return 0 ;; esac
   [[ -f "$PEERS_DIR/bench_mp_pool.py" ]] || die "no peers in $PEERS_DIR"
   local reps=${PEER_REPS:-3}
-  local saved_only=$ONLY
-  ONLY="forq_bench"
-  # PEER_FORQ_FLAGS narrows forq's side (e.g. "--wait=stream
-  # --submit=batch,async --map=batched" when fsync is slow: unary Submit x N
-  # in sync mode costs one fsync per task).
-  # shellcheck disable=SC2086  # word splitting of the flags is wanted
-  run forq_bench_peers forq_bench --sections=e2e,rtt,map,manager \
-    --durability=sync,none \
-    ${PEER_FORQ_FLAGS:---wait=stream,rpc --map=batched,single} \
-    --reps="$reps"
-  ONLY=$saved_only
-  local t
-  for t in "bench_mp_pool.py pool" "bench_ipc.py manager"; do
-    local log="$OUT/peers_${t##* }.txt"
-    echo "run.sh: peers $t (load $(loadavg))"
-    {
-      echo "# command: REPS=$reps /usr/bin/python3 $PEERS_DIR/$t"
-      echo "# load before: $(loadavg)"
-    } >"$log"
-    # shellcheck disable=SC2086  # $t is "script test"
-    (cd "$PEERS_DIR" && REPS=$reps /usr/bin/python3 $t) >>"$log" 2>&1 ||
-      FAILED+=("peers $t")
-    echo "# load after: $(loadavg)" >>"$log"
+  local saved_only=$ONLY t rep
+  : >"$OUT/forq_bench_peers.txt"
+  for t in pool manager; do : >"$OUT/peers_$t.txt"; done
+  for ((rep = 1; rep <= reps; rep++)); do
+    ONLY="forq_bench"
+    # PEER_FORQ_FLAGS narrows forq's side (e.g. "--wait=stream
+    # --submit=batch,async --map=batched" when fsync is slow: unary Submit
+    # x N in sync mode costs one fsync per task).
+    # shellcheck disable=SC2086  # word splitting of the flags is wanted
+    RUN_APPEND=1 run forq_bench_peers forq_bench \
+      --sections=e2e,rtt,map,manager --durability=sync,none \
+      ${PEER_FORQ_FLAGS:---wait=stream,rpc --map=batched,single} --reps=1
+    ONLY=$saved_only
+    for t in "bench_mp_pool.py pool" "bench_ipc.py manager"; do
+      local log="$OUT/peers_${t##* }.txt"
+      echo "run.sh: peers $t, repetition $rep of $reps (load $(loadavg))"
+      {
+        echo "# command: REPS=1 /usr/bin/python3 $PEERS_DIR/$t"
+        echo "# load before: $(loadavg)"
+      } >>"$log"
+      # shellcheck disable=SC2086  # $t is "script test"
+      (cd "$PEERS_DIR" && REPS=1 /usr/bin/python3 $t) >>"$log" 2>&1 ||
+        FAILED+=("peers $t")
+      echo "# load after: $(loadavg)" >>"$log"
+    done
   done
   echo
   /usr/bin/python3 "$HERE/ratios.py" "$OUT/forq_bench_peers.txt" \
