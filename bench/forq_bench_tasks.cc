@@ -147,6 +147,30 @@ int SectionE2E(const Flags& f) {
   return 0;
 }
 
+namespace {
+
+// Times `op` --rtt_samples times with the probe on `pid` (its CPU, calls and
+// switches per `unit`, reported as `server`), records "<name> p50" and
+// "<name> p99"; returns the p50, or -1 once a call failed.
+template <typename Op>
+double MeasureRtt(const Flags& f, const std::string& name, int pid,
+                  const std::string& server, const std::string& unit, Op op) {
+  std::vector<double> us;
+  {
+    Probe probe(pid, f.perf);
+    if (!Rtt(f.rtt_samples, op, &us)) {
+      std::cerr << name << ": a call failed\n";
+      return -1;
+    }
+    probe.Report(name, server, f.rtt_samples + 100, unit);
+  }
+  g_results->Add(name + " p50", "us", Pct(us, 50));
+  g_results->Add(name + " p99", "us", Pct(us, 99));
+  return Pct(us, 50);
+}
+
+}  // namespace
+
 int SectionRtt(const Flags& f) {
   for (const std::string& d : {std::string("sync"), std::string("none")}) {
     if (!Wanted(f, d)) continue;
@@ -159,53 +183,25 @@ int SectionRtt(const Flags& f) {
           return 1;
         }
         Client* c = s->client.get();
-        std::vector<double> us;
-        const std::string op = absl::StrCat("Submit().Get() echo RTT ", dt);
-        {
-          Probe probe(s->forqd->pid(), f.perf);
-          if (!Rtt(
-                  f.rtt_samples,
-                  [&] {
-                    auto fu = c->Submit("echo", "x");
-                    return fu.ok() && fu->Get().ok();
-                  },
-                  &us)) {
-            std::cerr << "Submit+Get failed\n";
-            return 1;
-          }
-          probe.Report(op, "forqd tree", f.rtt_samples + 100);
+        const int pid = s->forqd->pid();
+        if (MeasureRtt(f, absl::StrCat("Submit().Get() echo RTT ", dt), pid,
+                       "forqd tree", "task", [&] {
+                         auto fu = c->Submit("echo", "x");
+                         return fu.ok() && fu->Get().ok();
+                       }) < 0) {
+          return 1;
         }
-        g_results->Add(op + " p50", "us", Pct(us, 50));
-        g_results->Add(op + " p99", "us", Pct(us, 99));
         // The same round trip as one call (Submit with wait: pool.apply).
-        const std::string aop = absl::StrCat("Apply() echo RTT ", dt);
-        {
-          Probe probe(s->forqd->pid(), f.perf);
-          if (!Rtt(
-                  f.rtt_samples, [&] { return c->Apply("echo", "x").ok(); },
-                  &us)) {
-            std::cerr << "Apply failed\n";
-            return 1;
-          }
-          probe.Report(aop, "forqd tree", f.rtt_samples + 100);
+        if (MeasureRtt(f, absl::StrCat("Apply() echo RTT ", dt), pid,
+                       "forqd tree", "task",
+                       [&] { return c->Apply("echo", "x").ok(); }) < 0) {
+          return 1;
         }
-        g_results->Add(aop + " p50", "us", Pct(us, 50));
-        g_results->Add(aop + " p99", "us", Pct(us, 99));
         // Baseline: a unary call that touches neither store nor workers.
-        const std::string bop =
-            absl::StrCat("GetPool() RTT (unary baseline) ", dt);
-        {
-          Probe probe(s->forqd->pid(), f.perf);
-          if (!Rtt(
-                  f.rtt_samples, [&] { return c->GetPool().ok(); }, &us)) {
-            std::cerr << "GetPool failed\n";
-            return 1;
-          }
-          probe.Report(bop, "forqd tree", f.rtt_samples + 100, "call");
-        }
-        g_results->Add(bop + " p50", "us", Pct(us, 50));
-        g_results->Add(bop + " p99", "us", Pct(us, 99));
-        const double getpool_p50 = Pct(us, 50);
+        const double getpool_p50 = MeasureRtt(
+            f, absl::StrCat("GetPool() RTT (unary baseline) ", dt), pid,
+            "forqd tree", "call", [&] { return c->GetPool().ok(); });
+        if (getpool_p50 < 0) return 1;
         // Floor: a bare gRPC callback server (child process) answering
         // TaskService.Get with the request's id, same machine, same moment.
         auto echo = EchoServer::Start(tr);
@@ -215,32 +211,20 @@ int SectionRtt(const Flags& f) {
         }
         auto stub = v1::TaskService::NewStub(grpc::CreateChannel(
             (*echo)->address(), grpc::InsecureChannelCredentials()));
-        const std::string eop =
-            absl::StrCat("bare gRPC callback echo RTT", TransportLabel(tr));
-        {
-          Probe probe((*echo)->pid(), f.perf);
-          if (!Rtt(
-                  f.rtt_samples,
-                  [&] {
-                    grpc::ClientContext ctx;
-                    ctx.set_deadline(
-                        absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-                    v1::GetTaskRequest req;
-                    req.set_id("echo");
-                    v1::Task resp;
-                    return stub->Get(&ctx, req, &resp).ok() &&
-                           resp.id() == "echo";
-                  },
-                  &us)) {
-            std::cerr << "echo call failed\n";
-            return 1;
-          }
-          probe.Report(eop, "echo server", f.rtt_samples + 100, "call");
-        }
-        g_results->Add(eop + " p50", "us", Pct(us, 50));
-        g_results->Add(eop + " p99", "us", Pct(us, 99));
+        const double echo_p50 = MeasureRtt(
+            f, absl::StrCat("bare gRPC callback echo RTT", TransportLabel(tr)),
+            (*echo)->pid(), "echo server", "call", [&] {
+              grpc::ClientContext ctx;
+              ctx.set_deadline(
+                  absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+              v1::GetTaskRequest req;
+              req.set_id("echo");
+              v1::Task resp;
+              return stub->Get(&ctx, req, &resp).ok() && resp.id() == "echo";
+            });
+        if (echo_p50 < 0) return 1;
         g_results->Add(absl::StrCat("GetPool p50 / bare echo p50, ", dt),
-                       "ratio", getpool_p50 / Pct(us, 50));
+                       "ratio", getpool_p50 / echo_p50);
       }
     }
   }
