@@ -187,6 +187,23 @@ struct MapStream::State {
   }
 };
 
+namespace {
+
+absl::Status CheckWindow(const MapOptions& options) {
+  if (options.window < 0 || options.window > kMaxMapWindow) {
+    return absl::InvalidArgumentError(absl::StrCat("Map window must be in [0, ",
+                                                   kMaxMapWindow, "], got ",
+                                                   options.window));
+  }
+  if (options.window_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Map window_bytes must not be negative, got ", options.window_bytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 MapStream::MapStream(std::unique_ptr<State> state) : state_(std::move(state)) {}
 MapStream::MapStream(MapStream&&) noexcept = default;
 MapStream& MapStream::operator=(MapStream&&) noexcept = default;
@@ -200,16 +217,8 @@ MapStream MapStream::Open(const std::shared_ptr<grpc::Channel>& channel,
   auto st = std::make_unique<State>();
   st->inputs = std::move(inputs);
   st->on_close = std::move(on_close);
-  if (options.window < 0 || options.window > kMaxMapWindow) {
-    st->status = absl::InvalidArgumentError(
-        absl::StrCat("Map window must be in [0, ", kMaxMapWindow, "], got ",
-                     options.window));
-    st->End();
-    return MapStream(std::move(st));
-  }
-  if (options.window_bytes < 0) {
-    st->status = absl::InvalidArgumentError(absl::StrCat(
-        "Map window_bytes must not be negative, got ", options.window_bytes));
+  if (absl::Status bad = CheckWindow(options); !bad.ok()) {
+    st->status = std::move(bad);
     st->End();
     return MapStream(std::move(st));
   }
