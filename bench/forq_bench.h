@@ -161,14 +161,15 @@ inline void Note(const std::string& msg) {
   std::fprintf(stderr, "# %s\n", msg.c_str());
 }
 
-// A directory made by MakeTempDir, removed with its contents at the end.
+// A fresh temporary directory (MakeTempDir; path() empty if that failed),
+// removed with its contents at the end. (tests/testing/temp_dir.h's TempDir
+// reports through gtest, which this binary does not link.)
 class ScopedDir {
  public:
-  explicit ScopedDir(std::string path) : path_(std::move(path)) {}
-  ScopedDir(ScopedDir&& other) noexcept : path_(std::move(other.path_)) {
-    other.path_.clear();
-  }
-  ScopedDir& operator=(ScopedDir&&) = delete;
+  explicit ScopedDir(const std::string& prefix)
+      : path_(testing::MakeTempDir(prefix)) {}
+  ScopedDir(const ScopedDir&) = delete;
+  ScopedDir& operator=(const ScopedDir&) = delete;
   ~ScopedDir() {
     std::error_code ec;
     if (!path_.empty()) std::filesystem::remove_all(path_, ec);
@@ -197,7 +198,7 @@ inline absl::StatusOr<Server> StartServer(
   o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
   std::string unix_address;
   if (transport == "unix") {
-    s.socket_dir = std::make_unique<ScopedDir>(testing::MakeTempDir("bench"));
+    s.socket_dir = std::make_unique<ScopedDir>("bench");
     if (s.socket_dir->path().empty()) {
       return absl::InternalError("mkdtemp failed");
     }
@@ -464,8 +465,7 @@ class EchoServer {
     auto e = std::unique_ptr<EchoServer>(new EchoServer());
     std::string unix_flag = "--echo_unix=";
     if (transport == "unix") {
-      e->socket_dir_ =
-          std::make_unique<ScopedDir>(testing::MakeTempDir("echo"));
+      e->socket_dir_ = std::make_unique<ScopedDir>("echo");
       if (e->socket_dir_->path().empty()) {
         return absl::InternalError("mkdtemp failed");
       }
