@@ -62,6 +62,36 @@ int SectionSubmit(const Flags& f, bool batch) {
   return 0;
 }
 
+namespace {
+
+// N echo tasks (payload i for task i) from one thread, by `mode`: "unary"
+// (one Submit each); "batch" (SubmitBatch of 100, each waiting for its
+// acknowledgement before the next is sent); "async" (up to 8 batches of 100
+// travel at once: apply_async does not wait for each task either).
+absl::StatusOr<std::vector<TaskFuture>> SubmitEchoes(Client& c, int n,
+                                                     const std::string& mode) {
+  if (mode == "unary") {
+    std::vector<TaskFuture> futs;
+    futs.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      absl::StatusOr<TaskFuture> r = c.Submit("echo", absl::StrCat(i));
+      if (!r.ok()) return r.status();
+      futs.push_back(*std::move(r));
+    }
+    return futs;
+  }
+  std::vector<v1::TaskSpec> specs(n);
+  for (int i = 0; i < n; ++i) {
+    specs[i].set_kind("echo");
+    specs[i].set_payload(absl::StrCat(i));
+  }
+  Client::ManyOptions many;
+  many.in_flight = mode == "async" ? 8 : 1;
+  return c.SubmitMany(specs, many);
+}
+
+}  // namespace
+
 // apply_async x N then get all: one thread submits N echo tasks back to back
 // (unary, or SubmitBatch of 100), then waits for every result in order.
 int SectionE2E(const Flags& f) {
@@ -79,39 +109,16 @@ int SectionE2E(const Flags& f) {
               std::cerr << "start forqd: " << s.status() << "\n";
               return 1;
             }
-            Client* c = s->client.get();
-            std::vector<TaskFuture> futs;
-            futs.reserve(f.n);
             Probe probe(s->forqd->pid(), f.perf);
             const double self0 = CpuSeconds({getpid()});
             const auto t0 = Clock::now();
-            if (batched) {
-              // "async": up to 8 batches of 100 travel at once (apply_async
-              // does not wait for each task either); "batch": each waits for
-              // its acknowledgement before the next is sent.
-              std::vector<v1::TaskSpec> specs(f.n);
-              for (int i = 0; i < f.n; ++i) {
-                specs[i].set_kind("echo");
-                specs[i].set_payload(absl::StrCat(i));
-              }
-              Client::ManyOptions many;
-              many.in_flight = async ? 8 : 1;
-              auto submitted = c->SubmitMany(specs, many);
-              if (!submitted.ok()) {
-                std::cerr << "SubmitBatch: " << submitted.status() << "\n";
-                return 1;
-              }
-              futs = *std::move(submitted);
-            } else {
-              for (int i = 0; i < f.n; ++i) {
-                auto r = c->Submit("echo", absl::StrCat(i));
-                if (!r.ok()) {
-                  std::cerr << "Submit: " << r.status() << "\n";
-                  return 1;
-                }
-                futs.push_back(std::move(*r));
-              }
+            absl::StatusOr<std::vector<TaskFuture>> submitted =
+                SubmitEchoes(*s->client, f.n, mode);
+            if (!submitted.ok()) {
+              std::cerr << mode << " submit: " << submitted.status() << "\n";
+              return 1;
             }
+            std::vector<TaskFuture>& futs = *submitted;
             const double submit_s = SecondsSince(t0);
             int bad = 0;
             for (int i = 0; i < f.n; ++i) {
