@@ -167,7 +167,9 @@ run_peers() {
 }
 run_peers
 
-grep -h '^RESULT' "$OUT"/*.txt >"$OUT/summary.txt" || true
+# Every log but the summary itself (an OUT used before already holds one).
+find "$OUT" -maxdepth 1 -name '*.txt' ! -name summary.txt -print0 |
+  sort -z | xargs -0 grep -h '^RESULT' >"$OUT/summary.txt" || true
 {
   echo "after: $(cpu_check)"
   echo "after: $(fsync_probe)"
