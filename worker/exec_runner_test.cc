@@ -230,7 +230,8 @@ TEST(ExecRunnerTest, CancelKillsTheProgramAndItsChildren) {
 
 // Runs assignment `a` on a real pool of one worker built from `options`
 // and returns its outcome.
-absl::StatusOr<Outcome> RunInPool(ForkPoolOptions options, Assignment a) {
+absl::StatusOr<Outcome> RunInPool(ForkPoolOptions options,
+                                  const Assignment& a) {
   options.workers = 1;
   FORQ_ASSIGN_OR_RETURN(std::unique_ptr<WorkerPool> pool,
                         CreateForkPool(options));

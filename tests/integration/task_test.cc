@@ -328,8 +328,9 @@ TEST_F(TaskTest, BatchIsAllOrNone) {
   absl::StatusOr<std::vector<TaskFuture>> ok = client_->SubmitBatch(specs);
   ASSERT_THAT(ok, IsOk());
   ASSERT_EQ(ok->size(), 3u);
-  for (const TaskFuture& f : *ok)
+  for (const TaskFuture& f : *ok) {
     EXPECT_THAT(AwaitResult(f, absl::Seconds(30)), IsOk());
+  }
 }
 
 TEST_F(TaskTest, AsyncBatchesInFlightTogetherAllRunAndAnErrorStaysItsOwn) {
