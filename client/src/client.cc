@@ -261,9 +261,9 @@ absl::StatusOr<v1::Task> Client::AwaitWithRpcs(const std::string& id,
     absl::StatusOr<v1::WaitTaskResponse> r =
         Wait(id, std::min(deadline - absl::Now(), kMaxWaitPerCall));
     if (!r.ok()) {
-      return absl::Status(r.status().code(),
-                          absl::StrCat("waiting for task ", id, ": ",
-                                       r.status().message()));
+      return absl::Status(
+          r.status().code(),
+          absl::StrCat("waiting for task ", id, ": ", r.status().message()));
     }
     if (r->done()) return r->task();
     if (absl::Now() >= deadline) {
