@@ -31,6 +31,15 @@ void SetDeadline(grpc::ClientContext& ctx, absl::Duration d) {
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + d));
 }
 
+// A SubmitBatch request of `specs` (one copy of each); `brief` asks for
+// short answers of unfinished tasks (SubmitBatchRequest.brief).
+void FillBatch(absl::Span<const v1::TaskSpec> specs, bool brief,
+               v1::SubmitBatchRequest& req) {
+  req.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
+  for (const auto& spec : specs) *req.add_tasks() = spec;
+  req.set_brief(brief);
+}
+
 // What a failed connection attempt's gRPC message says, for people:
 // "connection refused" for the common case (nothing listens), else the
 // message itself.
@@ -381,10 +390,15 @@ absl::StatusOr<TaskFuture> Client::Submit(const v1::TaskSpec& spec) {
 
 absl::StatusOr<std::vector<TaskFuture>> Client::SubmitBatch(
     const std::vector<v1::TaskSpec>& specs) {
+  return SubmitSlice(specs, /*brief=*/false);
+}
+
+absl::StatusOr<std::vector<TaskFuture>> Client::SubmitSlice(
+    absl::Span<const v1::TaskSpec> specs, bool brief) {
   grpc::ClientContext ctx;
   SetDeadline(ctx, options_.rpc_timeout);
   v1::SubmitBatchRequest req;
-  for (const auto& spec : specs) *req.add_tasks() = spec;
+  FillBatch(specs, brief, req);
   v1::SubmitBatchResponse resp;
   grpc::Status s = stubs_->tasks->SubmitBatch(&ctx, req, &resp);
   if (!s.ok()) return FromGrpcStatus(s);
@@ -418,9 +432,7 @@ PendingBatch Client::SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs) {
 PendingBatch Client::SubmitSliceAsync(absl::Span<const v1::TaskSpec> specs) {
   auto state = std::make_shared<client_internal::PendingBatchState>();
   SetDeadline(state->ctx, options_.rpc_timeout);
-  state->req.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
-  for (const auto& spec : specs) *state->req.add_tasks() = spec;
-  state->req.set_brief(true);  // a future needs the id and state only
+  FillBatch(specs, /*brief=*/true, state->req);  // a future needs id, state
   stubs_->tasks->async()->SubmitBatch(&state->ctx, &state->req, &state->resp,
                                       [state](grpc::Status s) {
                                         state->status = std::move(s);
@@ -446,6 +458,17 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitMany(
     return absl::OkStatus();
   };
   const absl::Span<const v1::TaskSpec> all(specs);
+  if (options.in_flight == 1) {
+    // One batch at a time: blocking calls. An asynchronous one would have
+    // gRPC's callback thread read each answer and wake this thread for it.
+    for (size_t at = 0; at < all.size(); at += options.batch) {
+      absl::StatusOr<std::vector<TaskFuture>> answered =
+          SubmitSlice(all.subspan(at, options.batch), /*brief=*/true);
+      if (!answered.ok()) return answered.status();
+      for (TaskFuture& f : *answered) futures.push_back(std::move(f));
+    }
+    return futures;
+  }
   for (size_t at = 0; at < all.size(); at += options.batch) {
     pending.push_back(SubmitSliceAsync(all.subspan(at, options.batch)));
     if (pending.size() >= options.in_flight) {

@@ -399,6 +399,44 @@ TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// With one batch in flight SubmitMany makes blocking calls: same futures,
+// and nothing after a refused batch is sent.
+TEST_F(TaskTest, SubmitManyOneBatchAtATimeSendsNothingAfterARefusal) {
+  std::vector<v1::TaskSpec> specs(250);
+  for (int i = 0; i < 250; ++i) {
+    specs[i].set_kind("echo");
+    specs[i].set_queue("many-serial");
+    specs[i].set_payload(absl::StrCat(i));
+  }
+  Client::ManyOptions options;
+  options.batch = 40;
+  options.in_flight = 1;
+  absl::StatusOr<std::vector<TaskFuture>> futures =
+      client_->SubmitMany(specs, options);
+  ASSERT_THAT(futures, IsOk());
+  ASSERT_EQ(futures->size(), 250u);
+  for (int i = 0; i < 250; ++i) {
+    const v1::Task& sent = (*futures)[i].submitted();
+    EXPECT_FALSE(sent.id().empty());
+    EXPECT_EQ(sent.queue(), "many-serial");
+    absl::StatusOr<std::string> got =
+        AwaitResult((*futures)[i], absl::Seconds(30));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(*got, absl::StrCat(i));
+  }
+
+  specs[130].set_kind("no.such.kind");  // in the fourth batch of 40
+  EXPECT_THAT(
+      client_->SubmitMany(specs, options),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("task 10")));
+  v1::ListTasksRequest req;
+  req.set_queue("many-serial");
+  req.set_page_size(1000);
+  absl::StatusOr<v1::ListTasksResponse> l = client_->List(req);
+  ASSERT_THAT(l, IsOk());
+  EXPECT_EQ(l->tasks_size(), 250 + 3 * 40);  // three batches, then none
+}
+
 // A brief SubmitBatch answer (what SubmitBatchAsync asks for) carries only
 // what a future needs of an unfinished task; a full answer the whole task.
 TEST_F(TaskTest, BriefBatchAnswerCarriesIdQueueKindAndState) {

@@ -216,7 +216,8 @@ class Client {
   // keeps SubmitBatch's meaning (all stored, or none).
   PendingBatch SubmitBatchAsync(const std::vector<v1::TaskSpec>& specs);
   // Many tasks, as pool.map_async submits chunks: SubmitBatchAsync of
-  // `batch` specs at a time with at most `in_flight` batches unanswered.
+  // `batch` specs at a time with at most `in_flight` batches unanswered
+  // (with in_flight 1, blocking SubmitBatch calls, one after the other).
   // One future per spec, in order. On the first refused batch it stops
   // sending, awaits the batches still in flight and returns that error
   // (batches answered OK, before or in flight, stay submitted).
@@ -285,8 +286,10 @@ class Client {
                                       const std::vector<bool>& existing);
   // The futures of a SubmitBatch answer (its tasks are moved out).
   std::vector<TaskFuture> FuturesOf(v1::SubmitBatchResponse& resp);
-  // SubmitBatchAsync of a slice of specs: one copy of each, into the
-  // request.
+  // SubmitBatch and SubmitBatchAsync of a slice of specs: one copy of
+  // each, into the request. `brief` as in SubmitBatchRequest.
+  absl::StatusOr<std::vector<TaskFuture>> SubmitSlice(
+      absl::Span<const v1::TaskSpec> specs, bool brief);
   PendingBatch SubmitSliceAsync(absl::Span<const v1::TaskSpec> specs);
 
   ClientOptions options_;
