@@ -433,11 +433,19 @@ PendingBatch Client::SubmitSliceAsync(absl::Span<const v1::TaskSpec> specs) {
   auto state = std::make_shared<client_internal::PendingBatchState>();
   SetDeadline(state->ctx, options_.rpc_timeout);
   FillBatch(specs, /*brief=*/true, state->req);  // a future needs id, state
-  stubs_->tasks->async()->SubmitBatch(&state->ctx, &state->req, &state->resp,
-                                      [state](grpc::Status s) {
-                                        state->status = std::move(s);
-                                        state->done.Notify();
-                                      });
+  // The callback lets go of the state before it notifies: the PendingBatch
+  // waits for that notification before it lets go of its own reference,
+  // so the state (its ClientContext holds a channel reference) is never
+  // freed on a gRPC callback thread. Freed there, a context holding the
+  // last reference of a Client's channel tore the channel down on that
+  // thread (gRPC aborted: "ref_counted.h assertion failed: prior > 0").
+  stubs_->tasks->async()->SubmitBatch(
+      &state->ctx, &state->req, &state->resp, [state](grpc::Status s) mutable {
+        client_internal::PendingBatchState* const raw = state.get();
+        raw->status = std::move(s);
+        state.reset();
+        raw->done.Notify();
+      });
   return PendingBatch(this, std::move(state));
 }
 

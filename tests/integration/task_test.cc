@@ -369,26 +369,37 @@ TEST_F(TaskTest, AsyncBatchesInFlightTogetherAllRunAndAnErrorStaysItsOwn) {
   EXPECT_EQ(l->tasks_size(), 75);
 }
 
-TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
+// 250 echo tasks in `queue`, payload i for task i.
+std::vector<v1::TaskSpec> EchoSpecs(const std::string& queue) {
   std::vector<v1::TaskSpec> specs(250);
   for (int i = 0; i < 250; ++i) {
     specs[i].set_kind("echo");
-    specs[i].set_queue("many");
+    specs[i].set_queue(queue);
     specs[i].set_payload(absl::StrCat(i));
   }
+  return specs;
+}
+
+// SubmitMany's futures: one per spec, in order, each with its own result.
+void ExpectEchoesInOrder(const std::vector<TaskFuture>& futures) {
+  ASSERT_EQ(futures.size(), 250u);
+  for (int i = 0; i < 250; ++i) {
+    absl::StatusOr<std::string> got =
+        AwaitResult(futures[i], absl::Seconds(30));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(*got, absl::StrCat(i));
+  }
+}
+
+TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
+  std::vector<v1::TaskSpec> specs = EchoSpecs("many");
   Client::ManyOptions options;
   options.batch = 40;  // the last batch is short
   options.in_flight = 3;
   absl::StatusOr<std::vector<TaskFuture>> futures =
       client_->SubmitMany(specs, options);
   ASSERT_THAT(futures, IsOk());
-  ASSERT_EQ(futures->size(), 250u);
-  for (int i = 0; i < 250; ++i) {
-    absl::StatusOr<std::string> got =
-        AwaitResult((*futures)[i], absl::Seconds(30));
-    ASSERT_THAT(got, IsOk());
-    EXPECT_EQ(*got, absl::StrCat(i));
-  }
+  ExpectEchoesInOrder(*futures);
 
   specs[130].set_kind("no.such.kind");  // in the fourth batch of 40
   EXPECT_THAT(
@@ -399,31 +410,21 @@ TEST_F(TaskTest, SubmitManyGivesOneFuturePerSpecInOrderAndStopsAtARefusal) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
-// With one batch in flight SubmitMany makes blocking calls: same futures,
-// and nothing after a refused batch is sent.
+// With one batch in flight SubmitMany makes blocking calls: the same
+// futures, and nothing after a refused batch is sent.
 TEST_F(TaskTest, SubmitManyOneBatchAtATimeSendsNothingAfterARefusal) {
-  std::vector<v1::TaskSpec> specs(250);
-  for (int i = 0; i < 250; ++i) {
-    specs[i].set_kind("echo");
-    specs[i].set_queue("many-serial");
-    specs[i].set_payload(absl::StrCat(i));
-  }
+  std::vector<v1::TaskSpec> specs = EchoSpecs("many-serial");
   Client::ManyOptions options;
   options.batch = 40;
   options.in_flight = 1;
   absl::StatusOr<std::vector<TaskFuture>> futures =
       client_->SubmitMany(specs, options);
   ASSERT_THAT(futures, IsOk());
-  ASSERT_EQ(futures->size(), 250u);
-  for (int i = 0; i < 250; ++i) {
-    const v1::Task& sent = (*futures)[i].submitted();
-    EXPECT_FALSE(sent.id().empty());
-    EXPECT_EQ(sent.queue(), "many-serial");
-    absl::StatusOr<std::string> got =
-        AwaitResult((*futures)[i], absl::Seconds(30));
-    ASSERT_THAT(got, IsOk());
-    EXPECT_EQ(*got, absl::StrCat(i));
+  for (const TaskFuture& f : *futures) {
+    EXPECT_FALSE(f.submitted().id().empty());
+    EXPECT_EQ(f.submitted().queue(), "many-serial");
   }
+  ExpectEchoesInOrder(*futures);
 
   specs[130].set_kind("no.such.kind");  // in the fourth batch of 40
   EXPECT_THAT(
