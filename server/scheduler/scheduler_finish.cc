@@ -164,8 +164,8 @@ void Scheduler::QueueFinishLocked(Entry& e) {
   std::vector<v1::Task>& batch =
       e.stored ? pending_finishes_ : pending_finish_inserts_;
   e.stored = true;
-  // Task's move constructor is not noexcept, so a growing vector copies
-  // every element: start with room for a turn's worth.
+  // Room for a turn's worth, so the batch does not grow task by task. A
+  // copy: the entry keeps its task for readers until the write is done.
   if (batch.capacity() == 0) batch.reserve(64);
   batch.push_back(e.task);
 }
