@@ -84,6 +84,10 @@ fsync_probe() {
   echo "build: $BUILD ($(grep -m1 '^CMAKE_BUILD_TYPE' "$BUILD/CMakeCache.txt" 2>/dev/null || echo 'build type unknown'))"
   echo "git: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "loadavg: $(loadavg)"
+  # Round trips on a VM depend on how long an idle vCPU polls before it
+  # halts (docs/operations.md, "Latency on virtual machines").
+  echo "cpuidle: $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)," \
+    "guest_halt_poll_ns: $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo n/a)"
   cpu_check
   fsync_probe
 } | tee "$OUT/machine.txt"
