@@ -51,6 +51,11 @@ void ResetSignals() {
   pthread_sigmask(SIG_SETMASK, &all, nullptr);
 }
 
+void IgnoreStopSignals() {
+  signal(SIGTERM, SIG_IGN);  // NOLINT(concurrency-mt-unsafe)
+  signal(SIGINT, SIG_IGN);   // NOLINT(concurrency-mt-unsafe)
+}
+
 absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid) {
   const std::string path = absl::StrCat("/proc/", pid, "/statm");
   ScopedFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));

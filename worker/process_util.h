@@ -27,6 +27,13 @@ void DieWithParent(pid_t expected_parent);
 // signals. Async-signal-safe.
 void ResetSignals();
 
+// For the pool's processes (supervisor, workers): ignore SIGTERM and
+// SIGINT. A service manager that signals every process of the service
+// (systemd's default KillMode=control-group) then stops only forqd, which
+// drains and stops its pool itself (with SIGKILL). Programs that exec
+// tasks start get the default dispositions back (ResetSignals).
+void IgnoreStopSignals();
+
 // Resident set size of `pid` from /proc/PID/statm. NotFound if it is gone.
 absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid);
 

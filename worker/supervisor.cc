@@ -66,6 +66,7 @@ class Supervisor {
     ResetSignals();
     // The supervisor is single-threaded.
     signal(SIGPIPE, SIG_IGN);  // NOLINT(concurrency-mt-unsafe)
+    IgnoreStopSignals();
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);

@@ -269,6 +269,7 @@ void RunWorker(const WorkerConfig& config) {
   ResetSignals();
   // A write to a socket whose reader is gone must be an error, not death.
   signal(SIGPIPE, SIG_IGN);
+  IgnoreStopSignals();
   char name[16];
   snprintf(name, sizeof(name), "forq-worker-%d", config.slot);
   prctl(PR_SET_NAME, name);

@@ -66,21 +66,37 @@ inline bool ReadProcStat(int pid, ProcStat* out) {
   return static_cast<bool>(rest >> out->state >> out->ppid);
 }
 
-// Pids of zombie (state Z) processes whose parent is `ppid`.
-inline std::vector<int> ZombieChildren(int ppid) {
-  std::vector<int> zombies;
+// The processes whose parent is `ppid`.
+inline std::vector<ProcStat> ChildrenOf(int ppid) {
+  std::vector<ProcStat> children;
   DIR* dir = opendir("/proc");
-  if (dir == nullptr) return zombies;
+  if (dir == nullptr) return children;
   while (dirent* d = readdir(dir)) {
     int pid = 0;
     if (!absl::SimpleAtoi(d->d_name, &pid)) continue;
     ProcStat st;
-    if (ReadProcStat(pid, &st) && st.ppid == ppid && st.state == 'Z') {
-      zombies.push_back(pid);
-    }
+    if (ReadProcStat(pid, &st) && st.ppid == ppid) children.push_back(st);
   }
   closedir(dir);
+  return children;
+}
+
+// Pids of zombie (state Z) processes whose parent is `ppid`.
+inline std::vector<int> ZombieChildren(int ppid) {
+  std::vector<int> zombies;
+  for (const ProcStat& c : ChildrenOf(ppid)) {
+    if (c.state == 'Z') zombies.push_back(c.pid);
+  }
   return zombies;
+}
+
+// `pid` and every process below it.
+inline std::vector<int> ProcessTree(int pid) {
+  std::vector<int> tree = {pid};
+  for (size_t i = 0; i < tree.size(); ++i) {
+    for (const ProcStat& c : ChildrenOf(tree[i])) tree.push_back(c.pid);
+  }
+  return tree;
 }
 
 // Number of open fds of `pid`, or -1 if it cannot be read.

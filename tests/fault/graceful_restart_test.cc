@@ -37,6 +37,7 @@ using ::forq::testing::FaultSeed;
 using ::forq::testing::ForqdOptions;
 using ::forq::testing::ForqdProcess;
 using ::forq::testing::IsOk;
+using ::forq::testing::ProcessTree;
 using ::google::protobuf::util::TimeUtil;
 
 constexpr absl::Duration kDrainGrace = absl::Seconds(2);
@@ -324,6 +325,43 @@ TEST(GracefulRestartTest, SigtermDrainsRefusesIntakeAndLosesNothing) {
             << " UNAVAILABLE 'shutting down' while draining)" << std::endl;
   EXPECT_EQ(lost, 0);
   if (HasFailure()) ADD_FAILURE() << "forqd log tail:\n" << forqd->LogTail();
+}
+
+// What systemd does by default (KillMode=control-group): SIGTERM to every
+// process of forqd at once. The pool's processes ignore it, so forqd still
+// drains: the running task finishes and forqd exits 0, not 3 ("pool lost").
+TEST(GracefulRestartTest, SigtermToEveryProcessOfForqdStillDrains) {
+  ForqdOptions options;
+  options.workers = 2;
+  options.flags = {"--drain_grace=20s"};
+  absl::StatusOr<std::unique_ptr<ForqdProcess>> started =
+      ForqdProcess::Start(options);
+  ASSERT_THAT(started, IsOk());
+  std::unique_ptr<ForqdProcess> forqd = std::move(*started);
+  absl::StatusOr<std::unique_ptr<Client>> connected =
+      Client::Connect({.address = forqd->grpc_address()});
+  ASSERT_THAT(connected, IsOk());
+  absl::StatusOr<TaskFuture> running = (*connected)->Submit("sleep", "500");
+  ASSERT_THAT(running, IsOk());
+  ASSERT_TRUE(AwaitRunning(**connected, running->id()));
+
+  const std::vector<int> tree = ProcessTree(forqd->pid());
+  ASSERT_GE(tree.size(), 4u) << "forqd, its supervisor and two workers";
+  for (int pid : tree) kill(pid, SIGTERM);
+  absl::StatusOr<int> status = forqd->AwaitExit(absl::Seconds(60));
+  ASSERT_THAT(status, IsOk());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+      << "wait status " << *status << "\n"
+      << forqd->LogTail();
+
+  connected->reset();
+  ASSERT_THAT(forqd->Restart(), IsOk());
+  connected = Client::Connect({.address = forqd->grpc_address()});
+  ASSERT_THAT(connected, IsOk());
+  absl::StatusOr<v1::Task> task = (*connected)->Get(running->id());
+  ASSERT_THAT(task, IsOk());
+  EXPECT_EQ(task->state(), v1::SUCCEEDED);
+  EXPECT_EQ(task->attempt(), 1) << "finished in the drain, not run again";
 }
 
 }  // namespace
