@@ -334,16 +334,13 @@ TEST(GracefulRestartTest, SigtermToEveryProcessOfForqdStillDrains) {
   ForqdOptions options;
   options.workers = 2;
   options.flags = {"--drain_grace=20s"};
-  absl::StatusOr<std::unique_ptr<ForqdProcess>> started =
-      ForqdProcess::Start(options);
-  ASSERT_THAT(started, IsOk());
-  std::unique_ptr<ForqdProcess> forqd = std::move(*started);
-  absl::StatusOr<std::unique_ptr<Client>> connected =
-      Client::Connect({.address = forqd->grpc_address()});
-  ASSERT_THAT(connected, IsOk());
-  absl::StatusOr<TaskFuture> running = (*connected)->Submit("sleep", "500");
-  ASSERT_THAT(running, IsOk());
-  ASSERT_TRUE(AwaitRunning(**connected, running->id()));
+  FORQ_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ForqdProcess> forqd,
+                            ForqdProcess::Start(options));
+  FORQ_ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<Client> client,
+      Client::Connect({.address = forqd->grpc_address()}));
+  FORQ_ASSERT_OK_AND_ASSIGN(TaskFuture running, client->Submit("sleep", "500"));
+  ASSERT_TRUE(AwaitRunning(*client, running.id()));
 
   const std::vector<int> tree = ProcessTree(forqd->pid());
   ASSERT_GE(tree.size(), 4u) << "forqd, its supervisor and two workers";
@@ -354,14 +351,13 @@ TEST(GracefulRestartTest, SigtermToEveryProcessOfForqdStillDrains) {
       << "wait status " << *status << "\n"
       << forqd->LogTail();
 
-  connected->reset();
+  client.reset();
   ASSERT_THAT(forqd->Restart(), IsOk());
-  connected = Client::Connect({.address = forqd->grpc_address()});
-  ASSERT_THAT(connected, IsOk());
-  absl::StatusOr<v1::Task> task = (*connected)->Get(running->id());
-  ASSERT_THAT(task, IsOk());
-  EXPECT_EQ(task->state(), v1::SUCCEEDED);
-  EXPECT_EQ(task->attempt(), 1) << "finished in the drain, not run again";
+  FORQ_ASSERT_OK_AND_ASSIGN(
+      client, Client::Connect({.address = forqd->grpc_address()}));
+  FORQ_ASSERT_OK_AND_ASSIGN(v1::Task task, client->Get(running.id()));
+  EXPECT_EQ(task.state(), v1::SUCCEEDED);
+  EXPECT_EQ(task.attempt(), 1) << "finished in the drain, not run again";
 }
 
 }  // namespace
