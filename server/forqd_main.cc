@@ -64,9 +64,11 @@ ABSL_FLAG(std::vector<std::string>, plugin, {},
 ABSL_FLAG(std::vector<std::string>, exec_allow, {},
           "comma-separated absolute paths the exec kind may run (empty = "
           "exec disabled)");
-ABSL_FLAG(int, prefetch, 8,
+ABSL_FLAG(int, prefetch, -1,
           "assignments queued in each worker behind the one it runs (tasks "
-          "with a timeout of 10s or more); 0 = one task per worker at a time");
+          "with a timeout of 10s or more); 0 = one task per worker at a time; "
+          "-1 (default) = 64 on a single node, 8 with --cluster (a node "
+          "claims what its workers queue)");
 ABSL_FLAG(int, max_tasks_per_child, 0,
           "recycle a worker after this many tasks (0 = never)");
 ABSL_FLAG(int, max_worker_rss_mb, 0,
@@ -142,6 +144,10 @@ ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");
 
 namespace {
+
+// A cluster node claims from the shared queue what its workers can hold:
+// a deep prefetch would take work other nodes could run.
+constexpr int kClusterPrefetch = 8;
 
 // FORQ_<FLAG> environment variables become flags; command-line flags given
 // later win because absl applies them in order.
@@ -263,6 +269,9 @@ int main(int argc, char** argv) {
   o.pool.exec_allow = absl::GetFlag(FLAGS_exec_allow);
   o.pool.max_tasks_per_child = absl::GetFlag(FLAGS_max_tasks_per_child);
   o.pool.prefetch = absl::GetFlag(FLAGS_prefetch);
+  if (o.pool.prefetch == -1) {
+    o.pool.prefetch = o.store.cluster.enabled ? kClusterPrefetch : 64;
+  }
   o.pool.max_worker_rss_bytes =
       static_cast<uint64_t>(absl::GetFlag(FLAGS_max_worker_rss_mb)) << 20;
   o.pool.cancel_grace = absl::GetFlag(FLAGS_cancel_grace);

@@ -200,11 +200,13 @@ bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
   absl::Status sent = s.channel->Send(
       static_cast<uint16_t>(MessageType::kAssign), Encode(m), /*wake=*/false);
   if (!sent.ok()) {
-    // A full ring while the worker holds few assignments, or a corrupt
-    // consumer index: the worker misbehaves.
-    ViolationLocked(s, sent);
     a.kind = std::move(m.kind);
     a.payload = std::move(m.payload);
+    // A ring (or spill socket) filled by the assignments queued behind the
+    // running one: no room now. Full with nothing assigned, or a corrupt
+    // consumer index: the worker misbehaves.
+    if (absl::IsResourceExhausted(sent) && !s.queue.empty()) return false;
+    ViolationLocked(s, sent);
     return DispatchLocked(a, now);
   }
   AssignmentQueue::Pending p;

@@ -31,7 +31,7 @@ struct ForkPoolOptions {
   // queue back as soon as another worker is idle, so nothing waits behind a
   // long task while a worker could run it. Forced to 0 by the recycling
   // options (max_tasks_per_child, max_worker_rss_bytes).
-  int prefetch = 8;
+  int prefetch = 64;
   // Recycle a worker after this many tasks; 0 = never.
   int max_tasks_per_child = 0;
   // Recycle (between tasks) or kill (mid-task) a worker whose RSS passes

@@ -309,6 +309,49 @@ TEST_F(ForkPoolTest, QueuesBehindARunningTaskUpToPrefetch) {
   }
 }
 
+// Assignments queued behind a running one can fill the ring: the rest is
+// refused for now (kept by the caller), and the worker is not treated as
+// broken.
+TEST_F(ForkPoolTest, RingFilledByQueuedAssignmentsMeansNoRoomForNow) {
+  ForkPoolOptions options = Options(1);
+  options.prefetch = 64;
+  options.ring_bytes = 64 << 10;  // frames over 16 KiB are spilled
+  StartPool(options);
+  ASSERT_TRUE(WaitIdle(1));
+  std::vector<Assignment> batch;
+  batch.push_back(Task("head", "sleep", "300"));
+  for (int i = 0; i < 12; ++i) {
+    batch.push_back(
+        Task(absl::StrCat("p", i), "echo", std::string(12 << 10, 'a' + i)));
+  }
+  const size_t sent = pool_->DispatchMany(batch);
+  EXPECT_GT(sent, 2u);
+  EXPECT_LT(sent, batch.size());
+  for (size_t i = 0; i < sent; ++i) {
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value());
+    EXPECT_EQ(o->kind, OutcomeKind::kSucceeded) << o->task_id << o->status;
+    if (i > 0) {
+      EXPECT_EQ(o->result.size(), size_t{12 << 10});
+    }
+  }
+  EXPECT_EQ(rec_.exit_count(), 0u);
+  // The refused ones go once there is room, as many as the ring holds.
+  batch.erase(batch.begin(), batch.begin() + sent);
+  while (!batch.empty()) {
+    ASSERT_TRUE(WaitIdle(1));
+    const size_t more = pool_->DispatchMany(batch);
+    ASSERT_GT(more, 0u);
+    for (size_t i = 0; i < more; ++i) {
+      std::optional<Outcome> o = rec_.NextOutcome();
+      ASSERT_TRUE(o.has_value());
+      EXPECT_EQ(o->kind, OutcomeKind::kSucceeded) << o->task_id << o->status;
+    }
+    batch.erase(batch.begin(), batch.begin() + more);
+  }
+  EXPECT_EQ(rec_.exit_count(), 0u);
+}
+
 TEST_F(ForkPoolTest, IdleWorkerTakesOverWhatWaitsBehindALongTask) {
   ForkPoolOptions options = Options(2);
   options.prefetch = 4;
