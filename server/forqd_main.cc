@@ -145,9 +145,14 @@ ABSL_FLAG(int, ready_fd, -1,
 
 namespace {
 
-// A cluster node claims from the shared queue what its workers can hold:
-// a deep prefetch would take work other nodes could run.
-constexpr int kClusterPrefetch = 8;
+// --prefetch, with -1 resolved: the pool's default on a single node; 8 on
+// a cluster node, which claims from the shared queue what its workers can
+// hold (a deep prefetch would take work other nodes could run).
+int PoolPrefetch(bool cluster) {
+  const int prefetch = absl::GetFlag(FLAGS_prefetch);
+  if (prefetch != -1) return prefetch;
+  return cluster ? 8 : forq::worker::ForkPoolOptions().prefetch;
+}
 
 // FORQ_<FLAG> environment variables become flags; command-line flags given
 // later win because absl applies them in order.
@@ -268,10 +273,7 @@ int main(int argc, char** argv) {
   o.pool.plugins = absl::GetFlag(FLAGS_plugin);
   o.pool.exec_allow = absl::GetFlag(FLAGS_exec_allow);
   o.pool.max_tasks_per_child = absl::GetFlag(FLAGS_max_tasks_per_child);
-  o.pool.prefetch = absl::GetFlag(FLAGS_prefetch);
-  if (o.pool.prefetch == -1) {
-    o.pool.prefetch = o.store.cluster.enabled ? kClusterPrefetch : 64;
-  }
+  o.pool.prefetch = PoolPrefetch(o.store.cluster.enabled);
   o.pool.max_worker_rss_bytes =
       static_cast<uint64_t>(absl::GetFlag(FLAGS_max_worker_rss_mb)) << 20;
   o.pool.cancel_grace = absl::GetFlag(FLAGS_cancel_grace);
