@@ -406,7 +406,10 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
         timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
     batch.push_back(std::move(a));
     entries.push_back(&it->second);
-    keys[kept++] = std::move(key);
+    // Not onto itself: a self-moved std::string is left empty, and a
+    // refused task would go back to ready_ under no id (never dispatched).
+    if (&keys[kept] != &key) keys[kept] = std::move(key);
+    ++kept;
   }
   keys.resize(kept);
   const size_t sent = batch.empty() ? 0 : pool_.DispatchMany(batch);

@@ -443,6 +443,27 @@ TEST_F(SchedulerTransitionTest, SubmitQueuesAndDispatchRunsAttemptOne) {
   EXPECT_EQ(Get(id).attempt(), 1);
 }
 
+TEST_F(SchedulerTransitionTest, TasksThePoolRefusesKeepTheirPlaceInLine) {
+  pool_.OverstateRoom(3);  // every batch is refused after the room it has
+  const std::string a = Submit(v1::TaskSpec());
+  const std::string b = Submit(v1::TaskSpec());
+  const std::string c = Submit(v1::TaskSpec());
+  EXPECT_TRUE(pool_.assigned().empty());
+  pool_.AddRoom(1);
+  ASSERT_EQ(pool_.assigned().size(), 1u);
+  EXPECT_EQ(pool_.assigned()[0].task_id, a);
+  EXPECT_EQ(Get(b).state(), v1::QUEUED);
+  EXPECT_EQ(Get(b).attempt(), 0);
+  EXPECT_EQ(Get(c).state(), v1::QUEUED);
+  pool_.AddRoom(2);
+  std::vector<worker::Assignment> sent = pool_.assigned();
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_EQ(sent[1].task_id, b);
+  EXPECT_EQ(sent[2].task_id, c);
+  for (const worker::Assignment& x : sent) EXPECT_EQ(x.attempt, 1);
+  EXPECT_EQ(Get(c).state(), v1::RUNNING);
+}
+
 TEST_F(SchedulerTransitionTest, SuccessIsTerminalOnceDurable) {
   pool_.AddRoom(1);
   v1::TaskSpec spec;

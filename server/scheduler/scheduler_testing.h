@@ -286,6 +286,10 @@ class ManualPool : public worker::WorkerPool {
     MutexLock lock(&mu_);
     return room_;
   }
+  int Room() override {
+    MutexLock lock(&mu_);
+    return room_ + overstated_room_;
+  }
   void Cancel(absl::string_view id, int) override {
     MutexLock lock(&mu_);
     cancels_.emplace_back(id);
@@ -296,6 +300,12 @@ class ManualPool : public worker::WorkerPool {
   std::vector<std::string> Kinds() const override { return {"echo"}; }
   void Shutdown() override {}
 
+  // Room() reports `n` more than Dispatch takes, as a pool whose rings
+  // fill does: the scheduler's batches are refused partway.
+  void OverstateRoom(int n) {
+    MutexLock lock(&mu_);
+    overstated_room_ = n;
+  }
   // Makes room for `n` more assignments and says a worker is idle.
   void AddRoom(int n) {
     {
@@ -337,6 +347,7 @@ class ManualPool : public worker::WorkerPool {
   worker::PoolCallbacks cb_;
   Mutex mu_;
   int room_ ABSL_GUARDED_BY(mu_) = 0;
+  int overstated_room_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<worker::Assignment> assigned_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
 };

@@ -129,6 +129,34 @@ TEST_F(TaskTest, SubmitWaitShorterThanTheTaskAnswersUnfinished) {
   EXPECT_THAT(s.error_message(), HasSubstr("wait"));
 }
 
+// A task with a timeout under 10 s never waits behind a running one: with
+// every worker busy the pool refuses it, and the tasks of its batch after
+// it, until a worker is free. Refused, they keep their place and run.
+TEST_F(TaskTest, BatchRefusedWhileEveryWorkerIsBusyRunsOnceOneIsFree) {
+  std::vector<TaskFuture> sleeps;
+  for (int i = 0; i < 2; ++i) {  // the fixture's two workers
+    absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "300");
+    ASSERT_THAT(f, IsOk());
+    sleeps.push_back(*std::move(f));
+  }
+  std::vector<v1::TaskSpec> specs(3);
+  for (int i = 0; i < 3; ++i) {
+    specs[i].set_kind("echo");
+    specs[i].set_payload(absl::StrCat("e", i));
+  }
+  specs[0].mutable_timeout()->set_seconds(5);
+  absl::StatusOr<std::vector<TaskFuture>> batch = client_->SubmitBatch(specs);
+  ASSERT_THAT(batch, IsOk());
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<std::string> r = AwaitResult((*batch)[i], absl::Seconds(30));
+    ASSERT_THAT(r, IsOk()) << "task " << i;
+    EXPECT_EQ(*r, absl::StrCat("e", i));
+  }
+  for (const TaskFuture& f : sleeps) {
+    EXPECT_THAT(AwaitResult(f, absl::Seconds(30)), IsOk());
+  }
+}
+
 TEST_F(TaskTest, CrashingWorkerDoesNotTakeForqdDown) {
   v1::Task t = RunToEnd("crash", "", {.max_attempts = 2});
   EXPECT_EQ(t.state(), v1::DEAD);
