@@ -90,8 +90,8 @@ ABSL_FLAG(std::string, perf, "auto",
           "auto: count system calls with `perf stat` when it works; off");
 ABSL_FLAG(std::vector<std::string>, transport,
           std::vector<std::string>({"tcp"}),
-          "rtt, e2e, map: tcp (127.0.0.1) and/or unix (forqd on a Unix "
-          "socket, --grpc_addr=unix:PATH)");
+          "rtt, e2e, map, manager: tcp (127.0.0.1) and/or unix (forqd on a "
+          "Unix socket, --grpc_addr=unix:PATH)");
 ABSL_FLAG(bool, serve_echo, false,
           "internal: serve the bare gRPC echo (the rtt section's floor)");
 ABSL_FLAG(std::string, echo_unix, "",

@@ -178,62 +178,78 @@ int SectionRss(const Flags& f) {
   return 0;
 }
 
+namespace {
+
+// One forqd with durability `d` on transport `tr`: dict set and get, and
+// Lock pairs, from one client. False once something failed (said on stderr).
+bool MeasureManager(const Flags& f, const std::string& d,
+                    const std::string& tr) {
+  auto s = StartServer(f.workers, d, /*wait_stream=*/true, tr);
+  if (!s.ok()) {
+    std::cerr << "start forqd: " << s.status() << "\n";
+    return false;
+  }
+  Manager m(*s->client);
+  Dict dict = m.dict("bench");
+  std::vector<std::string> keys;
+  keys.reserve(1000);
+  for (int i = 0; i < 1000; ++i) keys.push_back(absl::StrCat("k", i));
+  for (const auto& k : keys) {
+    if (!dict.Set(k, "v").ok()) {
+      std::cerr << "dict set failed\n";
+      return false;
+    }
+  }
+  const double window = std::min(f.seconds, 1.5);
+  auto timed = [&](auto op) -> double {
+    int64_t ops = 0;
+    const auto t0 = Clock::now();
+    while (SecondsSince(t0) < window) {
+      if (!op(ops)) return -1;
+      ++ops;
+    }
+    return ops / SecondsSince(t0);
+  };
+  const double set_rate = timed(
+      [&](int64_t i) { return dict.Set(keys[i % keys.size()], "value").ok(); });
+  std::vector<double> us;
+  const double get_rate = timed([&](int64_t i) {
+    const auto t0 = Clock::now();
+    bool ok = dict.Get(keys[i % keys.size()]).ok();
+    us.push_back(SecondsSince(t0) * 1e6);
+    return ok;
+  });
+  Lock lock = m.lock("bench-lock");
+  const double lock_rate = timed([&](int64_t) {
+    auto g = lock.Acquire();
+    return g.ok() && g->acquired && lock.Release().ok();
+  });
+  if (set_rate < 0 || get_rate < 0 || lock_rate < 0) {
+    std::cerr << "manager: an operation failed\n";
+    return false;
+  }
+  std::sort(us.begin(), us.end());
+  const std::string sfx =
+      absl::StrCat(" (1 client, --durability=", d, ")", TransportLabel(tr));
+  g_results->Add("Manager dict set" + sfx, "ops/s", set_rate);
+  g_results->Add("Manager dict get" + sfx, "ops/s", get_rate);
+  g_results->Add("Manager dict get RTT p50" + sfx, "us", Pct(us, 50));
+  g_results->Add("Manager dict get RTT p99" + sfx, "us", Pct(us, 99));
+  g_results->Add("Manager Lock acquire+release pair" + sfx, "pairs/s",
+                 lock_rate);
+  return true;
+}
+
+}  // namespace
+
+// mp.Manager listens on a Unix socket (multiprocessing's default family on
+// Linux): --transport=unix measures forq on the same transport.
 int SectionManager(const Flags& f) {
   for (const std::string& d : {std::string("none"), std::string("sync")}) {
-    for (int rep = 0; rep < f.reps; ++rep) {
-      auto s = StartServer(f.workers, d);
-      if (!s.ok()) {
-        std::cerr << "start forqd: " << s.status() << "\n";
-        return 1;
+    for (const std::string& tr : f.transports) {
+      for (int rep = 0; rep < f.reps; ++rep) {
+        if (!MeasureManager(f, d, tr)) return 1;
       }
-      Manager m(*s->client);
-      Dict dict = m.dict("bench");
-      std::vector<std::string> keys;
-      keys.reserve(1000);
-      for (int i = 0; i < 1000; ++i) keys.push_back(absl::StrCat("k", i));
-      for (const auto& k : keys) {
-        if (!dict.Set(k, "v").ok()) {
-          std::cerr << "dict set failed\n";
-          return 1;
-        }
-      }
-      const double window = std::min(f.seconds, 1.5);
-      auto timed = [&](auto op) -> double {
-        int64_t ops = 0;
-        const auto t0 = Clock::now();
-        while (SecondsSince(t0) < window) {
-          if (!op(ops)) return -1;
-          ++ops;
-        }
-        return ops / SecondsSince(t0);
-      };
-      const double set_rate = timed([&](int64_t i) {
-        return dict.Set(keys[i % keys.size()], "value").ok();
-      });
-      std::vector<double> us;
-      const double get_rate = timed([&](int64_t i) {
-        const auto t0 = Clock::now();
-        bool ok = dict.Get(keys[i % keys.size()]).ok();
-        us.push_back(SecondsSince(t0) * 1e6);
-        return ok;
-      });
-      Lock lock = m.lock("bench-lock");
-      const double lock_rate = timed([&](int64_t) {
-        auto g = lock.Acquire();
-        return g.ok() && g->acquired && lock.Release().ok();
-      });
-      if (set_rate < 0 || get_rate < 0 || lock_rate < 0) {
-        std::cerr << "manager: an operation failed\n";
-        return 1;
-      }
-      std::sort(us.begin(), us.end());
-      const std::string sfx = absl::StrCat(" (1 client, --durability=", d, ")");
-      g_results->Add("Manager dict set" + sfx, "ops/s", set_rate);
-      g_results->Add("Manager dict get" + sfx, "ops/s", get_rate);
-      g_results->Add("Manager dict get RTT p50" + sfx, "us", Pct(us, 50));
-      g_results->Add("Manager dict get RTT p99" + sfx, "us", Pct(us, 99));
-      g_results->Add("Manager Lock acquire+release pair" + sfx, "pairs/s",
-                     lock_rate);
     }
   }
   return 0;

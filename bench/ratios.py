@@ -52,6 +52,11 @@ RATIOS = [
     ("Manager dict get (1 client) vs mp.Manager",
      r"^Manager dict get \(1 client, --durability=none\)$", "mp.Manager",
      r"^dict d\[k\] get \(1 client proc\)$", True, ">= 0.6"),
+    # mp.Manager listens on a Unix socket (multiprocessing's default family
+    # on Linux): the same transport, forq_bench --transport=unix.
+    ("Manager dict get (1 client), Unix socket, vs mp.Manager (Unix socket)",
+     r"^Manager dict get \(1 client, --durability=none\) \(Unix socket\)$",
+     "mp.Manager", r"^dict d\[k\] get \(1 client proc\)$", True, ""),
 ]
 
 
