@@ -21,6 +21,7 @@ class AssignmentQueue {
  public:
   struct Pending {
     std::string task_id;
+    std::string kind;
     int attempt = 0;
     uint64_t task_seq = 0;
     absl::Duration timeout = absl::InfiniteDuration();

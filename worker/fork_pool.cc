@@ -161,6 +161,32 @@ size_t ForkPool::MaxAssigned() const {
   return 1 + static_cast<size_t>(options_.prefetch);
 }
 
+size_t ForkPool::MaxAssignedFor(const std::string& kind) const {
+  const size_t max_assigned = MaxAssigned();
+  if (max_assigned <= 2) return max_assigned;
+  auto it = kind_run_time_.find(kind);
+  if (it == kind_run_time_.end()) return 2;
+  const absl::Duration mean = it->second;
+  if (mean >= kUnqueuedRunTime) return 1;
+  if (mean <= absl::ZeroDuration()) return max_assigned;
+  const int64_t behind = kQueuedWork / mean;  // whole attempts
+  return 1 + static_cast<size_t>(std::clamp<int64_t>(
+                 behind, 1, static_cast<int64_t>(max_assigned - 1)));
+}
+
+void ForkPool::RecordRunTimeLocked(const std::string& kind,
+                                   absl::Duration runtime) {
+  auto it = kind_run_time_.find(kind);
+  if (it == kind_run_time_.end()) {
+    if (kind_run_time_.size() < kMaxKindsTimed) {
+      kind_run_time_.emplace(kind, runtime);
+    }
+    return;
+  }
+  // Moving mean over about the last eight attempts.
+  it->second += (runtime - it->second) / 8;
+}
+
 bool ForkPool::Usable(const Slot& s) const {
   return (s.state == WorkerState::kIdle || s.state == WorkerState::kBusy) &&
          s.kill_reason == KillReason::kNone;
@@ -169,15 +195,16 @@ bool ForkPool::Usable(const Slot& s) const {
 bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
   const size_t n = slots_.size();
   const bool may_queue = MayQueueBehind(a);
-  const size_t max_assigned = MaxAssigned();
   // An idle worker first (round robin); else, if `a` may wait behind a
-  // running attempt, the worker with the shortest queue that has room.
+  // running attempt, the worker with the shortest queue that has room for
+  // one of its kind.
   Slot* target = nullptr;
   for (size_t k = 0; k < n && target == nullptr; ++k) {
     Slot& s = *slots_[(next_slot_ + k) % n];
     if (Usable(s) && !s.busy()) target = &s;
   }
   if (target == nullptr && may_queue) {
+    const size_t max_assigned = MaxAssignedFor(a.kind);
     for (size_t k = 0; k < n; ++k) {
       Slot& s = *slots_[(next_slot_ + k) % n];
       if (!Usable(s) || s.queue.size() >= max_assigned) continue;
@@ -211,6 +238,7 @@ bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
   }
   AssignmentQueue::Pending p;
   p.task_id = std::move(a.task_id);
+  p.kind = std::move(m.kind);
   p.attempt = a.attempt;
   p.task_seq = m.task_seq;
   p.timeout = has_timeout ? a.timeout : absl::InfiniteDuration();
@@ -276,8 +304,16 @@ int ForkPool::IdleCount() {
 
 int ForkPool::Room() {
   MutexLock l(&mu_);
+  return RoomLocked(MaxAssigned());
+}
+
+int ForkPool::RoomFor(const std::string& kind) {
+  MutexLock l(&mu_);
+  return RoomLocked(MaxAssignedFor(kind));
+}
+
+int ForkPool::RoomLocked(size_t max_assigned) const {
   if (stopping_ || supervisor_lost_) return 0;
-  const size_t max_assigned = MaxAssigned();
   int room = 0;
   for (const auto& s : slots_) {
     if (Usable(*s) && s->queue.size() < max_assigned) {

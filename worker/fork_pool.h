@@ -29,8 +29,10 @@ struct ForkPoolOptions {
   // whose timeout is at least kMinQueuedTimeout (or none) are queued; a
   // worker whose attempt runs longer than a few milliseconds gives its
   // queue back as soon as another worker is idle, so nothing waits behind a
-  // long task while a worker could run it. Forced to 0 by the recycling
-  // options (max_tasks_per_child, max_worker_rss_bytes).
+  // long task while a worker could run it. Fewer of a kind whose mean run
+  // time is long (about 2 ms of work is queued; see MaxAssignedFor). Forced
+  // to 0 by the recycling options (max_tasks_per_child,
+  // max_worker_rss_bytes).
   int prefetch = 64;
   // Recycle a worker after this many tasks; 0 = never.
   int max_tasks_per_child = 0;

@@ -259,6 +259,7 @@ void ForkPool::HandleExitLocked(Slot& s, pid_t pid, int status, Todo& todo) {
       s.view.control->started_seq.load(std::memory_order_acquire), &ended,
       &unstarted);
   for (const AssignmentQueue::Pending& p : ended) {
+    RecordRunTimeLocked(p.kind, runtime);
     PushOutcomeLocked(DeathOutcome(s, p, pid, status, runtime), todo);
   }
   for (const AssignmentQueue::Pending& p : unstarted) {
@@ -407,6 +408,7 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
   o.attempt = head.attempt;
   o.worker_pid = s.pid;
   o.runtime = absl::Nanoseconds(r->runtime_ns);
+  RecordRunTimeLocked(head.kind, o.runtime);
   if (head.cancel_requested) {
     o.kind = OutcomeKind::kCancelled;
     o.status = status->code() == absl::StatusCode::kCancelled

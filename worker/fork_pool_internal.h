@@ -25,6 +25,7 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
@@ -67,6 +68,15 @@ constexpr int kMaxFramesPerTurn = 256;
 // A worker whose running attempt has gone this long gives back the
 // assignments queued behind it when another worker is idle.
 constexpr absl::Duration kStealAfter = absl::Milliseconds(2);
+// About this much of a kind's mean run time waits in a worker's queue
+// (MaxAssignedFor); a kind whose mean is kUnqueuedRunTime or more waits in
+// the scheduler for an idle worker instead (a dispatch round trip is a
+// small part of such a task).
+constexpr absl::Duration kQueuedWork = absl::Milliseconds(2);
+constexpr absl::Duration kUnqueuedRunTime = absl::Milliseconds(20);
+// Kinds whose run time the pool keeps (MaxAssignedFor): plugins register a
+// bounded set, but a pool that does not know its kinds takes any name.
+constexpr size_t kMaxKindsTimed = 1024;
 
 constexpr absl::Duration kRssPollInterval = absl::Milliseconds(100);
 // The event thread's longest sleep (it recomputes its deadlines then).
@@ -174,6 +184,7 @@ class ForkPool : public WorkerPool {
       ABSL_LOCKS_EXCLUDED(mu_);
   int IdleCount() override ABSL_LOCKS_EXCLUDED(mu_);
   int Room() override ABSL_LOCKS_EXCLUDED(mu_);
+  int RoomFor(const std::string& kind) override ABSL_LOCKS_EXCLUDED(mu_);
   void Cancel(absl::string_view task_id, int attempt) override
       ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<WorkerInfo> Workers() override ABSL_LOCKS_EXCLUDED(mu_);
@@ -200,6 +211,19 @@ class ForkPool : public WorkerPool {
   void WakeWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Assignments a worker may hold at once (running + queued).
   size_t MaxAssigned() const;
+  // Room() with at most `max_assigned` per worker.
+  int RoomLocked(size_t max_assigned) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same when the next one is of `kind`: as many queued as make about
+  // kQueuedWork of the kind's mean run time, at least one and at most
+  // MaxAssigned() - 1; none for a kind of kUnqueuedRunTime or more; one
+  // while the kind's run time is unknown. A worker's queue then holds
+  // little work, so a task submitted later (of higher priority, say) does
+  // not wait behind many long ones.
+  size_t MaxAssignedFor(const std::string& kind) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Folds an attempt's run time into its kind's mean.
+  void RecordRunTimeLocked(const std::string& kind, absl::Duration runtime)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Usable(const Slot& s) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The head of `s`'s queue changed at `now`: rearms the RSS check and
   // wakes the event thread if a deadline moved before its planned wake.
@@ -276,6 +300,10 @@ class ForkPool : public WorkerPool {
   char event_buf_[sizeof(SupervisorEvent) * 64] ABSL_GUARDED_BY(mu_);
   // Slots sent frames since their last wake-up check.
   std::vector<Slot*> to_wake_ ABSL_GUARDED_BY(mu_);
+  // Mean run time per task kind (MaxAssignedFor); at most kMaxKindsTimed
+  // kinds, the first ones seen.
+  std::map<std::string, absl::Duration, std::less<>> kind_run_time_
+      ABSL_GUARDED_BY(mu_);
   // When the event thread, asleep, will wake by itself.
   absl::Time planned_wake_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   size_t event_buf_len_ ABSL_GUARDED_BY(mu_) = 0;

@@ -285,6 +285,9 @@ TEST_F(ForkPoolTest, QueuesBehindARunningTaskUpToPrefetch) {
   StartPool(options);
   ASSERT_TRUE(WaitIdle(1));
   EXPECT_EQ(pool_->Room(), 3);
+  // Queued this deep only once the pool knows echo is short.
+  ASSERT_EQ(RunAndWait("echo", "warm").kind, OutcomeKind::kSucceeded);
+  ASSERT_TRUE(WaitIdle(1));
   std::vector<Assignment> batch;
   // The first keeps the worker busy while the test dispatches more (a
   // sleep cannot end early, so no race on how fast the worker is).
@@ -309,6 +312,39 @@ TEST_F(ForkPoolTest, QueuesBehindARunningTaskUpToPrefetch) {
   }
 }
 
+// A worker's queue holds about 2 ms of work: a kind whose attempts run
+// 20 ms or more waits for an idle worker, one of microseconds queues up to
+// the prefetch, and one the pool has not timed yet queues one deep. So a
+// task submitted later never waits behind a row of long ones.
+TEST_F(ForkPoolTest, QueueDepthFollowsTheKindsRunTime) {
+  ForkPoolOptions options = Options(1);
+  options.prefetch = 8;
+  StartPool(options);
+  ASSERT_EQ(RunAndWait("sleep", "30").kind, OutcomeKind::kSucceeded);
+  ASSERT_EQ(RunAndWait("echo", "warm").kind, OutcomeKind::kSucceeded);
+  ASSERT_TRUE(WaitIdle(1));
+  ASSERT_THAT(pool_->Dispatch(Task("running", "sleep", "300")), IsOk());
+  EXPECT_EQ(pool_->RoomFor("sleep"), 0);
+  EXPECT_EQ(pool_->RoomFor("sha256"), 1);
+  EXPECT_EQ(pool_->RoomFor("echo"), 8);
+  EXPECT_THAT(pool_->Dispatch(Task("long", "sleep", "30")),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  ASSERT_THAT(pool_->Dispatch(Task("untimed", "sha256", "x")), IsOk());
+  EXPECT_THAT(pool_->Dispatch(Task("untimed2", "sha256", "y")),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  for (int i = 0; i < 7; ++i) {  // with "untimed", the prefetch of 8
+    ASSERT_THAT(pool_->Dispatch(Task(absl::StrCat("e", i), "echo", "x")),
+                IsOk());
+  }
+  EXPECT_THAT(pool_->Dispatch(Task("e7", "echo", "x")),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  for (int i = 0; i < 9; ++i) {
+    std::optional<Outcome> o = rec_.NextOutcome();
+    ASSERT_TRUE(o.has_value());
+    EXPECT_EQ(o->kind, OutcomeKind::kSucceeded) << o->task_id;
+  }
+}
+
 // Assignments queued behind a running one can fill the ring: the rest is
 // refused for now (kept by the caller), and the worker is not treated as
 // broken.
@@ -317,6 +353,7 @@ TEST_F(ForkPoolTest, RingFilledByQueuedAssignmentsMeansNoRoomForNow) {
   options.prefetch = 64;
   options.ring_bytes = 64 << 10;  // frames over 16 KiB are spilled
   StartPool(options);
+  ASSERT_EQ(RunAndWait("echo", "warm").kind, OutcomeKind::kSucceeded);
   ASSERT_TRUE(WaitIdle(1));
   std::vector<Assignment> batch;
   batch.push_back(Task("head", "sleep", "300"));
@@ -403,6 +440,7 @@ TEST_F(ForkPoolTest, CrashGivesBackWhatWaitedBehindIt) {
   ForkPoolOptions options = Options(1);
   options.prefetch = 2;
   StartPool(options);
+  ASSERT_EQ(RunAndWait("echo", "warm").kind, OutcomeKind::kSucceeded);
   ASSERT_TRUE(WaitIdle(1));
   std::vector<Assignment> batch;
   batch.push_back(Task("boom", "crash", ""));

@@ -144,6 +144,12 @@ class WorkerPool {
   // Assignments the pool would take right now if all may queue behind a
   // running one (MayQueueBehind); at least IdleCount().
   virtual int Room() { return IdleCount(); }
+  // Room() for assignments of `kind`, for a pool that lets fewer of some
+  // kinds wait behind a running attempt (ForkPool: by their run time).
+  virtual int RoomFor(const std::string& kind) {
+    (void)kind;
+    return Room();
+  }
   // Asks the worker running (task_id, attempt) to stop: ctx.cancelled()
   // turns true, and the worker is killed after the grace period. No-op if
   // that attempt is not running.

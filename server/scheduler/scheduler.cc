@@ -376,7 +376,11 @@ void Scheduler::DispatchLocked(absl::Time now, Deferred& d) {
     drain_redispatch_ = SendLocked(std::move(keys), now, d);
     return;
   }
-  int room = pool_.Room();
+  // As many as the pool takes of the first one's kind: it may let fewer
+  // long tasks than short ones wait in a worker's queue.
+  auto first = tasks_.find(ready_.begin()->id);
+  int room = first != tasks_.end() ? pool_.RoomFor(first->second.task.kind())
+                                   : pool_.Room();
   std::vector<ReadyKey> keys;
   while (room > 0 && !ready_.empty()) {
     keys.push_back(std::move(ready_.extract(ready_.begin()).value()));

@@ -570,6 +570,42 @@ TEST(PriorityTest, HigherPriorityRunsFirst) {
   EXPECT_LE(last_high, first_low);
 }
 
+// With the default --prefetch, a worker's queue holds only about 2 ms of
+// a kind's work: long tasks submitted first wait in forqd's queue, not in
+// the workers', so a later task of higher priority still goes first.
+TEST(PriorityTest, HigherPriorityOvertakesQueuedLongTasks) {
+  auto p = ForqdProcess::Start({.workers = 2});
+  ASSERT_THAT(p, IsOk());
+  auto c = Client::Connect({.address = (*p)->grpc_address()});
+  ASSERT_THAT(c, IsOk());
+  Client& client = **c;
+  for (int i = 0; i < 2; ++i) {  // forqd learns how long a sleep runs
+    absl::StatusOr<TaskFuture> f = client.Submit("sleep", "100");
+    ASSERT_THAT(f, IsOk());
+    ASSERT_THAT(AwaitEnd(*f, absl::Seconds(30)), IsOk());
+  }
+  std::vector<TaskFuture> low;
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<TaskFuture> f = client.Submit("sleep", "200");
+    ASSERT_THAT(f, IsOk());
+    low.push_back(*std::move(f));
+  }
+  absl::StatusOr<TaskFuture> high =
+      client.Submit("echo", "high", {.priority = 10});
+  ASSERT_THAT(high, IsOk());
+  absl::StatusOr<v1::Task> h = AwaitEnd(*high, absl::Seconds(30));
+  ASSERT_THAT(h, IsOk());
+  std::vector<absl::Time> starts;
+  for (const TaskFuture& f : low) {
+    absl::StatusOr<v1::Task> t = AwaitEnd(f, absl::Seconds(30));
+    ASSERT_THAT(t, IsOk());
+    starts.push_back(T(t->started_at()));
+  }
+  std::sort(starts.begin(), starts.end());
+  // Two sleeps were running when it came; it started before the others.
+  EXPECT_LT(T(h->started_at()), starts[2]);
+}
+
 TEST_F(TaskTest, WatchStreamsStatesAndProgressThenEnds) {
   absl::StatusOr<TaskFuture> f = client_->Submit("sleep", "700");
   ASSERT_THAT(f, IsOk());
