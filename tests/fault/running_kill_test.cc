@@ -237,13 +237,16 @@ TEST(RunningKillTest, WorkerKilledMidTaskIsReplacedAndTaskSucceedsOnRetry) {
         client->Submit("sleep", "3000", MaxAttempts(2));
     ASSERT_THAT(f, IsOk());
     ids.push_back(f->id());
-    ASSERT_TRUE(AwaitRunning(*client, f->id())) << forqd->LogTail();
+    // The retries of the tasks killed so far (3 s each, two workers) can be
+    // ahead of it: a kind this long waits in forqd's queue for an idle
+    // worker, so it turns RUNNING only once they are done.
+    const absl::Duration backlog = absl::Seconds(3) * k;
+    ASSERT_TRUE(AwaitRunning(*client, f->id(), absl::Seconds(30) + backlog))
+        << forqd->LogTail();
     std::optional<v1::Worker> w;
-    // RUNNING comes with the dispatch, which may hand the task to a worker
-    // still busy with an earlier task: the retries of the tasks killed so
-    // far (3 s each, two workers) can be ahead of it.
-    const absl::Time find_deadline =
-        absl::Now() + absl::Seconds(10) + absl::Seconds(3) * k;
+    // RUNNING comes with the dispatch, which may also hand the task to a
+    // worker still busy with an earlier one.
+    const absl::Time find_deadline = absl::Now() + absl::Seconds(10) + backlog;
     while (!(w = WorkerRunning(*client, f->id())) &&
            absl::Now() < find_deadline) {
       absl::SleepFor(absl::Milliseconds(1));
