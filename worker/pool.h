@@ -34,9 +34,12 @@ struct Assignment {
 // their timeout starts when they are dispatched.
 inline constexpr absl::Duration kMinQueuedTimeout = absl::Seconds(10);
 
+inline bool MayQueueBehind(absl::Duration timeout) {
+  return timeout == absl::InfiniteDuration() ||
+         timeout <= absl::ZeroDuration() || timeout >= kMinQueuedTimeout;
+}
 inline bool MayQueueBehind(const Assignment& a) {
-  return a.timeout == absl::InfiniteDuration() ||
-         a.timeout <= absl::ZeroDuration() || a.timeout >= kMinQueuedTimeout;
+  return MayQueueBehind(a.timeout);
 }
 
 // How an attempt ended.

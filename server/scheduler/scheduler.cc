@@ -376,17 +376,29 @@ void Scheduler::DispatchLocked(absl::Time now, Deferred& d) {
     drain_redispatch_ = SendLocked(std::move(keys), now, d);
     return;
   }
-  // As many as the pool takes of the first one's kind: it may let fewer
-  // long tasks than short ones wait in a worker's queue.
-  auto first = tasks_.find(ready_.begin()->id);
-  int room = first != tasks_.end() ? pool_.RoomFor(first->second.task.kind())
-                                   : pool_.Room();
+  int room = RoomForLocked(ready_.begin()->id);
   std::vector<ReadyKey> keys;
   while (room > 0 && !ready_.empty()) {
     keys.push_back(std::move(ready_.extract(ready_.begin()).value()));
     --room;
   }
   if (!keys.empty()) SendLocked(std::move(keys), now, d);
+}
+
+int Scheduler::RoomForLocked(const std::string& id) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return pool_.Room();
+  const v1::Task& t = it->second.task;
+  // One with a short timeout waits behind no running attempt: it needs an
+  // idle worker. Else as many as the pool takes of its kind (fewer of a
+  // long kind than of a short one wait in a worker's queue).
+  const absl::Duration timeout = FromProto(t.timeout());
+  if (!worker::MayQueueBehind(timeout > absl::ZeroDuration()
+                                  ? timeout
+                                  : absl::InfiniteDuration())) {
+    return pool_.IdleCount();
+  }
+  return pool_.RoomFor(t.kind());
 }
 
 std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(

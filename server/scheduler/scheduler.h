@@ -320,6 +320,9 @@ class Scheduler {
   // The timer work of one loop turn (see Poke).
   void RunDueLocked(absl::Time now, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many tasks the pool would take now, judged by the task `id` at the
+  // head of ready_ (its timeout and kind).
+  int RoomForLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends ready tasks to the pool while it has room.
   void DispatchLocked(absl::Time now, Deferred& d)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -464,6 +464,22 @@ TEST_F(SchedulerTransitionTest, TasksThePoolRefusesKeepTheirPlaceInLine) {
   EXPECT_EQ(Get(c).state(), v1::RUNNING);
 }
 
+// A task with a timeout under 10 s needs an idle worker: while none is,
+// the scheduler does not offer it (or what follows it) to the pool at all.
+TEST_F(SchedulerTransitionTest, ShortTimeoutTaskWaitsForAnIdleWorker) {
+  pool_.OverstateRoom(3);  // queue room, but no idle worker
+  v1::TaskSpec quick;
+  quick.mutable_timeout()->set_seconds(5);
+  const std::string id = Submit(quick);
+  EXPECT_EQ(pool_.refused(), 0);
+  Submit(v1::TaskSpec());  // same place in line, behind it
+  EXPECT_EQ(pool_.refused(), 0);
+  pool_.AddRoom(1);
+  ASSERT_EQ(pool_.assigned().size(), 1u);
+  EXPECT_EQ(pool_.assigned()[0].task_id, id);
+  EXPECT_EQ(pool_.assigned()[0].timeout, absl::Seconds(5));
+}
+
 TEST_F(SchedulerTransitionTest, SuccessIsTerminalOnceDurable) {
   pool_.AddRoom(1);
   v1::TaskSpec spec;

@@ -277,7 +277,10 @@ class ManualPool : public worker::WorkerPool {
   }
   absl::Status Dispatch(worker::Assignment a) override {
     MutexLock lock(&mu_);
-    if (room_ <= 0) return absl::ResourceExhaustedError("no room");
+    if (room_ <= 0) {
+      ++refused_;
+      return absl::ResourceExhaustedError("no room");
+    }
     --room_;
     assigned_.push_back(std::move(a));
     return absl::OkStatus();
@@ -305,6 +308,11 @@ class ManualPool : public worker::WorkerPool {
   void OverstateRoom(int n) {
     MutexLock lock(&mu_);
     overstated_room_ = n;
+  }
+  // Dispatches refused so far.
+  int refused() {
+    MutexLock lock(&mu_);
+    return refused_;
   }
   // Makes room for `n` more assignments and says a worker is idle.
   void AddRoom(int n) {
@@ -348,6 +356,7 @@ class ManualPool : public worker::WorkerPool {
   Mutex mu_;
   int room_ ABSL_GUARDED_BY(mu_) = 0;
   int overstated_room_ ABSL_GUARDED_BY(mu_) = 0;
+  int refused_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<worker::Assignment> assigned_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
 };
