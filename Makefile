@@ -52,19 +52,24 @@ test-unit: build-forq
 # halt_on_error makes it end the process. Every process (tests, forqd, its
 # workers, the CLI) writes its reports to $(ASAN_BUILD)/asan-reports/; any
 # report fails the target, also one from a forqd whose test passed or from a
-# worker forqd replaced.
+# worker forqd replaced. ASan writes its reports unsymbolized, which takes
+# no time, and they are symbolized (asan_symbolize) after the run: a forqd
+# that a test kills right after a finding, while ASan still looked up its
+# symbols, would otherwise leave only the report's first line.
 ASAN_REPORTS = $(CURDIR)/$(ASAN_BUILD)/asan-reports
+ASAN_SYMBOLIZE ?= asan_symbolize-14
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFORQ_SANITIZE=address,undefined \
 	  -DFORQ_BUILD_BENCH=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	rm -rf $(ASAN_REPORTS) && mkdir -p $(ASAN_REPORTS)
-	ASAN_OPTIONS="log_path=$(ASAN_REPORTS)/asan" \
+	ASAN_OPTIONS="log_path=$(ASAN_REPORTS)/asan symbolize=0" \
 	UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1 log_path=$(ASAN_REPORTS)/ubsan" \
 	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(CTEST_JOBS) \
 	  -L 'unit|integration' --timeout 900; rc=$$?; \
 	reports=$$(ls $(ASAN_REPORTS)/* 2>/dev/null); \
-	if [ -n "$$reports" ]; then cat $$reports; \
+	if [ -n "$$reports" ]; then for r in $$reports; do echo "== $$r"; \
+	  $(ASAN_SYMBOLIZE) < $$r 2>/dev/null || cat $$r; done; \
 	  echo "test-asan: sanitizer reports in $(ASAN_REPORTS)"; exit 1; fi; \
 	echo "test-asan: no sanitizer reports"; exit $$rc
 
