@@ -466,17 +466,7 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitMany(
     return absl::OkStatus();
   };
   const absl::Span<const v1::TaskSpec> all(specs);
-  if (options.in_flight == 1) {
-    // One batch at a time: blocking calls. An asynchronous one would have
-    // gRPC's callback thread read each answer and wake this thread for it.
-    for (size_t at = 0; at < all.size(); at += options.batch) {
-      absl::StatusOr<std::vector<TaskFuture>> answered =
-          SubmitSlice(all.subspan(at, options.batch), /*brief=*/true);
-      if (!answered.ok()) return answered.status();
-      for (TaskFuture& f : *answered) futures.push_back(std::move(f));
-    }
-    return futures;
-  }
+  if (options.in_flight == 1) return SubmitOneAtATime(all, options.batch);
   for (size_t at = 0; at < all.size(); at += options.batch) {
     pending.push_back(SubmitSliceAsync(all.subspan(at, options.batch)));
     if (pending.size() >= options.in_flight) {
@@ -486,6 +476,70 @@ absl::StatusOr<std::vector<TaskFuture>> Client::SubmitMany(
   while (!pending.empty()) {
     if (absl::Status s = collect(); !s.ok()) return s;
   }
+  return futures;
+}
+
+namespace client_internal {
+// One SubmitBatch on a completion queue the submitting thread polls itself.
+struct QueuedBatch {
+  grpc::ClientContext ctx;
+  v1::SubmitBatchRequest req;
+  v1::SubmitBatchResponse resp;
+  grpc::Status status;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::SubmitBatchResponse>> rpc;
+};
+}  // namespace client_internal
+
+// One batch in flight at a time, each sent once the one before it is
+// acknowledged; the thread builds the next request while one travels, and
+// makes the futures of an answer while the next one travels. It polls its
+// own completion queue, as a blocking call does, so no other thread is
+// woken for an answer.
+absl::StatusOr<std::vector<TaskFuture>> Client::SubmitOneAtATime(
+    absl::Span<const v1::TaskSpec> all, size_t batch) {
+  using client_internal::QueuedBatch;
+  std::vector<TaskFuture> futures;
+  futures.reserve(all.size());
+  if (all.empty()) return futures;
+  grpc::CompletionQueue cq;
+  auto prepare = [&](size_t at) {
+    auto b = std::make_unique<QueuedBatch>();
+    SetDeadline(b->ctx, options_.rpc_timeout);
+    FillBatch(all.subspan(at, batch), /*brief=*/true, b->req);
+    return b;
+  };
+  auto send = [&](QueuedBatch& b) {
+    b.rpc = stubs_->tasks->AsyncSubmitBatch(&b.ctx, b.req, &cq);
+    b.rpc->Finish(&b.resp, &b.status, &b);
+  };
+  std::unique_ptr<QueuedBatch> current = prepare(0);
+  send(*current);
+  absl::Status failed;
+  for (size_t at = 0; at < all.size(); at += batch) {
+    const bool more = at + batch < all.size();
+    std::unique_ptr<QueuedBatch> next = more ? prepare(at + batch) : nullptr;
+    void* tag = nullptr;
+    bool ok = false;
+    if (!cq.Next(&tag, &ok) || tag != current.get()) {
+      failed = absl::InternalError("SubmitMany: lost a batch's answer");
+      break;
+    }
+    if (!current->status.ok()) {
+      failed = FromGrpcStatus(current->status);
+      break;
+    }
+    if (more) send(*next);
+    for (TaskFuture& f : FuturesOf(current->resp)) {
+      futures.push_back(std::move(f));
+    }
+    current = std::move(next);
+  }
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
+  if (!failed.ok()) return failed;
   return futures;
 }
 

@@ -291,6 +291,9 @@ class Client {
   absl::StatusOr<std::vector<TaskFuture>> SubmitSlice(
       absl::Span<const v1::TaskSpec> specs, bool brief);
   PendingBatch SubmitSliceAsync(absl::Span<const v1::TaskSpec> specs);
+  // SubmitMany with one batch in flight.
+  absl::StatusOr<std::vector<TaskFuture>> SubmitOneAtATime(
+      absl::Span<const v1::TaskSpec> all, size_t batch);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
