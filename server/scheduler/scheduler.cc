@@ -19,6 +19,12 @@ namespace forq::server {
 
 namespace {
 
+// An attempt's hard timeout: the task's, or none (infinite) when unset.
+absl::Duration AttemptTimeout(const v1::Task& t) {
+  const absl::Duration timeout = FromProto(t.timeout());
+  return timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
+}
+
 // Runs `write` (a store call, given the callback that ends it) and waits
 // for its status: for the writes of start-up and shutdown.
 absl::Status AwaitWrite(
@@ -392,12 +398,7 @@ int Scheduler::RoomForLocked(const std::string& id) {
   // One with a short timeout waits behind no running attempt: it needs an
   // idle worker. Else as many as the pool takes of its kind (fewer of a
   // long kind than of a short one wait in a worker's queue).
-  const absl::Duration timeout = FromProto(t.timeout());
-  if (!worker::MayQueueBehind(timeout > absl::ZeroDuration()
-                                  ? timeout
-                                  : absl::InfiniteDuration())) {
-    return pool_.IdleCount();
-  }
+  if (!worker::MayQueueBehind(AttemptTimeout(t))) return pool_.IdleCount();
   return pool_.RoomFor(t.kind());
 }
 
@@ -417,9 +418,7 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     a.attempt = t.attempt() + 1;
     a.kind = t.kind();
     a.payload = t.payload();
-    absl::Duration timeout = FromProto(t.timeout());
-    a.timeout =
-        timeout > absl::ZeroDuration() ? timeout : absl::InfiniteDuration();
+    a.timeout = AttemptTimeout(t);
     batch.push_back(std::move(a));
     entries.push_back(&it->second);
     // Not onto itself: a self-moved std::string is left empty, and a
