@@ -13,6 +13,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -20,6 +22,7 @@
 
 #include "common/logging.h"
 #include "common/release_build.h"
+#include "common/status_macros.h"
 #include "server/server.h"
 #include "server/store/postgres_store.h"
 
@@ -220,35 +223,16 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
   return args;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  forq::SkipDeadlockDetectionInReleaseBuilds();
-  absl::SetProgramUsageMessage(
-      "forqd: the forq task queue server.\n"
-      "Flags may also come from FORQ_<FLAG> environment variables or a "
-      "--flagfile.");
-  std::vector<std::string> env_storage;
-  std::vector<char*> args = ArgsWithEnvironment(argc, argv, env_storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
-
-  absl::Status s = forq::InitLogging("forqd", absl::GetFlag(FLAGS_log_level));
-  if (!s.ok()) {
-    fprintf(stderr, "forqd: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-
-  forq::server::ServerOptions o;
-  o.grpc_addr = absl::GetFlag(FLAGS_grpc_addr);
-  o.http_addr = absl::GetFlag(FLAGS_http_addr);
+// The store flags (--store, --durability, --cluster...) into `o.store`.
+absl::Status StoreOptionsFromFlags(forq::server::ServerOptions& o) {
   o.store.kind = absl::GetFlag(FLAGS_store);
   o.store.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.store.pool_size = absl::GetFlag(FLAGS_store_pool_size);
   absl::StatusOr<forq::server::Durability> durability =
       forq::server::ParseDurability(absl::GetFlag(FLAGS_durability));
   if (!durability.ok()) {
-    spdlog::critical("--durability: {}", durability.status().ToString());
-    return 2;
+    return absl::InvalidArgumentError(
+        absl::StrCat("--durability: ", durability.status().ToString()));
   }
   o.store.durability = *durability;
   o.store.cluster.enabled = absl::GetFlag(FLAGS_cluster);
@@ -259,16 +243,19 @@ int main(int argc, char** argv) {
   o.store.cluster.backoff_max = absl::GetFlag(FLAGS_retry_backoff_max);
   if (o.store.cluster.enabled &&
       !forq::server::PostgresStore::IsUri(o.store.kind)) {
-    spdlog::critical(
+    return absl::InvalidArgumentError(absl::StrCat(
         "--cluster needs a PostgreSQL store (--store=postgres://...); got "
-        "--store={}",
-        o.store.kind);
-    return 2;
+        "--store=",
+        o.store.kind));
   }
   if (o.store.cluster.lease < absl::Milliseconds(300)) {
-    spdlog::critical("--cluster_lease must be at least 300ms");
-    return 2;
+    return absl::InvalidArgumentError("--cluster_lease must be at least 300ms");
   }
+  return absl::OkStatus();
+}
+
+// The pool and scheduler flags into `o.pool` and `o.scheduler`.
+absl::Status PoolOptionsFromFlags(forq::server::ServerOptions& o) {
   o.pool.workers = absl::GetFlag(FLAGS_workers);
   o.pool.plugins = absl::GetFlag(FLAGS_plugin);
   o.pool.exec_allow = absl::GetFlag(FLAGS_exec_allow);
@@ -287,8 +274,17 @@ int main(int argc, char** argv) {
   o.scheduler.running_write_delay = absl::GetFlag(FLAGS_running_write_delay);
   o.scheduler.backoff_base = absl::GetFlag(FLAGS_retry_backoff);
   o.scheduler.backoff_max = absl::GetFlag(FLAGS_retry_backoff_max);
-  o.drain_grace = absl::GetFlag(FLAGS_drain_grace);
-  o.ready_fd = absl::GetFlag(FLAGS_ready_fd);
+  if (o.pool.workers < 0 || o.scheduler.default_max_attempts < 1 ||
+      o.scheduler.max_queued < 1 || o.scheduler.max_payload_bytes < 1) {
+    return absl::InvalidArgumentError(
+        "--workers must be >= 0; --default_max_attempts, --max_queued and "
+        "--max_payload_bytes must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+// The access flags (tokens, TLS, cluster token) into `o`.
+absl::Status AccessOptionsFromFlags(forq::server::ServerOptions& o) {
   o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   o.advertise_addr = absl::GetFlag(FLAGS_advertise_addr);
   if (const std::string path = absl::GetFlag(FLAGS_cluster_token_file);
@@ -297,8 +293,8 @@ int main(int argc, char** argv) {
     std::getline(in, o.cluster_token);
     o.cluster_token = std::string(absl::StripAsciiWhitespace(o.cluster_token));
     if (!in && o.cluster_token.empty()) {
-      spdlog::critical("--cluster_token_file {}: cannot read a token", path);
-      return 2;
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cluster_token_file ", path, ": cannot read a token"));
     }
   }
   o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -306,6 +302,11 @@ int main(int argc, char** argv) {
   o.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   o.metrics_need_token = absl::GetFlag(FLAGS_metrics_auth);
   o.insecure = absl::GetFlag(FLAGS_insecure);
+  return absl::OkStatus();
+}
+
+// The connection limits of the gRPC and HTTP front ends into `o`.
+absl::Status ConnectionOptionsFromFlags(forq::server::ServerOptions& o) {
   o.http_max_connections = static_cast<size_t>(
       std::max(1, absl::GetFlag(FLAGS_http_max_connections)));
   o.http_max_connections_per_client = static_cast<size_t>(
@@ -329,20 +330,84 @@ int main(int argc, char** argv) {
       o.grpc_keepalive_time <= absl::ZeroDuration() ||
       o.grpc_keepalive_timeout <= absl::ZeroDuration() || o.submit_rate < 0 ||
       o.submit_burst < 0) {
-    spdlog::critical(
+    return absl::InvalidArgumentError(
         "--grpc_max_concurrent_streams must be >= 1; --http_idle_timeout, "
         "--grpc_max_connection_idle, --grpc_keepalive_time/_timeout must be "
         "> 0; --grpc_max_connection_age, --submit_rate and --submit_burst "
         "must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
+// Every flag into ServerOptions; InvalidArgument names a flag out of range
+// (the store's, then the pool's, the access and the connection flags).
+absl::StatusOr<forq::server::ServerOptions> ServerOptionsFromFlags() {
+  forq::server::ServerOptions o;
+  o.grpc_addr = absl::GetFlag(FLAGS_grpc_addr);
+  o.http_addr = absl::GetFlag(FLAGS_http_addr);
+  o.drain_grace = absl::GetFlag(FLAGS_drain_grace);
+  o.ready_fd = absl::GetFlag(FLAGS_ready_fd);
+  FORQ_RETURN_IF_ERROR(StoreOptionsFromFlags(o));
+  FORQ_RETURN_IF_ERROR(PoolOptionsFromFlags(o));
+  FORQ_RETURN_IF_ERROR(AccessOptionsFromFlags(o));
+  FORQ_RETURN_IF_ERROR(ConnectionOptionsFromFlags(o));
+  return o;
+}
+
+// Reloads the TLS files and the tokens on each SIGHUP in `signals` (blocked
+// in every thread); returns the first other signal.
+int ReloadUntilStopped(forq::server::Server& server,
+                       const forq::server::ServerOptions& o,
+                       const sigset_t& signals) {
+  int sig = 0;
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    if (!o.tls.cert_file.empty()) {
+      absl::Status r = server.ReloadTls();
+      if (r.ok()) {
+        spdlog::info("SIGHUP: reloaded the TLS certificate and key");
+      } else {
+        spdlog::error("SIGHUP: TLS not reloaded, keeping the old files: {}",
+                      r.ToString());
+      }
+    }
+    if (!o.auth_tokens_file.empty()) {
+      absl::Status r = server.ReloadTokens();
+      if (r.ok()) {
+        spdlog::info("SIGHUP: reloaded the tokens");
+      } else {
+        spdlog::error("SIGHUP: tokens not reloaded, keeping the old ones: {}",
+                      r.ToString());
+      }
+    }
+  }
+  return sig;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  forq::SkipDeadlockDetectionInReleaseBuilds();
+  absl::SetProgramUsageMessage(
+      "forqd: the forq task queue server.\n"
+      "Flags may also come from FORQ_<FLAG> environment variables or a "
+      "--flagfile.");
+  std::vector<std::string> env_storage;
+  std::vector<char*> args = ArgsWithEnvironment(argc, argv, env_storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+
+  absl::Status s = forq::InitLogging("forqd", absl::GetFlag(FLAGS_log_level));
+  if (!s.ok()) {
+    fprintf(stderr, "forqd: %s\n", std::string(s.message()).c_str());
     return 2;
   }
-  if (o.pool.workers < 0 || o.scheduler.default_max_attempts < 1 ||
-      o.scheduler.max_queued < 1 || o.scheduler.max_payload_bytes < 1) {
-    spdlog::critical(
-        "--workers must be >= 0; --default_max_attempts, --max_queued and "
-        "--max_payload_bytes must be >= 1");
+
+  absl::StatusOr<forq::server::ServerOptions> options =
+      ServerOptionsFromFlags();
+  if (!options.ok()) {
+    spdlog::critical("{}", std::string(options.status().message()));
     return 2;
   }
+  const forq::server::ServerOptions& o = *options;
 
   // The pool forks here, before any thread exists.
   absl::StatusOr<std::unique_ptr<forq::server::Server>> server =
@@ -368,27 +433,7 @@ int main(int argc, char** argv) {
     (*server)->Shutdown();
     return 1;
   }
-  int sig = 0;
-  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
-    if (!o.tls.cert_file.empty()) {
-      absl::Status r = (*server)->ReloadTls();
-      if (r.ok()) {
-        spdlog::info("SIGHUP: reloaded the TLS certificate and key");
-      } else {
-        spdlog::error("SIGHUP: TLS not reloaded, keeping the old files: {}",
-                      r.ToString());
-      }
-    }
-    if (!o.auth_tokens_file.empty()) {
-      absl::Status r = (*server)->ReloadTokens();
-      if (r.ok()) {
-        spdlog::info("SIGHUP: reloaded the tokens");
-      } else {
-        spdlog::error("SIGHUP: tokens not reloaded, keeping the old ones: {}",
-                      r.ToString());
-      }
-    }
-  }
+  const int sig = ReloadUntilStopped(**server, o, signals);
   spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   // Shutdown must end even if some handler is stuck: past the drain grace
   // plus a margin, exit anyway (the store is durable; tasks still running
