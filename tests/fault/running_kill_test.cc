@@ -105,6 +105,67 @@ std::optional<v1::Worker> WorkerRunning(Client& client,
   return std::nullopt;
 }
 
+// WorkerRunning, polled every millisecond until `deadline`.
+std::optional<v1::Worker> AwaitWorkerRunning(Client& client,
+                                             const std::string& task_id,
+                                             absl::Time deadline) {
+  std::optional<v1::Worker> w;
+  while (!(w = WorkerRunning(client, task_id)) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return w;
+}
+
+// Polls the pool until `killed`'s slot shows a new live pid, with more
+// restarts. There is no pool event stream, so this is a poll with a bound;
+// 1 ms sets the resolution.
+void AwaitReplacement(Client& client, const v1::Worker& killed,
+                      absl::Time killed_at, const ForqdProcess& forqd) {
+  bool replaced = false;
+  while (absl::Now() < killed_at + absl::Seconds(10)) {
+    absl::StatusOr<v1::PoolStatus> p = client.GetPool();
+    ASSERT_THAT(p, IsOk());
+    for (const v1::Worker& x : p->workers()) {
+      if (x.slot() == killed.slot() && x.pid() > 0 && x.pid() != killed.pid() &&
+          x.state() != v1::RESPAWNING) {
+        replaced = true;
+        EXPECT_GT(x.restarts(), killed.restarts());
+      }
+    }
+    if (replaced) break;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_TRUE(replaced) << "slot " << killed.slot()
+                        << " not respawned in 10 s\n"
+                        << forqd.LogTail();
+}
+
+// The pool is whole: two live workers, children of the supervisor.
+void ExpectPoolWhole(Client& client, int supervisor) {
+  absl::StatusOr<v1::PoolStatus> pool = client.GetPool();
+  ASSERT_THAT(pool, IsOk());
+  ASSERT_EQ(pool->workers_size(), 2);
+  for (const v1::Worker& w : pool->workers()) {
+    ProcStat st;
+    ASSERT_TRUE(ReadProcStat(w.pid(), &st)) << "worker " << w.pid();
+    EXPECT_EQ(st.ppid, supervisor);
+    EXPECT_NE(st.state, 'Z');
+  }
+}
+
+// The supervisor's zombie children once reaping (asynchronous) had up to
+// 2 s, or until neither it nor forqd had any.
+std::vector<int> ZombiesAfterReaping(int supervisor, int forqd_pid) {
+  std::vector<int> zombies = ZombieChildren(supervisor);
+  const absl::Time deadline = absl::Now() + absl::Seconds(2);
+  while ((!zombies.empty() || !ZombieChildren(forqd_pid).empty()) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    zombies = ZombieChildren(supervisor);
+  }
+  return zombies;
+}
+
 TEST(RunningKillTest, TasksRunningWhenForqdIsKilledRunAgainAsAttemptTwo) {
   const int loops = FaultLoops(2);
   const uint64_t seed = FaultSeed();
@@ -243,14 +304,10 @@ TEST(RunningKillTest, WorkerKilledMidTaskIsReplacedAndTaskSucceedsOnRetry) {
     const absl::Duration backlog = absl::Seconds(3) * k;
     ASSERT_TRUE(AwaitRunning(*client, f->id(), absl::Seconds(30) + backlog))
         << forqd->LogTail();
-    std::optional<v1::Worker> w;
     // RUNNING comes with the dispatch, which may also hand the task to a
     // worker still busy with an earlier one.
-    const absl::Time find_deadline = absl::Now() + absl::Seconds(10) + backlog;
-    while (!(w = WorkerRunning(*client, f->id())) &&
-           absl::Now() < find_deadline) {
-      absl::SleepFor(absl::Milliseconds(1));
-    }
+    std::optional<v1::Worker> w = AwaitWorkerRunning(
+        *client, f->id(), absl::Now() + absl::Seconds(10) + backlog);
     ASSERT_TRUE(w.has_value()) << "no worker reports task " << f->id();
     ProcStat st;
     ASSERT_TRUE(ReadProcStat(w->pid(), &st));
@@ -260,24 +317,8 @@ TEST(RunningKillTest, WorkerKilledMidTaskIsReplacedAndTaskSucceedsOnRetry) {
     ASSERT_EQ(kill(w->pid(), SIGKILL), 0);
     const absl::Time killed_at = absl::Now();
     killed_pids.push_back(w->pid());
-    // Poll the pool until the slot shows a new live pid. There is no pool
-    // event stream, so this is a poll with a bound; 1 ms sets the resolution.
-    bool replaced = false;
-    while (absl::Now() < killed_at + absl::Seconds(10)) {
-      absl::StatusOr<v1::PoolStatus> p = client->GetPool();
-      ASSERT_THAT(p, IsOk());
-      for (const v1::Worker& x : p->workers()) {
-        if (x.slot() == w->slot() && x.pid() > 0 && x.pid() != w->pid() &&
-            x.state() != v1::RESPAWNING) {
-          replaced = true;
-          EXPECT_GT(x.restarts(), w->restarts());
-        }
-      }
-      if (replaced) break;
-      absl::SleepFor(absl::Milliseconds(1));
-    }
-    ASSERT_TRUE(replaced) << "slot " << w->slot() << " not respawned in 10 s\n"
-                          << forqd->LogTail();
+    AwaitReplacement(*client, *w, killed_at, *forqd);
+    if (HasFatalFailure()) return;
     respawn.push_back(absl::Now() - killed_at);
   }
 
@@ -292,24 +333,10 @@ TEST(RunningKillTest, WorkerKilledMidTaskIsReplacedAndTaskSucceedsOnRetry) {
     EXPECT_NE(t->worker_pid(), killed_pids[i]);
   }
 
-  // The pool is whole again: two live workers, children of the supervisor.
-  pool = client->GetPool();
-  ASSERT_THAT(pool, IsOk());
-  ASSERT_EQ(pool->workers_size(), 2);
-  for (const v1::Worker& w : pool->workers()) {
-    ProcStat st;
-    ASSERT_TRUE(ReadProcStat(w.pid(), &st)) << "worker " << w.pid();
-    EXPECT_EQ(st.ppid, supervisor);
-    EXPECT_NE(st.state, 'Z');
-  }
-  // Reaping is asynchronous: allow it a moment, then there must be none.
-  std::vector<int> zombies = ZombieChildren(supervisor);
-  const absl::Time zombie_deadline = absl::Now() + absl::Seconds(2);
-  while ((!zombies.empty() || !ZombieChildren(forqd->pid()).empty()) &&
-         absl::Now() < zombie_deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-    zombies = ZombieChildren(supervisor);
-  }
+  ExpectPoolWhole(*client, supervisor);
+  if (HasFatalFailure()) return;
+  const std::vector<int> zombies =
+      ZombiesAfterReaping(supervisor, forqd->pid());
   EXPECT_THAT(zombies, ::testing::IsEmpty()) << "zombie workers";
   EXPECT_THAT(ZombieChildren(forqd->pid()), ::testing::IsEmpty());
   const int fds_after = OpenFdCount(forqd->pid());
