@@ -96,7 +96,24 @@ void Scheduler::SetAttemptEndHandler(
 
 absl::Status Scheduler::Start() {
   for (const std::string& k : pool_.Kinds()) kinds_.insert(k);
+  absl::Status s = Recover();
+  if (!s.ok()) return s;
+  s = pool_.Start(MakePoolCallbacks());
+  if (!s.ok()) return s;
+  metrics_.AddRefreshHook([this] { RefreshMetrics(); });
+  if (work_source_ != nullptr) {
+    s = StartCluster();
+    if (!s.ok()) return s;
+  }
+  started_ = true;
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "forq-scheduler");
+    Loop();
+  });
+  return absl::OkStatus();
+}
 
+absl::Status Scheduler::Recover() {
   // Recovery: RUNNING tasks lost their worker when the previous forqd died.
   // A cluster node holds no queue; the reaper takes back lost leases.
   absl::StatusOr<std::vector<v1::Task>> unfinished =
@@ -143,7 +160,10 @@ absl::Status Scheduler::Start() {
   spdlog::info(
       "recovered {} unfinished tasks ({} lost attempts re-queued, {} dead)",
       unfinished->size(), requeued, dead);
+  return absl::OkStatus();
+}
 
+worker::PoolCallbacks Scheduler::MakePoolCallbacks() {
   worker::PoolCallbacks cb;
   cb.on_outcome = [this](worker::Outcome o) { OnOutcome(std::move(o)); };
   cb.on_progress = [this](absl::string_view id, int attempt, double f,
@@ -173,19 +193,7 @@ absl::Status Scheduler::Start() {
     }
     call_handler_(task_id, std::move(request), std::move(reply));
   };
-  absl::Status s = pool_.Start(std::move(cb));
-  if (!s.ok()) return s;
-  metrics_.AddRefreshHook([this] { RefreshMetrics(); });
-  if (work_source_ != nullptr) {
-    s = StartCluster();
-    if (!s.ok()) return s;
-  }
-  started_ = true;
-  thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "forq-scheduler");
-    Loop();
-  });
-  return absl::OkStatus();
+  return cb;
 }
 
 void Scheduler::Shutdown(absl::Duration grace) {
@@ -222,27 +230,43 @@ void Scheduler::Shutdown(absl::Duration grace) {
   Deferred fail_sinks;
   {
     MutexLock lock(&mu_);
-    std::vector<Entry*> with_sink;
-    for (auto& [id, e] : tasks_) {
-      if (e.sink != nullptr) with_sink.push_back(&e);
-      if (e.task.state() == v1::RUNNING && !e.finishing && !e.abandoned) {
-        e.task.set_state(v1::QUEUED);
-        e.task.set_attempt(e.task.attempt() - 1);
-        (e.stored ? requeue : unwritten).push_back(e.task);
-      } else if (work_source_ != nullptr && e.task.state() == v1::QUEUED) {
-        requeue.push_back(e.task);  // claimed, never started: give back
-      } else if (!e.stored && !e.finishing && !e.abandoned) {
-        unwritten.push_back(e.task);
-      }
-    }
-    deferred_.clear();
-    FailSinks(with_sink, absl::UnavailableError("forqd is shutting down"),
-              fail_sinks);
-    for (WaitDone& done : waits_.TakeAll()) {
-      to_fail.emplace_back(std::move(done),
-                           absl::UnavailableError("forqd is shutting down"));
+    TakeUnfinishedLocked(requeue, unwritten, to_fail, fail_sinks);
+  }
+  StoreUnfinished(requeue, std::move(unwritten));
+  for (auto& [done, status] : to_fail) {
+    if (done) done(status, false);
+  }
+  fail_sinks.Run();
+}
+
+void Scheduler::TakeUnfinishedLocked(
+    std::vector<v1::Task>& requeue, std::vector<v1::Task>& unwritten,
+    std::vector<std::pair<WaitDone, absl::Status>>& to_fail,
+    Deferred& fail_sinks) {
+  std::vector<Entry*> with_sink;
+  for (auto& [id, e] : tasks_) {
+    if (e.sink != nullptr) with_sink.push_back(&e);
+    if (e.task.state() == v1::RUNNING && !e.finishing && !e.abandoned) {
+      e.task.set_state(v1::QUEUED);
+      e.task.set_attempt(e.task.attempt() - 1);
+      (e.stored ? requeue : unwritten).push_back(e.task);
+    } else if (work_source_ != nullptr && e.task.state() == v1::QUEUED) {
+      requeue.push_back(e.task);  // claimed, never started: give back
+    } else if (!e.stored && !e.finishing && !e.abandoned) {
+      unwritten.push_back(e.task);
     }
   }
+  deferred_.clear();
+  FailSinks(with_sink, absl::UnavailableError("forqd is shutting down"),
+            fail_sinks);
+  for (WaitDone& done : waits_.TakeAll()) {
+    to_fail.emplace_back(std::move(done),
+                         absl::UnavailableError("forqd is shutting down"));
+  }
+}
+
+void Scheduler::StoreUnfinished(const std::vector<v1::Task>& requeue,
+                                std::vector<v1::Task> unwritten) {
   if (!requeue.empty()) {
     absl::Status s = AwaitWrite([&](std::function<void(absl::Status)> done) {
       store_.Update(requeue, std::move(done));
@@ -269,10 +293,6 @@ void Scheduler::Shutdown(absl::Duration grace) {
         "the next start",
         n);
   }
-  for (auto& [done, status] : to_fail) {
-    if (done) done(status, false);
-  }
-  fail_sinks.Run();
 }
 
 TaskMetrics& Scheduler::MetricsLocked(Entry& e) {

@@ -306,6 +306,21 @@ class Scheduler {
   };
 
   absl::StatusOr<v1::Task> BuildTask(v1::TaskSpec spec, absl::Time now);
+  // Start's parts: the unfinished tasks of the store queued again (a
+  // RUNNING one lost its attempt), and the pool's callbacks into this.
+  absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
+  worker::PoolCallbacks MakePoolCallbacks();
+  // Shutdown's parts, once the pool is stopped: takes the tasks to store
+  // again (`requeue`: interrupted or, in a cluster, claimed and not
+  // started; `unwritten`: accepted, never written) and the waits and sinks
+  // to fail; then stores them for the next start.
+  void TakeUnfinishedLocked(
+      std::vector<v1::Task>& requeue, std::vector<v1::Task>& unwritten,
+      std::vector<std::pair<WaitDone, absl::Status>>& to_fail,
+      Deferred& fail_sinks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StoreUnfinished(const std::vector<v1::Task>& requeue,
+                       std::vector<v1::Task> unwritten)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Loop();
   void OnOutcome(worker::Outcome outcome);
   // After a batch of pool callbacks: writes the batch's terminal records
