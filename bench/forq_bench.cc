@@ -7,9 +7,12 @@
 //              [--durability=sync,batch,none] [--workers=2] [--paused]
 //              [--wait=stream,rpc] [--submit=unary,batch,async]
 //              [--map=batched,single] [--perf=auto|off]
+//              [--forqd_flag=--store=memory,...]
 //
 // Every section starts its own forqd (fresh data dir on $TMPDIR, free
-// loopback ports) with the flags it needs, measures, and kills it. Each
+// loopback ports) with the flags it needs, then --forqd_flag's (to
+// measure another setting, e.g. --forqd_flag=--running_write_delay=100ms),
+// measures, and kills it. Each
 // measurement prints one line
 //   RESULT<TAB>forq<TAB>operation<TAB>unit<TAB>value
 // (one per repetition, like /work/shared/peers/common.py) and a LOAD line
@@ -59,6 +62,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -92,6 +96,9 @@ ABSL_FLAG(std::vector<std::string>, transport,
           std::vector<std::string>({"tcp"}),
           "rtt, e2e, map, manager: tcp (127.0.0.1) and/or unix (forqd on a "
           "Unix socket, --grpc_addr=unix:PATH)");
+ABSL_FLAG(std::vector<std::string>, forqd_flag, {},
+          "extra flags for every forqd started, comma-separated; after the "
+          "section's own, so they win (e.g. --forqd_flag=--store=memory)");
 ABSL_FLAG(bool, serve_echo, false,
           "internal: serve the bare gRPC echo (the rtt section's floor)");
 ABSL_FLAG(std::string, echo_unix, "",
@@ -139,6 +146,13 @@ absl::StatusOr<Flags> FlagsFromCommandLine() {
   f.rtt_samples = absl::GetFlag(FLAGS_rtt_samples);
   f.workers = absl::GetFlag(FLAGS_workers);
   f.paused = absl::GetFlag(FLAGS_paused);
+  f.forqd_flags = absl::GetFlag(FLAGS_forqd_flag);
+  for (const std::string& flag : f.forqd_flags) {
+    if (!absl::StartsWith(flag, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--forqd_flag: '", flag, "' is not a flag (want --name=value)"));
+    }
+  }
   if (f.reps < 1 || f.seconds <= 0 || f.n < 1 || f.rtt_samples < 1 ||
       f.workers < 1) {
     return absl::InvalidArgumentError(
@@ -166,6 +180,7 @@ int Run(int argc, char** argv) {
   const Flags& f = *parsed;
   Results results;
   g_results = &results;
+  g_forqd_flags = f.forqd_flags;
   utsname u{};
   uname(&u);
   std::printf("# forq_bench: nproc %u, %s %s, workers %d, reps %d\n",

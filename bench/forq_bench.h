@@ -78,6 +78,8 @@ struct Flags {
   // map: "batched" (the client library: MapBatched, many inputs and
   // results per message) and/or "single" (one per message, the old way).
   std::vector<std::string> maps = {"batched"};
+  // Added to every forqd's command line (--forqd_flag).
+  std::vector<std::string> forqd_flags;
   // Count system calls with perf when it works.
   bool perf = true;
   // rtt, e2e, map: how the client reaches forqd ("tcp": 127.0.0.1;
@@ -157,6 +159,17 @@ class Results {
 
 inline Results* g_results = nullptr;
 
+// --forqd_flag: added to every forqd this run starts, after the flags the
+// section sets (so they win: --forqd_flag=--durability=sync overrides).
+inline std::vector<std::string> g_forqd_flags;
+
+// `flags` followed by --forqd_flag's.
+inline std::vector<std::string> WithExtraForqdFlags(
+    std::vector<std::string> flags) {
+  flags.insert(flags.end(), g_forqd_flags.begin(), g_forqd_flags.end());
+  return flags;
+}
+
 inline void Note(const std::string& msg) {
   std::fprintf(stderr, "# %s\n", msg.c_str());
 }
@@ -205,6 +218,7 @@ inline absl::StatusOr<Server> StartServer(
     unix_address = absl::StrCat("unix:", s.socket_dir->path(), "/grpc.sock");
     o.flags.push_back(absl::StrCat("--grpc_addr=", unix_address));
   }
+  o.flags = WithExtraForqdFlags(std::move(o.flags));
   auto p = testing::ForqdProcess::Start(o);
   if (!p.ok()) return p.status();
   ClientOptions co;

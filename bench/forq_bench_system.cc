@@ -82,7 +82,7 @@ int SectionStartup(const Flags& f) {
     const auto t0 = Clock::now();
     testing::ForqdOptions o;
     o.workers = f.workers;
-    o.flags = {"--log_level=warn"};
+    o.flags = WithExtraForqdFlags({"--log_level=warn"});
     auto p = testing::ForqdProcess::Start(o);
     if (!p.ok()) {
       std::cerr << "start forqd: " << p.status() << "\n";
