@@ -10,10 +10,9 @@
 //              [--forqd_flag=--store=memory,...]
 //
 // Every section starts its own forqd (fresh data dir on $TMPDIR, free
-// loopback ports) with the flags it needs, then --forqd_flag's (to
-// measure another setting, e.g. --forqd_flag=--running_write_delay=100ms),
-// measures, and kills it. Each
-// measurement prints one line
+// loopback ports) with the flags it needs, then --forqd_flag's (to measure
+// another setting, e.g. --forqd_flag=--running_write_delay=100ms),
+// measures, and kills it. Each measurement prints one line
 //   RESULT<TAB>forq<TAB>operation<TAB>unit<TAB>value
 // (one per repetition, like /work/shared/peers/common.py) and a LOAD line
 // with /proc/loadavg; a min/median/max table closes the run.
