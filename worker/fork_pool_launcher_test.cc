@@ -17,11 +17,11 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 
-#include "common/mutex.h"
 #include "common/scoped_fd.h"
 #include "worker/channel.h"
 #include "worker/fork_pool.h"
 #include "worker/launcher.h"
+#include "worker/pool_recorder_testing.h"
 #include "worker/protocol.h"
 #include "worker/shm_region.h"
 
@@ -160,75 +160,6 @@ class FakeLauncher : public SupervisorLauncher {
   std::optional<pid_t> stopped_with_;
 };
 
-// What the pool reported through its callbacks (on its event thread).
-class Reports {
- public:
-  PoolCallbacks Callbacks() {
-    PoolCallbacks c;
-    c.on_outcome = [this](Outcome o) {
-      MutexLock l(&mu_);
-      outcomes_.push_back(std::move(o));
-      cv_.SignalAll();
-    };
-    c.on_worker_idle = [this] {
-      MutexLock l(&mu_);
-      ++idle_;
-      cv_.SignalAll();
-    };
-    c.on_worker_exit = [this](const WorkerExit& x) {
-      MutexLock l(&mu_);
-      exits_.push_back(x);
-      cv_.SignalAll();
-    };
-    return c;
-  }
-  // The n-th outcome (from 1), once it arrived.
-  std::optional<Outcome> NthOutcome(size_t n) {
-    MutexLock l(&mu_);
-    if (!Await([&] {
-          mu_.AssertHeld();
-          return outcomes_.size() >= n;
-        })) {
-      return std::nullopt;
-    }
-    return outcomes_[n - 1];
-  }
-  std::optional<WorkerExit> NthExit(size_t n) {
-    MutexLock l(&mu_);
-    if (!Await([&] {
-          mu_.AssertHeld();
-          return exits_.size() >= n;
-        })) {
-      return std::nullopt;
-    }
-    return exits_[n - 1];
-  }
-  bool Idle(int n) {
-    MutexLock l(&mu_);
-    return Await([&] {
-      mu_.AssertHeld();
-      return idle_ >= n;
-    });
-  }
-
- private:
-  template <typename F>
-  bool Await(F done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Time deadline = absl::Now() + kWait;
-    while (!done()) {
-      if (absl::Now() >= deadline) return false;
-      cv_.WaitWithTimeout(&mu_, deadline - absl::Now());
-    }
-    return true;
-  }
-
-  Mutex mu_;
-  CondVar cv_;
-  std::vector<Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
-  std::vector<WorkerExit> exits_ ABSL_GUARDED_BY(mu_);
-  int idle_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
 Assignment Echo(const std::string& id,
                 absl::Duration timeout = absl::InfiniteDuration()) {
   Assignment a;
@@ -251,19 +182,19 @@ class ForkPoolLauncherTest : public ::testing::Test {
     auto pool = CreateForkPool(std::move(o), std::move(launcher));
     ASSERT_TRUE(pool.ok()) << pool.status();
     pool_ = std::move(*pool);
-    ASSERT_TRUE(pool_->Start(reports_.Callbacks()).ok());
+    ASSERT_TRUE(pool_->Start(rec_.Callbacks()).ok());
   }
 
   // The worker `pid` starts in slot 0 and says Ready; the pool calls it idle.
   void StartWorker(pid_t pid, int idle_count) {
     fake_->Spawned(0, pid);
     fake_->Ready(0, pid);
-    ASSERT_TRUE(reports_.Idle(idle_count));
+    ASSERT_TRUE(rec_.WaitIdleEvents(idle_count));
     EXPECT_EQ(pool_->IdleCount(), 1);
   }
 
   FakeLauncher* fake_ = nullptr;
-  Reports reports_;
+  fork_pool_testing::Recorder rec_;
   std::unique_ptr<WorkerPool> pool_;
 };
 
@@ -283,13 +214,13 @@ TEST_F(ForkPoolLauncherTest, AssignExitAndRespawnThroughTheLauncher) {
   EXPECT_EQ(pool_->Workers()[0].current_task_id, "t1");
   EXPECT_EQ(pool_->Workers()[0].state, WorkerState::kBusy);
   fake_->Result(0, a1->task_seq, "done t1");
-  std::optional<Outcome> o1 = reports_.NthOutcome(1);
+  std::optional<Outcome> o1 = rec_.NextOutcome();
   ASSERT_TRUE(o1.has_value());
   EXPECT_EQ(o1->task_id, "t1");
   EXPECT_EQ(o1->kind, OutcomeKind::kSucceeded);
   EXPECT_EQ(o1->result, "done t1");
   EXPECT_EQ(o1->worker_pid, kPid1);
-  ASSERT_TRUE(reports_.Idle(2));
+  ASSERT_TRUE(rec_.WaitIdleEvents(2));
 
   // The worker dies (SIGSEGV) under its second task: the task is reported
   // signaled, the exit "crash", and the pool asks for a respawn at once
@@ -298,13 +229,13 @@ TEST_F(ForkPoolLauncherTest, AssignExitAndRespawnThroughTheLauncher) {
   std::optional<AssignMessage> a2 = fake_->TakeAssignment(0);
   ASSERT_TRUE(a2.has_value());
   fake_->Exited(0, kPid1, SIGSEGV);
-  std::optional<Outcome> o2 = reports_.NthOutcome(2);
+  std::optional<Outcome> o2 = rec_.NextOutcome();
   ASSERT_TRUE(o2.has_value());
   EXPECT_EQ(o2->task_id, "t2");
   EXPECT_EQ(o2->kind, OutcomeKind::kSignaled);
   EXPECT_EQ(o2->signal, SIGSEGV);
   EXPECT_EQ(o2->worker_pid, kPid1);
-  std::optional<WorkerExit> x = reports_.NthExit(1);
+  std::optional<WorkerExit> x = rec_.NthExit(1);
   ASSERT_TRUE(x.has_value());
   EXPECT_EQ(x->pid, kPid1);
   EXPECT_EQ(x->reason, "crash");
@@ -325,7 +256,7 @@ TEST_F(ForkPoolLauncherTest, AssignExitAndRespawnThroughTheLauncher) {
   EXPECT_EQ(a3->task_id, "t3");
   EXPECT_GT(a3->task_seq, a2->task_seq);
   fake_->Result(0, a3->task_seq, "done t3");
-  std::optional<Outcome> o3 = reports_.NthOutcome(3);
+  std::optional<Outcome> o3 = rec_.NextOutcome();
   ASSERT_TRUE(o3.has_value());
   EXPECT_EQ(o3->kind, OutcomeKind::kSucceeded);
   EXPECT_EQ(o3->worker_pid, kPid2);
@@ -341,7 +272,7 @@ TEST_F(ForkPoolLauncherTest, AssignExitAndRespawnThroughTheLauncher) {
 TEST_F(ForkPoolLauncherTest, AWorkerThatNeverGetsReadyIsRespawnedWithBackOff) {
   fake_->Spawned(0, kPid1);
   fake_->Exited(0, kPid1, 70 << 8);  // exit status 70, before any Ready
-  std::optional<WorkerExit> x = reports_.NthExit(1);
+  std::optional<WorkerExit> x = rec_.NthExit(1);
   ASSERT_TRUE(x.has_value());
   EXPECT_EQ(x->reason, "exit");
   std::optional<SupervisorCommand> c1 = fake_->NextCommand();
@@ -377,12 +308,12 @@ TEST_F(ForkPoolLauncherTest, AnAttemptPastItsTimeoutIsKilledThenReported) {
   EXPECT_EQ(kill->signal, SIGKILL);
   EXPECT_TRUE(fake_->NoCommandWithin(absl::Milliseconds(200)));  // once only
   fake_->Exited(0, kPid1, SIGKILL);
-  std::optional<Outcome> o = reports_.NthOutcome(1);
+  std::optional<Outcome> o = rec_.NextOutcome();
   ASSERT_TRUE(o.has_value());
   EXPECT_EQ(o->task_id, "slow");
   EXPECT_EQ(o->kind, OutcomeKind::kTimeout);
   EXPECT_EQ(o->status.code(), absl::StatusCode::kDeadlineExceeded);
-  std::optional<WorkerExit> x = reports_.NthExit(1);
+  std::optional<WorkerExit> x = rec_.NthExit(1);
   ASSERT_TRUE(x.has_value());
   EXPECT_EQ(x->reason, "timeout");
   std::optional<SupervisorCommand> respawn = fake_->NextCommand();

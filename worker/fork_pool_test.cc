@@ -99,10 +99,7 @@ TEST_F(ForkPoolTest, CrashIsSignaledAndWorkerRespawns) {
   EXPECT_EQ(o.kind, OutcomeKind::kSignaled);
   EXPECT_EQ(o.signal, SIGABRT);
   EXPECT_EQ(o.task_id, "t1");
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return !rec_.exits_.empty();
-  }));
+  ASSERT_TRUE(rec_.NthExit(1).has_value());
   EXPECT_EQ(rec_.exits()[0].reason, "crash");
   EXPECT_EQ(rec_.exits()[0].pid, old_pid);
   o = RunAndWait("echo", "after");
@@ -126,10 +123,7 @@ TEST_F(ForkPoolTest, KillNineOfBusyWorkerFailsExactlyThatAttempt) {
   EXPECT_EQ(o->kind, OutcomeKind::kSignaled);
   EXPECT_EQ(o->signal, SIGKILL);
   EXPECT_EQ(o->worker_pid, pid);
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return !rec_.exits_.empty();
-  }));
+  ASSERT_TRUE(rec_.NthExit(1).has_value());
   EXPECT_EQ(rec_.exits()[0].reason, "killed");
   // The replacement comes up and the bystander is unaffected.
   std::optional<Outcome> b = rec_.NextOutcome();
@@ -155,10 +149,7 @@ TEST_F(ForkPoolTest, HardTimeoutKillsHangingTask) {
   EXPECT_THAT(o.status, StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_GE(took, absl::Milliseconds(300));
   EXPECT_LT(took, absl::Milliseconds(300 + 1000));
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return !rec_.exits_.empty();
-  }));
+  ASSERT_TRUE(rec_.NthExit(1).has_value());
   EXPECT_EQ(rec_.exits()[0].reason, "timeout");
   ASSERT_TRUE(WaitIdle(1));
   EXPECT_EQ(RunAndWait("echo", "x").kind, OutcomeKind::kSucceeded);
@@ -188,10 +179,7 @@ TEST_F(ForkPoolTest, CancelEscalatesToKillAfterGrace) {
   ASSERT_TRUE(o.has_value());
   EXPECT_EQ(o->kind, OutcomeKind::kCancelled);
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(200));
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return !rec_.exits_.empty();
-  }));
+  ASSERT_TRUE(rec_.NthExit(1).has_value());
   EXPECT_EQ(rec_.exits()[0].reason, "killed");
 }
 
@@ -203,10 +191,7 @@ TEST_F(ForkPoolTest, RecyclesAfterMaxTasksPerChild) {
   EXPECT_EQ(RunAndWait("echo", "2").worker_pid, pid1);
   const int pid2 = RunAndWait("echo", "3").worker_pid;
   EXPECT_NE(pid2, pid1);
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return !rec_.exits_.empty();
-  }));
+  ASSERT_TRUE(rec_.NthExit(1).has_value());
   EXPECT_EQ(rec_.exits()[0].reason, "recycle");
 }
 
@@ -218,19 +203,13 @@ TEST_F(ForkPoolTest, MemoryLimitKillsBusyWorkerAndRecyclesIdleOne) {
   EXPECT_EQ(o.kind, OutcomeKind::kOutOfMemory);
   EXPECT_THAT(o.status, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_LT(o.runtime, absl::Seconds(2));
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return !rec_.exits_.empty();
-  }));
+  ASSERT_TRUE(rec_.NthExit(1).has_value());
   EXPECT_EQ(rec_.exits()[0].reason, "memory");
   // A task that finishes before the check still succeeds; the worker is
   // then recycled between tasks.
   o = RunAndWait("echo", "quick");
   EXPECT_EQ(o.kind, OutcomeKind::kSucceeded);
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return rec_.exits_.size() >= 2;
-  }));
+  ASSERT_TRUE(rec_.NthExit(2).has_value());
   EXPECT_EQ(rec_.exits()[1].reason, "memory");
 }
 
@@ -446,10 +425,8 @@ TEST_F(ForkPoolTest, CorruptCompletionRingKillsOnlyThatWorker) {
       }
     }
   }
-  ASSERT_TRUE(rec_.WaitFor([&] {
-    rec_.mu_.AssertHeld();
-    return rec_.exits_.size() == static_cast<size_t>(iterations);
-  }));
+  ASSERT_TRUE(rec_.NthExit(iterations).has_value());
+  EXPECT_EQ(rec_.exit_count(), static_cast<size_t>(iterations));
   for (const WorkerExit& x : rec_.exits()) EXPECT_EQ(x.reason, "protocol");
   ASSERT_TRUE(WaitIdle(2));
   EXPECT_EQ(RunAndWait("echo", "still serving").result, "still serving");

@@ -1,5 +1,6 @@
 // The fork pool tests' fixture: a real ForkPool (supervisor and workers
-// forked) whose callbacks a Recorder keeps for the test to wait on.
+// forked) whose callbacks a Recorder (pool_recorder_testing.h) keeps for
+// the test to wait on.
 #ifndef FORQ_WORKER_FORK_POOL_TESTING_H_
 #define FORQ_WORKER_FORK_POOL_TESTING_H_
 
@@ -20,119 +21,11 @@
 #include "tests/testing/status_matchers.h"
 #include "worker/fork_pool.h"
 #include "worker/pool.h"
+#include "worker/pool_recorder_testing.h"
 
 namespace forq::worker::fork_pool_testing {
 
 using ::forq::testing::IsOk;
-
-constexpr absl::Duration kWait = absl::Seconds(20);
-
-// Records every callback of a pool and lets the test wait for them.
-class Recorder {
- public:
-  PoolCallbacks Callbacks() {
-    PoolCallbacks cb;
-    cb.on_outcome = [this](Outcome o) {
-      MutexLock l(&mu_);
-      outcomes_.push_back(std::move(o));
-      cv_.SignalAll();
-    };
-    cb.on_progress = [this](absl::string_view, int, double f,
-                            absl::string_view) {
-      MutexLock l(&mu_);
-      ++progress_;
-      cv_.SignalAll();
-    };
-    cb.on_worker_idle = [this] {
-      MutexLock l(&mu_);
-      ++idle_events_;
-      cv_.SignalAll();
-    };
-    cb.on_worker_exit = [this](const WorkerExit& x) {
-      MutexLock l(&mu_);
-      exits_.push_back(x);
-      cv_.SignalAll();
-    };
-    cb.on_call = [this](
-                     absl::string_view task_id, std::string request,
-                     std::function<void(absl::StatusOr<std::string>)> reply) {
-      MutexLock l(&mu_);
-      calls_.push_back(
-          {std::string(task_id), std::move(request), std::move(reply)});
-      cv_.SignalAll();
-    };
-    return cb;
-  }
-
-  // Waits until `pred` holds (checked under the lock) or the deadline.
-  template <typename Pred>
-  bool WaitFor(Pred pred, absl::Duration timeout = kWait) {
-    const absl::Time deadline = absl::Now() + timeout;
-    MutexLock l(&mu_);
-    while (!pred()) {
-      const absl::Duration left = deadline - absl::Now();
-      if (left <= absl::ZeroDuration()) return false;
-      cv_.WaitWithTimeout(&mu_, left);
-    }
-    return true;
-  }
-
-  // Next outcome, in arrival order.
-  std::optional<Outcome> NextOutcome(absl::Duration timeout = kWait) {
-    if (!WaitFor(
-            [&] {
-              mu_.AssertHeld();
-              return consumed_ < outcomes_.size();
-            },
-            timeout)) {
-      return std::nullopt;
-    }
-    MutexLock l(&mu_);
-    return outcomes_[consumed_++];
-  }
-
-  std::vector<WorkerExit> exits() {
-    MutexLock l(&mu_);
-    return exits_;
-  }
-  size_t exit_count() {
-    MutexLock l(&mu_);
-    return exits_.size();
-  }
-  int progress() {
-    MutexLock l(&mu_);
-    return progress_;
-  }
-
-  struct Call {
-    std::string task_id;
-    std::string request;
-    std::function<void(absl::StatusOr<std::string>)> reply;
-  };
-  std::optional<Call> TakeCall(absl::Duration timeout = kWait) {
-    if (!WaitFor(
-            [&] {
-              mu_.AssertHeld();
-              return !calls_.empty();
-            },
-            timeout)) {
-      return std::nullopt;
-    }
-    MutexLock l(&mu_);
-    Call c = std::move(calls_.front());
-    calls_.pop_front();
-    return c;
-  }
-
-  Mutex mu_;
-  CondVar cv_;
-  std::vector<Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
-  size_t consumed_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<WorkerExit> exits_ ABSL_GUARDED_BY(mu_);
-  std::deque<Call> calls_ ABSL_GUARDED_BY(mu_);
-  int idle_events_ ABSL_GUARDED_BY(mu_) = 0;
-  int progress_ ABSL_GUARDED_BY(mu_) = 0;
-};
 
 class ForkPoolTest : public ::testing::Test {
  protected:
