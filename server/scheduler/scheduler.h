@@ -481,7 +481,10 @@ class Scheduler {
   Store& store_;
   worker::WorkerPool& pool_;
   Metrics& metrics_;
+  // The kinds the pool's workers run (set by Start, then read only); a
+  // cluster node claims only these.
   std::set<std::string, std::less<>> kinds_;
+  std::vector<std::string> claim_kinds_;
 
   Mutex mu_;
   CondVar cv_;

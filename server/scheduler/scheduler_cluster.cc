@@ -244,7 +244,8 @@ void Scheduler::ClaimForIdleWorkers() {
   if (n <= 0) return;
   const bool none_in_flight = shared_inserts_in_flight_.load() == 0;
   const int64_t seq = shared_inserts_seq_.load();
-  absl::StatusOr<std::vector<v1::Task>> claimed = work_source_->Claim(n);
+  absl::StatusOr<std::vector<v1::Task>> claimed =
+      work_source_->Claim(n, claim_kinds_);
   if (!claimed.ok()) {
     const absl::Time now = absl::Now();
     if (now - claim_error_logged_ > absl::Seconds(5)) {

@@ -162,7 +162,8 @@ class BlockingWorkSource : public WorkSource {
     return absl::OkStatus();
   }
   void StopCluster() override {}
-  absl::StatusOr<std::vector<v1::Task>> Claim(int) override {
+  absl::StatusOr<std::vector<v1::Task>> Claim(
+      int, const std::vector<std::string>&) override {
     MutexLock lock(&mu_);
     in_claim_ = true;
     cv_.SignalAll();

@@ -95,9 +95,12 @@ class WorkSource {
   // Claims up to `n` claimable tasks (priority, then FIFO; not_before on
   // the database clock) for this node: they are RUNNING in the store with
   // the attempt counted and a lease. The returned tasks carry the new
-  // attempt number. Empty when nothing is claimable or the node is fenced.
-  // Blocks on a database round trip.
-  virtual absl::StatusOr<std::vector<v1::Task>> Claim(int n) = 0;
+  // attempt number. Only tasks of `kinds` are claimed (the kinds this
+  // node's workers run: nodes may run different handlers); empty: any
+  // kind. Empty when nothing is claimable or the node is fenced. Blocks on
+  // a database round trip.
+  virtual absl::StatusOr<std::vector<v1::Task>> Claim(
+      int n, const std::vector<std::string>& kinds) = 0;
   // Stores new tasks as Store::Insert does (all or none; none may carry an
   // idempotency key), those with own[i] set already claimed by this node:
   // RUNNING in the store at their next attempt with a lease, as Claim

@@ -95,7 +95,8 @@ class PostgresStore final : public Store, public WorkSource {
   // WorkSource (cluster mode).
   absl::Status StartCluster(Callbacks callbacks) override;
   void StopCluster() override;
-  absl::StatusOr<std::vector<v1::Task>> Claim(int n) override;
+  absl::StatusOr<std::vector<v1::Task>> Claim(
+      int n, const std::vector<std::string>& kinds) override;
   std::vector<bool> InsertOwned(
       std::vector<v1::Task> tasks, std::vector<bool> own,
       std::function<void(absl::StatusOr<std::vector<v1::Task>>)> done) override;

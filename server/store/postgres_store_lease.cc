@@ -34,14 +34,17 @@ using postgres_internal::TextValue;
 using store_internal::ExpiresAtMicros;
 using store_internal::FinishedAtMicros;
 
-// $1 node, $2 incarnation, $3 lease in microseconds, $4 how many.
+// $1 node, $2 incarnation, $3 lease in microseconds, $4 how many, $5 the
+// kinds the node runs (NULL: any). Rows of other kinds are passed over
+// without a lock.
 const std::string kClaim =
     "UPDATE tasks AS t SET state = 2, attempt = t.attempt + 1, owner_node = "
     "$1, owner_incarnation = $2::int8, lease_until = now() + $3::int8 * "
     "interval '1 microsecond' FROM (SELECT id FROM tasks WHERE state = 1 AND "
-    "(not_before IS NULL OR not_before <= now()) ORDER BY priority DESC, id "
-    "FOR UPDATE SKIP LOCKED LIMIT $4) AS c WHERE t.id = c.id RETURNING "
-    "t.data, t.attempt::text";
+    "(not_before IS NULL OR not_before <= now()) AND ($5::text[] IS NULL OR "
+    "kind = ANY($5::text[])) ORDER BY priority DESC, id FOR UPDATE SKIP "
+    "LOCKED LIMIT $4) AS c WHERE t.id = c.id RETURNING t.data, "
+    "t.attempt::text";
 // Extends the leases of the node's RUNNING attempts that expire within
 // 2/3 of a lease and returns them all. A lease it skips outlasts both the
 // next heartbeat (lease/3 away) and the node's self-fence (lease/2 after
@@ -92,7 +95,8 @@ absl::Duration LostBackoff(const ClusterOptions& o, int attempt) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(int n) {
+absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(
+    int n, const std::vector<std::string>& kinds) {
   if (!cluster_.enabled) {
     return absl::FailedPreconditionError("postgres store: not in cluster mode");
   }
@@ -105,12 +109,18 @@ absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(int n) {
   MutexLock lock(&claim_mu_);
   FORQ_RETURN_IF_ERROR(claim_conn_->EnsureOk());
   const int64_t inc = incarnation();
+  Param kind_param = Param::Null();
+  if (!kinds.empty()) {
+    ArrayParam a{ArrayParam::Type::kText};
+    for (const std::string& k : kinds) a.AddText(k);
+    kind_param = std::move(a).Finish();
+  }
   FORQ_ASSIGN_OR_RETURN(
       Result res,
       claim_conn_->Run("claim", kClaim,
                        {Param::Text(node_id_), Param::Int(inc),
                         Param::Int(absl::ToInt64Microseconds(cluster_.lease)),
-                        Param::Int(n)},
+                        Param::Int(n), std::move(kind_param)},
                        "claim tasks"));
   const int rows = PQntuples(res.get());
   out.reserve(rows);

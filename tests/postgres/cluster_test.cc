@@ -201,6 +201,51 @@ TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
   }
 }
 
+// Nodes may run different handlers: here only node a loads the example
+// plugin. A node claims only the kinds its workers run, so a task of a kind
+// node b lacks waits in the shared queue for a instead of failing on b
+// (UNKNOWN_KIND), while the kinds both run still spread over both nodes.
+TEST(ClusterTest, ANodeClaimsOnlyTheKindsItsWorkersRun) {
+  auto nodes = ClusterNodes::Create("kinds");
+  ASSERT_THAT(nodes, IsOk());
+  auto a = nodes->Start("a", "10s", {"--plugin=" FORQ_EXAMPLE_PLUGIN_PATH});
+  ASSERT_THAT(a, IsOk());
+  auto b = nodes->Start("b");
+  ASSERT_THAT(b, IsOk());
+  // a takes what its workers have room for at insert; the rest of the
+  // sleeps (a needs 2 s for all of them) and the reverses behind them go
+  // to the shared queue, where the idle b claims.
+  constexpr int kSleeps = 40;
+  constexpr int kReverses = 20;
+  std::vector<v1::TaskSpec> specs = SleepSpecs(kSleeps, 100);
+  for (int i = 0; i < kReverses; ++i) {
+    v1::TaskSpec& s = specs.emplace_back();
+    s.set_kind("example.reverse");
+    s.set_payload(absl::StrCat("abc", i));
+  }
+  auto futures = (*a)->client->SubmitBatch(specs);
+  ASSERT_THAT(futures, IsOk());
+  std::vector<std::string> ids;
+  for (const TaskFuture& f : *futures) ids.push_back(f.id());
+  auto done = AwaitAll(*(*a)->client, ids, absl::Seconds(60));
+  ASSERT_THAT(done, IsOk());
+  std::map<std::string, int> sleeps_by_node;
+  for (const v1::Task& t : *done) {
+    EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+    const std::string node = nodes->NodeOfPid(t.worker_pid());
+    if (t.kind() == "example.reverse") {
+      EXPECT_EQ(t.result(),
+                std::string(t.payload().rbegin(), t.payload().rend()));
+      EXPECT_EQ(node, "a") << t.ShortDebugString();
+    } else {
+      ++sleeps_by_node[node];
+    }
+  }
+  std::cout << "sleeps by node: a=" << sleeps_by_node["a"]
+            << " b=" << sleeps_by_node["b"] << "\n";
+  EXPECT_GT(sleeps_by_node["b"], 0);
+}
+
 // The time a parked Wait takes to return after the task finished, on the
 // node that ran it and on another node (woken by NOTIFY). Prints both
 // medians; the added cross-node latency is their difference.
