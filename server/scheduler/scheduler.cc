@@ -96,7 +96,6 @@ void Scheduler::SetAttemptEndHandler(
 
 absl::Status Scheduler::Start() {
   for (const std::string& k : pool_.Kinds()) kinds_.insert(k);
-  claim_kinds_.assign(kinds_.begin(), kinds_.end());
   absl::Status s = Recover();
   if (!s.ok()) return s;
   s = pool_.Start(MakePoolCallbacks());

@@ -484,7 +484,6 @@ class Scheduler {
   // The kinds the pool's workers run (set by Start, then read only); a
   // cluster node claims only these.
   std::set<std::string, std::less<>> kinds_;
-  std::vector<std::string> claim_kinds_;
 
   Mutex mu_;
   CondVar cv_;

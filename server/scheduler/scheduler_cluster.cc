@@ -37,7 +37,8 @@ absl::Status Scheduler::StartCluster() {
   cb.events = [this](const std::vector<v1::TaskEvent>& events) {
     OnRemoteEvents(events);
   };
-  absl::Status s = work_source_->StartCluster(std::move(cb));
+  absl::Status s = work_source_->StartCluster(
+      std::move(cb), std::vector<std::string>(kinds_.begin(), kinds_.end()));
   if (!s.ok()) return s;
   remote_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "forq-remote-wait");
@@ -101,6 +102,8 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
   for (size_t i = 0; i < tasks.size(); ++i) {
     const v1::Task& t = tasks[i];
     if (t.has_not_before() && FromProto(t.not_before()) > now) continue;
+    // A kind only other nodes run waits for them in the shared queue.
+    if (!kinds_.empty() && kinds_.count(t.kind()) == 0) continue;
     // (The store inserts a task with an idempotency key unclaimed.)
     to_shared |= budget <= 0 || !t.idempotency_key().empty();
     if (budget <= 0) break;
@@ -244,8 +247,7 @@ void Scheduler::ClaimForIdleWorkers() {
   if (n <= 0) return;
   const bool none_in_flight = shared_inserts_in_flight_.load() == 0;
   const int64_t seq = shared_inserts_seq_.load();
-  absl::StatusOr<std::vector<v1::Task>> claimed =
-      work_source_->Claim(n, claim_kinds_);
+  absl::StatusOr<std::vector<v1::Task>> claimed = work_source_->Claim(n);
   if (!claimed.ok()) {
     const absl::Time now = absl::Now();
     if (now - claim_error_logged_ > absl::Seconds(5)) {

@@ -53,9 +53,19 @@ absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
                      "' is invalid: want 1-128 characters of [A-Za-z0-9_.:-]"));
   }
   if (!kinds_.empty() && kinds_.count(spec.kind()) == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown task kind '", spec.kind(),
-                     "'; known kinds: ", absl::StrJoin(kinds_, ", ")));
+    // A cluster node takes a kind another live node runs, for it.
+    if (work_source_ != nullptr) {
+      if (!work_source_->OtherNodeRuns(spec.kind())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "unknown task kind '", spec.kind(),
+            "': no live node of the cluster runs it; this node's kinds: ",
+            absl::StrJoin(kinds_, ", ")));
+      }
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown task kind '", spec.kind(),
+                       "'; known kinds: ", absl::StrJoin(kinds_, ", ")));
+    }
   }
   if (spec.queue().empty()) spec.set_queue("default");
   if (!ValidName(spec.queue(), 64)) {

@@ -156,14 +156,13 @@ TEST(SchedulerTest, RevokedAssignmentRunsAgainWithoutUsingAnAttempt) {
 // it was given (marked with a label, as the store does not have it).
 class BlockingWorkSource : public WorkSource {
  public:
-  absl::Status StartCluster(Callbacks cb) override {
+  absl::Status StartCluster(Callbacks cb, std::vector<std::string>) override {
     MutexLock lock(&mu_);
     cb_ = std::move(cb);
     return absl::OkStatus();
   }
   void StopCluster() override {}
-  absl::StatusOr<std::vector<v1::Task>> Claim(
-      int, const std::vector<std::string>&) override {
+  absl::StatusOr<std::vector<v1::Task>> Claim(int) override {
     MutexLock lock(&mu_);
     in_claim_ = true;
     cv_.SignalAll();

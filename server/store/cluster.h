@@ -88,19 +88,22 @@ class WorkSource {
 
   virtual ~WorkSource() = default;
 
-  // Starts the heartbeat, reaper and notification threads.
-  virtual absl::Status StartCluster(Callbacks callbacks) = 0;
+  // Starts the heartbeat, reaper and notification threads. `kinds`: the
+  // task kinds this node's workers run (empty: any). Nodes may run
+  // different handlers: the node claims only these, and registers them so
+  // that other nodes accept tasks of them for the shared queue
+  // (OtherNodeRuns).
+  virtual absl::Status StartCluster(Callbacks callbacks,
+                                    std::vector<std::string> kinds) = 0;
   // Stops them; running attempts keep their leases until they expire.
   virtual void StopCluster() = 0;
   // Claims up to `n` claimable tasks (priority, then FIFO; not_before on
   // the database clock) for this node: they are RUNNING in the store with
   // the attempt counted and a lease. The returned tasks carry the new
-  // attempt number. Only tasks of `kinds` are claimed (the kinds this
-  // node's workers run: nodes may run different handlers); empty: any
-  // kind. Empty when nothing is claimable or the node is fenced. Blocks on
-  // a database round trip.
-  virtual absl::StatusOr<std::vector<v1::Task>> Claim(
-      int n, const std::vector<std::string>& kinds) = 0;
+  // attempt number; only tasks of the kinds given to StartCluster. Empty
+  // when nothing is claimable or the node is fenced. Blocks on a database
+  // round trip.
+  virtual absl::StatusOr<std::vector<v1::Task>> Claim(int n) = 0;
   // Stores new tasks as Store::Insert does (all or none; none may carry an
   // idempotency key), those with own[i] set already claimed by this node:
   // RUNNING in the store at their next attempt with a lease, as Claim
@@ -148,6 +151,10 @@ class WorkSource {
   // other nodes are live, or may be: then it takes only what its workers
   // start within milliseconds and leaves the rest to the shared queue.
   virtual absl::Duration HoldAlone() const { return absl::ZeroDuration(); }
+  // Whether another live node registered `kind` (as of this node's last
+  // heartbeat: a node that joins is known within lease/3). Such a task is
+  // accepted here and left to the shared queue.
+  virtual bool OtherNodeRuns(absl::string_view /*kind*/) { return false; }
 };
 
 }  // namespace forq::server

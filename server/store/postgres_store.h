@@ -22,6 +22,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -55,7 +56,7 @@ class PostgresStore final : public Store, public WorkSource {
   // Version in forq_schema_version. A database with a larger version was
   // written by a newer forqd and is refused; versions 1 and 2 are
   // migrated.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // True for "postgres://..." and "postgresql://..." (libpq URIs).
   static bool IsUri(absl::string_view text);
@@ -93,10 +94,10 @@ class PostgresStore final : public Store, public WorkSource {
   }
 
   // WorkSource (cluster mode).
-  absl::Status StartCluster(Callbacks callbacks) override;
+  absl::Status StartCluster(Callbacks callbacks,
+                            std::vector<std::string> kinds) override;
   void StopCluster() override;
-  absl::StatusOr<std::vector<v1::Task>> Claim(
-      int n, const std::vector<std::string>& kinds) override;
+  absl::StatusOr<std::vector<v1::Task>> Claim(int n) override;
   std::vector<bool> InsertOwned(
       std::vector<v1::Task> tasks, std::vector<bool> own,
       std::function<void(absl::StatusOr<std::vector<v1::Task>>)> done) override;
@@ -111,6 +112,7 @@ class PostgresStore final : public Store, public WorkSource {
   }
   // lease/10 while alone_.
   absl::Duration HoldAlone() const override;
+  bool OtherNodeRuns(absl::string_view kind) override;
 
   // Cluster upkeep, run by the upkeep thread (or by tests when
   // ClusterOptions.background is false). Heartbeat extends the leases of
@@ -188,6 +190,10 @@ class PostgresStore final : public Store, public WorkSource {
       const std::vector<absl::Status>& statuses);
   // Registers a new incarnation and tells the other nodes (forq_node).
   absl::Status Register(Conn& conn);
+  // Records `kinds` as this node's (kinds_ and its `nodes` row) and
+  // announces the node, so the others read them at once.
+  absl::Status RegisterKinds(std::vector<std::string> kinds)
+      ABSL_LOCKS_EXCLUDED(upkeep_mu_, kinds_mu_);
   // Whether another node is live (alone_), read on `conn`.
   absl::Status CountOtherNodes(Conn& conn);
   void UpkeepLoop();
@@ -248,6 +254,11 @@ class PostgresStore final : public Store, public WorkSource {
   // since (node_notices_ counts the announcements heard).
   std::atomic<bool> alone_{false};
   std::atomic<uint64_t> node_notices_{0};
+  // The kinds this node runs (StartCluster; empty: any), and those other
+  // live nodes registered (read with the node count).
+  Mutex kinds_mu_;
+  std::vector<std::string> kinds_ ABSL_GUARDED_BY(kinds_mu_);
+  absl::flat_hash_set<std::string> other_kinds_ ABSL_GUARDED_BY(kinds_mu_);
   // Attempts this node claimed and has not yet written out of RUNNING (or
   // had a write refused): the fence of their writes. `lost` ones were
   // reported lost and are no longer heart-beaten, but their late writes

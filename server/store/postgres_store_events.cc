@@ -32,10 +32,12 @@ PostgresStore::Callbacks PostgresStore::callbacks() {
   return callbacks_;
 }
 
-absl::Status PostgresStore::StartCluster(Callbacks callbacks) {
+absl::Status PostgresStore::StartCluster(Callbacks callbacks,
+                                         std::vector<std::string> kinds) {
   if (!cluster_.enabled) {
     return absl::FailedPreconditionError("postgres store: not in cluster mode");
   }
+  if (absl::Status s = RegisterKinds(std::move(kinds)); !s.ok()) return s;
   {
     MutexLock lock(&callbacks_mu_);
     callbacks_ = std::move(callbacks);
@@ -242,6 +244,7 @@ void PostgresStore::UpkeepLoop() {
   absl::Time next_poll = absl::Now() + cluster_.poll_interval;
   absl::Time next_recheck = absl::Now() + kRecheck;
   absl::Time next_watch_refresh = absl::Now() + kWatchRefresh;
+  uint64_t notices_counted = node_notices_.load(std::memory_order_acquire);
   for (;;) {
     {
       MutexLock lock(&upkeep_stop_mu_);
@@ -303,6 +306,17 @@ void PostgresStore::UpkeepLoop() {
     if (now >= next_watch_refresh) {
       next_watch_refresh = now + kWatchRefresh;
       RefreshWatches();
+    }
+    if (const uint64_t heard = node_notices_.load(std::memory_order_acquire);
+        heard != notices_counted) {
+      // A node started or registered its kinds: count again now, not at
+      // the next heartbeat, so its kinds are accepted here at once.
+      notices_counted = heard;
+      MutexLock lock(&upkeep_mu_);
+      if (!upkeep_conn_->EnsureOk().ok() ||
+          !CountOtherNodes(*upkeep_conn_).ok()) {
+        alone_.store(false, std::memory_order_release);
+      }
     }
     CheckSelfFence();
     if (now >= next_heartbeat) {

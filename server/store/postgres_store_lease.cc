@@ -95,8 +95,7 @@ absl::Duration LostBackoff(const ClusterOptions& o, int attempt) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(
-    int n, const std::vector<std::string>& kinds) {
+absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(int n) {
   if (!cluster_.enabled) {
     return absl::FailedPreconditionError("postgres store: not in cluster mode");
   }
@@ -110,10 +109,13 @@ absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(
   FORQ_RETURN_IF_ERROR(claim_conn_->EnsureOk());
   const int64_t inc = incarnation();
   Param kind_param = Param::Null();
-  if (!kinds.empty()) {
-    ArrayParam a{ArrayParam::Type::kText};
-    for (const std::string& k : kinds) a.AddText(k);
-    kind_param = std::move(a).Finish();
+  {
+    MutexLock kinds(&kinds_mu_);
+    if (!kinds_.empty()) {
+      ArrayParam a{ArrayParam::Type::kText};
+      for (const std::string& k : kinds_) a.AddText(k);
+      kind_param = std::move(a).Finish();
+    }
   }
   FORQ_ASSIGN_OR_RETURN(
       Result res,

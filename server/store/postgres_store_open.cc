@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "spdlog/spdlog.h"
 
 #include "common/status_macros.h"
@@ -20,6 +21,7 @@ namespace forq::server {
 
 namespace {
 
+using postgres_internal::ArrayParam;
 using postgres_internal::Conn;
 using postgres_internal::IdleTxnTimeout;
 using postgres_internal::Param;
@@ -98,6 +100,12 @@ CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(state, id)
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS cancel_requested BOOLEAN NOT NULL
   DEFAULT false;
 )sql";
+// Version 4: the task kinds each node runs (nodes may load different
+// plugins): a node claims only its own, and accepts a kind another live
+// node registered.
+constexpr const char* kSchemaV4 = R"sql(
+ALTER TABLE nodes ADD COLUMN IF NOT EXISTS kinds TEXT[];
+)sql";
 const std::string kRegister =
     "INSERT INTO nodes(node_id, incarnation, started_at, heartbeat_at) "
     "VALUES($1, nextval('forq_incarnation'), now(), now()) ON CONFLICT "
@@ -105,9 +113,14 @@ const std::string kRegister =
     "= now(), heartbeat_at = now() RETURNING incarnation::text";
 
 const std::string kAnnounce = "SELECT pg_notify('forq_node', $1)";
+const std::string kSetKinds =
+    "UPDATE nodes SET kinds = $2::text[] WHERE node_id = $1";
+// The live other nodes: how many, and the kinds they run (newline-joined).
 const std::string kOtherNodes =
-    "SELECT count(*)::text FROM nodes WHERE node_id <> $1 AND heartbeat_at > "
-    "now() - $2::int8 * interval '1 microsecond'";
+    "WITH live AS (SELECT kinds FROM nodes WHERE node_id <> $1 AND "
+    "heartbeat_at > now() - $2::int8 * interval '1 microsecond') SELECT "
+    "(SELECT count(*) FROM live)::text, COALESCE((SELECT string_agg(DISTINCT "
+    "k, E'\\n') FROM live, unnest(live.kinds) AS k), '')";
 
 std::string DefaultNodeId() {
   char host[256] = {0};
@@ -172,6 +185,7 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
       FORQ_RETURN_IF_ERROR(writer->Command(kSchema, "create schema"));
       FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV2, "migrate schema to v2"));
       FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV3, "migrate schema to v3"));
+      FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV4, "migrate schema to v4"));
       if (version == 1) {
         // Version 1 kept the attempt only inside `data`: copy it out for
         // the unfinished tasks (finished ones are never claimed again
@@ -332,10 +346,48 @@ absl::Status PostgresStore::CountOtherNodes(Conn& conn) {
       !absl::SimpleAtoi(TextValue(res.get(), 0, 0), &others)) {
     return absl::InternalError("postgres store: no node count returned");
   }
+  {
+    MutexLock lock(&kinds_mu_);
+    other_kinds_.clear();
+    for (absl::string_view k :
+         absl::StrSplit(TextValue(res.get(), 0, 1), '\n', absl::SkipEmpty())) {
+      other_kinds_.emplace(k);
+    }
+  }
   alone_.store(
       others == 0 && node_notices_.load(std::memory_order_acquire) == notices,
       std::memory_order_release);
   return absl::OkStatus();
+}
+
+absl::Status PostgresStore::RegisterKinds(std::vector<std::string> kinds) {
+  Param kinds_param = Param::Null();
+  if (!kinds.empty()) {
+    ArrayParam a{ArrayParam::Type::kText};
+    for (const std::string& k : kinds) a.AddText(k);
+    kinds_param = std::move(a).Finish();
+  }
+  {
+    MutexLock lock(&kinds_mu_);
+    kinds_ = std::move(kinds);
+  }
+  MutexLock lock(&upkeep_mu_);
+  FORQ_RETURN_IF_ERROR(upkeep_conn_->EnsureOk());
+  FORQ_RETURN_IF_ERROR(
+      upkeep_conn_
+          ->Run("set_kinds", kSetKinds,
+                {Param::Text(node_id_), std::move(kinds_param)},
+                "register kinds")
+          .status());
+  // The others count again, and so read these kinds, at once.
+  return upkeep_conn_
+      ->Run("announce", kAnnounce, {Param::Text(node_id_)}, "announce node")
+      .status();
+}
+
+bool PostgresStore::OtherNodeRuns(absl::string_view kind) {
+  MutexLock lock(&kinds_mu_);
+  return other_kinds_.contains(kind);
 }
 
 absl::Duration PostgresStore::HoldAlone() const {

@@ -72,7 +72,8 @@ class ClusterStoreTest : public ::testing::Test {
 
   std::unique_ptr<PostgresStore> OpenNode(
       const std::string& name, Reports& reports,
-      absl::Duration lease = absl::Milliseconds(300)) {
+      absl::Duration lease = absl::Milliseconds(300),
+      std::vector<std::string> kinds = {}) {
     StoreOptions o;
     o.kind = uri_;
     o.postgres_uri = uri_;
@@ -86,7 +87,8 @@ class ClusterStoreTest : public ::testing::Test {
         PostgresStore::Open(o);
     EXPECT_THAT(store, IsOk());
     if (!store.ok()) return nullptr;
-    EXPECT_THAT((*store)->StartCluster(reports.Callbacks()), IsOk());
+    EXPECT_THAT((*store)->StartCluster(reports.Callbacks(), std::move(kinds)),
+                IsOk());
     return std::move(*store);
   }
 
@@ -152,7 +154,7 @@ TEST_F(ClusterStoreTest, ClaimsByPriorityThenFifoAndHonoursDelays) {
   ASSERT_THAT(Insert(*a, {Queued("t1"), Queued("t2", 3), Queued("t3"),
                           Queued("t4", 3), delayed}),
               IsOk());
-  auto claimed = a->Claim(3, {});
+  auto claimed = a->Claim(3);
   ASSERT_THAT(claimed, IsOk());
   std::vector<std::string> ids;
   for (const v1::Task& t : *claimed) {
@@ -160,7 +162,7 @@ TEST_F(ClusterStoreTest, ClaimsByPriorityThenFifoAndHonoursDelays) {
     EXPECT_EQ(t.attempt(), 1);
   }
   EXPECT_THAT(ids, ElementsAre("t2", "t4", "t1"));
-  claimed = a->Claim(10, {});
+  claimed = a->Claim(10);
   ASSERT_THAT(claimed, IsOk());
   ASSERT_THAT(*claimed, SizeIs(1));  // t0 waits an hour
   EXPECT_EQ((*claimed)[0].id(), "t3");
@@ -170,12 +172,15 @@ TEST_F(ClusterStoreTest, ClaimsByPriorityThenFifoAndHonoursDelays) {
             "a:1,a:1,a:1,a:1");
 }
 
-// Nodes may run different handlers: a claim takes only the kinds it names,
-// passing over others (which stay QUEUED for a node that runs them).
-TEST_F(ClusterStoreTest, ClaimsOnlyTheKindsItIsGiven) {
-  Reports reports;
-  auto a = OpenNode("a", reports);
+// Nodes may run different handlers: a node claims only the kinds it
+// registered, passing over others (which stay QUEUED for a node that runs
+// them), and learns the kinds the other live nodes run.
+TEST_F(ClusterStoreTest, ANodeClaimsOnlyItsKindsAndKnowsTheOthers) {
+  Reports ra, rg;
+  auto a = OpenNode("a", ra, absl::Seconds(10), {"echo", "sleep"});
   ASSERT_NE(a, nullptr);
+  auto g = OpenNode("g", rg, absl::Seconds(10), {"gpu.render"});
+  ASSERT_NE(g, nullptr);
   auto of_kind = [](const std::string& id, std::string kind, int priority = 0) {
     v1::Task t = Queued(id, priority);
     t.set_kind(std::move(kind));
@@ -185,19 +190,30 @@ TEST_F(ClusterStoreTest, ClaimsOnlyTheKindsItIsGiven) {
                           of_kind("x2", "gpu.render", 9),
                           of_kind("s1", "sleep"), of_kind("e2", "echo")}),
               IsOk());
-  auto claimed = a->Claim(10, {"echo", "sleep"});
+  auto ids_of = [](const absl::StatusOr<std::vector<v1::Task>>& tasks) {
+    std::vector<std::string> ids;
+    if (tasks.ok()) {
+      for (const v1::Task& t : *tasks) ids.push_back(t.id());
+    }
+    return ids;
+  };
+  auto claimed = a->Claim(10);
   ASSERT_THAT(claimed, IsOk());
-  std::vector<std::string> ids;
-  for (const v1::Task& t : *claimed) ids.push_back(t.id());
-  EXPECT_THAT(ids, ElementsAre("e1", "e2", "s1"));
+  EXPECT_THAT(ids_of(claimed), ElementsAre("e1", "e2", "s1"));
   EXPECT_EQ(Query(absl::StrCat("SELECT string_agg(id, ',' ORDER BY id) FROM ",
                                schema_, ".tasks WHERE state = 1")),
             "x1,x2");
-  claimed = a->Claim(10, {"gpu.render"});
+  claimed = g->Claim(10);
   ASSERT_THAT(claimed, IsOk());
-  ids.clear();
-  for (const v1::Task& t : *claimed) ids.push_back(t.id());
-  EXPECT_THAT(ids, ElementsAre("x1", "x2"));
+  EXPECT_THAT(ids_of(claimed), ElementsAre("x1", "x2"));
+  // a registered before g: it learns g's kinds at its next count.
+  ASSERT_THAT(a->Heartbeat(), IsOk());
+  EXPECT_TRUE(a->OtherNodeRuns("gpu.render"));
+  EXPECT_FALSE(a->OtherNodeRuns("echo"));  // only a runs it
+  EXPECT_TRUE(g->OtherNodeRuns("echo"));
+  EXPECT_TRUE(g->OtherNodeRuns("sleep"));
+  EXPECT_FALSE(g->OtherNodeRuns("gpu.render"));
+  EXPECT_FALSE(g->OtherNodeRuns("nobody.runs.this"));
 }
 
 TEST_F(ClusterStoreTest, ReadEndedReturnsOnlyEndedAndUnknownTasks) {
@@ -205,7 +221,7 @@ TEST_F(ClusterStoreTest, ReadEndedReturnsOnlyEndedAndUnknownTasks) {
   auto a = OpenNode("a", reports);
   ASSERT_NE(a, nullptr);
   ASSERT_THAT(Insert(*a, {Queued("q"), Queued("r"), Queued("s")}), IsOk());
-  auto claimed = a->Claim(1, {});  // q: RUNNING
+  auto claimed = a->Claim(1);  // q: RUNNING
   ASSERT_THAT(claimed, IsOk());
   ASSERT_THAT(*claimed, SizeIs(1));
   v1::Task done = Queued("s");
@@ -234,13 +250,13 @@ TEST_F(ClusterStoreTest, TwoNodesNeverClaimTheSameTask) {
   std::vector<std::string> got_a, got_b;
   std::thread ta([&] {
     for (;;) {
-      auto c = a->Claim(7, {});
+      auto c = a->Claim(7);
       if (!c.ok() || c->empty()) return;
       for (const v1::Task& t : *c) got_a.push_back(t.id());
     }
   });
   for (;;) {
-    auto c = b->Claim(5, {});
+    auto c = b->Claim(5);
     ASSERT_THAT(c, IsOk());
     if (c->empty()) break;
     for (const v1::Task& t : *c) got_b.push_back(t.id());
@@ -261,7 +277,7 @@ TEST_F(ClusterStoreTest, GiveBackClaimedAgainAtOnceKeepsTheNewClaim) {
   auto a = OpenNode("a", ra);
   ASSERT_NE(a, nullptr);
   ASSERT_THAT(Insert(*a, {Queued("t1")}), IsOk());
-  auto first = a->Claim(1, {});
+  auto first = a->Claim(1);
   ASSERT_THAT(first, IsOk());
   ASSERT_THAT(*first, SizeIs(1));
   ASSERT_EQ((*first)[0].attempt(), 1);
@@ -273,7 +289,7 @@ TEST_F(ClusterStoreTest, GiveBackClaimedAgainAtOnceKeepsTheNewClaim) {
   a->SetAfterCommitHookForTest([&] {
     if (claimed) return;
     claimed = true;
-    again = a->Claim(1, {});
+    again = a->Claim(1);
   });
   v1::Task back = (*first)[0];
   back.set_state(v1::QUEUED);
@@ -303,12 +319,12 @@ TEST_F(ClusterStoreTest, LateCompletionOfAReclaimedAttemptIsRefused) {
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
   ASSERT_THAT(Insert(*a, {Queued("t1")}), IsOk());
-  auto mine = a->Claim(1, {});
+  auto mine = a->Claim(1);
   ASSERT_THAT(mine, IsOk());
   ASSERT_THAT(*mine, SizeIs(1));
   // Node a stops heart-beating: b's reaper takes the task back, b runs it.
   ReapUntil(*b, 1);
-  auto theirs = b->Claim(1, {});
+  auto theirs = b->Claim(1);
   ASSERT_THAT(theirs, IsOk());
   ASSERT_THAT(*theirs, SizeIs(1));
   EXPECT_EQ((*theirs)[0].attempt(), 2);
@@ -368,7 +384,7 @@ TEST_F(ClusterStoreTest, HeartbeatExtendsLeasesAndReportsLostOnes) {
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
   ASSERT_THAT(Insert(*a, {Queued("t1")}), IsOk());
-  ASSERT_THAT(a->Claim(1, {}), IsOk());
+  ASSERT_THAT(a->Claim(1), IsOk());
   ASSERT_THAT(a->Heartbeat(), IsOk());
   {
     MutexLock lock(&ra.mu);
@@ -390,7 +406,7 @@ TEST_F(ClusterStoreTest, HeartbeatWritesOnlyLeasesDueSoonAndKeepsThemAll) {
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
   ASSERT_THAT(Insert(*a, {Queued("t1")}), IsOk());
-  ASSERT_THAT(a->Claim(1, {}), IsOk());
+  ASSERT_THAT(a->Claim(1), IsOk());
   const std::string lease = absl::StrCat("SELECT lease_until::text FROM ",
                                          schema_, ".tasks WHERE id = 't1'");
   const std::string claimed = Query(lease);
@@ -445,13 +461,13 @@ TEST_F(ClusterStoreTest, LastAttemptLostGoesDead) {
   v1::Task t = Queued("t1");
   t.set_max_attempts(1);
   ASSERT_THAT(Insert(*a, {t}), IsOk());
-  ASSERT_THAT(a->Claim(1, {}), IsOk());
+  ASSERT_THAT(a->Claim(1), IsOk());
   ReapUntil(*b, 1);
   auto stored = b->Get("t1");
   ASSERT_THAT(stored, IsOk());
   EXPECT_EQ(stored->state(), v1::DEAD);
   EXPECT_EQ(stored->error().reason(), v1::WORKER_LOST);
-  auto none = b->Claim(1, {});
+  auto none = b->Claim(1);
   ASSERT_THAT(none, IsOk());
   EXPECT_THAT(*none, IsEmpty());
 }

@@ -204,7 +204,8 @@ TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
 // Nodes may run different handlers: here only node a loads the example
 // plugin. A node claims only the kinds its workers run, so a task of a kind
 // node b lacks waits in the shared queue for a instead of failing on b
-// (UNKNOWN_KIND), while the kinds both run still spread over both nodes.
+// (UNKNOWN_KIND), while the kinds both run still spread over both nodes;
+// and b accepts that kind for a.
 TEST(ClusterTest, ANodeClaimsOnlyTheKindsItsWorkersRun) {
   auto nodes = ClusterNodes::Create("kinds");
   ASSERT_THAT(nodes, IsOk());
@@ -244,6 +245,29 @@ TEST(ClusterTest, ANodeClaimsOnlyTheKindsItsWorkersRun) {
   std::cout << "sleeps by node: a=" << sleeps_by_node["a"]
             << " b=" << sleeps_by_node["b"] << "\n";
   EXPECT_GT(sleeps_by_node["b"], 0);
+
+  // b takes a kind only a runs (behind a load balancer a client cannot
+  // pick the node), and leaves it to a through the shared queue.
+  std::vector<v1::TaskSpec> via_b(5);
+  for (size_t i = 0; i < via_b.size(); ++i) {
+    via_b[i].set_kind("example.reverse");
+    via_b[i].set_payload(absl::StrCat("via b ", i));
+  }
+  auto through_b = (*b)->client->SubmitBatch(via_b);
+  ASSERT_THAT(through_b, IsOk());
+  std::vector<std::string> b_ids;
+  for (const TaskFuture& f : *through_b) b_ids.push_back(f.id());
+  auto b_done = AwaitAll(*(*b)->client, b_ids, absl::Seconds(60));
+  ASSERT_THAT(b_done, IsOk());
+  for (const v1::Task& t : *b_done) {
+    EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+    EXPECT_EQ(nodes->NodeOfPid(t.worker_pid()), "a") << t.ShortDebugString();
+  }
+  // A kind no live node runs is refused, as on a single node.
+  auto unknown = (*b)->client->Submit("no.such.kind", "x");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(unknown.status().message()),
+              ::testing::HasSubstr("no live node of the cluster runs it"));
 }
 
 // The time a parked Wait takes to return after the task finished, on the
