@@ -201,6 +201,27 @@ TEST(ClusterTest, MapThroughADrainedNodeRunsOnAnotherInOrder) {
   }
 }
 
+// `n` tasks of the example plugin's "example.reverse", payloads `prefix`
+// followed by the task's number.
+std::vector<v1::TaskSpec> ReverseSpecs(int n, absl::string_view prefix) {
+  std::vector<v1::TaskSpec> specs(n);
+  for (int i = 0; i < n; ++i) {
+    specs[i].set_kind("example.reverse");
+    specs[i].set_payload(absl::StrCat(prefix, i));
+  }
+  return specs;
+}
+
+// Submits `specs` through `client` and waits there for all of them.
+absl::StatusOr<std::vector<v1::Task>> RunAll(
+    Client& client, const std::vector<v1::TaskSpec>& specs) {
+  auto futures = client.SubmitBatch(specs);
+  if (!futures.ok()) return futures.status();
+  std::vector<std::string> ids;
+  for (const TaskFuture& f : *futures) ids.push_back(f.id());
+  return AwaitAll(client, ids, absl::Seconds(60));
+}
+
 // Nodes may run different handlers: here only node a loads the example
 // plugin. A node claims only the kinds its workers run, so a task of a kind
 // node b lacks waits in the shared queue for a instead of failing on b
@@ -213,33 +234,27 @@ TEST(ClusterTest, ANodeClaimsOnlyTheKindsItsWorkersRun) {
   ASSERT_THAT(a, IsOk());
   auto b = nodes->Start("b");
   ASSERT_THAT(b, IsOk());
+  // A reverse ran on a, with the right result.
+  auto ran_on_a = [&](const v1::Task& t) {
+    EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+    EXPECT_EQ(t.result(),
+              std::string(t.payload().rbegin(), t.payload().rend()));
+    EXPECT_EQ(nodes->NodeOfPid(t.worker_pid()), "a") << t.ShortDebugString();
+  };
   // a takes what its workers have room for at insert; the rest of the
   // sleeps (a needs 2 s for all of them) and the reverses behind them go
   // to the shared queue, where the idle b claims.
-  constexpr int kSleeps = 40;
-  constexpr int kReverses = 20;
-  std::vector<v1::TaskSpec> specs = SleepSpecs(kSleeps, 100);
-  for (int i = 0; i < kReverses; ++i) {
-    v1::TaskSpec& s = specs.emplace_back();
-    s.set_kind("example.reverse");
-    s.set_payload(absl::StrCat("abc", i));
-  }
-  auto futures = (*a)->client->SubmitBatch(specs);
-  ASSERT_THAT(futures, IsOk());
-  std::vector<std::string> ids;
-  for (const TaskFuture& f : *futures) ids.push_back(f.id());
-  auto done = AwaitAll(*(*a)->client, ids, absl::Seconds(60));
+  std::vector<v1::TaskSpec> specs = SleepSpecs(40, 100);
+  for (v1::TaskSpec& s : ReverseSpecs(20, "abc")) specs.push_back(s);
+  auto done = RunAll(*(*a)->client, specs);
   ASSERT_THAT(done, IsOk());
   std::map<std::string, int> sleeps_by_node;
   for (const v1::Task& t : *done) {
-    EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
-    const std::string node = nodes->NodeOfPid(t.worker_pid());
     if (t.kind() == "example.reverse") {
-      EXPECT_EQ(t.result(),
-                std::string(t.payload().rbegin(), t.payload().rend()));
-      EXPECT_EQ(node, "a") << t.ShortDebugString();
+      ran_on_a(t);
     } else {
-      ++sleeps_by_node[node];
+      EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
+      ++sleeps_by_node[nodes->NodeOfPid(t.worker_pid())];
     }
   }
   std::cout << "sleeps by node: a=" << sleeps_by_node["a"]
@@ -248,21 +263,9 @@ TEST(ClusterTest, ANodeClaimsOnlyTheKindsItsWorkersRun) {
 
   // b takes a kind only a runs (behind a load balancer a client cannot
   // pick the node), and leaves it to a through the shared queue.
-  std::vector<v1::TaskSpec> via_b(5);
-  for (size_t i = 0; i < via_b.size(); ++i) {
-    via_b[i].set_kind("example.reverse");
-    via_b[i].set_payload(absl::StrCat("via b ", i));
-  }
-  auto through_b = (*b)->client->SubmitBatch(via_b);
+  auto through_b = RunAll(*(*b)->client, ReverseSpecs(5, "via b "));
   ASSERT_THAT(through_b, IsOk());
-  std::vector<std::string> b_ids;
-  for (const TaskFuture& f : *through_b) b_ids.push_back(f.id());
-  auto b_done = AwaitAll(*(*b)->client, b_ids, absl::Seconds(60));
-  ASSERT_THAT(b_done, IsOk());
-  for (const v1::Task& t : *b_done) {
-    EXPECT_EQ(t.state(), v1::SUCCEEDED) << t.ShortDebugString();
-    EXPECT_EQ(nodes->NodeOfPid(t.worker_pid()), "a") << t.ShortDebugString();
-  }
+  for (const v1::Task& t : *through_b) ran_on_a(t);
   // A kind no live node runs is refused, as on a single node.
   auto unknown = (*b)->client->Submit("no.such.kind", "x");
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
