@@ -24,48 +24,26 @@
 
 #include "common/mutex.h"
 #include "worker/fork_pool.h"
+#include "worker/pool_recorder_testing.h"
 #include "worker/shm_region.h"
 #include "worker/shm_ring.h"
 
 namespace forq::worker {
 namespace {
 
-// Counts callbacks so the bench can wait on them.
-class Events {
- public:
-  PoolCallbacks Callbacks() {
-    PoolCallbacks cb;
-    cb.on_outcome = [this](Outcome o) {
-      MutexLock l(&mu_);
-      outcomes_.push_back(std::move(o));
-      cv_.SignalAll();
-    };
-    cb.on_worker_idle = [this] {
-      MutexLock l(&mu_);
-      ++idle_;
-      last_idle_ = absl::Now();
-      cv_.SignalAll();
-    };
-    return cb;
-  }
-  template <typename Pred>
-  void Wait(Pred pred) {
-    MutexLock l(&mu_);
-    while (!pred()) {
-      if (cv_.WaitWithTimeout(&mu_, absl::Seconds(30))) {
-        std::fprintf(stderr, "timed out\n");
-        std::_Exit(1);
-      }
-    }
-  }
-  Mutex mu_;
-  CondVar cv_;
-  std::vector<Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
-  int idle_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time last_idle_ ABSL_GUARDED_BY(mu_);
-};
+using fork_pool_testing::Recorder;
 
-std::unique_ptr<WorkerPool> MakePool(int workers, Events& ev) {
+// Waits until `pred` holds (checked under the recorder's lock); a bench
+// that stalls for 30 s ends.
+template <typename Pred>
+void Await(Recorder& ev, Pred pred) {
+  if (!ev.WaitFor(pred, absl::Seconds(30))) {
+    std::fprintf(stderr, "timed out\n");
+    std::_Exit(1);
+  }
+}
+
+std::unique_ptr<WorkerPool> MakePool(int workers, Recorder& ev) {
   ForkPoolOptions o;
   o.workers = workers;
   auto pool = CreateForkPool(o);
@@ -74,9 +52,9 @@ std::unique_ptr<WorkerPool> MakePool(int workers, Events& ev) {
     std::_Exit(1);
   }
   if (!(*pool)->Start(ev.Callbacks()).ok()) std::_Exit(1);
-  ev.Wait([&] {
+  Await(ev, [&] {
     ev.mu_.AssertHeld();
-    return ev.idle_ >= workers;
+    return ev.idle_events_ >= workers;
   });
   return std::move(*pool);
 }
@@ -88,7 +66,7 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 int Respawn(int kills) {
-  Events ev;
+  Recorder ev;
   std::unique_ptr<WorkerPool> pool = MakePool(1, ev);
   std::vector<double> ms;
   for (int i = 0; i < kills; ++i) {
@@ -101,13 +79,13 @@ int Respawn(int kills) {
     int idle_before;
     {
       MutexLock l(&ev.mu_);
-      idle_before = ev.idle_;
+      idle_before = ev.idle_events_;
     }
     const absl::Time t0 = absl::Now();
     kill(pid, SIGKILL);
-    ev.Wait([&] {
+    Await(ev, [&] {
       ev.mu_.AssertHeld();
-      return ev.idle_ > idle_before;
+      return ev.idle_events_ > idle_before;
     });
     absl::Time t1;
     {
@@ -126,7 +104,7 @@ int Respawn(int kills) {
 }
 
 double RunPrimes(int workers, const std::string& n, int tasks) {
-  Events ev;
+  Recorder ev;
   std::unique_ptr<WorkerPool> pool = MakePool(workers, ev);
   const absl::Time start = absl::Now();
   int dispatched = 0;
@@ -148,7 +126,7 @@ double RunPrimes(int workers, const std::string& n, int tasks) {
       MutexLock l(&ev.mu_);
       seen = ev.outcomes_.size();
     }
-    ev.Wait([&] {
+    Await(ev, [&] {
       ev.mu_.AssertHeld();
       return ev.outcomes_.size() > seen;
     });

@@ -1,5 +1,6 @@
 // A worker pool's callbacks, recorded for tests to wait on: the fork
-// pool's fixture (fork_pool_testing.h) and the launcher tests use it.
+// pool's fixture (fork_pool_testing.h), the launcher tests and pool_bench
+// use it (header only, no test framework).
 #ifndef FORQ_WORKER_POOL_RECORDER_TESTING_H_
 #define FORQ_WORKER_POOL_RECORDER_TESTING_H_
 
@@ -41,6 +42,7 @@ class Recorder {
     cb.on_worker_idle = [this] {
       MutexLock l(&mu_);
       ++idle_events_;
+      last_idle_ = absl::Now();
       cv_.SignalAll();
     };
     cb.on_worker_exit = [this](const WorkerExit& x) {
@@ -151,6 +153,7 @@ class Recorder {
   std::vector<WorkerExit> exits_ ABSL_GUARDED_BY(mu_);
   std::deque<Call> calls_ ABSL_GUARDED_BY(mu_);
   int idle_events_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_idle_ ABSL_GUARDED_BY(mu_);
   int progress_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
