@@ -62,6 +62,28 @@ TEST(PostgresStoreTest, NewerSchemaVersionIsRefused) {
                        HasSubstr("newer than this forqd")));
 }
 
+// A schema of version 3 (no kinds per node) is migrated at open.
+TEST(PostgresStoreTest, VersionThreeSchemaIsMigrated) {
+  FORQ_ASSERT_OK_AND_ASSIGN(std::string uri, Server().NewSchemaUri("v3"));
+  { FORQ_ASSERT_OK_AND_ASSIGN(auto store, OpenStore(OptionsFor(uri))); }
+  const std::string schema = uri.substr(uri.rfind("%3D") + 3);
+  ASSERT_THAT(Server().Exec(absl::StrCat(
+                  "ALTER TABLE ", schema, ".nodes DROP COLUMN kinds; UPDATE ",
+                  schema, ".forq_schema_version SET version = 3")),
+              IsOk());
+  { FORQ_ASSERT_OK_AND_ASSIGN(auto store, OpenStore(OptionsFor(uri))); }
+  EXPECT_THAT(Server().Query(absl::StrCat("SELECT version FROM ", schema,
+                                          ".forq_schema_version")),
+              ::testing::Eq(absl::StatusOr<std::string>(
+                  absl::StrCat(PostgresStore::kSchemaVersion))));
+  EXPECT_THAT(
+      Server().Query(absl::StrCat(
+          "SELECT count(*) FROM information_schema.columns WHERE "
+          "table_schema = '",
+          schema, "' AND table_name = 'nodes' AND column_name = ", "'kinds'")),
+      ::testing::Eq(absl::StatusOr<std::string>("1")));
+}
+
 TEST(PostgresStoreTest, UnreachableServerIsUnavailable) {
   // Port 1 on loopback: nothing listens there.
   EXPECT_THAT(OpenStore(OptionsFor(
