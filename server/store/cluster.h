@@ -151,9 +151,10 @@ class WorkSource {
   // other nodes are live, or may be: then it takes only what its workers
   // start within milliseconds and leaves the rest to the shared queue.
   virtual absl::Duration HoldAlone() const { return absl::ZeroDuration(); }
-  // Whether another live node registered `kind` (as of this node's last
-  // heartbeat: a node that joins is known within lease/3). Such a task is
-  // accepted here and left to the shared queue.
+  // Whether another live node registered `kind`, as of this node's last
+  // count of the nodes (at each heartbeat, and at once when a node
+  // announces itself). Such a task is accepted here and left to the
+  // shared queue.
   virtual bool OtherNodeRuns(absl::string_view /*kind*/) { return false; }
 };
 

@@ -131,6 +131,14 @@ class ArrayParam {
   bool has_null_ = false;
 };
 
+// A text[] parameter of `values`; NULL when there are none.
+inline Param TextArrayOrNull(const std::vector<std::string>& values) {
+  if (values.empty()) return Param::Null();
+  ArrayParam a{ArrayParam::Type::kText};
+  for (const std::string& v : values) a.AddText(v);
+  return std::move(a).Finish();
+}
+
 // A libpq connection with its prepared statements (prepared on first use,
 // again after a reconnect).
 class Conn {

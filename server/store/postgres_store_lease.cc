@@ -30,6 +30,7 @@ using postgres_internal::Param;
 using postgres_internal::ParseTask;
 using postgres_internal::Result;
 using postgres_internal::TaskFromRow;
+using postgres_internal::TextArrayOrNull;
 using postgres_internal::TextValue;
 using store_internal::ExpiresAtMicros;
 using store_internal::FinishedAtMicros;
@@ -111,11 +112,7 @@ absl::StatusOr<std::vector<v1::Task>> PostgresStore::Claim(int n) {
   Param kind_param = Param::Null();
   {
     MutexLock kinds(&kinds_mu_);
-    if (!kinds_.empty()) {
-      ArrayParam a{ArrayParam::Type::kText};
-      for (const std::string& k : kinds_) a.AddText(k);
-      kind_param = std::move(a).Finish();
-    }
+    kind_param = TextArrayOrNull(kinds_);
   }
   FORQ_ASSIGN_OR_RETURN(
       Result res,

@@ -21,12 +21,12 @@ namespace forq::server {
 
 namespace {
 
-using postgres_internal::ArrayParam;
 using postgres_internal::Conn;
 using postgres_internal::IdleTxnTimeout;
 using postgres_internal::Param;
 using postgres_internal::ParseTask;
 using postgres_internal::Result;
+using postgres_internal::TextArrayOrNull;
 using postgres_internal::TextValue;
 
 // Second key of the store's advisory locks ('forq'); the first is a hash
@@ -361,12 +361,7 @@ absl::Status PostgresStore::CountOtherNodes(Conn& conn) {
 }
 
 absl::Status PostgresStore::RegisterKinds(std::vector<std::string> kinds) {
-  Param kinds_param = Param::Null();
-  if (!kinds.empty()) {
-    ArrayParam a{ArrayParam::Type::kText};
-    for (const std::string& k : kinds) a.AddText(k);
-    kinds_param = std::move(a).Finish();
-  }
+  Param kinds_param = TextArrayOrNull(kinds);
   {
     MutexLock lock(&kinds_mu_);
     kinds_ = std::move(kinds);
