@@ -306,6 +306,13 @@ class Scheduler {
   };
 
   absl::StatusOr<v1::Task> BuildTask(v1::TaskSpec spec, absl::Time now);
+  // InvalidArgument unless `kind` is a valid name that this node runs (or,
+  // in a cluster, another live node).
+  absl::Status CheckKind(const std::string& kind) const;
+  // Whether this node's workers run `kind` (any, when the pool names none).
+  bool RunsKind(const std::string& kind) const {
+    return kinds_.empty() || kinds_.count(kind) > 0;
+  }
   // Start's parts: the unfinished tasks of the store queued again (a
   // RUNNING one lost its attempt), and the pool's callbacks into this.
   absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
@@ -442,6 +449,9 @@ class Scheduler {
   // How many tasks the node holds at most (running or queued locally):
   // its workers' room plus about 20 ms of the tasks it has been starting.
   int LocalTargetLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many of a submission this node takes at insert (its target less
+  // what is ready; none while it must not, is stopping or drains).
+  int InsertBudgetLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives tasks that waited here too long beyond the workers' room back to
   // the shared queue, and arms the loop to look again.
   void GiveBackStaleLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -77,23 +77,25 @@ int Scheduler::LocalTargetLocked(absl::Time now) {
   return pool_.Room() + buffer_;
 }
 
-void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
-                                    SubmitDone done, Deferred& d) {
+int Scheduler::InsertBudgetLocked(absl::Time now) {
+  if (!own_allowed_ || stop_ || draining_) return 0;
   // Alone, a node takes at least this many at insert before it knows its
   // rate (a node just started, or one whose buffer was given back).
   // Enough for a producer with several batches in flight: a first burst
   // beyond it goes to the shared queue, and everything after it too until
   // claims have caught up (each task then costs a claim).
   constexpr int kAloneFloor = 2000;
-  const absl::Time now = clock_.Now();
-  int budget = 0;
-  if (own_allowed_ && !stop_ && !draining_) {
-    int target = LocalTargetLocked(now);
-    if (work_source_->HoldAlone() > absl::ZeroDuration()) {
-      target = std::max(target, pool_.Room() + kAloneFloor);
-    }
-    budget = target - static_cast<int>(ready_.size());
+  int target = LocalTargetLocked(now);
+  if (work_source_->HoldAlone() > absl::ZeroDuration()) {
+    target = std::max(target, pool_.Room() + kAloneFloor);
   }
+  return target - static_cast<int>(ready_.size());
+}
+
+void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
+                                    SubmitDone done, Deferred& d) {
+  const absl::Time now = clock_.Now();
+  int budget = InsertBudgetLocked(now);
   std::vector<bool> own(tasks.size(), false);
   std::vector<size_t> asked;
   // Claimable tasks go to the shared queue: later submissions go there
@@ -103,7 +105,7 @@ void Scheduler::SubmitClusterLocked(std::vector<v1::Task> tasks,
     const v1::Task& t = tasks[i];
     if (t.has_not_before() && FromProto(t.not_before()) > now) continue;
     // A kind only other nodes run waits for them in the shared queue.
-    if (!kinds_.empty() && kinds_.count(t.kind()) == 0) continue;
+    if (!RunsKind(t.kind())) continue;
     // (The store inserts a task with an idempotency key unclaimed.)
     to_shared |= budget <= 0 || !t.idempotency_key().empty();
     if (budget <= 0) break;

@@ -26,6 +26,21 @@ bool ValidName(absl::string_view s, size_t max_len) {
   return true;
 }
 
+// At most 32 labels, keys of 1-64 bytes, values up to 256.
+absl::Status CheckLabels(const v1::TaskSpec& spec) {
+  if (spec.labels_size() > 32) {
+    return absl::InvalidArgumentError("more than 32 labels");
+  }
+  for (const auto& [k, v] : spec.labels()) {
+    if (k.empty() || k.size() > 64 || v.size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "label '", k.substr(0, 64),
+          "' is invalid: keys 1-64 bytes, values up to 256 bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Every accepted id of `ids` becomes `why`.
 void Refuse(std::vector<absl::StatusOr<std::string>>& ids,
             const absl::Status& why) {
@@ -45,28 +60,29 @@ void Scheduler::QueuedLocked(const std::map<std::string, int64_t>& adding,
   if (!delayed_.empty()) WakeAtLocked(delayed_.begin()->first);
 }
 
-absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
-                                              absl::Time now) {
-  if (!ValidName(spec.kind(), 128)) {
+absl::Status Scheduler::CheckKind(const std::string& kind) const {
+  if (!ValidName(kind, 128)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("task kind '", spec.kind().substr(0, 128),
+        absl::StrCat("task kind '", kind.substr(0, 128),
                      "' is invalid: want 1-128 characters of [A-Za-z0-9_.:-]"));
   }
-  if (!kinds_.empty() && kinds_.count(spec.kind()) == 0) {
-    // A cluster node takes a kind another live node runs, for it.
-    if (work_source_ != nullptr) {
-      if (!work_source_->OtherNodeRuns(spec.kind())) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "unknown task kind '", spec.kind(),
-            "': no live node of the cluster runs it; this node's kinds: ",
-            absl::StrJoin(kinds_, ", ")));
-      }
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown task kind '", spec.kind(),
-                       "'; known kinds: ", absl::StrJoin(kinds_, ", ")));
-    }
+  if (RunsKind(kind)) return absl::OkStatus();
+  if (work_source_ == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown task kind '", kind,
+                     "'; known kinds: ", absl::StrJoin(kinds_, ", ")));
   }
+  // A cluster node takes a kind another live node runs, for it.
+  if (work_source_->OtherNodeRuns(kind)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown task kind '", kind,
+      "': no live node of the cluster runs it; this node's kinds: ",
+      absl::StrJoin(kinds_, ", ")));
+}
+
+absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
+                                              absl::Time now) {
+  if (absl::Status s = CheckKind(spec.kind()); !s.ok()) return s;
   if (spec.queue().empty()) spec.set_queue("default");
   if (!ValidName(spec.queue(), 64)) {
     return absl::InvalidArgumentError(
@@ -114,16 +130,7 @@ absl::StatusOr<v1::Task> Scheduler::BuildTask(v1::TaskSpec spec,
     return absl::InvalidArgumentError(
         "idempotency_key is longer than 256 bytes");
   }
-  if (spec.labels_size() > 32) {
-    return absl::InvalidArgumentError("more than 32 labels");
-  }
-  for (const auto& [k, v] : spec.labels()) {
-    if (k.empty() || k.size() > 64 || v.size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "label '", k.substr(0, 64),
-          "' is invalid: keys 1-64 bytes, values up to 256 bytes"));
-    }
-  }
+  if (absl::Status s = CheckLabels(spec); !s.ok()) return s;
 
   v1::Task t;
   t.set_id(NewTaskId());

@@ -196,6 +196,14 @@ class PostgresStore final : public Store, public WorkSource {
       ABSL_LOCKS_EXCLUDED(upkeep_mu_, kinds_mu_);
   // Whether another node is live (alone_), read on `conn`.
   absl::Status CountOtherNodes(Conn& conn);
+  // CountOtherNodes on the upkeep connection.
+  absl::Status CountOtherNodesNow() ABSL_LOCKS_EXCLUDED(upkeep_mu_);
+  // The upkeep thread's parts: a LISTEN connection for the cluster's
+  // channels (null on failure), after which what it may have missed is
+  // looked at again; and a count of the nodes when one announced itself
+  // since `counted` (the announcements seen at the last count).
+  std::unique_ptr<Conn> Listen(const Callbacks& cb);
+  void CountIfAnnounced(uint64_t& counted);
   void UpkeepLoop();
   // Reads the LISTEN connection's notifications and hands them on.
   void HandleNotifications(Conn& listen, const Callbacks& cb);

@@ -236,6 +236,37 @@ void PostgresStore::PublishEvent(const v1::TaskEvent& event) {
 // with poll() so the timers below keep running), the heartbeat every
 // lease/3, the self-fence check, the reaper every lease/2, and the
 // fallback polls for work and for finished tasks.
+std::unique_ptr<PostgresStore::Conn> PostgresStore::Listen(
+    const Callbacks& cb) {
+  absl::StatusOr<std::unique_ptr<Conn>> c =
+      Conn::Connect(uri_, durability_, IdleTxnTimeout(cluster_));
+  if (!c.ok() ||
+      !(*c)->Command("LISTEN forq_work; LISTEN forq_done; LISTEN "
+                     "forq_cancel; LISTEN forq_event; LISTEN forq_watch; "
+                     "LISTEN forq_node",
+                     "listen")
+           .ok()) {
+    return nullptr;
+  }
+  // Nodes announced while not listening are counted.
+  (void)CountOtherNodesNow();
+  // Notifications sent while not listening are lost: look again.
+  if (cb.wake) cb.wake();
+  if (cb.finished) cb.finished({});
+  return std::move(*c);
+}
+
+void PostgresStore::CountIfAnnounced(uint64_t& counted) {
+  const uint64_t heard = node_notices_.load(std::memory_order_acquire);
+  if (heard == counted) return;
+  // A node started or registered its kinds: count again now, not at the
+  // next heartbeat, so its kinds are accepted here at once.
+  counted = heard;
+  if (!CountOtherNodesNow().ok()) {
+    alone_.store(false, std::memory_order_release);
+  }
+}
+
 void PostgresStore::UpkeepLoop() {
   std::unique_ptr<Conn> listen;
   absl::Time next_listen_try = absl::InfinitePast();
@@ -256,26 +287,7 @@ void PostgresStore::UpkeepLoop() {
       if (now >= next_listen_try) {
         next_listen_try = now + absl::Seconds(1);
         listen.reset();
-        absl::StatusOr<std::unique_ptr<Conn>> c =
-            Conn::Connect(uri_, durability_, IdleTxnTimeout(cluster_));
-        if (c.ok() &&
-            (*c)->Command("LISTEN forq_work; LISTEN forq_done; LISTEN "
-                          "forq_cancel; LISTEN forq_event; LISTEN forq_watch; "
-                          "LISTEN forq_node",
-                          "listen")
-                .ok()) {
-          listen = std::move(*c);
-          // Nodes announced while not listening are counted.
-          {
-            MutexLock lock(&upkeep_mu_);
-            if (upkeep_conn_->EnsureOk().ok()) {
-              (void)CountOtherNodes(*upkeep_conn_);
-            }
-          }
-          // Notifications sent while not listening are lost: look again.
-          if (cb.wake) cb.wake();
-          if (cb.finished) cb.finished({});
-        }
+        listen = Listen(cb);
       }
     }
     // Waits for a notification or the next timer (at most the poll
@@ -307,17 +319,7 @@ void PostgresStore::UpkeepLoop() {
       next_watch_refresh = now + kWatchRefresh;
       RefreshWatches();
     }
-    if (const uint64_t heard = node_notices_.load(std::memory_order_acquire);
-        heard != notices_counted) {
-      // A node started or registered its kinds: count again now, not at
-      // the next heartbeat, so its kinds are accepted here at once.
-      notices_counted = heard;
-      MutexLock lock(&upkeep_mu_);
-      if (!upkeep_conn_->EnsureOk().ok() ||
-          !CountOtherNodes(*upkeep_conn_).ok()) {
-        alone_.store(false, std::memory_order_release);
-      }
-    }
+    CountIfAnnounced(notices_counted);
     CheckSelfFence();
     if (now >= next_heartbeat) {
       absl::Status s = Heartbeat();

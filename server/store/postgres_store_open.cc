@@ -360,6 +360,12 @@ absl::Status PostgresStore::CountOtherNodes(Conn& conn) {
   return absl::OkStatus();
 }
 
+absl::Status PostgresStore::CountOtherNodesNow() {
+  MutexLock lock(&upkeep_mu_);
+  FORQ_RETURN_IF_ERROR(upkeep_conn_->EnsureOk());
+  return CountOtherNodes(*upkeep_conn_);
+}
+
 absl::Status PostgresStore::RegisterKinds(std::vector<std::string> kinds) {
   Param kinds_param = TextArrayOrNull(kinds);
   {
