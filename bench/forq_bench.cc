@@ -36,8 +36,10 @@
 // calls and context switches of the server's whole process tree over the
 // measured stretch: CPU from /proc/PID/stat, context switches from
 // /proc/PID/task/TID/status (voluntary + involuntary), system calls from
-// `perf stat -e raw_syscalls:sys_enter -p PIDS` (--perf=auto, when perf
-// works; otherwise read+write calls only, from /proc/PID/io, marked "rw").
+// `perf stat -e raw_syscalls:sys_enter -p PIDS` over a second, untimed pass
+// of the same work (perf's tracepoint slows every system call it counts)
+// (--perf=auto, when perf works; otherwise read+write calls only, from
+// /proc/PID/io, marked "rw").
 //   map      Map and MapUnordered over N echo inputs (default window);
 //            --map=single also speaks the pre-MapBatched protocol (one input
 //            and one result per message) for comparison

@@ -339,38 +339,48 @@ inline int64_t SumReadWriteCalls(const std::vector<int>& pids) {
   return total;
 }
 
-// Counters of a server's process tree over one measured stretch: CPU,
-// context switches and system calls (see the top of this file).
+// CPU, context switches and read+write calls of a server's process tree
+// over one timed stretch (see forq_bench.cc). Never runs perf: perf's
+// system call tracepoint slows every system call of the tree it counts
+// (+20-85 µs on a Submit().Get() round trip here, and Python's peers are not
+// traced), so system calls are counted in a pass of their own
+// (SyscallCount).
 class Probe {
  public:
-  Probe(int root_pid, bool use_perf) : pids_(Tree(root_pid)) {
-    if (use_perf) StartPerf();
+  explicit Probe(int root_pid) : pids_(Tree(root_pid)) {
     cpu0_ = CpuSeconds(pids_);
     ctx0_ = Ctx();
     rw0_ = SumReadWriteCalls(pids_);
   }
-  ~Probe() { StopPerf(); }
 
-  // Records "<what>: <server> CPU/syscalls/context switches per <unit>".
+  // Ends the timed stretch (Report ends it if this was not called).
+  void Stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    cpu_ = CpuSeconds(pids_) - cpu0_;
+    ctx_ = static_cast<double>(Ctx() - ctx0_);
+    rw_ = SumReadWriteCalls(pids_) - rw0_;
+  }
+
+  // Records "<what>: <server> CPU/syscalls/context switches per <unit>" over
+  // `n` units; `syscalls_per_unit` from a SyscallCount pass, or < 0 without
+  // perf (then read+write calls of the timed stretch, marked "rw").
   void Report(const std::string& what, const std::string& server, double n,
-              const std::string& unit = "task") {
-    const double cpu = CpuSeconds(pids_) - cpu0_;
-    const double ctx = static_cast<double>(Ctx() - ctx0_);
-    const int64_t rw = SumReadWriteCalls(pids_) - rw0_;
-    const int64_t sys = StopPerf();
+              const std::string& unit, double syscalls_per_unit) {
+    Stop();
     g_results->Add(absl::StrCat(what, ": ", server, " CPU per ", unit), "us",
-                   cpu * 1e6 / n);
+                   cpu_ * 1e6 / n);
     g_results->Add(
         absl::StrCat(what, ": ", server, " context switches per ", unit),
-        "switches", ctx / n);
-    if (sys >= 0) {
+        "switches", ctx_ / n);
+    if (syscalls_per_unit >= 0) {
       g_results->Add(absl::StrCat(what, ": ", server, " syscalls per ", unit),
-                     "calls", sys / n);
+                     "calls", syscalls_per_unit);
     } else {
       g_results->Add(
           absl::StrCat(what, ": ", server, " read+write syscalls per ", unit,
                        " (rw: no perf)"),
-          "calls", rw / n);
+          "calls", rw_ / n);
     }
   }
 
@@ -380,14 +390,30 @@ class Probe {
         pids_, {"voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"});
   }
 
-  void StartPerf() {
+  const std::vector<int> pids_;
+  double cpu0_ = 0;
+  int64_t ctx0_ = 0;
+  int64_t rw0_ = 0;
+  bool stopped_ = false;
+  double cpu_ = 0;
+  double ctx_ = 0;
+  double rw_ = 0;
+};
+
+// System calls of a server's process tree while it lives, from
+// `perf stat -e raw_syscalls:sys_enter -p PIDS`: for a pass that is not
+// timed (see Probe).
+class SyscallCount {
+ public:
+  explicit SyscallCount(int root_pid) {
+    const std::vector<int> pids = Tree(root_pid);
     out_ = absl::StrCat(getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
                         "/forq_bench_perf.", getpid(), ".txt");
     std::vector<std::string> args = {"perf", "stat",
                                      "-x",   ",",
                                      "-e",   "raw_syscalls:sys_enter",
                                      "-o",   out_,
-                                     "-p",   absl::StrJoin(pids_, ",")};
+                                     "-p",   absl::StrJoin(pids, ",")};
     std::vector<char*> argv;
     argv.reserve(args.size() + 1);
     for (auto& a : args) argv.push_back(a.data());
@@ -405,9 +431,12 @@ class Probe {
     }
     posix_spawn_file_actions_destroy(&fa);
   }
+  ~SyscallCount() { Stop(); }
+  SyscallCount(const SyscallCount&) = delete;
+  SyscallCount& operator=(const SyscallCount&) = delete;
 
-  // Stops perf; the syscall count, or -1 without perf.
-  int64_t StopPerf() {
+  // Stops perf; the system calls counted, or -1 without perf.
+  int64_t Stop() {
     if (perf_pid_ <= 0) return -1;
     kill(perf_pid_, SIGINT);
     int status = 0;
@@ -426,13 +455,25 @@ class Probe {
     return count;
   }
 
-  const std::vector<int> pids_;
-  double cpu0_ = 0;
-  int64_t ctx0_ = 0;
-  int64_t rw0_ = 0;
+ private:
   pid_t perf_pid_ = -1;
   std::string out_;
 };
+
+// With --perf, runs `pass` (false: it failed) once more under SyscallCount
+// and stores its system calls per unit (`n` units a pass) in *per_unit;
+// -1 there without --perf or when perf does not run here.
+template <typename Pass>
+bool CountSyscalls(const Flags& f, int root_pid, double n, Pass pass,
+                   double* per_unit) {
+  *per_unit = -1;
+  if (!f.perf) return true;
+  SyscallCount count(root_pid);
+  if (!pass()) return false;
+  const int64_t calls = count.Stop();
+  if (calls >= 0) *per_unit = static_cast<double>(calls) / n;
+  return true;
+}
 
 // The bare echo server: TaskService.Get answering {id} at once from the
 // callback thread, nothing else (no interceptor, no forq code).

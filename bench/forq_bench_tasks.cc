@@ -109,28 +109,37 @@ int SectionE2E(const Flags& f) {
               std::cerr << "start forqd: " << s.status() << "\n";
               return 1;
             }
-            Probe probe(s->forqd->pid(), f.perf);
+            // Submits N echoes (time taken in last_submit_s), then gets every
+            // result; false on a wrong or failed one.
+            double last_submit_s = 0;
+            const auto pass = [&] {
+              const auto t0 = Clock::now();
+              absl::StatusOr<std::vector<TaskFuture>> submitted =
+                  SubmitEchoes(*s->client, f.n, mode);
+              if (!submitted.ok()) {
+                std::cerr << mode << " submit: " << submitted.status() << "\n";
+                return false;
+              }
+              last_submit_s = SecondsSince(t0);
+              int bad = 0;
+              for (int i = 0; i < f.n; ++i) {
+                auto r = (*submitted)[i].Get();
+                if (!r.ok() || *r != absl::StrCat(i)) ++bad;
+              }
+              if (bad > 0) std::cerr << "e2e: " << bad << " wrong or failed\n";
+              return bad == 0;
+            };
+            const int pid = s->forqd->pid();
+            Probe probe(pid);
             const double self0 = CpuSeconds({getpid()});
             const auto t0 = Clock::now();
-            absl::StatusOr<std::vector<TaskFuture>> submitted =
-                SubmitEchoes(*s->client, f.n, mode);
-            if (!submitted.ok()) {
-              std::cerr << mode << " submit: " << submitted.status() << "\n";
-              return 1;
-            }
-            std::vector<TaskFuture>& futs = *submitted;
-            const double submit_s = SecondsSince(t0);
-            int bad = 0;
-            for (int i = 0; i < f.n; ++i) {
-              auto r = futs[i].Get();
-              if (!r.ok() || *r != absl::StrCat(i)) ++bad;
-            }
+            if (!pass()) return 1;
             const double total_s = SecondsSince(t0);
             const double self = CpuSeconds({getpid()}) - self0;
-            if (bad > 0) {
-              std::cerr << "e2e: " << bad << " wrong or failed results\n";
-              return 1;
-            }
+            const double submit_s = last_submit_s;
+            probe.Stop();
+            double syscalls = -1;
+            if (!CountSyscalls(f, pid, f.n, pass, &syscalls)) return 1;
             const std::string how =
                 absl::StrCat(!batched ? "Submit x N"
                              : async  ? "SubmitBatchAsync(100) x N/100 (8 in "
@@ -143,7 +152,7 @@ int SectionE2E(const Flags& f) {
                                         d, TransportLabel(tr), ", end to end"),
                            "tasks/s", f.n / total_s);
             g_results->Add(op + ", submit only", "tasks/s", f.n / submit_s);
-            probe.Report(op, "forqd tree", f.n);
+            probe.Report(op, "forqd tree", f.n, "task", syscalls);
             g_results->Add(op + ": client CPU per task", "us",
                            self * 1e6 / f.n);
           }
@@ -156,21 +165,29 @@ int SectionE2E(const Flags& f) {
 
 namespace {
 
-// Times `op` --rtt_samples times with the probe on `pid` (its CPU, calls and
-// switches per `unit`, reported as `server`), records "<name> p50" and
+// Times `op` --rtt_samples times with the probe on `pid` (its CPU and
+// switches per `unit`, reported as `server`; its system calls in a second,
+// untimed pass), records "<name> p50" and
 // "<name> p99"; returns the p50, or -1 once a call failed.
 template <typename Op>
 double MeasureRtt(const Flags& f, const std::string& name, int pid,
                   const std::string& server, const std::string& unit, Op op) {
   std::vector<double> us;
-  {
-    Probe probe(pid, f.perf);
-    if (!Rtt(f.rtt_samples, op, &us)) {
-      std::cerr << name << ": a call failed\n";
-      return -1;
-    }
-    probe.Report(name, server, f.rtt_samples + 100, unit);
+  Probe probe(pid);
+  if (!Rtt(f.rtt_samples, op, &us)) {
+    std::cerr << name << ": a call failed\n";
+    return -1;
   }
+  probe.Stop();
+  std::vector<double> untimed;
+  double syscalls = -1;
+  if (!CountSyscalls(
+          f, pid, f.rtt_samples + 100,
+          [&] { return Rtt(f.rtt_samples, op, &untimed); }, &syscalls)) {
+    std::cerr << name << ": a call failed\n";
+    return -1;
+  }
+  probe.Report(name, server, f.rtt_samples + 100, unit, syscalls);
   g_results->Add(name + " p50", "us", Pct(us, 50));
   g_results->Add(name + " p99", "us", Pct(us, 99));
   return Pct(us, 50);
@@ -276,6 +293,34 @@ absl::StatusOr<int64_t> MapOneByOne(const std::string& address, int n,
   return got;
 }
 
+// Maps n echo inputs on `s`, by the client library ("batched") or one per
+// message ("single"); false (and why on stderr) unless all n succeeded.
+bool MapPass(Server& s, int n, bool ordered, const std::string& how) {
+  std::vector<std::string> inputs;
+  inputs.reserve(n);
+  for (int i = 0; i < n; ++i) inputs.push_back(absl::StrCat(i));
+  int64_t got = 0, bad = 0;
+  absl::Status status;
+  if (how == "batched") {
+    MapStream stream = ordered
+                           ? s.client->Map("echo", std::move(inputs))
+                           : s.client->MapUnordered("echo", std::move(inputs));
+    for (const MapItem& r : stream) {
+      ++got;
+      if (!r.ok()) ++bad;
+    }
+    status = stream.status();
+  } else {
+    absl::StatusOr<int64_t> r = MapOneByOne(s.address, n, ordered, &bad);
+    status = r.status();
+    if (r.ok()) got = *r;
+  }
+  if (status.ok() && got == n && bad == 0) return true;
+  std::cerr << "map: status " << status << ", " << got << " results, " << bad
+            << " failed\n";
+  return false;
+}
+
 }  // namespace
 
 int SectionMap(const Flags& f) {
@@ -290,32 +335,16 @@ int SectionMap(const Flags& f) {
               std::cerr << "start forqd: " << s.status() << "\n";
               return 1;
             }
-            std::vector<std::string> inputs;
-            inputs.reserve(f.n);
-            for (int i = 0; i < f.n; ++i) inputs.push_back(absl::StrCat(i));
-            Probe probe(s->forqd->pid(), f.perf);
+            const int pid = s->forqd->pid();
+            Probe probe(pid);
             const auto t0 = Clock::now();
-            int64_t got = 0, bad = 0;
-            absl::Status status;
-            if (how == "batched") {
-              MapStream stream =
-                  ordered ? s->client->Map("echo", std::move(inputs))
-                          : s->client->MapUnordered("echo", std::move(inputs));
-              for (const MapItem& r : stream) {
-                ++got;
-                if (!r.ok()) ++bad;
-              }
-              status = stream.status();
-            } else {
-              absl::StatusOr<int64_t> r =
-                  MapOneByOne(s->address, f.n, ordered, &bad);
-              status = r.status();
-              if (r.ok()) got = *r;
-            }
+            if (!MapPass(*s, f.n, ordered, how)) return 1;
             const double secs = SecondsSince(t0);
-            if (!status.ok() || got != f.n || bad != 0) {
-              std::cerr << "map: status " << status << ", " << got
-                        << " results, " << bad << " failed\n";
+            probe.Stop();
+            double syscalls = -1;
+            if (!CountSyscalls(
+                    f, pid, f.n, [&] { return MapPass(*s, f.n, ordered, how); },
+                    &syscalls)) {
               return 1;
             }
             const std::string name = absl::StrCat(
@@ -326,7 +355,7 @@ int SectionMap(const Flags& f) {
                              kDefaultMapWindow, ", ", d, TransportLabel(tr)),
                 "tasks/s", f.n / secs);
             probe.Report(absl::StrCat(name, " ", d, TransportLabel(tr)),
-                         "forqd tree", f.n);
+                         "forqd tree", f.n, "task", syscalls);
           }
         }
       }
