@@ -488,7 +488,7 @@ class SessionReactor final
   // Starts the next write, or finishes once the client has half-closed and
   // every operation is answered. Never holds mu_ across gRPC calls.
   void MaybeWrite() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
+    enum { kNothing, kWrite, kFinish, kAgain } action = kNothing;
     grpc::Status end;
     {
       MutexLock lock(&mu_);
@@ -499,11 +499,7 @@ class SessionReactor final
           action = kFinish;
         }
       } else if (!out_.empty()) {
-        current_.Clear();
-        for (auto& res : out_) current_.add_results()->Swap(&res);
-        out_.clear();
-        writing_ = true;
-        action = kWrite;
+        action = SerializeOutLocked() ? kWrite : kAgain;
       } else if (!reading_ && in_flight_ == 0) {
         finished_ = true;
         action = kFinish;
@@ -511,25 +507,36 @@ class SessionReactor final
       if (action == kFinish) end = end_status_;
     }
     if (action == kWrite) {
-      bool own_buffer = false;
-      out_buf_.Clear();
-      if (!grpc::SerializationTraits<v1::SessionResponse>::Serialize(
-               current_, &out_buf_, &own_buffer)
-               .ok()) {
-        {
-          MutexLock lock(&mu_);
-          writing_ = false;
-          broken_ = true;
-          end_status_ = grpc::Status(grpc::StatusCode::INTERNAL,
-                                     "cannot serialize a Session response");
-        }
-        MaybeWrite();
-        return;
-      }
       StartWrite(&out_buf_);
     } else if (action == kFinish) {
       Finish(std::move(end));
+    } else if (action == kAgain) {
+      MaybeWrite();
     }
+  }
+
+  // Moves the queued results into out_buf_ and marks the stream writing;
+  // false (the stream broken, INTERNAL) when they cannot be serialized.
+  // Under mu_ so that the next writer's use of out_buf_ is ordered after
+  // this one through mu_ alone: the order gRPC gives StartWrite and
+  // OnWriteDone runs through its own threads, which ThreadSanitizer cannot
+  // see in Debian's uninstrumented libgrpc.
+  bool SerializeOutLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    current_.Clear();
+    for (auto& res : out_) current_.add_results()->Swap(&res);
+    out_.clear();
+    bool own_buffer = false;
+    out_buf_.Clear();
+    if (!grpc::SerializationTraits<v1::SessionResponse>::Serialize(
+             current_, &out_buf_, &own_buffer)
+             .ok()) {
+      broken_ = true;
+      end_status_ = grpc::Status(grpc::StatusCode::INTERNAL,
+                                 "cannot serialize a Session response");
+      return false;
+    }
+    writing_ = true;
+    return true;
   }
 
   ManagerRouter& core_;
@@ -539,10 +546,11 @@ class SessionReactor final
   grpc::ByteBuffer in_buf_;
   int64_t messages_read_ = 0;
   v1::SessionRequest in_;
-  // Touched only by the writer (writing_ set).
+  Mutex mu_;
+  // Filled under mu_ while writing_ is false (SerializeOutLocked); gRPC
+  // reads out_buf_ from StartWrite until OnWriteDone.
   v1::SessionResponse current_;
   grpc::ByteBuffer out_buf_;
-  Mutex mu_;
   std::vector<v1::SessionResult> out_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, uint64_t> parked_ ABSL_GUARDED_BY(mu_);
   size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
