@@ -87,6 +87,12 @@ class SessionStream final
     return dead_;
   }
 
+  // True when no operation is queued or waits for its answer here.
+  bool idle() {
+    MutexLock lock(&mu_);
+    return waiting_.empty() && pending_.ops_size() == 0;
+  }
+
   // Cancels the call and waits until gRPC is done with it.
   void Close() {
     {
@@ -245,6 +251,14 @@ struct Manager::Rpc {
     return resp;
   }
 
+  // True when no operation travels on the stream: every one sent before is
+  // answered, so a blocking call can go as one unary Call in the same order,
+  // without the stream's hand-off from gRPC's reader thread to the caller.
+  bool StreamIdle() {
+    MutexLock lock(&mu);
+    return stream == nullptr || stream->idle();
+  }
+
   // Queues `call` on the (re)opened stream. Returns the stream and id, or
   // a null stream if it broke right away.
   std::pair<std::shared_ptr<SessionStream>, uint64_t> Send(
@@ -297,7 +311,9 @@ ManagerFuture Manager::Async(const v1::ManagerCall& call) {
 
 absl::StatusOr<v1::ManagerResult> Manager::Call(const v1::ManagerCall& call,
                                                 absl::Duration wait) {
-  if (!rpc_->pipelined) return rpc_->Unary(&Stub::Call, call, wait);
+  if (!rpc_->pipelined || rpc_->StreamIdle()) {
+    return rpc_->Unary(&Stub::Call, call, wait);
+  }
   Promise p;
   std::future<Result> f = p.get_future();
   auto [stream, id] = rpc_->Send(call, std::move(p));

@@ -23,12 +23,14 @@
 #include "forq/client.h"
 #include "forq/manager.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/grpc_calls.h"
 #include "tests/testing/status_matchers.h"
 
 namespace forq {
 namespace {
 
 using ::forq::testing::ForqdProcess;
+using ::forq::testing::GrpcCalls;
 using ::forq::testing::IsOk;
 using ::forq::testing::StatusIs;
 using ::testing::ElementsAre;
@@ -617,6 +619,37 @@ TEST_F(MpManagerTest, SessionPipelinesAroundParkedOps) {
   absl::StatusOr<v1::ManagerResult> got = parked.Get();
   ASSERT_THAT(got, IsOk());
   EXPECT_EQ(got->value(), "x");
+}
+
+// A blocking call made while nothing is in flight goes as one unary Call;
+// behind operations in flight it rides the stream after them, so it sees
+// their effects.
+TEST_F(MpManagerTest, BlockingCallsGoUnaryOnlyWhenNothingIsInFlight) {
+  const std::string kCall = "forq.v1.ManagerService/Call";
+  const double calls0 = GrpcCalls(forqd_->http_address(), kCall);
+  Dict d = m_->dict(N("d"));
+  ASSERT_THAT(d.Set("k", "v"), IsOk());
+  EXPECT_EQ(*d.Get("k"), "v");
+  EXPECT_EQ(GrpcCalls(forqd_->http_address(), kCall), calls0 + 2);
+
+  // A parked get keeps the stream busy: the sets and the blocking Len
+  // behind them go on it, in order.
+  ManagerFuture parked =
+      m_->Async(Manager::MakeCall(v1::OBJECT_TYPE_QUEUE, "get", N("q")));
+  std::vector<ManagerFuture> sets;
+  sets.reserve(500);
+  for (int i = 0; i < 500; ++i) {
+    sets.push_back(d.SetAsync(absl::StrCat(i), "x"));
+  }
+  EXPECT_EQ(*d.Len(), 501);
+  ASSERT_THAT(m_->queue(N("q")).Put("y"), IsOk());
+  EXPECT_EQ(GrpcCalls(forqd_->http_address(), kCall), calls0 + 2);
+  ASSERT_THAT(parked.Get(), IsOk());
+  for (ManagerFuture& f : sets) ASSERT_THAT(f.Get(), IsOk());
+
+  // Everything answered: unary again.
+  EXPECT_EQ(*d.Get("7"), "x");
+  EXPECT_EQ(GrpcCalls(forqd_->http_address(), kCall), calls0 + 3);
 }
 
 }  // namespace

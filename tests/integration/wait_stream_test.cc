@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -25,6 +24,7 @@
 #include "server/http/http_test_client.h"
 #include "tests/testing/await_task.h"
 #include "tests/testing/forqd_process.h"
+#include "tests/testing/grpc_calls.h"
 #include "tests/testing/run_budget.h"
 #include "tests/testing/shared_forqd.h"
 #include "tests/testing/status_matchers.h"
@@ -37,6 +37,7 @@ using ::forq::testing::AwaitEnd;
 using ::forq::testing::AwaitNotification;
 using ::forq::testing::AwaitResult;
 using ::forq::testing::ForqdProcess;
+using ::forq::testing::GrpcCalls;
 using ::forq::testing::IsOk;
 using ::forq::testing::RunBudget;
 using ::forq::testing::SharedForqdTest;
@@ -45,32 +46,9 @@ using ::testing::HasSubstr;
 
 class WaitStreamTest : public SharedForqdTest<WaitStreamTest> {
  protected:
-  // forq_grpc_requests_total of one method, all codes summed.
-  // With `any_code`, every code's count of the method.
+  // forq_grpc_requests_total of one method (see GrpcCalls).
   static double Calls(const std::string& method, bool any_code = false) {
-    auto r =
-        server::testing::HttpCall(forqd_->http_address(), "GET", "/metrics");
-    EXPECT_THAT(r, IsOk());
-    if (!r.ok()) return -1;
-    double total = 0;
-    const std::string ok_key = absl::StrCat(
-        "forq_grpc_requests_total{code=\"OK\",method=\"", method, "\"}");
-    const std::string method_label = absl::StrCat("method=\"", method, "\"}");
-    for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
-      if (any_code) {
-        const size_t at = line.find(method_label);
-        if (!absl::StartsWith(line, "forq_grpc_requests_total{") ||
-            at == absl::string_view::npos) {
-          continue;
-        }
-        line.remove_prefix(at + method_label.size());
-      } else if (!absl::ConsumePrefix(&line, ok_key)) {
-        continue;
-      }
-      double v = 0;
-      if (absl::SimpleAtod(absl::StripAsciiWhitespace(line), &v)) total += v;
-    }
-    return total;
+    return GrpcCalls(forqd_->http_address(), method, any_code);
   }
 
   static std::unique_ptr<v1::TaskService::Stub> Stub() {

@@ -60,7 +60,9 @@ struct ManagerOptions {
   // Shown in forqd's logs.
   std::string client_name = "libforq";
   // Send operations over one pipelined ManagerService.Session stream
-  // (many in flight, see Manager::Async); false = one unary Call each.
+  // (many in flight, see Manager::Async); a blocking call made while none
+  // is in flight goes as one unary Call (same order, and no hand-off from
+  // the stream's reader thread). false = one unary Call each.
   bool pipelined = true;
 };
 
