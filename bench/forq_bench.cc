@@ -28,9 +28,9 @@
 //            --wait: futures wait on the client's WaitStream ("stream", the
 //            default) and/or with one Wait RPC each ("rpc", the old way)
 //   rtt      Submit(echo) then Get(), --rtt_samples times: p50/p99; the
-//            unary GetPool baseline; and a bare gRPC callback echo server
+//            unary GetPool baseline and a bare gRPC callback echo server
 //            (this binary re-run as a child process, no forq code on the
-//            call path) as the floor of a unary call here
+//            call path), the floor of a unary call here, timed in turn
 //
 // e2e, rtt and map also print, per task (or call), the CPU time, system
 // calls and context switches of the server's whole process tree over the

@@ -1,5 +1,8 @@
 // forq_bench sections of the task path: submit, batch, e2e, rtt and map
 // (see bench/forq_bench.cc).
+#include <functional>
+#include <memory>
+
 #include "bench/forq_bench.h"
 
 namespace forq::bench {
@@ -165,32 +168,57 @@ int SectionE2E(const Flags& f) {
 
 namespace {
 
-// Times `op` --rtt_samples times with the probe on `pid` (its CPU and
-// switches per `unit`, reported as `server`; its system calls in a second,
-// untimed pass), records "<name> p50" and
-// "<name> p99"; returns the p50, or -1 once a call failed.
-template <typename Op>
-double MeasureRtt(const Flags& f, const std::string& name, int pid,
-                  const std::string& server, const std::string& unit, Op op) {
-  std::vector<double> us;
-  Probe probe(pid);
-  if (!Rtt(f.rtt_samples, op, &us)) {
-    std::cerr << name << ": a call failed\n";
-    return -1;
+// One round trip of the rtt section: its result name, the server process
+// tree it costs (CPU and switches per `unit`, reported as `server`) and the
+// call; p50 is filled in by MeasureRtts.
+struct RttOp {
+  std::string name;
+  int pid = 0;
+  std::string server;
+  std::string unit;
+  std::function<bool()> op;
+  double p50 = -1;
+};
+
+// Times the calls of `ops` in turn, one of each per round, --rtt_samples
+// rounds after 100 warm-up ones: calls timed together see the machine at
+// the same moments (its speed here moves by up to 2x within minutes), so
+// their ratio holds. Records "<name> p50" and "<name> p99" and the probes'
+// figures, the system calls from an untimed pass of each call alone; false
+// once a call failed.
+bool MeasureRtts(const Flags& f, std::vector<RttOp>& ops) {
+  const int rounds = f.rtt_samples + 100;
+  std::vector<std::vector<double>> us(ops.size());
+  std::vector<std::unique_ptr<Probe>> probes;
+  for (const RttOp& o : ops) probes.push_back(std::make_unique<Probe>(o.pid));
+  for (int i = 0; i < rounds; ++i) {
+    for (size_t k = 0; k < ops.size(); ++k) {
+      const auto t0 = Clock::now();
+      if (!ops[k].op()) {
+        std::cerr << ops[k].name << ": a call failed\n";
+        return false;
+      }
+      if (i >= 100) us[k].push_back(SecondsSince(t0) * 1e6);
+    }
   }
-  probe.Stop();
-  std::vector<double> untimed;
-  double syscalls = -1;
-  if (!CountSyscalls(
-          f, pid, f.rtt_samples + 100,
-          [&] { return Rtt(f.rtt_samples, op, &untimed); }, &syscalls)) {
-    std::cerr << name << ": a call failed\n";
-    return -1;
+  for (auto& p : probes) p->Stop();
+  for (size_t k = 0; k < ops.size(); ++k) {
+    RttOp& o = ops[k];
+    std::vector<double> untimed;
+    double syscalls = -1;
+    if (!CountSyscalls(
+            f, o.pid, rounds,
+            [&] { return Rtt(f.rtt_samples, o.op, &untimed); }, &syscalls)) {
+      std::cerr << o.name << ": a call failed\n";
+      return false;
+    }
+    probes[k]->Report(o.name, o.server, rounds, o.unit, syscalls);
+    std::sort(us[k].begin(), us[k].end());
+    o.p50 = Pct(us[k], 50);
+    g_results->Add(o.name + " p50", "us", o.p50);
+    g_results->Add(o.name + " p99", "us", Pct(us[k], 99));
   }
-  probe.Report(name, server, f.rtt_samples + 100, unit, syscalls);
-  g_results->Add(name + " p50", "us", Pct(us, 50));
-  g_results->Add(name + " p99", "us", Pct(us, 99));
-  return Pct(us, 50);
+  return true;
 }
 
 }  // namespace
@@ -208,26 +236,21 @@ int SectionRtt(const Flags& f) {
         }
         Client* c = s->client.get();
         const int pid = s->forqd->pid();
-        if (MeasureRtt(f, absl::StrCat("Submit().Get() echo RTT ", dt), pid,
-                       "forqd tree", "task", [&] {
-                         auto fu = c->Submit("echo", "x");
-                         return fu.ok() && fu->Get().ok();
-                       }) < 0) {
-          return 1;
-        }
+        std::vector<RttOp> submit_get = {
+            {absl::StrCat("Submit().Get() echo RTT ", dt), pid, "forqd tree",
+             "task", [&] {
+               auto fu = c->Submit("echo", "x");
+               return fu.ok() && fu->Get().ok();
+             }}};
+        if (!MeasureRtts(f, submit_get)) return 1;
         // The same round trip as one call (Submit with wait: pool.apply).
-        if (MeasureRtt(f, absl::StrCat("Apply() echo RTT ", dt), pid,
-                       "forqd tree", "task",
-                       [&] { return c->Apply("echo", "x").ok(); }) < 0) {
-          return 1;
-        }
-        // Baseline: a unary call that touches neither store nor workers.
-        const double getpool_p50 = MeasureRtt(
-            f, absl::StrCat("GetPool() RTT (unary baseline) ", dt), pid,
-            "forqd tree", "call", [&] { return c->GetPool().ok(); });
-        if (getpool_p50 < 0) return 1;
-        // Floor: a bare gRPC callback server (child process) answering
-        // TaskService.Get with the request's id, same machine, same moment.
+        std::vector<RttOp> apply = {
+            {absl::StrCat("Apply() echo RTT ", dt), pid, "forqd tree", "task",
+             [&] { return c->Apply("echo", "x").ok(); }}};
+        if (!MeasureRtts(f, apply)) return 1;
+        // Baseline: a unary call that touches neither store nor workers,
+        // timed in turn with its floor: a bare gRPC callback server (child
+        // process) answering TaskService.Get with the request's id.
         auto echo = EchoServer::Start(tr);
         if (!echo.ok()) {
           std::cerr << "echo server: " << echo.status() << "\n";
@@ -235,20 +258,22 @@ int SectionRtt(const Flags& f) {
         }
         auto stub = v1::TaskService::NewStub(grpc::CreateChannel(
             (*echo)->address(), grpc::InsecureChannelCredentials()));
-        const double echo_p50 = MeasureRtt(
-            f, absl::StrCat("bare gRPC callback echo RTT", TransportLabel(tr)),
-            (*echo)->pid(), "echo server", "call", [&] {
-              grpc::ClientContext ctx;
-              ctx.set_deadline(
-                  absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-              v1::GetTaskRequest req;
-              req.set_id("echo");
-              v1::Task resp;
-              return stub->Get(&ctx, req, &resp).ok() && resp.id() == "echo";
-            });
-        if (echo_p50 < 0) return 1;
+        std::vector<RttOp> unary = {
+            {absl::StrCat("GetPool() RTT (unary baseline) ", dt), pid,
+             "forqd tree", "call", [&] { return c->GetPool().ok(); }},
+            {absl::StrCat("bare gRPC callback echo RTT", TransportLabel(tr)),
+             (*echo)->pid(), "echo server", "call", [&] {
+               grpc::ClientContext ctx;
+               ctx.set_deadline(
+                   absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+               v1::GetTaskRequest req;
+               req.set_id("echo");
+               v1::Task resp;
+               return stub->Get(&ctx, req, &resp).ok() && resp.id() == "echo";
+             }}};
+        if (!MeasureRtts(f, unary)) return 1;
         g_results->Add(absl::StrCat("GetPool p50 / bare echo p50, ", dt),
-                       "ratio", getpool_p50 / echo_p50);
+                       "ratio", unary[0].p50 / unary[1].p50);
       }
     }
   }
