@@ -129,6 +129,104 @@ std::string DefaultNodeId() {
                       absl::ToUnixSeconds(absl::Now()));
 }
 
+// Version 1 kept the attempt only inside `data`: copies it into its column
+// for the unfinished tasks (finished ones are never claimed again except
+// through Retry, which writes the column).
+absl::Status CopyAttemptsOut(Conn& writer) {
+  FORQ_ASSIGN_OR_RETURN(
+      Result rows,
+      writer.Run("migrate_read",
+                 absl::StrCat("SELECT data FROM tasks WHERE state IN (",
+                              static_cast<int>(v1::QUEUED), ", ",
+                              static_cast<int>(v1::RUNNING), ")"),
+                 {}, "read unfinished tasks to migrate"));
+  for (int r = 0; r < PQntuples(rows.get()); ++r) {
+    FORQ_ASSIGN_OR_RETURN(v1::Task task, ParseTask(rows.get(), r, 0));
+    FORQ_RETURN_IF_ERROR(
+        writer
+            .Run("migrate_attempt",
+                 "UPDATE tasks SET attempt = $2 WHERE id = $1",
+                 {Param::Text(task.id()), Param::Int(task.attempt())},
+                 "migrate attempt")
+            .status());
+  }
+  return absl::OkStatus();
+}
+
+// Creates the schema or migrates it to PostgresStore::kSchemaVersion in one
+// transaction, under a transaction-scoped advisory lock so that nodes starting
+// together do it once; refuses a schema newer than this forqd.
+absl::Status CreateOrMigrateSchema(Conn& writer) {
+  FORQ_RETURN_IF_ERROR(writer.Command("BEGIN", "begin migration"));
+  absl::Cleanup rollback = [&] {
+    (void)writer.Command("ROLLBACK", "rollback migration");
+  };
+  // The cluster's idle-in-transaction timeout (lease/2) is for a paused
+  // node's row locks; a migration paused between its statements (a busy
+  // host) must not lose its session to it.
+  FORQ_RETURN_IF_ERROR(
+      writer.Command("SET LOCAL idle_in_transaction_session_timeout = 0",
+                     "migration timeout"));
+  FORQ_RETURN_IF_ERROR(writer.Command(
+      absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ", 2)").c_str(),
+      "lock schema"));
+  FORQ_RETURN_IF_ERROR(writer.Command(
+      "CREATE TABLE IF NOT EXISTS forq_schema_version(version INTEGER NOT "
+      "NULL)",
+      "create forq_schema_version"));
+  FORQ_ASSIGN_OR_RETURN(
+      Result res, writer.Run("version",
+                             "SELECT COALESCE(max(version), 0)::text FROM "
+                             "forq_schema_version",
+                             {}, "read schema version"));
+  int version = 0;
+  // Binary format of a text column is its bytes.
+  (void)absl::SimpleAtoi(absl::string_view(PQgetvalue(res.get(), 0, 0),
+                                           PQgetlength(res.get(), 0, 0)),
+                         &version);
+  if (version > PostgresStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "postgres store: schema version ", version,
+        " is newer than this forqd supports (", PostgresStore::kSchemaVersion,
+        "); upgrade forqd or use another database or schema"));
+  }
+  if (version < PostgresStore::kSchemaVersion) {
+    FORQ_RETURN_IF_ERROR(writer.Command(kSchema, "create schema"));
+    FORQ_RETURN_IF_ERROR(writer.Command(kSchemaV2, "migrate schema to v2"));
+    FORQ_RETURN_IF_ERROR(writer.Command(kSchemaV3, "migrate schema to v3"));
+    FORQ_RETURN_IF_ERROR(writer.Command(kSchemaV4, "migrate schema to v4"));
+    if (version == 1) FORQ_RETURN_IF_ERROR(CopyAttemptsOut(writer));
+    FORQ_RETURN_IF_ERROR(writer.Command(
+        absl::StrCat("DELETE FROM forq_schema_version; INSERT INTO "
+                     "forq_schema_version VALUES(",
+                     PostgresStore::kSchemaVersion, ")")
+            .c_str(),
+        "write schema version"));
+  }
+  std::move(rollback).Cancel();
+  return writer.Command("COMMIT", "commit migration");
+}
+
+// Takes the store's advisory lock on `lock`'s session: shared by cluster
+// nodes, exclusive for a single-node forqd.
+absl::Status TakeStoreLock(Conn& lock, bool shared) {
+  FORQ_ASSIGN_OR_RETURN(
+      Result res,
+      lock.Run(shared ? "lock_shared" : "lock",
+               absl::StrCat("SELECT pg_try_advisory_lock",
+                            shared ? "_shared(" : "(", kLockKey, ", 1)::text"),
+               {}, "take the store lock"));
+  if (absl::string_view(PQgetvalue(res.get(), 0, 0)) != "true") {
+    return absl::FailedPreconditionError(
+        shared ? "postgres store: the database schema is in use by a "
+                 "single-node forqd (advisory lock held); cluster nodes "
+                 "cannot share it"
+               : "postgres store: the database schema is in use by another "
+                 "forqd or store (advisory lock held)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 bool PostgresStore::IsUri(absl::string_view text) {
@@ -145,79 +243,7 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Conn> writer,
                         Conn::Connect(options.postgres_uri, options.durability,
                                       IdleTxnTimeout(options.cluster)));
-  // Schema: created or migrated under a transaction-scoped advisory lock,
-  // so nodes starting together do it once.
-  {
-    FORQ_RETURN_IF_ERROR(writer->Command("BEGIN", "begin migration"));
-    absl::Cleanup rollback = [&] {
-      (void)writer->Command("ROLLBACK", "rollback migration");
-    };
-    // The cluster's idle-in-transaction timeout (lease/2) is for a paused
-    // node's row locks; a migration paused between its statements (a busy
-    // host) must not lose its session to it.
-    FORQ_RETURN_IF_ERROR(
-        writer->Command("SET LOCAL idle_in_transaction_session_timeout = 0",
-                        "migration timeout"));
-    FORQ_RETURN_IF_ERROR(writer->Command(
-        absl::StrCat("SELECT pg_advisory_xact_lock(", kLockKey, ", 2)").c_str(),
-        "lock schema"));
-    FORQ_RETURN_IF_ERROR(writer->Command(
-        "CREATE TABLE IF NOT EXISTS forq_schema_version(version INTEGER NOT "
-        "NULL)",
-        "create forq_schema_version"));
-    FORQ_ASSIGN_OR_RETURN(
-        Result res, writer->Run("version",
-                                "SELECT COALESCE(max(version), 0)::text FROM "
-                                "forq_schema_version",
-                                {}, "read schema version"));
-    int version = 0;
-    // Binary format of a text column is its bytes.
-    (void)absl::SimpleAtoi(absl::string_view(PQgetvalue(res.get(), 0, 0),
-                                             PQgetlength(res.get(), 0, 0)),
-                           &version);
-    if (version > kSchemaVersion) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("postgres store: schema version ", version,
-                       " is newer than this forqd supports (", kSchemaVersion,
-                       "); upgrade forqd or use another database or schema"));
-    }
-    if (version < kSchemaVersion) {
-      FORQ_RETURN_IF_ERROR(writer->Command(kSchema, "create schema"));
-      FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV2, "migrate schema to v2"));
-      FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV3, "migrate schema to v3"));
-      FORQ_RETURN_IF_ERROR(writer->Command(kSchemaV4, "migrate schema to v4"));
-      if (version == 1) {
-        // Version 1 kept the attempt only inside `data`: copy it out for
-        // the unfinished tasks (finished ones are never claimed again
-        // except through Retry, which writes the column).
-        FORQ_ASSIGN_OR_RETURN(
-            Result rows,
-            writer->Run("migrate_read",
-                        absl::StrCat("SELECT data FROM tasks WHERE state IN (",
-                                     static_cast<int>(v1::QUEUED), ", ",
-                                     static_cast<int>(v1::RUNNING), ")"),
-                        {}, "read unfinished tasks to migrate"));
-        for (int r = 0; r < PQntuples(rows.get()); ++r) {
-          FORQ_ASSIGN_OR_RETURN(v1::Task task, ParseTask(rows.get(), r, 0));
-          FORQ_RETURN_IF_ERROR(
-              writer
-                  ->Run("migrate_attempt",
-                        "UPDATE tasks SET attempt = $2 WHERE id = $1",
-                        {Param::Text(task.id()), Param::Int(task.attempt())},
-                        "migrate attempt")
-                  .status());
-        }
-      }
-      FORQ_RETURN_IF_ERROR(writer->Command(
-          absl::StrCat("DELETE FROM forq_schema_version; INSERT INTO "
-                       "forq_schema_version VALUES(",
-                       kSchemaVersion, ")")
-              .c_str(),
-          "write schema version"));
-    }
-    std::move(rollback).Cancel();
-    FORQ_RETURN_IF_ERROR(writer->Command("COMMIT", "commit migration"));
-  }
+  FORQ_RETURN_IF_ERROR(CreateOrMigrateSchema(*writer));
   // One writer per database and schema: a second forqd would load the same
   // unfinished tasks and run them twice. Cluster nodes share the lock (they
   // coordinate through leases); a single-node forqd and a cluster never
@@ -226,23 +252,7 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   FORQ_ASSIGN_OR_RETURN(std::unique_ptr<Conn> lock,
                         Conn::Connect(options.postgres_uri, options.durability,
                                       IdleTxnTimeout(options.cluster)));
-  {
-    const bool shared = options.cluster.enabled;
-    FORQ_ASSIGN_OR_RETURN(
-        Result res, lock->Run(shared ? "lock_shared" : "lock",
-                              absl::StrCat("SELECT pg_try_advisory_lock",
-                                           shared ? "_shared(" : "(", kLockKey,
-                                           ", 1)::text"),
-                              {}, "take the store lock"));
-    if (absl::string_view(PQgetvalue(res.get(), 0, 0)) != "true") {
-      return absl::FailedPreconditionError(
-          shared ? "postgres store: the database schema is in use by a "
-                   "single-node forqd (advisory lock held); cluster nodes "
-                   "cannot share it"
-                 : "postgres store: the database schema is in use by another "
-                   "forqd or store (advisory lock held)");
-    }
-  }
+  FORQ_RETURN_IF_ERROR(TakeStoreLock(*lock, options.cluster.enabled));
   auto store = std::unique_ptr<PostgresStore>(
       new PostgresStore(options, std::move(writer), std::move(lock)));
   if (options.cluster.enabled) {
