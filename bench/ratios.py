@@ -79,35 +79,48 @@ def load(paths):
     return vals
 
 
-def median_of(vals, system, pattern):
+def values_of(vals, system, pattern):
+    """The values (in run order) of the first operation matching."""
     rx = re.compile(pattern)
     for (sys_, op), v in vals.items():
         if sys_ == system and rx.search(op):
-            return op, statistics.median(v), len(v)
+            return v
     return None
+
+
+def per_round(a, b):
+    """Ratios of forq's i-th value to the peer's i-th (run.sh measures them
+    back to back, a repetition apart): "median (min-max)", or "" when the
+    counts differ."""
+    if len(a) != len(b) or not a or not all(b):
+        return ""
+    r = sorted(x / y for x, y in zip(a, b))
+    return "%.2f (%.2f-%.2f)" % (statistics.median(r), r[0], r[-1])
 
 
 def main(paths):
     vals = load(paths)
-    print("| ratio | forq median | peer median | ratio | target |")
-    print("|---|---:|---:|---:|---|")
+    print("| ratio | forq median | peer median | ratio | per round | target |")
+    print("|---|---:|---:|---:|---:|---|")
     for label, fop, psys, pop, higher, target in RATIOS:
-        a = median_of(vals, "forq", fop)
-        b = median_of(vals, psys, pop)
+        a = values_of(vals, "forq", fop)
+        b = values_of(vals, psys, pop)
         if a is None and not target:
             continue  # an optional figure that was not measured
         if a is None or b is None:
-            print("| %s | %s | %s | n/a | %s |" %
-                  (label, "-" if a is None else "%.4g" % a[1],
-                   "-" if b is None else "%.4g" % b[1], target))
+            print("| %s | %s | %s | n/a | | %s |" %
+                  (label, "-" if a is None else "%.4g" % statistics.median(a),
+                   "-" if b is None else "%.4g" % statistics.median(b),
+                   target))
             continue
-        r = a[1] / b[1] if b[1] else float("nan")
-        print("| %s | %.4g (n=%d) | %.4g (n=%d) | %.2f | %s |" %
-              (label, a[1], a[2], b[1], b[2], r, target))
+        ma, mb = statistics.median(a), statistics.median(b)
+        r = ma / mb if mb else float("nan")
+        print("| %s | %.4g (n=%d) | %.4g (n=%d) | %.2f | %s | %s |" %
+              (label, ma, len(a), mb, len(b), r, per_round(a, b), target))
     # forq-only ratios printed by forq_bench itself.
     for (sys_, op), v in sorted(vals.items()):
         if sys_ == "forq" and op.startswith("GetPool p50 / bare echo p50"):
-            print("| %s | | | %.2f | <= 1.2 |" % (op, statistics.median(v)))
+            print("| %s | | | %.2f | | <= 1.2 |" % (op, statistics.median(v)))
 
 
 if __name__ == "__main__":
