@@ -189,7 +189,9 @@ struct RttOp {
 bool MeasureRtts(const Flags& f, std::vector<RttOp>& ops) {
   const int rounds = f.rtt_samples + 100;
   std::vector<std::vector<double>> us(ops.size());
+  for (auto& v : us) v.reserve(f.rtt_samples);
   std::vector<std::unique_ptr<Probe>> probes;
+  probes.reserve(ops.size());
   for (const RttOp& o : ops) probes.push_back(std::make_unique<Probe>(o.pid));
   for (int i = 0; i < rounds; ++i) {
     for (size_t k = 0; k < ops.size(); ++k) {
