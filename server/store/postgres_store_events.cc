@@ -232,10 +232,6 @@ void PostgresStore::PublishEvent(const v1::TaskEvent& event) {
   Refuse(Enqueue(std::move(op)));
 }
 
-// One thread: the LISTEN connection (woken by notifications, waited on
-// with poll() so the timers below keep running), the heartbeat every
-// lease/3, the self-fence check, the reaper every lease/2, and the
-// fallback polls for work and for finished tasks.
 std::unique_ptr<PostgresStore::Conn> PostgresStore::Listen(
     const Callbacks& cb) {
   absl::StatusOr<std::unique_ptr<Conn>> c =
@@ -267,6 +263,10 @@ void PostgresStore::CountIfAnnounced(uint64_t& counted) {
   }
 }
 
+// One thread: the LISTEN connection (woken by notifications, waited on
+// with poll() so the timers below keep running), the heartbeat every
+// lease/3, the self-fence check, the reaper every lease/2, and the
+// fallback polls for work and for finished tasks.
 void PostgresStore::UpkeepLoop() {
   std::unique_ptr<Conn> listen;
   absl::Time next_listen_try = absl::InfinitePast();
