@@ -200,6 +200,8 @@ struct Server {
   std::unique_ptr<testing::ForqdProcess> forqd;
   std::unique_ptr<Client> client;
   std::string address;  // the client's: 127.0.0.1:PORT or unix:PATH
+  // unix transport: forqd's local Manager socket (--manager_socket).
+  std::string manager_socket;
 };
 
 inline absl::StatusOr<Server> StartServer(
@@ -217,6 +219,8 @@ inline absl::StatusOr<Server> StartServer(
     }
     unix_address = absl::StrCat("unix:", s.socket_dir->path(), "/grpc.sock");
     o.flags.push_back(absl::StrCat("--grpc_addr=", unix_address));
+    s.manager_socket = absl::StrCat(s.socket_dir->path(), "/manager.sock");
+    o.flags.push_back(absl::StrCat("--manager_socket=", s.manager_socket));
   }
   o.flags = WithExtraForqdFlags(std::move(o.flags));
   auto p = testing::ForqdProcess::Start(o);

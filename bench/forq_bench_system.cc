@@ -180,16 +180,9 @@ int SectionRss(const Flags& f) {
 
 namespace {
 
-// One forqd with durability `d` on transport `tr`: dict set and get, and
-// Lock pairs, from one client. False once something failed (said on stderr).
-bool MeasureManager(const Flags& f, const std::string& d,
-                    const std::string& tr) {
-  auto s = StartServer(f.workers, d, /*wait_stream=*/true, tr);
-  if (!s.ok()) {
-    std::cerr << "start forqd: " << s.status() << "\n";
-    return false;
-  }
-  Manager m(*s->client);
+// Dict set and get, and Lock pairs, from one client through `m`; results
+// named with `sfx`. False once something failed (said on stderr).
+bool MeasureManagerCalls(const Flags& f, Manager& m, const std::string& sfx) {
   Dict dict = m.dict("bench");
   std::vector<std::string> keys;
   keys.reserve(1000);
@@ -229,8 +222,6 @@ bool MeasureManager(const Flags& f, const std::string& d,
     return false;
   }
   std::sort(us.begin(), us.end());
-  const std::string sfx =
-      absl::StrCat(" (1 client, --durability=", d, ")", TransportLabel(tr));
   g_results->Add("Manager dict set" + sfx, "ops/s", set_rate);
   g_results->Add("Manager dict get" + sfx, "ops/s", get_rate);
   g_results->Add("Manager dict get RTT p50" + sfx, "us", Pct(us, 50));
@@ -238,6 +229,27 @@ bool MeasureManager(const Flags& f, const std::string& d,
   g_results->Add("Manager Lock acquire+release pair" + sfx, "pairs/s",
                  lock_rate);
   return true;
+}
+
+// One forqd with durability `d` on transport `tr`: the Manager's calls
+// over gRPC and, on the unix transport, over the local Manager socket.
+bool MeasureManager(const Flags& f, const std::string& d,
+                    const std::string& tr) {
+  auto s = StartServer(f.workers, d, /*wait_stream=*/true, tr);
+  if (!s.ok()) {
+    std::cerr << "start forqd: " << s.status() << "\n";
+    return false;
+  }
+  const std::string sfx = absl::StrCat(" (1 client, --durability=", d, ")");
+  {
+    Manager m(*s->client);
+    if (!MeasureManagerCalls(f, m, sfx + TransportLabel(tr))) return false;
+  }
+  if (s->manager_socket.empty()) return true;
+  ManagerOptions local;
+  local.local_socket = s->manager_socket;
+  Manager m(*s->client, local);
+  return MeasureManagerCalls(f, m, sfx + " (local socket)");
 }
 
 }  // namespace

@@ -11,9 +11,10 @@
 //           starting one
 //   --ops: run each section for exactly N operations (pairs) instead of
 //           --seconds: a fixed amount of work for instruction counts
-//   --only: sections to run: set, get, get1, lock1, uget, ulock, clients,
-//           echo (the floor: unary calls to a bare gRPC callback server,
-//           over TCP and over a Unix socket, in a child process)
+//   --only: sections to run: set, get, get1, lock1, uget, ulock, lget and
+//           llock (over forqd's local Manager socket, --manager_socket),
+//           clients, echo (the floor: unary calls to a bare gRPC callback
+//           server, over TCP and over a Unix socket, in a child process)
 //   The client processes of `clients` start together at one instant and
 //   count what completes in the same window, so their sum is a rate.
 //        manager_bench --child=ADDRESS --child_start_ns=NS --seconds=S
@@ -64,7 +65,8 @@ ABSL_FLAG(std::string, address, "",
           "a running forqd to use instead of starting one");
 ABSL_FLAG(int64_t, ops, 0,
           "run each section for exactly this many operations (0: --seconds)");
-ABSL_FLAG(std::string, only, "set,get,get1,lock1,uget,ulock,clients,echo",
+ABSL_FLAG(std::string, only,
+          "set,get,get1,lock1,uget,ulock,lget,llock,clients,echo",
           "sections to run, comma-separated");
 ABSL_FLAG(std::string, child, "",
           "internal: run as one client process of `clients` against this "
@@ -152,7 +154,8 @@ double Sequential(double seconds, int64_t ops, Op op) {
   return static_cast<double>(done) / absl::ToDoubleSeconds(absl::Now() - start);
 }
 
-std::unique_ptr<Manager> Connect(const std::string& address, bool pipelined) {
+std::unique_ptr<Manager> Connect(const std::string& address, bool pipelined,
+                                 const std::string& local_socket = "") {
   ClientOptions co;
   co.address = address;
   absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(co);
@@ -160,6 +163,7 @@ std::unique_ptr<Manager> Connect(const std::string& address, bool pipelined) {
   ManagerOptions mo;
   mo.pipelined = pipelined;
   mo.client_name = "manager_bench";
+  mo.local_socket = local_socket;
   return std::make_unique<Manager>((*c)->channel(), mo);
 }
 
@@ -297,13 +301,16 @@ int Main(int argc, char** argv) {
   auto run = [&sections](const char* name) { return sections.count(name) > 0; };
   std::unique_ptr<testing::ForqdProcess> forqd;
   std::string socket_dir;
+  std::string local_socket;
   if (address.empty()) {
     testing::ForqdOptions o;
     o.workers = 1;
     o.flags = {absl::StrCat("--durability=", durability), "--log_level=warn"};
+    socket_dir = testing::MakeTempDir("manager-bench");
+    if (socket_dir.empty()) Die(absl::InternalError("mkdtemp"), "sockets");
+    local_socket = absl::StrCat(socket_dir, "/manager.sock");
+    o.flags.push_back(absl::StrCat("--manager_socket=", local_socket));
     if (unix_socket) {
-      socket_dir = testing::MakeTempDir("manager-bench");
-      if (socket_dir.empty()) Die(absl::InternalError("mkdtemp"), "--unix");
       o.flags.push_back(absl::StrCat("--grpc_addr=unix:", socket_dir, "/s"));
     }
     absl::StatusOr<std::unique_ptr<testing::ForqdProcess>> started =
@@ -360,6 +367,24 @@ int Main(int argc, char** argv) {
     Lock lk = m->lock("bench-lock");
     if (run("ulock")) {
       Result("Lock acquire+release pair (unary, 1 client)", "pairs/s",
+             Sequential(seconds, ops, [&lk] {
+               if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
+             }));
+    }
+  }
+  if (!local_socket.empty() && (run("lget") || run("llock"))) {
+    std::unique_ptr<Manager> m = Connect(address, false, local_socket);
+    Dict d = m->dict("bench");
+    if (run("lget")) {
+      Fill(*m);
+      Result("dict d[k] get (local socket, 1 client)", "ops/s",
+             Sequential(seconds, ops, [&d] {
+               if (!d.Get("7").ok()) Die({}, "get");
+             }));
+    }
+    Lock lk = m->lock("bench-lock");
+    if (run("llock")) {
+      Result("Lock acquire+release pair (local socket, 1 client)", "pairs/s",
              Sequential(seconds, ops, [&lk] {
                if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
              }));

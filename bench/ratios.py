@@ -57,6 +57,15 @@ RATIOS = [
     ("Manager dict get (1 client), Unix socket, vs mp.Manager (Unix socket)",
      r"^Manager dict get \(1 client, --durability=none\) \(Unix socket\)$",
      "mp.Manager", r"^dict d\[k\] get \(1 client proc\)$", True, ""),
+    # forqd --manager_socket (ManagerOptions::local_socket): the Manager
+    # without gRPC for clients on forqd's host, measured with
+    # --transport=unix.
+    ("Manager dict get (1 client), local socket, vs mp.Manager (Unix socket)",
+     r"^Manager dict get \(1 client, --durability=none\) \(local socket\)$",
+     "mp.Manager", r"^dict d\[k\] get \(1 client proc\)$", True, ">= 0.6"),
+    ("Manager Lock pair (1 client), local socket, vs mp.Manager",
+     r"^Manager Lock acquire\+release pair \(1 client, --durability=none\) \(local socket\)$",
+     "mp.Manager", r"^Lock acquire\+release pair \(1 client\)$", True, ""),
 ]
 
 

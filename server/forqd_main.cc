@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -143,6 +144,11 @@ ABSL_FLAG(double, submit_rate, 100000,
           "0 = no limit");
 ABSL_FLAG(double, submit_burst, 200000,
           "tasks a client may submit at once above --submit_rate");
+ABSL_FLAG(std::string, manager_socket, "",
+          "Unix socket path where clients on this host reach the Manager "
+          "without gRPC (ManagerOptions::local_socket); empty = none");
+ABSL_FLAG(std::string, manager_socket_mode, "0600",
+          "permission bits of --manager_socket, in octal: who may connect");
 ABSL_FLAG(int, ready_fd, -1,
           "if set, write 'grpc_port=N http_port=M' to this fd once serving");
 
@@ -207,7 +213,9 @@ std::vector<char*> ArgsWithEnvironment(int argc, char** argv,
                                  "grpc_keepalive_time",
                                  "grpc_keepalive_timeout",
                                  "submit_rate",
-                                 "submit_burst"};
+                                 "submit_burst",
+                                 "manager_socket",
+                                 "manager_socket_mode"};
   for (const char* name : kNames) {
     std::string env = "FORQ_";
     for (const char* c = name; *c != '\0'; ++c) {
@@ -351,6 +359,18 @@ absl::StatusOr<forq::server::ServerOptions> ServerOptionsFromFlags() {
   FORQ_RETURN_IF_ERROR(PoolOptionsFromFlags(o));
   FORQ_RETURN_IF_ERROR(AccessOptionsFromFlags(o));
   FORQ_RETURN_IF_ERROR(ConnectionOptionsFromFlags(o));
+  o.manager_socket = absl::GetFlag(FLAGS_manager_socket);
+  const std::string mode = absl::GetFlag(FLAGS_manager_socket_mode);
+  unsigned bits = 0;
+  const auto [end, err] =
+      std::from_chars(mode.data(), mode.data() + mode.size(), bits, 8);
+  if (mode.empty() || err != std::errc() || end != mode.data() + mode.size() ||
+      bits > 0777) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--manager_socket_mode: '", mode,
+                     "' is not permission bits in octal (0600, 0660, ...)"));
+  }
+  o.manager_socket_mode = static_cast<mode_t>(bits);
   return o;
 }
 

@@ -22,6 +22,7 @@
 #include "server/auth/rate_limit.h"
 #include "server/auth/token_auth.h"
 #include "server/http/http_gateway.h"
+#include "server/manager/local_socket.h"
 #include "server/manager/manager_service.h"
 #include "server/rpc/grpc_metrics.h"
 #include "server/rpc/health.h"
@@ -376,6 +377,19 @@ absl::Status Server::Start() {
     s = StartManagerElection();
     if (!s.ok()) return s;
   }
+  if (!options_.manager_socket.empty()) {
+    absl::StatusOr<std::unique_ptr<ManagerLocalSocket>> sock =
+        ManagerLocalSocket::Listen(
+            manager_->router(), {.path = options_.manager_socket,
+                                 .mode = options_.manager_socket_mode,
+                                 .max_message_bytes = static_cast<size_t>(
+                                     std::max(options_.max_message_bytes, 0)),
+                                 .tokens = tokens_.get(),
+                                 .metrics = &metrics_});
+    if (!sock.ok()) return sock.status();
+    manager_socket_ = *std::move(sock);
+    spdlog::info("local Manager socket at {}", options_.manager_socket);
+  }
 
   // REST is a gateway onto the gRPC port: one code path for both front ends.
   std::string grpc_host =
@@ -455,6 +469,7 @@ void Server::Shutdown() {
   // A Manager owner hands the objects over (another node takes the lock
   // within its poll) before it stops answering.
   if (manager_owner_ != nullptr) manager_owner_->Stop();
+  if (manager_socket_ != nullptr) manager_socket_->Stop();
   if (manager_ != nullptr) manager_->Shutdown();
   if (http_ != nullptr) http_->Stop();
   if (grpc_server_ != nullptr) {

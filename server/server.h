@@ -4,6 +4,8 @@
 #ifndef FORQ_SERVER_SERVER_H_
 #define FORQ_SERVER_SERVER_H_
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <memory>
 #include <string>
@@ -27,6 +29,7 @@ class HealthReporter;
 class GrpcServerSecurity;
 class HttpGateway;
 class ManagerOwnerElection;
+class ManagerLocalSocket;
 class ManagerService;
 class TokenTable;
 class SubmitRateLimiter;
@@ -94,6 +97,12 @@ struct ServerOptions {
   // `submit_burst`; 0 = no limit.
   double submit_rate = 10000;
   double submit_burst = 20000;
+  // The local Manager socket (docs/manager.md, "Local socket"): a Unix
+  // socket path where clients on this host reach the Manager without gRPC;
+  // empty = none. `manager_socket_mode` is the socket file's permission
+  // bits (who may connect); tokens are checked as on gRPC.
+  std::string manager_socket;
+  mode_t manager_socket_mode = 0600;
 };
 
 // Thread-safe after Start.
@@ -150,6 +159,8 @@ class Server {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ManagerService> manager_;
+  // Stopped before the Manager shuts down.
+  std::unique_ptr<ManagerLocalSocket> manager_socket_;
   // Cluster mode: the Manager owner election (after the gRPC port is up).
   std::unique_ptr<ManagerOwnerElection> manager_owner_;
   // The same, for forwarding callbacks that run on gRPC threads.

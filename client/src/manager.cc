@@ -14,6 +14,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "api/forq/v1/manager_ops.h"
+#include "client/src/local_socket.h"
 #include "forq/client.h"
 #include "forq/v1/manager.grpc.pb.h"
 
@@ -217,6 +218,8 @@ struct Manager::Rpc {
   std::unique_ptr<Stub> stub;
   absl::Duration rpc_timeout;
   bool pipelined = true;
+  // ManagerOptions::local_socket; null = none.
+  std::unique_ptr<manager_internal::LocalSocket> local;
   Mutex mu;
   // The stream new calls go to.
   std::shared_ptr<SessionStream> stream ABSL_GUARDED_BY(mu);
@@ -249,6 +252,14 @@ struct Manager::Rpc {
     grpc::Status s = (stub.get()->*method)(&ctx, req, &resp);
     if (!s.ok()) return FromGrpcStatus(s);
     return resp;
+  }
+
+  // One blocking call outside the stream: over the local socket when there
+  // is one, else a unary Call.
+  absl::StatusOr<v1::ManagerResult> Single(const v1::ManagerCall& call,
+                                           absl::Duration wait) {
+    if (local != nullptr) return local->Call(call, wait);
+    return Unary(&Stub::Call, call, wait);
   }
 
   // True when no operation travels on the stream: every one sent before is
@@ -302,7 +313,7 @@ ManagerFuture Manager::Async(const v1::ManagerCall& call) {
   Promise p;
   std::future<Result> f = p.get_future();
   if (!rpc_->pipelined) {
-    p.set_value(rpc_->Unary(&Stub::Call, call));
+    p.set_value(rpc_->Single(call, absl::ZeroDuration()));
   } else {
     rpc_->Send(call, std::move(p));
   }
@@ -312,14 +323,14 @@ ManagerFuture Manager::Async(const v1::ManagerCall& call) {
 absl::StatusOr<v1::ManagerResult> Manager::Call(const v1::ManagerCall& call,
                                                 absl::Duration wait) {
   if (!rpc_->pipelined || rpc_->StreamIdle()) {
-    return rpc_->Unary(&Stub::Call, call, wait);
+    return rpc_->Single(call, wait);
   }
   Promise p;
   std::future<Result> f = p.get_future();
   auto [stream, id] = rpc_->Send(call, std::move(p));
   if (stream == nullptr) {
-    // The stream broke as we sent: one unary attempt instead.
-    return rpc_->Unary(&Stub::Call, call, wait);
+    // The stream broke as we sent: one attempt outside it instead.
+    return rpc_->Single(call, wait);
   }
   if (wait == absl::InfiniteDuration()) return f.get();
   if (f.wait_for(absl::ToChronoMilliseconds(wait + rpc_->rpc_timeout)) ==
@@ -339,10 +350,25 @@ Manager::Manager(std::shared_ptr<grpc::Channel> channel, ManagerOptions options)
   rpc_->stub = v1::ManagerService::NewStub(std::move(channel));
   rpc_->rpc_timeout = options_.rpc_timeout;
   rpc_->pipelined = options_.pipelined;
+  if (!options_.local_socket.empty()) {
+    rpc_->local = std::make_unique<manager_internal::LocalSocket>(
+        options_.local_socket,
+        options_.token.empty() ? "" : absl::StrCat("Bearer ", options_.token),
+        options_.rpc_timeout);
+  }
 }
 
+namespace {
+
+ManagerOptions WithClientToken(const Client& client, ManagerOptions options) {
+  if (options.token.empty()) options.token = client.options().token;
+  return options;
+}
+
+}  // namespace
+
 Manager::Manager(const Client& client, ManagerOptions options)
-    : Manager(client.channel(), std::move(options)) {}
+    : Manager(client.channel(), WithClientToken(client, std::move(options))) {}
 
 Manager::~Manager() {
   {

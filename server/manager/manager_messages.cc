@@ -333,6 +333,17 @@ void ToResult(ManagerReply r, v1::ManagerResult* out) {
   }
 }
 
+void ToSessionResult(uint64_t id, absl::StatusOr<ManagerReply> r,
+                     v1::SessionResult* out) {
+  out->set_id(id);
+  if (r.ok()) {
+    ToResult(*std::move(r), out->mutable_result());
+  } else {
+    out->set_code(static_cast<int>(r.status().code()));
+    out->set_message(std::string(r.status().message()));
+  }
+}
+
 ManagerRequest FromOpenSession(const v1::OpenSessionRequest& in, Type type,
                                Op op, grpc::CallbackServerContext*) {
   ManagerRequest r = Base(type, op, "");

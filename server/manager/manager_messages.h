@@ -101,6 +101,10 @@ int64_t StreamTimeoutMs(bool has_timeout,
 absl::StatusOr<worker::ManagerRequest> FromCall(const v1::ManagerCall& in,
                                                 int64_t timeout_ms);
 void ToResult(worker::ManagerReply r, v1::ManagerResult* out);
+// One operation's answer on the Session stream or the local socket: the
+// result, or the error's code and message.
+void ToSessionResult(uint64_t id, absl::StatusOr<worker::ManagerReply> r,
+                     v1::SessionResult* out);
 
 // Sessions.
 worker::ManagerRequest FromOpenSession(const v1::OpenSessionRequest& in,

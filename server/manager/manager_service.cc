@@ -467,13 +467,7 @@ class SessionReactor final
 
   void Complete(uint64_t id, absl::StatusOr<ManagerReply> r, bool counted) {
     v1::SessionResult res;
-    res.set_id(id);
-    if (r.ok()) {
-      ToResult(*std::move(r), res.mutable_result());
-    } else {
-      res.set_code(static_cast<int>(r.status().code()));
-      res.set_message(std::string(r.status().message()));
-    }
+    ToSessionResult(id, std::move(r), &res);
     {
       MutexLock lock(&mu_);
       if (counted) {

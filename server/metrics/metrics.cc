@@ -101,6 +101,11 @@ Metrics::Metrics()
                             .Name("forq_manager_sessions")
                             .Help("Open Manager sessions.")
                             .Register(*registry_)),
+      manager_local_connections_(
+          BuildGauge()
+              .Name("forq_manager_local_connections")
+              .Help("Connections open on the local Manager socket.")
+              .Register(*registry_)),
       manager_objects_(BuildGauge()
                            .Name("forq_manager_objects")
                            .Help("Named Manager objects.")
@@ -252,6 +257,10 @@ void Metrics::SetManagerWaiters(double value) {
 
 void Metrics::SetManagerSessions(double value) {
   manager_sessions_.Add({}).Set(value);
+}
+
+void Metrics::SetManagerLocalConnections(double value) {
+  manager_local_connections_.Add({}).Set(value);
 }
 
 void Metrics::SetManagerObjects(double value) {

@@ -92,6 +92,8 @@ class Metrics {
   void ManagerOp(absl::string_view type, absl::string_view op, double n = 1);
   void SetManagerWaiters(double value);
   void SetManagerSessions(double value);
+  // Connections open on the local Manager socket (--manager_socket).
+  void SetManagerLocalConnections(double value);
   void SetManagerObjects(double value);
 
   // Front ends. `method` is the RPC or route name, `code` the gRPC code name
@@ -133,6 +135,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& task_waits_;
   prometheus::Family<prometheus::Gauge>& manager_waiters_;
   prometheus::Family<prometheus::Gauge>& manager_sessions_;
+  prometheus::Family<prometheus::Gauge>& manager_local_connections_;
   prometheus::Family<prometheus::Gauge>& manager_objects_;
   prometheus::Family<prometheus::Counter>& grpc_handled_;
   prometheus::Family<prometheus::Histogram>& grpc_latency_;

@@ -64,6 +64,16 @@ struct ManagerOptions {
   // is in flight goes as one unary Call (same order, and no hand-off from
   // the stream's reader thread). false = one unary Call each.
   bool pipelined = true;
+  // A client on forqd's host: the path of forqd's local Manager socket
+  // (forqd --manager_socket). Blocking calls that would go as a unary Call
+  // go over it instead, each on a connection of its own taken from a small
+  // pool (about a third of a unary gRPC call's time; docs/manager.md,
+  // "Local socket"). Pipelined calls (Async) keep the Session stream.
+  // Empty = gRPC only.
+  std::string local_socket;
+  // Bearer token presented on the local socket when forqd checks tokens.
+  // Empty: Manager(const Client&) takes the Client's token.
+  std::string token;
 };
 
 // The result of an operation sent with Manager::Async. Move-only.

@@ -1,0 +1,72 @@
+#include "common/delimited_io.h"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/util/delimited_message_util.h"
+
+#include "common/errno_status.h"
+
+namespace forq {
+
+absl::Status WriteDelimited(int fd,
+                            const google::protobuf::MessageLite& message) {
+  std::string buf;
+  {
+    google::protobuf::io::StringOutputStream out(&buf);
+    if (!google::protobuf::util::SerializeDelimitedToZeroCopyStream(message,
+                                                                    &out)) {
+      return absl::InternalError(
+          absl::StrCat("cannot serialize ", message.GetTypeName()));
+    }
+  }
+  size_t sent = 0;
+  while (sent < buf.size()) {
+    const ssize_t n =
+        send(fd, buf.data() + sent, buf.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      return absl::UnavailableError(absl::StrCat("send: ", ErrnoText(err)));
+    }
+    sent += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> ReadDelimited(
+    google::protobuf::io::ZeroCopyInputStream* in, size_t max_bytes,
+    google::protobuf::MessageLite* message) {
+  message->Clear();
+  google::protobuf::io::CodedInputStream coded(in);
+  uint32_t size = 0;
+  if (!coded.ReadVarint32(&size)) {
+    if (coded.CurrentPosition() == 0) return false;
+    return absl::UnavailableError("the stream ended inside a message size");
+  }
+  if (size > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(message->GetTypeName(), " of ", size,
+                     " bytes; the limit is ", max_bytes));
+  }
+  const auto limit = coded.PushLimit(static_cast<int>(size));
+  const bool parsed = message->ParseFromCodedStream(&coded);
+  const bool whole = coded.BytesUntilLimit() == 0;
+  coded.PopLimit(limit);
+  if (!parsed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(message->GetTypeName(), " does not parse"));
+  }
+  if (!whole) {
+    return absl::UnavailableError(absl::StrCat(
+        "the stream ended inside a ", message->GetTypeName(), " message"));
+  }
+  return true;
+}
+
+}  // namespace forq
