@@ -149,8 +149,6 @@ void ManagerLocalSocket::Stop() {
   for (const auto& c : all) shutdown(c->fd.get(), SHUT_RDWR);
   for (const auto& c : all) c->thread.join();
   unlink(options_.path.c_str());
-  if (options_.metrics != nullptr)
-    options_.metrics->SetManagerLocalConnections(0);
 }
 
 size_t ManagerLocalSocket::ReapLocked() {
@@ -162,11 +160,14 @@ size_t ManagerLocalSocket::ReapLocked() {
       ++it;
     }
   }
-  if (options_.metrics != nullptr) {
-    options_.metrics->SetManagerLocalConnections(
-        static_cast<double>(connections_.size()));
-  }
   return connections_.size();
+}
+
+void ManagerLocalSocket::CountOpen(int delta) {
+  const int open = open_.fetch_add(delta) + delta;
+  if (options_.metrics != nullptr) {
+    options_.metrics->SetManagerLocalConnections(open);
+  }
 }
 
 void ManagerLocalSocket::AcceptLoop() {
@@ -198,15 +199,17 @@ void ManagerLocalSocket::AcceptLoop() {
     auto c = std::make_unique<Connection>();
     c->fd = std::move(fd);
     Connection* raw = c.get();
+    CountOpen(1);
     c->thread = std::thread([this, raw] {
       Serve(raw->fd.get());
+      // The client sees the end now; the descriptor stays open (and its
+      // number unused) until the connection is reaped, so Stop cannot
+      // shut down a descriptor reused by someone else.
+      shutdown(raw->fd.get(), SHUT_RDWR);
+      CountOpen(-1);
       raw->done.store(true);
     });
     connections_.push_back(std::move(c));
-    if (options_.metrics != nullptr) {
-      options_.metrics->SetManagerLocalConnections(
-          static_cast<double>(connections_.size()));
-    }
   }
 }
 

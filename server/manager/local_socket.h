@@ -86,6 +86,8 @@ class ManagerLocalSocket {
   void AcceptLoop();
   // Joins finished connections; returns how many stay open.
   size_t ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Open connections += delta, into forq_manager_local_connections.
+  void CountOpen(int delta);
   void Serve(int fd);
   // Runs `request`, fills `response`; false when the client hung up (or
   // broke the protocol) while an operation was parked.
@@ -101,6 +103,7 @@ class ManagerLocalSocket {
   Mutex mu_;
   std::list<std::unique_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int> open_{0};
 };
 
 }  // namespace forq::server

@@ -3,9 +3,12 @@
 // _TestCondition, _TestEvent, _TestValue, _TestArray, _TestBarrier),
 // ported to the C++ proxies against a real forqd, with the same
 // expectations. Python's "other process" is another thread with its own
-// Manager (its own session and stream). Each case names its origin.
+// Manager (its own session and stream). Each case names its origin and runs
+// twice: over gRPC, and over forqd's local Manager socket
+// (--manager_socket, ManagerOptions::local_socket).
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,10 +46,15 @@ std::vector<std::string> Range(int n) {
   return out;
 }
 
-class MpManagerTest : public ::testing::Test {
+class MpManagerBase : public ::testing::Test {
  protected:
+  static constexpr char kCall[] = "forq.v1.ManagerService/Call";
+
   static void SetUpTestSuite() {
-    auto p = ForqdProcess::Start({.workers = 1});
+    socket_dir_ = new std::string(testing::MakeTempDir("mp-manager"));
+    auto p = ForqdProcess::Start(
+        {.workers = 1,
+         .flags = {absl::StrCat("--manager_socket=", LocalSocket())}});
     if (p.ok()) {
       forqd_ = p->release();
     } else {
@@ -56,6 +64,13 @@ class MpManagerTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete forqd_;
     forqd_ = nullptr;
+    std::error_code ec;
+    std::filesystem::remove_all(*socket_dir_, ec);
+    delete socket_dir_;
+    socket_dir_ = nullptr;
+  }
+  static std::string LocalSocket() {
+    return absl::StrCat(*socket_dir_, "/manager.sock");
   }
   void SetUp() override {
     // A failed start fails every case (a failure in SetUpTestSuite would
@@ -73,6 +88,7 @@ class MpManagerTest : public ::testing::Test {
     EXPECT_TRUE(c.ok()) << c.status();
     ManagerOptions mo;
     mo.pipelined = pipelined;
+    if (local_) mo.local_socket = LocalSocket();
     return std::make_unique<Manager>((*c)->channel(), mo);
   }
   std::string N(absl::string_view name) { return absl::StrCat(prefix_, name); }
@@ -93,15 +109,46 @@ class MpManagerTest : public ::testing::Test {
 
   static ForqdProcess* forqd_;
   static std::string* start_error_;
+  static std::string* socket_dir_;
+  // Managers made by NewManager use the local socket.
+  static bool local_;
   std::unique_ptr<Manager> m_;
   std::string prefix_;
 };
 
-ForqdProcess* MpManagerTest::forqd_ = nullptr;
-std::string* MpManagerTest::start_error_ = nullptr;
+ForqdProcess* MpManagerBase::forqd_ = nullptr;
+std::string* MpManagerBase::start_error_ = nullptr;
+std::string* MpManagerBase::socket_dir_ = nullptr;
+bool MpManagerBase::local_ = false;
+
+// The ported cases, with `true`: over the local socket. Then no blocking
+// call of the case went as a unary gRPC Call.
+class MpManagerTest : public MpManagerBase,
+                      public ::testing::WithParamInterface<bool> {
+ protected:
+  void SetUp() override {
+    local_ = GetParam();
+    MpManagerBase::SetUp();
+    if (forqd_ != nullptr) calls0_ = GrpcCalls(forqd_->http_address(), kCall);
+  }
+  void TearDown() override {
+    if (local_ && forqd_ != nullptr) {
+      EXPECT_EQ(GrpcCalls(forqd_->http_address(), kCall), calls0_);
+    }
+  }
+  double calls0_ = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Transports, MpManagerTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "LocalSocket" : "Grpc";
+                         });
+
+// How the client uses gRPC: the Session stream and unary Call.
+using MpManagerSessionTest = MpManagerBase;
 
 // _TestContainers.test_list
-TEST_F(MpManagerTest, ContainersList) {
+TEST_P(MpManagerTest, ContainersList) {
   List a = m_->list(N("a"));
   ASSERT_THAT(a.Extend(Range(10)), IsOk());
   EXPECT_THAT(*a.Slice(), ::testing::ContainerEq(Range(10)));
@@ -120,7 +167,7 @@ TEST_F(MpManagerTest, ContainersList) {
 // _TestContainers.test_dict_proxy_nested: dicts inside a dict and a list,
 // reached through the references the outer objects hold. (C++ proxies
 // resolve a stored reference with Manager::ParseRef.)
-TEST_F(MpManagerTest, ContainersDictProxyNested) {
+TEST_P(MpManagerTest, ContainersDictProxyNested) {
   Dict pets = m_->dict(N("pets"));
   ASSERT_THAT(pets.Update({{"ferrets", "2"}, {"hamsters", "4"}}), IsOk());
   Dict supplies = m_->dict(N("supplies"));
@@ -177,7 +224,7 @@ TEST_F(MpManagerTest, ContainersDictProxyNested) {
 
 // _TestContainers.test_list_isinstance / index, count, reverse, sort,
 // contains, slices (the ListProxy methods the test module exercises).
-TEST_F(MpManagerTest, ContainersListMethods) {
+TEST_P(MpManagerTest, ContainersListMethods) {
   List l = m_->list(N("l"));
   ASSERT_THAT(l.Extend({"3", "1", "2", "1"}), IsOk());
   EXPECT_EQ(*l.Index("1"), 1);
@@ -206,7 +253,7 @@ TEST_F(MpManagerTest, ContainersListMethods) {
 }
 
 // _TestContainers.test_dict
-TEST_F(MpManagerTest, ContainersDict) {
+TEST_P(MpManagerTest, ContainersDict) {
   Dict d = m_->dict(N("d"));
   std::map<std::string, std::string> expected;
   for (int i = 65; i < 70; ++i) {
@@ -224,7 +271,7 @@ TEST_F(MpManagerTest, ContainersDict) {
 
 // dict methods of DictProxy: popitem, setdefault, update, clear, and
 // insertion order kept by re-setting a key.
-TEST_F(MpManagerTest, ContainersDictMethods) {
+TEST_P(MpManagerTest, ContainersDictMethods) {
   Dict d = m_->dict(N("d"));
   ASSERT_THAT(d.Update({{"b", "1"}, {"a", "2"}}), IsOk());
   ASSERT_THAT(d.Set("c", "3"), IsOk());
@@ -242,7 +289,7 @@ TEST_F(MpManagerTest, ContainersDictMethods) {
 }
 
 // _TestContainers.test_namespace
-TEST_F(MpManagerTest, ContainersNamespace) {
+TEST_P(MpManagerTest, ContainersNamespace) {
   Namespace n = m_->ns(N("n"));
   ASSERT_THAT(n.Set("name", "Bob"), IsOk());
   ASSERT_THAT(n.Set("job", "Builder"), IsOk());
@@ -254,7 +301,7 @@ TEST_F(MpManagerTest, ContainersNamespace) {
 }
 
 // _TestQueue.test_put
-TEST_F(MpManagerTest, QueuePut) {
+TEST_P(MpManagerTest, QueuePut) {
   constexpr int kMaxsize = 6;
   Queue q = m_->queue(N("q"), kMaxsize);
   EXPECT_TRUE(q.Size()->empty());
@@ -286,7 +333,7 @@ TEST_F(MpManagerTest, QueuePut) {
 }
 
 // _TestQueue.test_get
-TEST_F(MpManagerTest, QueueGet) {
+TEST_P(MpManagerTest, QueueGet) {
   Queue q = m_->queue(N("q"));
   EXPECT_THAT(q.GetNowait(), StatusIs(absl::StatusCode::kDeadlineExceeded));
   std::thread t([this] {
@@ -307,7 +354,7 @@ TEST_F(MpManagerTest, QueueGet) {
 }
 
 // _TestQueue.test_qsize
-TEST_F(MpManagerTest, QueueQsize) {
+TEST_P(MpManagerTest, QueueQsize) {
   Queue q = m_->queue(N("q"));
   EXPECT_EQ(q.Size()->size(), 0);
   ASSERT_THAT(q.Put("1"), IsOk());
@@ -321,7 +368,7 @@ TEST_F(MpManagerTest, QueueQsize) {
 }
 
 // _TestQueue.test_task_done
-TEST_F(MpManagerTest, QueueTaskDone) {
+TEST_P(MpManagerTest, QueueTaskDone) {
   Queue q = m_->queue(N("q"));
   std::vector<std::thread> workers;
   workers.reserve(4);
@@ -349,7 +396,7 @@ TEST_F(MpManagerTest, QueueTaskDone) {
 }
 
 // _TestLock.test_lock
-TEST_F(MpManagerTest, LockLock) {
+TEST_P(MpManagerTest, LockLock) {
   Lock lock = m_->lock(N("l"));
   EXPECT_TRUE(lock.Acquire()->acquired);
   EXPECT_FALSE(lock.Acquire(absl::ZeroDuration())->acquired);  // not re-entrant
@@ -358,7 +405,7 @@ TEST_F(MpManagerTest, LockLock) {
 }
 
 // _TestLock.test_rlock
-TEST_F(MpManagerTest, LockRlock) {
+TEST_P(MpManagerTest, LockRlock) {
   RLock lock = m_->rlock(N("r"));
   EXPECT_TRUE(lock.Acquire()->acquired);
   EXPECT_TRUE(lock.Acquire()->acquired);
@@ -370,7 +417,7 @@ TEST_F(MpManagerTest, LockRlock) {
 }
 
 // _TestLock.test_lock_context
-TEST_F(MpManagerTest, LockContext) {
+TEST_P(MpManagerTest, LockContext) {
   {
     absl::StatusOr<LockGuard> g = m_->lock(N("l")).Guard();
     ASSERT_THAT(g, IsOk());
@@ -379,7 +426,7 @@ TEST_F(MpManagerTest, LockContext) {
 }
 
 // _TestSemaphore.test_semaphore
-TEST_F(MpManagerTest, SemaphoreSemaphore) {
+TEST_P(MpManagerTest, SemaphoreSemaphore) {
   Semaphore sem = m_->semaphore(N("s"), 2);
   EXPECT_EQ(*sem.Value(), 2);
   EXPECT_TRUE(*sem.Acquire());
@@ -395,7 +442,7 @@ TEST_F(MpManagerTest, SemaphoreSemaphore) {
 }
 
 // _TestSemaphore.test_bounded_semaphore
-TEST_F(MpManagerTest, SemaphoreBounded) {
+TEST_P(MpManagerTest, SemaphoreBounded) {
   Semaphore sem = m_->bounded_semaphore(N("b"), 2);
   EXPECT_TRUE(*sem.Acquire());
   EXPECT_TRUE(*sem.Acquire());
@@ -406,7 +453,7 @@ TEST_F(MpManagerTest, SemaphoreBounded) {
 }
 
 // _TestSemaphore.test_timeout
-TEST_F(MpManagerTest, SemaphoreTimeout) {
+TEST_P(MpManagerTest, SemaphoreTimeout) {
   Semaphore sem = m_->semaphore(N("s"), 0);
   EXPECT_FALSE(*sem.Acquire(absl::ZeroDuration()));
   const absl::Time start = absl::Now();
@@ -415,7 +462,7 @@ TEST_F(MpManagerTest, SemaphoreTimeout) {
 }
 
 // _TestCondition.test_notify
-TEST_F(MpManagerTest, ConditionNotify) {
+TEST_P(MpManagerTest, ConditionNotify) {
   Condition cond = m_->condition(N("c"));
   std::atomic<int> woken{0};
   std::thread t([this, &woken] {
@@ -438,7 +485,7 @@ TEST_F(MpManagerTest, ConditionNotify) {
 }
 
 // _TestCondition.test_notify_all / test_notify_n
-TEST_F(MpManagerTest, ConditionNotifyAllAndN) {
+TEST_P(MpManagerTest, ConditionNotifyAllAndN) {
   constexpr int kWaiters = 3;
   Condition cond = m_->condition(N("c"));
   std::vector<std::thread> ts;
@@ -464,7 +511,7 @@ TEST_F(MpManagerTest, ConditionNotifyAllAndN) {
 }
 
 // _TestCondition.test_timeout
-TEST_F(MpManagerTest, ConditionTimeout) {
+TEST_P(MpManagerTest, ConditionTimeout) {
   Condition cond = m_->condition(N("c"));
   ASSERT_TRUE(*cond.Acquire());
   const absl::Time start = absl::Now();
@@ -474,7 +521,7 @@ TEST_F(MpManagerTest, ConditionTimeout) {
 }
 
 // _TestEvent.test_event
-TEST_F(MpManagerTest, EventEvent) {
+TEST_P(MpManagerTest, EventEvent) {
   Event ev = m_->event(N("e"));
   EXPECT_FALSE(*ev.IsSet());
   EXPECT_FALSE(*ev.Wait(absl::ZeroDuration()));
@@ -496,7 +543,7 @@ TEST_F(MpManagerTest, EventEvent) {
 }
 
 // _TestValue.test_value (codes of the test module that forq has)
-TEST_F(MpManagerTest, ValueTypecodes) {
+TEST_P(MpManagerTest, ValueTypecodes) {
   struct Case {
     const char* code;
     const char* value;
@@ -521,7 +568,7 @@ TEST_F(MpManagerTest, ValueTypecodes) {
 }
 
 // _TestArray.test_array
-TEST_F(MpManagerTest, ArrayArray) {
+TEST_P(MpManagerTest, ArrayArray) {
   for (const char* code : {"i", "d"}) {
     std::vector<std::string> seq = {"681", "-98", "43", "98", "0"};
     if (std::string(code) == "d") seq = {"681.5", "-98", "43.25", "98", "0"};
@@ -542,7 +589,7 @@ TEST_F(MpManagerTest, ArrayArray) {
 }
 
 // _TestBarrier.test_barrier / test_single_thread
-TEST_F(MpManagerTest, BarrierBarrier) {
+TEST_P(MpManagerTest, BarrierBarrier) {
   constexpr int kParties = 5;
   std::vector<std::thread> ts;
   std::mutex mu;
@@ -567,7 +614,7 @@ TEST_F(MpManagerTest, BarrierBarrier) {
 }
 
 // _TestBarrier.test_timeout / test_abort / test_reset
-TEST_F(MpManagerTest, BarrierBreaks) {
+TEST_P(MpManagerTest, BarrierBreaks) {
   Barrier b = m_->barrier(N("b"), 2);
   EXPECT_THAT(b.Wait(absl::Milliseconds(100)),
               StatusIs(absl::StatusCode::kFailedPrecondition));
@@ -589,7 +636,7 @@ TEST_F(MpManagerTest, BarrierBreaks) {
 }
 
 // The same operations work without the pipelined stream (unary Call).
-TEST_F(MpManagerTest, UnaryCallsAgreeWithTheSession) {
+TEST_F(MpManagerSessionTest, UnaryCallsAgreeWithTheSession) {
   std::unique_ptr<Manager> unary = NewManager(/*pipelined=*/false);
   ASSERT_THAT(unary->dict(N("d")).Set("k", "v"), IsOk());
   EXPECT_EQ(*m_->dict(N("d")).Get("k"), "v");
@@ -600,7 +647,7 @@ TEST_F(MpManagerTest, UnaryCallsAgreeWithTheSession) {
 
 // Many operations in flight on one stream complete in any order: a parked
 // get does not hold up the sets behind it.
-TEST_F(MpManagerTest, SessionPipelinesAroundParkedOps) {
+TEST_F(MpManagerSessionTest, SessionPipelinesAroundParkedOps) {
   Queue q = m_->queue(N("q"));
   ManagerFuture parked = m_->Async([&] {
     v1::ManagerCall c = Manager::MakeCall(v1::OBJECT_TYPE_QUEUE, "get", N("q"));
@@ -624,8 +671,7 @@ TEST_F(MpManagerTest, SessionPipelinesAroundParkedOps) {
 // A blocking call made while nothing is in flight goes as one unary Call;
 // behind operations in flight it rides the stream after them, so it sees
 // their effects.
-TEST_F(MpManagerTest, BlockingCallsGoUnaryOnlyWhenNothingIsInFlight) {
-  const std::string kCall = "forq.v1.ManagerService/Call";
+TEST_F(MpManagerSessionTest, BlockingCallsGoUnaryOnlyWhenNothingIsInFlight) {
   const double calls0 = GrpcCalls(forqd_->http_address(), kCall);
   Dict d = m_->dict(N("d"));
   ASSERT_THAT(d.Set("k", "v"), IsOk());
