@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/zero_copy_stream_impl.h"
 
-#include "common/delimited_io.h"
+#include "api/delimited_io.h"
 #include "common/errno_status.h"
 #include "common/scoped_fd.h"
 

@@ -16,7 +16,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl.h"
 #include "spdlog/spdlog.h"
 
-#include "common/delimited_io.h"
+#include "api/delimited_io.h"
 #include "common/errno_status.h"
 #include "server/auth/token_auth.h"
 #include "server/manager/manager_messages.h"

@@ -22,7 +22,7 @@
 #include "gtest/gtest.h"
 #include <grpcpp/grpcpp.h>
 
-#include "common/delimited_io.h"
+#include "api/delimited_io.h"
 #include "common/scoped_fd.h"
 #include "forq/client.h"
 #include "forq/manager.h"

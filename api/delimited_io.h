@@ -1,9 +1,11 @@
 // Length-delimited protobuf messages over a stream socket: protobuf's own
 // delimited format (a varint size, then the message), as
 // google::protobuf::util writes it, read with a size limit. Used by forqd's
-// local Manager socket and its client (docs/manager.md, "Local socket").
-#ifndef FORQ_COMMON_DELIMITED_IO_H_
-#define FORQ_COMMON_DELIMITED_IO_H_
+// local Manager socket and its client (docs/manager.md, "Local socket");
+// here, beside the generated messages, because common/ stays free of
+// protobuf.
+#ifndef FORQ_API_DELIMITED_IO_H_
+#define FORQ_API_DELIMITED_IO_H_
 
 #include <cstddef>
 
@@ -30,4 +32,4 @@ absl::StatusOr<bool> ReadDelimited(
 
 }  // namespace forq
 
-#endif  // FORQ_COMMON_DELIMITED_IO_H_
+#endif  // FORQ_API_DELIMITED_IO_H_

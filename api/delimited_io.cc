@@ -1,4 +1,4 @@
-#include "common/delimited_io.h"
+#include "api/delimited_io.h"
 
 #include <sys/socket.h>
 
