@@ -295,7 +295,7 @@ bool ManagerLocalSocket::Run(int fd, const ManagerCallOrigin& origin,
   // Most operations answer inline. A parked one: wait for it while
   // checking that the client is still there.
   bool client_gone = false;
-  MutexLock lock(&answers->mu);
+  answers->mu.Lock();
   while (answers->missing > 0) {
     if (client_gone) {
       answers->cv.Wait(&answers->mu);
@@ -312,9 +312,9 @@ bool ManagerLocalSocket::Run(int fd, const ManagerCallOrigin& origin,
     }
     answers->mu.Lock();
   }
-  if (client_gone) return false;
-  response->Swap(&answers->response);
-  return true;
+  if (!client_gone) response->Swap(&answers->response);
+  answers->mu.Unlock();
+  return !client_gone;
 }
 
 }  // namespace forq::server
