@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -36,8 +37,10 @@ struct Answers {
 
 // A hello is a token: far below this.
 constexpr size_t kMaxHelloBytes = 64 << 10;
-// Operations of one request (as on the Session stream).
+// Operations of one request (as in flight on the Session stream).
 constexpr int kMaxOps = 100000;
+// How long a new connection may take to send its hello.
+constexpr int kHelloTimeoutSeconds = 10;
 
 absl::StatusOr<sockaddr_un> AddressOf(const std::string& path) {
   sockaddr_un addr{};
@@ -216,8 +219,13 @@ void ManagerLocalSocket::AcceptLoop() {
 void ManagerLocalSocket::Serve(int fd) {
   google::protobuf::io::FileInputStream in(fd);
   v1::LocalHello hello;
+  // A connection that never says hello does not keep its thread.
+  timeval limit{kHelloTimeoutSeconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
   absl::StatusOr<bool> got = ReadDelimited(&in, kMaxHelloBytes, &hello);
   if (!got.ok() || !*got) return;
+  limit = timeval{0, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
   const absl::Status auth =
       options_.tokens == nullptr
           ? absl::OkStatus()
@@ -235,8 +243,14 @@ void ManagerLocalSocket::Serve(int fd) {
     got = ReadDelimited(&in, options_.max_message_bytes, &request);
     if (got.ok() && !*got) return;  // the client closed
     v1::SessionResponse response;
+    if (got.ok() && request.ops_size() > kMaxOps) {
+      got = absl::ResourceExhaustedError(
+          absl::StrCat(request.ops_size(),
+                       " operations in one request; the limit is ", kMaxOps));
+    }
     if (!got.ok()) {
-      // Nothing more can be read in step: say why, then close.
+      // Say why, then close (after bytes that do not parse nothing more
+      // can be read in step).
       ToSessionResult(0, got.status(), response.add_results());
       (void)WriteDelimited(fd, response);
       return;
@@ -271,12 +285,10 @@ bool ManagerLocalSocket::Run(int fd, const ManagerCallOrigin& origin,
     for (int i = 0; i < n; ++i) {
       const v1::SessionOp& op = request.ops(i);
       absl::StatusOr<worker::ManagerRequest> req =
-          op.cancel() ? absl::InvalidArgumentError(
-                            "cancel: a local socket connection carries one "
-                            "request at a time; there is nothing to cancel")
-          : i >= kMaxOps
-              ? absl::ResourceExhaustedError(absl::StrCat(
-                    "more than ", kMaxOps, " operations in one request"))
+          op.cancel()
+              ? absl::InvalidArgumentError(
+                    "cancel: a local socket connection carries one request "
+                    "at a time; there is nothing to cancel")
               : FromCall(op.call(), StreamTimeoutMs(op.call().has_timeout(),
                                                     op.call().timeout()));
       if (!req.ok()) {

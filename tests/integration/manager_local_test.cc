@@ -226,6 +226,19 @@ TEST(ManagerLocalSocketTest, BadRequestsAreAnsweredAndTheConnectionClosed) {
   ASSERT_EQ(resp.results_size(), 1);
   EXPECT_EQ(resp.results(0).code(), 0) << resp.results(0).message();
 
+  // More operations in one request than one stream may have in flight.
+  RawConnection many(sock);
+  ASSERT_TRUE(many.Hello());
+  v1::SessionRequest flood;
+  for (int i = 0; i <= 100000; ++i) flood.add_ops()->set_cancel(true);
+  ASSERT_TRUE(many.Send(flood));
+  ASSERT_TRUE(many.Read(&resp));
+  ASSERT_EQ(resp.results_size(), 1);
+  EXPECT_EQ(resp.results(0).code(),
+            static_cast<int>(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(resp.results(0).message(), HasSubstr("the limit is 100000"));
+  EXPECT_TRUE(many.ClosedByServer());
+
   // A hello that is not one.
   RawConnection no_hello(sock);
   ASSERT_TRUE(no_hello.SendBytes("\x03zzz"));
