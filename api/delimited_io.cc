@@ -4,13 +4,12 @@
 
 #include <cerrno>
 #include <string>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/delimited_message_util.h"
-
-#include "common/errno_status.h"
 
 namespace forq {
 
@@ -32,7 +31,8 @@ absl::Status WriteDelimited(int fd,
     if (n < 0) {
       const int err = errno;
       if (err == EINTR) continue;
-      return absl::UnavailableError(absl::StrCat("send: ", ErrnoText(err)));
+      return absl::UnavailableError(absl::StrCat(
+          "send: ", std::error_code(err, std::generic_category()).message()));
     }
     sent += static_cast<size_t>(n);
   }
