@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 #include <system_error>
 
@@ -67,6 +68,19 @@ absl::StatusOr<bool> ReadDelimited(
         "the stream ended inside a ", message->GetTypeName(), " message"));
   }
   return true;
+}
+
+absl::StatusOr<sockaddr_un> UnixSocketAddress(const std::string& path,
+                                              absl::string_view what) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": '", path, "' is ", path.size(),
+        " bytes; a Unix socket path holds 1 to ", sizeof(addr.sun_path) - 1));
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  return addr;
 }
 
 }  // namespace forq

@@ -1,4 +1,5 @@
-// Length-delimited protobuf messages over a stream socket: protobuf's own
+// Length-delimited protobuf messages over a stream socket, and Unix socket
+// addresses: protobuf's own
 // delimited format (a varint size, then the message), as
 // google::protobuf::util writes it, read with a size limit. Used by forqd's
 // local Manager socket and its client (docs/manager.md, "Local socket");
@@ -7,10 +8,14 @@
 #ifndef FORQ_API_DELIMITED_IO_H_
 #define FORQ_API_DELIMITED_IO_H_
 
+#include <sys/un.h>
+
 #include <cstddef>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "google/protobuf/io/zero_copy_stream.h"
 #include "google/protobuf/message_lite.h"
 
@@ -29,6 +34,11 @@ absl::Status WriteDelimited(int fd,
 absl::StatusOr<bool> ReadDelimited(
     google::protobuf::io::ZeroCopyInputStream* in, size_t max_bytes,
     google::protobuf::MessageLite* message);
+
+// The address of the Unix socket at `path`; InvalidArgument (prefixed with
+// `what`, e.g. the flag's name) when the path is empty or too long.
+absl::StatusOr<sockaddr_un> UnixSocketAddress(const std::string& path,
+                                              absl::string_view what);
 
 }  // namespace forq
 

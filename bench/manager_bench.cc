@@ -354,41 +354,31 @@ int Main(int argc, char** argv) {
              }));
     }
   }
-  {
-    std::unique_ptr<Manager> m = Connect(address, false);
+  // One blocking call at a time without the stream: unary gRPC, or the
+  // local socket.
+  auto one_at_a_time = [&](const std::string& socket, const char* get,
+                           const char* lock, const char* how) {
+    if (!run(get) && !run(lock)) return;
+    std::unique_ptr<Manager> m = Connect(address, false, socket);
     Dict d = m->dict("bench");
-    if (run("uget")) {
+    if (run(get)) {
       Fill(*m);
-      Result("dict d[k] get (unary, 1 client)", "ops/s",
+      Result(absl::StrCat("dict d[k] get (", how, ", 1 client)"), "ops/s",
              Sequential(seconds, ops, [&d] {
                if (!d.Get("7").ok()) Die({}, "get");
              }));
     }
     Lock lk = m->lock("bench-lock");
-    if (run("ulock")) {
-      Result("Lock acquire+release pair (unary, 1 client)", "pairs/s",
-             Sequential(seconds, ops, [&lk] {
+    if (run(lock)) {
+      Result(absl::StrCat("Lock acquire+release pair (", how, ", 1 client)"),
+             "pairs/s", Sequential(seconds, ops, [&lk] {
                if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
              }));
     }
-  }
-  if (!local_socket.empty() && (run("lget") || run("llock"))) {
-    std::unique_ptr<Manager> m = Connect(address, false, local_socket);
-    Dict d = m->dict("bench");
-    if (run("lget")) {
-      Fill(*m);
-      Result("dict d[k] get (local socket, 1 client)", "ops/s",
-             Sequential(seconds, ops, [&d] {
-               if (!d.Get("7").ok()) Die({}, "get");
-             }));
-    }
-    Lock lk = m->lock("bench-lock");
-    if (run("llock")) {
-      Result("Lock acquire+release pair (local socket, 1 client)", "pairs/s",
-             Sequential(seconds, ops, [&lk] {
-               if (!lk.Acquire().ok() || !lk.Release().ok()) Die({}, "lock");
-             }));
-    }
+  };
+  one_at_a_time("", "uget", "ulock", "unary");
+  if (!local_socket.empty()) {
+    one_at_a_time(local_socket, "lget", "llock", "local socket");
   }
   if (run("echo")) Echo(seconds, ops);
   if (clients > 0 && run("clients")) {

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -90,18 +89,12 @@ LocalSocket::~LocalSocket() = default;
 
 absl::StatusOr<std::unique_ptr<LocalSocket::Connection>> LocalSocket::Open()
     const {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path_.empty() || path_.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "local_socket: '", path_, "' is ", path_.size(),
-        " bytes; a Unix socket path holds 1 to ", sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path_.data(), path_.size());
+  absl::StatusOr<sockaddr_un> addr = UnixSocketAddress(path_, "local_socket");
+  if (!addr.ok()) return addr.status();
   ScopedFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoToStatus(errno, "socket");
-  if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr),
-              sizeof(addr)) != 0) {
+  if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr),
+              sizeof(*addr)) != 0) {
     const int err = errno;
     const std::string what =
         absl::StrCat("local Manager socket ", path_, ": ", ErrnoText(err));

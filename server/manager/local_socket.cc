@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -41,18 +40,6 @@ constexpr size_t kMaxHelloBytes = 64 << 10;
 constexpr int kMaxOps = 100000;
 // How long a new connection may take to send its hello.
 constexpr int kHelloTimeoutSeconds = 10;
-
-absl::StatusOr<sockaddr_un> AddressOf(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--manager_socket: '", path, "' is ", path.size(),
-        " bytes; a Unix socket path holds 1 to ", sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
 
 // Removes a socket file nobody listens on (left by a forqd that was
 // killed); refuses to touch anything else.
@@ -93,7 +80,8 @@ bool HungUp(int fd) {
 
 absl::StatusOr<std::unique_ptr<ManagerLocalSocket>> ManagerLocalSocket::Listen(
     ManagerRouter& core, LocalSocketOptions options) {
-  absl::StatusOr<sockaddr_un> addr = AddressOf(options.path);
+  absl::StatusOr<sockaddr_un> addr =
+      UnixSocketAddress(options.path, "--manager_socket");
   if (!addr.ok()) return addr.status();
   absl::Status s = ClearStale(options.path, *addr);
   if (!s.ok()) return s;
