@@ -9,7 +9,7 @@ build=$1
 seconds=$2
 shift 2
 src=$(cd "$(dirname "$0")" && pwd)
-targets=${*:-"fuzz_frame_decoder fuzz_manager_codec fuzz_rest_json fuzz_route_match"}
+targets=${*:-"fuzz_frame_decoder fuzz_manager_codec fuzz_local_socket fuzz_rest_json fuzz_route_match"}
 mkdir -p "$build/artifacts"
 failed=""
 for t in $targets; do
