@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -91,13 +92,19 @@ class RawConnection {
     timeval tv{10, 0};  // a broken server fails the test, not hangs it
     setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   }
-  bool Hello(const std::string& authorization = "") {
+  // forqd's answer to a hello: its code and message.
+  absl::Status HelloStatus(const std::string& authorization = "") {
     v1::LocalHello hello;
     hello.set_authorization(authorization);
     v1::LocalHelloReply reply;
-    return connected_ && WriteDelimited(fd_.get(), hello).ok() &&
-           Read(&reply) && reply.code() == 0;
+    if (!connected_ || !WriteDelimited(fd_.get(), hello).ok() ||
+        !Read(&reply)) {
+      return absl::UnavailableError("no hello reply");
+    }
+    return absl::Status(static_cast<absl::StatusCode>(reply.code()),
+                        reply.message());
   }
+  bool Hello() { return HelloStatus().ok(); }
   bool Send(const google::protobuf::MessageLite& m) {
     return WriteDelimited(fd_.get(), m).ok();
   }
@@ -277,6 +284,30 @@ TEST(ManagerLocalSocketTest, AHangUpCancelsTheParkedOperation) {
   EXPECT_EQ(q.Size()->size(), 1);
   EXPECT_EQ(*q.Get(), "x");
   EXPECT_TRUE(Await([&] { return LocalConnectionsGauge(**forqd) == 1; }));
+}
+
+// Past the connection cap a new connection is told so at its hello; once
+// one closes there is room again.
+TEST(ManagerLocalSocketTest, ConnectionsAreCapped) {
+  TempDir dir;
+  const std::string sock = dir.File("m.sock");
+  auto forqd = StartForqd(sock);
+  ASSERT_THAT(forqd, IsOk());
+  std::vector<std::unique_ptr<RawConnection>> open;
+  for (int i = 0; i < 256; ++i) {
+    open.push_back(std::make_unique<RawConnection>(sock));
+    ASSERT_TRUE(open.back()->Hello()) << i;
+  }
+  RawConnection refused(sock);
+  EXPECT_THAT(refused.HelloStatus(),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("at most 256 connections")));
+  EXPECT_EQ(LocalConnectionsGauge(**forqd), 256);
+  open.back()->Close();
+  open.pop_back();
+  ASSERT_TRUE(Await([&] { return LocalConnectionsGauge(**forqd) == 255; }));
+  RawConnection again(sock);
+  EXPECT_TRUE(again.Hello());
 }
 
 TEST(ManagerLocalSocketTest, SocketFile) {
