@@ -203,8 +203,11 @@ absl::Status TokenTable::Reload(const std::string& path) {
     absl::MutexLock lock(&(*fresh)->mu_);
     entries = std::move((*fresh)->entries_);
   }
-  absl::MutexLock lock(&mu_);
-  entries_ = std::move(entries);
+  {
+    absl::MutexLock lock(&mu_);
+    entries_ = std::move(entries);
+  }
+  generation_.fetch_add(1);
   return absl::OkStatus();
 }
 

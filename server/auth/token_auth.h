@@ -6,6 +6,8 @@
 #define FORQ_SERVER_AUTH_TOKEN_AUTH_H_
 
 #include <array>
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +71,9 @@ class TokenTable {
   absl::Status Reload(const std::string& path) ABSL_LOCKS_EXCLUDED(mu_);
 
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Bumped by every successful Reload: a caller that authorized a
+  // connection once (the local Manager socket) re-checks when it changed.
+  uint64_t generation() const { return generation_.load(); }
 
  private:
   struct Entry {
@@ -81,6 +86,7 @@ class TokenTable {
 
   mutable absl::Mutex mu_;
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> generation_{0};
 };
 
 }  // namespace forq::server

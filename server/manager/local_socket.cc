@@ -223,6 +223,10 @@ void ManagerLocalSocket::Serve(int fd) {
   welcome.set_code(static_cast<int>(auth.code()));
   welcome.set_message(std::string(auth.message()));
   if (!WriteDelimited(fd, welcome).ok() || !auth.ok()) return;
+  // The tokens the hello was checked against; after a reload (SIGHUP) the
+  // next request checks the token again, as every gRPC call would.
+  uint64_t tokens_seen =
+      options_.tokens == nullptr ? 0 : options_.tokens->generation();
 
   ManagerCallOrigin origin;
   origin.authorization = hello.authorization();
@@ -231,6 +235,13 @@ void ManagerLocalSocket::Serve(int fd) {
     got = ReadDelimited(&in, options_.max_message_bytes, &request);
     if (got.ok() && !*got) return;  // the client closed
     v1::SessionResponse response;
+    if (got.ok() && options_.tokens != nullptr &&
+        options_.tokens->generation() != tokens_seen) {
+      tokens_seen = options_.tokens->generation();
+      const absl::Status again = options_.tokens->Authorize(
+          hello.authorization(), Role::kSubmit, kWhat);
+      if (!again.ok()) got = again;
+    }
     if (got.ok() && request.ops_size() > kMaxOps) {
       got = absl::ResourceExhaustedError(
           absl::StrCat(request.ops_size(),

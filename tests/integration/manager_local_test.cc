@@ -3,6 +3,7 @@
 // socket file's handling, a forqd restart under pooled connections and a
 // stop with a parked call. The Manager's semantics over the socket are the
 // ported CPython cases (manager_mp_test.cc, LocalSocket).
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -175,6 +176,20 @@ TEST(ManagerLocalSocketTest, TokensAreCheckedAtTheHello) {
   std::unique_ptr<Manager> m = LocalManager(**forqd, sock, kSubmit);
   ASSERT_THAT(m->dict("d").Set("k", "v"), IsOk());
   EXPECT_EQ(*m->dict("d").Get("k"), "v");
+
+  // The submit token is withdrawn (SIGHUP): a connection opened before
+  // the reload is refused at its next request, as a gRPC call would be.
+  std::ofstream(tokens, std::ios::trunc) << kRead << " read\n";
+  ASSERT_EQ(kill((*forqd)->pid(), SIGHUP), 0);
+  ASSERT_TRUE(Await([&] {
+    return LocalManager(**forqd, sock, kSubmit)
+               ->dict("d")
+               .Len()
+               .status()
+               .code() == absl::StatusCode::kUnauthenticated;
+  }));
+  EXPECT_THAT(m->dict("d").Get("k"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
 }
 
 TEST(ManagerLocalSocketTest, BadRequestsAreAnsweredAndTheConnectionClosed) {
