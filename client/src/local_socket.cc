@@ -111,9 +111,11 @@ absl::StatusOr<std::unique_ptr<LocalSocket::Connection>> LocalSocket::Open()
   v1::LocalHello hello;
   hello.set_authorization(authorization_);
   v1::LocalHelloReply reply;
-  absl::Status s = c->Send(hello);
-  if (s.ok()) s = c->Receive(&reply, rpc_timeout_);
-  if (!s.ok()) return s;
+  // A refused connection (forqd at its connection cap) may be closed
+  // before the hello goes out: its reply is read all the same.
+  const absl::Status sent = c->Send(hello);
+  absl::Status s = c->Receive(&reply, rpc_timeout_);
+  if (!s.ok()) return sent.ok() ? s : sent;
   if (reply.code() != 0) return StatusOf(reply.code(), reply.message());
   return c;
 }

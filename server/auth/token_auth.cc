@@ -190,7 +190,7 @@ absl::StatusOr<std::unique_ptr<TokenTable>> TokenTable::Parse(
   if (entries.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(source, " holds no tokens"));
   }
-  absl::MutexLock lock(&table->mu_);
+  MutexLock lock(&table->mu_);
   table->entries_ = std::move(entries);
   return table;
 }
@@ -200,11 +200,11 @@ absl::Status TokenTable::Reload(const std::string& path) {
   if (!fresh.ok()) return fresh.status();
   std::vector<Entry> entries;
   {
-    absl::MutexLock lock(&(*fresh)->mu_);
+    MutexLock lock(&(*fresh)->mu_);
     entries = std::move((*fresh)->entries_);
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     entries_ = std::move(entries);
   }
   generation_.fetch_add(1);
@@ -212,7 +212,7 @@ absl::Status TokenTable::Reload(const std::string& path) {
 }
 
 size_t TokenTable::size() const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return entries_.size();
 }
 
@@ -221,7 +221,7 @@ Role TokenTable::Lookup(absl::string_view token) const {
 }
 
 Role TokenTable::LookupDigest(const Digest& d) const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   int found = 0;
   for (const Entry& e : entries_) {
     // No early exit and no branch on the data: every entry is compared.

@@ -16,7 +16,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+
+#include "common/mutex.h"
 
 namespace forq::server {
 
@@ -84,7 +85,7 @@ class TokenTable {
   Role LookupDigest(const std::array<unsigned char, 32>& digest) const
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> generation_{0};
 };

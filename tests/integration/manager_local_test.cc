@@ -98,10 +98,11 @@ class RawConnection {
     v1::LocalHello hello;
     hello.set_authorization(authorization);
     v1::LocalHelloReply reply;
-    if (!connected_ || !WriteDelimited(fd_.get(), hello).ok() ||
-        !Read(&reply)) {
-      return absl::UnavailableError("no hello reply");
-    }
+    // A refused connection may be closed before the hello arrives; its
+    // reply is there to read all the same.
+    if (!connected_) return absl::UnavailableError("not connected");
+    (void)WriteDelimited(fd_.get(), hello);
+    if (!Read(&reply)) return absl::UnavailableError("no hello reply");
     return absl::Status(static_cast<absl::StatusCode>(reply.code()),
                         reply.message());
   }
