@@ -12,6 +12,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl.h"
 
 #include "api/delimited_io.h"
+#include "client/src/manager_internal.h"
 #include "common/errno_status.h"
 #include "common/scoped_fd.h"
 
@@ -22,13 +23,6 @@ namespace {
 constexpr size_t kMaxIdle = 16;
 // The largest answer read (a protobuf message's own limit is 2 GiB).
 constexpr size_t kMaxAnswerBytes = size_t{1} << 30;
-
-absl::Status StatusOf(int code, const std::string& message) {
-  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
-    return absl::UnknownError(message);
-  }
-  return absl::Status(static_cast<absl::StatusCode>(code), message);
-}
 
 }  // namespace
 
@@ -116,7 +110,7 @@ absl::StatusOr<std::unique_ptr<LocalSocket::Connection>> LocalSocket::Open()
   const absl::Status sent = c->Send(hello);
   absl::Status s = c->Receive(&reply, rpc_timeout_);
   if (!s.ok()) return sent.ok() ? s : sent;
-  if (reply.code() != 0) return StatusOf(reply.code(), reply.message());
+  if (reply.code() != 0) return StatusFromCode(reply.code(), reply.message());
   return c;
 }
 
@@ -161,14 +155,11 @@ absl::StatusOr<v1::ManagerResult> LocalSocket::Call(const v1::ManagerCall& call,
         absl::StrCat("the local Manager socket answered ",
                      c->response.results_size(), " results for 1 operation"));
   }
-  v1::SessionResult* r = c->response.mutable_results(0);
-  absl::StatusOr<v1::ManagerResult> out =
-      r->code() == 0
-          ? absl::StatusOr<v1::ManagerResult>(std::move(*r->mutable_result()))
-          : StatusOf(r->code(), r->message());
+  v1::SessionResult& r = *c->response.mutable_results(0);
+  absl::StatusOr<v1::ManagerResult> out = TakeResult(r);
   // Id 0 with an error: the request as a whole was refused, and forqd
   // closed the connection.
-  if (r->code() == 0 || r->id() != 0) {
+  if (out.ok() || r.id() != 0) {
     MutexLock lock(&mu_);
     if (idle_.size() < kMaxIdle) idle_.push_back(std::move(c));
   }

@@ -15,6 +15,7 @@
 
 #include "api/forq/v1/manager_ops.h"
 #include "client/src/local_socket.h"
+#include "client/src/manager_internal.h"
 #include "forq/client.h"
 #include "forq/v1/manager.grpc.pb.h"
 
@@ -142,15 +143,8 @@ class SessionStream final
       for (v1::SessionResult& r : *in_.mutable_results()) {
         auto it = waiting_.find(r.id());
         if (it == waiting_.end()) continue;  // given up on (deadline)
-        if (r.code() == 0) {
-          ready.emplace_back(std::move(it->second),
-                             std::move(*r.mutable_result()));
-        } else {
-          ready.emplace_back(
-              std::move(it->second),
-              absl::Status(static_cast<absl::StatusCode>(r.code()),
-                           r.message()));
-        }
+        ready.emplace_back(std::move(it->second),
+                           manager_internal::TakeResult(r));
         waiting_.erase(it);
       }
     }

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +54,21 @@ inline std::map<std::string, std::string> ResultItems(
   std::map<std::string, std::string> out;
   for (const auto& kv : r.items()) out[kv.key()] = kv.value();
   return out;
+}
+
+// A google.rpc.Code from forqd as a Status (Unknown when out of range).
+inline absl::Status StatusFromCode(int code, const std::string& message) {
+  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::UnknownError(message);
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), message);
+}
+
+// One operation's answer (Session stream or local socket): its result,
+// moved out, or its error.
+inline absl::StatusOr<v1::ManagerResult> TakeResult(v1::SessionResult& r) {
+  if (r.code() != 0) return StatusFromCode(r.code(), r.message());
+  return std::move(*r.mutable_result());
 }
 
 }  // namespace forq::manager_internal

@@ -27,12 +27,6 @@ namespace {
 
 // Shown in token errors, as a gRPC method would be.
 constexpr char kWhat[] = "the local Manager socket";
-struct Answers {
-  Mutex mu;
-  CondVar cv;
-  v1::SessionResponse response ABSL_GUARDED_BY(mu);
-  int missing ABSL_GUARDED_BY(mu) = 0;
-};
 
 // A hello is a token: far below this.
 constexpr size_t kMaxHelloBytes = 64 << 10;
@@ -40,6 +34,14 @@ constexpr size_t kMaxHelloBytes = 64 << 10;
 constexpr int kMaxOps = 100000;
 // How long a new connection may take to send its hello.
 constexpr int kHelloTimeoutSeconds = 10;
+
+// The answers of one request, filled by the operations' callbacks.
+struct Answers {
+  Mutex mu;
+  CondVar cv;
+  v1::SessionResponse response ABSL_GUARDED_BY(mu);
+  int missing ABSL_GUARDED_BY(mu) = 0;
+};
 
 // Removes a socket file nobody listens on (left by a forqd that was
 // killed); refuses to touch anything else.
