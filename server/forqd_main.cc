@@ -95,8 +95,9 @@ ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
           "on SIGTERM, how long running tasks may finish before they are "
           "re-queued");
 ABSL_FLAG(absl::Duration, running_write_delay, absl::ZeroDuration(),
-          "0: a task's RUNNING state is stored at dispatch, so a crash of "
-          "forqd counts every running attempt; above 0: stored only when "
+          "0: a task's RUNNING state is stored when its attempt starts, so "
+          "a crash of forqd counts every running attempt; above 0: stored "
+          "only when "
           "the attempt runs longer than this (fewer writes; after a crash "
           "a younger attempt is not counted)");
 ABSL_FLAG(absl::Duration, purge_interval, absl::Minutes(1),

@@ -243,6 +243,7 @@ bool ForkPool::DispatchLocked(Assignment& a, absl::Time now) {
   p.task_seq = m.task_seq;
   p.timeout = has_timeout ? a.timeout : absl::InfiniteDuration();
   const bool first = s.queue.empty();
+  a.queued = !first;
   s.queue.Push(std::move(p), now);
   if (first) HeadChangedLocked(s, now);
   s.state = WorkerState::kBusy;

@@ -408,6 +408,10 @@ void ForkPool::HandleResultLocked(Slot& s, const Message& m, Todo& todo,
   o.attempt = head.attempt;
   o.worker_pid = s.pid;
   o.runtime = absl::Nanoseconds(r->runtime_ns);
+  if (s.busy()) {
+    o.next_task_id = s.queue.head().task_id;
+    o.next_attempt = s.queue.head().attempt;
+  }
   RecordRunTimeLocked(head.kind, o.runtime);
   if (head.cancel_requested) {
     o.kind = OutcomeKind::kCancelled;

@@ -54,6 +54,9 @@ TEST_F(ForkPoolTest, QueuesBehindARunningTaskUpToPrefetch) {
   // One runs, two wait in the ring, the fourth is refused and kept.
   EXPECT_EQ(pool_->DispatchMany(batch), 3u);
   EXPECT_EQ(batch[3].task_id, "q3");
+  EXPECT_FALSE(batch[0].queued);
+  EXPECT_TRUE(batch[1].queued);
+  EXPECT_TRUE(batch[2].queued);
   // A task with a short timeout needs an idle worker.
   EXPECT_THAT(pool_->Dispatch(Task("short", "echo", "", absl::Seconds(1))),
               StatusIs(absl::StatusCode::kResourceExhausted));
@@ -62,6 +65,9 @@ TEST_F(ForkPoolTest, QueuesBehindARunningTaskUpToPrefetch) {
     ASSERT_TRUE(o.has_value());
     EXPECT_EQ(o->task_id, absl::StrCat("q", i));  // in order
     EXPECT_EQ(o->kind, OutcomeKind::kSucceeded);
+    // The outcome names the attempt that started as this one ended.
+    EXPECT_EQ(o->next_task_id, i < 2 ? absl::StrCat("q", i + 1) : "");
+    EXPECT_EQ(o->next_attempt, i < 2 ? 1 : 0);
     if (i > 0) {
       EXPECT_EQ(o->result, absl::StrCat(i));
     }

@@ -27,6 +27,10 @@ struct Assignment {
   // a non-positive duration) = none. It runs from the moment the attempt
   // starts in its worker.
   absl::Duration timeout = absl::InfiniteDuration();
+  // Set by DispatchMany for each assignment it sent: true when it waits in
+  // its worker's queue behind a running attempt (it starts when the one
+  // before it ends: Outcome::next_task_id); false when it starts at once.
+  bool queued = false;
 };
 
 // Assignments with a timeout at least this long (or none) may be queued
@@ -72,6 +76,10 @@ struct Outcome {
   int signal = 0;
   // Wall time the attempt ran in the worker.
   absl::Duration runtime;
+  // The attempt that waited behind this one in its worker's queue and
+  // started as this one ended (empty when none did).
+  std::string next_task_id;
+  int next_attempt = 0;
 };
 
 enum class WorkerState { kStarting, kIdle, kBusy, kRespawning };
@@ -132,13 +140,14 @@ class WorkerPool {
   // Unavailable after Shutdown.
   virtual absl::Status Dispatch(Assignment a) = 0;
   // Sends the assignments of `batch`, in order, until one is refused.
-  // Returns how many were sent (moved out of `batch`); the refused one and
-  // those after it stay as they were.
+  // Returns how many were sent (moved out of `batch`, `queued` set); the
+  // refused one and those after it stay as they were.
   virtual size_t DispatchMany(std::vector<Assignment>& batch) {
     size_t n = 0;
     for (; n < batch.size(); ++n) {
       Assignment copy = batch[n];
       if (!Dispatch(std::move(copy)).ok()) break;
+      batch[n].queued = false;  // Dispatch sends to idle workers only
     }
     return n;
   }

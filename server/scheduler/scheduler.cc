@@ -471,9 +471,11 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
     ++running_;
     MetricsLocked(e).QueueWait(absl::ToDoubleSeconds(now - e.ready_at));
     // A cluster node writes no RUNNING record: its claim already made the
-    // row RUNNING. With a running_write_delay the record waits
-    // (WriteRunningLocked): most attempts end first.
-    if (e.stored && work_source_ == nullptr) {
+    // row RUNNING. An attempt queued behind another in its worker gets its
+    // record when it starts (StartedLocked). With a running_write_delay the
+    // record waits (WriteRunningLocked): most attempts end first.
+    e.start_pending = batch[i].queued;
+    if (e.stored && work_source_ == nullptr && !e.start_pending) {
       if (options_.running_write_delay <= absl::ZeroDuration()) {
         e.running_written = true;
         running.push_back(t);

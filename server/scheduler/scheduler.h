@@ -71,9 +71,13 @@ struct SchedulerOptions {
   // written once, with their final state, if they finish within this; one
   // still unfinished after it is inserted as it stands.
   absl::Duration deferred_insert_limit = absl::Milliseconds(100);
-  // Zero (the default): a stored task's RUNNING record is queued at
-  // dispatch (the store merges it with the terminal record when both reach
-  // one group commit), so a crash of forqd counts every running attempt.
+  // Zero (the default): a stored task's RUNNING record is queued when its
+  // attempt starts: at dispatch to an idle worker, or, for one sent behind
+  // a running attempt, with the terminal records of the pool turn in which
+  // it starts (not at all if it also ends in it; the store merges it with
+  // the terminal record when both reach one group commit). So a crash of
+  // forqd counts every running attempt, and none that only waited in a
+  // worker's queue.
   // Above zero: it is written only when the attempt still runs after this,
   // so most short attempts write only their terminal record, but after a
   // crash an attempt younger than this is not counted (its row says
@@ -235,6 +239,9 @@ class Scheduler {
     bool finish_failed = false;
     // The current attempt's RUNNING record was handed to the store.
     bool running_written = false;
+    // The current attempt waits in its worker's queue behind a running one:
+    // not started, so no RUNNING record yet (StartedLocked writes it).
+    bool start_pending = false;
     // Its insert was handed to the store (false: submitted with
     // Ack::kDeferred and not written yet; no write may be an update).
     bool stored = true;
@@ -367,6 +374,11 @@ class Scheduler {
   // Writes the RUNNING record of the tasks sent before `cutoff` whose
   // attempt still runs (see SchedulerOptions::running_write_delay).
   void WriteRunningLocked(absl::Time cutoff) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The pool started attempt `attempt` of `id`, which had waited behind
+  // another in its worker's queue: its RUNNING record is due (written with
+  // the turn's terminal records, or after running_write_delay).
+  void StartedLocked(const std::string& id, int attempt, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues one store write of these RUNNING records (none if empty).
   void StoreRunningLocked(std::vector<v1::Task> running)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -549,6 +561,10 @@ class Scheduler {
   // updates, and inserts of tasks never written (Ack::kDeferred).
   std::vector<v1::Task> pending_finishes_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Task> pending_finish_inserts_ ABSL_GUARDED_BY(mu_);
+  // Tasks that started in the current batch (StartedLocked): their RUNNING
+  // records go before its terminal records, and not at all for a task that
+  // also finished in it.
+  std::vector<std::string> pending_running_ ABSL_GUARDED_BY(mu_);
   // Tasks submitted with Ack::kDeferred, oldest first, with the time they
   // were submitted; entries already written are skipped when popped.
   std::deque<std::pair<absl::Time, std::string>> deferred_ ABSL_GUARDED_BY(mu_);

@@ -171,6 +171,24 @@ void Scheduler::QueueFinishLocked(Entry& e) {
 }
 
 void Scheduler::FlushFinishesLocked(Deferred& d) {
+  if (!pending_running_.empty()) {
+    // Queued now, under mu_: before this batch's terminal records (queued
+    // by `d`) and any later write of these tasks.
+    std::vector<v1::Task> running;
+    for (const std::string& id : pending_running_) {
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) continue;
+      Entry& e = it->second;
+      if (!e.stored || e.finishing || e.abandoned || e.running_written ||
+          e.task.state() != v1::RUNNING) {
+        continue;
+      }
+      e.running_written = true;
+      running.push_back(e.task);
+    }
+    pending_running_.clear();
+    StoreRunningLocked(std::move(running));
+  }
   auto ids_of = [](const std::vector<v1::Task>& tasks) {
     std::vector<std::string> ids;
     ids.reserve(tasks.size());
@@ -260,6 +278,28 @@ void Scheduler::WriteRunningLocked(absl::Time cutoff) {
     running.push_back(e.task);
   }
   StoreRunningLocked(std::move(running));
+}
+
+void Scheduler::StartedLocked(const std::string& id, int attempt,
+                              absl::Time now) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  Entry& e = it->second;
+  if (!e.start_pending || e.task.attempt() != attempt ||
+      e.task.state() != v1::RUNNING) {
+    return;
+  }
+  e.start_pending = false;
+  *e.task.mutable_started_at() = ToProto(now);
+  if (!e.stored || work_source_ != nullptr) return;
+  if (options_.running_write_delay <= absl::ZeroDuration()) {
+    pending_running_.push_back(id);
+    return;
+  }
+  if (unwritten_running_.empty()) {
+    WakeAtLocked(now + options_.running_write_delay);
+  }
+  unwritten_running_.emplace_back(now, id);
 }
 
 void Scheduler::StoreRunningLocked(std::vector<v1::Task> running) {
@@ -423,6 +463,7 @@ void Scheduler::RevokeLocked(TaskMap::iterator it) {
   t.set_state(v1::QUEUED);
   t.set_attempt(t.attempt() - 1);
   t.clear_started_at();
+  e.start_pending = false;
   if (work_source_ != nullptr && (draining_ || stop_)) {
     // A drained node runs nothing new: the claim goes back to the shared
     // queue. Otherwise it keeps its place here, still claimed (the next
@@ -450,6 +491,9 @@ void Scheduler::OnOutcome(worker::Outcome o) {
   Deferred d;
   {
     MutexLock lock(&mu_);
+    if (!o.next_task_id.empty()) {
+      StartedLocked(o.next_task_id, o.next_attempt, clock_.Now());
+    }
     auto it = tasks_.find(o.task_id);
     if (it == tasks_.end() || it->second.finishing ||
         it->second.task.state() != v1::RUNNING ||

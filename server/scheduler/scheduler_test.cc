@@ -455,14 +455,73 @@ TEST(SchedulerTest, CancelQueuedCancelsOnlyTasksNotStarted) {
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
-// By default the RUNNING record is queued at dispatch, so a crash of forqd
-// counts every running attempt.
+// By default the RUNNING record of an attempt that starts at once (an idle
+// worker) is queued at dispatch, so a crash of forqd counts it.
 TEST(SchedulerTest, RunningIsRecordedAtDispatchByDefault) {
   ManualScheduler m;
   m.pool.AddRoom(1);
   SubmitEcho(m.scheduler, "x");
   ASSERT_EQ(m.pool.assigned().size(), 1u);
   EXPECT_EQ(m.store.updated_rows.load(), 1);
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
+// An attempt sent behind a running one in its worker's queue has not
+// started: its RUNNING record is written when it starts (the outcome of the
+// attempt before it names it), with that turn's terminal records; not at
+// all when it also ends in that turn, or when the pool gives it back.
+TEST(SchedulerTest, RunningIsRecordedWhenAQueuedAttemptStarts) {
+  ManualScheduler m;
+  FailingFinishStore& store = m.store;
+  ManualPool& pool = m.pool;
+  pool.AddRoom(6);
+  SubmitEcho(m.scheduler, "first");
+  EXPECT_EQ(store.updated_rows.load(), 1);  // started at once
+  pool.QueueNext(5);
+  const std::string second = SubmitEcho(m.scheduler, "second");
+  SubmitEcho(m.scheduler, "third");
+  SubmitEcho(m.scheduler, "fourth");
+  SubmitEcho(m.scheduler, "fifth");
+  ASSERT_EQ(pool.assigned().size(), 5u);
+  EXPECT_EQ(store.updated_rows.load(), 1);  // the queued ones wait
+  const std::vector<worker::Assignment> a = pool.assigned();
+  worker::Outcome first_done =
+      ManualPool::OutcomeOf(a[0], worker::OutcomeKind::kSucceeded);
+  first_done.next_task_id = second;
+  first_done.next_attempt = 1;
+  pool.Report({std::move(first_done)});
+  // first's terminal record and second's RUNNING record.
+  EXPECT_EQ(store.updated_rows.load(), 3);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  absl::StatusOr<v1::Task> stored = store.Get(second);
+  while (absl::Now() < deadline &&
+         !(stored.ok() && stored->state() == v1::RUNNING)) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling the store, not timing
+    stored = store.Get(second);
+  }
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->state(), v1::RUNNING);
+  EXPECT_EQ(stored->attempt(), 1);
+  // second ends and third starts and ends in one turn: two terminal
+  // records, no RUNNING record for third.
+  worker::Outcome second_done =
+      ManualPool::OutcomeOf(a[1], worker::OutcomeKind::kSucceeded);
+  second_done.next_task_id = a[2].task_id;
+  second_done.next_attempt = a[2].attempt;
+  pool.Report({std::move(second_done),
+               ManualPool::OutcomeOf(a[2], worker::OutcomeKind::kSucceeded)});
+  EXPECT_EQ(store.updated_rows.load(), 5);
+  // Given back unstarted: nothing was written, nothing to undo.
+  pool.Finish(a[3], worker::OutcomeKind::kRevoked);
+  EXPECT_EQ(store.updated_rows.load(), 5);
+  // A start the scheduler does not know of (a stale attempt) writes nothing.
+  worker::Outcome stale =
+      ManualPool::OutcomeOf(a[4], worker::OutcomeKind::kSucceeded);
+  stale.next_task_id = a[4].task_id;
+  stale.next_attempt = a[4].attempt + 1;
+  stale.task_id = "unknown";
+  pool.Report({std::move(stale)});
+  EXPECT_EQ(store.updated_rows.load(), 5);
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 

@@ -293,6 +293,16 @@ class ManualPool : public worker::WorkerPool {
     MutexLock lock(&mu_);
     return room_ + overstated_room_;
   }
+  size_t DispatchMany(std::vector<worker::Assignment>& batch) override {
+    size_t n = 0;
+    for (; n < batch.size(); ++n) {
+      if (!Dispatch(batch[n]).ok()) break;
+      MutexLock lock(&mu_);
+      batch[n].queued = queue_next_ > 0;
+      if (queue_next_ > 0) --queue_next_;
+    }
+    return n;
+  }
   void Cancel(absl::string_view id, int) override {
     MutexLock lock(&mu_);
     cancels_.emplace_back(id);
@@ -308,6 +318,12 @@ class ManualPool : public worker::WorkerPool {
   void OverstateRoom(int n) {
     MutexLock lock(&mu_);
     overstated_room_ = n;
+  }
+  // The next `n` assignments sent wait behind a running attempt, as in a
+  // worker's queue (Assignment::queued).
+  void QueueNext(int n) {
+    MutexLock lock(&mu_);
+    queue_next_ = n;
   }
   // Dispatches refused so far.
   int refused() {
@@ -337,9 +353,11 @@ class ManualPool : public worker::WorkerPool {
     cb_.on_call(a.task_id, std::move(request),
                 [](const absl::StatusOr<std::string>&) {});
   }
-  // Reports how attempt `a` ended, as the pool's event loop would.
-  void Finish(const worker::Assignment& a, worker::OutcomeKind kind,
-              absl::Status status = absl::OkStatus(), std::string result = "") {
+  // How attempt `a` ended.
+  static worker::Outcome OutcomeOf(const worker::Assignment& a,
+                                   worker::OutcomeKind kind,
+                                   absl::Status status = absl::OkStatus(),
+                                   std::string result = "") {
     worker::Outcome o;
     o.task_id = a.task_id;
     o.attempt = a.attempt;
@@ -347,7 +365,16 @@ class ManualPool : public worker::WorkerPool {
     o.kind = kind;
     o.status = std::move(status);
     o.result = std::move(result);
-    cb_.on_outcome(std::move(o));
+    return o;
+  }
+  // Reports how attempt `a` ended, as the pool's event loop would.
+  void Finish(const worker::Assignment& a, worker::OutcomeKind kind,
+              absl::Status status = absl::OkStatus(), std::string result = "") {
+    Report({OutcomeOf(a, kind, std::move(status), std::move(result))});
+  }
+  // Reports `outcomes` in one event-loop turn.
+  void Report(std::vector<worker::Outcome> outcomes) {
+    for (worker::Outcome& o : outcomes) cb_.on_outcome(std::move(o));
     cb_.on_turn_end();
   }
 
@@ -357,6 +384,7 @@ class ManualPool : public worker::WorkerPool {
   int room_ ABSL_GUARDED_BY(mu_) = 0;
   int overstated_room_ ABSL_GUARDED_BY(mu_) = 0;
   int refused_ ABSL_GUARDED_BY(mu_) = 0;
+  int queue_next_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<worker::Assignment> assigned_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
 };

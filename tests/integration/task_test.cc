@@ -661,10 +661,6 @@ TEST(QueueLimitTest, FullQueueIsResourceExhausted) {
   EXPECT_THAT((*c)->Submit("echo", "x", {.queue = "other"}), IsOk());
 }
 
-// kill -9 of forqd while tasks run: after a restart they run again
-// (attempt 2) and succeed; finished results stay readable.
-// With --running_write_delay=0 the RUNNING state is stored at dispatch, so
-// every attempt running at the kill is counted.
 // A Submit answered with a finished task (its idempotency key matched) is
 // already complete: its future needs no call, even with forqd gone.
 TEST(TaskFutureTest, FinishedTaskInTheSubmitAnswerNeedsNoCall) {
@@ -689,6 +685,10 @@ TEST(TaskFutureTest, FinishedTaskInTheSubmitAnswerNeedsNoCall) {
   EXPECT_EQ(*got, "kept");
 }
 
+// kill -9 of forqd while tasks run: after a restart they run again
+// (attempt 2) and succeed; finished results stay readable.
+// With --running_write_delay=0 the RUNNING state is stored when an attempt
+// starts, so every attempt running at the kill is counted.
 TEST(RecoveryTest, TasksRunningAtKillRunAgainAfterRestart) {
   auto p =
       ForqdProcess::Start({.workers = 2, .flags = {"--running_write_delay=0"}});
