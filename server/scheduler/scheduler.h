@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -575,9 +576,16 @@ class Scheduler {
   // Tasks whose terminal write failed, to be written again.
   std::vector<std::string> failed_finishes_ ABSL_GUARDED_BY(mu_);
   absl::Time next_finish_retry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
-  // Recently finished tasks (durable), oldest first in recent_order_.
-  absl::node_hash_map<std::string, v1::Task> recent_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::pair<std::string, size_t>> recent_order_ ABSL_GUARDED_BY(mu_);
+  // Recently finished tasks (durable), oldest first. A task leaves
+  // recent_ early when it expires or runs again; its element stays in
+  // recent_order_ (counted in recent_bytes_) until its turn to go.
+  struct Recent {
+    v1::Task task;  // never changed: recent_ keys view its id
+    size_t bytes = 0;
+  };
+  std::deque<Recent> recent_order_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<absl::string_view, const Recent*> recent_
+      ABSL_GUARDED_BY(mu_);
   size_t recent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   // Per "queue\x1fkind"; the last one used is tried first.

@@ -420,15 +420,23 @@ void Scheduler::RememberLocked(v1::Task task) {
   if (options_.recent_finished == 0) return;
   const size_t bytes = task.payload().size() + task.result().size() +
                        task.error().message().size() + 512;
-  std::string id = task.id();
-  recent_[id] = std::move(task);
-  recent_order_.emplace_back(std::move(id), bytes);
+  // Elements of a deque stay where they are while others come and go at
+  // its ends, so recent_ can point at them (and view their ids).
+  const Recent& r = recent_order_.emplace_back(Recent{std::move(task), bytes});
+  if (auto [it, added] = recent_.try_emplace(r.task.id(), &r); !added) {
+    // Finished again (retried): the key must view the new copy's id.
+    recent_.erase(it);
+    recent_.emplace(r.task.id(), &r);
+  }
   recent_bytes_ += bytes;
   while (recent_order_.size() > options_.recent_finished ||
          (recent_bytes_ > options_.recent_finished_bytes &&
           recent_order_.size() > 1)) {
-    recent_.erase(recent_order_.front().first);
-    recent_bytes_ -= recent_order_.front().second;
+    const Recent& oldest = recent_order_.front();
+    auto it = recent_.find(oldest.task.id());
+    // Not when it went early, or its id finished again since.
+    if (it != recent_.end() && it->second == &oldest) recent_.erase(it);
+    recent_bytes_ -= oldest.bytes;
     recent_order_.pop_front();
   }
 }
@@ -437,7 +445,7 @@ std::optional<v1::Task> Scheduler::RecentLocked(const std::string& id,
                                                 absl::Time now) {
   auto it = recent_.find(id);
   if (it == recent_.end()) return std::nullopt;
-  const v1::Task& t = it->second;
+  const v1::Task& t = it->second->task;
   if (FromProto(t.finished_at()) + FromProto(t.result_ttl()) <= now) {
     recent_.erase(it);  // expired: the purge removes it from the store too
     return std::nullopt;

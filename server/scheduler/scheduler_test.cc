@@ -369,6 +369,44 @@ TEST(SchedulerTest, RecentlyFinishedMemoryIsBoundedInBytes) {
   scheduler.Shutdown(absl::Seconds(1));
 }
 
+// A task that finishes again (retried) is remembered with its new result;
+// its older copy leaving the memory first does not take the new one along.
+TEST(SchedulerTest, RetriedTaskIsRememberedWithItsNewResult) {
+  SchedulerOptions options;
+  options.recent_finished = 2;
+  ManualScheduler m(options);
+  m.pool.AddRoom(1);
+  const std::string id = SubmitEcho(m.scheduler, "x");
+  ASSERT_EQ(m.pool.assigned().size(), 1u);
+  m.pool.Finish(m.pool.assigned()[0], worker::OutcomeKind::kHandlerError,
+                absl::InvalidArgumentError("bad input"));
+  ASSERT_EQ(AwaitTask(m.scheduler, id).state(), v1::FAILED);
+  Notification retried;
+  m.scheduler.Retry(id, [&](const absl::StatusOr<v1::Task>& t) {
+    EXPECT_THAT(t, IsOk());
+    retried.Notify();
+  });
+  retried.WaitForNotification();
+  m.pool.AddRoom(1);
+  ASSERT_EQ(m.pool.assigned().size(), 2u);
+  m.pool.Finish(m.pool.assigned()[1], worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "second");
+  ASSERT_EQ(AwaitTask(m.scheduler, id).state(), v1::SUCCEEDED);
+  // A third finished task pushes the first copy out.
+  m.pool.AddRoom(1);
+  const std::string other = SubmitEcho(m.scheduler, "y");
+  ASSERT_EQ(m.pool.assigned().size(), 3u);
+  m.pool.Finish(m.pool.assigned()[2], worker::OutcomeKind::kSucceeded,
+                absl::OkStatus(), "y");
+  ASSERT_EQ(AwaitTask(m.scheduler, other).state(), v1::SUCCEEDED);
+  m.store.fail_reads = true;
+  absl::StatusOr<v1::Task> t = m.scheduler.Get(id);
+  ASSERT_THAT(t, IsOk());  // from memory
+  EXPECT_EQ(t->result(), "second");
+  EXPECT_THAT(m.scheduler.Get(other), IsOk());
+  m.scheduler.Shutdown(absl::ZeroDuration());
+}
+
 // The attempt-end handler (which drops what a task's Manager calls left
 // parked) hears of the attempts that called, not of every attempt.
 TEST(SchedulerTest, AttemptEndIsReportedOnlyForAttemptsThatCalled) {
