@@ -28,38 +28,39 @@ namespace {
 void AnswerSubmit(Scheduler& scheduler, const std::vector<v1::Task*>& fresh,
                   grpc::ServerUnaryReactor* reactor, const Meter& meter) {
   struct Answer {
-    Answer(grpc::ServerUnaryReactor* r, const Meter& m)
-        : reactor(r), meter(m) {}
+    Answer(grpc::ServerUnaryReactor* r, const Meter& m, size_t waits)
+        : reactor(r), meter(m), left(waits + 1) {}
     grpc::ServerUnaryReactor* const reactor;
     const Meter meter;
     Mutex mu;
-    int left ABSL_GUARDED_BY(mu) = 1;  // 1: the registering loop below
-    void Release() {
+    // The parked waits, those that were not, and the call below.
+    size_t left ABSL_GUARDED_BY(mu);
+    void Release(size_t n) {
       bool last;
       {
         MutexLock lock(&mu);
-        last = --left == 0;
+        left -= n;
+        last = left == 0;
       }
       if (last) meter.Finish(reactor, grpc::Status::OK);
     }
   };
-  auto answer = std::make_shared<Answer>(reactor, meter);
-  for (v1::Task* slot : fresh) {
-    Scheduler::WaitDone done = [answer, slot](absl::StatusOr<v1::Task> t,
-                                              bool terminal) {
-      if (t.ok() && terminal) {
-        MutexLock lock(&answer->mu);
-        *slot = *std::move(t);
-      }
-      answer->Release();
-    };
-    {
-      MutexLock lock(&answer->mu);
-      ++answer->left;
-    }
-    if (!scheduler.WaitIfFinishing(slot->id(), done)) answer->Release();
-  }
-  answer->Release();
+  auto answer = std::make_shared<Answer>(reactor, meter, fresh.size());
+  std::vector<absl::string_view> ids;
+  ids.reserve(fresh.size());
+  for (const v1::Task* slot : fresh) ids.push_back(slot->id());
+  const size_t parked =
+      scheduler.WaitIfFinishing(ids, [&](size_t i) -> Scheduler::WaitDone {
+        return [answer, slot = fresh[i]](absl::StatusOr<v1::Task> t,
+                                         bool terminal) {
+          if (t.ok() && terminal) {
+            MutexLock lock(&answer->mu);
+            *slot = *std::move(t);
+          }
+          answer->Release(1);
+        };
+      });
+  answer->Release(fresh.size() - parked + 1);
 }
 
 // Time left before the client's deadline (capped to a day).

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 #include "common/clock.h"
 #include "common/mutex.h"
@@ -182,6 +183,11 @@ class Scheduler {
   // the result. Otherwise (also while the store refuses writes) false,
   // `done` untouched.
   bool WaitIfFinishing(absl::string_view id, WaitDone& done);
+  // WaitIfFinishing for each of `ids` under one lock: registers
+  // `make_done(i)` for each ids[i] it holds (make_done runs under the
+  // scheduler's lock: it must only build the callback). Returns how many.
+  size_t WaitIfFinishing(absl::Span<const absl::string_view> ids,
+                         const std::function<WaitDone(size_t)>& make_done);
   // Drops a pending wait without calling it. False if it already fired.
   bool CancelWait(uint64_t handle);
   void Cancel(absl::string_view id, TaskDone done);

@@ -150,22 +150,33 @@ uint64_t Scheduler::Wait(absl::string_view id, absl::Duration timeout,
 }
 
 bool Scheduler::WaitIfFinishing(absl::string_view id, WaitDone& done) {
-  if (!options_.answer_finished_submits) return false;
+  return WaitIfFinishing({id}, [&done](size_t) { return std::move(done); }) ==
+         1;
+}
+
+size_t Scheduler::WaitIfFinishing(
+    absl::Span<const absl::string_view> ids,
+    const std::function<WaitDone(size_t)>& make_done) {
+  if (!options_.answer_finished_submits) return 0;
   MutexLock lock(&mu_);
-  if (stop_) return false;
-  auto it = tasks_.find(std::string(id));
   // Not while the store refuses writes: the answer (its insert is durable)
   // must not wait for a disk to come back.
-  if (it == tasks_.end() || !it->second.finishing || it->second.finish_failed ||
-      store_failing_) {
-    return false;
-  }
+  if (stop_ || store_failing_) return 0;
   // Normally one group commit; bounded, so a slow store delays the answer
   // by a second at most (it then carries the task as stored).
   const absl::Time deadline = clock_.Now() + absl::Seconds(1);
-  waits_.Add(it->first, deadline, std::move(done));
-  WakeAtLocked(deadline);
-  return true;
+  size_t parked = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = tasks_.find(ids[i]);
+    if (it == tasks_.end() || !it->second.finishing ||
+        it->second.finish_failed) {
+      continue;
+    }
+    waits_.Add(it->first, deadline, make_done(i));
+    ++parked;
+  }
+  if (parked > 0) WakeAtLocked(deadline);
+  return parked;
 }
 
 bool Scheduler::CancelWait(uint64_t handle) {
