@@ -386,6 +386,11 @@ class Scheduler {
   // the turn's terminal records, or after running_write_delay).
   void StartedLocked(const std::string& id, int attempt, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds task `id`'s RUNNING record to `running` unless it has one, is
+  // gone, finishing or not running, and marks it written.
+  void AddRunningRecordLocked(const std::string& id,
+                              std::vector<v1::Task>& running)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues one store write of these RUNNING records (none if empty).
   void StoreRunningLocked(std::vector<v1::Task> running)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

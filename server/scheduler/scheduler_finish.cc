@@ -176,15 +176,7 @@ void Scheduler::FlushFinishesLocked(Deferred& d) {
     // by `d`) and any later write of these tasks.
     std::vector<v1::Task> running;
     for (const std::string& id : pending_running_) {
-      auto it = tasks_.find(id);
-      if (it == tasks_.end()) continue;
-      Entry& e = it->second;
-      if (!e.stored || e.finishing || e.abandoned || e.running_written ||
-          e.task.state() != v1::RUNNING) {
-        continue;
-      }
-      e.running_written = true;
-      running.push_back(e.task);
+      AddRunningRecordLocked(id, running);
     }
     pending_running_.clear();
     StoreRunningLocked(std::move(running));
@@ -266,18 +258,23 @@ void Scheduler::WriteRunningLocked(absl::Time cutoff) {
   std::vector<v1::Task> running;
   while (!unwritten_running_.empty() &&
          unwritten_running_.front().first <= cutoff) {
-    auto it = tasks_.find(unwritten_running_.front().second);
+    AddRunningRecordLocked(unwritten_running_.front().second, running);
     unwritten_running_.pop_front();
-    if (it == tasks_.end()) continue;
-    Entry& e = it->second;
-    if (!e.stored || e.finishing || e.abandoned || e.running_written ||
-        e.task.state() != v1::RUNNING) {
-      continue;
-    }
-    e.running_written = true;
-    running.push_back(e.task);
   }
   StoreRunningLocked(std::move(running));
+}
+
+void Scheduler::AddRunningRecordLocked(const std::string& id,
+                                       std::vector<v1::Task>& running) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  Entry& e = it->second;
+  if (!e.stored || e.finishing || e.abandoned || e.running_written ||
+      e.task.state() != v1::RUNNING) {
+    return;
+  }
+  e.running_written = true;
+  running.push_back(e.task);
 }
 
 void Scheduler::StartedLocked(const std::string& id, int attempt,

@@ -504,6 +504,20 @@ TEST(SchedulerTest, RunningIsRecordedAtDispatchByDefault) {
   m.scheduler.Shutdown(absl::ZeroDuration());
 }
 
+// The task as the store has it, once RUNNING there (the write is queued
+// before the call returns; its commit is the store's).
+absl::StatusOr<v1::Task> AwaitStoredRunning(Store& store,
+                                            const std::string& id) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  absl::StatusOr<v1::Task> stored = store.Get(id);
+  while (absl::Now() < deadline &&
+         !(stored.ok() && stored->state() == v1::RUNNING)) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling the store, not timing
+    stored = store.Get(id);
+  }
+  return stored;
+}
+
 // An attempt sent behind a running one in its worker's queue has not
 // started: its RUNNING record is written when it starts (the outcome of the
 // attempt before it names it), with that turn's terminal records; not at
@@ -530,13 +544,7 @@ TEST(SchedulerTest, RunningIsRecordedWhenAQueuedAttemptStarts) {
   pool.Report({std::move(first_done)});
   // first's terminal record and second's RUNNING record.
   EXPECT_EQ(store.updated_rows.load(), 3);
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  absl::StatusOr<v1::Task> stored = store.Get(second);
-  while (absl::Now() < deadline &&
-         !(stored.ok() && stored->state() == v1::RUNNING)) {
-    absl::SleepFor(absl::Milliseconds(5));  // polling the store, not timing
-    stored = store.Get(second);
-  }
+  absl::StatusOr<v1::Task> stored = AwaitStoredRunning(store, second);
   ASSERT_THAT(stored, IsOk());
   EXPECT_EQ(stored->state(), v1::RUNNING);
   EXPECT_EQ(stored->attempt(), 1);
@@ -590,13 +598,7 @@ TEST(SchedulerTest, RunningIsRecordedOnlyForAnAttemptThatOutlivesTheDelay) {
   clock.Advance(absl::Milliseconds(1));
   scheduler.Poke();
   EXPECT_EQ(store.updated_rows.load(), 2);  // slow's RUNNING record
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  absl::StatusOr<v1::Task> stored = store.Get(slow);
-  while (absl::Now() < deadline &&
-         !(stored.ok() && stored->state() == v1::RUNNING)) {
-    absl::SleepFor(absl::Milliseconds(5));  // polling the store, not timing
-    stored = store.Get(slow);
-  }
+  absl::StatusOr<v1::Task> stored = AwaitStoredRunning(store, slow);
   ASSERT_THAT(stored, IsOk());
   EXPECT_EQ(stored->state(), v1::RUNNING);
   EXPECT_EQ(stored->attempt(), 1);
