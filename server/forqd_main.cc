@@ -97,9 +97,8 @@ ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
 ABSL_FLAG(absl::Duration, running_write_delay, absl::ZeroDuration(),
           "0: a task's RUNNING state is stored when its attempt starts, so "
           "a crash of forqd counts every running attempt; above 0: stored "
-          "only when "
-          "the attempt runs longer than this (fewer writes; after a crash "
-          "a younger attempt is not counted)");
+          "only when the attempt runs longer than this (fewer writes; after "
+          "a crash a younger attempt is not counted)");
 ABSL_FLAG(absl::Duration, purge_interval, absl::Minutes(1),
           "how often finished tasks past their result TTL are deleted");
 ABSL_FLAG(absl::Duration, retry_backoff, absl::Seconds(1),
