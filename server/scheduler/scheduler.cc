@@ -480,10 +480,7 @@ std::vector<Scheduler::ReadyKey> Scheduler::SendLocked(
         e.running_written = true;
         running.push_back(t);
       } else {
-        if (unwritten_running_.empty()) {
-          WakeAtLocked(now + options_.running_write_delay);
-        }
-        unwritten_running_.emplace_back(now, t.id());
+        DelayRunningRecordLocked(t.id(), now);
       }
     }
     EmitLocked(t, v1::TaskEvent::STATE, d);

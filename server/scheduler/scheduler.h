@@ -386,6 +386,10 @@ class Scheduler {
   // the turn's terminal records, or after running_write_delay).
   void StartedLocked(const std::string& id, int attempt, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues task `id`, whose attempt started at `started`, for
+  // WriteRunningLocked once running_write_delay has passed.
+  void DelayRunningRecordLocked(const std::string& id, absl::Time started)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds task `id`'s RUNNING record to `running` unless it has one, is
   // gone, finishing or not running, and marks it written.
   void AddRunningRecordLocked(const std::string& id,

@@ -291,12 +291,17 @@ void Scheduler::StartedLocked(const std::string& id, int attempt,
   if (!e.stored || work_source_ != nullptr) return;
   if (options_.running_write_delay <= absl::ZeroDuration()) {
     pending_running_.push_back(id);
-    return;
+  } else {
+    DelayRunningRecordLocked(id, now);
   }
+}
+
+void Scheduler::DelayRunningRecordLocked(const std::string& id,
+                                         absl::Time started) {
   if (unwritten_running_.empty()) {
-    WakeAtLocked(now + options_.running_write_delay);
+    WakeAtLocked(started + options_.running_write_delay);
   }
-  unwritten_running_.emplace_back(now, id);
+  unwritten_running_.emplace_back(started, id);
 }
 
 void Scheduler::StoreRunningLocked(std::vector<v1::Task> running) {
